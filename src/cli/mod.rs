@@ -1,0 +1,47 @@
+//! The command line: argument parsing (flag names as in the oras CLI) and output. Every
+//! command is a thin shell over the library.
+
+mod output;
+mod remote;
+mod transfer;
+
+use clap::{Parser, Subcommand};
+
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "oras-fs",
+    version,
+    about = "Keep arbitrary files in OCI registries: push, pull, and mount artifacts as directories",
+    after_help = "Examples:\n  oras-fs push localhost:5000/hello:v1 hi.txt\n  oras-fs pull localhost:5000/hello:v1 -o out\n  oras-fs mount localhost:5000/hello:v1 /mnt/hello"
+)]
+pub struct Cli {
+    /// Log HTTP requests and internals to stderr (credentials are never printed).
+    #[arg(short = 'd', long, global = true)]
+    pub debug: bool,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Push files (and directories) to a registry as one artifact.
+    Push(transfer::PushArgs),
+    /// Pull an artifact's files from a registry.
+    Pull(transfer::PullArgs),
+    /// Store credentials for a registry in the Docker credential store.
+    Login(remote::LoginArgs),
+    /// Remove stored credentials for a registry.
+    Logout(remote::LogoutArgs),
+}
+
+/// Runs a parsed command line; the error is printed by `main`.
+pub async fn run(cli: Cli) -> oras_fs::Result<()> {
+    match cli.command {
+        Command::Push(a) => transfer::push(a).await,
+        Command::Pull(a) => transfer::pull(a).await,
+        Command::Login(a) => remote::login(a).await,
+        Command::Logout(a) => remote::logout(a),
+    }
+}

@@ -1,0 +1,76 @@
+//! What commands print: progress bars on a terminal, text or JSON results.
+
+use std::collections::HashMap;
+use std::io::IsTerminal;
+use std::sync::Mutex;
+
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use oras_fs::manifest::Descriptor;
+use oras_fs::oras::Progress;
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Format {
+    #[default]
+    Text,
+    Json,
+}
+
+/// A short, human name for a blob: its title, else its digest's first 12 hex digits.
+pub fn label(desc: &Descriptor) -> String {
+    match desc.title() {
+        Some(t) => t.to_string(),
+        None => desc.digest.hex().chars().take(12).collect(),
+    }
+}
+
+/// Progress bars per blob on stderr, or one line per blob when stderr is not a terminal.
+pub struct Bars {
+    verb: &'static str,
+    multi: Option<MultiProgress>,
+    bars: Mutex<HashMap<String, ProgressBar>>,
+    quiet: bool,
+}
+
+impl Bars {
+    pub fn new(verb: &'static str, no_tty: bool, quiet: bool) -> Self {
+        let tty = !no_tty && !quiet && std::io::stderr().is_terminal();
+        Bars {
+            verb,
+            multi: tty.then(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr())),
+            bars: Mutex::new(HashMap::new()),
+            quiet,
+        }
+    }
+}
+
+impl Progress for Bars {
+    fn start(&self, desc: &Descriptor) {
+        let Some(multi) = &self.multi else {
+            return;
+        };
+        let bar = multi.add(ProgressBar::new(desc.size));
+        bar.set_style(
+            ProgressStyle::with_template("{prefix:>10} {msg:30!} {bar:30} {bytes:>10}/{total_bytes:<10} {binary_bytes_per_sec}")
+                .expect("valid template"),
+        );
+        bar.set_prefix(self.verb);
+        bar.set_message(label(desc));
+        self.bars.lock().unwrap().insert(desc.digest.to_string(), bar);
+    }
+
+    fn advance(&self, desc: &Descriptor, bytes: u64) {
+        if let Some(bar) = self.bars.lock().unwrap().get(desc.digest.as_str()) {
+            bar.inc(bytes);
+        }
+    }
+
+    fn finish(&self, desc: &Descriptor, skipped: bool) {
+        let status = if skipped { "Exists" } else { "Done" };
+        if let Some(bar) = self.bars.lock().unwrap().remove(desc.digest.as_str()) {
+            bar.set_prefix(status);
+            bar.finish();
+        } else if !self.quiet && self.multi.is_none() {
+            eprintln!("{status:>9} {} {}", &desc.digest.hex()[..12], label(desc));
+        }
+    }
+}

@@ -1,0 +1,317 @@
+//! `push` and `pull`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use clap::Args;
+use oras_fs::content::file::{FileStore, FileStoreOptions};
+use oras_fs::manifest::{media_type, Annotations, Descriptor};
+use oras_fs::oras::{self, CopyOptions, LayerFilter, PackOptions};
+use oras_fs::reference::Reference;
+use oras_fs::{Error, Result};
+
+use super::output::{label, Bars, Format};
+use super::remote::RemoteArgs;
+
+#[derive(Args, Debug)]
+pub struct PushArgs {
+    /// Where to push: registry/repository[:tag[,tag...]]
+    pub reference: String,
+    /// Files or directories to push, each optionally with a media type: FILE[:TYPE]
+    #[arg(value_name = "FILE[:TYPE]")]
+    pub files: Vec<String>,
+    /// The artifact type of the manifest.
+    #[arg(long)]
+    pub artifact_type: Option<String>,
+    /// A config file to use instead of the empty config: FILE[:TYPE]
+    #[arg(long, value_name = "FILE[:TYPE]")]
+    pub config: Option<String>,
+    /// Manifest annotation key=value (repeatable).
+    #[arg(short = 'a', long = "annotation", value_name = "KEY=VALUE")]
+    pub annotations: Vec<String>,
+    /// JSON file of annotations: {"$manifest": {...}, "FILE": {...}}
+    #[arg(long, value_name = "FILE")]
+    pub annotation_file: Option<PathBuf>,
+    /// Also write the pushed manifest to this file.
+    #[arg(long, value_name = "FILE")]
+    pub export_manifest: Option<PathBuf>,
+    /// Blobs uploaded at once.
+    #[arg(long, default_value_t = oras::DEFAULT_CONCURRENCY)]
+    pub concurrency: usize,
+    /// Allow absolute paths and '..' in file names (they become titles as given).
+    #[arg(long)]
+    pub disable_path_validation: bool,
+    /// No `created` timestamp unless given, and fixed tar metadata: same inputs, same digest.
+    #[arg(long)]
+    pub reproducible: bool,
+    #[arg(long, value_enum, default_value_t)]
+    pub format: Format,
+    /// Don't draw progress bars.
+    #[arg(long)]
+    pub no_tty: bool,
+    #[command(flatten)]
+    pub remote: RemoteArgs,
+}
+
+/// `FILE[:TYPE]`, split on the last ':' (media types contain no ':').
+fn split_file_arg(arg: &str) -> (&str, Option<&str>) {
+    match arg.rsplit_once(':') {
+        Some((file, ty)) if !file.is_empty() && !ty.is_empty() && ty.contains('/') => (file, Some(ty)),
+        _ => (arg, None),
+    }
+}
+
+/// `registry/repo:t1,t2` → the reference of the first tag, and all tags.
+fn split_tags(reference: &str) -> Result<(Reference, Vec<String>)> {
+    let last_slash = reference.rfind('/').unwrap_or(0);
+    if let Some(colon) = reference[last_slash..].find(':').map(|i| i + last_slash) {
+        if !reference.contains('@') && reference[colon..].contains(',') {
+            let tags: Vec<String> = reference[colon + 1..].split(',').map(str::to_string).collect();
+            let first: Reference = format!("{}:{}", &reference[..colon], tags[0]).parse()?;
+            for t in &tags {
+                first.with_target(t)?;
+            }
+            return Ok((first, tags));
+        }
+    }
+    let r: Reference = reference.parse()?;
+    let tags = r.tag.iter().cloned().collect();
+    Ok((r, tags))
+}
+
+/// Title of a pushed file: the path as given, '/'-separated; no escape unless allowed.
+fn title_for(path: &str, allow_any: bool) -> Result<String> {
+    let title = path.trim_end_matches('/').to_string();
+    let title = if title.is_empty() { path.to_string() } else { title };
+    if !allow_any {
+        // Validate the way pull will: a relative path that stays inside.
+        oras_fs::content::file::safe_join(Path::new("."), &title, false).map_err(|e| match e {
+            Error::UnsafePath { path, reason } => Error::Usage(format!(
+                "file name {path:?} is unsafe as a title ({reason}); use --disable-path-validation to push it as given"
+            )),
+            e => e,
+        })?;
+    }
+    Ok(title)
+}
+
+fn parse_annotations(items: &[String]) -> Result<Annotations> {
+    let mut out = BTreeMap::new();
+    for item in items {
+        let (k, v) = item
+            .split_once('=')
+            .filter(|(k, _)| !k.is_empty())
+            .ok_or_else(|| Error::Usage(format!("annotation {item:?} is not KEY=VALUE")))?;
+        out.insert(k.to_string(), v.to_string());
+    }
+    Ok(out)
+}
+
+fn read_annotation_file(path: &Path) -> Result<BTreeMap<String, Annotations>> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+    serde_json::from_slice(&bytes).map_err(|e| {
+        Error::Usage(format!(
+            "{}: expected {{\"$manifest\": {{\"key\": \"value\"}}, \"FILE\": {{...}}}}: {e}",
+            path.display()
+        ))
+    })
+}
+
+pub async fn push(args: PushArgs) -> Result<()> {
+    let (reference, tags) = split_tags(&args.reference)?;
+    if reference.digest.is_some() {
+        return Err(Error::Usage("push to a tag, not a digest".into()));
+    }
+    let tags = if tags.is_empty() { vec!["latest".to_string()] } else { tags };
+    let mut by_file = match &args.annotation_file {
+        Some(p) => read_annotation_file(p)?,
+        None => BTreeMap::new(),
+    };
+    let mut manifest_annotations = by_file.remove("$manifest").unwrap_or_default();
+    manifest_annotations.extend(parse_annotations(&args.annotations)?);
+    let store = FileStore::new(
+        ".",
+        FileStoreOptions {
+            reproducible: args.reproducible,
+            ..Default::default()
+        },
+    );
+    let mut layers = Vec::new();
+    for arg in &args.files {
+        let (file, ty) = split_file_arg(arg);
+        let title = title_for(file, args.disable_path_validation)?;
+        let mut desc = store.add(&title, ty, Path::new(file)).await?;
+        if let Some(extra) = by_file.get(file).or_else(|| by_file.get(&title)) {
+            for (k, v) in extra {
+                desc.set_annotation(k, v.clone());
+            }
+        }
+        layers.push(desc);
+    }
+    let config = match &args.config {
+        Some(arg) => {
+            let (file, ty) = split_file_arg(arg);
+            let data = std::fs::read(file).map_err(|e| Error::io(format!("reading config {file}"), e))?;
+            let mut desc = store.add_bytes(ty.unwrap_or(media_type::UNKNOWN_CONFIG), data);
+            if let Some(a) = by_file.get("$config") {
+                desc.annotations = Some(a.clone());
+            }
+            Some(desc)
+        }
+        None => None,
+    };
+    let pack = PackOptions {
+        artifact_type: args.artifact_type.clone(),
+        config,
+        annotations: manifest_annotations,
+        subject: None,
+        reproducible: args.reproducible,
+    };
+    let repo = args.remote.repository(&reference)?;
+    let quiet = args.format == Format::Json;
+    let opts = CopyOptions {
+        concurrency: args.concurrency,
+        progress: Arc::new(Bars::new("Uploading", args.no_tty, quiet)),
+    };
+    let (desc, bytes) = oras::push(&store, layers, &pack, &repo, &tags, &opts).await?;
+    if let Some(path) = &args.export_manifest {
+        std::fs::write(path, &bytes).map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
+    }
+    let manifest = oras_fs::manifest::Manifest::parse(&bytes, None)?;
+    match args.format {
+        Format::Json => {
+            let v = serde_json::json!({
+                "reference": format!("{}/{}@{}", reference.registry, reference.repository, desc.digest),
+                "mediaType": desc.media_type,
+                "digest": desc.digest,
+                "size": desc.size,
+                "artifactType": manifest.artifact_type,
+                "tags": tags,
+                "annotations": manifest.annotations,
+            });
+            println!("{}", serde_json::to_string_pretty(&v).expect("JSON"));
+        }
+        Format::Text => {
+            println!("Pushed [registry] {}:{}", base_name(&reference), tags.join(","));
+            if let Some(t) = &manifest.artifact_type {
+                println!("ArtifactType: {t}");
+            }
+            println!("Digest: {}", desc.digest);
+        }
+    }
+    Ok(())
+}
+
+fn base_name(r: &Reference) -> String {
+    format!("{}/{}", r.registry, r.repository)
+}
+
+#[derive(Args, Debug)]
+pub struct PullArgs {
+    /// What to pull: registry/repository[:tag|@digest]
+    pub reference: String,
+    /// Directory to write the files to.
+    #[arg(short = 'o', long, default_value = ".")]
+    pub output: PathBuf,
+    /// Pull layers of this media type (repeatable). Default: application/vnd.oci.image.layer.v1.tar
+    #[arg(short = 't', long = "media-type")]
+    pub media_types: Vec<String>,
+    /// Pull every layer that has a title, whatever its media type.
+    #[arg(short = 'a', long)]
+    pub allow_all: bool,
+    /// Fail instead of replacing existing files.
+    #[arg(short = 'k', long)]
+    pub keep_old_files: bool,
+    /// Allow titles that write outside the output directory.
+    #[arg(short = 'T', long)]
+    pub allow_path_traversal: bool,
+    /// Also write the config blob to this file.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Blobs downloaded at once.
+    #[arg(long, default_value_t = oras::DEFAULT_CONCURRENCY)]
+    pub concurrency: usize,
+    #[arg(long, value_enum, default_value_t)]
+    pub format: Format,
+    /// Don't draw progress bars.
+    #[arg(long)]
+    pub no_tty: bool,
+    #[command(flatten)]
+    pub remote: RemoteArgs,
+}
+
+pub async fn pull(args: PullArgs) -> Result<()> {
+    let reference: Reference = args.reference.parse()?;
+    let repo = args.remote.repository(&reference)?;
+    std::fs::create_dir_all(&args.output)
+        .map_err(|e| Error::io(format!("creating {}", args.output.display()), e))?;
+    let store = FileStore::new(
+        &args.output,
+        FileStoreOptions {
+            allow_path_traversal: args.allow_path_traversal,
+            keep_old_files: args.keep_old_files,
+            reproducible: false,
+        },
+    );
+    let filter = LayerFilter {
+        media_types: args.media_types.clone(),
+        allow_all: args.allow_all,
+    };
+    let quiet = args.format == Format::Json;
+    let opts = CopyOptions {
+        concurrency: args.concurrency,
+        progress: Arc::new(Bars::new("Downloading", args.no_tty, quiet)),
+    };
+    let report = oras::pull(&repo, &reference.target(), &store, &filter, &opts).await?;
+    if let Some(path) = &args.config {
+        let config = report.manifest.config.clone();
+        let data = oras_fs::content::read_all(&repo, &config, 64 << 20).await?;
+        std::fs::write(path, &data).map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
+    }
+    let titled_skipped: Vec<&Descriptor> = report.skipped.iter().filter(|d| d.title().is_some()).collect();
+    match args.format {
+        Format::Json => {
+            let files: Vec<_> = report
+                .pulled
+                .iter()
+                .map(|d| {
+                    serde_json::json!({
+                        "path": args.output.join(d.title().unwrap_or_default()),
+                        "mediaType": d.media_type,
+                        "digest": d.digest,
+                        "size": d.size,
+                        "annotations": d.annotations,
+                    })
+                })
+                .collect();
+            let v = serde_json::json!({
+                "reference": format!("{}@{}", base_name(&reference), report.manifest_descriptor.digest),
+                "files": files,
+                "skipped": titled_skipped.iter().map(|d| serde_json::json!({"title": d.title(), "mediaType": d.media_type})).collect::<Vec<_>>(),
+            });
+            println!("{}", serde_json::to_string_pretty(&v).expect("JSON"));
+        }
+        Format::Text => {
+            if report.pulled.is_empty() && titled_skipped.is_empty() {
+                eprintln!("Warning: the artifact has no files (no layer has a title)");
+            }
+            if !titled_skipped.is_empty() {
+                let types: std::collections::BTreeSet<&str> =
+                    titled_skipped.iter().map(|d| d.media_type.as_str()).collect();
+                let names: Vec<String> = titled_skipped.iter().take(5).map(|d| label(d)).collect();
+                eprintln!(
+                    "Skipped {} layer(s) of other media types ({}): {}{}\n  \
+                     pull them with -t TYPE, or all with -a/--allow-all",
+                    titled_skipped.len(),
+                    types.into_iter().collect::<Vec<_>>().join(", "),
+                    names.join(", "),
+                    if titled_skipped.len() > 5 { ", ..." } else { "" }
+                );
+            }
+            println!("Pulled [registry] {}", reference);
+            println!("Digest: {}", report.manifest_descriptor.digest);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,514 @@
+//! A directory of files named by their title annotation: the source of `push` and the
+//! destination of `pull`.
+//!
+//! Files are written to a temporary name beside their destination and renamed into place only
+//! after their digest matched, so a failed pull never leaves a truncated file. Untitled content
+//! (configs, manifests) is kept in memory.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::path::{Component, Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+
+use super::{ByteStream, MemoryStore, Target};
+use crate::digest::{Digest, Digester, Verifier};
+use crate::error::{Error, IoContext, Result};
+use crate::manifest::{annotation, media_type, Descriptor};
+
+/// Read and write buffer size for blob files: large enough that syscalls don't dominate.
+const IO_CHUNK: usize = 1 << 20;
+
+#[derive(Clone, Debug, Default)]
+pub struct FileStoreOptions {
+    /// Accept titles that leave the root (`../x`, `/etc/x`) and unsafe tar entries.
+    pub allow_path_traversal: bool,
+    /// Fail instead of replacing files that exist.
+    pub keep_old_files: bool,
+    /// Pack directories with fixed metadata (mtime 0, uid/gid 0) for reproducible digests.
+    pub reproducible: bool,
+}
+
+pub struct FileStore {
+    root: PathBuf,
+    options: FileStoreOptions,
+    /// Where the content of each added or pulled digest lives.
+    files: Mutex<HashMap<Digest, PathBuf>>,
+    fallback: MemoryStore,
+    /// Holds the tar.gz files made for directories until the store is dropped.
+    scratch: Mutex<Option<Arc<tempfile::TempDir>>>,
+}
+
+impl FileStore {
+    pub fn new(root: impl Into<PathBuf>, options: FileStoreOptions) -> Self {
+        FileStore {
+            root: root.into(),
+            options,
+            files: Mutex::new(HashMap::new()),
+            fallback: MemoryStore::new(),
+            scratch: Mutex::new(None),
+        }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Adds the file or directory at `path` (relative to the current directory) under `title`.
+    /// A directory becomes one tar+gzip layer with the oras unpack annotations.
+    pub async fn add(&self, title: &str, media_type: Option<&str>, path: &Path) -> Result<Descriptor> {
+        let meta = tokio::fs::metadata(path)
+            .await
+            .ctx(|| format!("cannot read {}", path.display()))?;
+        let mut desc = if meta.is_dir() {
+            let scratch = self.scratch_dir()?;
+            let (path, title, reproducible) = (path.to_path_buf(), title.to_string(), self.options.reproducible);
+            let (tgz, desc) = tokio::task::spawn_blocking(move || {
+                pack_directory(&path, &title, scratch.path(), reproducible)
+            })
+            .await
+            .expect("packing task panicked")?;
+            self.files.lock().unwrap().insert(desc.digest.clone(), tgz);
+            let mut desc = desc;
+            if let Some(mt) = media_type {
+                desc.media_type = mt.to_string();
+            }
+            desc
+        } else {
+            let (digest, size) = hash_file(path).await?;
+            self.files
+                .lock()
+                .unwrap()
+                .insert(digest.clone(), path.to_path_buf());
+            Descriptor::new(media_type.unwrap_or(media_type::DEFAULT_LAYER), digest, size)
+        };
+        desc.set_annotation(annotation::TITLE, title);
+        Ok(desc)
+    }
+
+    /// Adds small in-memory content (a config, a manifest) that has no file.
+    pub fn add_bytes(&self, media_type: &str, data: impl Into<Bytes>) -> Descriptor {
+        self.fallback.add(media_type, data)
+    }
+
+    fn scratch_dir(&self) -> Result<Arc<tempfile::TempDir>> {
+        let mut s = self.scratch.lock().unwrap();
+        if s.is_none() {
+            *s = Some(Arc::new(
+                tempfile::Builder::new()
+                    .prefix("oras-fs-pack-")
+                    .tempdir()
+                    .ctx(|| "creating a temporary directory".into())?,
+            ));
+        }
+        Ok(s.clone().expect("set above"))
+    }
+
+    /// Where a titled blob lands, refusing titles that escape the root unless allowed.
+    pub fn path_for(&self, title: &str) -> Result<PathBuf> {
+        safe_join(&self.root, title, self.options.allow_path_traversal)
+    }
+
+    async fn write_file(&self, desc: &Descriptor, title: &str, content: ByteStream) -> Result<()> {
+        let dest = self.path_for(title)?;
+        if self.options.keep_old_files && tokio::fs::symlink_metadata(&dest).await.is_ok() {
+            return Err(Error::FileExists { path: dest });
+        }
+        let parent = dest.parent().unwrap_or(&self.root).to_path_buf();
+        tokio::fs::create_dir_all(&parent)
+            .await
+            .ctx(|| format!("creating {}", parent.display()))?;
+        if !self.options.allow_path_traversal {
+            check_inside(&self.root, &parent, title)?;
+        }
+        let tmp = tempfile::Builder::new()
+            .prefix(".oras-fs-partial-")
+            .tempfile_in(&parent)
+            .ctx(|| format!("creating a temporary file in {}", parent.display()))?;
+        let (std_file, tmp_path) = tmp.into_parts();
+        let mut file = tokio::io::BufWriter::with_capacity(IO_CHUNK, tokio::fs::File::from_std(std_file));
+        let mut verifier = Verifier::new(&desc.digest, desc.size);
+        let mut content = content;
+        while let Some(chunk) = content.next().await {
+            let chunk = chunk?;
+            verifier.update(&chunk)?;
+            file.write_all(&chunk)
+                .await
+                .ctx(|| format!("writing {}", dest.display()))?;
+        }
+        file.flush().await.ctx(|| format!("writing {}", dest.display()))?;
+        verifier.finish()?;
+        let file = file.into_inner().into_std().await;
+        let tmp = tempfile::NamedTempFile::from_parts(file, tmp_path);
+        if desc.is_directory() {
+            let (tmp, dest, desc, opts) = (tmp, dest.clone(), desc.clone(), self.options.clone());
+            tokio::task::spawn_blocking(move || unpack_directory(tmp.path(), &dest, &desc, &opts))
+                .await
+                .expect("unpack task panicked")?;
+        } else {
+            let persisted = if self.options.keep_old_files {
+                tmp.persist_noclobber(&dest)
+            } else {
+                tmp.persist(&dest)
+            };
+            persisted.map_err(|e| Error::io(format!("renaming into {}", dest.display()), e.error))?;
+        }
+        self.files.lock().unwrap().insert(desc.digest.clone(), dest);
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Target for FileStore {
+    fn name(&self) -> String {
+        format!("file store {}", self.root.display())
+    }
+
+    async fn resolve(&self, reference: &str) -> Result<Descriptor> {
+        self.fallback.resolve(reference).await
+    }
+
+    async fn fetch(&self, desc: &Descriptor) -> Result<ByteStream> {
+        let path = self.files.lock().unwrap().get(&desc.digest).cloned();
+        let Some(path) = path else {
+            return self.fallback.fetch(desc).await;
+        };
+        let file = tokio::fs::File::open(&path)
+            .await
+            .ctx(|| format!("opening {}", path.display()))?;
+        let stream = tokio_util::io::ReaderStream::with_capacity(file, IO_CHUNK);
+        Ok(Box::pin(stream.map(move |r| {
+            r.map_err(|e| Error::io(format!("reading {}", path.display()), e))
+        })))
+    }
+
+    async fn fetch_range(&self, desc: &Descriptor, offset: u64, len: u64) -> Result<Bytes> {
+        let path = self.files.lock().unwrap().get(&desc.digest).cloned();
+        let Some(path) = path else {
+            return self.fallback.fetch_range(desc, offset, len).await;
+        };
+        let mut file = tokio::fs::File::open(&path)
+            .await
+            .ctx(|| format!("opening {}", path.display()))?;
+        file.seek(std::io::SeekFrom::Start(offset))
+            .await
+            .ctx(|| format!("reading {}", path.display()))?;
+        let mut buf = Vec::new();
+        file.take(len)
+            .read_to_end(&mut buf)
+            .await
+            .ctx(|| format!("reading {}", path.display()))?;
+        Ok(buf.into())
+    }
+
+    async fn exists(&self, desc: &Descriptor) -> Result<bool> {
+        if self.files.lock().unwrap().contains_key(&desc.digest) {
+            return Ok(true);
+        }
+        self.fallback.exists(desc).await
+    }
+
+    async fn push(&self, desc: &Descriptor, content: ByteStream) -> Result<()> {
+        match desc.title() {
+            Some(title) => {
+                let title = title.to_string();
+                self.write_file(desc, &title, content).await
+            }
+            None => self.fallback.push(desc, content).await,
+        }
+    }
+
+    async fn push_manifest(&self, desc: &Descriptor, bytes: Bytes, tag: Option<&str>) -> Result<()> {
+        self.fallback.push_manifest(desc, bytes, tag).await
+    }
+
+    async fn tag(&self, desc: &Descriptor, tag: &str) -> Result<()> {
+        self.fallback.tag(desc, tag).await
+    }
+}
+
+/// Hashes a file without holding it in memory.
+pub async fn hash_file(path: &Path) -> Result<(Digest, u64)> {
+    let mut file = tokio::fs::File::open(path)
+        .await
+        .ctx(|| format!("cannot read {}", path.display()))?;
+    let mut digester = Digester::sha256();
+    let mut buf = vec![0u8; IO_CHUNK];
+    let mut size = 0u64;
+    loop {
+        let n = file
+            .read(&mut buf)
+            .await
+            .ctx(|| format!("reading {}", path.display()))?;
+        if n == 0 {
+            break;
+        }
+        digester.update(&buf[..n]);
+        size += n as u64;
+    }
+    Ok((digester.finish(), size))
+}
+
+/// Checks that a title is a plain relative path (no `..`, not absolute, no NUL) and joins it.
+pub fn safe_join(root: &Path, title: &str, allow_traversal: bool) -> Result<PathBuf> {
+    let refuse = |reason| Error::UnsafePath {
+        path: title.to_string(),
+        reason,
+    };
+    if title.is_empty() {
+        return Err(refuse("empty name"));
+    }
+    if title.contains('\0') {
+        return Err(refuse("contains a NUL byte"));
+    }
+    if title.split('/').any(|c| c.len() > 255) {
+        return Err(refuse("a path component is longer than 255 bytes"));
+    }
+    let path = Path::new(title);
+    if allow_traversal {
+        return Ok(root.join(path));
+    }
+    if path.is_absolute() {
+        return Err(refuse("absolute path"));
+    }
+    let mut depth = 0usize;
+    for c in path.components() {
+        match c {
+            Component::Normal(_) => depth += 1,
+            Component::CurDir => {}
+            Component::ParentDir => return Err(refuse("contains '..'")),
+            Component::RootDir | Component::Prefix(_) => return Err(refuse("absolute path")),
+        }
+    }
+    if depth == 0 {
+        return Err(refuse("names no file"));
+    }
+    Ok(root.join(path))
+}
+
+/// Refuses a directory that, through symlinks already on disk, lies outside `root`.
+fn check_inside(root: &Path, dir: &Path, title: &str) -> Result<()> {
+    let root = std::fs::canonicalize(root).ctx(|| format!("resolving {}", root.display()))?;
+    let dir = std::fs::canonicalize(dir).ctx(|| format!("resolving {}", dir.display()))?;
+    if dir.starts_with(&root) {
+        Ok(())
+    } else {
+        Err(Error::UnsafePath {
+            path: title.to_string(),
+            reason: "a symlink in the output directory points outside it",
+        })
+    }
+}
+
+/// Hashes what passes through, for the uncompressed-tar digest of directory layers.
+struct HashingWriter<W> {
+    inner: W,
+    digester: Digester,
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.digester.update(&buf[..n]);
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+struct HashingReader<R> {
+    inner: R,
+    digester: Digester,
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.digester.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+/// Packs `dir` as `title/...` into a tar+gzip file in `scratch`, as oras does.
+fn pack_directory(dir: &Path, title: &str, scratch: &Path, reproducible: bool) -> Result<(PathBuf, Descriptor)> {
+    let out = tempfile::Builder::new()
+        .suffix(".tar.gz")
+        .tempfile_in(scratch)
+        .ctx(|| "creating a temporary file".into())?;
+    let (file, out_path) = out.keep().map_err(|e| Error::io("keeping a temporary file", e.error))?;
+    let gz = flate2::GzBuilder::new().write(std::io::BufWriter::with_capacity(IO_CHUNK, file), flate2::Compression::default());
+    let mut builder = tar::Builder::new(HashingWriter {
+        inner: gz,
+        digester: Digester::sha256(),
+    });
+    builder.follow_symlinks(false);
+    builder.mode(if reproducible {
+        tar::HeaderMode::Deterministic
+    } else {
+        tar::HeaderMode::Complete
+    });
+    let ctx = || format!("packing {}", dir.display());
+    // A sorted walk, so the same tree gives the same tar.
+    let mut stack = vec![(dir.to_path_buf(), PathBuf::from(title))];
+    while let Some((path, name)) = stack.pop() {
+        builder.append_path_with_name(&path, &name).ctx(ctx)?;
+        if std::fs::symlink_metadata(&path).ctx(ctx)?.is_dir() {
+            let mut entries: Vec<_> = std::fs::read_dir(&path)
+                .ctx(ctx)?
+                .collect::<std::io::Result<Vec<_>>>()
+                .ctx(ctx)?;
+            entries.sort_by_key(|e| e.file_name());
+            for e in entries.into_iter().rev() {
+                stack.push((e.path(), name.join(e.file_name())));
+            }
+        }
+    }
+    let hashing = builder.into_inner().ctx(ctx)?;
+    let tar_digest = hashing.digester.finish();
+    let mut file = hashing.inner.finish().ctx(ctx)?;
+    file.flush().ctx(ctx)?;
+    drop(file);
+    let mut digester = Digester::sha256();
+    let mut f = std::fs::File::open(&out_path).ctx(ctx)?;
+    let mut buf = vec![0u8; IO_CHUNK];
+    let mut size = 0u64;
+    loop {
+        let n = f.read(&mut buf).ctx(ctx)?;
+        if n == 0 {
+            break;
+        }
+        size += n as u64;
+        digester.update(&buf[..n]);
+    }
+    let mut desc = Descriptor::new(media_type::DIRECTORY_LAYER, digester.finish(), size);
+    desc.set_annotation(annotation::CONTENT_DIGEST, tar_digest.to_string());
+    desc.set_annotation(annotation::UNPACK, "true");
+    Ok((out_path, desc))
+}
+
+/// Unpacks a verified tar+gzip at `tgz` to `dest` (whose last component is the title), via a
+/// temporary directory beside it, checking every entry and the uncompressed-tar digest first.
+fn unpack_directory(tgz: &Path, dest: &Path, desc: &Descriptor, opts: &FileStoreOptions) -> Result<()> {
+    let title = desc.title().unwrap_or_default().to_string();
+    let parent = dest.parent().expect("dest is root/title");
+    let staging = tempfile::Builder::new()
+        .prefix(".oras-fs-unpack-")
+        .tempdir_in(parent)
+        .ctx(|| format!("creating a temporary directory in {}", parent.display()))?;
+    let file = std::fs::File::open(tgz).ctx(|| "reading the downloaded layer".into())?;
+    let mut reader = HashingReader {
+        inner: flate2::read::GzDecoder::new(std::io::BufReader::with_capacity(IO_CHUNK, file)),
+        digester: Digester::sha256(),
+    };
+    let bad = |reason: String| Error::UnsafePath {
+        path: title.clone(),
+        reason: Box::leak(reason.into_boxed_str()),
+    };
+    {
+        let mut archive = tar::Archive::new(&mut reader);
+        archive.set_overwrite(true);
+        archive.set_preserve_permissions(true);
+        for entry in archive.entries().ctx(|| format!("reading the tar of {title}"))? {
+            let mut entry = entry.ctx(|| format!("reading the tar of {title}"))?;
+            let path = entry.path().ctx(|| format!("reading the tar of {title}"))?.into_owned();
+            if !opts.allow_path_traversal {
+                check_tar_entry(&path, &entry).map_err(|r| bad(format!("{}: {r}", path.display())))?;
+            }
+            entry
+                .unpack_in(staging.path())
+                .ctx(|| format!("unpacking {} of {title}", path.display()))?;
+        }
+    }
+    // The tar may end with padding the archive reader did not consume: hash it too.
+    std::io::copy(&mut reader, &mut std::io::sink()).ctx(|| format!("reading the tar of {title}"))?;
+    if let Some(want) = desc.annotation(annotation::CONTENT_DIGEST) {
+        let want: Digest = want.parse()?;
+        reader.digester.check(&want)?;
+    }
+    // Move the unpacked tree into place only now that everything checked out.
+    let base = Path::new(&title);
+    let unpacked_root = staging.path().join(base);
+    let src = if unpacked_root.exists() {
+        unpacked_root
+    } else {
+        staging.path().to_path_buf()
+    };
+    if std::fs::symlink_metadata(dest).is_ok() {
+        if opts.keep_old_files {
+            return Err(Error::FileExists { path: dest.to_path_buf() });
+        }
+        let old = staging.path().join(".oras-fs-old");
+        std::fs::rename(dest, &old).ctx(|| format!("replacing {}", dest.display()))?;
+    }
+    std::fs::rename(&src, dest).ctx(|| format!("moving the unpacked {} into place", dest.display()))?;
+    Ok(())
+}
+
+/// The checks for one tar entry: a relative path inside the archive; links that stay inside.
+fn check_tar_entry<R: Read>(path: &Path, entry: &tar::Entry<R>) -> std::result::Result<(), String> {
+    if path.is_absolute() || path.components().any(|c| matches!(c, Component::ParentDir)) {
+        return Err("entry path leaves the directory".into());
+    }
+    let kind = entry.header().entry_type();
+    if kind.is_symlink() || kind.is_hard_link() {
+        let target = entry
+            .link_name()
+            .map_err(|e| e.to_string())?
+            .ok_or("link without a target")?;
+        // A symlink resolves from its own directory; a hard link from the archive root.
+        let base = if kind.is_symlink() {
+            path.parent().unwrap_or(Path::new("")).to_path_buf()
+        } else {
+            PathBuf::new()
+        };
+        if target.is_absolute() || escapes(&base.join(&target)) {
+            return Err(format!("link to {} points outside the directory", target.display()));
+        }
+    } else if !(kind.is_file() || kind.is_dir() || kind.is_pax_global_extensions() || kind.is_pax_local_extensions() || kind.is_gnu_longname() || kind.is_gnu_longlink()) {
+        return Err(format!("unsupported entry type {kind:?}"));
+    }
+    Ok(())
+}
+
+/// Whether a relative path climbs above its start.
+fn escapes(path: &Path) -> bool {
+    let mut depth = 0i64;
+    for c in path.components() {
+        match c {
+            Component::ParentDir => depth -= 1,
+            Component::Normal(_) => depth += 1,
+            Component::RootDir | Component::Prefix(_) => return true,
+            Component::CurDir => {}
+        }
+        if depth < 0 {
+            return true;
+        }
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn safe_join_refuses_escapes() {
+        let root = Path::new("/out");
+        assert_eq!(safe_join(root, "a/b.txt", false).unwrap(), Path::new("/out/a/b.txt"));
+        for bad in ["../x", "/etc/x", "a/../../x", "", ".", "a\0b"] {
+            assert!(safe_join(root, bad, false).is_err(), "{bad:?}");
+        }
+        assert!(safe_join(root, "../x", true).is_ok());
+    }
+
+    #[test]
+    fn escapes_detects_climbing_links() {
+        assert!(escapes(Path::new("a/../../b")));
+        assert!(!escapes(Path::new("a/../b")));
+    }
+}

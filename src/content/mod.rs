@@ -1,0 +1,134 @@
+//! Content stores: one abstraction (`Target`) for any place that stores blobs and manifests and
+//! resolves references, as in oras-go v2. Every command is built from a few of these calls.
+//!
+//! Verification rule: `push` verifies what it stores against the descriptor (size and digest)
+//! before the content becomes visible; `fetch` hands out bytes as they come. So a `copy`
+//! between two targets is verified exactly once, at the destination, and a reader that is not
+//! a `push` wraps the stream in [`verified`].
+
+pub mod file;
+pub mod memory;
+
+use std::pin::Pin;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
+
+use crate::digest::Verifier;
+use crate::error::{Error, Result};
+use crate::manifest::{Descriptor, Manifest, MAX_MANIFEST_SIZE};
+
+pub use file::FileStore;
+pub use memory::MemoryStore;
+
+/// Blob bytes as they arrive.
+pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes>> + Send>>;
+
+/// A place that stores content by digest and resolves references (tags) to manifests.
+#[async_trait]
+pub trait Target: Send + Sync {
+    /// A short name for messages (`localhost:5000/repo`, `file store ./out`).
+    fn name(&self) -> String;
+
+    /// Resolves a tag or digest to the descriptor of its manifest.
+    async fn resolve(&self, reference: &str) -> Result<Descriptor>;
+
+    /// Fetches a blob or manifest from its start.
+    async fn fetch(&self, desc: &Descriptor) -> Result<ByteStream>;
+
+    /// Fetches `len` bytes at `offset` (clamped to the blob's end). Not verifiable on its own:
+    /// callers verify once they hold the whole blob.
+    async fn fetch_range(&self, desc: &Descriptor, offset: u64, len: u64) -> Result<Bytes>;
+
+    /// Whether the content is already here (so a copy can skip it).
+    async fn exists(&self, desc: &Descriptor) -> Result<bool>;
+
+    /// Stores a blob, verifying size and digest before it becomes visible.
+    async fn push(&self, desc: &Descriptor, content: ByteStream) -> Result<()>;
+
+    /// Stores a manifest (verified like a blob) and, with `tag`, points the tag at it.
+    async fn push_manifest(&self, desc: &Descriptor, bytes: Bytes, tag: Option<&str>)
+        -> Result<()>;
+
+    /// Points `tag` at an existing manifest.
+    async fn tag(&self, desc: &Descriptor, tag: &str) -> Result<()>;
+}
+
+/// Wraps a stream so that it fails, at its end, unless the bytes match `desc`.
+pub fn verified(desc: &Descriptor, stream: ByteStream) -> ByteStream {
+    let verifier = Some(Verifier::new(&desc.digest, desc.size));
+    Box::pin(futures_util::stream::unfold(
+        (stream, verifier),
+        |(mut stream, mut verifier)| async move {
+            let v = verifier.as_mut()?;
+            match stream.next().await {
+                Some(Ok(chunk)) => match v.update(&chunk) {
+                    Ok(()) => Some((Ok(chunk), (stream, verifier))),
+                    Err(e) => Some((Err(e), (stream, None))),
+                },
+                Some(Err(e)) => Some((Err(e), (stream, None))),
+                None => match verifier.take().expect("checked above").finish() {
+                    Ok(()) => None,
+                    Err(e) => Some((Err(e), (stream, None))),
+                },
+            }
+        },
+    ))
+}
+
+/// Reads a whole small blob into memory, refusing more than `cap` bytes, and verifies it.
+pub async fn read_all(target: &dyn Target, desc: &Descriptor, cap: u64) -> Result<Bytes> {
+    if desc.size > cap {
+        return Err(too_large(desc, cap));
+    }
+    collect(desc, target.fetch(desc).await?, cap).await
+}
+
+/// Collects a stream of at most `cap` bytes into memory, verified against `desc`.
+pub async fn collect(desc: &Descriptor, stream: ByteStream, cap: u64) -> Result<Bytes> {
+    if desc.size > cap {
+        return Err(too_large(desc, cap));
+    }
+    let mut stream = verified(desc, stream);
+    let mut buf = Vec::with_capacity(desc.size as usize);
+    while let Some(chunk) = stream.next().await {
+        buf.extend_from_slice(&chunk?);
+    }
+    Ok(buf.into())
+}
+
+fn too_large(desc: &Descriptor, cap: u64) -> Error {
+    Error::Protocol(format!(
+        "{} is {} bytes, over the {cap}-byte limit for content read into memory",
+        desc.digest, desc.size
+    ))
+}
+
+/// Resolves `reference` and fetches, verifies and parses its manifest.
+pub async fn fetch_manifest(
+    target: &dyn Target,
+    reference: &str,
+) -> Result<(Descriptor, Bytes, Manifest)> {
+    let desc = target.resolve(reference).await?;
+    let bytes = read_all(target, &desc, MAX_MANIFEST_SIZE).await.map_err(|e| match e {
+        Error::Protocol(m) => Error::InvalidManifest {
+            context: format!(" {reference}"),
+            reason: m,
+        },
+        e => e,
+    })?;
+    let manifest = Manifest::parse(&bytes, Some(&desc.media_type)).map_err(|e| match e {
+        Error::InvalidManifest { reason, .. } => Error::InvalidManifest {
+            context: format!(" {} ({})", reference, desc.digest),
+            reason,
+        },
+        e => e,
+    })?;
+    Ok((desc, bytes, manifest))
+}
+
+/// A stream of one in-memory chunk.
+pub fn once(bytes: Bytes) -> ByteStream {
+    Box::pin(futures_util::stream::once(async move { Ok(bytes) }))
+}

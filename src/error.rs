@@ -1,0 +1,132 @@
+//! One error type for the library. Each variant names the problem and, where there is one,
+//! what the user can do next: the CLI prints `Display` as is.
+
+use std::path::PathBuf;
+
+use crate::digest::Digest;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid reference {reference:?}: {reason}")]
+    InvalidReference { reference: String, reason: String },
+
+    #[error("invalid digest {0:?}: expected sha256:<64 lowercase hex> (or sha512:<128 hex>)")]
+    InvalidDigest(String),
+
+    #[error("invalid manifest{context}: {reason}")]
+    InvalidManifest { context: String, reason: String },
+
+    #[error(
+        "digest mismatch for {expected}: the bytes received hash to {actual}; \
+         the registry or the network corrupted the data (nothing was written in place)"
+    )]
+    DigestMismatch { expected: Digest, actual: Digest },
+
+    #[error(
+        "size mismatch for {digest}: expected {expected} bytes, received {actual}; \
+         the registry or the network truncated the data (nothing was written in place)"
+    )]
+    SizeMismatch {
+        digest: Digest,
+        expected: u64,
+        actual: u64,
+    },
+
+    #[error("{what} not found: {name}")]
+    NotFound { what: &'static str, name: String },
+
+    #[error(
+        "authentication to {registry} failed{detail}; check the credentials \
+         (`oras-fs login {registry}`, or -u/--password-stdin)"
+    )]
+    Unauthorized { registry: String, detail: String },
+
+    #[error("access to {what} denied by the registry (HTTP 403): the credentials lack permission")]
+    Forbidden { what: String },
+
+    #[error("registry {registry} answered HTTP {status} to {method} {path}{detail}")]
+    Registry {
+        registry: String,
+        method: String,
+        path: String,
+        status: u16,
+        detail: String,
+    },
+
+    #[error("cannot reach {registry}: {source}{hint}")]
+    Connect {
+        registry: String,
+        hint: String,
+        #[source]
+        source: reqwest::Error,
+    },
+
+    #[error("transfer from {registry} failed: {source}")]
+    Transfer {
+        registry: String,
+        #[source]
+        source: reqwest::Error,
+    },
+
+    #[error("the registry misbehaved: {0}")]
+    Protocol(String),
+
+    #[error(
+        "refusing path {path:?} ({reason}); use --allow-path-traversal (pull) or \
+         --disable-path-validation (push) if you trust it"
+    )]
+    UnsafePath { path: String, reason: &'static str },
+
+    #[error("{path}: file exists; remove it or drop --keep-old-files")]
+    FileExists { path: PathBuf },
+
+    #[error("credentials: {0}")]
+    Credentials(String),
+
+    #[error("TLS setup: {0}")]
+    Tls(String),
+
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("{0}")]
+    Usage(String),
+
+    #[error("{0}")]
+    Other(String),
+}
+
+impl Error {
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        Error::Io {
+            context: context.into(),
+            source,
+        }
+    }
+
+    /// Whether the same request may succeed if tried again (network faults, 429, 5xx).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Connect { .. } | Error::Transfer { .. } => true,
+            Error::Registry { status, .. } => *status == 429 || *status >= 500,
+            _ => false,
+        }
+    }
+}
+
+/// Adds a context string to `std::io::Result`s.
+pub trait IoContext<T> {
+    fn ctx(self, context: impl FnOnce() -> String) -> Result<T>;
+}
+
+impl<T> IoContext<T> for std::io::Result<T> {
+    fn ctx(self, context: impl FnOnce() -> String) -> Result<T> {
+        self.map_err(|e| Error::io(context(), e))
+    }
+}

@@ -1,0 +1,21 @@
+//! oras-fs: keep arbitrary files in OCI registries.
+//!
+//! The map, bottom up:
+//! - [`digest`], [`reference`], [`manifest`]: the data types of the OCI world.
+//! - [`content`]: the [`content::Target`] abstraction (fetch, push, resolve) with a memory store
+//!   and a file-directory store.
+//! - [`auth`]: credentials (flags, Docker credential store) and bearer tokens.
+//! - [`registry`]: a remote repository as a `Target`, speaking the distribution protocol.
+//! - [`oras`]: `push`, `pull` and `copy`, built only from `Target` calls.
+//! - `cli` (in the binary): argument parsing and output; a thin shell over the above.
+
+pub mod auth;
+pub mod content;
+pub mod digest;
+pub mod error;
+pub mod manifest;
+pub mod oras;
+pub mod reference;
+pub mod registry;
+
+pub use error::{Error, Result};

@@ -1,0 +1,227 @@
+//! OCI manifests and descriptors, hand-written rather than taken from oci-spec so that what we
+//! write is reproducible (annotations in a `BTreeMap`) and what we read survives a round trip
+//! (unknown fields are kept in `extra`). See docs/DESIGN.md.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::digest::Digest;
+use crate::error::{Error, Result};
+
+pub mod media_type {
+    pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+    pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+    pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+    pub const DOCKER_MANIFEST_LIST: &str =
+        "application/vnd.docker.distribution.manifest.list.v2+json";
+    pub const EMPTY: &str = "application/vnd.oci.empty.v1+json";
+    /// The default media type of a file layer, as in the oras CLI.
+    pub const DEFAULT_LAYER: &str = "application/vnd.oci.image.layer.v1.tar";
+    /// A directory packed by oras: tar + gzip.
+    pub const DIRECTORY_LAYER: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+    pub const UNKNOWN_CONFIG: &str = "application/vnd.unknown.config.v1+json";
+    /// What we accept when fetching a manifest.
+    pub const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.manifest.v1+json, \
+        application/vnd.docker.distribution.manifest.v2+json, \
+        application/vnd.oci.image.index.v1+json, \
+        application/vnd.docker.distribution.manifest.list.v2+json, \
+        application/vnd.oci.artifact.manifest.v1+json";
+}
+
+pub mod annotation {
+    pub const TITLE: &str = "org.opencontainers.image.title";
+    pub const CREATED: &str = "org.opencontainers.image.created";
+    /// sha256 of the uncompressed tar of a directory layer.
+    pub const CONTENT_DIGEST: &str = "io.deis.oras.content.digest";
+    pub const UNPACK: &str = "io.deis.oras.content.unpack";
+}
+
+/// The empty JSON object `{}` used as config of artifacts without one.
+pub const EMPTY_JSON: &[u8] = b"{}";
+
+/// Manifests larger than this are refused before parsing (oras-go uses the same cap).
+pub const MAX_MANIFEST_SIZE: u64 = 4 * 1024 * 1024;
+
+pub type Annotations = BTreeMap<String, String>;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Descriptor {
+    pub media_type: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifact_type: Option<String>,
+    pub digest: Digest,
+    pub size: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub urls: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub annotations: Option<Annotations>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platform: Option<serde_json::Value>,
+    #[serde(flatten)]
+    pub extra: BTreeMap<String, serde_json::Value>,
+}
+
+impl Descriptor {
+    pub fn new(media_type: impl Into<String>, digest: Digest, size: u64) -> Self {
+        Descriptor {
+            media_type: media_type.into(),
+            artifact_type: None,
+            digest,
+            size,
+            urls: None,
+            annotations: None,
+            data: None,
+            platform: None,
+            extra: BTreeMap::new(),
+        }
+    }
+
+    /// The descriptor of `data` as a blob of `media_type`.
+    pub fn of(media_type: impl Into<String>, data: &[u8]) -> Self {
+        Descriptor::new(media_type, Digest::of(data), data.len() as u64)
+    }
+
+    /// The empty config `{}`.
+    pub fn empty() -> Self {
+        Descriptor::of(media_type::EMPTY, EMPTY_JSON)
+    }
+
+    pub fn annotation(&self, key: &str) -> Option<&str> {
+        self.annotations.as_ref()?.get(key).map(String::as_str)
+    }
+
+    pub fn title(&self) -> Option<&str> {
+        self.annotation(annotation::TITLE).filter(|t| !t.is_empty())
+    }
+
+    pub fn set_annotation(&mut self, key: &str, value: impl Into<String>) {
+        self.annotations
+            .get_or_insert_with(Default::default)
+            .insert(key.to_string(), value.into());
+    }
+
+    /// A directory packed as tar+gzip that pull unpacks.
+    pub fn is_directory(&self) -> bool {
+        self.annotation(annotation::UNPACK) == Some("true")
+    }
+
+    pub fn is_manifest(&self) -> bool {
+        matches!(
+            self.media_type.as_str(),
+            media_type::OCI_MANIFEST
+                | media_type::DOCKER_MANIFEST
+                | media_type::OCI_INDEX
+                | media_type::DOCKER_MANIFEST_LIST
+        )
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Manifest {
+    pub schema_version: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub media_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifact_type: Option<String>,
+    pub config: Descriptor,
+    #[serde(default)]
+    pub layers: Vec<Descriptor>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<Descriptor>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub annotations: Option<Annotations>,
+    #[serde(flatten)]
+    pub extra: BTreeMap<String, serde_json::Value>,
+}
+
+impl Manifest {
+    /// An OCI image manifest with `config` and `layers`.
+    pub fn new(config: Descriptor, layers: Vec<Descriptor>) -> Self {
+        Manifest {
+            schema_version: 2,
+            media_type: Some(media_type::OCI_MANIFEST.to_string()),
+            artifact_type: None,
+            config,
+            layers,
+            subject: None,
+            annotations: None,
+            extra: BTreeMap::new(),
+        }
+    }
+
+    /// Parses and checks a manifest received from somewhere untrusted.
+    /// `media_type` is what the registry said it is (Content-Type), if anything.
+    pub fn parse(bytes: &[u8], media_type: Option<&str>) -> Result<Manifest> {
+        let bad = |reason: String| Error::InvalidManifest {
+            context: String::new(),
+            reason,
+        };
+        if bytes.len() as u64 > MAX_MANIFEST_SIZE {
+            return Err(bad(format!("{} bytes is over the 4 MiB limit", bytes.len())));
+        }
+        let value: serde_json::Value =
+            serde_json::from_slice(bytes).map_err(|e| bad(format!("not JSON: {e}")))?;
+        let declared = value
+            .get("mediaType")
+            .and_then(|v| v.as_str())
+            .or(media_type)
+            .unwrap_or("");
+        if matches!(declared, media_type::OCI_INDEX | media_type::DOCKER_MANIFEST_LIST)
+            || value.get("manifests").is_some()
+        {
+            return Err(bad(
+                "this is an image index (a list of manifests), not an artifact manifest; \
+                 pull one of its manifests by digest"
+                    .into(),
+            ));
+        }
+        let m: Manifest =
+            serde_json::from_value(value).map_err(|e| bad(format!("not an OCI manifest: {e}")))?;
+        if m.schema_version != 2 {
+            return Err(bad(format!("schemaVersion {} (expected 2)", m.schema_version)));
+        }
+        Ok(m)
+    }
+
+    /// The canonical bytes we push: compact JSON in struct order.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a manifest always serializes")
+    }
+
+    pub fn media_type(&self) -> &str {
+        self.media_type.as_deref().unwrap_or(media_type::OCI_MANIFEST)
+    }
+
+    pub fn annotation(&self, key: &str) -> Option<&str> {
+        self.annotations.as_ref()?.get(key).map(String::as_str)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_config_matches_the_well_known_digest() {
+        assert_eq!(
+            Descriptor::empty().digest.as_str(),
+            "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a"
+        );
+    }
+
+    #[test]
+    fn round_trips_unknown_fields_and_rejects_indexes() {
+        let json = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.empty.v1+json","digest":"sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a","size":2,"x-extra":1},"layers":[],"future":true}"#;
+        let m = Manifest::parse(json, None).unwrap();
+        assert_eq!(m.to_bytes(), json.to_vec());
+        let idx = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[]}"#;
+        assert!(Manifest::parse(idx, None).unwrap_err().to_string().contains("index"));
+        assert!(Manifest::parse(b"{", None).is_err());
+        assert!(Manifest::parse(br#"{"schemaVersion":2}"#, None).is_err());
+    }
+}

@@ -1,0 +1,255 @@
+//! The ORAS operations — `push`, `pull`, `copy` — built only from [`Target`] calls, so they
+//! work between any two stores (registry, file directory, memory).
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::{StreamExt, TryStreamExt};
+
+use crate::content::{self, ByteStream, FileStore, Target};
+use crate::error::{Error, Result};
+use crate::manifest::{annotation, media_type, Annotations, Descriptor, Manifest};
+
+/// The artifactType oras gives artifacts whose config is empty and whose type is unsaid.
+pub const UNKNOWN_ARTIFACT: &str = "application/vnd.unknown.artifact.v1";
+
+/// Default number of blobs moved at once.
+pub const DEFAULT_CONCURRENCY: usize = 8;
+
+/// Hears about transfers, e.g. to draw progress bars.
+pub trait Progress: Send + Sync {
+    fn start(&self, _desc: &Descriptor) {}
+    fn advance(&self, _desc: &Descriptor, _bytes: u64) {}
+    /// `skipped`: the destination already had it.
+    fn finish(&self, _desc: &Descriptor, _skipped: bool) {}
+}
+
+/// Progress that goes nowhere.
+pub struct NoProgress;
+impl Progress for NoProgress {}
+
+/// Counts bytes as a stream passes by.
+fn counting(desc: &Descriptor, stream: ByteStream, progress: Arc<dyn Progress>) -> ByteStream {
+    let desc = desc.clone();
+    Box::pin(stream.inspect(move |item| {
+        if let Ok(chunk) = item {
+            progress.advance(&desc, chunk.len() as u64);
+        }
+    }))
+}
+
+/// Options of [`copy_graph`].
+#[derive(Clone)]
+pub struct CopyOptions {
+    pub concurrency: usize,
+    pub progress: Arc<dyn Progress>,
+}
+
+impl Default for CopyOptions {
+    fn default() -> Self {
+        CopyOptions {
+            concurrency: DEFAULT_CONCURRENCY,
+            progress: Arc::new(NoProgress),
+        }
+    }
+}
+
+/// Copies one blob unless the destination has it; transient failures are retried from the
+/// source. Returns whether it was skipped.
+pub async fn copy_blob(src: &dyn Target, dst: &dyn Target, desc: &Descriptor, opts: &CopyOptions) -> Result<bool> {
+    if dst.exists(desc).await? {
+        opts.progress.finish(desc, true);
+        return Ok(true);
+    }
+    opts.progress.start(desc);
+    let mut attempt = 0;
+    loop {
+        let stream = counting(desc, src.fetch(desc).await?, opts.progress.clone());
+        match dst.push(desc, stream).await {
+            Err(e) if (e.is_transient() || matches!(e, Error::Unauthorized { .. })) && attempt < 2 => {
+                tracing::warn!("{e}; sending {} again", desc.digest);
+                attempt += 1;
+            }
+            Err(e) => return Err(e),
+            Ok(()) => break,
+        }
+    }
+    opts.progress.finish(desc, false);
+    Ok(false)
+}
+
+/// Copies a manifest and the blobs it names (config and layers) from `src` to `dst`, blobs
+/// first, then the manifest, tagged with each of `tags` (or untagged if none).
+pub async fn copy_graph(
+    src: &dyn Target,
+    dst: &dyn Target,
+    root: &Descriptor,
+    root_bytes: Bytes,
+    tags: &[String],
+    opts: &CopyOptions,
+) -> Result<()> {
+    let manifest = Manifest::parse(&root_bytes, Some(&root.media_type))?;
+    let mut seen = HashSet::new();
+    let blobs: Vec<Descriptor> = std::iter::once(manifest.config.clone())
+        .chain(manifest.layers.iter().cloned())
+        .filter(|d| seen.insert(d.digest.clone()))
+        .collect();
+    futures_util::stream::iter(blobs.iter().map(|d| copy_blob(src, dst, d, opts)))
+        .buffer_unordered(opts.concurrency.max(1))
+        .try_collect::<Vec<_>>()
+        .await?;
+    let (first, rest) = match tags.split_first() {
+        Some((f, r)) => (Some(f.as_str()), r),
+        None => (None, &[][..]),
+    };
+    dst.push_manifest(root, root_bytes, first).await?;
+    for t in rest {
+        dst.tag(root, t).await?;
+    }
+    Ok(())
+}
+
+/// What a pushed manifest says besides its layers.
+#[derive(Clone, Debug, Default)]
+pub struct PackOptions {
+    pub artifact_type: Option<String>,
+    /// A config blob already in the source store; the empty config `{}` if `None`.
+    pub config: Option<Descriptor>,
+    pub annotations: Annotations,
+    pub subject: Option<Descriptor>,
+    /// Leave out `org.opencontainers.image.created` unless given, for reproducible digests.
+    pub reproducible: bool,
+}
+
+/// Builds an artifact manifest from layers, as the oras CLI does: empty config and an
+/// artifactType of `application/vnd.unknown.artifact.v1` unless told otherwise, and a
+/// `created` timestamp unless given.
+pub fn pack_manifest(layers: Vec<Descriptor>, opts: &PackOptions) -> (Descriptor, Bytes) {
+    let config = opts.config.clone().unwrap_or_else(Descriptor::empty);
+    let artifact_type = opts.artifact_type.clone().or_else(|| {
+        (config.media_type == media_type::EMPTY).then(|| UNKNOWN_ARTIFACT.to_string())
+    });
+    let mut annotations: BTreeMap<String, String> = opts.annotations.clone();
+    if !opts.reproducible && !annotations.contains_key(annotation::CREATED) {
+        annotations.insert(
+            annotation::CREATED.to_string(),
+            humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+        );
+    }
+    let mut manifest = Manifest::new(config, layers);
+    manifest.artifact_type = artifact_type;
+    manifest.subject = opts.subject.clone();
+    manifest.annotations = (!annotations.is_empty()).then_some(annotations);
+    let bytes = Bytes::from(manifest.to_bytes());
+    (Descriptor::of(media_type::OCI_MANIFEST, &bytes), bytes)
+}
+
+/// Pushes `layers` (already added to `store`) as one artifact to `dst`, tagged with `tags`.
+/// Blobs `dst` already has are skipped.
+pub async fn push(
+    store: &FileStore,
+    layers: Vec<Descriptor>,
+    pack: &PackOptions,
+    dst: &dyn Target,
+    tags: &[String],
+    opts: &CopyOptions,
+) -> Result<(Descriptor, Bytes)> {
+    let (desc, bytes) = pack_manifest(layers, pack);
+    if pack.config.is_none() {
+        store.add_bytes(media_type::EMPTY, crate::manifest::EMPTY_JSON);
+    }
+    copy_graph(store, dst, &desc, bytes.clone(), tags, opts).await?;
+    Ok((desc, bytes))
+}
+
+/// Which layers a pull (or a mount) takes.
+#[derive(Clone, Debug, Default)]
+pub struct LayerFilter {
+    /// `-t/--media-type`: take these media types.
+    pub media_types: Vec<String>,
+    /// `-a/--allow-all`: take every titled layer.
+    pub allow_all: bool,
+}
+
+impl LayerFilter {
+    /// Whether a titled layer passes. With no types given, the default file type (and
+    /// directories that push made from it) pass, as in the classic oras CLI.
+    pub fn allows(&self, layer: &Descriptor) -> bool {
+        if self.allow_all {
+            return true;
+        }
+        if !self.media_types.is_empty() {
+            return self.media_types.iter().any(|t| t == &layer.media_type);
+        }
+        layer.media_type == media_type::DEFAULT_LAYER
+            || (layer.media_type == media_type::DIRECTORY_LAYER && layer.is_directory())
+    }
+
+    /// Splits a manifest's layers into (taken, skipped). Untitled layers are never taken;
+    /// two taken layers with one title are an error.
+    pub fn select(&self, manifest: &Manifest) -> Result<(Vec<Descriptor>, Vec<Descriptor>)> {
+        let mut taken = Vec::new();
+        let mut skipped = Vec::new();
+        let mut titles = HashSet::new();
+        for layer in &manifest.layers {
+            match layer.title() {
+                Some(title) if self.allows(layer) => {
+                    let normal = title.trim_end_matches('/').trim_start_matches("./");
+                    if !titles.insert(normal.to_string()) {
+                        return Err(Error::InvalidManifest {
+                            context: String::new(),
+                            reason: format!("two layers are titled {title:?}"),
+                        });
+                    }
+                    taken.push(layer.clone());
+                }
+                _ => skipped.push(layer.clone()),
+            }
+        }
+        Ok((taken, skipped))
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct PullReport {
+    pub manifest_descriptor: Descriptor,
+    pub manifest: Manifest,
+    /// Layers written, in manifest order.
+    pub pulled: Vec<Descriptor>,
+    /// Layers left out by the filter or for lack of a title.
+    pub skipped: Vec<Descriptor>,
+}
+
+/// Pulls the layers of `reference` that `filter` takes into `dst`, concurrently. Each file
+/// appears only once its digest matched.
+pub async fn pull(
+    src: &dyn Target,
+    reference: &str,
+    dst: &FileStore,
+    filter: &LayerFilter,
+    opts: &CopyOptions,
+) -> Result<PullReport> {
+    let (desc, _bytes, manifest) = content::fetch_manifest(src, reference).await?;
+    let (taken, skipped) = filter.select(&manifest)?;
+    // Check every title before writing anything.
+    for layer in &taken {
+        dst.path_for(layer.title().unwrap_or_default())?;
+    }
+    futures_util::stream::iter(taken.iter().map(|layer| async move {
+        opts.progress.start(layer);
+        let stream = counting(layer, src.fetch(layer).await?, opts.progress.clone());
+        dst.push(layer, stream).await?;
+        opts.progress.finish(layer, false);
+        Ok::<_, Error>(())
+    }))
+    .buffer_unordered(opts.concurrency.max(1))
+    .try_collect::<Vec<_>>()
+    .await?;
+    Ok(PullReport {
+        manifest_descriptor: desc,
+        manifest,
+        pulled: taken,
+        skipped,
+    })
+}

@@ -1,0 +1,547 @@
+//! The HTTP session with one registry host: authentication (anonymous, basic, bearer tokens
+//! per scope), bounded retries with backoff, and errors that say what the registry said.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, RETRY_AFTER, WWW_AUTHENTICATE};
+use reqwest::{Method, RequestBuilder, Response, StatusCode, Url};
+use tokio::sync::OnceCell;
+
+use crate::auth::{parse_challenge, Challenge, Credential, CredentialSource, TokenCache, TokenResponse};
+use crate::error::{Error, Result};
+
+/// How often and how patiently transient failures (connection errors, 429, 5xx) are retried.
+#[derive(Clone, Debug)]
+pub struct RetryPolicy {
+    /// Tries in all, the first included.
+    pub attempts: u32,
+    pub base_delay: Duration,
+    pub max_delay: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            attempts: 5,
+            base_delay: Duration::from_millis(200),
+            max_delay: Duration::from_secs(10),
+        }
+    }
+}
+
+impl RetryPolicy {
+    pub fn delay(&self, attempt: u32, retry_after: Option<Duration>) -> Duration {
+        let backoff = self.base_delay.saturating_mul(1 << attempt.min(16));
+        retry_after.unwrap_or(backoff).min(self.max_delay)
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct ClientOptions {
+    /// Speak HTTP instead of HTTPS. The CLI sets it for `--plain-http` and for localhost.
+    pub plain_http: bool,
+    /// Accept any TLS certificate.
+    pub insecure: bool,
+    /// Extra trusted CA certificates (PEM).
+    pub ca_files: Vec<PathBuf>,
+    pub credentials: CredentialSource,
+    pub retry: RetryPolicy,
+    /// Timeout for connecting, and for a stalled read of a response.
+    pub timeout: Option<Duration>,
+}
+
+/// What a request needs the token to allow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    Pull,
+    Push,
+    /// `DELETE` needs its own action on most registries.
+    Delete,
+}
+
+/// A request that can be built again (for a retry or after authenticating).
+pub struct Request<'a> {
+    pub method: Method,
+    pub url: Url,
+    /// `repository:<name>:<actions>` scope, or `None` for registry-level calls.
+    pub repository: Option<&'a str>,
+    pub access: Access,
+    pub headers: HeaderMap,
+    pub body: Option<Bytes>,
+}
+
+impl<'a> Request<'a> {
+    pub fn new(method: Method, url: Url, repository: Option<&'a str>, access: Access) -> Self {
+        Request {
+            method,
+            url,
+            repository,
+            access,
+            headers: HeaderMap::new(),
+            body: None,
+        }
+    }
+
+    pub fn header(mut self, name: reqwest::header::HeaderName, value: &str) -> Self {
+        if let Ok(v) = HeaderValue::from_str(value) {
+            self.headers.insert(name, v);
+        }
+        self
+    }
+
+    pub fn body(mut self, body: Bytes) -> Self {
+        self.body = Some(body);
+        self
+    }
+
+    fn scope(&self) -> Option<String> {
+        let actions = match self.access {
+            Access::Pull => "pull",
+            Access::Push => "pull,push",
+            Access::Delete => "delete",
+        };
+        self.repository.map(|r| format!("repository:{r}:{actions}"))
+    }
+}
+
+/// One registry host. Cheap to share: repositories hold an `Arc` of it.
+pub struct Client {
+    host: String,
+    base: Url,
+    http: reqwest::Client,
+    options: ClientOptions,
+    credential: OnceCell<Option<Credential>>,
+    tokens: TokenCache,
+    /// The registry asked for Basic auth: send it on every request.
+    basic: AtomicBool,
+    /// The registry's bearer challenge, so later scopes get tokens before their first request.
+    bearer: Mutex<Option<(String, Option<String>)>>,
+}
+
+impl Client {
+    pub fn new(host: &str, options: ClientOptions) -> Result<Arc<Client>> {
+        let scheme = if options.plain_http { "http" } else { "https" };
+        let base = Url::parse(&format!("{scheme}://{host}/")).map_err(|e| Error::InvalidReference {
+            reference: host.to_string(),
+            reason: format!("not a registry host: {e}"),
+        })?;
+        let tls = super::tls::client_config(options.insecure, &options.ca_files)?;
+        let mut builder = reqwest::Client::builder()
+            .use_preconfigured_tls(tls)
+            .user_agent(concat!("oras-fs/", env!("CARGO_PKG_VERSION")))
+            // Keep enough idle connections for concurrent layer transfers.
+            .pool_max_idle_per_host(32)
+            .tcp_nodelay(true);
+        // reqwest's default redirect policy follows up to 10 hops and drops `Authorization`
+        // (and cookies) when the origin changes: blob GETs that redirect to storage never
+        // carry registry credentials there.
+        if let Some(t) = options.timeout {
+            builder = builder.connect_timeout(t).read_timeout(t);
+        }
+        let http = builder
+            .build()
+            .map_err(|e| Error::Tls(format!("cannot set up the HTTP client: {e}")))?;
+        Ok(Arc::new(Client {
+            host: host.to_string(),
+            base,
+            http,
+            options,
+            credential: OnceCell::new(),
+            tokens: TokenCache::default(),
+            basic: AtomicBool::new(false),
+            bearer: Mutex::new(None),
+        }))
+    }
+
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    pub fn retry_policy(&self) -> &RetryPolicy {
+        &self.options.retry
+    }
+
+    /// `https://host/v2/<path>`.
+    pub fn url(&self, path: &str) -> Url {
+        self.base
+            .join(&format!("v2/{path}"))
+            .expect("registry paths are valid URL paths")
+    }
+
+    /// Resolves an upload `Location`, refusing one on another origin or downgraded to HTTP:
+    /// the upload would carry our credentials there.
+    pub fn upload_url(&self, location: &str) -> Result<Url> {
+        let url = self
+            .base
+            .join(location)
+            .map_err(|e| Error::Protocol(format!("upload location {location:?} is not a URL: {e}")))?;
+        if url.origin() != self.base.origin() {
+            return Err(Error::Protocol(format!(
+                "upload location {url} is on another origin than {}; refusing to send data there",
+                self.base
+            )));
+        }
+        Ok(url)
+    }
+
+    async fn credential(&self) -> Result<Option<Credential>> {
+        self.credential
+            .get_or_try_init(|| async {
+                let source = self.options.credentials.clone();
+                let host = self.host.clone();
+                tokio::task::spawn_blocking(move || source.lookup(&host))
+                    .await
+                    .expect("credential lookup panicked")
+            })
+            .await
+            .cloned()
+    }
+
+    /// Sends with retries for transient failures. The body, if any, is resent from memory.
+    pub async fn send(&self, req: &Request<'_>) -> Result<Response> {
+        let policy = &self.options.retry;
+        let mut attempt = 0;
+        loop {
+            let last = attempt + 1 >= policy.attempts;
+            match self.send_authenticated(req).await {
+                Ok(resp) if !last && is_transient_status(resp.status()) => {
+                    let wait = policy.delay(attempt, retry_after(&resp));
+                    tracing::warn!(
+                        "{} {} answered {}; retrying in {wait:?}",
+                        req.method,
+                        req.url.path(),
+                        resp.status()
+                    );
+                    tokio::time::sleep(wait).await;
+                }
+                Err(e) if !last && e.is_transient() => {
+                    let wait = policy.delay(attempt, None);
+                    tracing::warn!("{e}; retrying in {wait:?}");
+                    tokio::time::sleep(wait).await;
+                }
+                other => return other,
+            }
+            attempt += 1;
+        }
+    }
+
+    /// Sends once, authenticating on a 401 and replaying the request once.
+    async fn send_authenticated(&self, req: &Request<'_>) -> Result<Response> {
+        let scope = req.scope();
+        let auth = self.authorization(scope.as_deref(), false).await?;
+        let resp = self.send_raw(req, auth).await?;
+        if resp.status() != StatusCode::UNAUTHORIZED {
+            return Ok(resp);
+        }
+        let challenge = resp
+            .headers()
+            .get(WWW_AUTHENTICATE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_challenge);
+        self.learn(challenge, scope.as_deref()).await?;
+        let auth = self.authorization(scope.as_deref(), true).await?;
+        if auth.is_none() {
+            return Err(self.unauthorized(" (credentials are required; none are configured)"));
+        }
+        let resp = self.send_raw(req, auth).await?;
+        if resp.status() == StatusCode::UNAUTHORIZED {
+            if let Some(s) = &scope {
+                self.tokens.forget(s);
+            }
+            return Err(self.unauthorized(""));
+        }
+        Ok(resp)
+    }
+
+    /// Sends a request whose body cannot be replayed (a streamed upload). Call it after a
+    /// request of the same scope succeeded, so the credentials are already known.
+    pub async fn send_stream(
+        &self,
+        method: Method,
+        url: Url,
+        repository: &str,
+        headers: HeaderMap,
+        body: reqwest::Body,
+    ) -> Result<Response> {
+        let scope = format!("repository:{repository}:pull,push");
+        let auth = self.authorization(Some(&scope), false).await?;
+        let mut rb = self.http.request(method.clone(), url.clone()).headers(headers).body(body);
+        if let Some(a) = auth {
+            rb = rb.header(AUTHORIZATION, a);
+        }
+        let resp = self.execute(rb, &method, &url).await?;
+        if resp.status() == StatusCode::UNAUTHORIZED {
+            // A token that expired mid-upload: forget it so the caller's retry gets a new one.
+            self.tokens.forget(&scope);
+            return Err(self.unauthorized(" (during an upload; the token may have expired)"));
+        }
+        Ok(resp)
+    }
+
+    async fn send_raw(&self, req: &Request<'_>, auth: Option<HeaderValue>) -> Result<Response> {
+        let mut rb: RequestBuilder = self
+            .http
+            .request(req.method.clone(), req.url.clone())
+            .headers(req.headers.clone());
+        if let Some(a) = auth {
+            rb = rb.header(AUTHORIZATION, a);
+        }
+        if let Some(b) = &req.body {
+            rb = rb.body(b.clone());
+        }
+        self.execute(rb, &req.method, &req.url).await
+    }
+
+    async fn execute(&self, rb: RequestBuilder, method: &Method, url: &Url) -> Result<Response> {
+        let resp = rb.send().await.map_err(|e| self.connect_error(e))?;
+        // Credentials never reach this trace: only the method, path and status.
+        tracing::debug!(
+            target: "oras_fs::http",
+            "{method} {} -> {}{}",
+            url.path(),
+            resp.status(),
+            if resp.url().origin() != url.origin() {
+                format!(" (redirected to {})", resp.url().host_str().unwrap_or("?"))
+            } else {
+                String::new()
+            }
+        );
+        Ok(resp)
+    }
+
+    pub(crate) fn connect_error(&self, source: reqwest::Error) -> Error {
+        let hint = if source.is_connect() {
+            if self.options.plain_http {
+                "; is the registry running at this address?"
+            } else {
+                "; is the registry running, and does it speak HTTPS? (use --plain-http for HTTP)"
+            }
+        } else {
+            ""
+        };
+        let mut text = source.to_string();
+        let mut cause = std::error::Error::source(&source);
+        while let Some(c) = cause {
+            text = format!("{text}: {c}");
+            cause = c.source();
+        }
+        tracing::debug!("{text}");
+        if source.is_connect() || source.is_timeout() || source.is_request() {
+            Error::Connect {
+                registry: self.host.clone(),
+                hint: format!("{hint} ({})", innermost(&source)),
+                source,
+            }
+        } else {
+            Error::Transfer {
+                registry: self.host.clone(),
+                source,
+            }
+        }
+    }
+
+    fn unauthorized(&self, detail: &str) -> Error {
+        Error::Unauthorized {
+            registry: self.host.clone(),
+            detail: detail.to_string(),
+        }
+    }
+
+    /// The `Authorization` header for a scope: Basic if the registry asked for it, a cached
+    /// bearer token, or (when the registry's token service is known) a fresh token.
+    async fn authorization(&self, scope: Option<&str>, fetch: bool) -> Result<Option<HeaderValue>> {
+        if self.basic.load(Ordering::Relaxed) {
+            return Ok(match self.credential().await? {
+                Some(Credential::Basic { username, password }) => Some(basic_header(&username, &password)),
+                _ => None,
+            });
+        }
+        let key = scope.unwrap_or("");
+        if let Some(t) = self.tokens.get(key) {
+            return Ok(Some(bearer_header(&t)));
+        }
+        let known = self.bearer.lock().unwrap().clone();
+        match known {
+            Some((realm, service)) if fetch || scope.is_some() => {
+                let token = self.fetch_token(&realm, service.as_deref(), scope).await?;
+                Ok(Some(bearer_header(&token)))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Records what a 401 asked for.
+    async fn learn(&self, challenge: Option<Challenge>, scope: Option<&str>) -> Result<()> {
+        match challenge {
+            Some(Challenge::Basic) => {
+                self.basic.store(true, Ordering::Relaxed);
+                Ok(())
+            }
+            Some(Challenge::Bearer { realm, service, .. }) => {
+                *self.bearer.lock().unwrap() = Some((realm, service));
+                if let Some(s) = scope {
+                    self.tokens.forget(s);
+                }
+                Ok(())
+            }
+            None => Err(self.unauthorized(" (the registry sent no usable WWW-Authenticate challenge)")),
+        }
+    }
+
+    async fn fetch_token(&self, realm: &str, service: Option<&str>, scope: Option<&str>) -> Result<String> {
+        let mut url = Url::parse(realm)
+            .map_err(|e| Error::Protocol(format!("token realm {realm:?} is not a URL: {e}")))?;
+        let credential = self.credential().await?;
+        let rb = match &credential {
+            Some(Credential::IdentityToken(refresh)) => {
+                // OAuth2 refresh-token grant, as docker and oras do with identity tokens.
+                let mut form = url::form_urlencoded::Serializer::new(String::new());
+                form.append_pair("grant_type", "refresh_token")
+                    .append_pair("refresh_token", refresh)
+                    .append_pair("client_id", "oras-fs");
+                if let Some(s) = service {
+                    form.append_pair("service", s);
+                }
+                if let Some(s) = scope {
+                    form.append_pair("scope", s);
+                }
+                self.http
+                    .post(url)
+                    .header("content-type", "application/x-www-form-urlencoded")
+                    .body(form.finish())
+            }
+            other => {
+                {
+                    let mut q = url.query_pairs_mut();
+                    if let Some(s) = service {
+                        q.append_pair("service", s);
+                    }
+                    if let Some(s) = scope {
+                        q.append_pair("scope", s);
+                    }
+                }
+                let rb = self.http.get(url);
+                match other {
+                    Some(Credential::Basic { username, password }) => rb.basic_auth(username, Some(password)),
+                    _ => rb,
+                }
+            }
+        };
+        let resp = rb.send().await.map_err(|e| self.connect_error(e))?;
+        let status = resp.status();
+        if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+            return Err(self.unauthorized(&format!(" (the token service answered {status})")));
+        }
+        if !status.is_success() {
+            return Err(Error::Protocol(format!("token service {realm} answered {status}")));
+        }
+        let body = read_capped(resp, 1 << 20).await.map_err(|e| self.connect_error(e))?;
+        let (token, ttl) = serde_json::from_slice::<TokenResponse>(&body)
+            .ok()
+            .and_then(TokenResponse::into_token)
+            .ok_or_else(|| Error::Protocol(format!("token service {realm} sent no token")))?;
+        self.tokens.put(scope.unwrap_or(""), token.clone(), ttl);
+        Ok(token)
+    }
+
+    /// Turns an unexpected answer into an error naming what the registry said.
+    pub async fn error_for(&self, resp: Response, what: &str) -> Error {
+        let status = resp.status();
+        let method_path = resp.url().path().to_string();
+        let body = read_capped(resp, 64 * 1024).await.unwrap_or_default();
+        let detail = registry_error_detail(&body);
+        match status {
+            StatusCode::NOT_FOUND => Error::NotFound {
+                what: "content",
+                name: format!("{what}{detail}"),
+            },
+            StatusCode::UNAUTHORIZED => self.unauthorized(&detail),
+            StatusCode::FORBIDDEN => Error::Forbidden { what: what.to_string() },
+            _ => Error::Registry {
+                registry: self.host.clone(),
+                method: what.to_string(),
+                path: method_path,
+                status: status.as_u16(),
+                detail,
+            },
+        }
+    }
+}
+
+fn innermost(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cur = e;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    cur.to_string()
+}
+
+fn basic_header(username: &str, password: &str) -> HeaderValue {
+    let mut v = {
+        use base64::Engine;
+        let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{username}:{password}"));
+        HeaderValue::from_str(&format!("Basic {encoded}")).expect("base64 is a valid header value")
+    };
+    v.set_sensitive(true);
+    v
+}
+
+fn bearer_header(token: &str) -> HeaderValue {
+    let mut v = HeaderValue::from_str(&format!("Bearer {token}"))
+        .unwrap_or_else(|_| HeaderValue::from_static("Bearer invalid"));
+    v.set_sensitive(true);
+    v
+}
+
+pub fn is_transient_status(s: StatusCode) -> bool {
+    s == StatusCode::TOO_MANY_REQUESTS
+        || (s.is_server_error() && s != StatusCode::NOT_IMPLEMENTED && s != StatusCode::HTTP_VERSION_NOT_SUPPORTED)
+}
+
+/// `Retry-After` in seconds (the HTTP-date form is rare from registries and is ignored).
+pub fn retry_after(resp: &Response) -> Option<Duration> {
+    let secs: u64 = resp.headers().get(RETRY_AFTER)?.to_str().ok()?.trim().parse().ok()?;
+    Some(Duration::from_secs(secs))
+}
+
+/// Reads a response body into memory, refusing more than `cap` bytes.
+pub async fn read_capped(mut resp: Response, cap: usize) -> std::result::Result<Vec<u8>, reqwest::Error> {
+    let mut buf = Vec::new();
+    while let Some(chunk) = resp.chunk().await? {
+        if buf.len() + chunk.len() > cap {
+            break;
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf)
+}
+
+/// The `errors` of an OCI error body, as `: CODE message; ...`.
+fn registry_error_detail(body: &[u8]) -> String {
+    #[derive(serde::Deserialize)]
+    struct Body {
+        errors: Vec<Item>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Item {
+        #[serde(default)]
+        code: String,
+        #[serde(default)]
+        message: String,
+    }
+    match serde_json::from_slice::<Body>(body) {
+        Ok(b) if !b.errors.is_empty() => {
+            let items: Vec<String> = b
+                .errors
+                .iter()
+                .map(|e| format!("{} {}", e.code, e.message).trim().to_string())
+                .collect();
+            format!(": {}", items.join("; "))
+        }
+        _ => String::new(),
+    }
+}

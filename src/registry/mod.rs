@@ -1,0 +1,447 @@
+//! A remote repository as a [`Target`], speaking the OCI distribution protocol.
+
+pub mod client;
+mod tls;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, LOCATION, RANGE};
+use reqwest::{Method, Response, StatusCode};
+
+pub use client::{Access, Client, ClientOptions, Request, RetryPolicy};
+
+use crate::content::{ByteStream, Target};
+use crate::digest::Digest;
+use crate::error::{Error, Result};
+use crate::manifest::{media_type, Descriptor, MAX_MANIFEST_SIZE};
+use crate::reference::Reference;
+
+/// How many chunks a blob download buffers ahead of its consumer.
+const FETCH_QUEUE: usize = 16;
+
+/// One repository (`registry/name`) of a registry.
+#[derive(Clone)]
+pub struct Repository {
+    client: Arc<Client>,
+    name: String,
+}
+
+impl Repository {
+    pub fn new(client: Arc<Client>, name: impl Into<String>) -> Self {
+        Repository {
+            client,
+            name: name.into(),
+        }
+    }
+
+    /// Connects to the repository a reference names.
+    pub fn for_reference(reference: &Reference, options: ClientOptions) -> Result<Self> {
+        Ok(Repository::new(
+            Client::new(&reference.registry, options)?,
+            reference.repository.clone(),
+        ))
+    }
+
+    pub fn client(&self) -> &Arc<Client> {
+        &self.client
+    }
+
+    pub fn repository(&self) -> &str {
+        &self.name
+    }
+
+    fn request(&self, method: Method, path: &str, access: Access) -> Request<'_> {
+        Request::new(
+            method,
+            self.client.url(&format!("{}/{path}", self.name)),
+            Some(&self.name),
+            access,
+        )
+    }
+
+    fn content_path(desc: &Descriptor) -> String {
+        if desc.is_manifest() {
+            format!("manifests/{}", desc.digest)
+        } else {
+            format!("blobs/{}", desc.digest)
+        }
+    }
+
+    /// GET of a blob or manifest from `offset` to its end, following redirects.
+    async fn get_from(&self, desc: &Descriptor, offset: u64) -> Result<(Response, u64)> {
+        let mut req = self.request(Method::GET, &Self::content_path(desc), Access::Pull);
+        if desc.is_manifest() {
+            req = req.header(ACCEPT, &desc.media_type);
+        }
+        if offset > 0 {
+            req = req.header(RANGE, &format!("bytes={offset}-"));
+        }
+        let resp = self.client.send(&req).await?;
+        match resp.status() {
+            StatusCode::PARTIAL_CONTENT => {
+                let start = content_range_start(&resp).unwrap_or(offset);
+                if start != offset {
+                    return Err(Error::Protocol(format!(
+                        "asked for {} from byte {offset}, the registry answered from byte {start}",
+                        desc.digest
+                    )));
+                }
+                Ok((resp, 0))
+            }
+            // A 200 to a Range request carries the whole blob: skip to the offset.
+            StatusCode::OK => Ok((resp, offset)),
+            _ => Err(self.client.error_for(resp, &desc.digest.to_string()).await),
+        }
+    }
+
+    /// Lists the repository's tags, following `Link` pagination.
+    pub async fn tags(&self) -> Result<Vec<String>> {
+        let mut tags = Vec::new();
+        let mut url = self.client.url(&format!("{}/tags/list", self.name));
+        loop {
+            let req = Request::new(Method::GET, url.clone(), Some(&self.name), Access::Pull);
+            let resp = self.client.send(&req).await?;
+            if !resp.status().is_success() {
+                return Err(self.client.error_for(resp, &format!("tags of {}", self.name)).await);
+            }
+            let next = next_link(&resp).map(|l| url.join(&l));
+            let body = client::read_capped(resp, 16 << 20)
+                .await
+                .map_err(|e| self.client.connect_error(e))?;
+            #[derive(serde::Deserialize)]
+            struct TagList {
+                #[serde(default)]
+                tags: Option<Vec<String>>,
+            }
+            let list: TagList = serde_json::from_slice(&body)
+                .map_err(|e| Error::Protocol(format!("tag list is not JSON: {e}")))?;
+            tags.extend(list.tags.unwrap_or_default());
+            match next {
+                Some(Ok(u)) => url = u,
+                _ => return Ok(tags),
+            }
+        }
+    }
+
+    /// Deletes a manifest (by digest) or a blob.
+    pub async fn delete(&self, desc: &Descriptor) -> Result<()> {
+        let req = self.request(Method::DELETE, &Self::content_path(desc), Access::Delete);
+        let resp = self.client.send(&req).await?;
+        if resp.status().is_success() {
+            Ok(())
+        } else {
+            Err(self.client.error_for(resp, &desc.digest.to_string()).await)
+        }
+    }
+
+    /// Opens an upload session; with `mount_from`, first asks the registry to mount the blob
+    /// from that repository instead. Returns `None` when the mount succeeded.
+    async fn start_upload(&self, desc: &Descriptor, mount_from: Option<&str>) -> Result<Option<reqwest::Url>> {
+        let mut req = self.request(Method::POST, "blobs/uploads/", Access::Push);
+        if let Some(from) = mount_from {
+            req.url
+                .query_pairs_mut()
+                .append_pair("mount", desc.digest.as_str())
+                .append_pair("from", from);
+        }
+        let resp = self.client.send(&req).await?;
+        match resp.status() {
+            StatusCode::CREATED if mount_from.is_some() => Ok(None),
+            StatusCode::ACCEPTED => {
+                let location = resp
+                    .headers()
+                    .get(LOCATION)
+                    .and_then(|v| v.to_str().ok())
+                    .ok_or_else(|| Error::Protocol("upload started without a Location".into()))?;
+                Ok(Some(self.client.upload_url(location)?))
+            }
+            _ => Err(self.client.error_for(resp, &format!("upload of {}", desc.digest)).await),
+        }
+    }
+
+    /// Pushes a blob, or mounts it from `from` (another repository of the same registry).
+    pub async fn push_or_mount(&self, desc: &Descriptor, from: Option<&str>, content: impl FnOnce() -> ByteStreamFuture) -> Result<bool> {
+        let Some(mut url) = self.start_upload(desc, from).await? else {
+            return Ok(true);
+        };
+        url.query_pairs_mut().append_pair("digest", desc.digest.as_str());
+        let mut headers = HeaderMap::new();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+        headers.insert(CONTENT_LENGTH, HeaderValue::from(desc.size));
+        let body = reqwest::Body::wrap_stream(content().await?);
+        let resp = self
+            .client
+            .send_stream(Method::PUT, url, &self.name, headers, body)
+            .await?;
+        if resp.status() == StatusCode::CREATED || resp.status() == StatusCode::NO_CONTENT {
+            return Ok(false);
+        }
+        Err(self.client.error_for(resp, &format!("upload of {}", desc.digest)).await)
+    }
+}
+
+/// A future yielding the content to upload (opened only when the upload really happens).
+pub type ByteStreamFuture = std::pin::Pin<Box<dyn std::future::Future<Output = Result<ByteStream>> + Send>>;
+
+#[async_trait]
+impl Target for Repository {
+    fn name(&self) -> String {
+        format!("{}/{}", self.client.host(), self.name)
+    }
+
+    async fn resolve(&self, reference: &str) -> Result<Descriptor> {
+        let req = self
+            .request(Method::HEAD, &format!("manifests/{reference}"), Access::Pull)
+            .header(ACCEPT, media_type::MANIFEST_ACCEPT);
+        let resp = self.client.send(&req).await?;
+        if resp.status() == StatusCode::NOT_FOUND {
+            return Err(Error::NotFound {
+                what: "manifest",
+                name: format!("{}:{reference}", self.name()),
+            });
+        }
+        if !resp.status().is_success() {
+            return Err(self.client.error_for(resp, &format!("manifest {reference}")).await);
+        }
+        let media = header(&resp, CONTENT_TYPE.as_str())
+            .map(|m| m.split(';').next().unwrap_or("").trim().to_string())
+            .filter(|m| !m.is_empty())
+            .unwrap_or_else(|| media_type::OCI_MANIFEST.to_string());
+        let digest = header(&resp, "docker-content-digest").and_then(|d| d.parse::<Digest>().ok());
+        let size = header(&resp, CONTENT_LENGTH.as_str()).and_then(|s| s.parse::<u64>().ok());
+        let pinned = reference.parse::<Digest>().ok();
+        match (digest, size) {
+            (Some(d), Some(size)) => {
+                if let Some(p) = &pinned {
+                    if p != &d {
+                        return Err(Error::DigestMismatch { expected: p.clone(), actual: d });
+                    }
+                }
+                Ok(Descriptor::new(media, d, size))
+            }
+            // Without the headers, fetch the manifest and hash it ourselves.
+            _ => {
+                let req = self
+                    .request(Method::GET, &format!("manifests/{reference}"), Access::Pull)
+                    .header(ACCEPT, media_type::MANIFEST_ACCEPT);
+                let resp = self.client.send(&req).await?;
+                if !resp.status().is_success() {
+                    return Err(self.client.error_for(resp, &format!("manifest {reference}")).await);
+                }
+                let body = client::read_capped(resp, MAX_MANIFEST_SIZE as usize + 1)
+                    .await
+                    .map_err(|e| self.client.connect_error(e))?;
+                if body.len() as u64 > MAX_MANIFEST_SIZE {
+                    return Err(Error::InvalidManifest {
+                        context: format!(" {reference}"),
+                        reason: "over the 4 MiB limit".into(),
+                    });
+                }
+                let d = Descriptor::of(media, &body);
+                if let Some(p) = pinned {
+                    if p != d.digest {
+                        return Err(Error::DigestMismatch { expected: p, actual: d.digest });
+                    }
+                }
+                Ok(d)
+            }
+        }
+    }
+
+    async fn fetch(&self, desc: &Descriptor) -> Result<ByteStream> {
+        let (first, skip) = self.get_from(desc, 0).await?;
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes>>(FETCH_QUEUE);
+        let repo = self.clone();
+        let desc = desc.clone();
+        // The download runs as its own task, a little ahead of the consumer; when a connection
+        // drops mid-body it resumes with a Range request from the byte where it stopped.
+        tokio::spawn(async move {
+            let policy = repo.client.retry_policy().clone();
+            let mut resp = first;
+            let mut skip = skip;
+            let mut pos = 0u64;
+            let mut failures = 0u32;
+            loop {
+                let err = match resp.chunk().await {
+                    Ok(Some(mut chunk)) => {
+                        if skip > 0 {
+                            let n = skip.min(chunk.len() as u64);
+                            skip -= n;
+                            chunk = chunk.slice(n as usize..);
+                            if chunk.is_empty() {
+                                continue;
+                            }
+                        }
+                        pos += chunk.len() as u64;
+                        if tx.send(Ok(chunk)).await.is_err() {
+                            return; // The consumer is gone.
+                        }
+                        continue;
+                    }
+                    Ok(None) if pos >= desc.size => return,
+                    Ok(None) => Error::Protocol(format!(
+                        "{} ended after {pos} of {} bytes",
+                        desc.digest, desc.size
+                    )),
+                    Err(e) => repo.client.connect_error(e),
+                };
+                failures += 1;
+                if failures >= policy.attempts {
+                    let _ = tx.send(Err(err)).await;
+                    return;
+                }
+                tracing::warn!("{err}; resuming {} at byte {pos}", desc.digest);
+                tokio::time::sleep(policy.delay(failures - 1, None)).await;
+                match repo.get_from(&desc, pos).await {
+                    Ok((r, s)) => {
+                        resp = r;
+                        skip = s;
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e)).await;
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Box::pin(futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|item| (item, rx))
+        })))
+    }
+
+    async fn fetch_range(&self, desc: &Descriptor, offset: u64, len: u64) -> Result<Bytes> {
+        let end = offset.saturating_add(len).min(desc.size);
+        if offset >= end {
+            return Ok(Bytes::new());
+        }
+        let want = (end - offset) as usize;
+        let policy = self.client.retry_policy().clone();
+        let mut attempt = 0;
+        loop {
+            let result = async {
+                let req = self
+                    .request(Method::GET, &Self::content_path(desc), Access::Pull)
+                    .header(RANGE, &format!("bytes={offset}-{}", end - 1));
+                let mut resp = self.client.send(&req).await?;
+                let mut skip = match resp.status() {
+                    StatusCode::PARTIAL_CONTENT => {
+                        let start = content_range_start(&resp).unwrap_or(offset);
+                        if start != offset {
+                            return Err(Error::Protocol(format!(
+                                "asked for byte {offset} of {}, got byte {start}",
+                                desc.digest
+                            )));
+                        }
+                        0
+                    }
+                    StatusCode::OK => {
+                        tracing::warn!("{} ignored a Range request; skipping {offset} bytes", self.client.host());
+                        offset
+                    }
+                    _ => return Err(self.client.error_for(resp, &desc.digest.to_string()).await),
+                };
+                let mut buf = Vec::with_capacity(want);
+                while buf.len() < want {
+                    let Some(chunk) = resp.chunk().await.map_err(|e| self.client.connect_error(e))? else {
+                        break;
+                    };
+                    let mut c = &chunk[..];
+                    if skip > 0 {
+                        let n = skip.min(c.len() as u64) as usize;
+                        skip -= n as u64;
+                        c = &c[n..];
+                    }
+                    let take = c.len().min(want - buf.len());
+                    buf.extend_from_slice(&c[..take]);
+                }
+                if buf.len() < want {
+                    return Err(Error::Protocol(format!(
+                        "range of {} ended after {} of {want} bytes",
+                        desc.digest,
+                        buf.len()
+                    )));
+                }
+                Ok(Bytes::from(buf))
+            }
+            .await;
+            match result {
+                Err(e) if (e.is_transient() || matches!(e, Error::Protocol(_))) && attempt + 1 < policy.attempts => {
+                    tracing::warn!("{e}; retrying");
+                    tokio::time::sleep(policy.delay(attempt, None)).await;
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn exists(&self, desc: &Descriptor) -> Result<bool> {
+        let req = self.request(Method::HEAD, &Self::content_path(desc), Access::Pull);
+        let resp = self.client.send(&req).await?;
+        match resp.status() {
+            s if s.is_success() => Ok(true),
+            StatusCode::NOT_FOUND => Ok(false),
+            _ => Err(self.client.error_for(resp, &desc.digest.to_string()).await),
+        }
+    }
+
+    async fn push(&self, desc: &Descriptor, content: ByteStream) -> Result<()> {
+        if desc.is_manifest() {
+            let bytes = crate::content::collect(desc, content, MAX_MANIFEST_SIZE).await?;
+            return self.push_manifest(desc, bytes, None).await;
+        }
+        self.push_or_mount(desc, None, move || Box::pin(async move { Ok(content) }))
+            .await
+            .map(|_| ())
+    }
+
+    async fn push_manifest(&self, desc: &Descriptor, bytes: Bytes, tag: Option<&str>) -> Result<()> {
+        desc.digest.verify(&bytes)?;
+        let target = tag.map(str::to_string).unwrap_or_else(|| desc.digest.to_string());
+        let req = self
+            .request(Method::PUT, &format!("manifests/{target}"), Access::Push)
+            .header(CONTENT_TYPE, &desc.media_type)
+            .body(bytes);
+        let resp = self.client.send(&req).await?;
+        if !resp.status().is_success() {
+            return Err(self.client.error_for(resp, &format!("manifest {target}")).await);
+        }
+        if let Some(d) = header(&resp, "docker-content-digest").and_then(|d| d.parse::<Digest>().ok()) {
+            if d != desc.digest {
+                return Err(Error::Protocol(format!(
+                    "pushed manifest {} but the registry stored it as {d}",
+                    desc.digest
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    async fn tag(&self, desc: &Descriptor, tag: &str) -> Result<()> {
+        let bytes = crate::content::read_all(self, desc, MAX_MANIFEST_SIZE).await?;
+        self.push_manifest(desc, bytes, Some(tag)).await
+    }
+}
+
+fn header(resp: &Response, name: &str) -> Option<String> {
+    resp.headers().get(name)?.to_str().ok().map(str::to_string)
+}
+
+/// The first byte of a `Content-Range: bytes a-b/n` answer.
+fn content_range_start(resp: &Response) -> Option<u64> {
+    let v = header(resp, CONTENT_RANGE.as_str())?;
+    v.strip_prefix("bytes ")?.split('-').next()?.trim().parse().ok()
+}
+
+/// The `rel="next"` target of a `Link` header.
+fn next_link(resp: &Response) -> Option<String> {
+    let link = header(resp, "link")?;
+    link.split(',').find_map(|part| {
+        let (target, params) = part.split_once(';')?;
+        params
+            .contains("rel=\"next\"")
+            .then(|| target.trim().trim_start_matches('<').trim_end_matches('>').to_string())
+    })
+}
