@@ -19,7 +19,10 @@ use crate::error::{Error, IoContext, Result};
 /// What we authenticate with at one registry.
 #[derive(Clone, PartialEq, Eq)]
 pub enum Credential {
-    Basic { username: String, password: String },
+    Basic {
+        username: String,
+        password: String,
+    },
     /// An OAuth2 refresh token (`identitytoken` in the Docker config).
     IdentityToken(String),
 }
@@ -88,9 +91,8 @@ pub fn default_config_path() -> PathBuf {
 fn read_config(path: &Path) -> Result<serde_json::Map<String, serde_json::Value>> {
     match std::fs::read(path) {
         Ok(b) if b.iter().all(u8::is_ascii_whitespace) => Ok(Default::default()),
-        Ok(b) => serde_json::from_slice(&b).map_err(|e| {
-            Error::Credentials(format!("{} is not valid JSON: {e}", path.display()))
-        }),
+        Ok(b) => serde_json::from_slice(&b)
+            .map_err(|e| Error::Credentials(format!("{} is not valid JSON: {e}", path.display()))),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Default::default()),
         Err(e) => Err(Error::io(format!("reading {}", path.display()), e)),
     }
@@ -100,7 +102,8 @@ fn read_config(path: &Path) -> Result<serde_json::Map<String, serde_json::Value>
 fn write_config(path: &Path, config: &serde_json::Map<String, serde_json::Value>) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).ctx(|| format!("creating {}", dir.display()))?;
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).ctx(|| format!("writing in {}", dir.display()))?;
+    let mut tmp =
+        tempfile::NamedTempFile::new_in(dir).ctx(|| format!("writing in {}", dir.display()))?;
     let mut bytes = serde_json::to_vec_pretty(config).expect("JSON map serializes");
     bytes.push(b'\n');
     tmp.write_all(&bytes).ctx(|| "writing credentials".into())?;
@@ -110,7 +113,10 @@ fn write_config(path: &Path, config: &serde_json::Map<String, serde_json::Value>
 }
 
 /// The helper that stores credentials for `registry`, if the config names one.
-fn helper_for(config: &serde_json::Map<String, serde_json::Value>, registry: &str) -> Option<String> {
+fn helper_for(
+    config: &serde_json::Map<String, serde_json::Value>,
+    registry: &str,
+) -> Option<String> {
     config
         .get("credHelpers")
         .and_then(|h| h.get(registry))
@@ -135,7 +141,9 @@ fn run_helper(helper: &str, verb: &str, input: &[u8]) -> Result<()> {
         .expect("stdin is piped")
         .write_all(input)
         .ctx(|| format!("talking to {program}"))?;
-    let out = child.wait_with_output().ctx(|| format!("waiting for {program}"))?;
+    let out = child
+        .wait_with_output()
+        .ctx(|| format!("waiting for {program}"))?;
     if !out.status.success() {
         return Err(Error::Credentials(format!(
             "{program} {verb} failed: {}",
@@ -154,7 +162,8 @@ pub fn store_credential(config_path: &Path, registry: &str, credential: &Credent
         Credential::IdentityToken(t) => ("<token>", t.as_str()),
     };
     if let Some(helper) = helper_for(&config, registry) {
-        let input = serde_json::json!({"ServerURL": registry, "Username": username, "Secret": secret});
+        let input =
+            serde_json::json!({"ServerURL": registry, "Username": username, "Secret": secret});
         return run_helper(&helper, "store", input.to_string().as_bytes());
     }
     let entry = match credential {
@@ -294,7 +303,10 @@ mod tests {
                 scope: Some("repository:a/b:pull".into()),
             })
         );
-        assert_eq!(parse_challenge(r#"Basic realm="x""#), Some(Challenge::Basic));
+        assert_eq!(
+            parse_challenge(r#"Basic realm="x""#),
+            Some(Challenge::Basic)
+        );
         assert_eq!(parse_challenge("garbage ="), None);
     }
 
@@ -314,7 +326,9 @@ mod tests {
         };
         assert_eq!(source.lookup("reg.example:5000").unwrap(), Some(cred));
         assert_eq!(source.lookup("elsewhere").unwrap(), None);
-        assert!(std::fs::read_to_string(&path).unwrap().contains("\"other\""));
+        assert!(std::fs::read_to_string(&path)
+            .unwrap()
+            .contains("\"other\""));
         assert!(remove_credential(&path, "reg.example:5000").unwrap());
         assert_eq!(source.lookup("reg.example:5000").unwrap(), None);
     }

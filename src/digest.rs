@@ -197,8 +197,12 @@ mod tests {
         );
         assert_eq!(d.as_str().parse::<Digest>().unwrap(), d);
         assert!("sha256:abc".parse::<Digest>().is_err());
-        assert!("md5:d41d8cd98f00b204e9800998ecf8427e".parse::<Digest>().is_err());
-        assert!(format!("sha256:{}", "A".repeat(64)).parse::<Digest>().is_err());
+        assert!("md5:d41d8cd98f00b204e9800998ecf8427e"
+            .parse::<Digest>()
+            .is_err());
+        assert!(format!("sha256:{}", "A".repeat(64))
+            .parse::<Digest>()
+            .is_err());
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub mod auth;
 pub mod content;
 pub mod digest;
 pub mod error;
+pub mod fs;
 pub mod manifest;
 pub mod oras;
 pub mod reference;

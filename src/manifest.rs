@@ -162,7 +162,10 @@ impl Manifest {
             reason,
         };
         if bytes.len() as u64 > MAX_MANIFEST_SIZE {
-            return Err(bad(format!("{} bytes is over the 4 MiB limit", bytes.len())));
+            return Err(bad(format!(
+                "{} bytes is over the 4 MiB limit",
+                bytes.len()
+            )));
         }
         let value: serde_json::Value =
             serde_json::from_slice(bytes).map_err(|e| bad(format!("not JSON: {e}")))?;
@@ -171,8 +174,10 @@ impl Manifest {
             .and_then(|v| v.as_str())
             .or(media_type)
             .unwrap_or("");
-        if matches!(declared, media_type::OCI_INDEX | media_type::DOCKER_MANIFEST_LIST)
-            || value.get("manifests").is_some()
+        if matches!(
+            declared,
+            media_type::OCI_INDEX | media_type::DOCKER_MANIFEST_LIST
+        ) || value.get("manifests").is_some()
         {
             return Err(bad(
                 "this is an image index (a list of manifests), not an artifact manifest; \
@@ -183,7 +188,10 @@ impl Manifest {
         let m: Manifest =
             serde_json::from_value(value).map_err(|e| bad(format!("not an OCI manifest: {e}")))?;
         if m.schema_version != 2 {
-            return Err(bad(format!("schemaVersion {} (expected 2)", m.schema_version)));
+            return Err(bad(format!(
+                "schemaVersion {} (expected 2)",
+                m.schema_version
+            )));
         }
         Ok(m)
     }
@@ -194,7 +202,9 @@ impl Manifest {
     }
 
     pub fn media_type(&self) -> &str {
-        self.media_type.as_deref().unwrap_or(media_type::OCI_MANIFEST)
+        self.media_type
+            .as_deref()
+            .unwrap_or(media_type::OCI_MANIFEST)
     }
 
     pub fn annotation(&self, key: &str) -> Option<&str> {
@@ -220,7 +230,10 @@ mod tests {
         let m = Manifest::parse(json, None).unwrap();
         assert_eq!(m.to_bytes(), json.to_vec());
         let idx = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[]}"#;
-        assert!(Manifest::parse(idx, None).unwrap_err().to_string().contains("index"));
+        assert!(Manifest::parse(idx, None)
+            .unwrap_err()
+            .to_string()
+            .contains("index"));
         assert!(Manifest::parse(b"{", None).is_err());
         assert!(Manifest::parse(br#"{"schemaVersion":2}"#, None).is_err());
     }

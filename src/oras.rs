@@ -57,7 +57,12 @@ impl Default for CopyOptions {
 
 /// Copies one blob unless the destination has it; transient failures are retried from the
 /// source. Returns whether it was skipped.
-pub async fn copy_blob(src: &dyn Target, dst: &dyn Target, desc: &Descriptor, opts: &CopyOptions) -> Result<bool> {
+pub async fn copy_blob(
+    src: &dyn Target,
+    dst: &dyn Target,
+    desc: &Descriptor,
+    opts: &CopyOptions,
+) -> Result<bool> {
     if dst.exists(desc).await? {
         opts.progress.finish(desc, true);
         return Ok(true);
@@ -67,7 +72,9 @@ pub async fn copy_blob(src: &dyn Target, dst: &dyn Target, desc: &Descriptor, op
     loop {
         let stream = counting(desc, src.fetch(desc).await?, opts.progress.clone());
         match dst.push(desc, stream).await {
-            Err(e) if (e.is_transient() || matches!(e, Error::Unauthorized { .. })) && attempt < 2 => {
+            Err(e)
+                if (e.is_transient() || matches!(e, Error::Unauthorized { .. })) && attempt < 2 =>
+            {
                 tracing::warn!("{e}; sending {} again", desc.digest);
                 attempt += 1;
             }
@@ -127,9 +134,10 @@ pub struct PackOptions {
 /// `created` timestamp unless given.
 pub fn pack_manifest(layers: Vec<Descriptor>, opts: &PackOptions) -> (Descriptor, Bytes) {
     let config = opts.config.clone().unwrap_or_else(Descriptor::empty);
-    let artifact_type = opts.artifact_type.clone().or_else(|| {
-        (config.media_type == media_type::EMPTY).then(|| UNKNOWN_ARTIFACT.to_string())
-    });
+    let artifact_type = opts
+        .artifact_type
+        .clone()
+        .or_else(|| (config.media_type == media_type::EMPTY).then(|| UNKNOWN_ARTIFACT.to_string()));
     let mut annotations: BTreeMap<String, String> = opts.annotations.clone();
     if !opts.reproducible && !annotations.contains_key(annotation::CREATED) {
         annotations.insert(

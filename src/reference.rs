@@ -138,12 +138,21 @@ impl FromStr for Reference {
     type Err = Error;
 
     fn from_str(s: &str) -> Result<Self> {
-        let (registry, rest) = s
-            .split_once('/')
-            .ok_or_else(|| invalid(s, "missing registry or repository (expected registry/repository[:tag])"))?;
+        let (registry, rest) = s.split_once('/').ok_or_else(|| {
+            invalid(
+                s,
+                "missing registry or repository (expected registry/repository[:tag])",
+            )
+        })?;
         validate_registry(registry).map_err(|r| invalid(s, r))?;
         let (name_tag, digest) = match rest.split_once('@') {
-            Some((n, d)) => (n, Some(d.parse::<Digest>().map_err(|_| invalid(s, format!("bad digest {d:?}")))?)),
+            Some((n, d)) => (
+                n,
+                Some(
+                    d.parse::<Digest>()
+                        .map_err(|_| invalid(s, format!("bad digest {d:?}")))?,
+                ),
+            ),
             None => (rest, None),
         };
         // A tag follows the last ':' after the last '/'.
@@ -214,7 +223,10 @@ mod tests {
             "localhost:5000/a:-x",
             "localhost:5000/a..b",
         ] {
-            assert!(bad.parse::<Reference>().is_err(), "{bad} should be rejected");
+            assert!(
+                bad.parse::<Reference>().is_err(),
+                "{bad} should be rejected"
+            );
         }
     }
 }

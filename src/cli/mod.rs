@@ -1,12 +1,12 @@
 //! The command line: argument parsing (flag names as in the oras CLI) and output. Every
 //! command is a thin shell over the library.
 
+mod mount;
 mod output;
 mod remote;
 mod transfer;
 
 use clap::{Parser, Subcommand};
-
 
 #[derive(Parser, Debug)]
 #[command(
@@ -30,6 +30,11 @@ pub enum Command {
     Push(transfer::PushArgs),
     /// Pull an artifact's files from a registry.
     Pull(transfer::PullArgs),
+    /// Mount an artifact as a directory (files are fetched lazily on read).
+    Mount(mount::MountArgs),
+    /// Unmount a mounted artifact.
+    #[command(alias = "umount")]
+    Unmount(mount::UnmountArgs),
     /// Store credentials for a registry in the Docker credential store.
     Login(remote::LoginArgs),
     /// Remove stored credentials for a registry.
@@ -41,6 +46,8 @@ pub async fn run(cli: Cli) -> oras_fs::Result<()> {
     match cli.command {
         Command::Push(a) => transfer::push(a).await,
         Command::Pull(a) => transfer::pull(a).await,
+        Command::Mount(a) => mount::mount(a).await,
+        Command::Unmount(a) => mount::unmount(a).await,
         Command::Login(a) => remote::login(a).await,
         Command::Logout(a) => remote::logout(a),
     }

@@ -55,7 +55,10 @@ impl Progress for Bars {
         );
         bar.set_prefix(self.verb);
         bar.set_message(label(desc));
-        self.bars.lock().unwrap().insert(desc.digest.to_string(), bar);
+        self.bars
+            .lock()
+            .unwrap()
+            .insert(desc.digest.to_string(), bar);
     }
 
     fn advance(&self, desc: &Descriptor, bytes: u64) {

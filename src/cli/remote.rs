@@ -39,7 +39,9 @@ impl RemoteArgs {
     fn credential(&self) -> Result<Option<Credential>> {
         let password = if self.password_stdin {
             if self.password.is_some() {
-                return Err(Error::Usage("--password and --password-stdin are mutually exclusive".into()));
+                return Err(Error::Usage(
+                    "--password and --password-stdin are mutually exclusive".into(),
+                ));
             }
             let mut s = String::new();
             std::io::stdin()
@@ -54,11 +56,7 @@ impl RemoteArgs {
                 username: u.clone(),
                 password: p,
             }),
-            (_, Some(_)) => {
-                return Err(Error::Usage(
-                    "a password needs --username (-u)".into(),
-                ))
-            }
+            (_, Some(_)) => return Err(Error::Usage("a password needs --username (-u)".into())),
             (Some(_), None) => {
                 return Err(Error::Usage(
                     "--username needs a password: add --password-stdin (or -p)".into(),
@@ -71,7 +69,8 @@ impl RemoteArgs {
     /// Client options for a registry; localhost speaks plain HTTP unless told otherwise.
     pub fn client_options(&self, registry_is_localhost: bool) -> Result<ClientOptions> {
         Ok(ClientOptions {
-            plain_http: self.plain_http || (registry_is_localhost && self.ca_file.is_empty() && !self.insecure),
+            plain_http: self.plain_http
+                || (registry_is_localhost && self.ca_file.is_empty() && !self.insecure),
             insecure: self.insecure,
             ca_files: self.ca_file.clone(),
             credentials: CredentialSource {
@@ -101,7 +100,11 @@ pub async fn login(args: LoginArgs) -> Result<()> {
     let local: Reference = format!("{registry}/x").parse()?;
     let mut options = args.remote.client_options(local.is_localhost())?;
     let Some(credential) = options.credentials.explicit.clone() else {
-        let hint = if std::io::stdin().is_terminal() { "" } else { " (stdin is not a terminal)" };
+        let hint = if std::io::stdin().is_terminal() {
+            ""
+        } else {
+            " (stdin is not a terminal)"
+        };
         return Err(Error::Usage(format!(
             "login needs credentials{hint}: oras-fs login {registry} -u USER --password-stdin"
         )));
@@ -134,7 +137,9 @@ pub struct LogoutArgs {
 }
 
 pub fn logout(args: LogoutArgs) -> Result<()> {
-    let path = args.registry_config.unwrap_or_else(auth::default_config_path);
+    let path = args
+        .registry_config
+        .unwrap_or_else(auth::default_config_path);
     if auth::remove_credential(&path, args.registry.trim_end_matches('/'))? {
         println!("Removing login credentials for {}", args.registry);
     } else {

@@ -57,7 +57,9 @@ pub struct PushArgs {
 /// `FILE[:TYPE]`, split on the last ':' (media types contain no ':').
 fn split_file_arg(arg: &str) -> (&str, Option<&str>) {
     match arg.rsplit_once(':') {
-        Some((file, ty)) if !file.is_empty() && !ty.is_empty() && ty.contains('/') => (file, Some(ty)),
+        Some((file, ty)) if !file.is_empty() && !ty.is_empty() && ty.contains('/') => {
+            (file, Some(ty))
+        }
         _ => (arg, None),
     }
 }
@@ -67,7 +69,10 @@ fn split_tags(reference: &str) -> Result<(Reference, Vec<String>)> {
     let last_slash = reference.rfind('/').unwrap_or(0);
     if let Some(colon) = reference[last_slash..].find(':').map(|i| i + last_slash) {
         if !reference.contains('@') && reference[colon..].contains(',') {
-            let tags: Vec<String> = reference[colon + 1..].split(',').map(str::to_string).collect();
+            let tags: Vec<String> = reference[colon + 1..]
+                .split(',')
+                .map(str::to_string)
+                .collect();
             let first: Reference = format!("{}:{}", &reference[..colon], tags[0]).parse()?;
             for t in &tags {
                 first.with_target(t)?;
@@ -83,7 +88,11 @@ fn split_tags(reference: &str) -> Result<(Reference, Vec<String>)> {
 /// Title of a pushed file: the path as given, '/'-separated; no escape unless allowed.
 fn title_for(path: &str, allow_any: bool) -> Result<String> {
     let title = path.trim_end_matches('/').to_string();
-    let title = if title.is_empty() { path.to_string() } else { title };
+    let title = if title.is_empty() {
+        path.to_string()
+    } else {
+        title
+    };
     if !allow_any {
         // Validate the way pull will: a relative path that stays inside.
         oras_fs::content::file::safe_join(Path::new("."), &title, false).map_err(|e| match e {
@@ -109,7 +118,8 @@ fn parse_annotations(items: &[String]) -> Result<Annotations> {
 }
 
 fn read_annotation_file(path: &Path) -> Result<BTreeMap<String, Annotations>> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+    let bytes =
+        std::fs::read(path).map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
     serde_json::from_slice(&bytes).map_err(|e| {
         Error::Usage(format!(
             "{}: expected {{\"$manifest\": {{\"key\": \"value\"}}, \"FILE\": {{...}}}}: {e}",
@@ -123,7 +133,11 @@ pub async fn push(args: PushArgs) -> Result<()> {
     if reference.digest.is_some() {
         return Err(Error::Usage("push to a tag, not a digest".into()));
     }
-    let tags = if tags.is_empty() { vec!["latest".to_string()] } else { tags };
+    let tags = if tags.is_empty() {
+        vec!["latest".to_string()]
+    } else {
+        tags
+    };
     let mut by_file = match &args.annotation_file {
         Some(p) => read_annotation_file(p)?,
         None => BTreeMap::new(),
@@ -152,7 +166,8 @@ pub async fn push(args: PushArgs) -> Result<()> {
     let config = match &args.config {
         Some(arg) => {
             let (file, ty) = split_file_arg(arg);
-            let data = std::fs::read(file).map_err(|e| Error::io(format!("reading config {file}"), e))?;
+            let data =
+                std::fs::read(file).map_err(|e| Error::io(format!("reading config {file}"), e))?;
             let mut desc = store.add_bytes(ty.unwrap_or(media_type::UNKNOWN_CONFIG), data);
             if let Some(a) = by_file.get("$config") {
                 desc.annotations = Some(a.clone());
@@ -176,7 +191,8 @@ pub async fn push(args: PushArgs) -> Result<()> {
     };
     let (desc, bytes) = oras::push(&store, layers, &pack, &repo, &tags, &opts).await?;
     if let Some(path) = &args.export_manifest {
-        std::fs::write(path, &bytes).map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
+        std::fs::write(path, &bytes)
+            .map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
     }
     let manifest = oras_fs::manifest::Manifest::parse(&bytes, None)?;
     match args.format {
@@ -193,7 +209,11 @@ pub async fn push(args: PushArgs) -> Result<()> {
             println!("{}", serde_json::to_string_pretty(&v).expect("JSON"));
         }
         Format::Text => {
-            println!("Pushed [registry] {}:{}", base_name(&reference), tags.join(","));
+            println!(
+                "Pushed [registry] {}:{}",
+                base_name(&reference),
+                tags.join(",")
+            );
             if let Some(t) = &manifest.artifact_type {
                 println!("ArtifactType: {t}");
             }
@@ -267,9 +287,14 @@ pub async fn pull(args: PullArgs) -> Result<()> {
     if let Some(path) = &args.config {
         let config = report.manifest.config.clone();
         let data = oras_fs::content::read_all(&repo, &config, 64 << 20).await?;
-        std::fs::write(path, &data).map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
+        std::fs::write(path, &data)
+            .map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
     }
-    let titled_skipped: Vec<&Descriptor> = report.skipped.iter().filter(|d| d.title().is_some()).collect();
+    let titled_skipped: Vec<&Descriptor> = report
+        .skipped
+        .iter()
+        .filter(|d| d.title().is_some())
+        .collect();
     match args.format {
         Format::Json => {
             let files: Vec<_> = report
@@ -297,8 +322,10 @@ pub async fn pull(args: PullArgs) -> Result<()> {
                 eprintln!("Warning: the artifact has no files (no layer has a title)");
             }
             if !titled_skipped.is_empty() {
-                let types: std::collections::BTreeSet<&str> =
-                    titled_skipped.iter().map(|d| d.media_type.as_str()).collect();
+                let types: std::collections::BTreeSet<&str> = titled_skipped
+                    .iter()
+                    .map(|d| d.media_type.as_str())
+                    .collect();
                 let names: Vec<String> = titled_skipped.iter().take(5).map(|d| label(d)).collect();
                 eprintln!(
                     "Skipped {} layer(s) of other media types ({}): {}{}\n  \
@@ -306,7 +333,11 @@ pub async fn pull(args: PullArgs) -> Result<()> {
                     titled_skipped.len(),
                     types.into_iter().collect::<Vec<_>>().join(", "),
                     names.join(", "),
-                    if titled_skipped.len() > 5 { ", ..." } else { "" }
+                    if titled_skipped.len() > 5 {
+                        ", ..."
+                    } else {
+                        ""
+                    }
                 );
             }
             println!("Pulled [registry] {}", reference);

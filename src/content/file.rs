@@ -60,13 +60,22 @@ impl FileStore {
 
     /// Adds the file or directory at `path` (relative to the current directory) under `title`.
     /// A directory becomes one tar+gzip layer with the oras unpack annotations.
-    pub async fn add(&self, title: &str, media_type: Option<&str>, path: &Path) -> Result<Descriptor> {
+    pub async fn add(
+        &self,
+        title: &str,
+        media_type: Option<&str>,
+        path: &Path,
+    ) -> Result<Descriptor> {
         let meta = tokio::fs::metadata(path)
             .await
             .ctx(|| format!("cannot read {}", path.display()))?;
         let mut desc = if meta.is_dir() {
             let scratch = self.scratch_dir()?;
-            let (path, title, reproducible) = (path.to_path_buf(), title.to_string(), self.options.reproducible);
+            let (path, title, reproducible) = (
+                path.to_path_buf(),
+                title.to_string(),
+                self.options.reproducible,
+            );
             let (tgz, desc) = tokio::task::spawn_blocking(move || {
                 pack_directory(&path, &title, scratch.path(), reproducible)
             })
@@ -84,7 +93,11 @@ impl FileStore {
                 .lock()
                 .unwrap()
                 .insert(digest.clone(), path.to_path_buf());
-            Descriptor::new(media_type.unwrap_or(media_type::DEFAULT_LAYER), digest, size)
+            Descriptor::new(
+                media_type.unwrap_or(media_type::DEFAULT_LAYER),
+                digest,
+                size,
+            )
         };
         desc.set_annotation(annotation::TITLE, title);
         Ok(desc)
@@ -130,7 +143,8 @@ impl FileStore {
             .tempfile_in(&parent)
             .ctx(|| format!("creating a temporary file in {}", parent.display()))?;
         let (std_file, tmp_path) = tmp.into_parts();
-        let mut file = tokio::io::BufWriter::with_capacity(IO_CHUNK, tokio::fs::File::from_std(std_file));
+        let mut file =
+            tokio::io::BufWriter::with_capacity(IO_CHUNK, tokio::fs::File::from_std(std_file));
         let mut verifier = Verifier::new(&desc.digest, desc.size);
         let mut content = content;
         while let Some(chunk) = content.next().await {
@@ -140,7 +154,9 @@ impl FileStore {
                 .await
                 .ctx(|| format!("writing {}", dest.display()))?;
         }
-        file.flush().await.ctx(|| format!("writing {}", dest.display()))?;
+        file.flush()
+            .await
+            .ctx(|| format!("writing {}", dest.display()))?;
         verifier.finish()?;
         let file = file.into_inner().into_std().await;
         let tmp = tempfile::NamedTempFile::from_parts(file, tmp_path);
@@ -155,7 +171,8 @@ impl FileStore {
             } else {
                 tmp.persist(&dest)
             };
-            persisted.map_err(|e| Error::io(format!("renaming into {}", dest.display()), e.error))?;
+            persisted
+                .map_err(|e| Error::io(format!("renaming into {}", dest.display()), e.error))?;
         }
         self.files.lock().unwrap().insert(desc.digest.clone(), dest);
         Ok(())
@@ -222,7 +239,12 @@ impl Target for FileStore {
         }
     }
 
-    async fn push_manifest(&self, desc: &Descriptor, bytes: Bytes, tag: Option<&str>) -> Result<()> {
+    async fn push_manifest(
+        &self,
+        desc: &Descriptor,
+        bytes: Bytes,
+        tag: Option<&str>,
+    ) -> Result<()> {
         self.fallback.push_manifest(desc, bytes, tag).await
     }
 
@@ -335,13 +357,23 @@ impl<R: Read> Read for HashingReader<R> {
 }
 
 /// Packs `dir` as `title/...` into a tar+gzip file in `scratch`, as oras does.
-fn pack_directory(dir: &Path, title: &str, scratch: &Path, reproducible: bool) -> Result<(PathBuf, Descriptor)> {
+fn pack_directory(
+    dir: &Path,
+    title: &str,
+    scratch: &Path,
+    reproducible: bool,
+) -> Result<(PathBuf, Descriptor)> {
     let out = tempfile::Builder::new()
         .suffix(".tar.gz")
         .tempfile_in(scratch)
         .ctx(|| "creating a temporary file".into())?;
-    let (file, out_path) = out.keep().map_err(|e| Error::io("keeping a temporary file", e.error))?;
-    let gz = flate2::GzBuilder::new().write(std::io::BufWriter::with_capacity(IO_CHUNK, file), flate2::Compression::default());
+    let (file, out_path) = out
+        .keep()
+        .map_err(|e| Error::io("keeping a temporary file", e.error))?;
+    let gz = flate2::GzBuilder::new().write(
+        std::io::BufWriter::with_capacity(IO_CHUNK, file),
+        flate2::Compression::default(),
+    );
     let mut builder = tar::Builder::new(HashingWriter {
         inner: gz,
         digester: Digester::sha256(),
@@ -393,7 +425,12 @@ fn pack_directory(dir: &Path, title: &str, scratch: &Path, reproducible: bool) -
 
 /// Unpacks a verified tar+gzip at `tgz` to `dest` (whose last component is the title), via a
 /// temporary directory beside it, checking every entry and the uncompressed-tar digest first.
-fn unpack_directory(tgz: &Path, dest: &Path, desc: &Descriptor, opts: &FileStoreOptions) -> Result<()> {
+pub(crate) fn unpack_directory(
+    tgz: &Path,
+    dest: &Path,
+    desc: &Descriptor,
+    opts: &FileStoreOptions,
+) -> Result<()> {
     let title = desc.title().unwrap_or_default().to_string();
     let parent = dest.parent().expect("dest is root/title");
     let staging = tempfile::Builder::new()
@@ -413,11 +450,18 @@ fn unpack_directory(tgz: &Path, dest: &Path, desc: &Descriptor, opts: &FileStore
         let mut archive = tar::Archive::new(&mut reader);
         archive.set_overwrite(true);
         archive.set_preserve_permissions(true);
-        for entry in archive.entries().ctx(|| format!("reading the tar of {title}"))? {
+        for entry in archive
+            .entries()
+            .ctx(|| format!("reading the tar of {title}"))?
+        {
             let mut entry = entry.ctx(|| format!("reading the tar of {title}"))?;
-            let path = entry.path().ctx(|| format!("reading the tar of {title}"))?.into_owned();
+            let path = entry
+                .path()
+                .ctx(|| format!("reading the tar of {title}"))?
+                .into_owned();
             if !opts.allow_path_traversal {
-                check_tar_entry(&path, &entry).map_err(|r| bad(format!("{}: {r}", path.display())))?;
+                check_tar_entry(&path, &entry)
+                    .map_err(|r| bad(format!("{}: {r}", path.display())))?;
             }
             entry
                 .unpack_in(staging.path())
@@ -425,7 +469,8 @@ fn unpack_directory(tgz: &Path, dest: &Path, desc: &Descriptor, opts: &FileStore
         }
     }
     // The tar may end with padding the archive reader did not consume: hash it too.
-    std::io::copy(&mut reader, &mut std::io::sink()).ctx(|| format!("reading the tar of {title}"))?;
+    std::io::copy(&mut reader, &mut std::io::sink())
+        .ctx(|| format!("reading the tar of {title}"))?;
     if let Some(want) = desc.annotation(annotation::CONTENT_DIGEST) {
         let want: Digest = want.parse()?;
         reader.digester.check(&want)?;
@@ -440,12 +485,15 @@ fn unpack_directory(tgz: &Path, dest: &Path, desc: &Descriptor, opts: &FileStore
     };
     if std::fs::symlink_metadata(dest).is_ok() {
         if opts.keep_old_files {
-            return Err(Error::FileExists { path: dest.to_path_buf() });
+            return Err(Error::FileExists {
+                path: dest.to_path_buf(),
+            });
         }
         let old = staging.path().join(".oras-fs-old");
         std::fs::rename(dest, &old).ctx(|| format!("replacing {}", dest.display()))?;
     }
-    std::fs::rename(&src, dest).ctx(|| format!("moving the unpacked {} into place", dest.display()))?;
+    std::fs::rename(&src, dest)
+        .ctx(|| format!("moving the unpacked {} into place", dest.display()))?;
     Ok(())
 }
 
@@ -467,9 +515,18 @@ fn check_tar_entry<R: Read>(path: &Path, entry: &tar::Entry<R>) -> std::result::
             PathBuf::new()
         };
         if target.is_absolute() || escapes(&base.join(&target)) {
-            return Err(format!("link to {} points outside the directory", target.display()));
+            return Err(format!(
+                "link to {} points outside the directory",
+                target.display()
+            ));
         }
-    } else if !(kind.is_file() || kind.is_dir() || kind.is_pax_global_extensions() || kind.is_pax_local_extensions() || kind.is_gnu_longname() || kind.is_gnu_longlink()) {
+    } else if !(kind.is_file()
+        || kind.is_dir()
+        || kind.is_pax_global_extensions()
+        || kind.is_pax_local_extensions()
+        || kind.is_gnu_longname()
+        || kind.is_gnu_longlink())
+    {
         return Err(format!("unsupported entry type {kind:?}"));
     }
     Ok(())
@@ -499,7 +556,10 @@ mod tests {
     #[test]
     fn safe_join_refuses_escapes() {
         let root = Path::new("/out");
-        assert_eq!(safe_join(root, "a/b.txt", false).unwrap(), Path::new("/out/a/b.txt"));
+        assert_eq!(
+            safe_join(root, "a/b.txt", false).unwrap(),
+            Path::new("/out/a/b.txt")
+        );
         for bad in ["../x", "/etc/x", "a/../../x", "", ".", "a\0b"] {
             assert!(safe_join(root, bad, false).is_err(), "{bad:?}");
         }

@@ -81,7 +81,12 @@ impl Target for MemoryStore {
         Ok(())
     }
 
-    async fn push_manifest(&self, desc: &Descriptor, bytes: Bytes, tag: Option<&str>) -> Result<()> {
+    async fn push_manifest(
+        &self,
+        desc: &Descriptor,
+        bytes: Bytes,
+        tag: Option<&str>,
+    ) -> Result<()> {
         self.push(desc, once(bytes)).await?;
         if let Some(t) = tag {
             self.tag(desc, t).await?;
@@ -90,7 +95,10 @@ impl Target for MemoryStore {
     }
 
     async fn tag(&self, desc: &Descriptor, tag: &str) -> Result<()> {
-        self.tags.lock().unwrap().insert(tag.to_string(), desc.clone());
+        self.tags
+            .lock()
+            .unwrap()
+            .insert(tag.to_string(), desc.clone());
         Ok(())
     }
 }

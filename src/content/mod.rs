@@ -111,13 +111,15 @@ pub async fn fetch_manifest(
     reference: &str,
 ) -> Result<(Descriptor, Bytes, Manifest)> {
     let desc = target.resolve(reference).await?;
-    let bytes = read_all(target, &desc, MAX_MANIFEST_SIZE).await.map_err(|e| match e {
-        Error::Protocol(m) => Error::InvalidManifest {
-            context: format!(" {reference}"),
-            reason: m,
-        },
-        e => e,
-    })?;
+    let bytes = read_all(target, &desc, MAX_MANIFEST_SIZE)
+        .await
+        .map_err(|e| match e {
+            Error::Protocol(m) => Error::InvalidManifest {
+                context: format!(" {reference}"),
+                reason: m,
+            },
+            e => e,
+        })?;
     let manifest = Manifest::parse(&bytes, Some(&desc.media_type)).map_err(|e| match e {
         Error::InvalidManifest { reason, .. } => Error::InvalidManifest {
             context: format!(" {} ({})", reference, desc.digest),

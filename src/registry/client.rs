@@ -11,7 +11,9 @@ use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, RETRY_AFTER, WWW_AU
 use reqwest::{Method, RequestBuilder, Response, StatusCode, Url};
 use tokio::sync::OnceCell;
 
-use crate::auth::{parse_challenge, Challenge, Credential, CredentialSource, TokenCache, TokenResponse};
+use crate::auth::{
+    parse_challenge, Challenge, Credential, CredentialSource, TokenCache, TokenResponse,
+};
 use crate::error::{Error, Result};
 
 /// How often and how patiently transient failures (connection errors, 429, 5xx) are retried.
@@ -125,10 +127,11 @@ pub struct Client {
 impl Client {
     pub fn new(host: &str, options: ClientOptions) -> Result<Arc<Client>> {
         let scheme = if options.plain_http { "http" } else { "https" };
-        let base = Url::parse(&format!("{scheme}://{host}/")).map_err(|e| Error::InvalidReference {
-            reference: host.to_string(),
-            reason: format!("not a registry host: {e}"),
-        })?;
+        let base =
+            Url::parse(&format!("{scheme}://{host}/")).map_err(|e| Error::InvalidReference {
+                reference: host.to_string(),
+                reason: format!("not a registry host: {e}"),
+            })?;
         let tls = super::tls::client_config(options.insecure, &options.ca_files)?;
         let mut builder = reqwest::Client::builder()
             .use_preconfigured_tls(tls)
@@ -175,10 +178,9 @@ impl Client {
     /// Resolves an upload `Location`, refusing one on another origin or downgraded to HTTP:
     /// the upload would carry our credentials there.
     pub fn upload_url(&self, location: &str) -> Result<Url> {
-        let url = self
-            .base
-            .join(location)
-            .map_err(|e| Error::Protocol(format!("upload location {location:?} is not a URL: {e}")))?;
+        let url = self.base.join(location).map_err(|e| {
+            Error::Protocol(format!("upload location {location:?} is not a URL: {e}"))
+        })?;
         if url.origin() != self.base.origin() {
             return Err(Error::Protocol(format!(
                 "upload location {url} is on another origin than {}; refusing to send data there",
@@ -269,7 +271,11 @@ impl Client {
     ) -> Result<Response> {
         let scope = format!("repository:{repository}:pull,push");
         let auth = self.authorization(Some(&scope), false).await?;
-        let mut rb = self.http.request(method.clone(), url.clone()).headers(headers).body(body);
+        let mut rb = self
+            .http
+            .request(method.clone(), url.clone())
+            .headers(headers)
+            .body(body);
         if let Some(a) = auth {
             rb = rb.header(AUTHORIZATION, a);
         }
@@ -356,7 +362,9 @@ impl Client {
     async fn authorization(&self, scope: Option<&str>, fetch: bool) -> Result<Option<HeaderValue>> {
         if self.basic.load(Ordering::Relaxed) {
             return Ok(match self.credential().await? {
-                Some(Credential::Basic { username, password }) => Some(basic_header(&username, &password)),
+                Some(Credential::Basic { username, password }) => {
+                    Some(basic_header(&username, &password))
+                }
                 _ => None,
             });
         }
@@ -388,11 +396,18 @@ impl Client {
                 }
                 Ok(())
             }
-            None => Err(self.unauthorized(" (the registry sent no usable WWW-Authenticate challenge)")),
+            None => {
+                Err(self.unauthorized(" (the registry sent no usable WWW-Authenticate challenge)"))
+            }
         }
     }
 
-    async fn fetch_token(&self, realm: &str, service: Option<&str>, scope: Option<&str>) -> Result<String> {
+    async fn fetch_token(
+        &self,
+        realm: &str,
+        service: Option<&str>,
+        scope: Option<&str>,
+    ) -> Result<String> {
         let mut url = Url::parse(realm)
             .map_err(|e| Error::Protocol(format!("token realm {realm:?} is not a URL: {e}")))?;
         let credential = self.credential().await?;
@@ -426,7 +441,9 @@ impl Client {
                 }
                 let rb = self.http.get(url);
                 match other {
-                    Some(Credential::Basic { username, password }) => rb.basic_auth(username, Some(password)),
+                    Some(Credential::Basic { username, password }) => {
+                        rb.basic_auth(username, Some(password))
+                    }
                     _ => rb,
                 }
             }
@@ -437,9 +454,13 @@ impl Client {
             return Err(self.unauthorized(&format!(" (the token service answered {status})")));
         }
         if !status.is_success() {
-            return Err(Error::Protocol(format!("token service {realm} answered {status}")));
+            return Err(Error::Protocol(format!(
+                "token service {realm} answered {status}"
+            )));
         }
-        let body = read_capped(resp, 1 << 20).await.map_err(|e| self.connect_error(e))?;
+        let body = read_capped(resp, 1 << 20)
+            .await
+            .map_err(|e| self.connect_error(e))?;
         let (token, ttl) = serde_json::from_slice::<TokenResponse>(&body)
             .ok()
             .and_then(TokenResponse::into_token)
@@ -460,7 +481,9 @@ impl Client {
                 name: format!("{what}{detail}"),
             },
             StatusCode::UNAUTHORIZED => self.unauthorized(&detail),
-            StatusCode::FORBIDDEN => Error::Forbidden { what: what.to_string() },
+            StatusCode::FORBIDDEN => Error::Forbidden {
+                what: what.to_string(),
+            },
             _ => Error::Registry {
                 registry: self.host.clone(),
                 method: what.to_string(),
@@ -483,7 +506,8 @@ fn innermost(e: &(dyn std::error::Error + 'static)) -> String {
 fn basic_header(username: &str, password: &str) -> HeaderValue {
     let mut v = {
         use base64::Engine;
-        let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{username}:{password}"));
+        let encoded =
+            base64::engine::general_purpose::STANDARD.encode(format!("{username}:{password}"));
         HeaderValue::from_str(&format!("Basic {encoded}")).expect("base64 is a valid header value")
     };
     v.set_sensitive(true);
@@ -499,17 +523,29 @@ fn bearer_header(token: &str) -> HeaderValue {
 
 pub fn is_transient_status(s: StatusCode) -> bool {
     s == StatusCode::TOO_MANY_REQUESTS
-        || (s.is_server_error() && s != StatusCode::NOT_IMPLEMENTED && s != StatusCode::HTTP_VERSION_NOT_SUPPORTED)
+        || (s.is_server_error()
+            && s != StatusCode::NOT_IMPLEMENTED
+            && s != StatusCode::HTTP_VERSION_NOT_SUPPORTED)
 }
 
 /// `Retry-After` in seconds (the HTTP-date form is rare from registries and is ignored).
 pub fn retry_after(resp: &Response) -> Option<Duration> {
-    let secs: u64 = resp.headers().get(RETRY_AFTER)?.to_str().ok()?.trim().parse().ok()?;
+    let secs: u64 = resp
+        .headers()
+        .get(RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
     Some(Duration::from_secs(secs))
 }
 
 /// Reads a response body into memory, refusing more than `cap` bytes.
-pub async fn read_capped(mut resp: Response, cap: usize) -> std::result::Result<Vec<u8>, reqwest::Error> {
+pub async fn read_capped(
+    mut resp: Response,
+    cap: usize,
+) -> std::result::Result<Vec<u8>, reqwest::Error> {
     let mut buf = Vec::new();
     while let Some(chunk) = resp.chunk().await? {
         if buf.len() + chunk.len() > cap {

@@ -7,7 +7,9 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, LOCATION, RANGE};
+use reqwest::header::{
+    HeaderMap, HeaderValue, ACCEPT, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, LOCATION, RANGE,
+};
 use reqwest::{Method, Response, StatusCode};
 
 pub use client::{Access, Client, ClientOptions, Request, RetryPolicy};
@@ -104,7 +106,10 @@ impl Repository {
             let req = Request::new(Method::GET, url.clone(), Some(&self.name), Access::Pull);
             let resp = self.client.send(&req).await?;
             if !resp.status().is_success() {
-                return Err(self.client.error_for(resp, &format!("tags of {}", self.name)).await);
+                return Err(self
+                    .client
+                    .error_for(resp, &format!("tags of {}", self.name))
+                    .await);
             }
             let next = next_link(&resp).map(|l| url.join(&l));
             let body = client::read_capped(resp, 16 << 20)
@@ -138,7 +143,11 @@ impl Repository {
 
     /// Opens an upload session; with `mount_from`, first asks the registry to mount the blob
     /// from that repository instead. Returns `None` when the mount succeeded.
-    async fn start_upload(&self, desc: &Descriptor, mount_from: Option<&str>) -> Result<Option<reqwest::Url>> {
+    async fn start_upload(
+        &self,
+        desc: &Descriptor,
+        mount_from: Option<&str>,
+    ) -> Result<Option<reqwest::Url>> {
         let mut req = self.request(Method::POST, "blobs/uploads/", Access::Push);
         if let Some(from) = mount_from {
             req.url
@@ -157,18 +166,30 @@ impl Repository {
                     .ok_or_else(|| Error::Protocol("upload started without a Location".into()))?;
                 Ok(Some(self.client.upload_url(location)?))
             }
-            _ => Err(self.client.error_for(resp, &format!("upload of {}", desc.digest)).await),
+            _ => Err(self
+                .client
+                .error_for(resp, &format!("upload of {}", desc.digest))
+                .await),
         }
     }
 
     /// Pushes a blob, or mounts it from `from` (another repository of the same registry).
-    pub async fn push_or_mount(&self, desc: &Descriptor, from: Option<&str>, content: impl FnOnce() -> ByteStreamFuture) -> Result<bool> {
+    pub async fn push_or_mount(
+        &self,
+        desc: &Descriptor,
+        from: Option<&str>,
+        content: impl FnOnce() -> ByteStreamFuture,
+    ) -> Result<bool> {
         let Some(mut url) = self.start_upload(desc, from).await? else {
             return Ok(true);
         };
-        url.query_pairs_mut().append_pair("digest", desc.digest.as_str());
+        url.query_pairs_mut()
+            .append_pair("digest", desc.digest.as_str());
         let mut headers = HeaderMap::new();
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+        headers.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("application/octet-stream"),
+        );
         headers.insert(CONTENT_LENGTH, HeaderValue::from(desc.size));
         let body = reqwest::Body::wrap_stream(content().await?);
         let resp = self
@@ -178,12 +199,16 @@ impl Repository {
         if resp.status() == StatusCode::CREATED || resp.status() == StatusCode::NO_CONTENT {
             return Ok(false);
         }
-        Err(self.client.error_for(resp, &format!("upload of {}", desc.digest)).await)
+        Err(self
+            .client
+            .error_for(resp, &format!("upload of {}", desc.digest))
+            .await)
     }
 }
 
 /// A future yielding the content to upload (opened only when the upload really happens).
-pub type ByteStreamFuture = std::pin::Pin<Box<dyn std::future::Future<Output = Result<ByteStream>> + Send>>;
+pub type ByteStreamFuture =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<ByteStream>> + Send>>;
 
 #[async_trait]
 impl Target for Repository {
@@ -193,7 +218,11 @@ impl Target for Repository {
 
     async fn resolve(&self, reference: &str) -> Result<Descriptor> {
         let req = self
-            .request(Method::HEAD, &format!("manifests/{reference}"), Access::Pull)
+            .request(
+                Method::HEAD,
+                &format!("manifests/{reference}"),
+                Access::Pull,
+            )
             .header(ACCEPT, media_type::MANIFEST_ACCEPT);
         let resp = self.client.send(&req).await?;
         if resp.status() == StatusCode::NOT_FOUND {
@@ -203,7 +232,10 @@ impl Target for Repository {
             });
         }
         if !resp.status().is_success() {
-            return Err(self.client.error_for(resp, &format!("manifest {reference}")).await);
+            return Err(self
+                .client
+                .error_for(resp, &format!("manifest {reference}"))
+                .await);
         }
         let media = header(&resp, CONTENT_TYPE.as_str())
             .map(|m| m.split(';').next().unwrap_or("").trim().to_string())
@@ -216,7 +248,10 @@ impl Target for Repository {
             (Some(d), Some(size)) => {
                 if let Some(p) = &pinned {
                     if p != &d {
-                        return Err(Error::DigestMismatch { expected: p.clone(), actual: d });
+                        return Err(Error::DigestMismatch {
+                            expected: p.clone(),
+                            actual: d,
+                        });
                     }
                 }
                 Ok(Descriptor::new(media, d, size))
@@ -228,7 +263,10 @@ impl Target for Repository {
                     .header(ACCEPT, media_type::MANIFEST_ACCEPT);
                 let resp = self.client.send(&req).await?;
                 if !resp.status().is_success() {
-                    return Err(self.client.error_for(resp, &format!("manifest {reference}")).await);
+                    return Err(self
+                        .client
+                        .error_for(resp, &format!("manifest {reference}"))
+                        .await);
                 }
                 let body = client::read_capped(resp, MAX_MANIFEST_SIZE as usize + 1)
                     .await
@@ -242,7 +280,10 @@ impl Target for Repository {
                 let d = Descriptor::of(media, &body);
                 if let Some(p) = pinned {
                     if p != d.digest {
-                        return Err(Error::DigestMismatch { expected: p, actual: d.digest });
+                        return Err(Error::DigestMismatch {
+                            expected: p,
+                            actual: d.digest,
+                        });
                     }
                 }
                 Ok(d)
@@ -306,9 +347,10 @@ impl Target for Repository {
                 }
             }
         });
-        Ok(Box::pin(futures_util::stream::unfold(rx, |mut rx| async move {
-            rx.recv().await.map(|item| (item, rx))
-        })))
+        Ok(Box::pin(futures_util::stream::unfold(
+            rx,
+            |mut rx| async move { rx.recv().await.map(|item| (item, rx)) },
+        )))
     }
 
     async fn fetch_range(&self, desc: &Descriptor, offset: u64, len: u64) -> Result<Bytes> {
@@ -337,14 +379,21 @@ impl Target for Repository {
                         0
                     }
                     StatusCode::OK => {
-                        tracing::warn!("{} ignored a Range request; skipping {offset} bytes", self.client.host());
+                        tracing::warn!(
+                            "{} ignored a Range request; skipping {offset} bytes",
+                            self.client.host()
+                        );
                         offset
                     }
                     _ => return Err(self.client.error_for(resp, &desc.digest.to_string()).await),
                 };
                 let mut buf = Vec::with_capacity(want);
                 while buf.len() < want {
-                    let Some(chunk) = resp.chunk().await.map_err(|e| self.client.connect_error(e))? else {
+                    let Some(chunk) = resp
+                        .chunk()
+                        .await
+                        .map_err(|e| self.client.connect_error(e))?
+                    else {
                         break;
                     };
                     let mut c = &chunk[..];
@@ -367,7 +416,10 @@ impl Target for Repository {
             }
             .await;
             match result {
-                Err(e) if (e.is_transient() || matches!(e, Error::Protocol(_))) && attempt + 1 < policy.attempts => {
+                Err(e)
+                    if (e.is_transient() || matches!(e, Error::Protocol(_)))
+                        && attempt + 1 < policy.attempts =>
+                {
                     tracing::warn!("{e}; retrying");
                     tokio::time::sleep(policy.delay(attempt, None)).await;
                     attempt += 1;
@@ -397,18 +449,30 @@ impl Target for Repository {
             .map(|_| ())
     }
 
-    async fn push_manifest(&self, desc: &Descriptor, bytes: Bytes, tag: Option<&str>) -> Result<()> {
+    async fn push_manifest(
+        &self,
+        desc: &Descriptor,
+        bytes: Bytes,
+        tag: Option<&str>,
+    ) -> Result<()> {
         desc.digest.verify(&bytes)?;
-        let target = tag.map(str::to_string).unwrap_or_else(|| desc.digest.to_string());
+        let target = tag
+            .map(str::to_string)
+            .unwrap_or_else(|| desc.digest.to_string());
         let req = self
             .request(Method::PUT, &format!("manifests/{target}"), Access::Push)
             .header(CONTENT_TYPE, &desc.media_type)
             .body(bytes);
         let resp = self.client.send(&req).await?;
         if !resp.status().is_success() {
-            return Err(self.client.error_for(resp, &format!("manifest {target}")).await);
+            return Err(self
+                .client
+                .error_for(resp, &format!("manifest {target}"))
+                .await);
         }
-        if let Some(d) = header(&resp, "docker-content-digest").and_then(|d| d.parse::<Digest>().ok()) {
+        if let Some(d) =
+            header(&resp, "docker-content-digest").and_then(|d| d.parse::<Digest>().ok())
+        {
             if d != desc.digest {
                 return Err(Error::Protocol(format!(
                     "pushed manifest {} but the registry stored it as {d}",
@@ -432,7 +496,12 @@ fn header(resp: &Response, name: &str) -> Option<String> {
 /// The first byte of a `Content-Range: bytes a-b/n` answer.
 fn content_range_start(resp: &Response) -> Option<u64> {
     let v = header(resp, CONTENT_RANGE.as_str())?;
-    v.strip_prefix("bytes ")?.split('-').next()?.trim().parse().ok()
+    v.strip_prefix("bytes ")?
+        .split('-')
+        .next()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// The `rel="next"` target of a `Link` header.
@@ -440,8 +509,12 @@ fn next_link(resp: &Response) -> Option<String> {
     let link = header(resp, "link")?;
     link.split(',').find_map(|part| {
         let (target, params) = part.split_once(';')?;
-        params
-            .contains("rel=\"next\"")
-            .then(|| target.trim().trim_start_matches('<').trim_end_matches('>').to_string())
+        params.contains("rel=\"next\"").then(|| {
+            target
+                .trim()
+                .trim_start_matches('<')
+                .trim_end_matches('>')
+                .to_string()
+        })
     })
 }

@@ -1,0 +1,237 @@
+//! `mount` and `unmount`.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Args;
+use oras_fs::content::Target;
+use oras_fs::fs::cache::CacheOptions;
+use oras_fs::fs::filesystem::MountOptions;
+use oras_fs::fs::mount::{self, MountConfig};
+use oras_fs::oras::LayerFilter;
+use oras_fs::reference::Reference;
+use oras_fs::{Error, Result};
+
+use super::remote::RemoteArgs;
+
+/// Set in the environment of the background child of `mount`.
+const DAEMON_ENV: &str = "ORAS_FS_DAEMON_CHILD";
+/// The line the child prints on stderr once the mount is usable.
+const READY: &str = "oras-fs: ready";
+
+#[derive(Args, Debug)]
+pub struct MountArgs {
+    /// What to mount: registry/repository[:tag|@digest]
+    pub reference: String,
+    /// An empty directory to mount on.
+    pub mountpoint: PathBuf,
+    /// Stay in the foreground, logging to stderr.
+    #[arg(short = 'f', long)]
+    pub foreground: bool,
+    /// Show layers of this media type (repeatable); default as `pull`.
+    #[arg(short = 't', long = "media-type")]
+    pub media_types: Vec<String>,
+    /// Show every layer that has a title.
+    #[arg(short = 'a', long)]
+    pub allow_all: bool,
+    /// Refuse writes (the default for now).
+    #[arg(long, default_value_t = true)]
+    pub read_only: bool,
+    /// Cache directory, shared by mounts (default: ~/.cache/oras-fs).
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// Bound of the disk cache (e.g. 10G, 512M).
+    #[arg(long, value_name = "SIZE", default_value = "10G", value_parser = parse_size)]
+    pub cache_size: u64,
+    /// Bound of the in-memory block cache.
+    #[arg(long, value_name = "SIZE", default_value = "64M", value_parser = parse_size)]
+    pub memory_cache: u64,
+    /// Let other users see the mount (needs user_allow_other in /etc/fuse.conf for non-root).
+    #[arg(long)]
+    pub allow_other: bool,
+    #[command(flatten)]
+    pub remote: RemoteArgs,
+}
+
+/// `10G`, `512M`, `64k` or plain bytes (binary multiples).
+pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
+    let s = s.trim();
+    let (num, mult) = match s.char_indices().find(|(_, c)| c.is_ascii_alphabetic()) {
+        Some((i, _)) => {
+            let unit = s[i..].to_ascii_lowercase();
+            let mult: u64 = match unit.trim_end_matches("ib").trim_end_matches('b') {
+                "" => 1,
+                "k" => 1 << 10,
+                "m" => 1 << 20,
+                "g" => 1 << 30,
+                "t" => 1 << 40,
+                _ => return Err(format!("unknown size unit in {s:?} (use K, M, G or T)")),
+            };
+            (&s[..i], mult)
+        }
+        None => (s, 1),
+    };
+    let n: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size"))?;
+    Ok((n * mult as f64) as u64)
+}
+
+pub async fn mount(args: MountArgs) -> Result<()> {
+    if !args.foreground && std::env::var_os(DAEMON_ENV).is_none() {
+        return spawn_background();
+    }
+    let reference: Reference = args.reference.parse()?;
+    let repo = args.remote.repository(&reference)?;
+    let target: Arc<dyn Target> = Arc::new(repo);
+    let snapshot = mount::snapshot(target.as_ref(), &args.reference, &reference.target()).await?;
+    let config = MountConfig {
+        mountpoint: args.mountpoint.clone(),
+        cache: CacheOptions {
+            dir: args
+                .cache_dir
+                .clone()
+                .unwrap_or_else(mount::default_cache_dir),
+            disk_limit: args.cache_size,
+            memory_limit: args.memory_cache,
+        },
+        options: MountOptions {
+            filter: LayerFilter {
+                media_types: args.media_types.clone(),
+                allow_all: args.allow_all,
+            },
+            read_only: true,
+        },
+        allow_other: args.allow_other,
+    };
+    let digest = snapshot.descriptor.digest.clone();
+    let mountpoint = args.mountpoint.clone();
+    mount::serve(target, snapshot, config, move |_| {
+        eprintln!(
+            "Mounted {} ({digest}) on {}",
+            args.reference,
+            mountpoint.display()
+        );
+        if std::env::var_os(DAEMON_ENV).is_some() {
+            eprintln!("{READY}");
+            detach_stderr();
+        }
+    })
+    .await
+}
+
+/// From now on the background child logs to a file, not to the caller's terminal.
+fn detach_stderr() {
+    let dir = mount::default_cache_dir().join("logs");
+    let _ = std::fs::create_dir_all(&dir);
+    let path = dir.join(format!("mount-{}.log", std::process::id()));
+    if let Ok(f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+    {
+        use std::os::fd::AsRawFd;
+        // SAFETY: dup2 onto fd 2 of a file we just opened; both fds are valid.
+        unsafe {
+            libc::dup2(f.as_raw_fd(), 2);
+        }
+    }
+}
+
+/// Runs this command again as a background child (no fork after the async runtime started)
+/// and returns once it reports the mount usable, or fails with its error.
+fn spawn_background() -> Result<()> {
+    let exe =
+        std::env::current_exe().map_err(|e| Error::io("finding the oras-fs executable", e))?;
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let password_stdin = args.iter().any(|a| a == "--password-stdin");
+    let mut cmd = Command::new(exe);
+    cmd.args(&args)
+        .env(DAEMON_ENV, "1")
+        .stdin(if password_stdin {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: setsid is async-signal-safe; the child leaves our session and terminal.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::setsid();
+                Ok(())
+            });
+        }
+    }
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| Error::io("starting the mount process", e))?;
+    if password_stdin {
+        let mut secret = String::new();
+        std::io::stdin()
+            .read_line(&mut secret)
+            .map_err(|e| Error::io("reading the password from stdin", e))?;
+        let mut stdin = child.stdin.take().expect("piped");
+        let _ = stdin.write_all(secret.as_bytes());
+    }
+    let stderr = child.stderr.take().expect("piped");
+    for line in BufReader::new(stderr).lines() {
+        let Ok(line) = line else { break };
+        if line == READY {
+            return Ok(());
+        }
+        eprintln!("{line}");
+    }
+    let status = child
+        .wait()
+        .map_err(|e| Error::io("waiting for the mount process", e))?;
+    // The child already printed its error.
+    std::process::exit(status.code().unwrap_or(1).max(1));
+}
+
+#[derive(Args, Debug)]
+pub struct UnmountArgs {
+    /// The mountpoint.
+    pub mountpoint: PathBuf,
+}
+
+pub async fn unmount(args: UnmountArgs) -> Result<()> {
+    let mp = args.mountpoint.clone();
+    let answered = tokio::task::spawn_blocking(move || {
+        mount::control(&mp, "unmount", Duration::from_secs(3600))
+    })
+    .await
+    .expect("control task panicked")?;
+    match answered {
+        Some(a) if a.starts_with("ok") => {
+            // The mount process unmounts itself; wait until the kernel agrees.
+            for _ in 0..300 {
+                if !is_mounted(&args.mountpoint) {
+                    return Ok(());
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            mount::unmount(&args.mountpoint)
+        }
+        Some(a) => Err(Error::Other(a)),
+        None => mount::unmount(&args.mountpoint),
+    }
+}
+
+/// Whether `path` is a mountpoint now (per /proc/mounts).
+pub fn is_mounted(path: &std::path::Path) -> bool {
+    let canon = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    let want = canon.to_string_lossy().replace(' ', "\\040");
+    std::fs::read_to_string("/proc/mounts")
+        .map(|m| {
+            m.lines()
+                .any(|l| l.split(' ').nth(1) == Some(want.as_str()))
+        })
+        .unwrap_or(false)
+}

@@ -1,0 +1,567 @@
+//! The block cache of remote blobs: an in-memory LRU of blocks over an on-disk cache keyed by
+//! digest (so it is never stale and later mounts share it), filled by HTTP Range requests.
+//!
+//! - A blob is cut into aligned blocks of [`BLOCK`] bytes; a read waits only for its blocks.
+//! - Concurrent readers of one block share one fetch (in-flight blocks carry a channel).
+//! - Small blobs (≤ [`SMALL_BLOB`]) are fetched whole and verified before any byte is served.
+//!   Large blobs are verified as soon as every block has arrived; until then, bytes are served
+//!   unverified (a range cannot be checked against a whole-blob digest). A mismatch evicts the
+//!   blob everywhere and every later read of it fails with EIO.
+//! - Disk use is bounded by evicting least recently used blobs not in use by this process.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::ops::Range;
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use lru::LruCache;
+use tokio::sync::watch;
+
+use crate::content::Target;
+use crate::digest::Digest;
+use crate::manifest::Descriptor;
+
+/// The unit of fetching and caching.
+pub const BLOCK: u64 = 256 * 1024;
+/// Blobs up to this size are fetched whole and verified before use.
+pub const SMALL_BLOB: u64 = 4 * 1024 * 1024;
+/// The largest single Range request; larger windows become several concurrent requests.
+pub const MAX_REQUEST: u64 = 8 * 1024 * 1024;
+
+/// An errno for the filesystem layer.
+pub type Errno = i32;
+
+#[derive(Clone, Debug)]
+pub struct CacheOptions {
+    pub dir: PathBuf,
+    /// Bound of the disk cache, in bytes.
+    pub disk_limit: u64,
+    /// Bound of the in-memory block cache, in bytes.
+    pub memory_limit: u64,
+}
+
+type Done = Option<Result<(), ()>>;
+
+struct BlobState {
+    /// One bit per block.
+    present: Vec<u8>,
+    present_count: u64,
+    complete: bool,
+    inflight: HashMap<u64, watch::Receiver<Done>>,
+}
+
+impl BlobState {
+    fn has(&self, b: u64) -> bool {
+        self.present[(b / 8) as usize] & (1 << (b % 8)) != 0
+    }
+    fn set(&mut self, b: u64) {
+        if !self.has(b) {
+            self.present[(b / 8) as usize] |= 1 << (b % 8);
+            self.present_count += 1;
+        }
+    }
+}
+
+struct Blob {
+    id: u64,
+    desc: Descriptor,
+    blocks: u64,
+    file: File,
+    partial_path: PathBuf,
+    map_path: PathBuf,
+    complete_path: PathBuf,
+    state: Mutex<BlobState>,
+}
+
+pub struct BlobCache {
+    source: Arc<dyn Target>,
+    options: CacheOptions,
+    blobs: Mutex<HashMap<Digest, Arc<Blob>>>,
+    memory: Mutex<LruCache<(u64, u64), Bytes>>,
+    poisoned: Mutex<HashSet<Digest>>,
+    next_id: AtomicU64,
+    /// Bytes fetched from the source, for statistics and tests.
+    pub fetched: AtomicU64,
+}
+
+fn mkdir_private(path: &Path) -> std::io::Result<()> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+}
+
+impl BlobCache {
+    pub fn new(source: Arc<dyn Target>, options: CacheOptions) -> std::io::Result<Arc<BlobCache>> {
+        for sub in ["blobs/sha256", "partial/sha256", "unpacked/sha256"] {
+            mkdir_private(&options.dir.join(sub))?;
+        }
+        let slots = (options.memory_limit / BLOCK).max(1) as usize;
+        let cache = Arc::new(BlobCache {
+            source,
+            memory: Mutex::new(LruCache::new(
+                std::num::NonZeroUsize::new(slots).expect("max(1)"),
+            )),
+            options,
+            blobs: Mutex::new(HashMap::new()),
+            poisoned: Mutex::new(HashSet::new()),
+            next_id: AtomicU64::new(1),
+            fetched: AtomicU64::new(0),
+        });
+        cache.enforce_disk_limit();
+        Ok(cache)
+    }
+
+    pub fn source(&self) -> &Arc<dyn Target> {
+        &self.source
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.options.dir
+    }
+
+    fn paths(&self, digest: &Digest) -> (PathBuf, PathBuf, PathBuf) {
+        let alg = digest.algorithm();
+        let hex = digest.hex();
+        let dir = &self.options.dir;
+        (
+            dir.join("blobs").join(alg).join(hex),
+            dir.join("partial").join(alg).join(hex),
+            dir.join("partial").join(alg).join(format!("{hex}.map")),
+        )
+    }
+
+    fn blob(&self, desc: &Descriptor) -> Result<Arc<Blob>, Errno> {
+        if self.poisoned.lock().unwrap().contains(&desc.digest) {
+            return Err(libc::EIO);
+        }
+        let mut blobs = self.blobs.lock().unwrap();
+        if let Some(b) = blobs.get(&desc.digest) {
+            return Ok(b.clone());
+        }
+        let (complete_path, partial_path, map_path) = self.paths(&desc.digest);
+        let blocks = desc.size.div_ceil(BLOCK);
+        let map_len = blocks.div_ceil(8).max(1) as usize;
+        let io = |e: std::io::Error| {
+            tracing::error!("cache for {}: {e}", desc.digest);
+            libc::EIO
+        };
+        let (file, state) = match File::open(&complete_path) {
+            Ok(f) if f.metadata().map(|m| m.len()).ok() == Some(desc.size) => {
+                // Mark it recently used for eviction.
+                let _ = f.set_modified(SystemTime::now());
+                let state = BlobState {
+                    present: vec![0xff; map_len],
+                    present_count: blocks,
+                    complete: true,
+                    inflight: HashMap::new(),
+                };
+                (f, state)
+            }
+            _ => {
+                let f = OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create(true)
+                    .truncate(false)
+                    .mode(0o600)
+                    .open(&partial_path)
+                    .map_err(io)?;
+                f.set_len(desc.size).map_err(io)?;
+                let mut present = vec![0u8; map_len];
+                if let Ok(mut m) = File::open(&map_path) {
+                    let mut buf = Vec::new();
+                    if m.read_to_end(&mut buf).is_ok() && buf.len() == map_len {
+                        present = buf;
+                    }
+                }
+                let mut state = BlobState {
+                    present: vec![0u8; map_len],
+                    present_count: 0,
+                    complete: false,
+                    inflight: HashMap::new(),
+                };
+                for b in 0..blocks {
+                    if present[(b / 8) as usize] & (1 << (b % 8)) != 0 {
+                        state.set(b);
+                    }
+                }
+                (f, state)
+            }
+        };
+        let blob = Arc::new(Blob {
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            desc: desc.clone(),
+            blocks,
+            file,
+            partial_path,
+            map_path,
+            complete_path,
+            state: Mutex::new(state),
+        });
+        blobs.insert(desc.digest.clone(), blob.clone());
+        Ok(blob)
+    }
+
+    /// Reads `len` bytes at `offset` of a blob. `prefetch` is a byte range the caller expects
+    /// to read next; it is fetched in the background.
+    pub async fn read(
+        self: &Arc<Self>,
+        desc: &Descriptor,
+        offset: u64,
+        len: u64,
+        prefetch: Range<u64>,
+    ) -> Result<Bytes, Errno> {
+        let end = offset.saturating_add(len).min(desc.size);
+        if offset >= end {
+            return Ok(Bytes::new());
+        }
+        let blob = self.blob(desc)?;
+        self.verify_if_complete(&blob).await?;
+        let need = if desc.size <= SMALL_BLOB {
+            0..blob.blocks
+        } else {
+            offset / BLOCK..(end - 1) / BLOCK + 1
+        };
+        let pre =
+            prefetch.start.min(desc.size) / BLOCK..prefetch.end.min(desc.size).div_ceil(BLOCK);
+        let waits = self.ensure(&blob, need.clone(), pre);
+        for mut rx in waits {
+            match rx.wait_for(|d| d.is_some()).await {
+                Ok(v) if matches!(*v, Some(Ok(()))) => {}
+                _ => return Err(libc::EIO),
+            }
+        }
+        if self.poisoned.lock().unwrap().contains(&desc.digest) {
+            return Err(libc::EIO);
+        }
+        self.assemble(&blob, offset, end)
+    }
+
+    /// A blob whose blocks all arrived in an earlier mount is verified before its first use here.
+    async fn verify_if_complete(self: &Arc<Self>, blob: &Arc<Blob>) -> Result<(), Errno> {
+        let pending = {
+            let st = blob.state.lock().unwrap();
+            !st.complete && st.present_count == blob.blocks
+        };
+        if pending {
+            let (cache, blob) = (self.clone(), blob.clone());
+            tokio::task::spawn_blocking(move || cache.verify(&blob))
+                .await
+                .map_err(|_| libc::EIO)??;
+        }
+        Ok(())
+    }
+
+    /// Fetches a whole blob into the cache (verified) and returns the path of its file.
+    pub async fn materialize(self: &Arc<Self>, desc: &Descriptor) -> Result<PathBuf, Errno> {
+        let blob = self.blob(desc)?;
+        // Request everything at once (in MAX_REQUEST runs), then wait for verification.
+        let waits = self.ensure(&blob, 0..blob.blocks, 0..0);
+        for mut rx in waits {
+            if !matches!(
+                *rx.wait_for(|d| d.is_some()).await.map_err(|_| libc::EIO)?,
+                Some(Ok(()))
+            ) {
+                return Err(libc::EIO);
+            }
+        }
+        let blob2 = blob.clone();
+        let cache = self.clone();
+        tokio::task::spawn_blocking(move || cache.verify(&blob2))
+            .await
+            .map_err(|_| libc::EIO)??;
+        Ok(blob.complete_path.clone())
+    }
+
+    /// Starts fetches for missing blocks of `need` and `prefetch`; returns what to wait for.
+    fn ensure(
+        self: &Arc<Self>,
+        blob: &Arc<Blob>,
+        need: Range<u64>,
+        prefetch: Range<u64>,
+    ) -> Vec<watch::Receiver<Done>> {
+        let mut waits = Vec::new();
+        let mut missing: Vec<u64> = Vec::new();
+        {
+            let mut st = blob.state.lock().unwrap();
+            if st.complete {
+                return waits;
+            }
+            let all = need.start.min(prefetch.start)..need.end.max(prefetch.end);
+            for b in all {
+                let needed = need.contains(&b);
+                let wanted = needed || prefetch.contains(&b);
+                if !wanted || st.has(b) {
+                    continue;
+                }
+                if let Some(rx) = st.inflight.get(&b) {
+                    if needed {
+                        waits.push(rx.clone());
+                    }
+                    continue;
+                }
+                missing.push(b);
+            }
+            // Group contiguous missing blocks into requests of at most MAX_REQUEST (a small
+            // blob is always one request, so it can be verified before use).
+            let per_request = if blob.desc.size <= SMALL_BLOB {
+                u64::MAX
+            } else {
+                MAX_REQUEST / BLOCK
+            };
+            let mut i = 0;
+            while i < missing.len() {
+                let start = missing[i];
+                let mut j = i + 1;
+                while j < missing.len()
+                    && missing[j] == missing[j - 1] + 1
+                    && (j - i) < per_request as usize
+                {
+                    j += 1;
+                }
+                let run = start..missing[j - 1] + 1;
+                let (tx, rx) = watch::channel(None);
+                for b in run.clone() {
+                    st.inflight.insert(b, rx.clone());
+                }
+                if run.clone().any(|b| need.contains(&b)) {
+                    waits.push(rx);
+                }
+                let cache = self.clone();
+                let blob = blob.clone();
+                tokio::spawn(async move {
+                    let ok = cache.fetch_run(&blob, run.clone()).await;
+                    let mut st = blob.state.lock().unwrap();
+                    for b in run {
+                        st.inflight.remove(&b);
+                    }
+                    drop(st);
+                    let _ = tx.send(Some(if ok { Ok(()) } else { Err(()) }));
+                });
+                i = j;
+            }
+        }
+        waits
+    }
+
+    async fn fetch_run(self: &Arc<Self>, blob: &Arc<Blob>, run: Range<u64>) -> bool {
+        let start = run.start * BLOCK;
+        let len = (run.end * BLOCK).min(blob.desc.size) - start;
+        let data = match self.source.fetch_range(&blob.desc, start, len).await {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::error!("reading {} at {start}+{len}: {e}", blob.desc.digest);
+                return false;
+            }
+        };
+        self.fetched.fetch_add(data.len() as u64, Ordering::Relaxed);
+        let whole = start == 0 && len == blob.desc.size;
+        if whole {
+            // Small blobs: verify before a single byte is served.
+            if let Err(e) = blob.desc.digest.verify(&data) {
+                self.poison(blob, &e.to_string());
+                return false;
+            }
+        }
+        let cache = self.clone();
+        let blob2 = blob.clone();
+        let data2 = data.clone();
+        let written =
+            tokio::task::spawn_blocking(move || cache.store_run(&blob2, run, &data2, whole)).await;
+        match written {
+            Ok(Ok(())) => true,
+            Ok(Err(e)) => {
+                tracing::error!("writing the cache of {}: {e}", blob.desc.digest);
+                false
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Writes fetched blocks to the disk file and the memory LRU, and verifies the blob once
+    /// every block is present.
+    fn store_run(
+        self: &Arc<Self>,
+        blob: &Arc<Blob>,
+        run: Range<u64>,
+        data: &Bytes,
+        verified: bool,
+    ) -> std::io::Result<()> {
+        let start = run.start * BLOCK;
+        blob.file.write_all_at(data, start)?;
+        {
+            let mut mem = self.memory.lock().unwrap();
+            for b in run.clone() {
+                let off = ((b - run.start) * BLOCK) as usize;
+                let end = (off + BLOCK as usize).min(data.len());
+                // A copy: a slice would pin the whole request buffer in memory.
+                mem.put((blob.id, b), Bytes::copy_from_slice(&data[off..end]));
+            }
+        }
+        let (all, map) = {
+            let mut st = blob.state.lock().unwrap();
+            for b in run {
+                st.set(b);
+            }
+            (st.present_count == blob.blocks, st.present.clone())
+        };
+        if all {
+            if verified {
+                self.complete(blob)?;
+            } else if let Err(e) = self.verify(blob) {
+                return Err(std::io::Error::other(format!(
+                    "verification failed (errno {e})"
+                )));
+            }
+        } else {
+            // The map is written after the data, so a crash never marks unwritten blocks present.
+            let tmp = blob.map_path.with_extension("map.tmp");
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            f.write_all(&map)?;
+            std::fs::rename(&tmp, &blob.map_path)?;
+        }
+        Ok(())
+    }
+
+    /// Hashes a fully fetched blob; on success it becomes a complete cache file.
+    fn verify(self: &Arc<Self>, blob: &Arc<Blob>) -> Result<(), Errno> {
+        if blob.state.lock().unwrap().complete {
+            return Ok(());
+        }
+        let mut digester = blob.desc.digest.digester();
+        let mut buf = vec![0u8; 1 << 20];
+        let mut off = 0u64;
+        while off < blob.desc.size {
+            let n = ((blob.desc.size - off) as usize).min(buf.len());
+            blob.file
+                .read_exact_at(&mut buf[..n], off)
+                .map_err(|_| libc::EIO)?;
+            digester.update(&buf[..n]);
+            off += n as u64;
+        }
+        match digester.check(&blob.desc.digest) {
+            Ok(()) => self.complete(blob).map_err(|_| libc::EIO),
+            Err(e) => {
+                self.poison(blob, &e.to_string());
+                Err(libc::EIO)
+            }
+        }
+    }
+
+    fn complete(&self, blob: &Arc<Blob>) -> std::io::Result<()> {
+        let mut st = blob.state.lock().unwrap();
+        if st.complete {
+            return Ok(());
+        }
+        std::fs::rename(&blob.partial_path, &blob.complete_path)?;
+        let _ = std::fs::remove_file(&blob.map_path);
+        st.complete = true;
+        drop(st);
+        self.enforce_disk_limit();
+        Ok(())
+    }
+
+    /// Forgets every cached byte of a blob that failed verification; reads of it fail from now on.
+    fn poison(&self, blob: &Arc<Blob>, why: &str) {
+        tracing::error!("{why}: evicted from the cache; reads of it fail with EIO");
+        self.poisoned
+            .lock()
+            .unwrap()
+            .insert(blob.desc.digest.clone());
+        self.blobs.lock().unwrap().remove(&blob.desc.digest);
+        {
+            let mut mem = self.memory.lock().unwrap();
+            for b in 0..blob.blocks {
+                mem.pop(&(blob.id, b));
+            }
+        }
+        for p in [&blob.partial_path, &blob.map_path, &blob.complete_path] {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+
+    pub fn is_poisoned(&self, digest: &Digest) -> bool {
+        self.poisoned.lock().unwrap().contains(digest)
+    }
+
+    fn assemble(&self, blob: &Blob, offset: u64, end: u64) -> Result<Bytes, Errno> {
+        let first = offset / BLOCK;
+        let last = (end - 1) / BLOCK;
+        if first == last {
+            if let Some(b) = self.memory.lock().unwrap().get(&(blob.id, first)) {
+                let s = (offset - first * BLOCK) as usize;
+                let e = (end - first * BLOCK) as usize;
+                if e <= b.len() {
+                    return Ok(b.slice(s..e));
+                }
+            }
+        }
+        let mut buf = vec![0u8; (end - offset) as usize];
+        blob.file.read_exact_at(&mut buf, offset).map_err(|e| {
+            tracing::error!("reading the cache of {}: {e}", blob.desc.digest);
+            libc::EIO
+        })?;
+        Ok(buf.into())
+    }
+
+    /// Deletes least recently used cache files until the disk cache fits its bound, sparing
+    /// blobs this process has open.
+    pub fn enforce_disk_limit(&self) {
+        let in_use: HashSet<String> = self
+            .blobs
+            .lock()
+            .unwrap()
+            .keys()
+            .map(|d| d.hex().to_string())
+            .collect();
+        let mut files = Vec::new();
+        let mut total = 0u64;
+        for sub in ["blobs/sha256", "partial/sha256"] {
+            let Ok(rd) = std::fs::read_dir(self.options.dir.join(sub)) else {
+                continue;
+            };
+            for e in rd.flatten() {
+                let Ok(m) = e.metadata() else { continue };
+                use std::os::unix::fs::MetadataExt;
+                let used = m.blocks() * 512;
+                total += used;
+                let name = e.file_name().to_string_lossy().into_owned();
+                let hex = name.split('.').next().unwrap_or("").to_string();
+                files.push((
+                    m.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+                    e.path(),
+                    used,
+                    hex,
+                ));
+            }
+        }
+        if total <= self.options.disk_limit {
+            return;
+        }
+        files.sort_by_key(|f| f.0);
+        for (_, path, used, hex) in files {
+            if total <= self.options.disk_limit {
+                break;
+            }
+            if in_use.contains(&hex) {
+                continue;
+            }
+            if std::fs::remove_file(&path).is_ok() {
+                tracing::debug!("cache: evicted {}", path.display());
+                total = total.saturating_sub(used);
+            }
+        }
+    }
+}

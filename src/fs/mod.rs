@@ -1,0 +1,12 @@
+//! The FUSE filesystem, in layers as in mountpoint-s3:
+//! - [`tree`]: the inode table (names, sizes, where bytes come from);
+//! - [`cache`]: the block cache of remote blobs (memory LRU over a disk cache by digest);
+//! - [`filesystem`]: POSIX semantics over both, with no FUSE types (docs/SEMANTICS.md);
+//! - [`fuse`]: the fuser adapter;
+//! - [`mount`]: lifecycle (serve, signals, control socket, unmount).
+
+pub mod cache;
+pub mod filesystem;
+pub mod fuse;
+pub mod mount;
+pub mod tree;
