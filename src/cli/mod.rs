@@ -35,6 +35,8 @@ pub enum Command {
     /// Unmount a mounted artifact.
     #[command(alias = "umount")]
     Unmount(mount::UnmountArgs),
+    /// Push the changes made in a writable mount now.
+    Sync(mount::SyncArgs),
     /// Store credentials for a registry in the Docker credential store.
     Login(remote::LoginArgs),
     /// Remove stored credentials for a registry.
@@ -48,6 +50,7 @@ pub async fn run(cli: Cli) -> oras_fs::Result<()> {
         Command::Pull(a) => transfer::pull(a).await,
         Command::Mount(a) => mount::mount(a).await,
         Command::Unmount(a) => mount::unmount(a).await,
+        Command::Sync(a) => mount::sync(a).await,
         Command::Login(a) => remote::login(a).await,
         Command::Logout(a) => remote::logout(a),
     }

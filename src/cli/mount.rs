@@ -9,8 +9,9 @@ use std::time::Duration;
 use clap::Args;
 use oras_fs::content::Target;
 use oras_fs::fs::cache::CacheOptions;
-use oras_fs::fs::filesystem::MountOptions;
-use oras_fs::fs::mount::{self, MountConfig};
+use oras_fs::fs::filesystem::{MountOptions, OrasFs, Writer};
+use oras_fs::fs::mount::{self, ControlRequest, ControlResponse, MountConfig};
+use oras_fs::fs::staging::Staging;
 use oras_fs::oras::LayerFilter;
 use oras_fs::reference::Reference;
 use oras_fs::{Error, Result};
@@ -37,9 +38,12 @@ pub struct MountArgs {
     /// Show every layer that has a title.
     #[arg(short = 'a', long)]
     pub allow_all: bool,
-    /// Refuse writes (the default for now).
-    #[arg(long, default_value_t = true)]
+    /// Refuse writes (mounts of a tag are writable otherwise; of a digest, always read-only).
+    #[arg(long)]
     pub read_only: bool,
+    /// Media type of files written in the mount.
+    #[arg(long, value_name = "TYPE", default_value = oras_fs::manifest::media_type::DEFAULT_LAYER)]
+    pub write_media_type: String,
     /// Cache directory, shared by mounts (default: ~/.cache/oras-fs).
     #[arg(long, value_name = "DIR")]
     pub cache_dir: Option<PathBuf>,
@@ -88,31 +92,89 @@ pub async fn mount(args: MountArgs) -> Result<()> {
     let reference: Reference = args.reference.parse()?;
     let repo = args.remote.repository(&reference)?;
     let target: Arc<dyn Target> = Arc::new(repo);
-    let snapshot = mount::snapshot(target.as_ref(), &args.reference, &reference.target()).await?;
-    let config = MountConfig {
-        mountpoint: args.mountpoint.clone(),
-        cache: CacheOptions {
-            dir: args
-                .cache_dir
-                .clone()
-                .unwrap_or_else(mount::default_cache_dir),
+    let writable = !args.read_only && reference.digest.is_none();
+    if !args.read_only && !writable {
+        eprintln!(
+            "Note: {} names a digest, which cannot change: mounted read-only",
+            args.reference
+        );
+    }
+    let cache_dir = args
+        .cache_dir
+        .clone()
+        .unwrap_or_else(mount::default_cache_dir);
+    let cache = mount::open_cache(
+        CacheOptions {
+            dir: cache_dir.clone(),
             disk_limit: args.cache_size,
             memory_limit: args.memory_cache,
         },
-        options: MountOptions {
-            filter: LayerFilter {
-                media_types: args.media_types.clone(),
-                allow_all: args.allow_all,
-            },
-            read_only: true,
+        target.clone(),
+    )?;
+    let canonical = format!(
+        "{}/{}:{}",
+        reference.registry,
+        reference.repository,
+        reference.target()
+    );
+    let (writer, journal) = if writable {
+        let staging = Staging::open(&cache_dir, &canonical)?;
+        let journal = staging.load()?;
+        staging.collect_garbage(journal.as_ref());
+        let writer = Writer {
+            target: target.clone(),
+            tag: reference.target(),
+            staging,
+            media_type: args.write_media_type.clone(),
+        };
+        (Some(writer), journal)
+    } else {
+        (None, None)
+    };
+    let snapshot = match &journal {
+        Some(j) => {
+            eprintln!(
+                "Found changes not yet pushed from an earlier mount of {} (made on {}); they are kept, \
+                 and `oras-fs sync {}` or unmounting pushes them",
+                args.reference,
+                j.base,
+                args.mountpoint.display()
+            );
+            mount::snapshot(target.as_ref(), &args.reference, j.base.as_str()).await?
+        }
+        None => mount::snapshot(target.as_ref(), &args.reference, &reference.target()).await?,
+    };
+    let options = MountOptions {
+        filter: LayerFilter {
+            media_types: args.media_types.clone(),
+            allow_all: args.allow_all,
         },
-        allow_other: args.allow_other,
+        read_only: !writable,
     };
     let digest = snapshot.descriptor.digest.clone();
+    let fs = Arc::new(OrasFs::new(
+        cache,
+        snapshot,
+        options,
+        writer,
+        journal,
+        tokio::runtime::Handle::current(),
+    )?);
+    let remote = args.remote.clone();
+    let push_to: mount::PushToResolver = Box::new(move |r: &str| {
+        let r: Reference = r.parse()?;
+        let repo = remote.repository(&r)?;
+        Ok((Arc::new(repo) as Arc<dyn Target>, r.target()))
+    });
+    let config = MountConfig {
+        mountpoint: args.mountpoint.clone(),
+        allow_other: args.allow_other,
+    };
     let mountpoint = args.mountpoint.clone();
-    mount::serve(target, snapshot, config, move |_| {
+    let mode = if writable { "read-write" } else { "read-only" };
+    mount::serve(fs, config, push_to, move || {
         eprintln!(
-            "Mounted {} ({digest}) on {}",
+            "Mounted {} ({digest}) on {} {mode}",
             args.reference,
             mountpoint.display()
         );
@@ -202,26 +264,80 @@ pub struct UnmountArgs {
 }
 
 pub async fn unmount(args: UnmountArgs) -> Result<()> {
-    let mp = args.mountpoint.clone();
-    let answered = tokio::task::spawn_blocking(move || {
-        mount::control(&mp, "unmount", Duration::from_secs(3600))
-    })
-    .await
-    .expect("control task panicked")?;
-    match answered {
-        Some(a) if a.starts_with("ok") => {
+    let answer = request(
+        &args.mountpoint,
+        ControlRequest {
+            op: "unmount".into(),
+            ..Default::default()
+        },
+    )
+    .await?;
+    match answer {
+        Some(a) => {
             // The mount process unmounts itself; wait until the kernel agrees.
-            for _ in 0..300 {
+            for _ in 0..200 {
                 if !is_mounted(&args.mountpoint) {
-                    return Ok(());
+                    break;
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            mount::unmount(&args.mountpoint)
+            if is_mounted(&args.mountpoint) {
+                mount::unmount(&args.mountpoint)?;
+            }
+            if let Some(d) = &a.digest {
+                println!("Pushed {d}");
+            }
+            if a.ok {
+                Ok(())
+            } else {
+                Err(Error::Other(a.message))
+            }
         }
-        Some(a) => Err(Error::Other(a)),
         None => mount::unmount(&args.mountpoint),
     }
+}
+
+#[derive(Args, Debug)]
+pub struct SyncArgs {
+    /// The mountpoint of a writable mount.
+    pub mountpoint: PathBuf,
+    /// Push the new manifest to this reference instead of the mounted tag.
+    #[arg(long, value_name = "REF")]
+    pub push_to: Option<String>,
+    /// Overwrite the mounted tag even if someone else moved it since the mount.
+    #[arg(long)]
+    pub force: bool,
+}
+
+pub async fn sync(args: SyncArgs) -> Result<()> {
+    let answer = request(
+        &args.mountpoint,
+        ControlRequest {
+            op: "sync".into(),
+            force: args.force,
+            push_to: args.push_to.clone(),
+        },
+    )
+    .await?
+    .ok_or_else(|| Error::Usage(format!("no oras-fs mount at {}", args.mountpoint.display())))?;
+    if !answer.ok {
+        return Err(Error::Other(answer.message));
+    }
+    match answer.digest {
+        Some(d) => println!("Pushed {d}"),
+        None => println!("Nothing to push: no changes since the last push"),
+    }
+    Ok(())
+}
+
+async fn request(
+    mountpoint: &std::path::Path,
+    req: ControlRequest,
+) -> Result<Option<ControlResponse>> {
+    let mp = mountpoint.to_path_buf();
+    tokio::task::spawn_blocking(move || mount::control(&mp, &req))
+        .await
+        .expect("control task panicked")
 }
 
 /// Whether `path` is a mountpoint now (per /proc/mounts).

@@ -8,6 +8,7 @@
 
 pub mod file;
 pub mod memory;
+mod overlay;
 
 use std::pin::Pin;
 
@@ -21,6 +22,7 @@ use crate::manifest::{Descriptor, Manifest, MAX_MANIFEST_SIZE};
 
 pub use file::FileStore;
 pub use memory::MemoryStore;
+pub use overlay::Overlay;
 
 /// Blob bytes as they arrive.
 pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes>> + Send>>;

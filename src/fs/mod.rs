@@ -3,10 +3,12 @@
 //! - [`cache`]: the block cache of remote blobs (memory LRU over a disk cache by digest);
 //! - [`filesystem`]: POSIX semantics over both, with no FUSE types (docs/SEMANTICS.md);
 //! - [`fuse`]: the fuser adapter;
-//! - [`mount`]: lifecycle (serve, signals, control socket, unmount).
+//! - [`staging`]: the journal and staged files of a writable mount;
+//! - [`mount`]: lifecycle (serve, signals, control socket, sync, unmount).
 
 pub mod cache;
 pub mod filesystem;
 pub mod fuse;
 pub mod mount;
+pub mod staging;
 pub mod tree;

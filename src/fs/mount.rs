@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use super::cache::{BlobCache, CacheOptions};
-use super::filesystem::{MountOptions, OrasFs, Snapshot};
+use super::filesystem::{OrasFs, Snapshot, SyncOptions};
 use super::fuse::FuseAdapter;
 use crate::content::{self, Target};
 use crate::digest::Digest;
@@ -65,18 +65,49 @@ pub fn default_cache_dir() -> PathBuf {
 
 pub struct MountConfig {
     pub mountpoint: PathBuf,
-    pub cache: CacheOptions,
-    pub options: MountOptions,
     pub allow_other: bool,
 }
 
+/// Makes the target a `sync --push-to REF` pushes to: (target, tag).
+pub type PushToResolver = Box<dyn Fn(&str) -> Result<(Arc<dyn Target>, String)> + Send + Sync>;
+
+/// A request on the control socket (one JSON line).
+#[derive(serde::Serialize, serde::Deserialize, Debug, Default)]
+pub struct ControlRequest {
+    /// `sync`, `unmount` or `ping`.
+    pub op: String,
+    #[serde(default)]
+    pub force: bool,
+    #[serde(default)]
+    pub push_to: Option<String>,
+}
+
+/// The answer (one JSON line).
+#[derive(serde::Serialize, serde::Deserialize, Debug, Default)]
+pub struct ControlResponse {
+    pub ok: bool,
+    /// The digest pushed, if anything was.
+    #[serde(default)]
+    pub digest: Option<String>,
+    #[serde(default)]
+    pub message: String,
+}
+
+/// Builds the filesystem of a mount: the cache, and for a writable mount the staging area with
+/// any pending changes of an earlier mount of the same reference.
+pub fn open_cache(options: CacheOptions, target: Arc<dyn Target>) -> Result<Arc<BlobCache>> {
+    let dir = options.dir.clone();
+    BlobCache::new(target, options).ctx(|| format!("cache directory {}", dir.display()))
+}
+
 /// Serves a mount until it is unmounted (`fusermount3 -u`, `oras-fs unmount`) or the process
-/// gets SIGTERM/SIGINT. `ready` is called once the mount is usable.
+/// gets SIGTERM/SIGINT; a writable mount pushes its pending changes before the process ends.
+/// `ready` is called once the mount is usable.
 pub async fn serve(
-    target: Arc<dyn Target>,
-    snapshot: Snapshot,
+    fs: Arc<OrasFs>,
     config: MountConfig,
-    ready: impl FnOnce(&OrasFs),
+    push_to: PushToResolver,
+    ready: impl FnOnce(),
 ) -> Result<()> {
     let meta = std::fs::metadata(&config.mountpoint)
         .ctx(|| format!("mountpoint {}", config.mountpoint.display()))?;
@@ -86,14 +117,6 @@ pub async fn serve(
             config.mountpoint.display()
         )));
     }
-    let cache = BlobCache::new(target, config.cache.clone())
-        .ctx(|| format!("cache directory {}", config.cache.dir.display()))?;
-    let fs = Arc::new(OrasFs::new(
-        cache,
-        snapshot,
-        config.options.clone(),
-        tokio::runtime::Handle::current(),
-    )?);
     let mut fuse_config = fuser::Config::default();
     fuse_config.mount_options = vec![
         fuser::MountOption::FSName("oras-fs".into()),
@@ -101,7 +124,7 @@ pub async fn serve(
         fuser::MountOption::DefaultPermissions,
         fuser::MountOption::NoDev,
         fuser::MountOption::NoSuid,
-        if config.options.read_only {
+        if fs.read_only() {
             fuser::MountOption::RO
         } else {
             fuser::MountOption::RW
@@ -111,6 +134,8 @@ pub async fn serve(
         fuse_config.acl = fuser::SessionACL::All;
     }
     fuse_config.n_threads = Some(4);
+    let socket = control_socket(&config.mountpoint);
+    let listener = listen(&socket)?;
     let adapter = FuseAdapter::new(fs.clone(), tokio::runtime::Handle::current());
     let session = fuser::spawn_mount(adapter, &config.mountpoint, &fuse_config).ctx(|| {
         format!(
@@ -118,30 +143,38 @@ pub async fn serve(
             config.mountpoint.display()
         )
     })?;
-    let socket = control_socket(&config.mountpoint);
-    let (stop_tx, mut stop_rx) = tokio::sync::mpsc::channel::<()>(1);
-    let listener = listen(&socket)?;
-    let control = {
-        let stop = stop_tx.clone();
-        std::thread::spawn(move || control_loop(listener, stop))
-    };
-    ready(&fs);
+    let (stop_tx, mut stop_rx) = tokio::sync::mpsc::channel::<std::sync::mpsc::Sender<()>>(1);
+    {
+        let fs = fs.clone();
+        let runtime = tokio::runtime::Handle::current();
+        std::thread::spawn(move || control_loop(listener, fs, runtime, push_to, stop_tx));
+    }
+    ready();
 
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).ctx(|| "installing a SIGTERM handler".into())?;
     let mut int = signal(SignalKind::interrupt()).ctx(|| "installing a SIGINT handler".into())?;
     let mut tick = tokio::time::interval(Duration::from_millis(100));
-    let signalled = loop {
+    enum Why {
+        Signal,
+        Control(std::sync::mpsc::Sender<()>),
+        Unmounted,
+    }
+    let why = loop {
         tokio::select! {
-            _ = term.recv() => break true,
-            _ = int.recv() => break true,
-            _ = stop_rx.recv() => break true,
-            _ = tick.tick() => if session.guard.is_finished() { break false },
+            _ = term.recv() => break Why::Signal,
+            _ = int.recv() => break Why::Signal,
+            Some(done) = stop_rx.recv() => break Why::Control(done),
+            _ = tick.tick() => if session.guard.is_finished() { break Why::Unmounted },
         }
     };
     let _ = std::fs::remove_file(&socket);
-    drop(control);
-    if signalled {
+    // The control request already synced; otherwise push what is pending now.
+    let synced = match &why {
+        Why::Control(_) => Ok(()),
+        _ => final_sync(&fs).await,
+    };
+    if !matches!(why, Why::Unmounted) {
         tracing::info!("unmounting {}", config.mountpoint.display());
         unmount(&config.mountpoint)?;
         let deadline = Instant::now() + Duration::from_secs(3);
@@ -149,14 +182,44 @@ pub async fn serve(
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
-    // Dropping a finished session is harmless; an unfinished one (files still open on a lazily
-    // detached mount) ends with the process.
+    if let Why::Control(done) = why {
+        let _ = done.send(());
+    }
+    // A session still running (files open on a lazily detached mount) ends with the process.
     if session.guard.is_finished() {
         let _ = session.join();
     } else {
         std::mem::forget(session);
     }
-    Ok(())
+    synced
+}
+
+/// The push at the end of a writable mount's life.
+async fn final_sync(fs: &OrasFs) -> Result<()> {
+    if fs.read_only() {
+        return Ok(());
+    }
+    match fs.sync(&SyncOptions::default()).await {
+        Ok(Some(d)) => {
+            tracing::info!("pushed {d:?}");
+            eprintln!("Pushed {} as {}", fs.snapshot().reference, d.digest);
+            Ok(())
+        }
+        Ok(None) => Ok(()),
+        Err(e) => {
+            let e = staged_hint(e, fs);
+            tracing::error!("{e}");
+            Err(e)
+        }
+    }
+}
+
+/// Adds where the unpushed changes are and how to push them.
+fn staged_hint(e: Error, fs: &OrasFs) -> Error {
+    Error::Other(format!(
+        "{e}\nThe changes stay staged; mount {} again and run `oras-fs sync MOUNTPOINT` to push them.",
+        fs.snapshot().reference
+    ))
 }
 
 fn listen(socket: &Path) -> Result<UnixListener> {
@@ -178,28 +241,76 @@ fn listen(socket: &Path) -> Result<UnixListener> {
     UnixListener::bind(socket).ctx(|| format!("creating the control socket {}", socket.display()))
 }
 
-/// Answers `unmount` requests on the control socket (one line in, one line out).
-fn control_loop(listener: UnixListener, stop: tokio::sync::mpsc::Sender<()>) {
+/// Answers requests on the control socket, one JSON line each way.
+fn control_loop(
+    listener: UnixListener,
+    fs: Arc<OrasFs>,
+    runtime: tokio::runtime::Handle,
+    push_to: PushToResolver,
+    stop: tokio::sync::mpsc::Sender<std::sync::mpsc::Sender<()>>,
+) {
     for conn in listener.incoming() {
         let Ok(mut conn) = conn else { return };
         let mut line = String::new();
         if BufReader::new(&conn).read_line(&mut line).is_err() {
             continue;
         }
-        match line.trim() {
-            "unmount" => {
-                let _ = writeln!(conn, "ok");
-                let _ = stop.blocking_send(());
-                return;
+        let req: ControlRequest = match serde_json::from_str(&line) {
+            Ok(r) => r,
+            Err(e) => {
+                reply(&mut conn, false, None, format!("bad request: {e}"));
+                continue;
             }
-            "ping" => {
-                let _ = writeln!(conn, "ok");
+        };
+        match req.op.as_str() {
+            "ping" => reply(&mut conn, true, None, String::new()),
+            "sync" | "unmount" => {
+                let unmounting = req.op == "unmount";
+                let result = if fs.read_only() {
+                    if unmounting {
+                        Ok(None)
+                    } else {
+                        Err(Error::Usage(
+                            "this mount is read-only: nothing to sync".into(),
+                        ))
+                    }
+                } else {
+                    let opts = match req.push_to.as_deref().map(&push_to).transpose() {
+                        Ok(p) => Ok(SyncOptions {
+                            push_to: p,
+                            force: req.force,
+                        }),
+                        Err(e) => Err(e),
+                    };
+                    opts.and_then(|o| runtime.block_on(fs.sync(&o)))
+                };
+                let (ok, digest, message) = match result {
+                    Ok(Some(d)) => (true, Some(d.digest.to_string()), String::new()),
+                    Ok(None) => (true, None, "nothing to push".to_string()),
+                    Err(e) => (false, None, staged_hint(e, &fs).to_string()),
+                };
+                if unmounting {
+                    let (done_tx, done_rx) = std::sync::mpsc::channel();
+                    if stop.blocking_send(done_tx).is_ok() {
+                        let _ = done_rx.recv_timeout(Duration::from_secs(10));
+                    }
+                    reply(&mut conn, ok, digest, message);
+                    return;
+                }
+                reply(&mut conn, ok, digest, message);
             }
-            other => {
-                let _ = writeln!(conn, "error: unknown request {other:?}");
-            }
+            other => reply(&mut conn, false, None, format!("unknown request {other:?}")),
         }
     }
+}
+
+fn reply(conn: &mut UnixStream, ok: bool, digest: Option<String>, message: String) {
+    let r = ControlResponse {
+        ok,
+        digest,
+        message,
+    };
+    let _ = writeln!(conn, "{}", serde_json::to_string(&r).expect("JSON"));
 }
 
 /// Unmounts, falling back to a lazy unmount when files are still open.
@@ -235,17 +346,19 @@ pub fn unmount(mountpoint: &Path) -> Result<()> {
     )))
 }
 
-/// Sends one request to a mount's control socket and returns its answer.
-pub fn control(mountpoint: &Path, request: &str, timeout: Duration) -> Result<Option<String>> {
+/// Sends one request to a mount's control socket; `None` if no mount answers there.
+pub fn control(mountpoint: &Path, request: &ControlRequest) -> Result<Option<ControlResponse>> {
     let socket = control_socket(mountpoint);
     let Ok(mut conn) = UnixStream::connect(&socket) else {
         return Ok(None);
     };
-    conn.set_read_timeout(Some(timeout)).ok();
-    writeln!(conn, "{request}").ctx(|| "talking to the mount".into())?;
+    writeln!(conn, "{}", serde_json::to_string(request).expect("JSON"))
+        .ctx(|| "talking to the mount".into())?;
     let mut line = String::new();
     BufReader::new(&conn)
         .read_line(&mut line)
         .ctx(|| "waiting for the mount".into())?;
-    Ok(Some(line.trim().to_string()))
+    serde_json::from_str(&line)
+        .map(Some)
+        .map_err(|e| Error::Other(format!("the mount process answered {line:?}: {e}")))
 }

@@ -47,6 +47,12 @@ pub struct Node {
     pub perm: u16,
     /// Not part of what a sync pushes (the `.oras/` directory).
     pub internal: bool,
+    /// The directory layer this directory shows (kept as one layer on sync).
+    pub layer: Option<Descriptor>,
+    /// Inside a directory layer: read-only even on a writable mount.
+    pub frozen: bool,
+    /// Bumped by every write, so a sync knows whether a file changed while it was pushed.
+    pub version: u64,
 }
 
 impl Node {
@@ -86,6 +92,9 @@ impl Tree {
             mtime,
             perm: dir_perm,
             internal: false,
+            layer: None,
+            frozen: false,
+            version: 0,
         };
         Tree {
             nodes: HashMap::from([(ROOT, root)]),
@@ -152,6 +161,9 @@ impl Tree {
                 mtime,
                 perm,
                 internal: false,
+                layer: None,
+                frozen: false,
+                version: 0,
             },
         );
         Ok(ino)
