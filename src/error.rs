@@ -46,10 +46,10 @@ pub enum Error {
     #[error("access to {what} denied by the registry (HTTP 403): the credentials lack permission")]
     Forbidden { what: String },
 
-    #[error("registry {registry} answered HTTP {status} to {method} {path}{detail}")]
+    #[error("registry {registry} answered HTTP {status} for {what} ({path}){detail}")]
     Registry {
         registry: String,
-        method: String,
+        what: String,
         path: String,
         status: u16,
         detail: String,
@@ -85,7 +85,7 @@ pub enum Error {
     #[error("credentials: {0}")]
     Credentials(String),
 
-    #[error("TLS setup: {0}")]
+    #[error("TLS: {0}")]
     Tls(String),
 
     #[error("{context}: {source}")]

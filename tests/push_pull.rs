@@ -1033,6 +1033,29 @@ fn malformed_manifests_are_refused_on_pull() {
     );
 }
 
+/// A symlink already in the output directory must not lead a pull outside it.
+#[test]
+fn symlinks_in_the_output_directory_do_not_lead_outside() {
+    let repo = unique_repo("symlink-out");
+    let tmp = temp_dir();
+    let src = tmp.path().join("src");
+    write_file(
+        &src.join("link/sub/x.txt"),
+        format!("through a link {repo}"),
+    );
+    let r = reference(&repo, "v1");
+    assert_ok(&push(&src, &r, &["link/sub/x.txt"]));
+
+    let outside = tmp.path().join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    let dest = tmp.path().join("out");
+    std::fs::create_dir_all(&dest).unwrap();
+    std::os::unix::fs::symlink("../outside", dest.join("link")).unwrap();
+    let out = pull(&r, &dest, &[]);
+    assert_fails(&out, "symlink");
+    assert_dir_has_only(&outside, &[]);
+}
+
 #[test]
 fn keep_old_files_refuses_to_replace() {
     let repo = unique_repo("keep");
@@ -1209,5 +1232,34 @@ fn interop_with_basic_auth_over_tls() {
     assert_eq!(
         read_file(&dest.join("theirs.txt")),
         format!("theirs {repo}").as_bytes()
+    );
+}
+
+// --- The library example ------------------------------------------------------------------------
+
+/// Runs `examples/simple_push_pull.rs` against the test registry. Cargo builds examples with
+/// `cargo test` (and `--all-targets`, as scripts/test.sh does) but gives tests no path to them:
+/// they sit in `target/<profile>/examples/`, beside the `deps/` directory of this test binary.
+#[test]
+fn example_simple_push_pull_runs() {
+    let exe = std::env::current_exe().expect("test binary path");
+    let example = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|p| p.join("examples/simple_push_pull"))
+        .expect("target directory");
+    if !example.exists() {
+        eprintln!(
+            "skipped: {} is not built (cargo test --examples)",
+            example.display()
+        );
+        return;
+    }
+    let out = run(std::process::Command::new(&example).env("ORAS_FS_TEST_REGISTRY", registry()));
+    let stdout = assert_ok(&out);
+    assert!(
+        stdout.contains("Pulled hello.txt (application/vnd.example.hello): Hello, world!"),
+        "{}",
+        describe(&out)
     );
 }

@@ -73,7 +73,10 @@ impl Progress for Bars {
             bar.set_prefix(status);
             bar.finish();
         } else if !self.quiet && self.multi.is_none() {
-            eprintln!("{status:>9} {} {}", &desc.digest.hex()[..12], label(desc));
+            match desc.title() {
+                Some(t) => eprintln!("{status:>9} {} {t}", &desc.digest.hex()[..12]),
+                None => eprintln!("{status:>9} {}", &desc.digest.hex()[..12]),
+            }
         }
     }
 }

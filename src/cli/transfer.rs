@@ -75,7 +75,10 @@ fn split_tags(reference: &str) -> Result<(Reference, Vec<String>)> {
                 .collect();
             let first: Reference = format!("{}:{}", &reference[..colon], tags[0]).parse()?;
             for t in &tags {
-                first.with_target(t)?;
+                first.with_target(t).map_err(|e| Error::InvalidReference {
+                    reference: reference.to_string(),
+                    reason: format!("tag {t:?}: {e}"),
+                })?;
             }
             return Ok((first, tags));
         }
@@ -152,9 +155,15 @@ pub async fn push(args: PushArgs) -> Result<()> {
         },
     );
     let mut layers = Vec::new();
+    let mut titles = std::collections::HashSet::new();
     for arg in &args.files {
         let (file, ty) = split_file_arg(arg);
         let title = title_for(file, args.disable_path_validation)?;
+        if !titles.insert(title.clone()) {
+            return Err(Error::Usage(format!(
+                "{title:?} is given twice: each file becomes one layer, and titles must be unique"
+            )));
+        }
         let mut desc = store.add(&title, ty, Path::new(file)).await?;
         if let Some(extra) = by_file.get(file).or_else(|| by_file.get(&title)) {
             for (k, v) in extra {

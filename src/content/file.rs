@@ -132,6 +132,18 @@ impl FileStore {
             return Err(Error::FileExists { path: dest });
         }
         let parent = dest.parent().unwrap_or(&self.root).to_path_buf();
+        if !self.options.allow_path_traversal {
+            // Check before creating anything: a symlink already in the output directory must
+            // not lead the new directories outside it.
+            let mut existing = parent.as_path();
+            while tokio::fs::symlink_metadata(existing).await.is_err() {
+                match existing.parent() {
+                    Some(p) => existing = p,
+                    None => break,
+                }
+            }
+            check_inside(&self.root, existing, title)?;
+        }
         tokio::fs::create_dir_all(&parent)
             .await
             .ctx(|| format!("creating {}", parent.display()))?;

@@ -481,7 +481,7 @@ impl OrasFs {
                     }
                     return Ok(p);
                 }
-                Kind::File(Source::Blob(d)) => d.clone(),
+                Kind::File(Source::Blob(d)) => d.as_ref().clone(),
                 Kind::File(_) | Kind::Symlink(_) => return Err(libc::EROFS),
                 Kind::Dir { .. } => return Err(libc::EISDIR),
             }
@@ -766,7 +766,7 @@ impl OrasFs {
                     layers.push(d);
                 }
                 (Kind::File(Source::Blob(d)), _) => {
-                    let mut d = d.clone();
+                    let mut d = d.as_ref().clone();
                     d.set_annotation(annotation::TITLE, path.clone());
                     layers.push(d);
                 }
@@ -840,7 +840,7 @@ impl OrasFs {
                     if let Some(n) = tree.get_mut(ino) {
                         let mut plain = d.clone();
                         plain.annotations = None;
-                        n.kind = Kind::File(Source::Blob(plain));
+                        n.kind = Kind::File(Source::Blob(Arc::new(plain)));
                     }
                 }
             }
@@ -918,7 +918,7 @@ fn journal_entries(tree: &Tree, staging: &Staging) -> Vec<Entry> {
                 }
                 (Kind::File(Source::Blob(d)), _) => out.push(Entry::Blob {
                     path,
-                    descriptor: d.clone(),
+                    descriptor: d.as_ref().clone(),
                     mode: n.perm,
                 }),
                 (Kind::File(Source::Local(p)), _) if p.starts_with(staging.dir()) => {
@@ -950,7 +950,7 @@ fn tree_from_journal(snapshot: &Snapshot, journal: &Journal, staging: &Staging) 
                 mode,
             } => tree.add_path(
                 path,
-                Kind::File(Source::Blob(descriptor.clone())),
+                Kind::File(Source::Blob(Arc::new(descriptor.clone()))),
                 descriptor.size,
                 *mode,
                 dir_perm(false),
@@ -989,7 +989,7 @@ fn add_layer_dir(
 ) -> Result<Ino, AddError> {
     let kind = Kind::Dir {
         children: Default::default(),
-        pending_layer: Some(layer.clone()),
+        pending_layer: Some(Box::new(layer.clone())),
     };
     let ino = tree.add_path(path, kind, 0, dir_perm(ro), dir_perm(ro))?;
     tree.get_mut(ino).expect("just added").layer = Some(layer.clone());
@@ -1024,7 +1024,7 @@ fn build_tree(snapshot: &Snapshot, options: &MountOptions) -> crate::Result<Tree
                 .map(|a| a.remove(annotation::TITLE));
             tree.add_path(
                 &title,
-                Kind::File(Source::Blob(plain)),
+                Kind::File(Source::Blob(Arc::new(plain))),
                 layer.size,
                 file_perm(ro),
                 dir_perm(ro),

@@ -17,7 +17,7 @@ pub const ROOT: Ino = 1;
 #[derive(Clone, Debug)]
 pub enum Source {
     /// A layer blob in the registry, read lazily through the block cache.
-    Blob(Descriptor),
+    Blob(std::sync::Arc<Descriptor>),
     /// A file on local disk: unpacked from a directory layer, or staged by a write.
     Local(PathBuf),
     /// Small generated content (the `.oras/` files).
@@ -29,7 +29,7 @@ pub enum Kind {
     Dir {
         children: BTreeMap<OsString, Ino>,
         /// A directory layer whose contents appear on first access.
-        pending_layer: Option<Descriptor>,
+        pending_layer: Option<Box<Descriptor>>,
     },
     File(Source),
     Symlink(PathBuf),

@@ -336,6 +336,14 @@ impl Client {
             cause = c.source();
         }
         tracing::debug!("{text}");
+        if text.contains("certificate") || text.contains("InvalidCertificate") || text.contains("UnknownIssuer") {
+            // Not transient: retrying will not change the certificate.
+            return Error::Tls(format!(
+                "cannot verify the certificate of {}: {}; trust its CA with --ca-file FILE, or skip                  verification with --insecure",
+                self.host,
+                innermost(&source)
+            ));
+        }
         if source.is_connect() || source.is_timeout() || source.is_request() {
             Error::Connect {
                 registry: self.host.clone(),
@@ -474,7 +482,17 @@ impl Client {
         let status = resp.status();
         let method_path = resp.url().path().to_string();
         let body = read_capped(resp, 64 * 1024).await.unwrap_or_default();
-        let detail = registry_error_detail(&body);
+        let mut detail = registry_error_detail(&body);
+        if detail.is_empty() {
+            // Not an OCI error body: show the start of a text answer, which often says it all.
+            let text = String::from_utf8_lossy(&body[..body.len().min(200)]).trim().to_string();
+            if !text.is_empty() && !text.starts_with('<') {
+                detail = format!(": {text}");
+            }
+            if text.contains("HTTP request to an HTTPS server") {
+                detail.push_str(" (the registry speaks HTTPS: drop --plain-http, and use --ca-file or --insecure for a private CA)");
+            }
+        }
         match status {
             StatusCode::NOT_FOUND => Error::NotFound {
                 what: "content",
@@ -486,7 +504,7 @@ impl Client {
             },
             _ => Error::Registry {
                 registry: self.host.clone(),
-                method: what.to_string(),
+                what: what.to_string(),
                 path: method_path,
                 status: status.as_u16(),
                 detail,

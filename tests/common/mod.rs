@@ -22,6 +22,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+pub mod fuse;
+
 /// How long one `oras-fs` (or python, or script) run may take before the test gives up on it.
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(180);
 
