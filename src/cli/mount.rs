@@ -172,6 +172,7 @@ pub async fn mount(args: MountArgs) -> Result<()> {
     };
     let mountpoint = args.mountpoint.clone();
     let mode = if writable { "read-write" } else { "read-only" };
+    let log_dir = cache_dir.clone();
     mount::serve(fs, config, push_to, move || {
         eprintln!(
             "Mounted {} ({digest}) on {} {mode}",
@@ -180,15 +181,15 @@ pub async fn mount(args: MountArgs) -> Result<()> {
         );
         if std::env::var_os(DAEMON_ENV).is_some() {
             eprintln!("{READY}");
-            detach_stderr();
+            detach_stderr(&log_dir);
         }
     })
     .await
 }
 
 /// From now on the background child logs to a file, not to the caller's terminal.
-fn detach_stderr() {
-    let dir = mount::default_cache_dir().join("logs");
+fn detach_stderr(cache_dir: &std::path::Path) {
+    let dir = cache_dir.join("logs");
     let _ = std::fs::create_dir_all(&dir);
     let path = dir.join(format!("mount-{}.log", std::process::id()));
     if let Ok(f) = std::fs::OpenOptions::new()
