@@ -212,6 +212,39 @@ impl Manifest {
     }
 }
 
+/// An image index: here, the list of referrers the tag schema keeps.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Index {
+    pub schema_version: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub media_type: Option<String>,
+    #[serde(default)]
+    pub manifests: Vec<Descriptor>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub annotations: Option<Annotations>,
+    #[serde(flatten)]
+    pub extra: BTreeMap<String, serde_json::Value>,
+}
+
+impl Index {
+    pub fn new() -> Self {
+        Index {
+            schema_version: 2,
+            media_type: Some(media_type::OCI_INDEX.to_string()),
+            manifests: Vec::new(),
+            annotations: None,
+            extra: BTreeMap::new(),
+        }
+    }
+}
+
+impl Default for Index {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -67,6 +67,25 @@ pub async fn copy_blob(
         opts.progress.finish(desc, true);
         return Ok(true);
     }
+    // Same registry, another repository: mount instead of uploading.
+    if let (Some((src_host, src_repo)), Some((dst_host, dst_repo))) =
+        (src.location(), dst.location())
+    {
+        if src_host == dst_host && src_repo != dst_repo {
+            match dst.mount_blob(desc, &src_repo).await {
+                Ok(true) => {
+                    tracing::debug!("mounted {} from {src_repo}", desc.digest);
+                    opts.progress.finish(desc, true);
+                    return Ok(true);
+                }
+                Ok(false) => {}
+                Err(e) => tracing::debug!(
+                    "mounting {} from {src_repo} failed ({e}); copying",
+                    desc.digest
+                ),
+            }
+        }
+    }
     opts.progress.start(desc);
     let mut attempt = 0;
     loop {

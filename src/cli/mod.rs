@@ -1,9 +1,11 @@
 //! The command line: argument parsing (flag names as in the oras CLI) and output. Every
 //! command is a thin shell over the library.
 
+mod manage;
 mod mount;
 mod output;
 mod remote;
+mod target;
 mod transfer;
 
 use clap::{Parser, Subcommand};
@@ -37,6 +39,26 @@ pub enum Command {
     Unmount(mount::UnmountArgs),
     /// Push the changes made in a writable mount now.
     Sync(mount::SyncArgs),
+    /// Copy an artifact between registries and OCI layouts (blobs present are skipped).
+    #[command(alias = "cp")]
+    Copy(manage::CopyArgs),
+    /// Tag a manifest.
+    Tag(manage::TagArgs),
+    /// Print the digest a reference resolves to.
+    Resolve(manage::ResolveArgs),
+    /// Fetch, push or delete manifests.
+    #[command(subcommand)]
+    Manifest(manage::ManifestCommand),
+    /// Fetch, push or delete blobs.
+    #[command(subcommand)]
+    Blob(manage::BlobCommand),
+    /// List repositories and tags.
+    #[command(subcommand)]
+    Repo(manage::RepoCommand),
+    /// Attach files to an artifact as a referrer (e.g. a signature or SBOM).
+    Attach(manage::AttachArgs),
+    /// Show the artifacts that refer to a subject.
+    Discover(manage::DiscoverArgs),
     /// Store credentials for a registry in the Docker credential store.
     Login(remote::LoginArgs),
     /// Remove stored credentials for a registry.
@@ -51,6 +73,14 @@ pub async fn run(cli: Cli) -> oras_fs::Result<()> {
         Command::Mount(a) => mount::mount(a).await,
         Command::Unmount(a) => mount::unmount(a).await,
         Command::Sync(a) => mount::sync(a).await,
+        Command::Copy(a) => manage::copy(a).await,
+        Command::Tag(a) => manage::tag(a).await,
+        Command::Resolve(a) => manage::resolve(a).await,
+        Command::Manifest(c) => manage::manifest(c).await,
+        Command::Blob(c) => manage::blob(c).await,
+        Command::Repo(c) => manage::repo(c).await,
+        Command::Attach(a) => manage::attach(a).await,
+        Command::Discover(a) => manage::discover(a).await,
         Command::Login(a) => remote::login(a).await,
         Command::Logout(a) => remote::logout(a),
     }

@@ -7,16 +7,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
-use oras_fs::content::Target;
 use oras_fs::fs::cache::CacheOptions;
 use oras_fs::fs::filesystem::{MountOptions, OrasFs, Writer};
 use oras_fs::fs::mount::{self, ControlRequest, ControlResponse, MountConfig};
 use oras_fs::fs::staging::Staging;
 use oras_fs::oras::LayerFilter;
-use oras_fs::reference::Reference;
 use oras_fs::{Error, Result};
 
 use super::remote::RemoteArgs;
+use super::target;
 
 /// Set in the environment of the background child of `mount`.
 const DAEMON_ENV: &str = "ORAS_FS_DAEMON_CHILD";
@@ -56,6 +55,9 @@ pub struct MountArgs {
     /// Let other users see the mount (needs user_allow_other in /etc/fuse.conf for non-root).
     #[arg(long)]
     pub allow_other: bool,
+    /// The reference is an OCI image layout directory: DIR[:tag|@digest] (no registry needed).
+    #[arg(long)]
+    pub oci_layout: bool,
     #[command(flatten)]
     pub remote: RemoteArgs,
 }
@@ -89,10 +91,9 @@ pub async fn mount(args: MountArgs) -> Result<()> {
     if !args.foreground && std::env::var_os(DAEMON_ENV).is_none() {
         return spawn_background();
     }
-    let reference: Reference = args.reference.parse()?;
-    let repo = args.remote.repository(&reference)?;
-    let target: Arc<dyn Target> = Arc::new(repo);
-    let writable = !args.read_only && reference.digest.is_none();
+    let opened = target::open(&args.reference, args.oci_layout, &args.remote, false)?;
+    let target = opened.target.clone();
+    let writable = !args.read_only && opened.digest.is_none();
     if !args.read_only && !writable {
         eprintln!(
             "Note: {} names a digest, which cannot change: mounted read-only",
@@ -111,19 +112,14 @@ pub async fn mount(args: MountArgs) -> Result<()> {
         },
         target.clone(),
     )?;
-    let canonical = format!(
-        "{}/{}:{}",
-        reference.registry,
-        reference.repository,
-        reference.target()
-    );
+    let canonical = opened.canonical();
     let (writer, journal) = if writable {
         let staging = Staging::open(&cache_dir, &canonical)?;
         let journal = staging.load()?;
         staging.collect_garbage(journal.as_ref());
         let writer = Writer {
             target: target.clone(),
-            tag: reference.target(),
+            tag: opened.reference(),
             staging,
             media_type: args.write_media_type.clone(),
         };
@@ -142,7 +138,7 @@ pub async fn mount(args: MountArgs) -> Result<()> {
             );
             mount::snapshot(target.as_ref(), &args.reference, j.base.as_str()).await?
         }
-        None => mount::snapshot(target.as_ref(), &args.reference, &reference.target()).await?,
+        None => mount::snapshot(target.as_ref(), &args.reference, &opened.reference()).await?,
     };
     let options = MountOptions {
         filter: LayerFilter {
@@ -161,10 +157,10 @@ pub async fn mount(args: MountArgs) -> Result<()> {
         tokio::runtime::Handle::current(),
     )?);
     let remote = args.remote.clone();
+    let layout = args.oci_layout;
     let push_to: mount::PushToResolver = Box::new(move |r: &str| {
-        let r: Reference = r.parse()?;
-        let repo = remote.repository(&r)?;
-        Ok((Arc::new(repo) as Arc<dyn Target>, r.target()))
+        let o = target::open(r, layout, &remote, true)?;
+        Ok((o.target.clone(), o.reference()))
     });
     let config = MountConfig {
         mountpoint: args.mountpoint.clone(),

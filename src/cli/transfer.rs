@@ -8,11 +8,11 @@ use clap::Args;
 use oras_fs::content::file::{FileStore, FileStoreOptions};
 use oras_fs::manifest::{media_type, Annotations, Descriptor};
 use oras_fs::oras::{self, CopyOptions, LayerFilter, PackOptions};
-use oras_fs::reference::Reference;
 use oras_fs::{Error, Result};
 
 use super::output::{label, Bars, Format};
 use super::remote::RemoteArgs;
+use super::target;
 
 #[derive(Args, Debug)]
 pub struct PushArgs {
@@ -39,6 +39,9 @@ pub struct PushArgs {
     /// Blobs uploaded at once.
     #[arg(long, default_value_t = oras::DEFAULT_CONCURRENCY)]
     pub concurrency: usize,
+    /// The title of the layer read from stdin (`-`).
+    #[arg(long, value_name = "NAME")]
+    pub title: Option<String>,
     /// Allow absolute paths and '..' in file names (they become titles as given).
     #[arg(long)]
     pub disable_path_validation: bool,
@@ -50,6 +53,9 @@ pub struct PushArgs {
     /// Don't draw progress bars.
     #[arg(long)]
     pub no_tty: bool,
+    /// The reference is an OCI image layout directory: DIR[:tag|@digest].
+    #[arg(long)]
+    pub oci_layout: bool,
     #[command(flatten)]
     pub remote: RemoteArgs,
 }
@@ -62,30 +68,6 @@ fn split_file_arg(arg: &str) -> (&str, Option<&str>) {
         }
         _ => (arg, None),
     }
-}
-
-/// `registry/repo:t1,t2` → the reference of the first tag, and all tags.
-fn split_tags(reference: &str) -> Result<(Reference, Vec<String>)> {
-    let last_slash = reference.rfind('/').unwrap_or(0);
-    if let Some(colon) = reference[last_slash..].find(':').map(|i| i + last_slash) {
-        if !reference.contains('@') && reference[colon..].contains(',') {
-            let tags: Vec<String> = reference[colon + 1..]
-                .split(',')
-                .map(str::to_string)
-                .collect();
-            let first: Reference = format!("{}:{}", &reference[..colon], tags[0]).parse()?;
-            for t in &tags {
-                first.with_target(t).map_err(|e| Error::InvalidReference {
-                    reference: reference.to_string(),
-                    reason: format!("tag {t:?}: {e}"),
-                })?;
-            }
-            return Ok((first, tags));
-        }
-    }
-    let r: Reference = reference.parse()?;
-    let tags = r.tag.iter().cloned().collect();
-    Ok((r, tags))
 }
 
 /// Title of a pushed file: the path as given, '/'-separated; no escape unless allowed.
@@ -132,14 +114,14 @@ fn read_annotation_file(path: &Path) -> Result<BTreeMap<String, Annotations>> {
 }
 
 pub async fn push(args: PushArgs) -> Result<()> {
-    let (reference, tags) = split_tags(&args.reference)?;
-    if reference.digest.is_some() {
+    let opened = target::open(&args.reference, args.oci_layout, &args.remote, true)?;
+    if opened.digest.is_some() {
         return Err(Error::Usage("push to a tag, not a digest".into()));
     }
-    let tags = if tags.is_empty() {
+    let tags = if opened.tags.is_empty() {
         vec!["latest".to_string()]
     } else {
-        tags
+        opened.tags.clone()
     };
     let mut by_file = match &args.annotation_file {
         Some(p) => read_annotation_file(p)?,
@@ -156,8 +138,27 @@ pub async fn push(args: PushArgs) -> Result<()> {
     );
     let mut layers = Vec::new();
     let mut titles = std::collections::HashSet::new();
+    // `-` reads one layer from stdin, spooled to a temporary file so its digest is known
+    // before the upload starts.
+    let mut _stdin_spool = None;
     for arg in &args.files {
         let (file, ty) = split_file_arg(arg);
+        if file == "-" {
+            let title = args.title.clone().ok_or_else(|| {
+                Error::Usage("reading a file from stdin (-) needs --title NAME".into())
+            })?;
+            let title = title_for(&title, args.disable_path_validation)?;
+            let mut spool = tempfile::NamedTempFile::new()
+                .map_err(|e| Error::io("creating a temporary file", e))?;
+            std::io::copy(&mut std::io::stdin().lock(), spool.as_file_mut())
+                .map_err(|e| Error::io("reading stdin", e))?;
+            if !titles.insert(title.clone()) {
+                return Err(Error::Usage(format!("{title:?} is given twice")));
+            }
+            layers.push(store.add(&title, ty, spool.path()).await?);
+            _stdin_spool = Some(spool);
+            continue;
+        }
         let title = title_for(file, args.disable_path_validation)?;
         if !titles.insert(title.clone()) {
             return Err(Error::Usage(format!(
@@ -192,13 +193,13 @@ pub async fn push(args: PushArgs) -> Result<()> {
         subject: None,
         reproducible: args.reproducible,
     };
-    let repo = args.remote.repository(&reference)?;
     let quiet = args.format == Format::Json;
     let opts = CopyOptions {
         concurrency: args.concurrency,
         progress: Arc::new(Bars::new("Uploading", args.no_tty, quiet)),
     };
-    let (desc, bytes) = oras::push(&store, layers, &pack, &repo, &tags, &opts).await?;
+    let (desc, bytes) =
+        oras::push(&store, layers, &pack, opened.target.as_ref(), &tags, &opts).await?;
     if let Some(path) = &args.export_manifest {
         std::fs::write(path, &bytes)
             .map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
@@ -207,7 +208,7 @@ pub async fn push(args: PushArgs) -> Result<()> {
     match args.format {
         Format::Json => {
             let v = serde_json::json!({
-                "reference": format!("{}/{}@{}", reference.registry, reference.repository, desc.digest),
+                "reference": format!("{}@{}", opened.base, desc.digest),
                 "mediaType": desc.media_type,
                 "digest": desc.digest,
                 "size": desc.size,
@@ -219,8 +220,9 @@ pub async fn push(args: PushArgs) -> Result<()> {
         }
         Format::Text => {
             println!(
-                "Pushed [registry] {}:{}",
-                base_name(&reference),
+                "Pushed [{}] {}:{}",
+                kind(&opened),
+                opened.base,
                 tags.join(",")
             );
             if let Some(t) = &manifest.artifact_type {
@@ -232,8 +234,12 @@ pub async fn push(args: PushArgs) -> Result<()> {
     Ok(())
 }
 
-fn base_name(r: &Reference) -> String {
-    format!("{}/{}", r.registry, r.repository)
+fn kind(o: &target::Opened) -> &'static str {
+    if o.registry.is_some() {
+        "registry"
+    } else {
+        "oci-layout"
+    }
 }
 
 #[derive(Args, Debug)]
@@ -266,13 +272,18 @@ pub struct PullArgs {
     /// Don't draw progress bars.
     #[arg(long)]
     pub no_tty: bool,
+    /// The reference is an OCI image layout directory: DIR[:tag|@digest].
+    #[arg(long)]
+    pub oci_layout: bool,
     #[command(flatten)]
     pub remote: RemoteArgs,
 }
 
 pub async fn pull(args: PullArgs) -> Result<()> {
-    let reference: Reference = args.reference.parse()?;
-    let repo = args.remote.repository(&reference)?;
+    let opened = target::open(&args.reference, args.oci_layout, &args.remote, false)?;
+    if args.output.as_os_str() == "-" {
+        return pull_to_stdout(&args, &opened).await;
+    }
     std::fs::create_dir_all(&args.output)
         .map_err(|e| Error::io(format!("creating {}", args.output.display()), e))?;
     let store = FileStore::new(
@@ -292,10 +303,17 @@ pub async fn pull(args: PullArgs) -> Result<()> {
         concurrency: args.concurrency,
         progress: Arc::new(Bars::new("Downloading", args.no_tty, quiet)),
     };
-    let report = oras::pull(&repo, &reference.target(), &store, &filter, &opts).await?;
+    let report = oras::pull(
+        opened.target.as_ref(),
+        &opened.reference(),
+        &store,
+        &filter,
+        &opts,
+    )
+    .await?;
     if let Some(path) = &args.config {
         let config = report.manifest.config.clone();
-        let data = oras_fs::content::read_all(&repo, &config, 64 << 20).await?;
+        let data = oras_fs::content::read_all(opened.target.as_ref(), &config, 64 << 20).await?;
         std::fs::write(path, &data)
             .map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
     }
@@ -320,7 +338,7 @@ pub async fn pull(args: PullArgs) -> Result<()> {
                 })
                 .collect();
             let v = serde_json::json!({
-                "reference": format!("{}@{}", base_name(&reference), report.manifest_descriptor.digest),
+                "reference": format!("{}@{}", opened.base, report.manifest_descriptor.digest),
                 "files": files,
                 "skipped": titled_skipped.iter().map(|d| serde_json::json!({"title": d.title(), "mediaType": d.media_type})).collect::<Vec<_>>(),
             });
@@ -349,9 +367,41 @@ pub async fn pull(args: PullArgs) -> Result<()> {
                     }
                 );
             }
-            println!("Pulled [registry] {}", reference);
+            println!("Pulled [{}] {}", kind(&opened), args.reference);
             println!("Digest: {}", report.manifest_descriptor.digest);
         }
     }
+    Ok(())
+}
+
+/// `pull -o -`: streams the one file of an artifact to stdout. The digest is checked as the
+/// bytes pass; a mismatch fails the command at the end (the bytes are already out).
+async fn pull_to_stdout(args: &PullArgs, opened: &target::Opened) -> Result<()> {
+    use futures_util::StreamExt;
+    use std::io::Write;
+    let (_, _, manifest) =
+        oras_fs::content::fetch_manifest(opened.target.as_ref(), &opened.reference()).await?;
+    let filter = LayerFilter {
+        media_types: args.media_types.clone(),
+        allow_all: args.allow_all,
+    };
+    let (taken, _) = filter.select(&manifest)?;
+    let layer = match taken.as_slice() {
+        [one] if !one.is_directory() => one.clone(),
+        [] => return Err(Error::Usage("no file to write to stdout (try -a or -t TYPE)".into())),
+        _ => {
+            return Err(Error::Usage(format!(
+                "-o - writes a single file, but {} layers match; pick one with -t TYPE or pull to a directory",
+                taken.len()
+            )))
+        }
+    };
+    let mut stream = oras_fs::content::verified(&layer, opened.target.fetch(&layer).await?);
+    let mut out = std::io::stdout().lock();
+    while let Some(chunk) = stream.next().await {
+        out.write_all(&chunk?)
+            .map_err(|e| Error::io("writing to stdout", e))?;
+    }
+    out.flush().map_err(|e| Error::io("writing to stdout", e))?;
     Ok(())
 }

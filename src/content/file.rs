@@ -437,7 +437,7 @@ fn pack_directory(
 
 /// Unpacks a verified tar+gzip at `tgz` to `dest` (whose last component is the title), via a
 /// temporary directory beside it, checking every entry and the uncompressed-tar digest first.
-pub(crate) fn unpack_directory(
+pub fn unpack_directory(
     tgz: &Path,
     dest: &Path,
     desc: &Descriptor,

@@ -7,6 +7,7 @@
 //! a `push` wraps the stream in [`verified`].
 
 pub mod file;
+pub mod layout;
 pub mod memory;
 mod overlay;
 
@@ -21,6 +22,7 @@ use crate::error::{Error, Result};
 use crate::manifest::{Descriptor, Manifest, MAX_MANIFEST_SIZE};
 
 pub use file::FileStore;
+pub use layout::OciLayout;
 pub use memory::MemoryStore;
 pub use overlay::Overlay;
 
@@ -55,6 +57,23 @@ pub trait Target: Send + Sync {
 
     /// Points `tag` at an existing manifest.
     async fn tag(&self, desc: &Descriptor, tag: &str) -> Result<()>;
+
+    /// Manifests whose `subject` is `subject` (the referrers API, or its fallbacks).
+    async fn referrers(&self, _subject: &Descriptor) -> Result<Vec<Descriptor>> {
+        Ok(Vec::new())
+    }
+
+    /// `(registry host, repository)` for targets that are registry repositories: two of them
+    /// on one host can share blobs by cross-repository mounting.
+    fn location(&self) -> Option<(String, String)> {
+        None
+    }
+
+    /// Asks this target to take a blob from another repository of the same registry without
+    /// an upload. `Ok(false)`: not done (the caller copies instead).
+    async fn mount_blob(&self, _desc: &Descriptor, _from_repository: &str) -> Result<bool> {
+        Ok(false)
+    }
 }
 
 /// Wraps a stream so that it fails, at its end, unless the bytes match `desc`.

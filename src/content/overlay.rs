@@ -66,4 +66,8 @@ impl Target for Overlay {
     async fn tag(&self, desc: &Descriptor, tag: &str) -> Result<()> {
         self.upper.tag(desc, tag).await
     }
+
+    async fn referrers(&self, subject: &Descriptor) -> Result<Vec<Descriptor>> {
+        self.lower.referrers(subject).await
+    }
 }

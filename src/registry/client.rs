@@ -336,7 +336,10 @@ impl Client {
             cause = c.source();
         }
         tracing::debug!("{text}");
-        if text.contains("certificate") || text.contains("InvalidCertificate") || text.contains("UnknownIssuer") {
+        if text.contains("certificate")
+            || text.contains("InvalidCertificate")
+            || text.contains("UnknownIssuer")
+        {
             // Not transient: retrying will not change the certificate.
             return Error::Tls(format!(
                 "cannot verify the certificate of {}: {}; trust its CA with --ca-file FILE, or skip                  verification with --insecure",
@@ -485,7 +488,9 @@ impl Client {
         let mut detail = registry_error_detail(&body);
         if detail.is_empty() {
             // Not an OCI error body: show the start of a text answer, which often says it all.
-            let text = String::from_utf8_lossy(&body[..body.len().min(200)]).trim().to_string();
+            let text = String::from_utf8_lossy(&body[..body.len().min(200)])
+                .trim()
+                .to_string();
             if !text.is_empty() && !text.starts_with('<') {
                 detail = format!(": {text}");
             }

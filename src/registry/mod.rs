@@ -17,7 +17,7 @@ pub use client::{Access, Client, ClientOptions, Request, RetryPolicy};
 use crate::content::{ByteStream, Target};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
-use crate::manifest::{media_type, Descriptor, MAX_MANIFEST_SIZE};
+use crate::manifest::{media_type, Descriptor, Index, Manifest, MAX_MANIFEST_SIZE};
 use crate::reference::Reference;
 
 /// How many chunks a blob download buffers ahead of its consumer.
@@ -130,6 +130,19 @@ impl Repository {
         }
     }
 
+    /// The size of a blob, by HEAD, as a descriptor of `media_type`.
+    pub async fn blob_descriptor(&self, digest: &Digest, media_type: &str) -> Result<Descriptor> {
+        let req = self.request(Method::HEAD, &format!("blobs/{digest}"), Access::Pull);
+        let resp = self.client.send(&req).await?;
+        if !resp.status().is_success() {
+            return Err(self.client.error_for(resp, &format!("blob {digest}")).await);
+        }
+        let size = header(&resp, CONTENT_LENGTH.as_str())
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| Error::Protocol(format!("no Content-Length for blob {digest}")))?;
+        Ok(Descriptor::new(media_type, digest.clone(), size))
+    }
+
     /// Deletes a manifest (by digest) or a blob.
     pub async fn delete(&self, desc: &Descriptor) -> Result<()> {
         let req = self.request(Method::DELETE, &Self::content_path(desc), Access::Delete);
@@ -173,15 +186,10 @@ impl Repository {
         }
     }
 
-    /// Pushes a blob, or mounts it from `from` (another repository of the same registry).
-    pub async fn push_or_mount(
-        &self,
-        desc: &Descriptor,
-        from: Option<&str>,
-        content: impl FnOnce() -> ByteStreamFuture,
-    ) -> Result<bool> {
-        let Some(mut url) = self.start_upload(desc, from).await? else {
-            return Ok(true);
+    /// Uploads a blob: POST for a session, then one streaming PUT of the whole content.
+    async fn upload(&self, desc: &Descriptor, content: ByteStream) -> Result<()> {
+        let Some(mut url) = self.start_upload(desc, None).await? else {
+            return Ok(());
         };
         url.query_pairs_mut()
             .append_pair("digest", desc.digest.as_str());
@@ -191,24 +199,125 @@ impl Repository {
             HeaderValue::from_static("application/octet-stream"),
         );
         headers.insert(CONTENT_LENGTH, HeaderValue::from(desc.size));
-        let body = reqwest::Body::wrap_stream(content().await?);
+        let body = reqwest::Body::wrap_stream(content);
         let resp = self
             .client
             .send_stream(Method::PUT, url, &self.name, headers, body)
             .await?;
         if resp.status() == StatusCode::CREATED || resp.status() == StatusCode::NO_CONTENT {
-            return Ok(false);
+            return Ok(());
         }
         Err(self
             .client
             .error_for(resp, &format!("upload of {}", desc.digest))
             .await)
     }
+
+    /// The referrers of `subject` by the tag schema (`sha256-<hex>`), for registries without
+    /// the referrers API (such as Distribution 2.8).
+    async fn fallback_referrers(
+        &self,
+        subject: &Descriptor,
+    ) -> Result<Option<(Descriptor, Index)>> {
+        let tag = referrers_tag(&subject.digest);
+        let desc = match self.resolve(&tag).await {
+            Ok(d) => d,
+            Err(Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let bytes = crate::content::read_all(self, &desc, MAX_MANIFEST_SIZE).await?;
+        let index: Index = serde_json::from_slice(&bytes).map_err(|e| Error::InvalidManifest {
+            context: format!(" referrers index {tag}"),
+            reason: e.to_string(),
+        })?;
+        Ok(Some((desc, index)))
+    }
+
+    /// Adds `referrer` to the tag-schema referrers index of `subject`.
+    async fn add_fallback_referrer(
+        &self,
+        subject: &Descriptor,
+        referrer: Descriptor,
+    ) -> Result<()> {
+        let mut index = match self.fallback_referrers(subject).await? {
+            Some((_, index)) => index,
+            None => Index::new(),
+        };
+        if index.manifests.iter().any(|m| m.digest == referrer.digest) {
+            return Ok(());
+        }
+        index.manifests.push(referrer);
+        let bytes = Bytes::from(serde_json::to_vec(&index).expect("index serializes"));
+        let desc = Descriptor::of(media_type::OCI_INDEX, &bytes);
+        self.put_manifest(&desc, bytes, &referrers_tag(&subject.digest))
+            .await
+            .map(|_| ())
+    }
+
+    /// PUTs a manifest; returns whether the registry said it processed its subject.
+    async fn put_manifest(&self, desc: &Descriptor, bytes: Bytes, target: &str) -> Result<bool> {
+        desc.digest.verify(&bytes)?;
+        let req = self
+            .request(Method::PUT, &format!("manifests/{target}"), Access::Push)
+            .header(CONTENT_TYPE, &desc.media_type)
+            .body(bytes);
+        let resp = self.client.send(&req).await?;
+        if !resp.status().is_success() {
+            return Err(self
+                .client
+                .error_for(resp, &format!("manifest {target}"))
+                .await);
+        }
+        if let Some(d) =
+            header(&resp, "docker-content-digest").and_then(|d| d.parse::<Digest>().ok())
+        {
+            if d != desc.digest {
+                return Err(Error::Protocol(format!(
+                    "pushed manifest {} but the registry stored it as {d}",
+                    desc.digest
+                )));
+            }
+        }
+        Ok(resp.headers().contains_key("oci-subject"))
+    }
+
+    /// Lists the repositories of the registry (`_catalog`), following `Link` pagination.
+    pub async fn catalog(client: &Arc<Client>, last: Option<&str>) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        let mut url = client.url("_catalog");
+        if let Some(l) = last {
+            url.query_pairs_mut().append_pair("last", l);
+        }
+        loop {
+            let req = Request::new(Method::GET, url.clone(), None, Access::Pull);
+            let resp = client.send(&req).await?;
+            if !resp.status().is_success() {
+                return Err(client.error_for(resp, "the repository catalog").await);
+            }
+            let next = next_link(&resp).map(|l| url.join(&l));
+            let body = client::read_capped(resp, 16 << 20)
+                .await
+                .map_err(|e| client.connect_error(e))?;
+            #[derive(serde::Deserialize)]
+            struct Catalog {
+                #[serde(default)]
+                repositories: Option<Vec<String>>,
+            }
+            let c: Catalog = serde_json::from_slice(&body)
+                .map_err(|e| Error::Protocol(format!("catalog is not JSON: {e}")))?;
+            out.extend(c.repositories.unwrap_or_default());
+            match next {
+                Some(Ok(u)) => url = u,
+                _ => return Ok(out),
+            }
+        }
+    }
 }
 
-/// A future yielding the content to upload (opened only when the upload really happens).
-pub type ByteStreamFuture =
-    std::pin::Pin<Box<dyn std::future::Future<Output = Result<ByteStream>> + Send>>;
+/// The tag that holds the referrers of `digest` where the referrers API is missing.
+pub fn referrers_tag(digest: &Digest) -> String {
+    format!("{}-{}", digest.algorithm(), digest.hex())
+}
 
 #[async_trait]
 impl Target for Repository {
@@ -444,9 +553,7 @@ impl Target for Repository {
             let bytes = crate::content::collect(desc, content, MAX_MANIFEST_SIZE).await?;
             return self.push_manifest(desc, bytes, None).await;
         }
-        self.push_or_mount(desc, None, move || Box::pin(async move { Ok(content) }))
-            .await
-            .map(|_| ())
+        self.upload(desc, content).await
     }
 
     async fn push_manifest(
@@ -455,29 +562,25 @@ impl Target for Repository {
         bytes: Bytes,
         tag: Option<&str>,
     ) -> Result<()> {
-        desc.digest.verify(&bytes)?;
         let target = tag
             .map(str::to_string)
             .unwrap_or_else(|| desc.digest.to_string());
-        let req = self
-            .request(Method::PUT, &format!("manifests/{target}"), Access::Push)
-            .header(CONTENT_TYPE, &desc.media_type)
-            .body(bytes);
-        let resp = self.client.send(&req).await?;
-        if !resp.status().is_success() {
-            return Err(self
-                .client
-                .error_for(resp, &format!("manifest {target}"))
-                .await);
-        }
-        if let Some(d) =
-            header(&resp, "docker-content-digest").and_then(|d| d.parse::<Digest>().ok())
-        {
-            if d != desc.digest {
-                return Err(Error::Protocol(format!(
-                    "pushed manifest {} but the registry stored it as {d}",
-                    desc.digest
-                )));
+        let subject = if bytes.windows(10).any(|w| w == b"\"subject\":") {
+            Manifest::parse(&bytes, Some(&desc.media_type)).ok()
+        } else {
+            None
+        };
+        let processed = self.put_manifest(desc, bytes, &target).await?;
+        if let Some(m) = subject {
+            if let (Some(subject), false) = (&m.subject, processed) {
+                // No referrers API: keep the tag-schema index up to date instead.
+                let mut referrer = desc.clone();
+                referrer.artifact_type = m
+                    .artifact_type
+                    .clone()
+                    .or(Some(m.config.media_type.clone()));
+                referrer.annotations = m.annotations.clone();
+                self.add_fallback_referrer(subject, referrer).await?;
             }
         }
         Ok(())
@@ -485,7 +588,49 @@ impl Target for Repository {
 
     async fn tag(&self, desc: &Descriptor, tag: &str) -> Result<()> {
         let bytes = crate::content::read_all(self, desc, MAX_MANIFEST_SIZE).await?;
-        self.push_manifest(desc, bytes, Some(tag)).await
+        self.put_manifest(desc, bytes, tag).await.map(|_| ())
+    }
+
+    async fn referrers(&self, subject: &Descriptor) -> Result<Vec<Descriptor>> {
+        let req = self
+            .request(
+                Method::GET,
+                &format!("referrers/{}", subject.digest),
+                Access::Pull,
+            )
+            .header(ACCEPT, media_type::OCI_INDEX);
+        let resp = self.client.send(&req).await?;
+        if resp.status().is_success() {
+            let body = client::read_capped(resp, MAX_MANIFEST_SIZE as usize)
+                .await
+                .map_err(|e| self.client.connect_error(e))?;
+            let index: Index = serde_json::from_slice(&body)
+                .map_err(|e| Error::Protocol(format!("referrers answer is not an index: {e}")))?;
+            return Ok(index.manifests);
+        }
+        if resp.status() != StatusCode::NOT_FOUND {
+            return Err(self
+                .client
+                .error_for(resp, &format!("referrers of {}", subject.digest))
+                .await);
+        }
+        Ok(self
+            .fallback_referrers(subject)
+            .await?
+            .map(|(_, i)| i.manifests)
+            .unwrap_or_default())
+    }
+
+    fn location(&self) -> Option<(String, String)> {
+        Some((self.client.host().to_string(), self.name.clone()))
+    }
+
+    async fn mount_blob(&self, desc: &Descriptor, from_repository: &str) -> Result<bool> {
+        // 201: mounted. 202: the registry opened an upload session instead; leave it unused.
+        Ok(self
+            .start_upload(desc, Some(from_repository))
+            .await?
+            .is_none())
     }
 }
 

@@ -1,0 +1,669 @@
+//! The rest of the oras command set: copy, tag, resolve, manifest, blob, repo, attach, discover.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use clap::{Args, Subcommand};
+use futures_util::StreamExt;
+use oras_fs::content::{self, FileStore, Target};
+use oras_fs::manifest::{media_type, Descriptor, Manifest, MAX_MANIFEST_SIZE};
+use oras_fs::oras::{self, CopyOptions, PackOptions};
+use oras_fs::reference::Reference;
+use oras_fs::registry::Repository;
+use oras_fs::{Error, Result};
+
+use super::output::{Bars, Format};
+use super::remote::RemoteArgs;
+use super::target::{self, Opened};
+
+fn write_out(path: &str, data: &[u8]) -> Result<()> {
+    if path == "-" {
+        std::io::stdout()
+            .write_all(data)
+            .map_err(|e| Error::io("writing to stdout", e))
+    } else {
+        std::fs::write(path, data).map_err(|e| Error::io(format!("writing {path}"), e))
+    }
+}
+
+/// Resolves and fetches (verified) the manifest an opened reference names.
+async fn manifest_of(o: &Opened) -> Result<(Descriptor, Bytes)> {
+    let desc = o.target.resolve(&o.reference()).await?;
+    let bytes = content::read_all(o.target.as_ref(), &desc, MAX_MANIFEST_SIZE).await?;
+    Ok((desc, bytes))
+}
+
+#[derive(Args, Debug)]
+pub struct CopyArgs {
+    /// Source: registry/repo[:tag|@digest] (or a layout with --from-oci-layout).
+    pub from: String,
+    /// Destination: registry/repo[:tag[,tag]] (or a layout with --to-oci-layout).
+    pub to: String,
+    /// Also copy the artifacts that refer to it (signatures, SBOMs), recursively.
+    #[arg(short = 'r', long)]
+    pub recursive: bool,
+    #[arg(long)]
+    pub from_oci_layout: bool,
+    #[arg(long)]
+    pub to_oci_layout: bool,
+    #[arg(long, default_value_t = oras::DEFAULT_CONCURRENCY)]
+    pub concurrency: usize,
+    #[arg(long)]
+    pub no_tty: bool,
+    #[command(flatten)]
+    pub remote: RemoteArgs,
+}
+
+pub async fn copy(a: CopyArgs) -> Result<()> {
+    let src = target::open(&a.from, a.from_oci_layout, &a.remote, false)?;
+    let dst = target::open(&a.to, a.to_oci_layout, &a.remote, true)?;
+    let (desc, bytes) = manifest_of(&src).await?;
+    let tags = if !dst.tags.is_empty() {
+        dst.tags.clone()
+    } else if src.digest.is_none() {
+        vec![src.reference()]
+    } else {
+        Vec::new()
+    };
+    let opts = CopyOptions {
+        concurrency: a.concurrency,
+        progress: Arc::new(Bars::new("Copying", a.no_tty, false)),
+    };
+    oras::copy_graph(
+        src.target.as_ref(),
+        dst.target.as_ref(),
+        &desc,
+        bytes,
+        &tags,
+        &opts,
+    )
+    .await?;
+    if a.recursive {
+        let mut queue = vec![desc.clone()];
+        while let Some(subject) = queue.pop() {
+            for r in src.target.referrers(&subject).await? {
+                let rbytes = content::read_all(src.target.as_ref(), &r, MAX_MANIFEST_SIZE).await?;
+                oras::copy_graph(
+                    src.target.as_ref(),
+                    dst.target.as_ref(),
+                    &r,
+                    rbytes,
+                    &[],
+                    &opts,
+                )
+                .await?;
+                queue.push(r);
+            }
+        }
+    }
+    println!("Copied {} => {}", a.from, a.to);
+    println!("Digest: {}", desc.digest);
+    Ok(())
+}
+
+#[derive(Args, Debug)]
+pub struct TagArgs {
+    /// The manifest to tag: registry/repo:tag|@digest
+    pub reference: String,
+    /// New tags.
+    #[arg(required = true)]
+    pub tags: Vec<String>,
+    #[arg(long)]
+    pub oci_layout: bool,
+    #[command(flatten)]
+    pub remote: RemoteArgs,
+}
+
+pub async fn tag(a: TagArgs) -> Result<()> {
+    let o = target::open(&a.reference, a.oci_layout, &a.remote, false)?;
+    let desc = o.target.resolve(&o.reference()).await?;
+    for t in &a.tags {
+        if let Some(r) = &o.registry {
+            r.with_target(t)?;
+        }
+        o.target.tag(&desc, t).await?;
+        println!("Tagged {t}");
+    }
+    Ok(())
+}
+
+#[derive(Args, Debug)]
+pub struct ResolveArgs {
+    pub reference: String,
+    #[arg(long)]
+    pub oci_layout: bool,
+    #[command(flatten)]
+    pub remote: RemoteArgs,
+}
+
+pub async fn resolve(a: ResolveArgs) -> Result<()> {
+    let o = target::open(&a.reference, a.oci_layout, &a.remote, false)?;
+    println!("{}", o.target.resolve(&o.reference()).await?.digest);
+    Ok(())
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ManifestCommand {
+    /// Print (or save) a manifest.
+    Fetch {
+        reference: String,
+        /// Write to FILE instead of stdout.
+        #[arg(short = 'o', long, value_name = "FILE")]
+        output: Option<String>,
+        /// Print the manifest's descriptor instead.
+        #[arg(long)]
+        descriptor: bool,
+        #[arg(long)]
+        oci_layout: bool,
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
+    /// Push a manifest file (`-` for stdin).
+    Push {
+        reference: String,
+        file: String,
+        /// Media type (default: the file's mediaType field).
+        #[arg(long)]
+        media_type: Option<String>,
+        #[arg(long)]
+        oci_layout: bool,
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
+    /// Delete a manifest.
+    Delete {
+        reference: String,
+        #[arg(long)]
+        oci_layout: bool,
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
+    /// Print (or save) the config blob of a manifest.
+    FetchConfig {
+        reference: String,
+        #[arg(short = 'o', long, value_name = "FILE")]
+        output: Option<String>,
+        #[arg(long)]
+        oci_layout: bool,
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
+}
+
+pub async fn manifest(c: ManifestCommand) -> Result<()> {
+    match c {
+        ManifestCommand::Fetch {
+            reference,
+            output,
+            descriptor,
+            oci_layout,
+            remote,
+        } => {
+            let o = target::open(&reference, oci_layout, &remote, false)?;
+            let (desc, bytes) = manifest_of(&o).await?;
+            if descriptor {
+                println!("{}", serde_json::to_string(&desc).expect("JSON"));
+                return Ok(());
+            }
+            write_out(output.as_deref().unwrap_or("-"), &bytes)
+        }
+        ManifestCommand::Push {
+            reference,
+            file,
+            media_type,
+            oci_layout,
+            remote,
+        } => {
+            let o = target::open(&reference, oci_layout, &remote, true)?;
+            let bytes = if file == "-" {
+                let mut b = Vec::new();
+                std::io::Read::read_to_end(
+                    &mut std::io::Read::take(std::io::stdin(), MAX_MANIFEST_SIZE + 1),
+                    &mut b,
+                )
+                .map_err(|e| Error::io("reading stdin", e))?;
+                b
+            } else {
+                std::fs::read(&file).map_err(|e| Error::io(format!("reading {file}"), e))?
+            };
+            let mt = match media_type {
+                Some(m) => m,
+                None => serde_json::from_slice::<serde_json::Value>(&bytes)
+                    .ok()
+                    .and_then(|v| v.get("mediaType")?.as_str().map(str::to_string))
+                    .ok_or_else(|| {
+                        Error::Usage("the manifest has no mediaType: give --media-type".into())
+                    })?,
+            };
+            if mt != media_type::OCI_INDEX && mt != media_type::DOCKER_MANIFEST_LIST {
+                Manifest::parse(&bytes, Some(&mt))?;
+            }
+            let desc = Descriptor::of(mt, &bytes);
+            let tag = o
+                .digest
+                .is_none()
+                .then(|| o.tags.first().cloned())
+                .flatten();
+            if let Some(d) = &o.digest {
+                if d != &desc.digest {
+                    return Err(Error::DigestMismatch {
+                        expected: d.clone(),
+                        actual: desc.digest,
+                    });
+                }
+            }
+            o.target
+                .push_manifest(&desc, bytes.into(), tag.as_deref())
+                .await?;
+            for t in o.tags.iter().skip(1) {
+                o.target.tag(&desc, t).await?;
+            }
+            println!("Pushed {}\nDigest: {}", reference, desc.digest);
+            Ok(())
+        }
+        ManifestCommand::Delete {
+            reference,
+            oci_layout,
+            remote,
+        } => {
+            let o = target::open(&reference, oci_layout, &remote, false)?;
+            let desc = o.target.resolve(&o.reference()).await?;
+            if let Some(repo) = &o.repository {
+                repo.delete(&desc).await?;
+            } else if let Some(layout) = &o.layout {
+                layout.unlist(&desc.digest)?;
+            }
+            println!("Deleted {}", desc.digest);
+            Ok(())
+        }
+        ManifestCommand::FetchConfig {
+            reference,
+            output,
+            oci_layout,
+            remote,
+        } => {
+            let o = target::open(&reference, oci_layout, &remote, false)?;
+            let (desc, bytes) = manifest_of(&o).await?;
+            let m = Manifest::parse(&bytes, Some(&desc.media_type))?;
+            let config = content::read_all(o.target.as_ref(), &m.config, MAX_MANIFEST_SIZE).await?;
+            write_out(output.as_deref().unwrap_or("-"), &config)
+        }
+    }
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BlobCommand {
+    /// Download a blob (verified) to a file, or to stdout with `-o -`.
+    Fetch {
+        /// registry/repo@digest
+        reference: String,
+        #[arg(short = 'o', long, value_name = "FILE")]
+        output: String,
+        #[arg(long)]
+        oci_layout: bool,
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
+    /// Upload a file as a blob; `-` reads stdin (then --size and REF@digest are required).
+    Push {
+        /// registry/repo[@digest]
+        reference: String,
+        file: String,
+        #[arg(long)]
+        size: Option<u64>,
+        #[arg(long, default_value = "application/octet-stream")]
+        media_type: String,
+        #[arg(long)]
+        oci_layout: bool,
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
+    /// Delete a blob.
+    Delete {
+        /// registry/repo@digest
+        reference: String,
+        #[arg(long)]
+        oci_layout: bool,
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
+}
+
+async fn blob_descriptor(o: &Opened) -> Result<Descriptor> {
+    let digest = o
+        .digest
+        .clone()
+        .ok_or_else(|| Error::Usage("a blob is named by digest: REF@sha256:...".into()))?;
+    if let Some(repo) = &o.repository {
+        return repo
+            .blob_descriptor(&digest, "application/octet-stream")
+            .await;
+    }
+    let layout = o.layout.as_ref().expect("a layout or a repository");
+    let path = layout
+        .root()
+        .join("blobs")
+        .join(digest.algorithm())
+        .join(digest.hex());
+    let size = std::fs::metadata(&path)
+        .map_err(|_| Error::NotFound {
+            what: "blob",
+            name: digest.to_string(),
+        })?
+        .len();
+    Ok(Descriptor::new("application/octet-stream", digest, size))
+}
+
+pub async fn blob(c: BlobCommand) -> Result<()> {
+    match c {
+        BlobCommand::Fetch {
+            reference,
+            output,
+            oci_layout,
+            remote,
+        } => {
+            let o = target::open(&reference, oci_layout, &remote, false)?;
+            let desc = blob_descriptor(&o).await?;
+            if output == "-" {
+                // Streamed: a mismatch is detected at the end and fails the command.
+                let mut stream = content::verified(&desc, o.target.fetch(&desc).await?);
+                let mut out = std::io::stdout().lock();
+                while let Some(chunk) = stream.next().await {
+                    out.write_all(&chunk?)
+                        .map_err(|e| Error::io("writing to stdout", e))?;
+                }
+                return Ok(());
+            }
+            let path = PathBuf::from(&output);
+            let dir = path
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            let name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .ok_or_else(|| Error::Usage(format!("{output} is not a file name")))?;
+            let store = FileStore::new(dir, Default::default());
+            let mut d = desc.clone();
+            d.set_annotation(oras_fs::manifest::annotation::TITLE, name);
+            store.push(&d, o.target.fetch(&desc).await?).await?;
+            Ok(())
+        }
+        BlobCommand::Push {
+            reference,
+            file,
+            size,
+            media_type,
+            oci_layout,
+            remote,
+        } => {
+            let o = target::open(&reference, oci_layout, &remote, true)?;
+            let (desc, stream): (Descriptor, content::ByteStream) = if file == "-" {
+                let (Some(size), Some(digest)) = (size, o.digest.clone()) else {
+                    return Err(Error::Usage(
+                        "reading a blob from stdin needs --size and REF@digest".into(),
+                    ));
+                };
+                let stdin = tokio_util::io::ReaderStream::new(tokio::io::stdin());
+                (
+                    Descriptor::new(media_type, digest, size),
+                    Box::pin(stdin.map(|r| r.map_err(|e| Error::io("reading stdin", e)))),
+                )
+            } else {
+                let (digest, size) = content::file::hash_file(Path::new(&file)).await?;
+                if let Some(d) = &o.digest {
+                    if d != &digest {
+                        return Err(Error::DigestMismatch {
+                            expected: d.clone(),
+                            actual: digest,
+                        });
+                    }
+                }
+                let desc = Descriptor::new(media_type, digest, size);
+                let f = tokio::fs::File::open(&file)
+                    .await
+                    .map_err(|e| Error::io(format!("reading {file}"), e))?;
+                let s = tokio_util::io::ReaderStream::with_capacity(f, 1 << 20);
+                (
+                    desc,
+                    Box::pin(s.map(|r| r.map_err(|e| Error::io("reading the file", e)))),
+                )
+            };
+            if o.target.exists(&desc).await? {
+                println!("Exists {}", desc.digest);
+            } else {
+                o.target.push(&desc, stream).await?;
+                println!("Pushed {}", desc.digest);
+            }
+            println!("Digest: {}", desc.digest);
+            Ok(())
+        }
+        BlobCommand::Delete {
+            reference,
+            oci_layout,
+            remote,
+        } => {
+            let o = target::open(&reference, oci_layout, &remote, false)?;
+            let desc = blob_descriptor(&o).await?;
+            if let Some(repo) = &o.repository {
+                repo.delete(&desc).await?;
+            } else if let Some(layout) = &o.layout {
+                layout.delete_blob(&desc.digest)?;
+            }
+            println!("Deleted {}", desc.digest);
+            Ok(())
+        }
+    }
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RepoCommand {
+    /// List the repositories of a registry.
+    #[command(alias = "list")]
+    Ls {
+        /// registry host[:port]
+        registry: String,
+        /// Start after this repository.
+        #[arg(long)]
+        last: Option<String>,
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
+    /// List the tags of a repository.
+    Tags {
+        /// registry/repo (or a layout directory with --oci-layout)
+        repository: String,
+        #[arg(long)]
+        oci_layout: bool,
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
+}
+
+pub async fn repo(c: RepoCommand) -> Result<()> {
+    match c {
+        RepoCommand::Ls {
+            registry,
+            last,
+            remote,
+        } => {
+            let host = registry.trim_end_matches('/');
+            let probe: Reference = format!("{host}/x").parse()?;
+            let client =
+                oras_fs::registry::Client::new(host, remote.client_options(probe.is_localhost())?)?;
+            for r in Repository::catalog(&client, last.as_deref()).await? {
+                println!("{r}");
+            }
+            Ok(())
+        }
+        RepoCommand::Tags {
+            repository,
+            oci_layout,
+            remote,
+        } => {
+            let o = target::open(&repository, oci_layout, &remote, false)?;
+            let tags = match (&o.repository, &o.layout) {
+                (Some(r), _) => r.tags().await?,
+                (_, Some(l)) => l.tags()?,
+                _ => Vec::new(),
+            };
+            for t in tags {
+                println!("{t}");
+            }
+            Ok(())
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct AttachArgs {
+    /// The artifact type of what is attached (e.g. application/vnd.example.sbom).
+    #[arg(long, required = true)]
+    pub artifact_type: String,
+    /// The subject: registry/repo:tag|@digest
+    pub subject: String,
+    /// Files to attach: FILE[:TYPE]
+    pub files: Vec<String>,
+    #[arg(short = 'a', long = "annotation", value_name = "KEY=VALUE")]
+    pub annotations: Vec<String>,
+    #[arg(long)]
+    pub oci_layout: bool,
+    #[arg(long, value_enum, default_value_t)]
+    pub format: Format,
+    #[command(flatten)]
+    pub remote: RemoteArgs,
+}
+
+pub async fn attach(a: AttachArgs) -> Result<()> {
+    let o = target::open(&a.subject, a.oci_layout, &a.remote, false)?;
+    let subject = o.target.resolve(&o.reference()).await?;
+    let store = FileStore::new(".", Default::default());
+    let mut layers = Vec::new();
+    for f in &a.files {
+        let (file, ty) = match f.rsplit_once(':') {
+            Some((p, t)) if t.contains('/') => (p, Some(t)),
+            _ => (f.as_str(), None),
+        };
+        layers.push(store.add(file, ty, Path::new(file)).await?);
+    }
+    let mut annotations = std::collections::BTreeMap::new();
+    for item in &a.annotations {
+        let (k, v) = item
+            .split_once('=')
+            .ok_or_else(|| Error::Usage(format!("annotation {item:?} is not KEY=VALUE")))?;
+        annotations.insert(k.to_string(), v.to_string());
+    }
+    let pack = PackOptions {
+        artifact_type: Some(a.artifact_type.clone()),
+        config: None,
+        annotations,
+        subject: Some(subject.clone()),
+        reproducible: false,
+    };
+    let (desc, _) = oras::push(
+        &store,
+        layers,
+        &pack,
+        o.target.as_ref(),
+        &[],
+        &CopyOptions::default(),
+    )
+    .await?;
+    match a.format {
+        Format::Json => println!(
+            "{}",
+            serde_json::json!({"reference": format!("{}@{}", o.base, desc.digest), "digest": desc.digest, "subject": subject.digest})
+        ),
+        Format::Text => {
+            println!(
+                "Attached to [{}] {}@{}",
+                if o.registry.is_some() {
+                    "registry"
+                } else {
+                    "oci-layout"
+                },
+                o.base,
+                subject.digest
+            );
+            println!("Digest: {}", desc.digest);
+        }
+    }
+    Ok(())
+}
+
+#[derive(Args, Debug)]
+pub struct DiscoverArgs {
+    /// The subject: registry/repo:tag|@digest
+    pub subject: String,
+    /// Only referrers of this artifact type.
+    #[arg(long)]
+    pub artifact_type: Option<String>,
+    #[arg(long, value_enum, default_value_t)]
+    pub format: Format,
+    #[arg(long)]
+    pub oci_layout: bool,
+    #[command(flatten)]
+    pub remote: RemoteArgs,
+}
+
+pub async fn discover(a: DiscoverArgs) -> Result<()> {
+    let o = target::open(&a.subject, a.oci_layout, &a.remote, false)?;
+    let subject = o.target.resolve(&o.reference()).await?;
+    let keep = |d: &Descriptor| {
+        a.artifact_type
+            .as_ref()
+            .is_none_or(|t| d.artifact_type.as_ref() == Some(t))
+    };
+    match a.format {
+        Format::Json => {
+            let refs: Vec<Descriptor> = o
+                .target
+                .referrers(&subject)
+                .await?
+                .into_iter()
+                .filter(keep)
+                .collect();
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&serde_json::json!({"manifests": refs}))
+                    .expect("JSON")
+            );
+        }
+        Format::Text => {
+            println!("{}@{}", o.base, subject.digest);
+            print_tree(o.target.as_ref(), &subject, "", &keep).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Prints the referrers of `subject` as a tree, recursively.
+fn print_tree<'a>(
+    target: &'a dyn Target,
+    subject: &'a Descriptor,
+    indent: &'a str,
+    keep: &'a (dyn Fn(&Descriptor) -> bool + Sync),
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send + 'a>> {
+    Box::pin(async move {
+        let refs: Vec<Descriptor> = target
+            .referrers(subject)
+            .await?
+            .into_iter()
+            .filter(|d| keep(d))
+            .collect();
+        for (i, r) in refs.iter().enumerate() {
+            let last = i + 1 == refs.len();
+            println!(
+                "{indent}{} {}  {}",
+                if last { "└──" } else { "├──" },
+                r.artifact_type.as_deref().unwrap_or("(no artifact type)"),
+                r.digest
+            );
+            let child = format!("{indent}{}", if last { "    " } else { "│   " });
+            print_tree(target, r, &child, keep).await?;
+        }
+        Ok(())
+    })
+}

@@ -1,0 +1,157 @@
+//! Turning a command-line reference into a [`Target`]: a registry repository
+//! (`registry/repo[:tag[,tag]][@digest]`) or, with `--oci-layout`, an OCI image layout directory
+//! (`DIR[:tag[,tag]][@digest]`).
+
+use std::sync::Arc;
+
+use oras_fs::content::{OciLayout, Target};
+use oras_fs::digest::Digest;
+use oras_fs::reference::Reference;
+use oras_fs::registry::Repository;
+use oras_fs::{Error, Result};
+
+use super::remote::RemoteArgs;
+
+pub struct Opened {
+    pub target: Arc<dyn Target>,
+    /// Tags given (`:t1,t2`), possibly none.
+    pub tags: Vec<String>,
+    pub digest: Option<Digest>,
+    /// Where the reference points without its tag or digest (`registry/repo` or the directory).
+    pub base: String,
+    /// Set for registry references.
+    pub registry: Option<Reference>,
+    /// The concrete store, for what only one kind can do (delete, list, blob sizes).
+    pub repository: Option<Repository>,
+    pub layout: Option<Arc<OciLayout>>,
+}
+
+impl Opened {
+    /// What to resolve: the digest, else the first tag, else `latest`.
+    pub fn reference(&self) -> String {
+        match (&self.digest, self.tags.first()) {
+            (Some(d), _) => d.to_string(),
+            (None, Some(t)) => t.clone(),
+            (None, None) => "latest".to_string(),
+        }
+    }
+
+    /// A stable name of what is referenced, for keys and messages.
+    pub fn canonical(&self) -> String {
+        format!("{}:{}", self.base, self.reference())
+    }
+}
+
+/// Splits `BASE[:t1,t2][@digest]`, where the tag part follows the last ':' after the last '/'.
+fn split(spec: &str) -> Result<(String, Vec<String>, Option<Digest>)> {
+    let (rest, digest) = match spec.rsplit_once('@') {
+        Some((r, d)) => (
+            r,
+            Some(d.parse::<Digest>().map_err(|_| Error::InvalidReference {
+                reference: spec.to_string(),
+                reason: format!("bad digest {d:?}"),
+            })?),
+        ),
+        None => (spec, None),
+    };
+    let last_slash = rest.rfind('/').map(|i| i + 1).unwrap_or(0);
+    match rest[last_slash..].rfind(':') {
+        Some(i) => {
+            let at = last_slash + i;
+            let tags = rest[at + 1..].split(',').map(str::to_string).collect();
+            Ok((rest[..at].to_string(), tags, digest))
+        }
+        None => Ok((rest.to_string(), Vec::new(), digest)),
+    }
+}
+
+/// Opens the target a reference names. `create`: a missing layout directory is made.
+pub fn open(spec: &str, oci_layout: bool, remote: &RemoteArgs, create: bool) -> Result<Opened> {
+    let (base, tags, digest) = split(spec)?;
+    if oci_layout {
+        if base.is_empty() {
+            return Err(Error::InvalidReference {
+                reference: spec.into(),
+                reason: "missing the layout directory".into(),
+            });
+        }
+        let probe: Reference = format!(
+            "localhost/x:{}",
+            tags.first().map(String::as_str).unwrap_or("latest")
+        )
+        .parse()
+        .map_err(|_| Error::InvalidReference {
+            reference: spec.into(),
+            reason: "bad tag".into(),
+        })?;
+        for t in &tags {
+            probe.with_target(t)?;
+        }
+        let layout = Arc::new(OciLayout::open(&base, create)?);
+        return Ok(Opened {
+            target: layout.clone(),
+            tags,
+            digest,
+            base,
+            registry: None,
+            repository: None,
+            layout: Some(layout),
+        });
+    }
+    // Validate as a registry reference (first tag only; the rest one by one).
+    let first = match (&digest, tags.first()) {
+        (Some(d), Some(t)) => format!("{base}:{t}@{d}"),
+        (Some(d), None) => format!("{base}@{d}"),
+        (None, Some(t)) => format!("{base}:{t}"),
+        (None, None) => base.clone(),
+    };
+    let reference: Reference = first.parse().map_err(|e| match e {
+        Error::InvalidReference { reason, .. } => Error::InvalidReference {
+            reference: spec.into(),
+            reason,
+        },
+        e => e,
+    })?;
+    for t in tags.iter().skip(1) {
+        reference
+            .with_target(t)
+            .map_err(|e| Error::InvalidReference {
+                reference: spec.to_string(),
+                reason: format!("tag {t:?}: {e}"),
+            })?;
+    }
+    let repo = remote.repository(&reference)?;
+    Ok(Opened {
+        target: Arc::new(repo.clone()),
+        tags,
+        digest,
+        base: format!("{}/{}", reference.registry, reference.repository),
+        registry: Some(reference),
+        repository: Some(repo),
+        layout: None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_tags_and_digests() {
+        let (b, t, d) = split("localhost:5000/a/b:v1,v2").unwrap();
+        assert_eq!(
+            (b.as_str(), t, d),
+            (
+                "localhost:5000/a/b",
+                vec!["v1".to_string(), "v2".to_string()],
+                None
+            )
+        );
+        let (b, t, _) = split("./store:v1").unwrap();
+        assert_eq!((b.as_str(), t), ("./store", vec!["v1".to_string()]));
+        let (b, t, d) = split(&format!("dir@sha256:{}", "a".repeat(64))).unwrap();
+        assert_eq!((b.as_str(), t.len(), d.is_some()), ("dir", 0, true));
+        let (b, t, _) = split("localhost:5000/x").unwrap();
+        assert_eq!((b.as_str(), t.len()), ("localhost:5000/x", 0));
+    }
+}

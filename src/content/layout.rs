@@ -1,0 +1,325 @@
+//! An OCI image layout directory (`oci-layout`, `index.json`, `blobs/<alg>/<hex>`) as a
+//! [`Target`]: the local store when no registry is at hand. Tags are the
+//! `org.opencontainers.image.ref.name` annotations of `index.json`, which is replaced atomically.
+//! Layouts written by other tools (skopeo, oras) read as they are.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+
+use super::{ByteStream, Target};
+use crate::digest::{Digest, Verifier};
+use crate::error::{Error, IoContext, Result};
+use crate::manifest::{media_type, Descriptor, MAX_MANIFEST_SIZE};
+
+/// The annotation that names a manifest in `index.json`.
+pub const REF_NAME: &str = "org.opencontainers.image.ref.name";
+
+const IO_CHUNK: usize = 1 << 20;
+
+pub struct OciLayout {
+    root: PathBuf,
+    /// Serializes read-modify-write of `index.json` within this process.
+    index_lock: Mutex<()>,
+}
+
+#[derive(serde::Serialize, serde::Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct Index {
+    schema_version: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    media_type: Option<String>,
+    #[serde(default)]
+    manifests: Vec<Descriptor>,
+    #[serde(flatten)]
+    extra: std::collections::BTreeMap<String, serde_json::Value>,
+}
+
+impl OciLayout {
+    /// Opens a layout directory, creating it (with `oci-layout` and an empty index) if needed.
+    pub fn open(root: impl Into<PathBuf>, create: bool) -> Result<OciLayout> {
+        let root = root.into();
+        let marker = root.join("oci-layout");
+        if !marker.exists() {
+            if !create {
+                return Err(Error::NotFound {
+                    what: "OCI layout",
+                    name: format!("{} (no oci-layout file)", root.display()),
+                });
+            }
+            std::fs::create_dir_all(root.join("blobs/sha256"))
+                .ctx(|| format!("creating {}", root.display()))?;
+            std::fs::write(&marker, br#"{"imageLayoutVersion":"1.0.0"}"#)
+                .ctx(|| format!("writing {}", marker.display()))?;
+        }
+        let layout = OciLayout {
+            root,
+            index_lock: Mutex::new(()),
+        };
+        if !layout.root.join("index.json").exists() {
+            layout.write_index(&Index {
+                schema_version: 2,
+                media_type: Some(media_type::OCI_INDEX.into()),
+                ..Default::default()
+            })?;
+        }
+        Ok(layout)
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn blob_path(&self, digest: &Digest) -> PathBuf {
+        self.root
+            .join("blobs")
+            .join(digest.algorithm())
+            .join(digest.hex())
+    }
+
+    fn read_index(&self) -> Result<Index> {
+        let path = self.root.join("index.json");
+        let bytes = std::fs::read(&path).ctx(|| format!("reading {}", path.display()))?;
+        serde_json::from_slice(&bytes).map_err(|e| Error::InvalidManifest {
+            context: format!(" {}", path.display()),
+            reason: e.to_string(),
+        })
+    }
+
+    fn write_index(&self, index: &Index) -> Result<()> {
+        let mut tmp = tempfile::NamedTempFile::new_in(&self.root)
+            .ctx(|| format!("writing in {}", self.root.display()))?;
+        tmp.write_all(&serde_json::to_vec(index).expect("index serializes"))
+            .ctx(|| "writing index.json".into())?;
+        tmp.as_file()
+            .sync_data()
+            .ctx(|| "writing index.json".into())?;
+        tmp.persist(self.root.join("index.json"))
+            .map_err(|e| Error::io("replacing index.json", e.error))?;
+        Ok(())
+    }
+
+    /// Every manifest `index.json` lists.
+    pub fn manifests(&self) -> Result<Vec<Descriptor>> {
+        Ok(self.read_index()?.manifests)
+    }
+
+    /// The tags of `index.json`.
+    pub fn tags(&self) -> Result<Vec<String>> {
+        Ok(self
+            .manifests()?
+            .iter()
+            .filter_map(|d| d.annotation(REF_NAME).map(str::to_string))
+            .collect())
+    }
+
+    /// Adds a manifest to `index.json`, untagged, unless it is listed already.
+    fn list_manifest(&self, desc: &Descriptor) -> Result<()> {
+        let _g = self.index_lock.lock().unwrap();
+        let mut index = self.read_index()?;
+        if !index.manifests.iter().any(|m| m.digest == desc.digest) {
+            let mut d = desc.clone();
+            d.annotations = None;
+            index.manifests.push(d);
+            self.write_index(&index)?;
+        }
+        Ok(())
+    }
+
+    /// Removes a manifest (every entry of its digest) from `index.json`.
+    pub fn unlist(&self, digest: &Digest) -> Result<()> {
+        let _g = self.index_lock.lock().unwrap();
+        let mut index = self.read_index()?;
+        index.manifests.retain(|m| &m.digest != digest);
+        self.write_index(&index)
+    }
+
+    /// Deletes a blob file.
+    pub fn delete_blob(&self, digest: &Digest) -> Result<()> {
+        std::fs::remove_file(self.blob_path(digest)).ctx(|| format!("deleting {digest}"))
+    }
+}
+
+#[async_trait]
+impl Target for OciLayout {
+    fn name(&self) -> String {
+        format!("OCI layout {}", self.root.display())
+    }
+
+    async fn resolve(&self, reference: &str) -> Result<Descriptor> {
+        let index = self.read_index()?;
+        if let Ok(d) = reference.parse::<Digest>() {
+            if let Some(m) = index.manifests.iter().find(|m| m.digest == d) {
+                let mut m = m.clone();
+                m.annotations = None;
+                return Ok(m);
+            }
+            // Not listed: read the blob and take its media type from it.
+            let bytes = tokio::fs::read(self.blob_path(&d))
+                .await
+                .map_err(|_| Error::NotFound {
+                    what: "manifest",
+                    name: format!("{}@{d}", self.root.display()),
+                })?;
+            if bytes.len() as u64 > MAX_MANIFEST_SIZE {
+                return Err(Error::InvalidManifest {
+                    context: format!(" {d}"),
+                    reason: "over the 4 MiB limit".into(),
+                });
+            }
+            let mt = serde_json::from_slice::<serde_json::Value>(&bytes)
+                .ok()
+                .and_then(|v| v.get("mediaType")?.as_str().map(str::to_string))
+                .unwrap_or_else(|| media_type::OCI_MANIFEST.to_string());
+            return Ok(Descriptor::new(mt, d, bytes.len() as u64));
+        }
+        index
+            .manifests
+            .iter()
+            .rev()
+            .find(|m| m.annotation(REF_NAME) == Some(reference))
+            .map(|m| {
+                let mut m = m.clone();
+                m.annotations = None;
+                m
+            })
+            .ok_or_else(|| Error::NotFound {
+                what: "manifest",
+                name: format!("{}:{reference}", self.root.display()),
+            })
+    }
+
+    async fn fetch(&self, desc: &Descriptor) -> Result<ByteStream> {
+        let path = self.blob_path(&desc.digest);
+        let file = tokio::fs::File::open(&path)
+            .await
+            .map_err(|_| Error::NotFound {
+                what: "blob",
+                name: format!("{} in {}", desc.digest, self.root.display()),
+            })?;
+        let stream = tokio_util::io::ReaderStream::with_capacity(file, IO_CHUNK);
+        Ok(Box::pin(stream.map(move |r| {
+            r.map_err(|e| Error::io(format!("reading {}", path.display()), e))
+        })))
+    }
+
+    async fn fetch_range(&self, desc: &Descriptor, offset: u64, len: u64) -> Result<Bytes> {
+        let path = self.blob_path(&desc.digest);
+        let mut file = tokio::fs::File::open(&path)
+            .await
+            .ctx(|| format!("opening {}", path.display()))?;
+        file.seek(std::io::SeekFrom::Start(offset))
+            .await
+            .ctx(|| format!("reading {}", path.display()))?;
+        let mut buf = Vec::new();
+        file.take(len)
+            .read_to_end(&mut buf)
+            .await
+            .ctx(|| format!("reading {}", path.display()))?;
+        Ok(buf.into())
+    }
+
+    async fn exists(&self, desc: &Descriptor) -> Result<bool> {
+        Ok(tokio::fs::metadata(self.blob_path(&desc.digest))
+            .await
+            .is_ok())
+    }
+
+    async fn push(&self, desc: &Descriptor, content: ByteStream) -> Result<()> {
+        let dest = self.blob_path(&desc.digest);
+        let dir = dest.parent().expect("blobs/<alg>").to_path_buf();
+        tokio::fs::create_dir_all(&dir)
+            .await
+            .ctx(|| format!("creating {}", dir.display()))?;
+        let (file, tmp_path) = tempfile::Builder::new()
+            .prefix(".partial-")
+            .tempfile_in(&dir)
+            .ctx(|| format!("creating a temporary file in {}", dir.display()))?
+            .into_parts();
+        let mut out =
+            tokio::io::BufWriter::with_capacity(IO_CHUNK, tokio::fs::File::from_std(file));
+        let mut verifier = Verifier::new(&desc.digest, desc.size);
+        let mut content = content;
+        while let Some(chunk) = content.next().await {
+            let chunk = chunk?;
+            verifier.update(&chunk)?;
+            out.write_all(&chunk)
+                .await
+                .ctx(|| format!("writing {}", dest.display()))?;
+        }
+        out.flush()
+            .await
+            .ctx(|| format!("writing {}", dest.display()))?;
+        verifier.finish()?;
+        let file = out.into_inner().into_std().await;
+        tempfile::NamedTempFile::from_parts(file, tmp_path)
+            .persist(&dest)
+            .map_err(|e| Error::io(format!("renaming into {}", dest.display()), e.error))?;
+        Ok(())
+    }
+
+    async fn push_manifest(
+        &self,
+        desc: &Descriptor,
+        bytes: Bytes,
+        tag: Option<&str>,
+    ) -> Result<()> {
+        self.push(desc, super::once(bytes)).await?;
+        match tag {
+            Some(t) => self.tag(desc, t).await,
+            None => self.list_manifest(desc),
+        }
+    }
+
+    async fn tag(&self, desc: &Descriptor, tag: &str) -> Result<()> {
+        if !self.exists(desc).await? {
+            return Err(Error::NotFound {
+                what: "manifest",
+                name: desc.digest.to_string(),
+            });
+        }
+        let _g = self.index_lock.lock().unwrap();
+        let mut index = self.read_index()?;
+        // A tag names one manifest: move it; drop an untagged duplicate entry of the same digest.
+        index.manifests.retain(|m| {
+            m.annotation(REF_NAME) != Some(tag)
+                && !(m.digest == desc.digest && m.annotation(REF_NAME).is_none())
+        });
+        let mut d = desc.clone();
+        d.annotations = None;
+        d.set_annotation(REF_NAME, tag);
+        index.manifests.push(d);
+        self.write_index(&index)
+    }
+
+    async fn referrers(&self, subject: &Descriptor) -> Result<Vec<Descriptor>> {
+        let mut out = Vec::new();
+        for m in self.manifests()? {
+            let Ok(bytes) = std::fs::read(self.blob_path(&m.digest)) else {
+                continue;
+            };
+            if let Ok(man) = crate::manifest::Manifest::parse(&bytes, Some(&m.media_type)) {
+                if man
+                    .subject
+                    .as_ref()
+                    .is_some_and(|s| s.digest == subject.digest)
+                    && !out.iter().any(|d: &Descriptor| d.digest == m.digest)
+                {
+                    let mut d = Descriptor::of(man.media_type().to_string(), &bytes);
+                    d.artifact_type = man
+                        .artifact_type
+                        .clone()
+                        .or_else(|| Some(man.config.media_type.clone()));
+                    d.annotations = man.annotations.clone();
+                    out.push(d);
+                }
+            }
+        }
+        Ok(out)
+    }
+}
