@@ -15,8 +15,10 @@ if [[ $EUID -ne 0 ]]; then
 fi
 
 # --- Debian packages --------------------------------------------------------
+# Commands the tests and benchmarks use, and the packages that bring them.
+cmds=(docker-registry fusermount3 htpasswd openssl fio skopeo curl /usr/bin/time)
 missing=()
-for cmd in docker-registry fusermount3 htpasswd openssl fio; do
+for cmd in "${cmds[@]}"; do
     command -v "$cmd" >/dev/null 2>&1 || missing+=("$cmd")
 done
 # Debian's own python3 needs python3-venv for `python3 -m venv`; pyenv's has it.
@@ -26,7 +28,7 @@ if ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
 fi
 
 if ((${#missing[@]} > 0 || need_venv_pkg)); then
-    pkgs=(docker-registry fuse3 apache2-utils openssl fio)
+    pkgs=(docker-registry fuse3 apache2-utils openssl fio skopeo curl time)
     if ((need_venv_pkg)); then pkgs+=(python3-venv); fi
     echo "setup: missing ${missing[*]:-python3-venv}; installing ${pkgs[*]}" >&2
     # apt/dpkg chatter goes to a log, shown only if the install fails.
@@ -40,7 +42,7 @@ if ((${#missing[@]} > 0 || need_venv_pkg)); then
         exit 1
     fi
     rm -f "$apt_log"
-    for cmd in docker-registry fusermount3 htpasswd openssl fio; do
+    for cmd in "${cmds[@]}"; do
         command -v "$cmd" >/dev/null 2>&1 || {
             echo "setup: $cmd still missing after apt-get install" >&2
             exit 1

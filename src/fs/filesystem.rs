@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
-use std::os::unix::fs::{FileExt, PermissionsExt};
+use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -145,6 +145,11 @@ fn dir_perm(read_only: bool) -> u16 {
     } else {
         0o755
     }
+}
+
+/// A new empty file only the user can read (staged data may be private).
+fn private_file(path: &Path) -> std::io::Result<std::fs::File> {
+    std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)
 }
 
 fn os_errno(e: std::io::Error) -> Errno {
@@ -488,7 +493,7 @@ impl OrasFs {
         };
         let (_name, path) = w.staging.new_file();
         if truncate {
-            std::fs::File::create(&path).map_err(os_errno)?;
+            private_file(&path).map_err(os_errno)?;
         } else {
             let cache = self.cache.clone();
             let d = desc.clone();
@@ -520,6 +525,7 @@ impl OrasFs {
             .read(true)
             .write(true)
             .create_new(true)
+            .mode(0o600)
             .open(&path)
             .map_err(os_errno)?;
         let source = Source::Local(path);
