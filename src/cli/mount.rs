@@ -187,9 +187,17 @@ pub async fn mount(args: MountArgs) -> Result<()> {
 fn detach_stderr(cache_dir: &std::path::Path) {
     use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
     let dir = cache_dir.join("logs");
-    let _ = std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&dir);
+    let _ = std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir);
     let path = dir.join(format!("mount-{}.log", std::process::id()));
-    if let Ok(f) = std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(&path) {
+    if let Ok(f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(&path)
+    {
         use std::os::fd::AsRawFd;
         // SAFETY: dup2 onto fd 2 of a file we just opened; both fds are valid.
         unsafe {

@@ -149,7 +149,12 @@ fn dir_perm(read_only: bool) -> u16 {
 
 /// A new empty file only the user can read (staged data may be private).
 fn private_file(path: &Path) -> std::io::Result<std::fs::File> {
-    std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
 }
 
 fn os_errno(e: std::io::Error) -> Errno {
