@@ -77,7 +77,7 @@ pub enum Error {
         "refusing path {path:?} ({reason}); use --allow-path-traversal (pull) or \
          --disable-path-validation (push) if you trust it"
     )]
-    UnsafePath { path: String, reason: &'static str },
+    UnsafePath { path: String, reason: String },
 
     #[error("{path}: file exists; remove it or drop --keep-old-files")]
     FileExists { path: PathBuf },

@@ -15,6 +15,7 @@ pub mod media_type {
     pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
     pub const DOCKER_MANIFEST_LIST: &str =
         "application/vnd.docker.distribution.manifest.list.v2+json";
+    pub const OCI_ARTIFACT_MANIFEST: &str = "application/vnd.oci.artifact.manifest.v1+json";
     pub const EMPTY: &str = "application/vnd.oci.empty.v1+json";
     /// The default media type of a file layer, as in the oras CLI.
     pub const DEFAULT_LAYER: &str = "application/vnd.oci.image.layer.v1.tar";
@@ -116,6 +117,7 @@ impl Descriptor {
                 | media_type::DOCKER_MANIFEST
                 | media_type::OCI_INDEX
                 | media_type::DOCKER_MANIFEST_LIST
+                | media_type::OCI_ARTIFACT_MANIFEST
         )
     }
 }

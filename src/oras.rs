@@ -213,6 +213,16 @@ impl LayerFilter {
             || (layer.media_type == media_type::DIRECTORY_LAYER && layer.is_directory())
     }
 
+    /// Splits a manifest's layers into (taken, skipped) without judging titles. Untitled
+    /// layers are never taken.
+    pub fn split(&self, manifest: &Manifest) -> (Vec<Descriptor>, Vec<Descriptor>) {
+        manifest
+            .layers
+            .iter()
+            .cloned()
+            .partition(|l| l.title().is_some() && self.allows(l))
+    }
+
     /// Splits a manifest's layers into (taken, skipped). Untitled layers are never taken;
     /// two taken layers with one title are an error.
     pub fn select(&self, manifest: &Manifest) -> Result<(Vec<Descriptor>, Vec<Descriptor>)> {

@@ -118,11 +118,12 @@ pub struct TagArgs {
 
 pub async fn tag(a: TagArgs) -> Result<()> {
     let o = target::open(&a.reference, a.oci_layout, &a.remote, false)?;
+    // Check every tag before setting any.
+    for t in &a.tags {
+        target::validate_tag(t)?;
+    }
     let desc = o.target.resolve(&o.reference()).await?;
     for t in &a.tags {
-        if let Some(r) = &o.registry {
-            r.with_target(t)?;
-        }
         o.target.tag(&desc, t).await?;
         println!("Tagged {t}");
     }
@@ -407,10 +408,10 @@ pub async fn blob(c: BlobCommand) -> Result<()> {
                     ));
                 };
                 let stdin = tokio_util::io::ReaderStream::new(tokio::io::stdin());
-                (
-                    Descriptor::new(media_type, digest, size),
-                    Box::pin(stdin.map(|r| r.map_err(|e| Error::io("reading stdin", e)))),
-                )
+                let desc = Descriptor::new(media_type, digest, size);
+                // Checked here too, so a wrong --size or digest is named as such.
+                let stream = content::verified(&desc, Box::pin(stdin.map(|r| r.map_err(|e| Error::io("reading stdin", e)))));
+                (desc, stream)
             } else {
                 let (digest, size) = content::file::hash_file(Path::new(&file)).await?;
                 if let Some(d) = &o.digest {
@@ -528,6 +529,9 @@ pub struct AttachArgs {
     pub files: Vec<String>,
     #[arg(short = 'a', long = "annotation", value_name = "KEY=VALUE")]
     pub annotations: Vec<String>,
+    /// Allow absolute paths and '..' in file names (they become titles as given).
+    #[arg(long)]
+    pub disable_path_validation: bool,
     #[arg(long)]
     pub oci_layout: bool,
     #[arg(long, value_enum, default_value_t)]
@@ -542,11 +546,9 @@ pub async fn attach(a: AttachArgs) -> Result<()> {
     let store = FileStore::new(".", Default::default());
     let mut layers = Vec::new();
     for f in &a.files {
-        let (file, ty) = match f.rsplit_once(':') {
-            Some((p, t)) if t.contains('/') => (p, Some(t)),
-            _ => (f.as_str(), None),
-        };
-        layers.push(store.add(file, ty, Path::new(file)).await?);
+        let (file, ty) = super::transfer::split_file_arg(f);
+        let title = super::transfer::title_for(file, a.disable_path_validation)?;
+        layers.push(store.add(&title, ty, Path::new(file)).await?);
     }
     let mut annotations = std::collections::BTreeMap::new();
     for item in &a.annotations {

@@ -206,13 +206,43 @@ fn detach_stderr(cache_dir: &std::path::Path) {
     }
 }
 
+/// Removes `-p X`, `-pX`, `--password X` and `--password=X` from an argument list.
+fn without_password(args: Vec<String>) -> (Vec<String>, Option<String>) {
+    let mut out = Vec::new();
+    let mut password = None;
+    let mut it = args.into_iter();
+    while let Some(a) = it.next() {
+        if a == "--" {
+            out.push(a);
+            out.extend(it.by_ref());
+            break;
+        }
+        if a == "-p" || a == "--password" {
+            password = it.next();
+        } else if let Some(p) = a.strip_prefix("--password=") {
+            password = Some(p.to_string());
+        } else if let Some(p) = a.strip_prefix("-p").filter(|p| !p.is_empty() && !a.starts_with("--")) {
+            password = Some(p.to_string());
+        } else {
+            out.push(a);
+        }
+    }
+    (out, password)
+}
+
 /// Runs this command again as a background child (no fork after the async runtime started)
 /// and returns once it reports the mount usable, or fails with its error.
 fn spawn_background() -> Result<()> {
     let exe =
         std::env::current_exe().map_err(|e| Error::io("finding the oras-fs executable", e))?;
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let password_stdin = args.iter().any(|a| a == "--password-stdin");
+    // A password given with -p moves to the child's stdin: a long-lived process must not
+    // show it in its command line.
+    let (args, flag_password) = without_password(std::env::args().skip(1).collect());
+    let password_stdin = flag_password.is_some() || args.iter().any(|a| a == "--password-stdin");
+    let args = match &flag_password {
+        Some(_) => args.into_iter().chain(["--password-stdin".to_string()]).collect(),
+        None => args,
+    };
     let mut cmd = Command::new(exe);
     cmd.args(&args)
         .env(DAEMON_ENV, "1")
@@ -237,10 +267,19 @@ fn spawn_background() -> Result<()> {
         .spawn()
         .map_err(|e| Error::io("starting the mount process", e))?;
     if password_stdin {
-        let mut secret = String::new();
-        std::io::stdin()
-            .read_line(&mut secret)
-            .map_err(|e| Error::io("reading the password from stdin", e))?;
+        let mut secret = match flag_password {
+            Some(p) => p,
+            None => {
+                let mut s = String::new();
+                std::io::stdin()
+                    .read_line(&mut s)
+                    .map_err(|e| Error::io("reading the password from stdin", e))?;
+                s
+            }
+        };
+        if !secret.ends_with('\n') {
+            secret.push('\n');
+        }
         let mut stdin = child.stdin.take().expect("piped");
         let _ = stdin.write_all(secret.as_bytes());
     }
@@ -295,7 +334,7 @@ pub async fn unmount(args: UnmountArgs) -> Result<()> {
                 Err(Error::Other(a.message))
             }
         }
-        None => mount::unmount(&args.mountpoint),
+        None => mount::unmount(&args.mountpoint).map(|_| ()),
     }
 }
 

@@ -65,6 +65,22 @@ fn split(spec: &str) -> Result<(String, Vec<String>, Option<Digest>)> {
     }
 }
 
+/// Checks a tag as the distribution spec defines it (for layouts too, so they stay portable).
+pub fn validate_tag(tag: &str) -> Result<()> {
+    let probe: Reference = "localhost/x".parse().expect("a valid reference");
+    probe.with_target(tag).map_err(|_| Error::InvalidReference {
+        reference: tag.to_string(),
+        reason: "a tag is 1-128 characters of [A-Za-z0-9_.-], not starting with . or -".into(),
+    })?;
+    if tag.contains(':') {
+        return Err(Error::InvalidReference {
+            reference: tag.to_string(),
+            reason: "a tag cannot contain ':'".into(),
+        });
+    }
+    Ok(())
+}
+
 /// Opens the target a reference names. `create`: a missing layout directory is made.
 pub fn open(spec: &str, oci_layout: bool, remote: &RemoteArgs, create: bool) -> Result<Opened> {
     let (base, tags, digest) = split(spec)?;
@@ -75,17 +91,8 @@ pub fn open(spec: &str, oci_layout: bool, remote: &RemoteArgs, create: bool) -> 
                 reason: "missing the layout directory".into(),
             });
         }
-        let probe: Reference = format!(
-            "localhost/x:{}",
-            tags.first().map(String::as_str).unwrap_or("latest")
-        )
-        .parse()
-        .map_err(|_| Error::InvalidReference {
-            reference: spec.into(),
-            reason: "bad tag".into(),
-        })?;
         for t in &tags {
-            probe.with_target(t)?;
+            validate_tag(t)?;
         }
         let layout = Arc::new(OciLayout::open(&base, create)?);
         return Ok(Opened {

@@ -18,7 +18,8 @@ use super::target;
 pub struct PushArgs {
     /// Where to push: registry/repository[:tag[,tag...]]
     pub reference: String,
-    /// Files or directories to push, each optionally with a media type: FILE[:TYPE]
+    /// Files or directories to push, each optionally with a media type: FILE[:TYPE].
+    /// `-` reads stdin (with --title); write `-- -:TYPE` to give it a media type.
     #[arg(value_name = "FILE[:TYPE]")]
     pub files: Vec<String>,
     /// The artifact type of the manifest.
@@ -61,7 +62,7 @@ pub struct PushArgs {
 }
 
 /// `FILE[:TYPE]`, split on the last ':' (media types contain no ':').
-fn split_file_arg(arg: &str) -> (&str, Option<&str>) {
+pub(super) fn split_file_arg(arg: &str) -> (&str, Option<&str>) {
     match arg.rsplit_once(':') {
         Some((file, ty)) if !file.is_empty() && !ty.is_empty() && ty.contains('/') => {
             (file, Some(ty))
@@ -71,7 +72,7 @@ fn split_file_arg(arg: &str) -> (&str, Option<&str>) {
 }
 
 /// Title of a pushed file: the path as given, '/'-separated; no escape unless allowed.
-fn title_for(path: &str, allow_any: bool) -> Result<String> {
+pub(super) fn title_for(path: &str, allow_any: bool) -> Result<String> {
     let title = path.trim_end_matches('/').to_string();
     let title = if title.is_empty() {
         path.to_string()
@@ -388,6 +389,12 @@ async fn pull_to_stdout(args: &PullArgs, opened: &target::Opened) -> Result<()> 
     let (taken, _) = filter.select(&manifest)?;
     let layer = match taken.as_slice() {
         [one] if !one.is_directory() => one.clone(),
+        [dir] => {
+            return Err(Error::Usage(format!(
+                "the matching layer {} is a directory: pull it to a directory (-o DIR)",
+                dir.title().unwrap_or_default()
+            )))
+        }
         [] => return Err(Error::Usage("no file to write to stdout (try -a or -t TYPE)".into())),
         _ => {
             return Err(Error::Usage(format!(

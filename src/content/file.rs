@@ -171,6 +171,11 @@ impl FileStore {
             .ctx(|| format!("writing {}", dest.display()))?;
         verifier.finish()?;
         let file = file.into_inner().into_std().await;
+        // Temporary files are 0600; a pulled file gets the usual 0666 & ~umask.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = file.set_permissions(std::fs::Permissions::from_mode(0o666 & !umask()));
+        }
         let tmp = tempfile::NamedTempFile::from_parts(file, tmp_path);
         if desc.is_directory() {
             let (tmp, dest, desc, opts) = (tmp, dest.clone(), desc.clone(), self.options.clone());
@@ -265,6 +270,18 @@ impl Target for FileStore {
     }
 }
 
+/// The process umask, read without changing it (`umask(2)` can only set).
+fn umask() -> u32 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Umask:"))
+                .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
+        })
+        .unwrap_or(0o022)
+}
+
 /// Hashes a file without holding it in memory.
 pub async fn hash_file(path: &Path) -> Result<(Digest, u64)> {
     let mut file = tokio::fs::File::open(path)
@@ -289,9 +306,9 @@ pub async fn hash_file(path: &Path) -> Result<(Digest, u64)> {
 
 /// Checks that a title is a plain relative path (no `..`, not absolute, no NUL) and joins it.
 pub fn safe_join(root: &Path, title: &str, allow_traversal: bool) -> Result<PathBuf> {
-    let refuse = |reason| Error::UnsafePath {
+    let refuse = |reason: &str| Error::UnsafePath {
         path: title.to_string(),
-        reason,
+        reason: reason.to_string(),
     };
     if title.is_empty() {
         return Err(refuse("empty name"));
@@ -333,7 +350,7 @@ fn check_inside(root: &Path, dir: &Path, title: &str) -> Result<()> {
     } else {
         Err(Error::UnsafePath {
             path: title.to_string(),
-            reason: "a symlink in the output directory points outside it",
+            reason: "a symlink in the output directory points outside it".into(),
         })
     }
 }
@@ -456,8 +473,10 @@ pub fn unpack_directory(
     };
     let bad = |reason: String| Error::UnsafePath {
         path: title.clone(),
-        reason: Box::leak(reason.into_boxed_str()),
+        reason,
     };
+    // Paths of the symlinks unpacked so far: no later entry may lead through one of them.
+    let mut links: std::collections::HashSet<PathBuf> = std::collections::HashSet::new();
     {
         let mut archive = tar::Archive::new(&mut reader);
         archive.set_overwrite(true);
@@ -474,6 +493,26 @@ pub fn unpack_directory(
             if !opts.allow_path_traversal {
                 check_tar_entry(&path, &entry)
                     .map_err(|r| bad(format!("{}: {r}", path.display())))?;
+                let normal: PathBuf = path.components().filter(|c| matches!(c, Component::Normal(_))).collect();
+                if normal.ancestors().skip(1).any(|a| links.contains(a)) {
+                    return Err(bad(format!("{}: leads through a symlink of the archive", path.display())));
+                }
+                let kind = entry.header().entry_type();
+                if kind.is_symlink() || kind.is_hard_link() {
+                    if let Ok(Some(target)) = entry.link_name() {
+                        let base = if kind.is_symlink() { normal.parent().unwrap_or(Path::new("")).to_path_buf() } else { PathBuf::new() };
+                        if resolves_through(&base.join(&target), &links) {
+                            return Err(bad(format!(
+                                "{}: link to {} leads through a symlink of the archive",
+                                path.display(),
+                                target.display()
+                            )));
+                        }
+                    }
+                }
+                if kind.is_symlink() {
+                    links.insert(normal);
+                }
             }
             entry
                 .unpack_in(staging.path())
@@ -542,6 +581,26 @@ fn check_tar_entry<R: Read>(path: &Path, entry: &tar::Entry<R>) -> std::result::
         return Err(format!("unsupported entry type {kind:?}"));
     }
     Ok(())
+}
+
+/// Whether resolving `path` (relative to the archive root) would pass through one of `links`
+/// before its last component: where a symlink leads cannot be checked lexically.
+fn resolves_through(path: &Path, links: &std::collections::HashSet<PathBuf>) -> bool {
+    let comps: Vec<Component> = path.components().collect();
+    let mut cur = PathBuf::new();
+    for (i, c) in comps.iter().enumerate() {
+        match c {
+            Component::Normal(n) => cur.push(n),
+            Component::ParentDir => {
+                cur.pop();
+            }
+            _ => {}
+        }
+        if i + 1 < comps.len() && links.contains(&cur) {
+            return true;
+        }
+    }
+    false
 }
 
 /// Whether a relative path climbs above its start.

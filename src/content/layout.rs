@@ -24,8 +24,15 @@ const IO_CHUNK: usize = 1 << 20;
 
 pub struct OciLayout {
     root: PathBuf,
-    /// Serializes read-modify-write of `index.json` within this process.
+    /// Serializes read-modify-write of `index.json` within this process (with [`Self::lock`]
+    /// across processes).
     index_lock: Mutex<()>,
+}
+
+/// Held while `index.json` is read, changed and written.
+struct IndexGuard<'a> {
+    _dir: std::fs::File,
+    _guard: std::sync::MutexGuard<'a, ()>,
 }
 
 #[derive(serde::Serialize, serde::Deserialize, Default)]
@@ -75,6 +82,20 @@ impl OciLayout {
         &self.root
     }
 
+    /// Locks `index.json` for a read-modify-write, against this process's threads and other
+    /// processes (an exclusive `flock` on the layout directory: `index.json` itself is replaced
+    /// by rename, so it cannot carry the lock).
+    fn lock(&self) -> Result<IndexGuard<'_>> {
+        let guard = self.index_lock.lock().unwrap();
+        let dir = std::fs::File::open(&self.root).ctx(|| format!("opening {}", self.root.display()))?;
+        use std::os::fd::AsRawFd;
+        // SAFETY: flock on a descriptor we own; released when `dir` is closed.
+        if unsafe { libc::flock(dir.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            return Err(Error::io(format!("locking {}", self.root.display()), std::io::Error::last_os_error()));
+        }
+        Ok(IndexGuard { _dir: dir, _guard: guard })
+    }
+
     fn blob_path(&self, digest: &Digest) -> PathBuf {
         self.root
             .join("blobs")
@@ -120,7 +141,7 @@ impl OciLayout {
 
     /// Adds a manifest to `index.json`, untagged, unless it is listed already.
     fn list_manifest(&self, desc: &Descriptor) -> Result<()> {
-        let _g = self.index_lock.lock().unwrap();
+        let _g = self.lock()?;
         let mut index = self.read_index()?;
         if !index.manifests.iter().any(|m| m.digest == desc.digest) {
             let mut d = desc.clone();
@@ -133,7 +154,7 @@ impl OciLayout {
 
     /// Removes a manifest (every entry of its digest) from `index.json`.
     pub fn unlist(&self, digest: &Digest) -> Result<()> {
-        let _g = self.index_lock.lock().unwrap();
+        let _g = self.lock()?;
         let mut index = self.read_index()?;
         index.manifests.retain(|m| &m.digest != digest);
         self.write_index(&index)
@@ -283,7 +304,7 @@ impl Target for OciLayout {
                 name: desc.digest.to_string(),
             });
         }
-        let _g = self.index_lock.lock().unwrap();
+        let _g = self.lock()?;
         let mut index = self.read_index()?;
         // A tag names one manifest: move it; drop an untagged duplicate entry of the same digest.
         index.manifests.retain(|m| {

@@ -126,6 +126,8 @@ pub struct OrasFs {
     options: MountOptions,
     writer: Option<Writer>,
     sync_lock: tokio::sync::Mutex<()>,
+    /// Something changed since the last push (or an earlier mount left changes).
+    changed: std::sync::atomic::AtomicBool,
     uid: u32,
     gid: u32,
     runtime: tokio::runtime::Handle,
@@ -178,6 +180,7 @@ impl OrasFs {
             read_only,
             ..options
         };
+        let changed = journal.is_some() && writer.is_some();
         let mut tree = match (&journal, &writer) {
             (Some(j), Some(w)) => tree_from_journal(&snapshot, j, &w.staging),
             _ => build_tree(&snapshot, &options)?,
@@ -194,6 +197,7 @@ impl OrasFs {
             options,
             writer,
             sync_lock: tokio::sync::Mutex::new(()),
+            changed: std::sync::atomic::AtomicBool::new(changed),
             uid,
             gid,
             runtime,
@@ -452,6 +456,12 @@ impl OrasFs {
 
     /// Writes the journal: after this, the change survives a crash.
     fn save_journal(&self, tree: &Tree) -> Result<(), Errno> {
+        self.changed.store(true, Ordering::SeqCst);
+        self.write_journal(tree)
+    }
+
+    /// Writes the journal without marking a change (after a push that left files staged).
+    fn write_journal(&self, tree: &Tree) -> Result<(), Errno> {
         let w = self.writer()?;
         let journal = Journal {
             version: 1,
@@ -625,6 +635,11 @@ impl OrasFs {
         self.mutable_dir(&tree, new_parent)?;
         let src = tree.lookup(parent, name).ok_or(libc::ENOENT)?;
         Self::check_mutable(src)?;
+        if src.layer.is_some() && (parent != new_parent || name != new_name) {
+            // A directory layer's tar names its top directory: a new name would need a new
+            // tar. EXDEV makes `mv` copy it instead (into files of their own).
+            return Err(libc::EXDEV);
+        }
         let (ino, src_dir) = (src.ino, src.is_dir());
         if src_dir && tree.is_within(new_parent, ino) {
             return Err(libc::EINVAL);
@@ -721,6 +736,7 @@ impl OrasFs {
             (h.ino, h.file.clone().ok_or(libc::EBADF)?)
         };
         file.write_all_at(data, offset).map_err(os_errno)?;
+        self.changed.store(true, Ordering::SeqCst);
         let mut tree = self.tree.write().unwrap();
         if let Some(n) = tree.get_mut(ino) {
             n.size = n.size.max(offset + data.len() as u64);
@@ -746,7 +762,7 @@ impl OrasFs {
 
     /// Whether there are changes not yet pushed.
     pub fn is_dirty(&self) -> bool {
-        matches!(&self.writer, Some(w) if w.staging.load().ok().flatten().is_some())
+        self.writer.is_some() && self.changed.load(Ordering::SeqCst)
     }
 
     /// Pushes the pending changes as one new manifest. `Ok(None)`: nothing to push.
@@ -755,9 +771,18 @@ impl OrasFs {
             crate::Error::Usage("this mount is read-only: nothing to sync".into())
         })?;
         let _guard = self.sync_lock.lock().await;
-        if !self.is_dirty() {
+        // Cleared before the plan is taken: a change made during the push sets it again.
+        if !self.changed.swap(false, Ordering::SeqCst) {
             return Ok(None);
         }
+        let result = self.push_changes(w, opts).await;
+        if result.is_err() {
+            self.changed.store(true, Ordering::SeqCst);
+        }
+        result
+    }
+
+    async fn push_changes(&self, w: &Writer, opts: &SyncOptions) -> crate::Result<Option<Descriptor>> {
         let base = self.snapshot();
         // A consistent view of what to push, with each staged file's version.
         let plan: Vec<(String, Node)> = {
@@ -865,7 +890,7 @@ impl OrasFs {
             if still_staged {
                 drop(tree);
                 let tree = self.tree.read().unwrap();
-                self.save_journal(&tree)
+                self.write_journal(&tree)
                     .map_err(|e| crate::Error::Other(format!("writing the journal: errno {e}")))?;
             } else {
                 w.staging
@@ -1017,7 +1042,8 @@ fn created_time(manifest: &Manifest) -> SystemTime {
 fn build_tree(snapshot: &Snapshot, options: &MountOptions) -> crate::Result<Tree> {
     let ro = options.read_only;
     let mut tree = Tree::new(created_time(&snapshot.manifest), dir_perm(ro));
-    let (layers, _skipped) = options.filter.select(&snapshot.manifest)?;
+    // Clashing titles are skipped below with a warning, not fatal: the rest stays readable.
+    let (layers, _skipped) = options.filter.split(&snapshot.manifest);
     for layer in layers {
         let title = layer
             .title()

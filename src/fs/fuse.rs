@@ -15,6 +15,9 @@ use fuser::{
 
 use super::filesystem::{Attr, FileKind, OrasFs};
 
+/// The longest a read may take (retries included) before it fails with EIO.
+const READ_DEADLINE: Duration = Duration::from_secs(60);
+
 pub struct FuseAdapter {
     fs: Arc<OrasFs>,
     runtime: tokio::runtime::Handle,
@@ -124,9 +127,15 @@ impl Filesystem for FuseAdapter {
     ) {
         let fs = self.fs.clone();
         self.runtime.spawn(async move {
-            match fs.read(fh.0, offset, size).await {
-                Ok(data) => reply.data(&data),
-                Err(e) => reply.error(errno(e)),
+            // fuser cannot interrupt a request: bound it, so a killed reader is never stuck
+            // for longer than this.
+            match tokio::time::timeout(READ_DEADLINE, fs.read(fh.0, offset, size)).await {
+                Ok(Ok(data)) => reply.data(&data),
+                Ok(Err(e)) => reply.error(errno(e)),
+                Err(_) => {
+                    tracing::error!("read at {offset} timed out after {READ_DEADLINE:?}");
+                    reply.error(errno(libc::EIO))
+                }
             }
         });
     }

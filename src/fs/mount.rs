@@ -176,8 +176,9 @@ pub async fn serve(
     };
     if !matches!(why, Why::Unmounted) {
         tracing::info!("unmounting {}", config.mountpoint.display());
-        unmount(&config.mountpoint)?;
-        let deadline = Instant::now() + Duration::from_secs(3);
+        let detached = unmount(&config.mountpoint)?;
+        // A lazily detached mount ends when its last file closes: don't wait for that.
+        let deadline = Instant::now() + Duration::from_secs(if detached { 0 } else { 3 });
         while !session.guard.is_finished() && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -314,7 +315,8 @@ fn reply(conn: &mut UnixStream, ok: bool, digest: Option<String>, message: Strin
 }
 
 /// Unmounts, falling back to a lazy unmount when files are still open.
-pub fn unmount(mountpoint: &Path) -> Result<()> {
+/// Returns whether the mount was only detached (busy: it lives on until its files close).
+pub fn unmount(mountpoint: &Path) -> Result<bool> {
     let run = |args: &[&str]| {
         std::process::Command::new("fusermount3")
             .args(args)
@@ -324,14 +326,14 @@ pub fn unmount(mountpoint: &Path) -> Result<()> {
     };
     let out = run(&["-u"]).ctx(|| "running fusermount3 (install the fuse3 package)".into())?;
     if out.status.success() {
-        return Ok(());
+        return Ok(false);
     }
     let msg = String::from_utf8_lossy(&out.stderr).to_string();
     if msg.contains("busy") {
         tracing::warn!("{} is busy; detaching it lazily", mountpoint.display());
         let out = run(&["-uz"]).ctx(|| "running fusermount3".into())?;
         if out.status.success() {
-            return Ok(());
+            return Ok(true);
         }
         return Err(Error::Other(format!(
             "fusermount3 -uz {}: {}",

@@ -301,6 +301,8 @@ fn plain_components(path: &str) -> Option<Vec<&OsStr>> {
     let mut out = Vec::new();
     for c in Path::new(path).components() {
         match c {
+            // NAME_MAX: the kernel could list such a name but never open it.
+            Component::Normal(n) if n.len() > 255 => return None,
             Component::Normal(n) => out.push(n),
             Component::CurDir => {}
             _ => return None,

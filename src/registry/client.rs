@@ -564,7 +564,7 @@ pub fn retry_after(resp: &Response) -> Option<Duration> {
     Some(Duration::from_secs(secs))
 }
 
-/// Reads a response body into memory, refusing more than `cap` bytes.
+/// Reads a response body into memory, at most `cap + 1` bytes (more than `cap`: too large).
 pub async fn read_capped(
     mut resp: Response,
     cap: usize,
@@ -572,6 +572,8 @@ pub async fn read_capped(
     let mut buf = Vec::new();
     while let Some(chunk) = resp.chunk().await? {
         if buf.len() + chunk.len() > cap {
+            // Keep one byte past the cap, so the caller can tell the body was too large.
+            buf.extend_from_slice(&chunk[..cap + 1 - buf.len()]);
             break;
         }
         buf.extend_from_slice(&chunk);

@@ -471,11 +471,12 @@ impl Target for Repository {
         let policy = self.client.retry_policy().clone();
         let mut attempt = 0;
         loop {
+            let req = self
+                .request(Method::GET, &Self::content_path(desc), Access::Pull)
+                .header(RANGE, &format!("bytes={offset}-{}", end - 1));
+            // `send` has retried transient failures already; only a broken body is retried here.
+            let mut resp = self.client.send(&req).await?;
             let result = async {
-                let req = self
-                    .request(Method::GET, &Self::content_path(desc), Access::Pull)
-                    .header(RANGE, &format!("bytes={offset}-{}", end - 1));
-                let mut resp = self.client.send(&req).await?;
                 let mut skip = match resp.status() {
                     StatusCode::PARTIAL_CONTENT => {
                         let start = content_range_start(&resp).unwrap_or(offset);
@@ -525,9 +526,8 @@ impl Target for Repository {
             }
             .await;
             match result {
-                Err(e)
-                    if (e.is_transient() || matches!(e, Error::Protocol(_)))
-                        && attempt + 1 < policy.attempts =>
+                Err(e @ (Error::Transfer { .. } | Error::Connect { .. } | Error::Protocol(_)))
+                    if attempt + 1 < policy.attempts =>
                 {
                     tracing::warn!("{e}; retrying");
                     tokio::time::sleep(policy.delay(attempt, None)).await;

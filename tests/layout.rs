@@ -1,0 +1,672 @@
+//! OCI image layouts (`--oci-layout`, `--from-oci-layout`, `--to-oci-layout`) and interop with
+//! skopeo: layouts skopeo writes read, layouts oras-fs writes are accepted by skopeo, and
+//! `index.json` stays valid through pushes, tags and deletes. A layout also mounts (writable)
+//! without any registry. Run with `scripts/test.sh`; needs skopeo (`scripts/setup.sh`).
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use common::fuse::{
+    find_processes, fusermount_lazy, is_mounted, kill_pid, pid_alive, run_bounded, wait_unmounted,
+    CONTROL_TIMEOUT, MOUNT_TIMEOUT,
+};
+use common::*;
+use serde_json::Value;
+
+const REF_NAME: &str = "org.opencontainers.image.ref.name";
+const TITLE: &str = "org.opencontainers.image.title";
+
+// --- Helpers ----------------------------------------------------------------------------------
+
+/// `oras-fs ARGS`, which must succeed; its stdout.
+#[track_caller]
+fn ok(args: &[&str]) -> String {
+    assert_ok(&oras_fs(args))
+}
+
+fn json(bytes: &[u8]) -> Value {
+    serde_json::from_slice(bytes)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(bytes)))
+}
+
+fn path_str(p: &Path) -> &str {
+    p.to_str().expect("UTF-8 temporary path")
+}
+
+/// `DIR:tag`.
+fn at(dir: &Path, tag: &str) -> String {
+    format!("{}:{tag}", path_str(dir))
+}
+
+/// `oras-fs push ARGS... --no-tty` in `dir` (ARGS: the reference, files, flags); the digest.
+#[track_caller]
+fn push_in(dir: &Path, args: &[&str]) -> String {
+    let mut all = vec!["push"];
+    all.extend_from_slice(args);
+    all.push("--no-tty");
+    let out = oras_fs_in(dir, &all);
+    assert_ok(&out);
+    digest_of_stdout(&out)
+}
+
+#[track_caller]
+fn resolve(args: &[&str]) -> String {
+    let mut all = vec!["resolve"];
+    all.extend_from_slice(args);
+    let digest = ok(&all).trim().to_string();
+    assert!(is_sha256_digest(&digest), "resolve printed {digest:?}");
+    digest
+}
+
+/// Pulls `reference` (with `extra` args) into a new directory; its files.
+#[track_caller]
+fn pulled(reference: &str, extra: &[&str]) -> BTreeMap<String, Vec<u8>> {
+    let out = temp_dir();
+    let mut args = vec!["pull", reference, "-o", path_str(out.path()), "--no-tty"];
+    args.extend_from_slice(extra);
+    ok(&args);
+    tree(out.path())
+}
+
+/// The file of a blob in a layout.
+fn layout_blob(layout: &Path, digest: &str) -> PathBuf {
+    let (alg, hex) = digest.split_once(':').expect("a digest");
+    layout.join("blobs").join(alg).join(hex)
+}
+
+/// `skopeo --insecure-policy ARGS` (no policy.json needed); its output, success or not.
+fn skopeo(args: &[&str]) -> Output {
+    let installed = std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join("skopeo").is_file()));
+    assert!(installed, "skopeo is not installed: run scripts/setup.sh");
+    run(Command::new("skopeo").arg("--insecure-policy").args(args))
+}
+
+#[track_caller]
+fn skopeo_ok(args: &[&str]) -> Vec<u8> {
+    let out = skopeo(args);
+    assert!(
+        out.status.success(),
+        "skopeo {args:?} failed\n{}",
+        describe(&out)
+    );
+    out.stdout
+}
+
+/// `index.json` of a layout, parsed, after checking what every reader relies on: valid JSON,
+/// `schemaVersion` 2, each tag named once, each listed manifest present and of its digest and
+/// size. Returns tag -> digest and every listed digest.
+#[track_caller]
+fn checked_index(layout: &Path) -> (BTreeMap<String, String>, Vec<String>) {
+    let index = json(&read_file(&layout.join("index.json")));
+    assert_eq!(index["schemaVersion"], 2, "{index}");
+    let mut tags = BTreeMap::new();
+    let mut digests = Vec::new();
+    for m in index["manifests"].as_array().expect("manifests") {
+        let digest = m["digest"].as_str().expect("digest").to_string();
+        let blob = layout_blob(layout, &digest);
+        assert_eq!(sha256_file(&blob), digest, "{}", blob.display());
+        assert_eq!(
+            m["size"].as_u64(),
+            Some(read_file(&blob).len() as u64),
+            "{m}"
+        );
+        if let Some(tag) = m["annotations"][REF_NAME].as_str() {
+            assert!(
+                tags.insert(tag.to_string(), digest.clone()).is_none(),
+                "tag {tag} listed twice: {index}"
+            );
+        }
+        digests.push(digest);
+    }
+    (tags, digests)
+}
+
+/// Pushes `files` (relative to `dir`) to a registry repository and copies the artifact with
+/// skopeo into the layout `layout` as `tag`; returns the digest oras-fs pushed.
+fn skopeo_layout(dir: &Path, repo: &str, files: &[&str], layout: &Path, tag: &str) -> String {
+    let mut args = vec![reference(repo, tag)];
+    args.extend(files.iter().map(|f| f.to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let digest = push_in(dir, &args);
+    skopeo_ok(&[
+        "copy",
+        "--src-tls-verify=false",
+        &format!("docker://{}", reference(repo, tag)),
+        &format!("oci:{}", at(layout, tag)),
+    ]);
+    digest
+}
+
+// --- Layouts written by skopeo ------------------------------------------------------------------
+
+#[test]
+fn a_layout_written_by_skopeo_reads() {
+    let repo = unique_repo("skopeo-src");
+    let back = unique_repo("skopeo-back");
+    let tmp = temp_dir();
+    write_random_file(&tmp.path().join("data.bin"), &repo, 300_000);
+    write_file(
+        &tmp.path().join("notes/readme.txt"),
+        format!("readme {repo}\n"),
+    );
+    let files = tree(tmp.path());
+    let dirs = temp_dir();
+    let layout = dirs.path().join("skopeo");
+    let digest = skopeo_layout(tmp.path(), &repo, &["data.bin", "notes"], &layout, "v1");
+    let (_, manifest_bytes) = get_manifest(&repo, "v1");
+    // skopeo wrote index.json itself (no mediaType field, unlike ours).
+    let (tags, _) = checked_index(&layout);
+    assert_eq!(
+        tags,
+        BTreeMap::from([("v1".to_string(), digest.clone())]),
+        "skopeo keeps the manifest as is"
+    );
+
+    assert_eq!(pulled(&at(&layout, "v1"), &["--oci-layout"]), files);
+    assert_eq!(resolve(&["--oci-layout", &at(&layout, "v1")]), digest);
+    let out = oras_fs(["manifest", "fetch", "--oci-layout", &at(&layout, "v1")]);
+    assert_ok(&out);
+    assert_eq!(out.stdout, manifest_bytes);
+    let desc = json(
+        ok(&[
+            "manifest",
+            "fetch",
+            "--oci-layout",
+            &format!("{}@{digest}", path_str(&layout)),
+            "--descriptor",
+        ])
+        .as_bytes(),
+    );
+    assert_eq!(desc["digest"], digest.as_str());
+    assert_eq!(desc["size"], manifest_bytes.len() as u64);
+    assert_eq!(
+        BTreeSet::from_iter(ok(&["repo", "tags", "--oci-layout", path_str(&layout)]).lines()),
+        BTreeSet::from(["v1"])
+    );
+    let discovered = json(
+        ok(&[
+            "discover",
+            "--oci-layout",
+            &at(&layout, "v1"),
+            "--format",
+            "json",
+        ])
+        .as_bytes(),
+    );
+    assert_eq!(discovered["manifests"], serde_json::json!([]));
+
+    // And back to a registry.
+    let out = ok(&[
+        "copy",
+        "--from-oci-layout",
+        &at(&layout, "v1"),
+        &reference(&back, "v1"),
+        "--no-tty",
+    ]);
+    assert!(out.contains(&format!("Digest: {digest}")), "{out}");
+    assert_eq!(resolve(&[&reference(&back, "v1")]), digest);
+    assert_eq!(get_manifest(&back, "v1").1, manifest_bytes);
+    assert_eq!(pulled(&reference(&back, "v1"), &[]), files);
+
+    assert_fails(
+        &oras_fs(["resolve", "--oci-layout", &at(&layout, "nope")]),
+        "not found",
+    );
+    assert_fails(
+        &oras_fs([
+            "resolve",
+            "--oci-layout",
+            &at(&dirs.path().join("missing"), "v1"),
+        ]),
+        "oci-layout",
+    );
+}
+
+#[test]
+fn skopeo_accepts_what_oras_fs_writes_to_a_layout() {
+    let repo = unique_repo("skopeo-dst");
+    let onward = unique_repo("skopeo-onward");
+    let tmp = temp_dir();
+    write_file(&tmp.path().join("first.txt"), format!("first {repo}\n"));
+    write_file(&tmp.path().join("second.txt"), format!("second {repo}\n"));
+    write_file(&tmp.path().join("dir/nested.txt"), "nested\n");
+    let dirs = temp_dir();
+    let layout = dirs.path().join("mixed");
+    let v1 = skopeo_layout(tmp.path(), &repo, &["first.txt"], &layout, "v1");
+
+    // oras-fs adds to skopeo's layout.
+    let v2 = push_in(
+        tmp.path(),
+        &[
+            "--oci-layout",
+            &at(&layout, "v2"),
+            "second.txt",
+            "dir",
+            "--artifact-type",
+            "application/vnd.test.layout",
+        ],
+    );
+    let ours = read_file(&layout_blob(&layout, &v2));
+    assert_eq!(
+        skopeo_ok(&["inspect", "--raw", &format!("oci:{}", at(&layout, "v2"))]),
+        ours
+    );
+    assert_eq!(
+        sha256_bytes(&skopeo_ok(&[
+            "inspect",
+            "--raw",
+            &format!("oci:{}", at(&layout, "v1"))
+        ])),
+        v1,
+        "skopeo's own tag survives"
+    );
+    let (tags, _) = checked_index(&layout);
+    assert_eq!(
+        tags,
+        BTreeMap::from([
+            ("v1".to_string(), v1.clone()),
+            ("v2".to_string(), v2.clone())
+        ])
+    );
+
+    // skopeo copies it on to a registry, and to a layout of its own.
+    skopeo_ok(&[
+        "copy",
+        "--dest-tls-verify=false",
+        &format!("oci:{}", at(&layout, "v2")),
+        &format!("docker://{}", reference(&onward, "v2")),
+    ]);
+    assert_eq!(resolve(&[&reference(&onward, "v2")]), v2);
+    let expected: BTreeMap<String, Vec<u8>> = tree(tmp.path())
+        .into_iter()
+        .filter(|(k, _)| k != "first.txt")
+        .collect();
+    assert_eq!(pulled(&reference(&onward, "v2"), &[]), expected);
+
+    // A layout oras-fs created from nothing.
+    let fresh = dirs.path().join("fresh");
+    let f1 = push_in(
+        tmp.path(),
+        &["--oci-layout", &at(&fresh, "v1"), "first.txt"],
+    );
+    let copied = dirs.path().join("by-skopeo");
+    skopeo_ok(&[
+        "copy",
+        &format!("oci:{}", at(&fresh, "v1")),
+        &format!("oci:{}", at(&copied, "v1")),
+    ]);
+    assert_eq!(resolve(&["--oci-layout", &at(&copied, "v1")]), f1);
+    assert_eq!(
+        pulled(&at(&copied, "v1"), &["--oci-layout"]),
+        BTreeMap::from([(
+            "first.txt".to_string(),
+            read_file(&tmp.path().join("first.txt"))
+        )])
+    );
+}
+
+#[test]
+fn index_json_stays_valid_through_pushes_tags_and_deletes() {
+    let tmp = temp_dir();
+    let layout = tmp.path().join("store");
+    for i in 1..=4 {
+        write_file(&tmp.path().join(format!("f{i}.txt")), format!("file {i}\n"));
+    }
+    let check_tags = |expected: &[(&str, &str)]| {
+        let (tags, _) = checked_index(&layout);
+        let expected: BTreeMap<String, String> = expected
+            .iter()
+            .map(|(t, d)| (t.to_string(), d.to_string()))
+            .collect();
+        assert_eq!(tags, expected);
+        for (tag, digest) in &tags {
+            assert_eq!(
+                sha256_bytes(&skopeo_ok(&[
+                    "inspect",
+                    "--raw",
+                    &format!("oci:{}", at(&layout, tag))
+                ])),
+                *digest,
+                "skopeo reads {tag}"
+            );
+            assert_eq!(resolve(&["--oci-layout", &at(&layout, tag)]), *digest);
+        }
+    };
+
+    let d1 = push_in(tmp.path(), &["--oci-layout", &at(&layout, "v1"), "f1.txt"]);
+    let d2 = push_in(
+        tmp.path(),
+        &["--oci-layout", &at(&layout, "v2,two"), "f2.txt"],
+    );
+    check_tags(&[("v1", &d1), ("v2", &d2), ("two", &d2)]);
+    // A push to an existing tag moves it.
+    let d3 = push_in(tmp.path(), &["--oci-layout", &at(&layout, "v1"), "f3.txt"]);
+    check_tags(&[("v1", &d3), ("v2", &d2), ("two", &d2)]);
+    // The manifest v1 named before stays readable by digest.
+    assert_eq!(
+        pulled(&format!("{}@{d1}", path_str(&layout)), &["--oci-layout"]),
+        BTreeMap::from([("f1.txt".to_string(), b"file 1\n".to_vec())])
+    );
+    let out = oras_fs([
+        "pull",
+        "--oci-layout",
+        &format!("{}@{d1}", path_str(&layout)),
+        "-o",
+        "-",
+    ]);
+    assert_ok(&out);
+    assert_eq!(out.stdout, b"file 1\n");
+    ok(&["tag", "--oci-layout", &at(&layout, "v2"), "x", "y"]);
+    ok(&["tag", "--oci-layout", &at(&layout, "v1"), "x"]);
+    check_tags(&[
+        ("v1", &d3),
+        ("v2", &d2),
+        ("two", &d2),
+        ("x", &d3),
+        ("y", &d2),
+    ]);
+
+    // A referrer is listed, untagged.
+    let out = oras_fs_in(
+        tmp.path(),
+        [
+            "attach",
+            "--oci-layout",
+            "--artifact-type",
+            "application/vnd.test.note",
+            &at(&layout, "v2"),
+            "f4.txt",
+        ],
+    );
+    assert_ok(&out);
+    let note = digest_of_stdout(&out);
+    let (_, listed) = checked_index(&layout);
+    assert!(listed.contains(&note), "{listed:?}");
+    check_tags(&[
+        ("v1", &d3),
+        ("v2", &d2),
+        ("two", &d2),
+        ("x", &d3),
+        ("y", &d2),
+    ]);
+
+    // manifest push and delete.
+    let file = tmp.path().join("m.json");
+    ok(&[
+        "manifest",
+        "fetch",
+        "--oci-layout",
+        &at(&layout, "v2"),
+        "-o",
+        path_str(&file),
+    ]);
+    ok(&[
+        "manifest",
+        "push",
+        "--oci-layout",
+        &at(&layout, "pushed"),
+        path_str(&file),
+    ]);
+    check_tags(&[
+        ("v1", &d3),
+        ("v2", &d2),
+        ("two", &d2),
+        ("x", &d3),
+        ("y", &d2),
+        ("pushed", &d2),
+    ]);
+    let out = ok(&["manifest", "delete", "--oci-layout", &at(&layout, "v1")]);
+    assert!(out.contains(&format!("Deleted {d3}")), "{out}");
+    check_tags(&[("v2", &d2), ("two", &d2), ("y", &d2), ("pushed", &d2)]);
+    assert_fails(
+        &oras_fs(["resolve", "--oci-layout", &at(&layout, "x")]),
+        "not found",
+    );
+
+    // Blobs.
+    let blob = tmp.path().join("blob.bin");
+    write_random_file(&blob, "layout blob", 50_000);
+    let bd = sha256_file(&blob);
+    let bref = format!("{}@{bd}", path_str(&layout));
+    ok(&[
+        "blob",
+        "push",
+        "--oci-layout",
+        path_str(&layout),
+        path_str(&blob),
+    ]);
+    assert_eq!(read_file(&layout_blob(&layout, &bd)), read_file(&blob));
+    let out = oras_fs(["blob", "fetch", "--oci-layout", &bref, "-o", "-"]);
+    assert_ok(&out);
+    assert_eq!(out.stdout, read_file(&blob));
+    // From stdin.
+    let data = random_bytes("layout stdin blob", 70_000);
+    let sd = sha256_bytes(&data);
+    let out = oras_fs_stdin(
+        [
+            "blob",
+            "push",
+            "--oci-layout",
+            &format!("{}@{sd}", path_str(&layout)),
+            "-",
+            "--size",
+            "70000",
+        ],
+        &data,
+    );
+    assert_ok(&out);
+    assert_eq!(read_file(&layout_blob(&layout, &sd)), data);
+    ok(&["blob", "delete", "--oci-layout", &bref]);
+    assert!(!layout_blob(&layout, &bd).exists());
+    assert_fails(
+        &oras_fs(["blob", "fetch", "--oci-layout", &bref, "-o", "-"]),
+        "not found",
+    );
+    check_tags(&[("v2", &d2), ("two", &d2), ("y", &d2), ("pushed", &d2)]);
+    // No temporary files left behind.
+    let leftovers: Vec<String> = list_dir(&layout)
+        .into_iter()
+        .filter(|n| !["blobs", "index.json", "oci-layout"].contains(&n.as_str()))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+/// Separate processes pushing to one layout at once must not lose each other's tags.
+#[test]
+fn concurrent_pushes_to_one_layout_keep_every_tag() {
+    let tmp = temp_dir();
+    let layout = tmp.path().join("store");
+    write_file(&tmp.path().join("base.txt"), "base\n");
+    push_in(
+        tmp.path(),
+        &["--oci-layout", &at(&layout, "base"), "base.txt"],
+    );
+    let n = 8;
+    let children: Vec<_> = (0..n)
+        .map(|i| {
+            let name = format!("c{i}.txt");
+            write_file(&tmp.path().join(&name), format!("concurrent {i}\n"));
+            oras_fs_cmd([
+                "push",
+                "--oci-layout",
+                &at(&layout, &format!("t{i}")),
+                &name,
+                "--no-tty",
+            ])
+            .current_dir(tmp.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawning oras-fs")
+        })
+        .collect();
+    for c in children {
+        let out = c.wait_with_output().expect("waiting for oras-fs");
+        assert!(out.status.success(), "{}", stderr_of(&out));
+    }
+    let (tags, _) = checked_index(&layout);
+    let mut expected: BTreeSet<String> = (0..n).map(|i| format!("t{i}")).collect();
+    expected.insert("base".into());
+    assert_eq!(tags.keys().cloned().collect::<BTreeSet<_>>(), expected);
+}
+
+// --- Mounting a layout --------------------------------------------------------------------------
+
+/// An `oras-fs mount --oci-layout` whose process sees no registry variables at all, unmounted
+/// (and its daemon gone) when dropped, whatever happened.
+struct LayoutMount {
+    /// Holds `mnt/`, `cache/` and `home/`; kept (leaked) if the mount could not be removed.
+    root: Option<tempfile::TempDir>,
+    mnt: PathBuf,
+}
+
+impl LayoutMount {
+    #[track_caller]
+    fn new(reference: &str) -> LayoutMount {
+        let root = temp_dir();
+        let base = std::fs::canonicalize(root.path()).expect("canonical temp dir");
+        let mnt = base.join("mnt");
+        for d in ["mnt", "cache", "home"] {
+            std::fs::create_dir(base.join(d)).expect("creating a directory");
+        }
+        let mut cmd = oras_fs_cmd([
+            OsStr::new("mount"),
+            OsStr::new("--oci-layout"),
+            OsStr::new(reference),
+            mnt.as_os_str(),
+            OsStr::new("--cache-dir"),
+            base.join("cache").as_os_str(),
+        ]);
+        cmd.env("XDG_CACHE_HOME", base.join("home"));
+        // No registry: the layout is all the mount has.
+        for (k, _) in std::env::vars_os() {
+            if k.to_string_lossy().starts_with("ORAS_FS_TEST_") {
+                cmd.env_remove(k);
+            }
+        }
+        let out = run_with_timeout(&mut cmd, b"", MOUNT_TIMEOUT);
+        let mount = LayoutMount {
+            root: Some(root),
+            mnt,
+        };
+        assert!(
+            out.status.success(),
+            "mounting {reference} failed\n{}",
+            describe(&out)
+        );
+        assert!(is_mounted(&mount.mnt), "not mounted\n{}", describe(&out));
+        mount
+    }
+
+    fn daemons(&self) -> Vec<u32> {
+        let mp = self.mnt.to_string_lossy().into_owned();
+        find_processes(|argv| argv.len() > 2 && argv[1] == "mount" && argv.contains(&mp))
+    }
+
+    /// `oras-fs unmount MNT`, then waits for the daemon to end.
+    fn unmount(&self) -> Output {
+        let daemons = self.daemons();
+        let out = run_with_timeout(
+            &mut oras_fs_cmd([OsStr::new("unmount"), self.mnt.as_os_str()]),
+            b"",
+            CONTROL_TIMEOUT,
+        );
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while daemons.iter().any(|&p| pid_alive(p)) && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        out
+    }
+}
+
+impl Drop for LayoutMount {
+    fn drop(&mut self) {
+        let daemons = self.daemons();
+        if is_mounted(&self.mnt) {
+            let _ = run_bounded(
+                &mut oras_fs_cmd([OsStr::new("unmount"), self.mnt.as_os_str()]),
+                Duration::from_secs(30),
+            );
+            if !wait_unmounted(&self.mnt, Duration::from_secs(2)) {
+                let _ = fusermount_lazy(&self.mnt);
+            }
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while daemons.iter().any(|&p| pid_alive(p)) && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        for pid in self.daemons() {
+            eprintln!("mount process {pid} lingers: killing it");
+            kill_pid(pid, libc::SIGKILL);
+        }
+        if is_mounted(&self.mnt) {
+            eprintln!("{} is still mounted: leaving it", self.mnt.display());
+            if let Some(root) = self.root.take() {
+                let _ = root.keep();
+            }
+        }
+    }
+}
+
+#[test]
+fn a_layout_mounts_without_a_registry_and_unmount_writes_back() {
+    let tmp = temp_dir();
+    let layout = tmp.path().join("store");
+    write_file(&tmp.path().join("a.txt"), "alpha\n");
+    write_file(&tmp.path().join("docs/b.txt"), "beta\n");
+    let before = push_in(
+        tmp.path(),
+        &["--oci-layout", &at(&layout, "v1"), "a.txt", "docs"],
+    );
+
+    let mount = LayoutMount::new(&at(&layout, "v1"));
+    let out = run(Command::new("cat").arg(mount.mnt.join("a.txt")));
+    assert_eq!(assert_ok(&out), "alpha\n");
+    assert_eq!(read_file(&mount.mnt.join("docs/b.txt")), b"beta\n");
+    write_file(&mount.mnt.join("new.txt"), "written in the mount\n");
+    let out = mount.unmount();
+    let stdout = assert_ok(&out);
+    let after = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("Pushed "))
+        .unwrap_or_else(|| panic!("unmount pushed nothing\n{}", describe(&out)))
+        .trim()
+        .to_string();
+    assert!(!is_mounted(&mount.mnt));
+    assert_ne!(after, before);
+
+    // index.json now points v1 at the new manifest, which lists the new file.
+    let (tags, _) = checked_index(&layout);
+    assert_eq!(tags, BTreeMap::from([("v1".to_string(), after.clone())]));
+    let manifest = json(&read_file(&layout_blob(&layout, &after)));
+    let titles: BTreeSet<&str> = manifest["layers"]
+        .as_array()
+        .expect("layers")
+        .iter()
+        .filter_map(|l| l["annotations"][TITLE].as_str())
+        .collect();
+    assert!(titles.contains("new.txt"), "{manifest}");
+    assert_eq!(
+        pulled(&at(&layout, "v1"), &["--oci-layout"]),
+        BTreeMap::from([
+            ("a.txt".to_string(), b"alpha\n".to_vec()),
+            ("docs/b.txt".to_string(), b"beta\n".to_vec()),
+            ("new.txt".to_string(), b"written in the mount\n".to_vec()),
+        ])
+    );
+    assert_eq!(
+        sha256_bytes(&skopeo_ok(&[
+            "inspect",
+            "--raw",
+            &format!("oci:{}", at(&layout, "v1"))
+        ])),
+        after
+    );
+    drop(mount);
+}
