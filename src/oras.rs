@@ -15,7 +15,7 @@ use crate::manifest::{annotation, media_type, Annotations, Descriptor, Manifest}
 pub const UNKNOWN_ARTIFACT: &str = "application/vnd.unknown.artifact.v1";
 
 /// Default number of blobs moved at once.
-pub const DEFAULT_CONCURRENCY: usize = 8;
+pub const DEFAULT_CONCURRENCY: usize = 16;
 
 /// Hears about transfers, e.g. to draw progress bars.
 pub trait Progress: Send + Sync {

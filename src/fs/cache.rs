@@ -24,7 +24,7 @@ use lru::LruCache;
 use tokio::sync::watch;
 
 use crate::content::Target;
-use crate::digest::Digest;
+use crate::digest::{Digest, Digester};
 use crate::manifest::Descriptor;
 
 /// The unit of fetching and caching.
@@ -32,7 +32,7 @@ pub const BLOCK: u64 = 256 * 1024;
 /// Blobs up to this size are fetched whole and verified before use.
 pub const SMALL_BLOB: u64 = 4 * 1024 * 1024;
 /// The largest single Range request; larger windows become several concurrent requests.
-pub const MAX_REQUEST: u64 = 8 * 1024 * 1024;
+pub const MAX_REQUEST: u64 = 4 * 1024 * 1024;
 
 /// An errno for the filesystem layer.
 pub type Errno = i32;
@@ -54,6 +54,11 @@ struct BlobState {
     present_count: u64,
     complete: bool,
     inflight: HashMap<u64, watch::Receiver<Done>>,
+    /// Hashes the blob in order as blocks arrive, so a sequential read is verified the moment
+    /// its last block lands (no second pass). `None` while a thread is feeding it.
+    hasher: Option<Digester>,
+    /// Blocks fed to `hasher` so far (a prefix of the blob).
+    hashed: u64,
 }
 
 impl BlobState {
@@ -161,6 +166,8 @@ impl BlobCache {
                     present_count: blocks,
                     complete: true,
                     inflight: HashMap::new(),
+                    hasher: None,
+                    hashed: blocks,
                 };
                 (f, state)
             }
@@ -186,6 +193,8 @@ impl BlobCache {
                     present_count: 0,
                     complete: false,
                     inflight: HashMap::new(),
+                    hasher: Some(desc.digest.digester()),
+                    hashed: 0,
                 };
                 for b in 0..blocks {
                     if present[(b / 8) as usize] & (1 << (b % 8)) != 0 {
@@ -244,19 +253,36 @@ impl BlobCache {
         self.assemble(&blob, offset, end)
     }
 
-    /// A blob whose blocks all arrived in an earlier mount is verified before its first use here.
+    /// A blob whose blocks all arrived in an earlier mount is verified before its first use here
+    /// (blobs fetched in this mount are hashed as their blocks arrive).
     async fn verify_if_complete(self: &Arc<Self>, blob: &Arc<Blob>) -> Result<(), Errno> {
         let pending = {
             let st = blob.state.lock().unwrap();
-            !st.complete && st.present_count == blob.blocks
+            !st.complete && st.present_count == blob.blocks && st.hasher.is_some()
         };
         if pending {
-            let (cache, blob) = (self.clone(), blob.clone());
-            tokio::task::spawn_blocking(move || cache.verify(&blob))
-                .await
-                .map_err(|_| libc::EIO)??;
+            self.finish_hash(blob).await?;
         }
         Ok(())
+    }
+
+    /// Hashes what is left of a fully fetched blob (from the file) and waits until it is
+    /// verified, whichever thread does the hashing.
+    async fn finish_hash(self: &Arc<Self>, blob: &Arc<Blob>) -> Result<(), Errno> {
+        loop {
+            let (cache, b) = (self.clone(), blob.clone());
+            tokio::task::spawn_blocking(move || cache.advance_hash(&b, &(0..0), &Bytes::new()))
+                .await
+                .map_err(|_| libc::EIO)??;
+            if blob.state.lock().unwrap().complete {
+                return Ok(());
+            }
+            if self.is_poisoned(&blob.desc.digest) {
+                return Err(libc::EIO);
+            }
+            // Another thread holds the hasher: it finishes the job.
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
     }
 
     /// Fetches a whole blob into the cache (verified) and returns the path of its file.
@@ -265,18 +291,11 @@ impl BlobCache {
         // Request everything at once (in MAX_REQUEST runs), then wait for verification.
         let waits = self.ensure(&blob, 0..blob.blocks, 0..0);
         for mut rx in waits {
-            if !matches!(
-                *rx.wait_for(|d| d.is_some()).await.map_err(|_| libc::EIO)?,
-                Some(Ok(()))
-            ) {
+            if !matches!(*rx.wait_for(|d| d.is_some()).await.map_err(|_| libc::EIO)?, Some(Ok(()))) {
                 return Err(libc::EIO);
             }
         }
-        let blob2 = blob.clone();
-        let cache = self.clone();
-        tokio::task::spawn_blocking(move || cache.verify(&blob2))
-            .await
-            .map_err(|_| libc::EIO)??;
+        self.finish_hash(&blob).await?;
         Ok(blob.complete_path.clone())
     }
 
@@ -294,7 +313,11 @@ impl BlobCache {
             if st.complete {
                 return waits;
             }
-            let all = need.start.min(prefetch.start)..need.end.max(prefetch.end);
+            let all = if prefetch.is_empty() {
+                need.clone()
+            } else {
+                need.start.min(prefetch.start)..need.end.max(prefetch.end)
+            };
             for b in all {
                 let needed = need.contains(&b);
                 let wanted = needed || prefetch.contains(&b);
@@ -407,20 +430,19 @@ impl BlobCache {
         }
         let (all, map) = {
             let mut st = blob.state.lock().unwrap();
-            for b in run {
+            for b in run.clone() {
                 st.set(b);
             }
             (st.present_count == blob.blocks, st.present.clone())
         };
-        if all {
-            if verified {
-                self.complete(blob)?;
-            } else if let Err(e) = self.verify(blob) {
-                return Err(std::io::Error::other(format!(
-                    "verification failed (errno {e})"
-                )));
-            }
-        } else {
+        if verified {
+            self.complete(blob)?;
+            return Ok(());
+        }
+        if let Err(e) = self.advance_hash(blob, &run, data) {
+            return Err(std::io::Error::other(format!("verification failed (errno {e})")));
+        }
+        if !all {
             // The map is written after the data, so a crash never marks unwritten blocks present.
             let tmp = blob.map_path.with_extension("map.tmp");
             let mut f = OpenOptions::new()
@@ -435,27 +457,51 @@ impl BlobCache {
         Ok(())
     }
 
-    /// Hashes a fully fetched blob; on success it becomes a complete cache file.
-    fn verify(self: &Arc<Self>, blob: &Arc<Blob>) -> Result<(), Errno> {
-        if blob.state.lock().unwrap().complete {
-            return Ok(());
-        }
-        let mut digester = blob.desc.digest.digester();
-        let mut buf = vec![0u8; 1 << 20];
-        let mut off = 0u64;
-        while off < blob.desc.size {
-            let n = ((blob.desc.size - off) as usize).min(buf.len());
-            blob.file
-                .read_exact_at(&mut buf[..n], off)
-                .map_err(|_| libc::EIO)?;
-            digester.update(&buf[..n]);
-            off += n as u64;
-        }
-        match digester.check(&blob.desc.digest) {
-            Ok(()) => self.complete(blob).map_err(|_| libc::EIO),
-            Err(e) => {
-                self.poison(blob, &e.to_string());
-                Err(libc::EIO)
+    /// Feeds the hasher every block that is present next in order, reading blocks of this run
+    /// from `data` and others from the file. When the last block is in, the blob is verified.
+    fn advance_hash(self: &Arc<Self>, blob: &Arc<Blob>, run: &Range<u64>, data: &Bytes) -> Result<(), Errno> {
+        loop {
+            let (mut hasher, mut next) = {
+                let mut st = blob.state.lock().unwrap();
+                if st.complete {
+                    return Ok(());
+                }
+                match st.hasher.take() {
+                    Some(h) => (h, st.hashed),
+                    // Another thread is hashing; it picks up our blocks before it lets go.
+                    None => return Ok(()),
+                }
+            };
+            let mut buf = Vec::new();
+            while next < blob.blocks && blob.state.lock().unwrap().has(next) {
+                let off = next * BLOCK;
+                let len = BLOCK.min(blob.desc.size - off) as usize;
+                if run.contains(&next) {
+                    let at = ((next - run.start) * BLOCK) as usize;
+                    hasher.update(&data[at..at + len]);
+                } else {
+                    buf.resize(len, 0);
+                    blob.file.read_exact_at(&mut buf, off).map_err(|_| libc::EIO)?;
+                    hasher.update(&buf);
+                }
+                next += 1;
+            }
+            if next == blob.blocks {
+                blob.state.lock().unwrap().hashed = next;
+                return match hasher.check(&blob.desc.digest) {
+                    Ok(()) => self.complete(blob).map_err(|_| libc::EIO),
+                    Err(e) => {
+                        self.poison(blob, &e.to_string());
+                        Err(libc::EIO)
+                    }
+                };
+            }
+            let mut st = blob.state.lock().unwrap();
+            st.hashed = next;
+            st.hasher = Some(hasher);
+            // A block stored while we held the hasher found it gone: take it up now.
+            if !st.has(next) {
+                return Ok(());
             }
         }
     }

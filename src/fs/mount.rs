@@ -117,6 +117,14 @@ pub async fn serve(
             config.mountpoint.display()
         )));
     }
+    // Request buffers of several MiB come and go all the time: have glibc return them to the
+    // system (a fixed mmap threshold) instead of growing per-thread arenas, so the daemon's
+    // memory stays near its cache bound.
+    // SAFETY: mallopt only tunes the allocator; called before the FUSE threads start.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
     let mut fuse_config = fuser::Config::default();
     fuse_config.mount_options = vec![
         fuser::MountOption::FSName("oras-fs".into()),

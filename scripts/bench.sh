@@ -1,0 +1,788 @@
+#!/usr/bin/env bash
+# Benchmarks oras-fs (push, pull, mount) against its peers on a private local registry,
+# on loopback and at an injected round-trip time, and writes BENCHMARKS.md.
+#
+#   scripts/bench.sh [--smoke] [--runs N] [--big SIZE] [--huge SIZE]
+#                    [--small-count N] [--small-size SIZE] [--delay-ms MS] [--no-rtt]
+#                    [--fio-runtime S] [--drop-caches] [--bin PATH] [--out FILE]
+#
+#   --smoke        tiny sizes, 1 run, report to a temp file (CI: scripts/test.sh)
+#   --runs N       runs of every workload, interleaved (default 3)
+#   --big SIZE     the "512 MiB" file (default 512M)      env BENCH_BIG
+#   --huge SIZE    the "1 GiB" file (default 1G)           env BENCH_HUGE
+#   --small-count N / --small-size SIZE  (256 / 64K)      env BENCH_SMALL_COUNT/_SIZE
+#   --delay-ms MS  one-way delay of the latency proxy (10 = 20 ms RTT); --no-rtt skips it
+#   --fio-runtime S  seconds of the fio randread job (default 5)
+#   --drop-caches  drop the page cache before every timed command (needs root; slow)
+#   --bin PATH     the oras-fs binary (default: target/release, built if stale)
+#   --out FILE     where to write the report (default BENCHMARKS.md; temp file in --smoke)
+#
+# Peers: the Python ORAS SDK (.venv), curl (one streaming GET / POST+PUT: the raw HTTP
+# limit), and, for the mount, `oras-fs pull`/`push` of the same data. Exits non-zero only
+# when something is broken (a command fails or returns wrong bytes), never for a missed
+# target. Starts and stops its own registry, proxy and mounts; cleans up on any exit.
+set -euo pipefail
+export LC_ALL=C
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$REPO"
+START=$SECONDS
+say() { printf 'bench.sh: [%3d s] %s\n' $((SECONDS - START)) "$*" >&2; }
+
+usage() {
+    sed -n '2,/^set /{/^#/p}' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+    exit 2
+}
+
+die() {
+    echo "bench.sh: $*" >&2
+    exit 1
+}
+
+# --- Options ------------------------------------------------------------------------------
+MODE=full
+for a in "$@"; do [[ $a == --smoke ]] && MODE=smoke; done
+if [[ $MODE == smoke ]]; then
+    RUNS=1 BIG=4M HUGE=8M SMALL_COUNT=16 SMALL_SIZE=4K FIO_RUNTIME=1 CMD_TIMEOUT=60
+else
+    RUNS=${BENCH_RUNS:-3}
+    BIG=${BENCH_BIG:-512M}
+    HUGE=${BENCH_HUGE:-1G}
+    SMALL_COUNT=${BENCH_SMALL_COUNT:-256}
+    SMALL_SIZE=${BENCH_SMALL_SIZE:-64K}
+    FIO_RUNTIME=${BENCH_FIO_RUNTIME:-5}
+    CMD_TIMEOUT=600
+fi
+DELAY_MS=${BENCH_DELAY_MS:-10}
+RTT=1
+DROP=0
+BIN=${ORAS_FS_BIN:-}
+OUT=""
+while (($#)); do
+    case $1 in
+    --smoke) shift ;;
+    --runs) RUNS=${2:?}; shift 2 ;;
+    --big) BIG=${2:?}; shift 2 ;;
+    --huge) HUGE=${2:?}; shift 2 ;;
+    --small-count) SMALL_COUNT=${2:?}; shift 2 ;;
+    --small-size) SMALL_SIZE=${2:?}; shift 2 ;;
+    --delay-ms) DELAY_MS=${2:?}; shift 2 ;;
+    --no-rtt) RTT=0; shift ;;
+    --fio-runtime) FIO_RUNTIME=${2:?}; shift 2 ;;
+    --drop-caches) DROP=1; shift ;;
+    --bin) BIN=${2:?}; shift 2 ;;
+    --out) OUT=${2:?}; shift 2 ;;
+    -h | --help) usage ;;
+    *) echo "bench.sh: unknown option $1" >&2; usage ;;
+    esac
+done
+
+to_bytes() {
+    local s=${1^^} n mult=1
+    s=${s%IB}
+    s=${s%B}
+    case $s in
+    *K) mult=1024; n=${s%K} ;;
+    *M) mult=$((1 << 20)); n=${s%M} ;;
+    *G) mult=$((1 << 30)); n=${s%G} ;;
+    *) n=$s ;;
+    esac
+    [[ $n =~ ^[0-9]+$ ]] || die "bad size '$1'"
+    echo $((n * mult))
+}
+BIG_B=$(to_bytes "$BIG")
+HUGE_B=$(to_bytes "$HUGE")
+SMALL_B=$(to_bytes "$SMALL_SIZE")
+[[ $RUNS =~ ^[1-9][0-9]*$ ]] || die "bad --runs '$RUNS'"
+[[ $SMALL_COUNT =~ ^[1-9][0-9]*$ ]] || die "bad --small-count '$SMALL_COUNT'"
+((BIG_B >= 4096 && HUGE_B >= 4096 && SMALL_B > 0)) || die "sizes too small"
+if [[ -z $OUT ]]; then
+    if [[ $MODE == smoke ]]; then
+        OUT="${TMPDIR:-/tmp}/oras-fs-bench-smoke.md"
+    else
+        OUT="$REPO/BENCHMARKS.md"
+    fi
+fi
+
+# --- Tools --------------------------------------------------------------------------------
+PY="${ORAS_FS_PYTHON:-$REPO/.venv/bin/python}"
+for cmd in docker-registry curl python3 fusermount3 timeout; do
+    command -v "$cmd" >/dev/null 2>&1 || die "$cmd not found (run scripts/setup.sh)"
+done
+"$PY" -c 'import oras.client' 2>/dev/null || die "$PY cannot import oras (run scripts/setup.sh)"
+[[ -e /dev/fuse ]] || die "/dev/fuse is missing: the mount workloads need FUSE"
+HAVE_TIME=0
+[[ -x /usr/bin/time ]] && HAVE_TIME=1
+HAVE_FIO=0
+command -v fio >/dev/null 2>&1 && HAVE_FIO=1
+
+# A binary is stale when a source file is newer.
+stale() {
+    [[ ! -x $1 ]] && return 0
+    [[ -n $(find src Cargo.toml Cargo.lock -newer "$1" -print -quit 2>/dev/null) ]]
+}
+if [[ -z $BIN ]]; then
+    if ! stale target/release/oras-fs; then
+        BIN=$REPO/target/release/oras-fs
+    elif [[ $MODE == smoke && -x target/debug/oras-fs ]]; then
+        # scripts/test.sh has just built the debug binary. The smoke run checks the harness
+        # and must stay quick, so it never waits for a build when a binary exists.
+        BIN=$REPO/target/debug/oras-fs
+        if stale "$BIN"; then
+            echo "bench.sh: note: $BIN is older than the sources (run cargo build)" >&2
+        fi
+    elif [[ $MODE == smoke ]]; then
+        echo "bench.sh: building oras-fs (debug)" >&2
+        cargo build --quiet --bin oras-fs >&2
+        BIN=$REPO/target/debug/oras-fs
+    else
+        echo "bench.sh: building oras-fs (release)" >&2
+        cargo build --quiet --release --bin oras-fs >&2
+        BIN=$REPO/target/release/oras-fs
+    fi
+fi
+[[ -x $BIN ]] || die "no oras-fs binary at $BIN"
+
+# --- Scratch space and cleanup ------------------------------------------------------------
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/oras-fs-bench.XXXXXX")
+DATA=$WORK/data
+mkdir -p "$DATA" "$WORK/xdg"
+# The mount daemon logs under $XDG_CACHE_HOME/oras-fs/logs: keep it in the scratch dir.
+export XDG_CACHE_HOME=$WORK/xdg
+SAMPLES=$WORK/samples.tsv
+META=$WORK/meta.env
+: >"$SAMPLES"
+: >"$META"
+REG_NAME="bench-$$-$RANDOM"
+REG_STATE=""
+PROXY_PID=""
+MOUNTS=()
+DAEMONS=()
+
+is_mounted() {
+    local _src mnt _rest
+    while read -r _src mnt _rest; do
+        [[ $(printf '%b' "$mnt") == "$1" ]] && return 0
+    done </proc/mounts
+    return 1
+}
+
+# True if PID is alive and is an oras-fs process (never signal a recycled pid).
+is_orasfs() {
+    local argv=()
+    [[ $1 =~ ^[0-9]+$ ]] || return 1
+    mapfile -d '' argv 2>/dev/null <"/proc/$1/cmdline" || return 1
+    ((${#argv[@]} > 0)) && [[ ${argv[0]##*/} == oras-fs ]]
+}
+
+# shellcheck disable=SC2329 # invoked via trap
+cleanup() {
+    local status=$? m p ok=1
+    set +e
+    for m in "${MOUNTS[@]}"; do
+        if is_mounted "$m"; then
+            fusermount3 -uz "$m" 2>/dev/null || umount -l "$m" 2>/dev/null
+        fi
+    done
+    for p in "${DAEMONS[@]}"; do
+        is_orasfs "$p" && kill -TERM "$p" 2>/dev/null
+    done
+    if [[ -n $PROXY_PID ]]; then
+        kill -TERM "$PROXY_PID" 2>/dev/null
+        wait "$PROXY_PID" 2>/dev/null
+    fi
+    "$REPO/scripts/registry.sh" stop --name "$REG_NAME" >/dev/null 2>&1
+    # Only the state directory of the registry this script named (never anything else).
+    [[ -n $REG_STATE && ${REG_STATE##*/} == "$REG_NAME" && -d $REG_STATE ]] && rm -rf "$REG_STATE"
+    # Never rm -rf through a mount that is still there.
+    for m in "${MOUNTS[@]}"; do is_mounted "$m" && ok=0; done
+    if ((ok)); then
+        rm -rf "$WORK"
+    else
+        echo "bench.sh: a mount under $WORK is still there; leaving $WORK" >&2
+    fi
+    exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+fail() {
+    echo "bench.sh: FAILED: $*" >&2
+    local f
+    for f in "$WORK/last.err" "$WORK/mount.log"; do
+        if [[ -s $f ]]; then
+            echo "--- tail of ${f##*/}:" >&2
+            tail -n 20 "$f" >&2
+        fi
+    done
+    local logs=("$XDG_CACHE_HOME"/oras-fs/logs/*.log)
+    if [[ -e ${logs[0]} ]]; then
+        echo "--- tail of the last mount daemon log:" >&2
+        # shellcheck disable=SC2012 # our own log names: mount-PID.log
+        tail -n 20 "$(ls -t "${logs[@]}" | head -n1)" >&2
+    fi
+    exit 1
+}
+
+# --- Measuring ----------------------------------------------------------------------------
+now_us() { echo "${EPOCHREALTIME/./}"; }
+secs() { printf '%d.%06d' $(($1 / 1000000)) $(($1 % 1000000)); }
+record() { printf '%s\t%s\t%s\t%s\t%s\n' "$@" >>"$SAMPLES"; }
+
+REG_LOG=""
+REG_PID=""
+log_size() { stat -c %s "$REG_LOG"; }
+# CPU time (user+sys) the registry has used so far, in clock ticks.
+reg_ticks() {
+    local st f
+    st=$(<"/proc/$REG_PID/stat") || { echo 0; return; }
+    st=${st##*) }
+    read -ra f <<<"$st"
+    echo $((f[11] + f[12]))
+}
+HZ=$(getconf CLK_TCK)
+ticks_since() { awk -v a="$1" -v b="$(reg_ticks)" -v hz="$HZ" 'BEGIN { printf "%.2f", (b - a) / hz }'; }
+# Bytes of response bodies the registry logged since log offset $1 (waits for the log to
+# settle: the registry writes a line after the response is sent).
+served_since() {
+    local a b
+    a=$(log_size)
+    while sleep 0.02; b=$(log_size); [[ $a != "$b" ]]; do a=$b; done
+    tail -c +"$(($1 + 1))" "$REG_LOG" | grep -o '"http.response.written":[0-9]*' |
+        awk -F: '{ s += $2 } END { print s + 0 }'
+}
+
+maybe_drop_caches() {
+    if ((DROP)); then
+        sync
+        echo 3 >/proc/sys/vm/drop_caches 2>/dev/null || true
+    fi
+}
+
+# timed WORKLOAD TOOL RUN CMD...: runs CMD (output to $WORK/last.*), records wall time,
+# user/sys CPU, peak RSS and the bytes the registry served.
+timed() {
+    local w=$1 t=$2 run=$3
+    shift 3
+    maybe_drop_caches
+    local off rc=0 t0 t1 r0
+    off=$(log_size)
+    r0=$(reg_ticks)
+    if ((HAVE_TIME)); then
+        t0=$(now_us)
+        /usr/bin/time -f '%e %U %S %M' -o "$WORK/rusage" timeout -k 5 "$CMD_TIMEOUT" "$@" \
+            >"$WORK/last.out" 2>"$WORK/last.err" || rc=$?
+        t1=$(now_us)
+    else
+        # No GNU time: sample the peak RSS (VmHWM) of the command (timeout's child).
+        local pid c k v _u hwm=0
+        t0=$(now_us)
+        timeout -k 5 "$CMD_TIMEOUT" "$@" >"$WORK/last.out" 2>"$WORK/last.err" &
+        pid=$!
+        local st
+        while st=$(<"/proc/$pid/stat") 2>/dev/null && st=${st##*) } && [[ ${st:0:1} != Z ]]; do
+            local kids=()
+            read -ra kids <"/proc/$pid/task/$pid/children" 2>/dev/null || true
+            for c in "${kids[@]}"; do
+                while read -r k v _u; do
+                    if [[ $k == VmHWM: ]] && ((v > hwm)); then hwm=$v; fi
+                done <"/proc/$c/status" 2>/dev/null || true
+            done
+            sleep 0.01
+        done
+        wait "$pid" || rc=$?
+        t1=$(now_us)
+        echo "0 - - $hwm" >"$WORK/rusage"
+    fi
+    ((rc == 0)) || fail "$w/$t run $run: '$*' exited with status $rc"
+    record "$w" "$t" "$run" wall "$(secs $((t1 - t0)))"
+    local _e u s m
+    read -r _e u s m < <(tail -n1 "$WORK/rusage")
+    [[ $u != - ]] && record "$w" "$t" "$run" user "$u"
+    [[ $s != - ]] && record "$w" "$t" "$run" sys "$s"
+    record "$w" "$t" "$run" rss "$m"
+    record "$w" "$t" "$run" bytes "$(served_since "$off")"
+    record "$w" "$t" "$run" reg_cpu "$(ticks_since "$r0")"
+}
+
+# Tools of a workload in an order that rotates with the run, so no tool always goes first.
+rotate() {
+    local run=$1
+    shift
+    local n=$# i
+    local a=("$@")
+    for ((i = 0; i < n; i++)); do echo "${a[(i + run) % n]}"; done
+}
+
+same_file() { cmp -s "$1" "$2" || fail "$3: $2 differs from $1"; }
+same_dir() { diff -rq "$1" "$2" >/dev/null || fail "$3: $2 differs from $1"; }
+
+# Layers of a manifest in the registry, as "digest title" lines.
+layers_of() {
+    curl -sSf -H 'Accept: application/vnd.oci.image.manifest.v1+json' \
+        "http://$REG/v2/$1/manifests/$2" |
+        python3 -c 'import json,sys
+for l in json.load(sys.stdin)["layers"]:
+    print(l["digest"], (l.get("annotations") or {}).get("org.opencontainers.image.title", ""))'
+}
+expect_layers() {
+    local layers n
+    layers=$(layers_of "$1" "$2") || fail "$3: no manifest $1:$2"
+    n=$(grep -c . <<<"$layers")
+    ((n == $4)) || fail "$3: $1:$2 has $n layers, expected $4"
+}
+
+# --- Mount helpers ------------------------------------------------------------------------
+daemon_pid() {
+    local d argv=() a has_mount has_mnt
+    for d in /proc/[0-9]*; do
+        mapfile -d '' argv 2>/dev/null <"$d/cmdline" || continue
+        ((${#argv[@]} > 2)) || continue
+        [[ ${argv[0]##*/} == oras-fs ]] || continue
+        has_mount=0 has_mnt=0
+        for a in "${argv[@]}"; do
+            [[ $a == mount ]] && has_mount=1
+            [[ $a == "$1" ]] && has_mnt=1
+        done
+        if ((has_mount && has_mnt)); then
+            echo "${d#/proc/}"
+            return 0
+        fi
+    done
+    return 1
+}
+
+MOUNT_PID=""
+# do_mount REF CACHE MNT [ARGS...]: mounts in the background (as users do) and finds the
+# daemon's pid, for its RSS and CPU time.
+do_mount() {
+    local ref=$1 cache=$2 mnt=$3
+    shift 3
+    MOUNTS+=("$mnt")
+    timeout -k 5 "$CMD_TIMEOUT" "$BIN" mount --cache-dir "$cache" "$@" "$ref" "$mnt" \
+        >>"$WORK/mount.log" 2>&1 || fail "mounting $ref on $mnt"
+    MOUNT_PID=$(daemon_pid "$mnt") || fail "no mount daemon found for $mnt"
+    DAEMONS+=("$MOUNT_PID")
+}
+
+do_unmount() {
+    local mnt=$1 pid=$2 i
+    timeout -k 5 "$CMD_TIMEOUT" "$BIN" unmount "$mnt" >>"$WORK/mount.log" 2>&1 ||
+        fail "unmounting $mnt"
+    for ((i = 0; i < 400; i++)); do
+        is_orasfs "$pid" || break
+        sleep 0.05
+    done
+    is_orasfs "$pid" && fail "mount daemon $pid still running after unmount of $mnt"
+    is_mounted "$mnt" && fail "$mnt still mounted after unmount"
+    return 0
+}
+
+# Daemon CPU time (user+sys, seconds) so far.
+cpu_of() {
+    local stat f
+    stat=$(<"/proc/$1/stat")
+    stat=${stat##*) }
+    read -ra f <<<"$stat"
+    # After the comm field: state is f[0]; utime, stime are fields 14, 15 of the line.
+    awk -v u="${f[11]}" -v s="${f[12]}" -v hz="$HZ" 'BEGIN { printf "%.2f", (u + s) / hz }'
+}
+
+hwm_of() { awk '/^VmHWM:/ { print $2 }' "/proc/$1/status"; }
+
+fresh_dirs() {
+    CACHE=$(mktemp -d "$WORK/cache.XXXXXX")
+    MNT=$(mktemp -d "$WORK/mnt.XXXXXX")
+}
+
+# --- Machine and versions -----------------------------------------------------------------
+meta() { printf '%s=%s\n' "$1" "$2" >>"$META"; }
+meta MODE "$MODE"
+meta DATE "$(date -u '+%Y-%m-%d %H:%M UTC')"
+meta NPROC "$(nproc)"
+meta MEM "$(awk '/^MemTotal:/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)"
+meta KERNEL "$(uname -sr)"
+meta CPU "$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)"
+meta LOAD_BEFORE "$(cut -d' ' -f1-3 /proc/loadavg)"
+meta BIN "${BIN#"$REPO"/}"
+meta GIT "$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null)$(git -C "$REPO" diff --quiet HEAD -- src Cargo.toml Cargo.lock 2>/dev/null || echo ' + uncommitted changes in src/')"
+meta V_ORASFS "$("$BIN" --version 2>/dev/null | head -n1)"
+meta V_PYORAS "$("$PY" -c 'import oras.version; print(oras.version.__version__)')"
+meta V_PYTHON "$("$PY" -c 'import platform; print(platform.python_version())')"
+meta V_CURL "$(curl --version | head -n1 | cut -d' ' -f1-2)"
+meta V_REGISTRY "$(docker-registry --version 2>/dev/null | head -n1)"
+meta V_FIO "$(if ((HAVE_FIO)); then fio --version; else echo 'not installed: fio rows skipped'; fi)"
+meta RUNS "$RUNS"
+meta BIG "$BIG_B"
+meta HUGE "$HUGE_B"
+meta SMALL_COUNT "$SMALL_COUNT"
+meta SMALL_SIZE "$SMALL_B"
+meta FIO_RUNTIME "$FIO_RUNTIME"
+meta MEMORY_CACHE $((64 << 20)) # oras-fs mount's default --memory-cache
+if ((HAVE_TIME)); then
+    # shellcheck disable=SC2016 # Markdown backticks
+    meta RUSAGE '`/usr/bin/time -f "%e %U %S %M"`'
+else
+    meta RUSAGE 'sampling /proc/PID/status VmHWM every 10 ms (no /usr/bin/time: no CPU times)'
+fi
+if ((DROP)); then
+    meta CACHE_NOTE "dropped (sync; echo 3 > /proc/sys/vm/drop_caches) before every timed command, so the registry and the uploading tools read from disk."
+elif [[ -w /proc/sys/vm/drop_caches ]]; then
+    meta CACHE_NOTE "not dropped (dropping works here as root, but the machine is shared and the targets are about network and CPU; --drop-caches does it): source files and registry blobs are in the page cache for every tool alike, so no workload waits for the disk. Cold means a fresh --cache-dir and a fresh mount."
+else
+    meta CACHE_NOTE "not dropped (not permitted here): source files and registry blobs are in the page cache for every tool alike. Cold means a fresh --cache-dir and a fresh mount."
+fi
+py_import=()
+for _ in 1 2 3; do
+    t0=$(now_us)
+    "$PY" -c 'import oras.client'
+    py_import+=($(($(now_us) - t0)))
+done
+meta PY_IMPORT "$(printf '%s\n' "${py_import[@]}" | sort -n | sed -n 2p | awk '{ printf "%.0f ms", $1 / 1000 }')"
+
+# --- Registry, proxy, data ----------------------------------------------------------------
+say "$MODE run, $RUNS run(s); big $BIG_B B, huge $HUGE_B B, $SMALL_COUNT x $SMALL_B B; binary $BIN"
+reg_env=$("$REPO/scripts/registry.sh" start --name "$REG_NAME" 2>"$WORK/registry-start.err") ||
+    { cat "$WORK/registry-start.err" >&2; die "could not start the registry"; }
+eval "$reg_env"
+REG=$ORAS_FS_TEST_REGISTRY
+REG_LOG=$ORAS_FS_TEST_REGISTRY_LOG
+REG_PID=$ORAS_FS_TEST_REGISTRY_PID
+REG_STATE=$(dirname "$ORAS_FS_TEST_REGISTRY_DIR")
+
+PROXY=""
+if ((RTT)); then
+    python3 "$REPO/scripts/latency_proxy.py" --listen 127.0.0.1:0 --target "$REG" \
+        --delay-ms "$DELAY_MS" >"$WORK/proxy.port" 2>"$WORK/proxy.err" &
+    PROXY_PID=$!
+    for _ in $(seq 100); do
+        [[ -s $WORK/proxy.port ]] && break
+        kill -0 "$PROXY_PID" 2>/dev/null || break
+        sleep 0.05
+    done
+    port=$(head -n1 "$WORK/proxy.port")
+    [[ $port =~ ^[0-9]+$ ]] || { cat "$WORK/proxy.err" >&2; die "latency proxy did not start"; }
+    PROXY=127.0.0.1:$port
+    meta RTT_MS $((2 * DELAY_MS))
+    meta RTT_NOTE "RTT rows: clients talk to scripts/latency_proxy.py, which holds every chunk $DELAY_MS ms in each direction (a $((2 * DELAY_MS)) ms round trip, and a new connection's first bytes wait for an emulated TCP handshake) without serializing transfers."
+else
+    meta RTT_NOTE "No RTT rows (--no-rtt)."
+fi
+
+say "generating test data"
+head -c "$BIG_B" /dev/urandom >"$DATA/big"
+head -c "$HUGE_B" /dev/urandom >"$DATA/huge"
+mkdir -p "$DATA/small"
+digits=$(((${#SMALL_COUNT} > 3) ? ${#SMALL_COUNT} : 3))
+head -c $((SMALL_COUNT * SMALL_B)) /dev/urandom |
+    (cd "$DATA/small" && split -b "$SMALL_B" -d -a "$digits" - f)
+mapfile -t SMALL_FILES < <(cd "$DATA/small" && ls)
+((${#SMALL_FILES[@]} == SMALL_COUNT)) || die "made ${#SMALL_FILES[@]} small files, wanted $SMALL_COUNT"
+echo seed >"$DATA/seed.txt"
+
+say "seeding the registry"
+orasfs() { "$BIN" "$@" --no-tty; }
+seed() { (cd "$1" && shift && orasfs push "$@" >/dev/null 2>>"$WORK/seed.log"); }
+seed "$DATA" "$REG/bench/big:v1" big || die "seeding big: $(tail -n3 "$WORK/seed.log")"
+seed "$DATA" "$REG/bench/huge:v1" huge || die "seeding huge: $(tail -n3 "$WORK/seed.log")"
+seed "$DATA/small" "$REG/bench/small:v1" "${SMALL_FILES[@]}" ||
+    die "seeding small: $(tail -n3 "$WORK/seed.log")"
+BIG_DIGEST=$(layers_of bench/big v1 | awk '{ print $1 }')
+[[ $BIG_DIGEST == sha256:* ]] || die "no digest for bench/big"
+
+# curl's upload: POST for a session, then one streaming PUT with the digest (no
+# Expect: 100-continue round trip, as the raw HTTP limit).
+cat >"$WORK/curl_push.sh" <<'EOF'
+#!/usr/bin/env bash
+set -euo pipefail
+base=$1 repo=$2 file=$3 digest=$4
+loc=$(curl -sSf -X POST -D - -o /dev/null "$base/v2/$repo/blobs/uploads/" |
+    tr -d '\r' | awk 'tolower($1) == "location:" { print $2 }')
+[[ -n $loc ]] || { echo "no Location" >&2; exit 1; }
+[[ $loc == http* ]] || loc="$base$loc"
+if [[ $loc == *\?* ]]; then url="$loc&digest=$digest"; else url="$loc?digest=$digest"; fi
+code=$(curl -sS -X PUT -H 'Content-Type: application/octet-stream' -H 'Expect:' \
+    --upload-file "$file" -o /dev/null -w '%{http_code}' "$url")
+[[ $code == 201 ]] || { echo "PUT answered $code" >&2; exit 1; }
+EOF
+
+OUTD=$WORK/out
+fresh_out() {
+    rm -rf "$OUTD"
+    mkdir -p "$OUTD"
+}
+
+# --- Workloads ----------------------------------------------------------------------------
+wl_pull_big() {
+    local run=$1 t
+    for t in $(rotate "$run" oras-fs curl python); do
+        fresh_out
+        case $t in
+        oras-fs) timed pull_big "$t" "$run" "$BIN" pull --no-tty "$REG/bench/big:v1" -o "$OUTD" ;;
+        curl) timed pull_big "$t" "$run" curl -sSf -o "$OUTD/big" "http://$REG/v2/bench/big/blobs/$BIG_DIGEST" ;;
+        python) timed pull_big "$t" "$run" "$PY" "$REPO/benches/oras_py.py" pull "$REG" "$REG/bench/big:v1" "$OUTD" ;;
+        esac
+        same_file "$DATA/big" "$OUTD/big" "pull_big/$t"
+    done
+    rm -rf "$OUTD"
+}
+
+wl_pull_huge() {
+    local run=$1
+    fresh_out
+    timed pull_huge oras-fs "$run" "$BIN" pull --no-tty "$REG/bench/huge:v1" -o "$OUTD"
+    same_file "$DATA/huge" "$OUTD/huge" pull_huge
+    rm -rf "$OUTD"
+}
+
+# wl_pull_small RUN ENDPOINT SUFFIX
+wl_pull_small() {
+    local run=$1 ep=$2 sfx=$3 t
+    for t in $(rotate "$run" oras-fs python); do
+        fresh_out
+        case $t in
+        oras-fs) timed "pull_small$sfx" "$t" "$run" "$BIN" pull --no-tty "$ep/bench/small:v1" -o "$OUTD" ;;
+        python) timed "pull_small$sfx" "$t" "$run" "$PY" "$REPO/benches/oras_py.py" pull "$ep" "$ep/bench/small:v1" "$OUTD" ;;
+        esac
+        same_dir "$DATA/small" "$OUTD" "pull_small$sfx/$t"
+    done
+    rm -rf "$OUTD"
+}
+
+wl_push_small() {
+    local run=$1 ep=$2 sfx=$3 t repo
+    for t in $(rotate "$run" oras-fs python); do
+        # A new repository each time: blob existence checks are per repository, so every
+        # tool uploads everything.
+        repo="bench/push-small-$t-$run${sfx:+-rtt}"
+        case $t in
+        oras-fs) timed "push_small$sfx" "$t" "$run" env -C "$DATA/small" "$BIN" push --no-tty "$ep/$repo:v1" "${SMALL_FILES[@]}" ;;
+        python) timed "push_small$sfx" "$t" "$run" "$PY" "$REPO/benches/oras_py.py" push "$ep" "$ep/$repo:v1" "$DATA/small" "${SMALL_FILES[@]}" ;;
+        esac
+        expect_layers "$repo" v1 "push_small$sfx/$t" "$SMALL_COUNT"
+    done
+}
+
+wl_push_big() {
+    local run=$1 t repo
+    for t in $(rotate "$run" oras-fs curl python); do
+        repo="bench/push-big-$t-$run"
+        case $t in
+        oras-fs)
+            timed push_big "$t" "$run" env -C "$DATA" "$BIN" push --no-tty "$REG/$repo:v1" big
+            expect_layers "$repo" v1 push_big/oras-fs 1
+            ;;
+        curl)
+            timed push_big "$t" "$run" bash "$WORK/curl_push.sh" "http://$REG" "$repo" "$DATA/big" "$BIG_DIGEST"
+            curl -sSf -I -o /dev/null "http://$REG/v2/$repo/blobs/$BIG_DIGEST" ||
+                fail "push_big/curl: blob not in $repo"
+            ;;
+        python)
+            timed push_big "$t" "$run" "$PY" "$REPO/benches/oras_py.py" push "$REG" "$REG/$repo:v1" "$DATA" big
+            expect_layers "$repo" v1 push_big/python 1
+            ;;
+        esac
+    done
+}
+
+# Mount, read 4 KiB at a random offset, unmount. Wall = mount + read (the bytes in hand).
+wl_mount_rand4k() {
+    local run=$1 ep=$2 sfx=$3 off t0 t1 t2 blk
+    local w="mount_rand4k$sfx"
+    blk=$(((RANDOM * 32768 + RANDOM) % (HUGE_B / 4096)))
+    fresh_dirs
+    maybe_drop_caches
+    off=$(log_size)
+    t0=$(now_us)
+    do_mount "$ep/bench/huge:v1" "$CACHE" "$MNT" --read-only
+    t1=$(now_us)
+    timeout -k 5 "$CMD_TIMEOUT" dd if="$MNT/huge" of="$WORK/4k" bs=4096 skip="$blk" count=1 status=none ||
+        fail "$w: dd from the mount"
+    t2=$(now_us)
+    do_unmount "$MNT" "$MOUNT_PID"
+    record "$w" mount "$run" wall "$(secs $((t2 - t0)))"
+    record "$w" mount "$run" read "$(secs $((t2 - t1)))"
+    record "$w" mount "$run" bytes "$(served_since "$off")"
+    dd if="$DATA/huge" bs=4096 skip="$blk" count=1 status=none | cmp -s - "$WORK/4k" ||
+        fail "$w: wrong bytes at block $blk"
+    rm -rf "$CACHE" "$MNT"
+}
+
+# Time to first byte of a fresh mount (and the mount itself).
+wl_mount_ttfb() {
+    local run=$1 ep=$2 sfx=$3 t0 t1 t2 off
+    local w="mount_ttfb$sfx"
+    fresh_dirs
+    maybe_drop_caches
+    off=$(log_size)
+    t0=$(now_us)
+    do_mount "$ep/bench/big:v1" "$CACHE" "$MNT" --read-only
+    t1=$(now_us)
+    timeout -k 5 "$CMD_TIMEOUT" head -c 1 "$MNT/big" >"$WORK/1b" || fail "$w: head from the mount"
+    t2=$(now_us)
+    do_unmount "$MNT" "$MOUNT_PID"
+    record "$w" mount "$run" wall "$(secs $((t2 - t1)))"
+    record "$w" mount "$run" mount "$(secs $((t1 - t0)))"
+    record "$w" mount "$run" bytes "$(served_since "$off")"
+    head -c 1 "$DATA/big" | cmp -s - "$WORK/1b" || fail "$w: wrong first byte"
+    rm -rf "$CACHE" "$MNT"
+}
+
+# cat of the big file: cold (fresh cache and mount), again in the same mount, and after a
+# remount on the same (now warm) cache directory.
+wl_mount_cat() {
+    local run=$1 t0 t1 off c0 r0
+    fresh_dirs
+    do_mount "$REG/bench/big:v1" "$CACHE" "$MNT" --read-only
+    maybe_drop_caches
+    off=$(log_size)
+    r0=$(reg_ticks)
+    c0=$(cpu_of "$MOUNT_PID")
+    t0=$(now_us)
+    timeout -k 5 "$CMD_TIMEOUT" cat "$MNT/big" >/dev/null || fail "mount_cat_cold: cat"
+    t1=$(now_us)
+    record mount_cat_cold mount "$run" wall "$(secs $((t1 - t0)))"
+    record mount_cat_cold mount "$run" bytes "$(served_since "$off")"
+    record mount_cat_cold mount "$run" reg_cpu "$(ticks_since "$r0")"
+    record mount_cat_cold mount "$run" cpu "$(awk -v a="$c0" -v b="$(cpu_of "$MOUNT_PID")" 'BEGIN { print b - a }')"
+    t0=$(now_us)
+    timeout -k 5 "$CMD_TIMEOUT" cat "$MNT/big" >/dev/null || fail "mount_cat_warm: cat"
+    t1=$(now_us)
+    record mount_cat_warm mount "$run" wall "$(secs $((t1 - t0)))"
+    same_file "$DATA/big" "$MNT/big" mount_cat
+    do_unmount "$MNT" "$MOUNT_PID"
+
+    do_mount "$REG/bench/big:v1" "$CACHE" "$MNT" --read-only
+    off=$(log_size)
+    t0=$(now_us)
+    timeout -k 5 "$CMD_TIMEOUT" cat "$MNT/big" >/dev/null || fail "mount_cat_remount: cat"
+    t1=$(now_us)
+    record mount_cat_remount mount "$run" wall "$(secs $((t1 - t0)))"
+    record mount_cat_remount mount "$run" bytes "$(served_since "$off")"
+    do_unmount "$MNT" "$MOUNT_PID"
+    rm -rf "$CACHE" "$MNT"
+}
+
+# Peak RSS of the mount daemon while the huge file is read through it.
+wl_mount_rss() {
+    local run=$1 t0 t1 hwm
+    fresh_dirs
+    do_mount "$REG/bench/huge:v1" "$CACHE" "$MNT" --read-only
+    t0=$(now_us)
+    timeout -k 5 "$CMD_TIMEOUT" cat "$MNT/huge" >/dev/null || fail "mount_rss_huge: cat"
+    t1=$(now_us)
+    hwm=$(hwm_of "$MOUNT_PID")
+    do_unmount "$MNT" "$MOUNT_PID"
+    record mount_rss_huge mount "$run" wall "$(secs $((t1 - t0)))"
+    record mount_rss_huge mount "$run" rss "$hwm"
+    rm -rf "$CACHE" "$MNT"
+}
+
+# cp the big file into a writable mount of a fresh tag, then `oras-fs sync`.
+wl_mount_cp_sync() {
+    local run=$1
+    local repo="bench/rw-$run" t0 t1 t2 r0 c0
+    seed "$DATA" "$REG/$repo:v1" seed.txt || fail "seeding $repo"
+    fresh_dirs
+    do_mount "$REG/$repo:v1" "$CACHE" "$MNT"
+    maybe_drop_caches
+    r0=$(reg_ticks)
+    c0=$(cpu_of "$MOUNT_PID")
+    t0=$(now_us)
+    timeout -k 5 "$CMD_TIMEOUT" cp "$DATA/big" "$MNT/big" || fail "mount_cp_sync: cp"
+    t1=$(now_us)
+    timeout -k 5 "$CMD_TIMEOUT" "$BIN" sync "$MNT" >>"$WORK/mount.log" 2>&1 || fail "mount_cp_sync: sync"
+    t2=$(now_us)
+    record mount_cp_sync mount "$run" cpu "$(awk -v a="$c0" -v b="$(cpu_of "$MOUNT_PID")" 'BEGIN { print b - a }')"
+    record mount_cp_sync mount "$run" reg_cpu "$(ticks_since "$r0")"
+    do_unmount "$MNT" "$MOUNT_PID"
+    record mount_cp_sync mount "$run" wall "$(secs $((t2 - t0)))"
+    record mount_cp_sync mount "$run" cp "$(secs $((t1 - t0)))"
+    record mount_cp_sync mount "$run" sync "$(secs $((t2 - t1)))"
+    local layers
+    layers=$(layers_of "$repo" v1) || fail "mount_cp_sync: no manifest $repo:v1"
+    [[ $'\n'$layers$'\n' == *$'\n'"$BIG_DIGEST big"$'\n'* ]] || fail "mount_cp_sync: $repo:v1 lacks big"
+    rm -rf "$CACHE" "$MNT"
+}
+
+fio_json() {
+    python3 -c 'import json, sys
+j = json.load(open(sys.argv[1]))["jobs"][0]["read"]
+pct = j.get("clat_ns", {}).get("percentile", {})
+print(j["bw_bytes"], j["iops"], pct.get("50.000000", 0) / 1000, pct.get("99.000000", 0) / 1000, j["io_bytes"])' "$1"
+}
+
+wl_fio_seq() {
+    local run=$1 off bw iops p50 p99 io
+    fresh_dirs
+    do_mount "$REG/bench/big:v1" "$CACHE" "$MNT" --read-only
+    maybe_drop_caches
+    off=$(log_size)
+    timeout -k 5 "$CMD_TIMEOUT" fio --name=seq --filename="$MNT/big" --rw=read --bs=1M \
+        --size="$BIG_B" --readonly --ioengine=psync --output-format=json \
+        --output="$WORK/fio.json" >"$WORK/last.out" 2>"$WORK/last.err" || fail "fio seq on the mount"
+    read -r bw iops p50 p99 io < <(fio_json "$WORK/fio.json")
+    record fio_seq mount "$run" bw "$bw"
+    record fio_seq mount "$run" bytes "$(served_since "$off")"
+    do_unmount "$MNT" "$MOUNT_PID"
+    ((io == BIG_B)) || fail "fio seq read $io bytes, expected $BIG_B"
+    rm -rf "$CACHE" "$MNT"
+}
+
+wl_fio_rand() {
+    local run=$1 off bw iops p50 p99 io
+    fresh_dirs
+    do_mount "$REG/bench/huge:v1" "$CACHE" "$MNT" --read-only
+    maybe_drop_caches
+    off=$(log_size)
+    timeout -k 5 "$CMD_TIMEOUT" fio --name=rand --filename="$MNT/huge" --rw=randread --bs=4k \
+        --size="$HUGE_B" --readonly --ioengine=psync --norandommap --randseed="$run" \
+        --runtime="$FIO_RUNTIME" --time_based --output-format=json \
+        --output="$WORK/fio.json" >"$WORK/last.out" 2>"$WORK/last.err" || fail "fio randread on the mount"
+    read -r bw iops p50 p99 io < <(fio_json "$WORK/fio.json")
+    record fio_rand mount "$run" iops "$iops"
+    record fio_rand mount "$run" p50_us "$p50"
+    record fio_rand mount "$run" p99_us "$p99"
+    record fio_rand mount "$run" bytes "$(served_since "$off")"
+    do_unmount "$MNT" "$MOUNT_PID"
+    ((io > 0)) || fail "fio randread read nothing"
+    rm -rf "$CACHE" "$MNT"
+}
+
+# --- Run ----------------------------------------------------------------------------------
+step() { say "run $1/$RUNS: $2"; }
+for ((run = 1; run <= RUNS; run++)); do
+    step "$run" "pull"
+    wl_pull_big "$run"
+    wl_pull_huge "$run"
+    wl_pull_small "$run" "$REG" ""
+    step "$run" "push"
+    wl_push_small "$run" "$REG" ""
+    wl_push_big "$run"
+    step "$run" "mount"
+    wl_mount_rand4k "$run" "$REG" ""
+    wl_mount_ttfb "$run" "$REG" ""
+    wl_mount_cat "$run"
+    wl_mount_rss "$run"
+    wl_mount_cp_sync "$run"
+    if ((HAVE_FIO)); then
+        step "$run" "fio"
+        wl_fio_seq "$run"
+        wl_fio_rand "$run"
+    fi
+    if ((RTT)); then
+        step "$run" "$((2 * DELAY_MS)) ms RTT"
+        wl_pull_small "$run" "$PROXY" "@rtt"
+        wl_push_small "$run" "$PROXY" "@rtt"
+        wl_mount_rand4k "$run" "$PROXY" "@rtt"
+        wl_mount_ttfb "$run" "$PROXY" "@rtt"
+    fi
+done
+
+meta LOAD_AFTER "$(cut -d' ' -f1-3 /proc/loadavg)"
+if [[ $MODE == smoke ]]; then
+    cp "$SAMPLES" "${OUT%.md}.samples.tsv" 2>/dev/null || true
+fi
+python3 "$REPO/benches/report.py" "$SAMPLES" "$META" "$OUT" || die "report failed"
+say "wrote $OUT"
