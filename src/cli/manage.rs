@@ -31,7 +31,7 @@ fn write_out(path: &str, data: &[u8]) -> Result<()> {
 /// Resolves and fetches (verified) the manifest an opened reference names.
 async fn manifest_of(o: &Opened) -> Result<(Descriptor, Bytes)> {
     let desc = o.target.resolve(&o.reference()).await?;
-    let bytes = content::read_all(o.target.as_ref(), &desc, MAX_MANIFEST_SIZE).await?;
+    let bytes = content::read_manifest(o.target.as_ref(), &desc).await?;
     Ok((desc, bytes))
 }
 
@@ -84,7 +84,7 @@ pub async fn copy(a: CopyArgs) -> Result<()> {
         let mut queue = vec![desc.clone()];
         while let Some(subject) = queue.pop() {
             for r in src.target.referrers(&subject).await? {
-                let rbytes = content::read_all(src.target.as_ref(), &r, MAX_MANIFEST_SIZE).await?;
+                let rbytes = content::read_manifest(src.target.as_ref(), &r).await?;
                 oras::copy_graph(
                     src.target.as_ref(),
                     dst.target.as_ref(),

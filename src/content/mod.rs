@@ -58,6 +58,12 @@ pub trait Target: Send + Sync {
     /// Points `tag` at an existing manifest.
     async fn tag(&self, desc: &Descriptor, tag: &str) -> Result<()>;
 
+    /// Fetches a manifest that `resolve` returned, whatever its media type (a registry keeps
+    /// manifests apart from blobs).
+    async fn fetch_manifest(&self, desc: &Descriptor) -> Result<ByteStream> {
+        self.fetch(desc).await
+    }
+
     /// Manifests whose `subject` is `subject` (the referrers API, or its fallbacks).
     async fn referrers(&self, _subject: &Descriptor) -> Result<Vec<Descriptor>> {
         Ok(Vec::new())
@@ -126,13 +132,21 @@ fn too_large(desc: &Descriptor, cap: u64) -> Error {
     ))
 }
 
+/// Reads a resolved manifest (capped at 4 MiB) and verifies it.
+pub async fn read_manifest(target: &dyn Target, desc: &Descriptor) -> Result<Bytes> {
+    if desc.size > MAX_MANIFEST_SIZE {
+        return Err(too_large(desc, MAX_MANIFEST_SIZE));
+    }
+    collect(desc, target.fetch_manifest(desc).await?, MAX_MANIFEST_SIZE).await
+}
+
 /// Resolves `reference` and fetches, verifies and parses its manifest.
 pub async fn fetch_manifest(
     target: &dyn Target,
     reference: &str,
 ) -> Result<(Descriptor, Bytes, Manifest)> {
     let desc = target.resolve(reference).await?;
-    let bytes = read_all(target, &desc, MAX_MANIFEST_SIZE)
+    let bytes = read_manifest(target, &desc)
         .await
         .map_err(|e| match e {
             Error::Protocol(m) => Error::InvalidManifest {

@@ -42,6 +42,10 @@ impl Target for Overlay {
         self.pick(desc).await?.fetch(desc).await
     }
 
+    async fn fetch_manifest(&self, desc: &Descriptor) -> Result<ByteStream> {
+        self.pick(desc).await?.fetch_manifest(desc).await
+    }
+
     async fn fetch_range(&self, desc: &Descriptor, offset: u64, len: u64) -> Result<Bytes> {
         self.pick(desc).await?.fetch_range(desc, offset, len).await
     }

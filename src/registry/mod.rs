@@ -6,6 +6,7 @@ mod tls;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use futures_util::StreamExt;
 use bytes::Bytes;
 use reqwest::header::{
     HeaderMap, HeaderValue, ACCEPT, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, LOCATION, RANGE,
@@ -225,7 +226,7 @@ impl Repository {
             Err(Error::NotFound { .. }) => return Ok(None),
             Err(e) => return Err(e),
         };
-        let bytes = crate::content::read_all(self, &desc, MAX_MANIFEST_SIZE).await?;
+        let bytes = crate::content::read_manifest(self, &desc).await?;
         let index: Index = serde_json::from_slice(&bytes).map_err(|e| Error::InvalidManifest {
             context: format!(" referrers index {tag}"),
             reason: e.to_string(),
@@ -439,7 +440,14 @@ impl Target for Repository {
                 };
                 failures += 1;
                 if failures >= policy.attempts {
-                    let _ = tx.send(Err(err)).await;
+                    let _ = tx
+                        .send(Err(Error::Other(format!(
+                            "downloading {} from {}: gave up after {failures} tries, at byte {pos} of {}: {err}",
+                            desc.digest,
+                            repo.client.host(),
+                            desc.size
+                        ))))
+                        .await;
                     return;
                 }
                 tracing::warn!("{err}; resuming {} at byte {pos}", desc.digest);
@@ -460,6 +468,18 @@ impl Target for Repository {
             rx,
             |mut rx| async move { rx.recv().await.map(|item| (item, rx)) },
         )))
+    }
+
+    async fn fetch_manifest(&self, desc: &Descriptor) -> Result<ByteStream> {
+        let req = self
+            .request(Method::GET, &format!("manifests/{}", desc.digest), Access::Pull)
+            .header(ACCEPT, &desc.media_type);
+        let resp = self.client.send(&req).await?;
+        if !resp.status().is_success() {
+            return Err(self.client.error_for(resp, &format!("manifest {}", desc.digest)).await);
+        }
+        let client = self.client.clone();
+        Ok(Box::pin(resp.bytes_stream().map(move |r| r.map_err(|e| client.connect_error(e)))))
     }
 
     async fn fetch_range(&self, desc: &Descriptor, offset: u64, len: u64) -> Result<Bytes> {
@@ -587,7 +607,7 @@ impl Target for Repository {
     }
 
     async fn tag(&self, desc: &Descriptor, tag: &str) -> Result<()> {
-        let bytes = crate::content::read_all(self, desc, MAX_MANIFEST_SIZE).await?;
+        let bytes = crate::content::read_manifest(self, desc).await?;
         self.put_manifest(desc, bytes, tag).await.map(|_| ())
     }
 

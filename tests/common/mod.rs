@@ -763,3 +763,4 @@ where
         .env("DOCKER_CONFIG", "/nonexistent/oras-fs-tests/docker-config");
     run(&mut cmd)
 }
+pub mod faults;
