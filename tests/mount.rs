@@ -417,3 +417,60 @@ fn a_read_only_mount_refuses_writes_with_erofs() {
         "{line}"
     );
 }
+
+/// Two readers of the same cold blocks share the fetches: the registry sends the file once.
+#[test]
+fn concurrent_readers_of_one_file_cause_one_fetch() {
+    let repo = unique_repo("mount-singleflight");
+    let src = temp_dir();
+    let file = src.path().join("data");
+    write_random_file(&file, &repo, 24 * MIB);
+    push_files(src.path(), &reference(&repo, "v1"), &["data"]);
+    let layer = sha256_file(&file);
+
+    let m = Mount::new(&reference(&repo, "v1"), &["--read-only"]);
+    let log = registry_log();
+    let before = log_offset(&log);
+    let readers: Vec<_> = (0..2)
+        .map(|_| {
+            let path = m.join("data");
+            std::thread::spawn(move || sha256_file(&path))
+        })
+        .collect();
+    for r in readers {
+        assert_eq!(r.join().unwrap(), layer);
+    }
+    settle_log();
+    let served = bytes_served(&log, before, &layer);
+    assert_eq!(served, 24 * MIB, "two concurrent readers fetched {served} bytes of a 24 MiB file");
+}
+
+/// `--cache-size` bounds the disk cache: least recently used blobs go, even within one mount.
+#[test]
+fn the_disk_cache_stays_within_its_bound() {
+    let repo = unique_repo("mount-evict");
+    let src = temp_dir();
+    let names: Vec<String> = (0..4).map(|i| format!("f{i}")).collect();
+    for n in &names {
+        write_random_file(&src.path().join(n), &format!("{repo}{n}"), 6 * MIB);
+    }
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    push_files(src.path(), &reference(&repo, "v1"), &refs);
+
+    let m = Mount::new(&reference(&repo, "v1"), &["--read-only", "--cache-size", "13M"]);
+    for n in &names {
+        assert_eq!(sha256_file(&m.join(n)), sha256_file(&src.path().join(n)));
+    }
+    let used: u64 = ["blobs/sha256", "partial/sha256"]
+        .iter()
+        .filter_map(|sub| std::fs::read_dir(m.cache_dir().join(sub)).ok())
+        .flat_map(|rd| rd.flatten())
+        .map(|e| {
+            use std::os::unix::fs::MetadataExt;
+            e.metadata().map(|md| md.blocks() * 512).unwrap_or(0)
+        })
+        .sum();
+    assert!(used <= 13 * MIB, "the cache holds {used} bytes with --cache-size 13M");
+    // An evicted file still reads (it is fetched again).
+    assert_eq!(sha256_file(&m.join("f0")), sha256_file(&src.path().join("f0")));
+}

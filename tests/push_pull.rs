@@ -1263,3 +1263,58 @@ fn example_simple_push_pull_runs() {
         describe(&out)
     );
 }
+
+/// The Docker credential store: `credHelpers` and `credsStore` name a `docker-credential-*`
+/// program that `get` asks, `login` stores into and `logout` erases from.
+#[test]
+fn docker_credential_helpers_are_used() {
+    use std::os::unix::fs::PermissionsExt;
+    let reg = ExtraRegistry::start("helper", &["--htpasswd", "tester:s3cret-pw"]);
+    let repo = unique_repo("cred-helper");
+    let tmp = temp_dir();
+    write_file(&tmp.path().join("h.txt"), "helped");
+    let bin = tmp.path().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let helper = bin.join("docker-credential-fake");
+    write_file(
+        &helper,
+        format!(
+            "#!/bin/sh\nread server\ncase \"$1\" in\n\
+             get) printf '{{\"ServerURL\":\"%s\",\"Username\":\"tester\",\"Secret\":\"s3cret-pw\"}}' \"$server\" ;;\n\
+             store) echo \"$server\" > {0}/stored ;;\n\
+             erase) echo \"$server\" > {0}/erased ;;\n\
+             esac\n",
+            bin.display()
+        ),
+    );
+    std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
+    let config = tmp.path().join("config.json");
+    let with_helper = |args: &[&str]| {
+        let mut cmd = oras_fs_cmd(args);
+        cmd.env("PATH", &path).current_dir(tmp.path());
+        run(&mut cmd)
+    };
+    let r = reg.reference(&repo, "v1");
+    let cfg = config.to_str().unwrap();
+
+    // credHelpers, keyed by registry.
+    write_file(&config, format!("{{\"credHelpers\":{{\"{}\":\"fake\"}}}}", reg.host));
+    assert_ok(&with_helper(&["push", &r, "h.txt", "--registry-config", cfg, "--no-tty"]));
+    // credsStore, for every registry.
+    write_file(&config, r#"{"credsStore":"fake"}"#);
+    let out_dir = tmp.path().join("out");
+    assert_ok(&with_helper(&["pull", &r, "-o", out_dir.to_str().unwrap(), "--registry-config", cfg, "--no-tty"]));
+    assert_eq!(read_file(&out_dir.join("h.txt")), b"helped");
+    // login and logout go through the helper, not into the file.
+    let mut cmd = oras_fs_cmd(["login", &reg.host, "-u", "tester", "--password-stdin", "--registry-config", cfg]);
+    cmd.env("PATH", &path);
+    assert_ok(&run_with_stdin(&mut cmd, b"s3cret-pw\n"));
+    // `store` reads {"ServerURL", "Username", "Secret"} as JSON on stdin.
+    let stored: Value = serde_json::from_slice(&read_file(&bin.join("stored"))).unwrap();
+    assert_eq!(stored["ServerURL"], reg.host.as_str());
+    assert_eq!(stored["Username"], "tester");
+    assert!(!String::from_utf8_lossy(&read_file(&config)).contains("auths"));
+    assert_ok(&with_helper(&["logout", &reg.host, "--registry-config", cfg]));
+    assert_eq!(read_file(&bin.join("erased")), format!("{}\n", reg.host).as_bytes());
+}

@@ -75,6 +75,8 @@ impl BlobState {
 
 struct Blob {
     id: u64,
+    /// When the file's mtime (the eviction order) was last set, in seconds since the epoch.
+    touched: AtomicU64,
     desc: Descriptor,
     blocks: u64,
     file: File,
@@ -100,6 +102,24 @@ fn mkdir_private(path: &Path) -> std::io::Result<()> {
         .recursive(true)
         .mode(0o700)
         .create(path)
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl Blob {
+    /// Marks a complete blob recently used (at most every 10 s: it costs a syscall).
+    fn touch(&self) {
+        let now = now_secs();
+        if now.saturating_sub(self.touched.load(Ordering::Relaxed)) >= 10 && self.state.lock().unwrap().complete {
+            self.touched.store(now, Ordering::Relaxed);
+            let _ = self.file.set_modified(SystemTime::now());
+        }
+    }
 }
 
 impl BlobCache {
@@ -206,6 +226,7 @@ impl BlobCache {
         };
         let blob = Arc::new(Blob {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            touched: AtomicU64::new(0),
             desc: desc.clone(),
             blocks,
             file,
@@ -233,6 +254,7 @@ impl BlobCache {
         }
         let blob = self.blob(desc)?;
         self.verify_if_complete(&blob).await?;
+        blob.touch();
         let need = if desc.size <= SMALL_BLOB {
             0..blob.blocks
         } else {
@@ -576,12 +598,15 @@ impl BlobCache {
     /// Deletes least recently used cache files until the disk cache fits its bound, sparing
     /// blobs this process has open.
     pub fn enforce_disk_limit(&self) {
+        // Blobs being filled stay; complete ones may go even while open (their readers keep the
+        // file through its descriptor; the next open fetches again).
         let in_use: HashSet<String> = self
             .blobs
             .lock()
             .unwrap()
-            .keys()
-            .map(|d| d.hex().to_string())
+            .iter()
+            .filter(|(_, b)| !b.state.lock().unwrap().complete)
+            .map(|(d, _)| d.hex().to_string())
             .collect();
         let mut files = Vec::new();
         let mut total = 0u64;
@@ -617,6 +642,7 @@ impl BlobCache {
             }
             if std::fs::remove_file(&path).is_ok() {
                 tracing::debug!("cache: evicted {}", path.display());
+                self.blobs.lock().unwrap().retain(|d, _| d.hex() != hex);
                 total = total.saturating_sub(used);
             }
         }
