@@ -442,7 +442,11 @@ fn concurrent_readers_of_one_file_cause_one_fetch() {
     }
     settle_log();
     let served = bytes_served(&log, before, &layer);
-    assert_eq!(served, 24 * MIB, "two concurrent readers fetched {served} bytes of a 24 MiB file");
+    assert_eq!(
+        served,
+        24 * MIB,
+        "two concurrent readers fetched {served} bytes of a 24 MiB file"
+    );
 }
 
 /// `--cache-size` bounds the disk cache: least recently used blobs go, even within one mount.
@@ -457,7 +461,10 @@ fn the_disk_cache_stays_within_its_bound() {
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();
     push_files(src.path(), &reference(&repo, "v1"), &refs);
 
-    let m = Mount::new(&reference(&repo, "v1"), &["--read-only", "--cache-size", "13M"]);
+    let m = Mount::new(
+        &reference(&repo, "v1"),
+        &["--read-only", "--cache-size", "13M"],
+    );
     for n in &names {
         assert_eq!(sha256_file(&m.join(n)), sha256_file(&src.path().join(n)));
     }
@@ -470,7 +477,13 @@ fn the_disk_cache_stays_within_its_bound() {
             e.metadata().map(|md| md.blocks() * 512).unwrap_or(0)
         })
         .sum();
-    assert!(used <= 13 * MIB, "the cache holds {used} bytes with --cache-size 13M");
+    assert!(
+        used <= 13 * MIB,
+        "the cache holds {used} bytes with --cache-size 13M"
+    );
     // An evicted file still reads (it is fetched again).
-    assert_eq!(sha256_file(&m.join("f0")), sha256_file(&src.path().join("f0")));
+    assert_eq!(
+        sha256_file(&m.join("f0")),
+        sha256_file(&src.path().join("f0"))
+    );
 }

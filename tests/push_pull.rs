@@ -1288,7 +1288,11 @@ fn docker_credential_helpers_are_used() {
         ),
     );
     std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
     let config = tmp.path().join("config.json");
     let with_helper = |args: &[&str]| {
         let mut cmd = oras_fs_cmd(args);
@@ -1299,15 +1303,41 @@ fn docker_credential_helpers_are_used() {
     let cfg = config.to_str().unwrap();
 
     // credHelpers, keyed by registry.
-    write_file(&config, format!("{{\"credHelpers\":{{\"{}\":\"fake\"}}}}", reg.host));
-    assert_ok(&with_helper(&["push", &r, "h.txt", "--registry-config", cfg, "--no-tty"]));
+    write_file(
+        &config,
+        format!("{{\"credHelpers\":{{\"{}\":\"fake\"}}}}", reg.host),
+    );
+    assert_ok(&with_helper(&[
+        "push",
+        &r,
+        "h.txt",
+        "--registry-config",
+        cfg,
+        "--no-tty",
+    ]));
     // credsStore, for every registry.
     write_file(&config, r#"{"credsStore":"fake"}"#);
     let out_dir = tmp.path().join("out");
-    assert_ok(&with_helper(&["pull", &r, "-o", out_dir.to_str().unwrap(), "--registry-config", cfg, "--no-tty"]));
+    assert_ok(&with_helper(&[
+        "pull",
+        &r,
+        "-o",
+        out_dir.to_str().unwrap(),
+        "--registry-config",
+        cfg,
+        "--no-tty",
+    ]));
     assert_eq!(read_file(&out_dir.join("h.txt")), b"helped");
     // login and logout go through the helper, not into the file.
-    let mut cmd = oras_fs_cmd(["login", &reg.host, "-u", "tester", "--password-stdin", "--registry-config", cfg]);
+    let mut cmd = oras_fs_cmd([
+        "login",
+        &reg.host,
+        "-u",
+        "tester",
+        "--password-stdin",
+        "--registry-config",
+        cfg,
+    ]);
     cmd.env("PATH", &path);
     assert_ok(&run_with_stdin(&mut cmd, b"s3cret-pw\n"));
     // `store` reads {"ServerURL", "Username", "Secret"} as JSON on stdin.
@@ -1315,6 +1345,14 @@ fn docker_credential_helpers_are_used() {
     assert_eq!(stored["ServerURL"], reg.host.as_str());
     assert_eq!(stored["Username"], "tester");
     assert!(!String::from_utf8_lossy(&read_file(&config)).contains("auths"));
-    assert_ok(&with_helper(&["logout", &reg.host, "--registry-config", cfg]));
-    assert_eq!(read_file(&bin.join("erased")), format!("{}\n", reg.host).as_bytes());
+    assert_ok(&with_helper(&[
+        "logout",
+        &reg.host,
+        "--registry-config",
+        cfg,
+    ]));
+    assert_eq!(
+        read_file(&bin.join("erased")),
+        format!("{}\n", reg.host).as_bytes()
+    );
 }

@@ -455,7 +455,8 @@ fn renaming_a_directory_layer_is_refused_with_exdev() {
     let m = Mount::new(&r, &[]);
     // Its tar names the top directory, so a new name would need a new layer: EXDEV (18)
     // tells `mv` to copy instead. The layer stays as it was.
-    let err = std::fs::rename(m.join("tree"), m.join("renamed")).expect_err("renaming a directory layer");
+    let err =
+        std::fs::rename(m.join("tree"), m.join("renamed")).expect_err("renaming a directory layer");
     assert_eq!(err.raw_os_error(), Some(18), "{err}");
     let expected = expect_tree(&[("tree/sub/y.txt", b"y\n"), ("tree/x.txt", b"x\n")]);
     let mut seen = tree(m.path());

@@ -410,7 +410,10 @@ pub async fn blob(c: BlobCommand) -> Result<()> {
                 let stdin = tokio_util::io::ReaderStream::new(tokio::io::stdin());
                 let desc = Descriptor::new(media_type, digest, size);
                 // Checked here too, so a wrong --size or digest is named as such.
-                let stream = content::verified(&desc, Box::pin(stdin.map(|r| r.map_err(|e| Error::io("reading stdin", e)))));
+                let stream = content::verified(
+                    &desc,
+                    Box::pin(stdin.map(|r| r.map_err(|e| Error::io("reading stdin", e)))),
+                );
                 (desc, stream)
             } else {
                 let (digest, size) = content::file::hash_file(Path::new(&file)).await?;

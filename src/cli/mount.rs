@@ -221,7 +221,10 @@ fn without_password(args: Vec<String>) -> (Vec<String>, Option<String>) {
             password = it.next();
         } else if let Some(p) = a.strip_prefix("--password=") {
             password = Some(p.to_string());
-        } else if let Some(p) = a.strip_prefix("-p").filter(|p| !p.is_empty() && !a.starts_with("--")) {
+        } else if let Some(p) = a
+            .strip_prefix("-p")
+            .filter(|p| !p.is_empty() && !a.starts_with("--"))
+        {
             password = Some(p.to_string());
         } else {
             out.push(a);
@@ -240,7 +243,10 @@ fn spawn_background() -> Result<()> {
     let (args, flag_password) = without_password(std::env::args().skip(1).collect());
     let password_stdin = flag_password.is_some() || args.iter().any(|a| a == "--password-stdin");
     let args = match &flag_password {
-        Some(_) => args.into_iter().chain(["--password-stdin".to_string()]).collect(),
+        Some(_) => args
+            .into_iter()
+            .chain(["--password-stdin".to_string()])
+            .collect(),
         None => args,
     };
     let mut cmd = Command::new(exe);

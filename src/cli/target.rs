@@ -68,10 +68,12 @@ fn split(spec: &str) -> Result<(String, Vec<String>, Option<Digest>)> {
 /// Checks a tag as the distribution spec defines it (for layouts too, so they stay portable).
 pub fn validate_tag(tag: &str) -> Result<()> {
     let probe: Reference = "localhost/x".parse().expect("a valid reference");
-    probe.with_target(tag).map_err(|_| Error::InvalidReference {
-        reference: tag.to_string(),
-        reason: "a tag is 1-128 characters of [A-Za-z0-9_.-], not starting with . or -".into(),
-    })?;
+    probe
+        .with_target(tag)
+        .map_err(|_| Error::InvalidReference {
+            reference: tag.to_string(),
+            reason: "a tag is 1-128 characters of [A-Za-z0-9_.-], not starting with . or -".into(),
+        })?;
     if tag.contains(':') {
         return Err(Error::InvalidReference {
             reference: tag.to_string(),

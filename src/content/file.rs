@@ -12,16 +12,12 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use futures_util::StreamExt;
-use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 
-use super::{ByteStream, MemoryStore, Target};
-use crate::digest::{Digest, Digester, Verifier};
+use super::{ByteStream, MemoryStore, Target, IO_CHUNK};
+use crate::digest::{Digest, Digester};
 use crate::error::{Error, IoContext, Result};
 use crate::manifest::{annotation, media_type, Descriptor};
-
-/// Read and write buffer size for blob files: large enough that syscalls don't dominate.
-const IO_CHUNK: usize = 1 << 20;
 
 #[derive(Clone, Debug, Default)]
 pub struct FileStoreOptions {
@@ -150,33 +146,14 @@ impl FileStore {
         if !self.options.allow_path_traversal {
             check_inside(&self.root, &parent, title)?;
         }
-        let tmp = tempfile::Builder::new()
-            .prefix(".oras-fs-partial-")
-            .tempfile_in(&parent)
-            .ctx(|| format!("creating a temporary file in {}", parent.display()))?;
-        let (std_file, tmp_path) = tmp.into_parts();
-        let mut file =
-            tokio::io::BufWriter::with_capacity(IO_CHUNK, tokio::fs::File::from_std(std_file));
-        let mut verifier = Verifier::new(&desc.digest, desc.size);
-        let mut content = content;
-        while let Some(chunk) = content.next().await {
-            let chunk = chunk?;
-            verifier.update(&chunk)?;
-            file.write_all(&chunk)
-                .await
-                .ctx(|| format!("writing {}", dest.display()))?;
-        }
-        file.flush()
-            .await
-            .ctx(|| format!("writing {}", dest.display()))?;
-        verifier.finish()?;
-        let file = file.into_inner().into_std().await;
+        let tmp = super::write_verified(&parent, desc, content, &dest).await?;
         // Temporary files are 0600; a pulled file gets the usual 0666 & ~umask.
         {
             use std::os::unix::fs::PermissionsExt;
-            let _ = file.set_permissions(std::fs::Permissions::from_mode(0o666 & !umask()));
+            let _ = tmp
+                .as_file()
+                .set_permissions(std::fs::Permissions::from_mode(0o666 & !umask()));
         }
-        let tmp = tempfile::NamedTempFile::from_parts(file, tmp_path);
         if desc.is_directory() {
             let (tmp, dest, desc, opts) = (tmp, dest.clone(), desc.clone(), self.options.clone());
             tokio::task::spawn_blocking(move || unpack_directory(tmp.path(), &dest, &desc, &opts))
@@ -214,10 +191,7 @@ impl Target for FileStore {
         let file = tokio::fs::File::open(&path)
             .await
             .ctx(|| format!("opening {}", path.display()))?;
-        let stream = tokio_util::io::ReaderStream::with_capacity(file, IO_CHUNK);
-        Ok(Box::pin(stream.map(move |r| {
-            r.map_err(|e| Error::io(format!("reading {}", path.display()), e))
-        })))
+        Ok(super::file_stream(file, path))
     }
 
     async fn fetch_range(&self, desc: &Descriptor, offset: u64, len: u64) -> Result<Bytes> {
@@ -225,18 +199,7 @@ impl Target for FileStore {
         let Some(path) = path else {
             return self.fallback.fetch_range(desc, offset, len).await;
         };
-        let mut file = tokio::fs::File::open(&path)
-            .await
-            .ctx(|| format!("opening {}", path.display()))?;
-        file.seek(std::io::SeekFrom::Start(offset))
-            .await
-            .ctx(|| format!("reading {}", path.display()))?;
-        let mut buf = Vec::new();
-        file.take(len)
-            .read_to_end(&mut buf)
-            .await
-            .ctx(|| format!("reading {}", path.display()))?;
-        Ok(buf.into())
+        super::read_file_range(&path, offset, len).await
     }
 
     async fn exists(&self, desc: &Descriptor) -> Result<bool> {
@@ -493,14 +456,24 @@ pub fn unpack_directory(
             if !opts.allow_path_traversal {
                 check_tar_entry(&path, &entry)
                     .map_err(|r| bad(format!("{}: {r}", path.display())))?;
-                let normal: PathBuf = path.components().filter(|c| matches!(c, Component::Normal(_))).collect();
+                let normal: PathBuf = path
+                    .components()
+                    .filter(|c| matches!(c, Component::Normal(_)))
+                    .collect();
                 if normal.ancestors().skip(1).any(|a| links.contains(a)) {
-                    return Err(bad(format!("{}: leads through a symlink of the archive", path.display())));
+                    return Err(bad(format!(
+                        "{}: leads through a symlink of the archive",
+                        path.display()
+                    )));
                 }
                 let kind = entry.header().entry_type();
                 if kind.is_symlink() || kind.is_hard_link() {
                     if let Ok(Some(target)) = entry.link_name() {
-                        let base = if kind.is_symlink() { normal.parent().unwrap_or(Path::new("")).to_path_buf() } else { PathBuf::new() };
+                        let base = if kind.is_symlink() {
+                            normal.parent().unwrap_or(Path::new("")).to_path_buf()
+                        } else {
+                            PathBuf::new()
+                        };
                         if resolves_through(&base.join(&target), &links) {
                             return Err(bad(format!(
                                 "{}: link to {} leads through a symlink of the archive",

@@ -9,18 +9,14 @@ use std::sync::Mutex;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use futures_util::StreamExt;
-use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 
 use super::{ByteStream, Target};
-use crate::digest::{Digest, Verifier};
+use crate::digest::Digest;
 use crate::error::{Error, IoContext, Result};
 use crate::manifest::{media_type, Descriptor, MAX_MANIFEST_SIZE};
 
 /// The annotation that names a manifest in `index.json`.
 pub const REF_NAME: &str = "org.opencontainers.image.ref.name";
-
-const IO_CHUNK: usize = 1 << 20;
 
 pub struct OciLayout {
     root: PathBuf,
@@ -87,13 +83,20 @@ impl OciLayout {
     /// by rename, so it cannot carry the lock).
     fn lock(&self) -> Result<IndexGuard<'_>> {
         let guard = self.index_lock.lock().unwrap();
-        let dir = std::fs::File::open(&self.root).ctx(|| format!("opening {}", self.root.display()))?;
+        let dir =
+            std::fs::File::open(&self.root).ctx(|| format!("opening {}", self.root.display()))?;
         use std::os::fd::AsRawFd;
         // SAFETY: flock on a descriptor we own; released when `dir` is closed.
         if unsafe { libc::flock(dir.as_raw_fd(), libc::LOCK_EX) } != 0 {
-            return Err(Error::io(format!("locking {}", self.root.display()), std::io::Error::last_os_error()));
+            return Err(Error::io(
+                format!("locking {}", self.root.display()),
+                std::io::Error::last_os_error(),
+            ));
         }
-        Ok(IndexGuard { _dir: dir, _guard: guard })
+        Ok(IndexGuard {
+            _dir: dir,
+            _guard: guard,
+        })
     }
 
     fn blob_path(&self, digest: &Digest) -> PathBuf {
@@ -223,26 +226,11 @@ impl Target for OciLayout {
                 what: "blob",
                 name: format!("{} in {}", desc.digest, self.root.display()),
             })?;
-        let stream = tokio_util::io::ReaderStream::with_capacity(file, IO_CHUNK);
-        Ok(Box::pin(stream.map(move |r| {
-            r.map_err(|e| Error::io(format!("reading {}", path.display()), e))
-        })))
+        Ok(super::file_stream(file, path))
     }
 
     async fn fetch_range(&self, desc: &Descriptor, offset: u64, len: u64) -> Result<Bytes> {
-        let path = self.blob_path(&desc.digest);
-        let mut file = tokio::fs::File::open(&path)
-            .await
-            .ctx(|| format!("opening {}", path.display()))?;
-        file.seek(std::io::SeekFrom::Start(offset))
-            .await
-            .ctx(|| format!("reading {}", path.display()))?;
-        let mut buf = Vec::new();
-        file.take(len)
-            .read_to_end(&mut buf)
-            .await
-            .ctx(|| format!("reading {}", path.display()))?;
-        Ok(buf.into())
+        super::read_file_range(&self.blob_path(&desc.digest), offset, len).await
     }
 
     async fn exists(&self, desc: &Descriptor) -> Result<bool> {
@@ -257,28 +245,8 @@ impl Target for OciLayout {
         tokio::fs::create_dir_all(&dir)
             .await
             .ctx(|| format!("creating {}", dir.display()))?;
-        let (file, tmp_path) = tempfile::Builder::new()
-            .prefix(".partial-")
-            .tempfile_in(&dir)
-            .ctx(|| format!("creating a temporary file in {}", dir.display()))?
-            .into_parts();
-        let mut out =
-            tokio::io::BufWriter::with_capacity(IO_CHUNK, tokio::fs::File::from_std(file));
-        let mut verifier = Verifier::new(&desc.digest, desc.size);
-        let mut content = content;
-        while let Some(chunk) = content.next().await {
-            let chunk = chunk?;
-            verifier.update(&chunk)?;
-            out.write_all(&chunk)
-                .await
-                .ctx(|| format!("writing {}", dest.display()))?;
-        }
-        out.flush()
-            .await
-            .ctx(|| format!("writing {}", dest.display()))?;
-        verifier.finish()?;
-        let file = out.into_inner().into_std().await;
-        tempfile::NamedTempFile::from_parts(file, tmp_path)
+        super::write_verified(&dir, desc, content, &dest)
+            .await?
             .persist(&dest)
             .map_err(|e| Error::io(format!("renaming into {}", dest.display()), e.error))?;
         Ok(())

@@ -26,6 +26,73 @@ pub use layout::OciLayout;
 pub use memory::MemoryStore;
 pub use overlay::Overlay;
 
+/// Read and write buffer size for blob files: large enough that syscalls don't dominate.
+pub(crate) const IO_CHUNK: usize = 1 << 20;
+
+/// Streams `content` into a new temporary file in `dir`, verifying it against `desc`. The
+/// caller renames it into place; on any failure the temporary file is deleted, so a failed
+/// transfer never leaves a truncated file. `dest` names the destination in messages.
+pub(crate) async fn write_verified(
+    dir: &std::path::Path,
+    desc: &Descriptor,
+    content: ByteStream,
+    dest: &std::path::Path,
+) -> Result<tempfile::NamedTempFile> {
+    use crate::error::IoContext;
+    use tokio::io::AsyncWriteExt;
+    let (file, tmp_path) = tempfile::Builder::new()
+        .prefix(".oras-fs-partial-")
+        .tempfile_in(dir)
+        .ctx(|| format!("creating a temporary file in {}", dir.display()))?
+        .into_parts();
+    let mut out = tokio::io::BufWriter::with_capacity(IO_CHUNK, tokio::fs::File::from_std(file));
+    let mut verifier = Verifier::new(&desc.digest, desc.size);
+    let mut content = content;
+    while let Some(chunk) = content.next().await {
+        let chunk = chunk?;
+        verifier.update(&chunk)?;
+        out.write_all(&chunk)
+            .await
+            .ctx(|| format!("writing {}", dest.display()))?;
+    }
+    out.flush()
+        .await
+        .ctx(|| format!("writing {}", dest.display()))?;
+    verifier.finish()?;
+    let file = out.into_inner().into_std().await;
+    Ok(tempfile::NamedTempFile::from_parts(file, tmp_path))
+}
+
+/// Streams a local file in [`IO_CHUNK`] pieces.
+pub(crate) fn file_stream(file: tokio::fs::File, path: std::path::PathBuf) -> ByteStream {
+    let stream = tokio_util::io::ReaderStream::with_capacity(file, IO_CHUNK);
+    Box::pin(
+        stream.map(move |r| r.map_err(|e| Error::io(format!("reading {}", path.display()), e))),
+    )
+}
+
+/// Reads `len` bytes at `offset` of a local file (fewer at its end).
+pub(crate) async fn read_file_range(
+    path: &std::path::Path,
+    offset: u64,
+    len: u64,
+) -> Result<Bytes> {
+    use crate::error::IoContext;
+    use tokio::io::{AsyncReadExt, AsyncSeekExt};
+    let mut file = tokio::fs::File::open(path)
+        .await
+        .ctx(|| format!("opening {}", path.display()))?;
+    file.seek(std::io::SeekFrom::Start(offset))
+        .await
+        .ctx(|| format!("reading {}", path.display()))?;
+    let mut buf = Vec::new();
+    file.take(len)
+        .read_to_end(&mut buf)
+        .await
+        .ctx(|| format!("reading {}", path.display()))?;
+    Ok(buf.into())
+}
+
 /// Blob bytes as they arrive.
 pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes>> + Send>>;
 
@@ -146,15 +213,13 @@ pub async fn fetch_manifest(
     reference: &str,
 ) -> Result<(Descriptor, Bytes, Manifest)> {
     let desc = target.resolve(reference).await?;
-    let bytes = read_manifest(target, &desc)
-        .await
-        .map_err(|e| match e {
-            Error::Protocol(m) => Error::InvalidManifest {
-                context: format!(" {reference}"),
-                reason: m,
-            },
-            e => e,
-        })?;
+    let bytes = read_manifest(target, &desc).await.map_err(|e| match e {
+        Error::Protocol(m) => Error::InvalidManifest {
+            context: format!(" {reference}"),
+            reason: m,
+        },
+        e => e,
+    })?;
     let manifest = Manifest::parse(&bytes, Some(&desc.media_type)).map_err(|e| match e {
         Error::InvalidManifest { reason, .. } => Error::InvalidManifest {
             context: format!(" {} ({})", reference, desc.digest),

@@ -115,7 +115,9 @@ impl Blob {
     /// Marks a complete blob recently used (at most every 10 s: it costs a syscall).
     fn touch(&self) {
         let now = now_secs();
-        if now.saturating_sub(self.touched.load(Ordering::Relaxed)) >= 10 && self.state.lock().unwrap().complete {
+        if now.saturating_sub(self.touched.load(Ordering::Relaxed)) >= 10
+            && self.state.lock().unwrap().complete
+        {
             self.touched.store(now, Ordering::Relaxed);
             let _ = self.file.set_modified(SystemTime::now());
         }
@@ -313,7 +315,10 @@ impl BlobCache {
         // Request everything at once (in MAX_REQUEST runs), then wait for verification.
         let waits = self.ensure(&blob, 0..blob.blocks, 0..0);
         for mut rx in waits {
-            if !matches!(*rx.wait_for(|d| d.is_some()).await.map_err(|_| libc::EIO)?, Some(Ok(()))) {
+            if !matches!(
+                *rx.wait_for(|d| d.is_some()).await.map_err(|_| libc::EIO)?,
+                Some(Ok(()))
+            ) {
                 return Err(libc::EIO);
             }
         }
@@ -462,7 +467,9 @@ impl BlobCache {
             return Ok(());
         }
         if let Err(e) = self.advance_hash(blob, &run, data) {
-            return Err(std::io::Error::other(format!("verification failed (errno {e})")));
+            return Err(std::io::Error::other(format!(
+                "verification failed (errno {e})"
+            )));
         }
         if !all {
             // The map is written after the data, so a crash never marks unwritten blocks present.
@@ -481,7 +488,12 @@ impl BlobCache {
 
     /// Feeds the hasher every block that is present next in order, reading blocks of this run
     /// from `data` and others from the file. When the last block is in, the blob is verified.
-    fn advance_hash(self: &Arc<Self>, blob: &Arc<Blob>, run: &Range<u64>, data: &Bytes) -> Result<(), Errno> {
+    fn advance_hash(
+        self: &Arc<Self>,
+        blob: &Arc<Blob>,
+        run: &Range<u64>,
+        data: &Bytes,
+    ) -> Result<(), Errno> {
         loop {
             let (mut hasher, mut next) = {
                 let mut st = blob.state.lock().unwrap();
@@ -503,7 +515,9 @@ impl BlobCache {
                     hasher.update(&data[at..at + len]);
                 } else {
                     buf.resize(len, 0);
-                    blob.file.read_exact_at(&mut buf, off).map_err(|_| libc::EIO)?;
+                    blob.file
+                        .read_exact_at(&mut buf, off)
+                        .map_err(|_| libc::EIO)?;
                     hasher.update(&buf);
                 }
                 next += 1;

@@ -782,7 +782,11 @@ impl OrasFs {
         result
     }
 
-    async fn push_changes(&self, w: &Writer, opts: &SyncOptions) -> crate::Result<Option<Descriptor>> {
+    async fn push_changes(
+        &self,
+        w: &Writer,
+        opts: &SyncOptions,
+    ) -> crate::Result<Option<Descriptor>> {
         let base = self.snapshot();
         // A consistent view of what to push, with each staged file's version.
         let plan: Vec<(String, Node)> = {

@@ -495,7 +495,8 @@ impl Client {
                 detail = format!(": {text}");
             }
             // A HEAD answer has no body to say it: a bare 400 over plain HTTP is the same case.
-            let bare_400 = text.is_empty() && status == StatusCode::BAD_REQUEST && self.options.plain_http;
+            let bare_400 =
+                text.is_empty() && status == StatusCode::BAD_REQUEST && self.options.plain_http;
             if bare_400 || text.contains("HTTP request to an HTTPS server") {
                 detail.push_str(" (the registry speaks HTTPS: drop --plain-http, and use --ca-file or --insecure for a private CA)");
             }

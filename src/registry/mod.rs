@@ -6,8 +6,8 @@ mod tls;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use futures_util::StreamExt;
 use bytes::Bytes;
+use futures_util::StreamExt;
 use reqwest::header::{
     HeaderMap, HeaderValue, ACCEPT, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, LOCATION, RANGE,
 };
@@ -472,14 +472,24 @@ impl Target for Repository {
 
     async fn fetch_manifest(&self, desc: &Descriptor) -> Result<ByteStream> {
         let req = self
-            .request(Method::GET, &format!("manifests/{}", desc.digest), Access::Pull)
+            .request(
+                Method::GET,
+                &format!("manifests/{}", desc.digest),
+                Access::Pull,
+            )
             .header(ACCEPT, &desc.media_type);
         let resp = self.client.send(&req).await?;
         if !resp.status().is_success() {
-            return Err(self.client.error_for(resp, &format!("manifest {}", desc.digest)).await);
+            return Err(self
+                .client
+                .error_for(resp, &format!("manifest {}", desc.digest))
+                .await);
         }
         let client = self.client.clone();
-        Ok(Box::pin(resp.bytes_stream().map(move |r| r.map_err(|e| client.connect_error(e)))))
+        Ok(Box::pin(
+            resp.bytes_stream()
+                .map(move |r| r.map_err(|e| client.connect_error(e))),
+        ))
     }
 
     async fn fetch_range(&self, desc: &Descriptor, offset: u64, len: u64) -> Result<Bytes> {
