@@ -122,6 +122,8 @@ pub struct Client {
     basic: AtomicBool,
     /// The registry's bearer challenge, so later scopes get tokens before their first request.
     bearer: Mutex<Option<(String, Option<String>)>>,
+    /// Serializes token requests, so concurrent transfers share one token.
+    token_fetch: tokio::sync::Mutex<()>,
 }
 
 impl Client {
@@ -157,6 +159,7 @@ impl Client {
             tokens: TokenCache::default(),
             basic: AtomicBool::new(false),
             bearer: Mutex::new(None),
+            token_fetch: tokio::sync::Mutex::new(()),
         }))
     }
 
@@ -235,7 +238,7 @@ impl Client {
     async fn send_authenticated(&self, req: &Request<'_>) -> Result<Response> {
         let scope = req.scope();
         let auth = self.authorization(scope.as_deref(), false).await?;
-        let resp = self.send_raw(req, auth).await?;
+        let resp = self.send_raw(req, auth.clone()).await?;
         if resp.status() != StatusCode::UNAUTHORIZED {
             return Ok(resp);
         }
@@ -244,7 +247,18 @@ impl Client {
             .get(WWW_AUTHENTICATE)
             .and_then(|v| v.to_str().ok())
             .and_then(parse_challenge);
-        self.learn(challenge, scope.as_deref()).await?;
+        self.learn(challenge).await?;
+        // Forget the token only if it is the one refused: a concurrent request may already
+        // have fetched a fresh one.
+        if let (Some(used), Some(s)) = (&auth, &scope) {
+            if self
+                .tokens
+                .get(s)
+                .is_some_and(|t| bearer_header(&t) == used)
+            {
+                self.tokens.forget(s);
+            }
+        }
         let auth = self.authorization(scope.as_deref(), true).await?;
         if auth.is_none() {
             return Err(self.unauthorized(" (credentials are required; none are configured)"));
@@ -386,6 +400,11 @@ impl Client {
         let known = self.bearer.lock().unwrap().clone();
         match known {
             Some((realm, service)) if fetch || scope.is_some() => {
+                // One token request per scope at a time: concurrent requests wait for it.
+                let _one = self.token_fetch.lock().await;
+                if let Some(t) = self.tokens.get(key) {
+                    return Ok(Some(bearer_header(&t)));
+                }
                 let token = self.fetch_token(&realm, service.as_deref(), scope).await?;
                 Ok(Some(bearer_header(&token)))
             }
@@ -394,7 +413,7 @@ impl Client {
     }
 
     /// Records what a 401 asked for.
-    async fn learn(&self, challenge: Option<Challenge>, scope: Option<&str>) -> Result<()> {
+    async fn learn(&self, challenge: Option<Challenge>) -> Result<()> {
         match challenge {
             Some(Challenge::Basic) => {
                 self.basic.store(true, Ordering::Relaxed);
@@ -402,9 +421,6 @@ impl Client {
             }
             Some(Challenge::Bearer { realm, service, .. }) => {
                 *self.bearer.lock().unwrap() = Some((realm, service));
-                if let Some(s) = scope {
-                    self.tokens.forget(s);
-                }
                 Ok(())
             }
             None => {
