@@ -892,3 +892,73 @@ fn an_expired_token_is_renewed_once_then_fails_clearly() {
     assert!(proxy.token_requests().len() - before <= 2);
     assert!(!out_dir.path().join("data.bin").exists());
 }
+
+/// A Docker `identitytoken` is an OAuth2 refresh token: it is POSTed to the token realm
+/// (grant_type=refresh_token), never sent as a password.
+#[test]
+fn an_identity_token_from_the_docker_config_gets_tokens_by_refresh_grant() {
+    let repo = unique_repo("identity-token");
+    let src = temp_dir();
+    write_file(&src.path().join("i.txt"), "identity");
+    let proxy = FaultProxy::start_bearer_refresh(&registry(), "refresh-me-123");
+    let r = proxy.reference(&repo, "v1");
+    let config = src.path().join("config.json");
+    write_file(
+        &config,
+        format!(
+            r#"{{"auths":{{"{}":{{"identitytoken":"refresh-me-123"}}}}}}"#,
+            proxy.addr
+        ),
+    );
+    let cfg = config.to_str().unwrap();
+    assert_ok(&oras_fs_in(
+        src.path(),
+        [
+            "push",
+            r.as_str(),
+            "i.txt",
+            "--registry-config",
+            cfg,
+            "--no-tty",
+        ],
+    ));
+    let out = src.path().join("out");
+    assert_ok(&oras_fs([
+        "pull",
+        r.as_str(),
+        "-o",
+        out.to_str().unwrap(),
+        "--registry-config",
+        cfg,
+        "--no-tty",
+    ]));
+    assert_eq!(read_file(&out.join("i.txt")), b"identity");
+    let tokens = proxy.token_requests();
+    assert!(!tokens.is_empty());
+    assert!(
+        tokens
+            .iter()
+            .all(|t| t.form.contains("grant_type=refresh_token") && t.issued.is_some()),
+        "{tokens:#?}"
+    );
+    // A wrong identity token fails clearly.
+    write_file(
+        &config,
+        format!(
+            r#"{{"auths":{{"{}":{{"identitytoken":"wrong"}}}}}}"#,
+            proxy.addr
+        ),
+    );
+    assert_fails(
+        &oras_fs([
+            "pull",
+            r.as_str(),
+            "-o",
+            out.to_str().unwrap(),
+            "--registry-config",
+            cfg,
+            "--no-tty",
+        ]),
+        "authentication",
+    );
+}

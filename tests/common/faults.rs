@@ -153,12 +153,16 @@ pub struct TokenRequest {
     pub authorization: Option<String>,
     /// The token issued (None when refused).
     pub issued: Option<String>,
+    /// The POSTed form of a refresh-token grant (empty for a GET).
+    pub form: String,
 }
 
 #[derive(Default)]
 struct Bearer {
     /// `(user, password)` the token endpoint demands (Basic), if any.
     credentials: Option<(String, String)>,
+    /// The OAuth2 refresh token (a Docker identity token) the endpoint demands instead, if any.
+    refresh_token: Option<String>,
     valid: HashSet<String>,
     issued: usize,
     requests: Vec<TokenRequest>,
@@ -194,6 +198,16 @@ impl FaultProxy {
     /// without a valid token get 401 with `Bearer realm="http://ADDR/token"`; `/token` issues
     /// tokens, to anyone when `credentials` is `None`, else only to that user (Basic auth).
     /// Tokens are never forwarded.
+    /// A bearer-mode proxy whose token endpoint only takes the OAuth2 refresh-token grant with
+    /// `refresh_token` (what a Docker `identitytoken` is).
+    pub fn start_bearer_refresh(upstream: &str, refresh_token: &str) -> FaultProxy {
+        let proxy = Self::start_bearer(upstream, None);
+        if let Some(b) = &proxy.shared.bearer {
+            b.lock().unwrap().refresh_token = Some(refresh_token.to_string());
+        }
+        proxy
+    }
+
     pub fn start_bearer(upstream: &str, credentials: Option<(&str, &str)>) -> FaultProxy {
         let bearer = Bearer {
             credentials: credentials.map(|(u, p)| (u.to_string(), p.to_string())),
@@ -753,7 +767,20 @@ fn serve_connection(client: TcpStream, shared: &Arc<Shared>) -> std::io::Result<
     // Bearer mode: the token endpoint, and the token check.
     if let Some(bearer) = &shared.bearer {
         if path.starts_with("/token") {
-            let received = drain_body(&mut reader, request_framing);
+            // An OAuth2 refresh-token grant is a POSTed form: keep it (small) to check it.
+            let mut form = String::new();
+            let received = if method == "POST" {
+                let len: usize = head
+                    .get("content-length")
+                    .and_then(|l| l.parse().ok())
+                    .unwrap_or(0);
+                let mut buf = vec![0u8; len.min(64 * 1024)];
+                reader.read_exact(&mut buf)?;
+                form = String::from_utf8_lossy(&buf).into_owned();
+                len as u64
+            } else {
+                drain_body(&mut reader, request_framing)
+            };
             let authorization = head.get("authorization").map(str::to_string);
             let query = path
                 .split_once('?')
@@ -761,9 +788,16 @@ fn serve_connection(client: TcpStream, shared: &Arc<Shared>) -> std::io::Result<
                 .unwrap_or_default();
             let (status, body) = {
                 let mut b = bearer.lock().unwrap();
-                let allowed = match &b.credentials {
-                    None => true,
-                    Some((u, p)) => authorization.as_deref() == Some(&basic(u, p)),
+                let allowed = match (&b.refresh_token, &b.credentials) {
+                    (Some(rt), _) => {
+                        method == "POST"
+                            && form.split('&').any(|kv| kv == "grant_type=refresh_token")
+                            && form
+                                .split('&')
+                                .any(|kv| kv == format!("refresh_token={rt}"))
+                    }
+                    (None, None) => true,
+                    (None, Some((u, p))) => authorization.as_deref() == Some(&basic(u, p)),
                 };
                 let issued = allowed.then(|| {
                     b.issued += 1;
@@ -776,6 +810,7 @@ fn serve_connection(client: TcpStream, shared: &Arc<Shared>) -> std::io::Result<
                     query,
                     authorization,
                     issued: issued.clone(),
+                    form: form.clone(),
                 });
                 match issued {
                     Some(t) => (
