@@ -16,7 +16,7 @@ cleanup() {
     if grep -q " $mnt fuse" /proc/mounts 2>/dev/null; then
         "$ORAS_FS" unmount "$mnt" || fusermount3 -uz "$mnt" || true
     fi
-    scripts/registry.sh stop --name quickstart >/dev/null 2>&1 || true
+    "$REPO/scripts/registry.sh" stop --name quickstart >/dev/null 2>&1 || true
     rm -rf "$work"
 }
 trap cleanup EXIT
