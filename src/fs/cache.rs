@@ -7,7 +7,7 @@
 //!   Large blobs are verified as soon as every block has arrived; until then, bytes are served
 //!   unverified (a range cannot be checked against a whole-blob digest). A mismatch evicts the
 //!   blob everywhere and every later read of it fails with EIO.
-//! - Disk use is bounded by evicting least recently used blobs not in use by this process.
+//! - Disk use is bounded by evicting least recently used complete blobs (not those being filled).
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
