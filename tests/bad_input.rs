@@ -28,19 +28,6 @@ const TITLE: &str = "org.opencontainers.image.title";
 const EMPTY_CONFIG_DIGEST: &str =
     "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a";
 
-/// `oras-fs pull REF -o OUT --no-tty ARGS...`.
-fn pull(reference: &str, out: &Path, args: &[&str]) -> Output {
-    let mut all: Vec<&OsStr> = vec![
-        OsStr::new("pull"),
-        OsStr::new(reference),
-        OsStr::new("-o"),
-        out.as_os_str(),
-        OsStr::new("--no-tty"),
-    ];
-    all.extend(args.iter().map(OsStr::new));
-    oras_fs(all)
-}
-
 /// Uploads `data` as a blob of `repo`, straight to the registry; returns its digest.
 fn upload_blob(repo: &str, data: &[u8]) -> String {
     let digest = sha256_bytes(data);

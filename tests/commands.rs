@@ -23,21 +23,6 @@ const EMPTY_CONFIG_DIGEST: &str =
 
 // --- Helpers ----------------------------------------------------------------------------------
 
-/// `oras-fs ARGS`, which must succeed; its stdout.
-#[track_caller]
-fn ok(args: &[&str]) -> String {
-    assert_ok(&oras_fs(args))
-}
-
-fn json(bytes: &[u8]) -> Value {
-    serde_json::from_slice(bytes)
-        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(bytes)))
-}
-
-fn path_str(p: &Path) -> &str {
-    p.to_str().expect("UTF-8 temporary path")
-}
-
 /// `oras-fs push REF FILES... --no-tty` in `dir`; returns the manifest digest.
 #[track_caller]
 fn push_in(dir: &Path, reference: &str, files: &[&str]) -> String {
@@ -47,26 +32,6 @@ fn push_in(dir: &Path, reference: &str, files: &[&str]) -> String {
     let out = oras_fs_in(dir, &args);
     assert_ok(&out);
     digest_of_stdout(&out)
-}
-
-/// `oras-fs resolve ARGS...` (e.g. `REF` or `--oci-layout DIR:tag`): the digest it prints.
-#[track_caller]
-fn resolve(args: &[&str]) -> String {
-    let mut all = vec!["resolve"];
-    all.extend_from_slice(args);
-    let digest = ok(&all).trim().to_string();
-    assert!(is_sha256_digest(&digest), "resolve printed {digest:?}");
-    digest
-}
-
-/// Pulls `reference` (with `extra` args, e.g. `--oci-layout`) into a new directory; its files.
-#[track_caller]
-fn pulled(reference: &str, extra: &[&str]) -> BTreeMap<String, Vec<u8>> {
-    let out = temp_dir();
-    let mut args = vec!["pull", reference, "-o", path_str(out.path()), "--no-tty"];
-    args.extend_from_slice(extra);
-    ok(&args);
-    tree(out.path())
 }
 
 /// The digests of the config and the layers of a manifest, in order.

@@ -32,19 +32,6 @@ fn push_direct(repo: &str, tag: &str, files: &[(&str, &[u8])]) -> String {
     push_files(src.path(), &reference(repo, tag), &names)
 }
 
-/// `oras-fs pull REF -o OUT --no-tty ARGS...`.
-fn pull(reference: &str, out: &Path, args: &[&str]) -> Output {
-    let mut all: Vec<&OsStr> = vec![
-        OsStr::new("pull"),
-        OsStr::new(reference),
-        OsStr::new("-o"),
-        out.as_os_str(),
-        OsStr::new("--no-tty"),
-    ];
-    all.extend(args.iter().map(OsStr::new));
-    oras_fs(all)
-}
-
 /// `oras-fs push REF FILES... --no-tty`, run in `dir`.
 fn push(dir: &Path, reference: &str, files: &[&str]) -> Output {
     let mut args = vec!["push", reference];

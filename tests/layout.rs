@@ -16,27 +16,11 @@ use common::fuse::{
     CONTROL_TIMEOUT, MOUNT_TIMEOUT,
 };
 use common::*;
-use serde_json::Value;
 
 const REF_NAME: &str = "org.opencontainers.image.ref.name";
 const TITLE: &str = "org.opencontainers.image.title";
 
 // --- Helpers ----------------------------------------------------------------------------------
-
-/// `oras-fs ARGS`, which must succeed; its stdout.
-#[track_caller]
-fn ok(args: &[&str]) -> String {
-    assert_ok(&oras_fs(args))
-}
-
-fn json(bytes: &[u8]) -> Value {
-    serde_json::from_slice(bytes)
-        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(bytes)))
-}
-
-fn path_str(p: &Path) -> &str {
-    p.to_str().expect("UTF-8 temporary path")
-}
 
 /// `DIR:tag`.
 fn at(dir: &Path, tag: &str) -> String {
@@ -52,25 +36,6 @@ fn push_in(dir: &Path, args: &[&str]) -> String {
     let out = oras_fs_in(dir, &all);
     assert_ok(&out);
     digest_of_stdout(&out)
-}
-
-#[track_caller]
-fn resolve(args: &[&str]) -> String {
-    let mut all = vec!["resolve"];
-    all.extend_from_slice(args);
-    let digest = ok(&all).trim().to_string();
-    assert!(is_sha256_digest(&digest), "resolve printed {digest:?}");
-    digest
-}
-
-/// Pulls `reference` (with `extra` args) into a new directory; its files.
-#[track_caller]
-fn pulled(reference: &str, extra: &[&str]) -> BTreeMap<String, Vec<u8>> {
-    let out = temp_dir();
-    let mut args = vec!["pull", reference, "-o", path_str(out.path()), "--no-tty"];
-    args.extend_from_slice(extra);
-    ok(&args);
-    tree(out.path())
 }
 
 /// The file of a blob in a layout.

@@ -26,20 +26,6 @@ fn push(dir: &Path, reference: &str, args: &[&str]) -> Output {
     oras_fs_in(dir, all)
 }
 
-/// `oras-fs pull REF -o OUT ARGS... --no-tty`.
-fn pull(reference: &str, out: &Path, args: &[&str]) -> Output {
-    let out = out.to_str().expect("UTF-8 temp path");
-    let mut all = vec!["pull", reference, "-o", out];
-    all.extend_from_slice(args);
-    all.push("--no-tty");
-    oras_fs(all)
-}
-
-fn json(bytes: &[u8]) -> Value {
-    serde_json::from_slice(bytes)
-        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(bytes)))
-}
-
 /// The manifest behind `repo:reference` on the main registry, parsed.
 fn manifest(repo: &str, reference: &str) -> Value {
     json(&get_manifest(repo, reference).1)

@@ -699,23 +699,13 @@ pub fn push_files(dir: &Path, reference: &str, files: &[&str]) -> String {
 /// `oras-fs pull REF -o OUT --no-tty ARGS...`; panics unless it succeeds.
 #[track_caller]
 pub fn pull_to(reference: &str, out: &Path, args: &[&str]) {
-    let mut all: Vec<&OsStr> = vec![
-        OsStr::new("pull"),
-        OsStr::new(reference),
-        OsStr::new("-o"),
-        out.as_os_str(),
-        OsStr::new("--no-tty"),
-    ];
-    all.extend(args.iter().map(OsStr::new));
-    assert_ok(&oras_fs(all));
+    assert_ok(&pull(reference, out, args));
 }
 
 /// Pulls `reference` with `oras-fs` into a new temporary directory and returns its files.
 #[track_caller]
 pub fn pulled_tree(reference: &str) -> std::collections::BTreeMap<String, Vec<u8>> {
-    let out = temp_dir();
-    pull_to(reference, out.path(), &[]);
-    tree(out.path())
+    pulled(reference, &[])
 }
 
 /// The raw OS error of an I/O result (panics if it succeeded).

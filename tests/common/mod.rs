@@ -764,3 +764,50 @@ where
     run(&mut cmd)
 }
 pub mod faults;
+
+/// `oras-fs ARGS...`, which must succeed; its stdout.
+#[track_caller]
+pub fn ok(args: &[&str]) -> String {
+    assert_ok(&oras_fs(args))
+}
+
+/// Parses JSON output, showing it when it is not JSON.
+pub fn json(bytes: &[u8]) -> serde_json::Value {
+    serde_json::from_slice(bytes)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(bytes)))
+}
+
+pub fn path_str(p: &Path) -> &str {
+    p.to_str().expect("UTF-8 temporary path")
+}
+
+/// `oras-fs pull REF -o OUT --no-tty ARGS...`.
+pub fn pull(reference: &str, out: &Path, args: &[&str]) -> Output {
+    let mut all: Vec<&OsStr> = vec![
+        OsStr::new("pull"),
+        OsStr::new(reference),
+        OsStr::new("-o"),
+        out.as_os_str(),
+        OsStr::new("--no-tty"),
+    ];
+    all.extend(args.iter().map(OsStr::new));
+    oras_fs(all)
+}
+
+/// Pulls `reference` (with `extra` args, e.g. `--oci-layout`) into a new directory; its files.
+#[track_caller]
+pub fn pulled(reference: &str, extra: &[&str]) -> std::collections::BTreeMap<String, Vec<u8>> {
+    let out = temp_dir();
+    assert_ok(&pull(reference, out.path(), extra));
+    tree(out.path())
+}
+
+/// `oras-fs resolve ARGS...` (e.g. `REF` or `--oci-layout DIR:tag`): the digest it prints.
+#[track_caller]
+pub fn resolve(args: &[&str]) -> String {
+    let mut all = vec!["resolve"];
+    all.extend_from_slice(args);
+    let digest = ok(&all).trim().to_string();
+    assert!(is_sha256_digest(&digest), "resolve printed {digest:?}");
+    digest
+}
