@@ -600,6 +600,145 @@ fn push_refuses_a_registry_that_stores_another_manifest_digest() {
     assert!(stderr.contains("stored it as"), "{stderr}");
 }
 
+// --- Push of a large file, hashed while it uploads --------------------------------------------
+
+/// Over `oras::HASH_WHILE_SENDING_MIN` (16 MiB): uploaded while it is hashed.
+const LARGE: usize = 17 * MIB;
+
+/// Requests that committed an upload under `digest` (`PUT .../blobs/uploads/...?digest=`).
+fn commits_of(proxy: &FaultProxy, digest: &str) -> Vec<Seen> {
+    proxy
+        .matching("PUT", "/blobs/uploads/")
+        .into_iter()
+        .filter(|s| percent_decode(&s.path).contains(&format!("digest={digest}")))
+        .collect()
+}
+
+#[test]
+fn a_large_file_uploads_while_it_hashes_and_stops_once_the_registry_has_it() {
+    let repo = unique_repo("fault-push-large");
+    let data = random_bytes(&repo, LARGE);
+    let src = temp_dir();
+    write_file(&src.path().join("large.bin"), &data);
+    let digest = sha256_bytes(&data);
+    let proxy = FaultProxy::start(&registry());
+
+    assert_ok(&push(
+        src.path(),
+        &proxy.reference(&repo, "v1"),
+        &["large.bin"],
+    ));
+    // The bytes went before the digest was known: one PATCH, then an empty PUT naming it.
+    let patches = proxy.matching("PATCH", "/blobs/uploads/");
+    assert_eq!(patches.len(), 1, "{patches:#?}");
+    assert_eq!(patches[0].body_received, LARGE as u64);
+    let commits = commits_of(&proxy, &digest);
+    assert_eq!(commits.len(), 1, "{commits:#?}");
+    assert_eq!((commits[0].status, commits[0].body_received), (201, 0));
+    let out_dir = temp_dir();
+    assert_ok(&pull(&reference(&repo, "v1"), out_dir.path(), &[]));
+    assert_eq!(read_file(&out_dir.path().join("large.bin")), data);
+
+    // Again, with the upload held up so that the hash is done first: the registry has the
+    // blob, so the upload is cancelled and nothing is committed.
+    proxy.clear_log();
+    proxy.add(
+        Rule::new(
+            "PATCH",
+            "/blobs/uploads/",
+            Fault::Stall(Duration::from_secs(20)),
+        )
+        .once(),
+    );
+    let out = push(src.path(), &proxy.reference(&repo, "v2"), &["large.bin"]);
+    assert_ok(&out);
+    let stderr = stderr_of(&out);
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l.contains("Exists") && l.contains("large.bin")),
+        "{stderr}"
+    );
+    assert!(commits_of(&proxy, &digest).is_empty());
+    let deletes = proxy.matching("DELETE", "/blobs/uploads/");
+    assert_eq!(
+        deletes.len(),
+        1,
+        "the upload was not cancelled: {deletes:#?}"
+    );
+    assert_eq!(deletes[0].status, 204);
+    let v2 = json(&get_manifest(&repo, "v2").1);
+    assert_eq!(v2["layers"][0]["digest"].as_str(), Some(digest.as_str()));
+}
+
+#[test]
+fn a_large_upload_dropped_mid_body_is_sent_again_and_a_corrupted_one_refused() {
+    let repo = unique_repo("fault-push-large-drop");
+    let data = random_bytes(&repo, LARGE);
+    let src = temp_dir();
+    write_file(&src.path().join("large.bin"), &data);
+    let digest = sha256_bytes(&data);
+    let proxy = FaultProxy::start(&registry());
+
+    // Corrupted on the way: the registry's check of the digest at the commit refuses it.
+    proxy.add(Rule::new("PATCH", "/blobs/uploads/", Fault::CorruptRequest(12_345)).once());
+    let out = push(src.path(), &proxy.reference(&repo, "v1"), &["large.bin"]);
+    let stderr = assert_fails(&out, &digest);
+    eprintln!("{}", stderr.trim());
+    assert!(stderr.to_lowercase().contains("digest"), "{stderr}");
+    assert!(!registry_has_blob(&repo, &digest));
+    assert_eq!(tag_status(&repo, "v1"), 404);
+
+    // Dropped mid-body: sent again (from the now known digest) and pushed.
+    proxy.clear();
+    proxy.add(
+        Rule::new(
+            "PATCH",
+            "/blobs/uploads/",
+            Fault::DropRequestAfter(MIB as u64),
+        )
+        .once(),
+    );
+    assert_ok(&push(
+        src.path(),
+        &proxy.reference(&repo, "v1"),
+        &["large.bin"],
+    ));
+    assert!(registry_has_blob(&repo, &digest));
+    let out_dir = temp_dir();
+    assert_ok(&pull(&reference(&repo, "v1"), out_dir.path(), &[]));
+    assert_eq!(read_file(&out_dir.path().join("large.bin")), data);
+}
+
+#[test]
+fn a_registry_that_refuses_mount_requests_still_gets_pushes() {
+    let repo = unique_repo("fault-no-mount");
+    let src = temp_dir();
+    write_file(&src.path().join("a.txt"), format!("a {repo}"));
+    write_file(&src.path().join("b.txt"), format!("b {repo}"));
+    let proxy = FaultProxy::start(&registry());
+    // A push asks "is it here?" with a mount from the repository itself; refuse those.
+    proxy.add(Rule::new("POST", "mount=", Fault::Status(400, None)));
+
+    assert_ok(&push(
+        src.path(),
+        &proxy.reference(&repo, "v1"),
+        &["a.txt", "b.txt"],
+    ));
+    assert!(proxy.faults_applied() >= 3, "two files and the config");
+    assert_eq!(pulled(&reference(&repo, "v1"), &[]), tree(src.path()));
+    // The second time, plain HEADs find every blob.
+    let out = push(
+        src.path(),
+        &proxy.reference(&repo, "v2"),
+        &["a.txt", "b.txt"],
+    );
+    assert_ok(&out);
+    let stderr = stderr_of(&out);
+    assert!(!stderr.contains("Done"), "{stderr}");
+    assert_eq!(stderr.matches("Exists").count(), 3, "{stderr}");
+}
+
 // --- Mount reads ----------------------------------------------------------------------------
 
 #[test]

@@ -583,10 +583,13 @@ fn pushing_the_same_content_again_skips_the_blobs() {
     let tmp = temp_dir();
     write_file(&tmp.path().join("same1.txt"), format!("same1 {repo}"));
     write_file(&tmp.path().join("same2.txt"), format!("same2 {repo}"));
+    // Upload sessions opened (202). The existence check is itself a POST: a mount of the blob
+    // from this repository, answered 201 when the blob is here.
+    let posts = || logged_requests(&registry_log(), &format!("/v2/{repo}/blobs/uploads/"));
     let uploads = || {
-        logged_requests(&registry_log(), &format!("/v2/{repo}/blobs/uploads/"))
+        posts()
             .into_iter()
-            .filter(|r| r.method == "POST")
+            .filter(|r| r.method == "POST" && r.status == 202)
             .count()
     };
 
@@ -634,6 +637,14 @@ fn pushing_the_same_content_again_skips_the_blobs() {
         describe(&out)
     );
     assert_eq!(uploads(), after_first, "the second push started uploads");
+    let found_by_mount = posts()
+        .into_iter()
+        .filter(|r| r.method == "POST" && r.status == 201 && r.uri.contains("mount="))
+        .count();
+    assert_eq!(
+        found_by_mount, 3,
+        "the second push asks once per blob (two files and the config)"
+    );
 }
 
 // --- Authentication and TLS -------------------------------------------------------------------

@@ -93,7 +93,8 @@ fn a_copied_file_is_pushed_at_unmount_and_the_python_sdk_pulls_it() {
 fn an_edit_in_the_middle_of_a_file_is_pushed_by_sync() {
     let repo = unique_repo("rw-edit");
     let r = reference(&repo, "v1");
-    let original = random_bytes(&repo, 1024 * 1024);
+    // Over 16 MiB: the sync uploads it while hashing it (a PATCH, then the digest).
+    let original = random_bytes(&repo, 17 * 1024 * 1024);
     let old_digest = push_contents(&r, &[("data.bin", &original), ("other.txt", b"other\n")]);
 
     let m = Mount::new(&r, &[]);
@@ -116,9 +117,17 @@ fn an_edit_in_the_middle_of_a_file_is_pushed_by_sync() {
     // The kernel has the `.oras/` files' sizes now; a sync must not leave them stale.
     let before_sync = read_file(&m.join(".oras/manifest.json"));
     assert_eq!(sha256_bytes(&before_sync), old_digest);
+    let log = registry_log();
+    let before = log_offset(&log);
     let digest = m.sync_pushed(&[]);
     assert_ne!(digest, old_digest);
     assert_eq!(get_manifest(&repo, "v1").0, digest);
+    settle_log();
+    let patches: Vec<_> = upload_requests_since(&log, before, &repo)
+        .into_iter()
+        .filter(|e| e.method == "PATCH")
+        .collect();
+    assert_eq!(patches.len(), 1, "{patches:#?}");
     let shown = String::from_utf8(read_file(&m.join(".oras/digest"))).unwrap();
     assert_eq!(shown.trim(), digest, ".oras/digest after sync");
     assert_eq!(

@@ -547,11 +547,15 @@ pub async fn attach(a: AttachArgs) -> Result<()> {
     let o = target::open(&a.subject, a.oci_layout, &a.remote, false)?;
     let subject = o.target.resolve(&o.reference()).await?;
     let store = FileStore::new(".", Default::default());
-    let mut layers = Vec::new();
+    let mut files = Vec::new();
     for f in &a.files {
         let (file, ty) = super::transfer::split_file_arg(f);
-        let title = super::transfer::title_for(file, a.disable_path_validation)?;
-        layers.push(store.add(&title, ty, Path::new(file)).await?);
+        files.push(oras::FileLayer {
+            title: super::transfer::title_for(file, a.disable_path_validation)?,
+            media_type: ty.map(str::to_string),
+            path: file.into(),
+            annotations: Default::default(),
+        });
     }
     let mut annotations = std::collections::BTreeMap::new();
     for item in &a.annotations {
@@ -567,9 +571,9 @@ pub async fn attach(a: AttachArgs) -> Result<()> {
         subject: Some(subject.clone()),
         reproducible: false,
     };
-    let (desc, _) = oras::push(
+    let (desc, _) = oras::push_files(
         &store,
-        layers,
+        &files,
         &pack,
         o.target.as_ref(),
         &[],

@@ -24,6 +24,7 @@ pub fn label(desc: &Descriptor) -> String {
 }
 
 /// Progress bars per blob on stderr, or one line per blob when stderr is not a terminal.
+/// Bars are found by [`label`]: a large file's upload starts before its digest is known.
 pub struct Bars {
     verb: &'static str,
     multi: Option<MultiProgress>,
@@ -55,21 +56,18 @@ impl Progress for Bars {
         );
         bar.set_prefix(self.verb);
         bar.set_message(label(desc));
-        self.bars
-            .lock()
-            .unwrap()
-            .insert(desc.digest.to_string(), bar);
+        self.bars.lock().unwrap().insert(label(desc), bar);
     }
 
     fn advance(&self, desc: &Descriptor, bytes: u64) {
-        if let Some(bar) = self.bars.lock().unwrap().get(desc.digest.as_str()) {
+        if let Some(bar) = self.bars.lock().unwrap().get(&label(desc)) {
             bar.inc(bytes);
         }
     }
 
     fn finish(&self, desc: &Descriptor, skipped: bool) {
         let status = if skipped { "Exists" } else { "Done" };
-        if let Some(bar) = self.bars.lock().unwrap().remove(desc.digest.as_str()) {
+        if let Some(bar) = self.bars.lock().unwrap().remove(&label(desc)) {
             bar.set_prefix(status);
             bar.finish();
         } else if !self.quiet && self.multi.is_none() {

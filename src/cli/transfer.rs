@@ -7,7 +7,7 @@ use std::sync::Arc;
 use clap::Args;
 use oras_fs::content::file::{FileStore, FileStoreOptions};
 use oras_fs::manifest::{media_type, Annotations, Descriptor};
-use oras_fs::oras::{self, CopyOptions, LayerFilter, PackOptions};
+use oras_fs::oras::{self, CopyOptions, FileLayer, LayerFilter, PackOptions};
 use oras_fs::{Error, Result};
 
 use super::output::{label, Bars, Format};
@@ -137,7 +137,7 @@ pub async fn push(args: PushArgs) -> Result<()> {
             ..Default::default()
         },
     );
-    let mut layers = Vec::new();
+    let mut files = Vec::new();
     let mut titles = std::collections::HashSet::new();
     // `-` reads one layer from stdin, spooled to a temporary file so its digest is known
     // before the upload starts.
@@ -156,7 +156,12 @@ pub async fn push(args: PushArgs) -> Result<()> {
             if !titles.insert(title.clone()) {
                 return Err(Error::Usage(format!("{title:?} is given twice")));
             }
-            layers.push(store.add(&title, ty, spool.path()).await?);
+            files.push(FileLayer {
+                title,
+                media_type: ty.map(str::to_string),
+                path: spool.path().to_path_buf(),
+                annotations: Default::default(),
+            });
             _stdin_spool = Some(spool);
             continue;
         }
@@ -166,13 +171,17 @@ pub async fn push(args: PushArgs) -> Result<()> {
                 "{title:?} is given twice: each file becomes one layer, and titles must be unique"
             )));
         }
-        let mut desc = store.add(&title, ty, Path::new(file)).await?;
-        if let Some(extra) = by_file.get(file).or_else(|| by_file.get(&title)) {
-            for (k, v) in extra {
-                desc.set_annotation(k, v.clone());
-            }
-        }
-        layers.push(desc);
+        let annotations = by_file
+            .get(file)
+            .or_else(|| by_file.get(&title))
+            .cloned()
+            .unwrap_or_default();
+        files.push(FileLayer {
+            title,
+            media_type: ty.map(str::to_string),
+            path: PathBuf::from(file),
+            annotations,
+        });
     }
     let config = match &args.config {
         Some(arg) => {
@@ -200,7 +209,7 @@ pub async fn push(args: PushArgs) -> Result<()> {
         progress: Arc::new(Bars::new("Uploading", args.no_tty, quiet)),
     };
     let (desc, bytes) =
-        oras::push(&store, layers, &pack, opened.target.as_ref(), &tags, &opts).await?;
+        oras::push_files(&store, &files, &pack, opened.target.as_ref(), &tags, &opts).await?;
     if let Some(path) = &args.export_manifest {
         std::fs::write(path, &bytes)
             .map_err(|e| Error::io(format!("writing {}", path.display()), e))?;

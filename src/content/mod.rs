@@ -142,11 +142,45 @@ pub trait Target: Send + Sync {
         None
     }
 
-    /// Asks this target to take a blob from another repository of the same registry without
-    /// an upload. `Ok(false)`: not done (the caller copies instead).
-    async fn mount_blob(&self, _desc: &Descriptor, _from_repository: &str) -> Result<bool> {
+    /// Stores a blob unless it is here already, and says whether it was. `content` is opened
+    /// only when the bytes are needed. `mount_from` names another repository of the same
+    /// registry that has the blob, to take it from there without an upload.
+    async fn push_missing(
+        &self,
+        desc: &Descriptor,
+        _mount_from: Option<&str>,
+        content: OpenContent<'_>,
+    ) -> Result<bool> {
+        if self.exists(desc).await? {
+            return Ok(true);
+        }
+        self.push(desc, content().await?).await?;
         Ok(false)
     }
+
+    /// Starts an upload of a blob whose digest is given only at its end, so that hashing a
+    /// large file can run alongside the upload. `None`: this target needs the digest first.
+    async fn begin_upload(&self) -> Result<Option<Box<dyn Upload>>> {
+        Ok(None)
+    }
+}
+
+/// Opens a blob's content when a transfer turns out to need it.
+pub type OpenContent<'a> =
+    Box<dyn FnOnce() -> futures_util::future::BoxFuture<'a, Result<ByteStream>> + Send + 'a>;
+
+/// An upload begun before the blob's digest is known (see [`Target::begin_upload`]). Dropped
+/// before `commit`, it is abandoned and the target discards what it received.
+#[async_trait]
+pub trait Upload: Send {
+    /// Sends the whole content, `size` bytes.
+    async fn send(&mut self, content: ByteStream, size: u64) -> Result<()>;
+
+    /// Makes the sent bytes the blob `desc`; the target checks them against its digest.
+    async fn commit(self: Box<Self>, desc: &Descriptor) -> Result<()>;
+
+    /// Discards what was sent (best effort: the target purges abandoned uploads anyway).
+    async fn abort(self: Box<Self>) {}
 }
 
 /// Wraps a stream so that it fails, at its end, unless the bytes match `desc`.

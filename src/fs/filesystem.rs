@@ -795,39 +795,6 @@ impl OrasFs {
             collect_files(&tree, ROOT, &mut out);
             out
         };
-        let store = Arc::new(FileStore::new(w.staging.dir(), Default::default()));
-        let mut layers = Vec::new();
-        let mut staged = Vec::new();
-        for (path, node) in &plan {
-            match (&node.kind, &node.layer) {
-                (Kind::Dir { .. }, Some(layer)) => {
-                    let mut d = layer.clone();
-                    d.set_annotation(annotation::TITLE, path.clone());
-                    layers.push(d);
-                }
-                (Kind::File(Source::Blob(d)), _) => {
-                    let mut d = d.as_ref().clone();
-                    d.set_annotation(annotation::TITLE, path.clone());
-                    layers.push(d);
-                }
-                (Kind::File(Source::Local(p)), _) => {
-                    let d = store.add(path, Some(&w.media_type), p).await?;
-                    staged.push((node.ino, node.version, p.clone(), d.clone()));
-                    layers.push(d);
-                }
-                _ => {}
-            }
-        }
-        let mut manifest = base.manifest.clone();
-        manifest.layers = layers;
-        let mut annotations = manifest.annotations.clone().unwrap_or_default();
-        annotations.insert(
-            annotation::CREATED.to_string(),
-            humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
-        );
-        manifest.annotations = Some(annotations);
-        let bytes = Bytes::from(manifest.to_bytes());
-        let desc = Descriptor::of(manifest.media_type().to_string(), &bytes);
         let (dst, tag): (Arc<dyn Target>, String) = match &opts.push_to {
             Some((t, tag)) => (t.clone(), tag.clone()),
             None => (w.target.clone(), w.tag.clone()),
@@ -849,19 +816,71 @@ impl OrasFs {
                 )));
             }
         }
+        // Send the changed files first (large ones hash while they upload), a few at once.
+        let store = Arc::new(FileStore::new(w.staging.dir(), Default::default()));
+        let locals: Vec<(&String, &Node, &PathBuf)> = plan
+            .iter()
+            .filter_map(|(path, node)| match &node.kind {
+                Kind::File(Source::Local(p)) => Some((path, node, p)),
+                _ => None,
+            })
+            .collect();
+        let copy_opts = CopyOptions::default();
+        use futures_util::{StreamExt, TryStreamExt};
+        let sent: Vec<Descriptor> =
+            futures_util::stream::iter(locals.iter().map(|(path, _, p)| {
+                oras::send_file(
+                    &store,
+                    dst.as_ref(),
+                    path,
+                    Some(&w.media_type),
+                    p,
+                    &copy_opts,
+                )
+            }))
+            .buffered(copy_opts.concurrency)
+            .try_collect()
+            .await?;
+        let mut staged = Vec::new();
+        let mut sent_by_ino = HashMap::new();
+        for ((_, node, p), d) in locals.iter().zip(sent) {
+            staged.push((node.ino, node.version, (*p).clone(), d.clone()));
+            sent_by_ino.insert(node.ino, d);
+        }
+        let mut layers = Vec::new();
+        for (path, node) in &plan {
+            match (&node.kind, &node.layer) {
+                (Kind::Dir { .. }, Some(layer)) => {
+                    let mut d = layer.clone();
+                    d.set_annotation(annotation::TITLE, path.clone());
+                    layers.push(d);
+                }
+                (Kind::File(Source::Blob(d)), _) => {
+                    let mut d = d.as_ref().clone();
+                    d.set_annotation(annotation::TITLE, path.clone());
+                    layers.push(d);
+                }
+                (Kind::File(Source::Local(_)), _) => {
+                    layers.extend(sent_by_ino.get(&node.ino).cloned())
+                }
+                _ => {}
+            }
+        }
+        let mut manifest = base.manifest.clone();
+        manifest.layers = layers;
+        let mut annotations = manifest.annotations.clone().unwrap_or_default();
+        annotations.insert(
+            annotation::CREATED.to_string(),
+            humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+        );
+        manifest.annotations = Some(annotations);
+        let bytes = Bytes::from(manifest.to_bytes());
+        let desc = Descriptor::of(manifest.media_type().to_string(), &bytes);
         let src = Overlay {
             upper: store.clone(),
             lower: w.target.clone(),
         };
-        oras::copy_graph(
-            &src,
-            dst.as_ref(),
-            &desc,
-            bytes.clone(),
-            &[tag],
-            &CopyOptions::default(),
-        )
-        .await?;
+        oras::copy_graph(&src, dst.as_ref(), &desc, bytes.clone(), &[tag], &copy_opts).await?;
         // The pushed files become cached blobs, unless they changed while being pushed.
         {
             let mut tree = self.tree.write().unwrap();

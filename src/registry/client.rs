@@ -517,6 +517,12 @@ impl Client {
                 detail.push_str(" (the registry speaks HTTPS: drop --plain-http, and use --ca-file or --insecure for a private CA)");
             }
         }
+        if detail.contains("DIGEST_INVALID") {
+            detail.push_str(
+                " (the bytes changed on the way, or the file changed while it was read; \
+                 the registry stored nothing: push again)",
+            );
+        }
         match status {
             StatusCode::NOT_FOUND => Error::NotFound {
                 what: "content",

@@ -15,7 +15,7 @@ use reqwest::{Method, Response, StatusCode};
 
 pub use client::{Access, Client, ClientOptions, Request, RetryPolicy};
 
-use crate::content::{ByteStream, Target};
+use crate::content::{ByteStream, OpenContent, Target, Upload};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::manifest::{media_type, Descriptor, Index, Manifest, MAX_MANIFEST_SIZE};
@@ -155,23 +155,19 @@ impl Repository {
         }
     }
 
-    /// Opens an upload session; with `mount_from`, first asks the registry to mount the blob
-    /// from that repository instead. Returns `None` when the mount succeeded.
-    async fn start_upload(
-        &self,
-        desc: &Descriptor,
-        mount_from: Option<&str>,
-    ) -> Result<Option<reqwest::Url>> {
+    /// Opens an upload session; with `mount`, first asks the registry to mount that blob from
+    /// that repository instead. Returns `None` when the mount succeeded.
+    async fn start_upload(&self, mount: Option<(&Digest, &str)>) -> Result<Option<reqwest::Url>> {
         let mut req = self.request(Method::POST, "blobs/uploads/", Access::Push);
-        if let Some(from) = mount_from {
+        if let Some((digest, from)) = mount {
             req.url
                 .query_pairs_mut()
-                .append_pair("mount", desc.digest.as_str())
+                .append_pair("mount", digest.as_str())
                 .append_pair("from", from);
         }
         let resp = self.client.send(&req).await?;
         match resp.status() {
-            StatusCode::CREATED if mount_from.is_some() => Ok(None),
+            StatusCode::CREATED if mount.is_some() => Ok(None),
             StatusCode::ACCEPTED => {
                 let location = resp
                     .headers()
@@ -180,30 +176,56 @@ impl Repository {
                     .ok_or_else(|| Error::Protocol("upload started without a Location".into()))?;
                 Ok(Some(self.client.upload_url(location)?))
             }
-            _ => Err(self
-                .client
-                .error_for(resp, &format!("upload of {}", desc.digest))
-                .await),
+            _ => {
+                let what = match mount {
+                    Some((d, _)) => format!("upload of {d}"),
+                    None => "upload".to_string(),
+                };
+                Err(self.client.error_for(resp, &what).await)
+            }
         }
     }
 
-    /// Uploads a blob: POST for a session, then one streaming PUT of the whole content.
-    async fn upload(&self, desc: &Descriptor, content: ByteStream) -> Result<()> {
-        let Some(mut url) = self.start_upload(desc, None).await? else {
-            return Ok(());
-        };
-        url.query_pairs_mut()
-            .append_pair("digest", desc.digest.as_str());
+    /// Sends a blob's bytes to an upload session `url` in one streaming request: a `PUT` that
+    /// also commits under `desc` (`digest` known), or a `PATCH` that leaves the session open.
+    async fn send_upload(
+        &self,
+        method: Method,
+        mut url: reqwest::Url,
+        digest: Option<&Digest>,
+        content: ByteStream,
+        size: u64,
+    ) -> Result<Response> {
+        if let Some(d) = digest {
+            url.query_pairs_mut().append_pair("digest", d.as_str());
+        }
         let mut headers = HeaderMap::new();
         headers.insert(
             CONTENT_TYPE,
             HeaderValue::from_static("application/octet-stream"),
         );
-        headers.insert(CONTENT_LENGTH, HeaderValue::from(desc.size));
+        headers.insert(CONTENT_LENGTH, HeaderValue::from(size));
+        if method == Method::PATCH && size > 0 {
+            // One chunk from the start: the spec's chunked upload wants its range.
+            if let Ok(v) = HeaderValue::from_str(&format!("0-{}", size - 1)) {
+                headers.insert(CONTENT_RANGE, v);
+            }
+        }
         let body = reqwest::Body::wrap_stream(content);
+        self.client
+            .send_stream(method, url, &self.name, headers, body)
+            .await
+    }
+
+    /// Uploads a blob into a session: one streaming PUT of the whole content.
+    async fn put_upload(
+        &self,
+        url: reqwest::Url,
+        desc: &Descriptor,
+        content: ByteStream,
+    ) -> Result<()> {
         let resp = self
-            .client
-            .send_stream(Method::PUT, url, &self.name, headers, body)
+            .send_upload(Method::PUT, url, Some(&desc.digest), content, desc.size)
             .await?;
         if resp.status() == StatusCode::CREATED || resp.status() == StatusCode::NO_CONTENT {
             return Ok(());
@@ -583,7 +605,68 @@ impl Target for Repository {
             let bytes = crate::content::collect(desc, content, MAX_MANIFEST_SIZE).await?;
             return self.push_manifest(desc, bytes, None).await;
         }
-        self.upload(desc, content).await
+        let url = self
+            .start_upload(None)
+            .await?
+            .expect("a plain upload start is a session");
+        self.put_upload(url, desc, content).await
+    }
+
+    /// One request both asks whether the blob is here and opens the upload if not: a mount
+    /// from this very repository is answered 201 when the blob is here and 202 with a session
+    /// otherwise (what the spec asks of registries that cannot mount). That saves a HEAD per
+    /// blob, which is most of the cost of pushing many small files.
+    async fn push_missing(
+        &self,
+        desc: &Descriptor,
+        mount_from: Option<&str>,
+        content: OpenContent<'_>,
+    ) -> Result<bool> {
+        if desc.is_manifest() {
+            if self.exists(desc).await? {
+                return Ok(true);
+            }
+            return self.push(desc, content().await?).await.map(|()| false);
+        }
+        // Mounting from elsewhere cannot tell whether the blob is here already: ask first.
+        if mount_from.is_some() && self.exists(desc).await? {
+            return Ok(true);
+        }
+        let from = mount_from.unwrap_or(&self.name);
+        let url = match self.start_upload(Some((&desc.digest, from))).await {
+            Ok(None) => {
+                if mount_from.is_some() {
+                    tracing::debug!("mounted {} from {from}", desc.digest);
+                }
+                return Ok(true);
+            }
+            Ok(Some(url)) => url,
+            // A registry that refuses mount requests outright: ask, then upload plainly.
+            Err(Error::Registry { status, .. })
+                if (400..500).contains(&status) && ![401, 403, 429].contains(&status) =>
+            {
+                if mount_from.is_none() && self.exists(desc).await? {
+                    return Ok(true);
+                }
+                self.start_upload(None)
+                    .await?
+                    .expect("a plain upload start is a session")
+            }
+            Err(e) => return Err(e),
+        };
+        self.put_upload(url, desc, content().await?).await?;
+        Ok(false)
+    }
+
+    async fn begin_upload(&self) -> Result<Option<Box<dyn Upload>>> {
+        let url = self
+            .start_upload(None)
+            .await?
+            .expect("a plain upload start is a session");
+        Ok(Some(Box::new(RegistryUpload {
+            repo: self.clone(),
+            url: Some(url),
+        })))
     }
 
     async fn push_manifest(
@@ -654,13 +737,75 @@ impl Target for Repository {
     fn location(&self) -> Option<(String, String)> {
         Some((self.client.host().to_string(), self.name.clone()))
     }
+}
 
-    async fn mount_blob(&self, desc: &Descriptor, from_repository: &str) -> Result<bool> {
-        // 201: mounted. 202: the registry opened an upload session instead; leave it unused.
-        Ok(self
-            .start_upload(desc, Some(from_repository))
-            .await?
-            .is_none())
+/// An upload session whose digest comes at the end: the bytes go in one streaming `PATCH`,
+/// then an empty `PUT ?digest=` commits them (the registry verifies the digest).
+struct RegistryUpload {
+    repo: Repository,
+    /// The session's current location; `None` once committed.
+    url: Option<reqwest::Url>,
+}
+
+#[async_trait]
+impl Upload for RegistryUpload {
+    async fn send(&mut self, content: ByteStream, size: u64) -> Result<()> {
+        let url = self.url.clone().expect("not committed yet");
+        let resp = self
+            .repo
+            .send_upload(Method::PATCH, url, None, content, size)
+            .await?;
+        if resp.status() != StatusCode::ACCEPTED {
+            return Err(self.repo.client.error_for(resp, "upload").await);
+        }
+        let location = header(&resp, LOCATION.as_str())
+            .ok_or_else(|| Error::Protocol("upload chunk accepted without a Location".into()))?;
+        self.url = Some(self.repo.client.upload_url(&location)?);
+        Ok(())
+    }
+
+    async fn commit(mut self: Box<Self>, desc: &Descriptor) -> Result<()> {
+        let mut url = self.url.take().expect("committed once");
+        url.query_pairs_mut()
+            .append_pair("digest", desc.digest.as_str());
+        let req =
+            Request::new(Method::PUT, url, Some(&self.repo.name), Access::Push).body(Bytes::new());
+        let resp = self.repo.client.send(&req).await?;
+        if resp.status() == StatusCode::CREATED || resp.status() == StatusCode::NO_CONTENT {
+            return Ok(());
+        }
+        Err(self
+            .repo
+            .client
+            .error_for(resp, &format!("upload of {}", desc.digest))
+            .await)
+    }
+
+    async fn abort(mut self: Box<Self>) {
+        if let Some(url) = self.url.take() {
+            RegistryUpload::cancel(&self.repo, url).await;
+        }
+    }
+}
+
+impl RegistryUpload {
+    async fn cancel(repo: &Repository, url: reqwest::Url) {
+        let req = Request::new(Method::DELETE, url, Some(&repo.name), Access::Push);
+        if let Err(e) = repo.client.send(&req).await {
+            tracing::debug!("cancelling an upload session: {e}");
+        }
+    }
+}
+
+impl Drop for RegistryUpload {
+    fn drop(&mut self) {
+        // Abandoned on an error: cancel the session in the background so the registry drops
+        // the partial data now rather than at its upload purge (days later).
+        let (Some(url), Ok(rt)) = (self.url.take(), tokio::runtime::Handle::try_current()) else {
+            return;
+        };
+        let repo = self.repo.clone();
+        rt.spawn(async move { RegistryUpload::cancel(&repo, url).await });
     }
 }
 
