@@ -2,11 +2,12 @@
 //!
 //! The map, bottom up:
 //! - [`digest`], [`reference`], [`manifest`]: the data types of the OCI world.
-//! - [`content`]: the [`content::Target`] abstraction (fetch, push, resolve) with a memory store
-//!   and a file-directory store.
+//! - [`content`]: the [`content::Target`] abstraction (fetch, push, resolve) with a memory
+//!   store, a file-directory store and an OCI image layout.
+//! - [`fs`]: the FUSE filesystem: tree, block cache, POSIX semantics, the fuser adapter.
 //! - [`auth`]: credentials (flags, Docker credential store) and bearer tokens.
 //! - [`registry`]: a remote repository as a `Target`, speaking the distribution protocol.
-//! - [`oras`]: `push`, `pull` and `copy`, built only from `Target` calls.
+//! - [`oras`]: `push` (of files), `pull` and `copy`, built only from `Target` calls.
 //! - `cli` (in the binary): argument parsing and output; a thin shell over the above.
 
 pub mod auth;

@@ -181,24 +181,6 @@ pub fn pack_manifest(layers: Vec<Descriptor>, opts: &PackOptions) -> (Descriptor
     (Descriptor::of(media_type::OCI_MANIFEST, &bytes), bytes)
 }
 
-/// Pushes `layers` (already added to `store`) as one artifact to `dst`, tagged with `tags`.
-/// Blobs `dst` already has are skipped.
-pub async fn push(
-    store: &FileStore,
-    layers: Vec<Descriptor>,
-    pack: &PackOptions,
-    dst: &dyn Target,
-    tags: &[String],
-    opts: &CopyOptions,
-) -> Result<(Descriptor, Bytes)> {
-    let (desc, bytes) = pack_manifest(layers, pack);
-    if pack.config.is_none() {
-        store.add_bytes(media_type::EMPTY, crate::manifest::EMPTY_JSON);
-    }
-    copy_graph(store, dst, &desc, bytes.clone(), tags, opts).await?;
-    Ok((desc, bytes))
-}
-
 /// A file or directory to push as one layer.
 #[derive(Clone, Debug)]
 pub struct FileLayer {
@@ -210,10 +192,12 @@ pub struct FileLayer {
     pub annotations: Annotations,
 }
 
-/// Pushes files and directories as one artifact to `dst`, tagged with `tags`: like [`push`],
-/// but each file is hashed and sent in one pass over the list, so hashing one file overlaps
-/// sending others (and a large file's own upload, see [`send_file`]).
-pub async fn push_files(
+/// Pushes files and directories as one artifact to `dst`, tagged with `tags`, and returns
+/// its manifest. Blobs `dst` already has are skipped. Files are hashed and sent in one pass
+/// over the list, so hashing one file overlaps sending others (and a large file's own upload,
+/// see [`send_file`]). For content that is not in files, see [`pack_manifest`] and
+/// [`copy_graph`].
+pub async fn push(
     store: &FileStore,
     files: &[FileLayer],
     pack: &PackOptions,

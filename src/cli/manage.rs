@@ -16,7 +16,7 @@ use oras_fs::{Error, Result};
 
 use super::output::{Bars, Format};
 use super::remote::RemoteArgs;
-use super::target::{self, Opened};
+use super::target::{self, Opened, TargetArgs};
 
 fn write_out(path: &str, data: &[u8]) -> Result<()> {
     if path == "-" {
@@ -110,14 +110,12 @@ pub struct TagArgs {
     /// New tags.
     #[arg(required = true)]
     pub tags: Vec<String>,
-    #[arg(long)]
-    pub oci_layout: bool,
     #[command(flatten)]
-    pub remote: RemoteArgs,
+    pub target: TargetArgs,
 }
 
 pub async fn tag(a: TagArgs) -> Result<()> {
-    let o = target::open(&a.reference, a.oci_layout, &a.remote, false)?;
+    let o = a.target.open(&a.reference, false)?;
     // Check every tag before setting any.
     for t in &a.tags {
         target::validate_tag(t)?;
@@ -133,14 +131,12 @@ pub async fn tag(a: TagArgs) -> Result<()> {
 #[derive(Args, Debug)]
 pub struct ResolveArgs {
     pub reference: String,
-    #[arg(long)]
-    pub oci_layout: bool,
     #[command(flatten)]
-    pub remote: RemoteArgs,
+    pub target: TargetArgs,
 }
 
 pub async fn resolve(a: ResolveArgs) -> Result<()> {
-    let o = target::open(&a.reference, a.oci_layout, &a.remote, false)?;
+    let o = a.target.open(&a.reference, false)?;
     println!("{}", o.target.resolve(&o.reference()).await?.digest);
     Ok(())
 }
@@ -156,10 +152,8 @@ pub enum ManifestCommand {
         /// Print the manifest's descriptor instead.
         #[arg(long)]
         descriptor: bool,
-        #[arg(long)]
-        oci_layout: bool,
         #[command(flatten)]
-        remote: RemoteArgs,
+        target: TargetArgs,
     },
     /// Push a manifest file (`-` for stdin).
     Push {
@@ -168,28 +162,22 @@ pub enum ManifestCommand {
         /// Media type (default: the file's mediaType field).
         #[arg(long)]
         media_type: Option<String>,
-        #[arg(long)]
-        oci_layout: bool,
         #[command(flatten)]
-        remote: RemoteArgs,
+        target: TargetArgs,
     },
     /// Delete a manifest.
     Delete {
         reference: String,
-        #[arg(long)]
-        oci_layout: bool,
         #[command(flatten)]
-        remote: RemoteArgs,
+        target: TargetArgs,
     },
     /// Print (or save) the config blob of a manifest.
     FetchConfig {
         reference: String,
         #[arg(short = 'o', long, value_name = "FILE")]
         output: Option<String>,
-        #[arg(long)]
-        oci_layout: bool,
         #[command(flatten)]
-        remote: RemoteArgs,
+        target: TargetArgs,
     },
 }
 
@@ -199,10 +187,9 @@ pub async fn manifest(c: ManifestCommand) -> Result<()> {
             reference,
             output,
             descriptor,
-            oci_layout,
-            remote,
+            target,
         } => {
-            let o = target::open(&reference, oci_layout, &remote, false)?;
+            let o = target.open(&reference, false)?;
             let (desc, bytes) = manifest_of(&o).await?;
             if descriptor {
                 println!("{}", serde_json::to_string(&desc).expect("JSON"));
@@ -214,10 +201,9 @@ pub async fn manifest(c: ManifestCommand) -> Result<()> {
             reference,
             file,
             media_type,
-            oci_layout,
-            remote,
+            target,
         } => {
-            let o = target::open(&reference, oci_layout, &remote, true)?;
+            let o = target.open(&reference, true)?;
             let bytes = if file == "-" {
                 let mut b = Vec::new();
                 std::io::Read::read_to_end(
@@ -264,12 +250,8 @@ pub async fn manifest(c: ManifestCommand) -> Result<()> {
             println!("Pushed {}\nDigest: {}", reference, desc.digest);
             Ok(())
         }
-        ManifestCommand::Delete {
-            reference,
-            oci_layout,
-            remote,
-        } => {
-            let o = target::open(&reference, oci_layout, &remote, false)?;
+        ManifestCommand::Delete { reference, target } => {
+            let o = target.open(&reference, false)?;
             let desc = o.target.resolve(&o.reference()).await?;
             if let Some(repo) = &o.repository {
                 repo.delete(&desc).await?;
@@ -282,10 +264,9 @@ pub async fn manifest(c: ManifestCommand) -> Result<()> {
         ManifestCommand::FetchConfig {
             reference,
             output,
-            oci_layout,
-            remote,
+            target,
         } => {
-            let o = target::open(&reference, oci_layout, &remote, false)?;
+            let o = target.open(&reference, false)?;
             let (desc, bytes) = manifest_of(&o).await?;
             let m = Manifest::parse(&bytes, Some(&desc.media_type))?;
             let config = content::read_all(o.target.as_ref(), &m.config, MAX_MANIFEST_SIZE).await?;
@@ -302,10 +283,8 @@ pub enum BlobCommand {
         reference: String,
         #[arg(short = 'o', long, value_name = "FILE")]
         output: String,
-        #[arg(long)]
-        oci_layout: bool,
         #[command(flatten)]
-        remote: RemoteArgs,
+        target: TargetArgs,
     },
     /// Upload a file as a blob; `-` reads stdin (then --size and REF@digest are required).
     Push {
@@ -316,19 +295,15 @@ pub enum BlobCommand {
         size: Option<u64>,
         #[arg(long, default_value = "application/octet-stream")]
         media_type: String,
-        #[arg(long)]
-        oci_layout: bool,
         #[command(flatten)]
-        remote: RemoteArgs,
+        target: TargetArgs,
     },
     /// Delete a blob.
     Delete {
         /// registry/repo@digest
         reference: String,
-        #[arg(long)]
-        oci_layout: bool,
         #[command(flatten)]
-        remote: RemoteArgs,
+        target: TargetArgs,
     },
 }
 
@@ -362,10 +337,9 @@ pub async fn blob(c: BlobCommand) -> Result<()> {
         BlobCommand::Fetch {
             reference,
             output,
-            oci_layout,
-            remote,
+            target,
         } => {
-            let o = target::open(&reference, oci_layout, &remote, false)?;
+            let o = target.open(&reference, false)?;
             let desc = blob_descriptor(&o).await?;
             if output == "-" {
                 // Streamed: a mismatch is detected at the end and fails the command.
@@ -397,10 +371,9 @@ pub async fn blob(c: BlobCommand) -> Result<()> {
             file,
             size,
             media_type,
-            oci_layout,
-            remote,
+            target,
         } => {
-            let o = target::open(&reference, oci_layout, &remote, true)?;
+            let o = target.open(&reference, true)?;
             let (desc, stream): (Descriptor, content::ByteStream) = if file == "-" {
                 let (Some(size), Some(digest)) = (size, o.digest.clone()) else {
                     return Err(Error::Usage(
@@ -444,12 +417,8 @@ pub async fn blob(c: BlobCommand) -> Result<()> {
             println!("Digest: {}", desc.digest);
             Ok(())
         }
-        BlobCommand::Delete {
-            reference,
-            oci_layout,
-            remote,
-        } => {
-            let o = target::open(&reference, oci_layout, &remote, false)?;
+        BlobCommand::Delete { reference, target } => {
+            let o = target.open(&reference, false)?;
             let desc = blob_descriptor(&o).await?;
             if let Some(repo) = &o.repository {
                 repo.delete(&desc).await?;
@@ -479,10 +448,8 @@ pub enum RepoCommand {
     Tags {
         /// registry/repo (or a layout directory with --oci-layout)
         repository: String,
-        #[arg(long)]
-        oci_layout: bool,
         #[command(flatten)]
-        remote: RemoteArgs,
+        target: TargetArgs,
     },
 }
 
@@ -502,12 +469,8 @@ pub async fn repo(c: RepoCommand) -> Result<()> {
             }
             Ok(())
         }
-        RepoCommand::Tags {
-            repository,
-            oci_layout,
-            remote,
-        } => {
-            let o = target::open(&repository, oci_layout, &remote, false)?;
+        RepoCommand::Tags { repository, target } => {
+            let o = target.open(&repository, false)?;
             let tags = match (&o.repository, &o.layout) {
                 (Some(r), _) => r.tags().await?,
                 (_, Some(l)) => l.tags()?,
@@ -535,16 +498,14 @@ pub struct AttachArgs {
     /// Allow absolute paths and '..' in file names (they become titles as given).
     #[arg(long)]
     pub disable_path_validation: bool,
-    #[arg(long)]
-    pub oci_layout: bool,
     #[arg(long, value_enum, default_value_t)]
     pub format: Format,
     #[command(flatten)]
-    pub remote: RemoteArgs,
+    pub target: TargetArgs,
 }
 
 pub async fn attach(a: AttachArgs) -> Result<()> {
-    let o = target::open(&a.subject, a.oci_layout, &a.remote, false)?;
+    let o = a.target.open(&a.subject, false)?;
     let subject = o.target.resolve(&o.reference()).await?;
     let store = FileStore::new(".", Default::default());
     let mut files = Vec::new();
@@ -571,7 +532,7 @@ pub async fn attach(a: AttachArgs) -> Result<()> {
         subject: Some(subject.clone()),
         reproducible: false,
     };
-    let (desc, _) = oras::push_files(
+    let (desc, _) = oras::push(
         &store,
         &files,
         &pack,
@@ -611,14 +572,12 @@ pub struct DiscoverArgs {
     pub artifact_type: Option<String>,
     #[arg(long, value_enum, default_value_t)]
     pub format: Format,
-    #[arg(long)]
-    pub oci_layout: bool,
     #[command(flatten)]
-    pub remote: RemoteArgs,
+    pub target: TargetArgs,
 }
 
 pub async fn discover(a: DiscoverArgs) -> Result<()> {
-    let o = target::open(&a.subject, a.oci_layout, &a.remote, false)?;
+    let o = a.target.open(&a.subject, false)?;
     let subject = o.target.resolve(&o.reference()).await?;
     let keep = |d: &Descriptor| {
         a.artifact_type

@@ -14,8 +14,7 @@ use oras_fs::fs::staging::Staging;
 use oras_fs::oras::LayerFilter;
 use oras_fs::{Error, Result};
 
-use super::remote::RemoteArgs;
-use super::target;
+use super::target::TargetArgs;
 
 /// Set in the environment of the background child of `mount`.
 const DAEMON_ENV: &str = "ORAS_FS_DAEMON_CHILD";
@@ -55,11 +54,8 @@ pub struct MountArgs {
     /// Let other users see the mount (needs user_allow_other in /etc/fuse.conf for non-root).
     #[arg(long)]
     pub allow_other: bool,
-    /// The reference is an OCI image layout directory: DIR[:tag|@digest] (no registry needed).
-    #[arg(long)]
-    pub oci_layout: bool,
     #[command(flatten)]
-    pub remote: RemoteArgs,
+    pub target: TargetArgs,
 }
 
 /// `10G`, `512M`, `64k` or plain bytes (binary multiples).
@@ -91,7 +87,7 @@ pub async fn mount(args: MountArgs) -> Result<()> {
     if !args.foreground && std::env::var_os(DAEMON_ENV).is_none() {
         return spawn_background();
     }
-    let opened = target::open(&args.reference, args.oci_layout, &args.remote, false)?;
+    let opened = args.target.open(&args.reference, false)?;
     let target = opened.target.clone();
     let writable = !args.read_only && opened.digest.is_none();
     if !args.read_only && !writable {
@@ -156,10 +152,9 @@ pub async fn mount(args: MountArgs) -> Result<()> {
         journal,
         tokio::runtime::Handle::current(),
     )?);
-    let remote = args.remote.clone();
-    let layout = args.oci_layout;
+    let at = args.target.clone();
     let push_to: mount::PushToResolver = Box::new(move |r: &str| {
-        let o = target::open(r, layout, &remote, true)?;
+        let o = at.open(r, true)?;
         Ok((o.target.clone(), o.reference()))
     });
     let config = MountConfig {

@@ -83,6 +83,24 @@ pub fn validate_tag(tag: &str) -> Result<()> {
     Ok(())
 }
 
+/// Where a command's reference points: a registry (with the remote flags), or with
+/// `--oci-layout` an OCI image layout directory. Flattened into every command that takes one.
+#[derive(clap::Args, Clone, Debug)]
+pub struct TargetArgs {
+    /// The reference is an OCI image layout directory: DIR[:tag|@digest] (no registry needed).
+    #[arg(long)]
+    pub oci_layout: bool,
+    #[command(flatten)]
+    pub remote: RemoteArgs,
+}
+
+impl TargetArgs {
+    /// Opens the target `spec` names. `create`: a missing layout directory is made.
+    pub fn open(&self, spec: &str, create: bool) -> Result<Opened> {
+        open(spec, self.oci_layout, &self.remote, create)
+    }
+}
+
 /// Opens the target a reference names. `create`: a missing layout directory is made.
 pub fn open(spec: &str, oci_layout: bool, remote: &RemoteArgs, create: bool) -> Result<Opened> {
     let (base, tags, digest) = split(spec)?;

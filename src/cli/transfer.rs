@@ -11,8 +11,7 @@ use oras_fs::oras::{self, CopyOptions, FileLayer, LayerFilter, PackOptions};
 use oras_fs::{Error, Result};
 
 use super::output::{label, Bars, Format};
-use super::remote::RemoteArgs;
-use super::target;
+use super::target::{self, TargetArgs};
 
 #[derive(Args, Debug)]
 pub struct PushArgs {
@@ -54,11 +53,8 @@ pub struct PushArgs {
     /// Don't draw progress bars.
     #[arg(long)]
     pub no_tty: bool,
-    /// The reference is an OCI image layout directory: DIR[:tag|@digest].
-    #[arg(long)]
-    pub oci_layout: bool,
     #[command(flatten)]
-    pub remote: RemoteArgs,
+    pub target: TargetArgs,
 }
 
 /// `FILE[:TYPE]`, split on the last ':' (media types contain no ':').
@@ -115,7 +111,7 @@ fn read_annotation_file(path: &Path) -> Result<BTreeMap<String, Annotations>> {
 }
 
 pub async fn push(args: PushArgs) -> Result<()> {
-    let opened = target::open(&args.reference, args.oci_layout, &args.remote, true)?;
+    let opened = args.target.open(&args.reference, true)?;
     if opened.digest.is_some() {
         return Err(Error::Usage("push to a tag, not a digest".into()));
     }
@@ -209,7 +205,7 @@ pub async fn push(args: PushArgs) -> Result<()> {
         progress: Arc::new(Bars::new("Uploading", args.no_tty, quiet)),
     };
     let (desc, bytes) =
-        oras::push_files(&store, &files, &pack, opened.target.as_ref(), &tags, &opts).await?;
+        oras::push(&store, &files, &pack, opened.target.as_ref(), &tags, &opts).await?;
     if let Some(path) = &args.export_manifest {
         std::fs::write(path, &bytes)
             .map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
@@ -282,15 +278,12 @@ pub struct PullArgs {
     /// Don't draw progress bars.
     #[arg(long)]
     pub no_tty: bool,
-    /// The reference is an OCI image layout directory: DIR[:tag|@digest].
-    #[arg(long)]
-    pub oci_layout: bool,
     #[command(flatten)]
-    pub remote: RemoteArgs,
+    pub target: TargetArgs,
 }
 
 pub async fn pull(args: PullArgs) -> Result<()> {
-    let opened = target::open(&args.reference, args.oci_layout, &args.remote, false)?;
+    let opened = args.target.open(&args.reference, false)?;
     if args.output.as_os_str() == "-" {
         return pull_to_stdout(&args, &opened).await;
     }
