@@ -144,6 +144,8 @@ if [[ -z $BIN ]]; then
         BIN=$REPO/target/release/oras-fs
     fi
 fi
+# Absolute: the mount daemon re-executes itself by this path, and is found by it.
+BIN=$(realpath -m "$BIN")
 [[ -x $BIN ]] || die "no oras-fs binary at $BIN"
 
 # --- Scratch space and cleanup ------------------------------------------------------------
@@ -176,7 +178,7 @@ is_orasfs() {
     local argv=()
     [[ $1 =~ ^[0-9]+$ ]] || return 1
     mapfile -d '' argv 2>/dev/null <"/proc/$1/cmdline" || return 1
-    ((${#argv[@]} > 0)) && [[ ${argv[0]##*/} == oras-fs ]]
+    ((${#argv[@]} > 0)) && [[ ${argv[0]##*/} == oras-fs || ${argv[0]} == "$BIN" ]]
 }
 
 # shellcheck disable=SC2329 # invoked via trap
