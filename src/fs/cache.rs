@@ -271,6 +271,17 @@ impl BlobCache {
                 _ => return Err(libc::EIO),
             }
         }
+        // The read that reaches the end of a large blob waits for its verification once every
+        // block is in, so a sequential reader (cat, cp) of corrupt content gets EIO, not EOF.
+        if end == desc.size && desc.size > SMALL_BLOB {
+            let fetched = {
+                let st = blob.state.lock().unwrap();
+                !st.complete && st.present_count == blob.blocks
+            };
+            if fetched {
+                self.finish_hash(&blob).await?;
+            }
+        }
         if self.poisoned.lock().unwrap().contains(&desc.digest) {
             return Err(libc::EIO);
         }
