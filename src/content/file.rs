@@ -252,7 +252,9 @@ pub async fn hash_file(path: &Path) -> Result<(Digest, u64)> {
         let mut file =
             std::fs::File::open(&path).ctx(|| format!("cannot read {}", path.display()))?;
         let mut digester = Digester::sha256();
-        let mut buf = vec![0u8; IO_CHUNK];
+        // Small files (hashed many at once) get small buffers.
+        let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+        let mut buf = vec![0u8; (len as usize + 1).clamp(4096, IO_CHUNK)];
         let mut size = 0u64;
         loop {
             let n = file
