@@ -26,6 +26,8 @@ fn main() -> std::process::ExitCode {
         .expect("cannot start the async runtime");
     match runtime.block_on(cli::run(cli)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
+        // The reader of stdout stopped (`| head`): quiet, as ripgrep does.
+        Err(e) if e.is_broken_pipe() => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("Error: {e}");
             std::process::ExitCode::FAILURE

@@ -823,6 +823,18 @@ fn blob_push_fetch_and_delete() {
         read_file(&file),
         "-o - writes the blob to stdout"
     );
+    // A reader that stops early (`| head -c 10`) ends the command quietly, as for `cat`.
+    let mut child = oras_fs_cmd(["blob", "fetch", &bref, "-o", "-"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("starting oras-fs");
+    let mut head = [0u8; 10];
+    std::io::Read::read_exact(child.stdout.as_mut().unwrap(), &mut head).unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    assert_ok(&out);
+    assert_eq!(stderr_of(&out), "", "a closed stdout is not an error");
 
     // A file whose digest is not the one named is refused.
     let other = tmp.path().join("other.bin");

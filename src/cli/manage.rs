@@ -98,8 +98,8 @@ pub async fn copy(a: CopyArgs) -> Result<()> {
             }
         }
     }
-    println!("Copied {} => {}", a.from, a.to);
-    println!("Digest: {}", desc.digest);
+    outln!("Copied {} => {}", a.from, a.to);
+    outln!("Digest: {}", desc.digest);
     Ok(())
 }
 
@@ -123,7 +123,7 @@ pub async fn tag(a: TagArgs) -> Result<()> {
     let desc = o.target.resolve(&o.reference()).await?;
     for t in &a.tags {
         o.target.tag(&desc, t).await?;
-        println!("Tagged {t}");
+        outln!("Tagged {t}");
     }
     Ok(())
 }
@@ -137,7 +137,7 @@ pub struct ResolveArgs {
 
 pub async fn resolve(a: ResolveArgs) -> Result<()> {
     let o = a.target.open(&a.reference, false)?;
-    println!("{}", o.target.resolve(&o.reference()).await?.digest);
+    outln!("{}", o.target.resolve(&o.reference()).await?.digest);
     Ok(())
 }
 
@@ -192,7 +192,7 @@ pub async fn manifest(c: ManifestCommand) -> Result<()> {
             let o = target.open(&reference, false)?;
             let (desc, bytes) = manifest_of(&o).await?;
             if descriptor {
-                println!("{}", serde_json::to_string(&desc).expect("JSON"));
+                outln!("{}", serde_json::to_string(&desc).expect("JSON"));
                 return Ok(());
             }
             write_out(output.as_deref().unwrap_or("-"), &bytes)
@@ -247,7 +247,7 @@ pub async fn manifest(c: ManifestCommand) -> Result<()> {
             for t in o.tags.iter().skip(1) {
                 o.target.tag(&desc, t).await?;
             }
-            println!("Pushed {}\nDigest: {}", reference, desc.digest);
+            outln!("Pushed {}\nDigest: {}", reference, desc.digest);
             Ok(())
         }
         ManifestCommand::Delete { reference, target } => {
@@ -258,7 +258,7 @@ pub async fn manifest(c: ManifestCommand) -> Result<()> {
             } else if let Some(layout) = &o.layout {
                 layout.unlist(&desc.digest)?;
             }
-            println!("Deleted {}", desc.digest);
+            outln!("Deleted {}", desc.digest);
             Ok(())
         }
         ManifestCommand::FetchConfig {
@@ -409,12 +409,12 @@ pub async fn blob(c: BlobCommand) -> Result<()> {
                 )
             };
             if o.target.exists(&desc).await? {
-                println!("Exists {}", desc.digest);
+                outln!("Exists {}", desc.digest);
             } else {
                 o.target.push(&desc, stream).await?;
-                println!("Pushed {}", desc.digest);
+                outln!("Pushed {}", desc.digest);
             }
-            println!("Digest: {}", desc.digest);
+            outln!("Digest: {}", desc.digest);
             Ok(())
         }
         BlobCommand::Delete { reference, target } => {
@@ -425,7 +425,7 @@ pub async fn blob(c: BlobCommand) -> Result<()> {
             } else if let Some(layout) = &o.layout {
                 layout.delete_blob(&desc.digest)?;
             }
-            println!("Deleted {}", desc.digest);
+            outln!("Deleted {}", desc.digest);
             Ok(())
         }
     }
@@ -465,7 +465,7 @@ pub async fn repo(c: RepoCommand) -> Result<()> {
             let client =
                 oras_fs::registry::Client::new(host, remote.client_options(probe.is_localhost())?)?;
             for r in Repository::catalog(&client, last.as_deref()).await? {
-                println!("{r}");
+                outln!("{r}");
             }
             Ok(())
         }
@@ -477,7 +477,7 @@ pub async fn repo(c: RepoCommand) -> Result<()> {
                 _ => Vec::new(),
             };
             for t in tags {
-                println!("{t}");
+                outln!("{t}");
             }
             Ok(())
         }
@@ -542,12 +542,12 @@ pub async fn attach(a: AttachArgs) -> Result<()> {
     )
     .await?;
     match a.format {
-        Format::Json => println!(
+        Format::Json => outln!(
             "{}",
             serde_json::json!({"reference": format!("{}@{}", o.base, desc.digest), "digest": desc.digest, "subject": subject.digest})
         ),
         Format::Text => {
-            println!(
+            outln!(
                 "Attached to [{}] {}@{}",
                 if o.registry.is_some() {
                     "registry"
@@ -557,7 +557,7 @@ pub async fn attach(a: AttachArgs) -> Result<()> {
                 o.base,
                 subject.digest
             );
-            println!("Digest: {}", desc.digest);
+            outln!("Digest: {}", desc.digest);
         }
     }
     Ok(())
@@ -593,14 +593,14 @@ pub async fn discover(a: DiscoverArgs) -> Result<()> {
                 .into_iter()
                 .filter(keep)
                 .collect();
-            println!(
+            outln!(
                 "{}",
                 serde_json::to_string_pretty(&serde_json::json!({"manifests": refs}))
                     .expect("JSON")
             );
         }
         Format::Text => {
-            println!("{}@{}", o.base, subject.digest);
+            outln!("{}@{}", o.base, subject.digest);
             print_tree(o.target.as_ref(), &subject, "", &keep).await?;
         }
     }
@@ -623,7 +623,7 @@ fn print_tree<'a>(
             .collect();
         for (i, r) in refs.iter().enumerate() {
             let last = i + 1 == refs.len();
-            println!(
+            outln!(
                 "{indent}{} {}  {}",
                 if last { "└──" } else { "├──" },
                 r.artifact_type.as_deref().unwrap_or("(no artifact type)"),

@@ -1,6 +1,14 @@
 //! The command line: argument parsing (flag names as in the oras CLI) and output. Every
 //! command is a thin shell over the library.
 
+/// `println!` that treats a closed stdout (`oras-fs ... | head`) as the reader's choice, not a
+/// failure (`println!` would panic).
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::cli::output::print_line(format_args!($($arg)*))
+    };
+}
+
 mod manage;
 mod mount;
 mod output;

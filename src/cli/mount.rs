@@ -327,7 +327,7 @@ pub async fn unmount(args: UnmountArgs) -> Result<()> {
                 mount::unmount(&args.mountpoint)?;
             }
             if let Some(d) = &a.digest {
-                println!("Pushed {d}");
+                outln!("Pushed {d}");
             }
             if a.ok {
                 Ok(())
@@ -366,8 +366,8 @@ pub async fn sync(args: SyncArgs) -> Result<()> {
         return Err(Error::Other(answer.message));
     }
     match answer.digest {
-        Some(d) => println!("Pushed {d}"),
-        None => println!("Nothing to push: no changes since the last push"),
+        Some(d) => outln!("Pushed {d}"),
+        None => outln!("Nothing to push: no changes since the last push"),
     }
     Ok(())
 }

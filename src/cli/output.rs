@@ -15,6 +15,18 @@ pub enum Format {
     Json,
 }
 
+/// A line on stdout (see `outln!`). A reader that stopped reading (`| head`) is not an error;
+/// any other failure to write is reported.
+pub fn print_line(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = writeln!(out, "{args}") {
+        if e.kind() != std::io::ErrorKind::BrokenPipe {
+            eprintln!("Error: writing to stdout: {e}");
+        }
+    }
+}
+
 /// A short, human name for a blob: its title, else its digest's first 12 hex digits.
 pub fn label(desc: &Descriptor) -> String {
     match desc.title() {

@@ -123,7 +123,7 @@ pub async fn login(args: LoginArgs) -> Result<()> {
         .clone()
         .unwrap_or_else(auth::default_config_path);
     auth::store_credential(&path, &registry, &credential)?;
-    println!("Login Succeeded");
+    outln!("Login Succeeded");
     Ok(())
 }
 
@@ -141,7 +141,7 @@ pub fn logout(args: LogoutArgs) -> Result<()> {
         .registry_config
         .unwrap_or_else(auth::default_config_path);
     if auth::remove_credential(&path, args.registry.trim_end_matches('/'))? {
-        println!("Removing login credentials for {}", args.registry);
+        outln!("Removing login credentials for {}", args.registry);
     } else {
         eprintln!("Not logged in to {}", args.registry);
     }

@@ -222,19 +222,19 @@ pub async fn push(args: PushArgs) -> Result<()> {
                 "tags": tags,
                 "annotations": manifest.annotations,
             });
-            println!("{}", serde_json::to_string_pretty(&v).expect("JSON"));
+            outln!("{}", serde_json::to_string_pretty(&v).expect("JSON"));
         }
         Format::Text => {
-            println!(
+            outln!(
                 "Pushed [{}] {}:{}",
                 kind(&opened),
                 opened.base,
                 tags.join(",")
             );
             if let Some(t) = &manifest.artifact_type {
-                println!("ArtifactType: {t}");
+                outln!("ArtifactType: {t}");
             }
-            println!("Digest: {}", desc.digest);
+            outln!("Digest: {}", desc.digest);
         }
     }
     Ok(())
@@ -345,7 +345,7 @@ pub async fn pull(args: PullArgs) -> Result<()> {
                 "files": files,
                 "skipped": titled_skipped.iter().map(|d| serde_json::json!({"title": d.title(), "mediaType": d.media_type})).collect::<Vec<_>>(),
             });
-            println!("{}", serde_json::to_string_pretty(&v).expect("JSON"));
+            outln!("{}", serde_json::to_string_pretty(&v).expect("JSON"));
         }
         Format::Text => {
             if report.pulled.is_empty() && titled_skipped.is_empty() {
@@ -370,8 +370,8 @@ pub async fn pull(args: PullArgs) -> Result<()> {
                     }
                 );
             }
-            println!("Pulled [{}] {}", kind(&opened), args.reference);
-            println!("Digest: {}", report.manifest_descriptor.digest);
+            outln!("Pulled [{}] {}", kind(&opened), args.reference);
+            outln!("Digest: {}", report.manifest_descriptor.digest);
         }
     }
     Ok(())
