@@ -32,6 +32,10 @@ pub(crate) const IO_CHUNK: usize = 1 << 20;
 /// Streams `content` into a new temporary file in `dir`, verifying it against `desc`. The
 /// caller renames it into place; on any failure the temporary file is deleted, so a failed
 /// transfer never leaves a truncated file. `dest` names the destination in messages.
+///
+/// Hashing (the slowest stage) runs here as chunks arrive; a blocking thread writes them as
+/// they are, gathered into vectored writes of about [`IO_CHUNK`], so no byte is copied in
+/// user space on its way to the file.
 pub(crate) async fn write_verified(
     dir: &std::path::Path,
     desc: &Descriptor,
@@ -39,28 +43,83 @@ pub(crate) async fn write_verified(
     dest: &std::path::Path,
 ) -> Result<tempfile::NamedTempFile> {
     use crate::error::IoContext;
-    use tokio::io::AsyncWriteExt;
     let (file, tmp_path) = tempfile::Builder::new()
         .prefix(".oras-fs-partial-")
         .tempfile_in(dir)
         .ctx(|| format!("creating a temporary file in {}", dir.display()))?
         .into_parts();
-    let mut out = tokio::io::BufWriter::with_capacity(IO_CHUNK, tokio::fs::File::from_std(file));
+    let (chunks, mut rx) = tokio::sync::mpsc::channel::<Bytes>(16);
+    let writer = tokio::task::spawn_blocking(move || {
+        let mut file = file;
+        let mut batch = Vec::new();
+        let mut batched = 0;
+        while let Some(chunk) = rx.blocking_recv() {
+            if chunk.is_empty() {
+                continue;
+            }
+            batched += chunk.len();
+            batch.push(chunk);
+            if batched >= IO_CHUNK {
+                write_all_vectored(&mut file, &mut batch)?;
+                batched = 0;
+            }
+        }
+        write_all_vectored(&mut file, &mut batch)?;
+        Ok::<_, std::io::Error>(file)
+    });
     let mut verifier = Verifier::new(&desc.digest, desc.size);
     let mut content = content;
+    let mut received = Ok(());
     while let Some(chunk) = content.next().await {
-        let chunk = chunk?;
-        verifier.update(&chunk)?;
-        out.write_all(&chunk)
-            .await
-            .ctx(|| format!("writing {}", dest.display()))?;
+        let chunk = match chunk.and_then(|c| verifier.update(&c).map(|()| c)) {
+            Ok(c) => c,
+            Err(e) => {
+                received = Err(e);
+                break;
+            }
+        };
+        if chunks.send(chunk).await.is_err() {
+            break; // The writer failed: its error is reported below.
+        }
     }
-    out.flush()
-        .await
-        .ctx(|| format!("writing {}", dest.display()))?;
+    drop(chunks);
+    let written = writer.await.expect("writing task panicked");
+    received?;
+    let file = written.ctx(|| format!("writing {}", dest.display()))?;
     verifier.finish()?;
-    let file = out.into_inner().into_std().await;
     Ok(tempfile::NamedTempFile::from_parts(file, tmp_path))
+}
+
+/// Writes every byte of `batch` (a `write_all` for vectored writes, which std lacks on
+/// stable), then empties it.
+fn write_all_vectored(file: &mut std::fs::File, batch: &mut Vec<Bytes>) -> std::io::Result<()> {
+    use bytes::Buf;
+    use std::io::{IoSlice, Write};
+    let mut i = 0;
+    while i < batch.len() {
+        // IOV_MAX is 1024 on Linux.
+        let slices: Vec<IoSlice<'_>> = batch[i..]
+            .iter()
+            .take(1024)
+            .map(|b| IoSlice::new(b))
+            .collect();
+        let mut n = file.write_vectored(&slices)?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        while n > 0 {
+            let len = batch[i].len();
+            if n >= len {
+                n -= len;
+                i += 1;
+            } else {
+                batch[i].advance(n);
+                n = 0;
+            }
+        }
+    }
+    batch.clear();
+    Ok(())
 }
 
 /// Streams a local file in [`IO_CHUNK`] pieces.
@@ -267,4 +326,48 @@ pub async fn fetch_manifest(
 /// A stream of one in-memory chunk.
 pub fn once(bytes: Bytes) -> ByteStream {
     Box::pin(futures_util::stream::once(async move { Ok(bytes) }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stream_of(chunks: Vec<Bytes>) -> ByteStream {
+        Box::pin(futures_util::stream::iter(chunks.into_iter().map(Ok)))
+    }
+
+    /// `data` cut into chunks of varied sizes, empty ones included.
+    fn chunked(data: &[u8]) -> Vec<Bytes> {
+        let (mut out, mut at, mut size) = (Vec::new(), 0, 0usize);
+        while at < data.len() {
+            let n = size.min(data.len() - at);
+            out.push(Bytes::copy_from_slice(&data[at..at + n]));
+            at += n;
+            size = (size * 7 + 1) % 70_001;
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn write_verified_writes_every_chunk_and_leaves_nothing_on_failure() {
+        let dir = tempfile::tempdir().unwrap();
+        let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+        let desc = Descriptor::of("application/octet-stream", &data);
+        let dest = std::path::Path::new("x");
+        let tmp = write_verified(dir.path(), &desc, stream_of(chunked(&data)), dest)
+            .await
+            .unwrap();
+        assert_eq!(std::fs::read(tmp.path()).unwrap(), data);
+        drop(tmp);
+
+        let mut longer = data.clone();
+        longer.push(0);
+        let err = write_verified(dir.path(), &desc, stream_of(chunked(&longer)), dest).await;
+        assert!(matches!(err, Err(Error::SizeMismatch { .. })));
+        let mut other = data.clone();
+        other[2_999_999] ^= 1;
+        let err = write_verified(dir.path(), &desc, stream_of(chunked(&other)), dest).await;
+        assert!(matches!(err, Err(Error::DigestMismatch { .. })));
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
 }
