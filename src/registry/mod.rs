@@ -460,6 +460,10 @@ impl Target for Repository {
                     )),
                     Err(e) => repo.client.connect_error(e),
                 };
+                if tx.is_closed() {
+                    // The consumer is gone (and the connection with it, at exit): no resume.
+                    return;
+                }
                 failures += 1;
                 if failures >= policy.attempts {
                     let _ = tx
