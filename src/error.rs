@@ -103,11 +103,6 @@ pub enum Error {
 }
 
 impl Error {
-    /// A write to a reader that went away (`oras-fs ... -o - | head`): the reader's choice.
-    pub fn is_broken_pipe(&self) -> bool {
-        matches!(self, Error::Io { source, .. } if source.kind() == std::io::ErrorKind::BrokenPipe)
-    }
-
     pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
         Error::Io {
             context: context.into(),

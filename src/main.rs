@@ -25,9 +25,10 @@ fn main() -> std::process::ExitCode {
         .build()
         .expect("cannot start the async runtime");
     match runtime.block_on(cli::run(cli)) {
+        Ok(()) if cli::output::print_failed() => std::process::ExitCode::FAILURE,
         Ok(()) => std::process::ExitCode::SUCCESS,
         // The reader of stdout stopped (`| head`): quiet, as ripgrep does.
-        Err(e) if e.is_broken_pipe() => std::process::ExitCode::SUCCESS,
+        Err(e) if cli::output::closed_stdout(&e) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("Error: {e}");
             std::process::ExitCode::FAILURE

@@ -253,7 +253,9 @@ pub async fn send_file(
             Ok(Some(desc)) => return Ok(desc),
             Ok(None) => {}
             // Sent again below, from a known digest and with the usual retries.
-            Err(e) if e.is_transient() => tracing::warn!("{e}; sending {title} again"),
+            Err(e) if e.is_transient() || matches!(e, Error::Unauthorized { .. }) => {
+                tracing::warn!("{e}; sending {title} again")
+            }
             Err(e) => return Err(e),
         }
     }

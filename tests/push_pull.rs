@@ -647,6 +647,30 @@ fn pushing_the_same_content_again_skips_the_blobs() {
     );
 }
 
+#[test]
+fn a_larger_blob_is_asked_for_with_a_head_not_a_mount() {
+    // Over 256 KiB a registry that answers every mount with 202 would make a push upload the
+    // blob again, so the push asks with a HEAD.
+    let repo = unique_repo("again-large");
+    let tmp = temp_dir();
+    write_random_file(&tmp.path().join("large.bin"), &repo, 300_000);
+    let digest = sha256_file(&tmp.path().join("large.bin"));
+    assert_ok(&push(tmp.path(), &reference(&repo, "v1"), &["large.bin"]));
+    assert_ok(&push(tmp.path(), &reference(&repo, "v2"), &["large.bin"]));
+    let requests = logged_requests(&registry_log(), &format!("/v2/{repo}/blobs/"));
+    let heads = requests
+        .iter()
+        .filter(|r| r.method == "HEAD" && r.uri.ends_with(&digest))
+        .map(|r| r.status)
+        .collect::<Vec<_>>();
+    assert_eq!(heads, [404, 200], "{requests:#?}");
+    let mounts = requests
+        .iter()
+        .filter(|r| r.method == "POST" && r.uri.contains(&digest["sha256:".len()..]))
+        .count();
+    assert_eq!(mounts, 0, "{requests:#?}");
+}
+
 // --- Authentication and TLS -------------------------------------------------------------------
 
 #[test]

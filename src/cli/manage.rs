@@ -22,7 +22,7 @@ fn write_out(path: &str, data: &[u8]) -> Result<()> {
     if path == "-" {
         std::io::stdout()
             .write_all(data)
-            .map_err(|e| Error::io("writing to stdout", e))
+            .map_err(|e| Error::io(super::output::WRITING_STDOUT, e))
     } else {
         std::fs::write(path, data).map_err(|e| Error::io(format!("writing {path}"), e))
     }
@@ -347,7 +347,7 @@ pub async fn blob(c: BlobCommand) -> Result<()> {
                 let mut out = std::io::stdout().lock();
                 while let Some(chunk) = stream.next().await {
                     out.write_all(&chunk?)
-                        .map_err(|e| Error::io("writing to stdout", e))?;
+                        .map_err(|e| Error::io(super::output::WRITING_STDOUT, e))?;
                 }
                 return Ok(());
             }

@@ -11,7 +11,7 @@ macro_rules! outln {
 
 mod manage;
 mod mount;
-mod output;
+pub mod output;
 mod remote;
 mod target;
 mod transfer;

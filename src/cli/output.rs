@@ -15,16 +15,36 @@ pub enum Format {
     Json,
 }
 
+/// The context of every error writing to stdout (see [`closed_stdout`]).
+pub const WRITING_STDOUT: &str = "writing to stdout";
+
+/// Set when a line could not be printed for another reason than a closed stdout.
+static PRINT_FAILED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// A line on stdout (see `outln!`). A reader that stopped reading (`| head`) is not an error;
-/// any other failure to write is reported.
+/// any other failure (a full disk) is reported, and the command exits non-zero.
 pub fn print_line(args: std::fmt::Arguments<'_>) {
     use std::io::Write;
     let mut out = std::io::stdout().lock();
     if let Err(e) = writeln!(out, "{args}") {
         if e.kind() != std::io::ErrorKind::BrokenPipe {
-            eprintln!("Error: writing to stdout: {e}");
+            eprintln!("Error: {WRITING_STDOUT}: {e}");
+            PRINT_FAILED.store(true, std::sync::atomic::Ordering::Relaxed);
         }
     }
+}
+
+/// Whether some line could not be printed (see [`print_line`]).
+pub fn print_failed() -> bool {
+    PRINT_FAILED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Whether `e` is a write to a stdout whose reader went away (`oras-fs ... -o - | head`): the
+/// reader's choice, not a failure. Broken pipes elsewhere (a credential helper, the mount's
+/// control socket) are real errors.
+pub fn closed_stdout(e: &oras_fs::Error) -> bool {
+    matches!(e, oras_fs::Error::Io { context, source }
+        if context == WRITING_STDOUT && source.kind() == std::io::ErrorKind::BrokenPipe)
 }
 
 /// A short, human name for a blob: its title, else its digest's first 12 hex digits.

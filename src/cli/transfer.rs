@@ -409,8 +409,9 @@ async fn pull_to_stdout(args: &PullArgs, opened: &target::Opened) -> Result<()> 
     let mut out = std::io::stdout().lock();
     while let Some(chunk) = stream.next().await {
         out.write_all(&chunk?)
-            .map_err(|e| Error::io("writing to stdout", e))?;
+            .map_err(|e| Error::io(super::output::WRITING_STDOUT, e))?;
     }
-    out.flush().map_err(|e| Error::io("writing to stdout", e))?;
+    out.flush()
+        .map_err(|e| Error::io(super::output::WRITING_STDOUT, e))?;
     Ok(())
 }

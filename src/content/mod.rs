@@ -103,7 +103,11 @@ fn write_all_vectored(file: &mut std::fs::File, batch: &mut Vec<Bytes>) -> std::
             .take(1024)
             .map(|b| IoSlice::new(b))
             .collect();
-        let mut n = file.write_vectored(&slices)?;
+        let mut n = match file.write_vectored(&slices) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
         if n == 0 {
             return Err(std::io::ErrorKind::WriteZero.into());
         }

@@ -271,9 +271,10 @@ impl BlobCache {
                 _ => return Err(libc::EIO),
             }
         }
-        // The read that reaches the end of a large blob waits for its verification once every
-        // block is in, so a sequential reader (cat, cp) of corrupt content gets EIO, not EOF.
-        if end == desc.size && desc.size > SMALL_BLOB {
+        // Once every block of a large blob is in, reads wait for its verification, so a
+        // whole-file reader (cat, cp) of corrupt content gets EIO before EOF, whichever of
+        // its concurrent reads completes the blob.
+        if desc.size > SMALL_BLOB {
             let fetched = {
                 let st = blob.state.lock().unwrap();
                 !st.complete && st.present_count == blob.blocks
@@ -304,7 +305,8 @@ impl BlobCache {
     /// Hashes what is left of a fully fetched blob (from the file) and waits until it is
     /// verified, whichever thread does the hashing.
     async fn finish_hash(self: &Arc<Self>, blob: &Arc<Blob>) -> Result<(), Errno> {
-        loop {
+        // Bounded like a read: a hasher that never comes back must not hold readers forever.
+        for _ in 0..6000 {
             let (cache, b) = (self.clone(), blob.clone());
             tokio::task::spawn_blocking(move || cache.advance_hash(&b, &(0..0), &Bytes::new()))
                 .await
@@ -318,6 +320,7 @@ impl BlobCache {
             // Another thread holds the hasher: it finishes the job.
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
+        Err(libc::EIO)
     }
 
     /// Fetches a whole blob into the cache (verified) and returns the path of its file.
@@ -526,9 +529,14 @@ impl BlobCache {
                     hasher.update(&data[at..at + len]);
                 } else {
                     buf.resize(len, 0);
-                    blob.file
-                        .read_exact_at(&mut buf, off)
-                        .map_err(|_| libc::EIO)?;
+                    if let Err(e) = blob.file.read_exact_at(&mut buf, off) {
+                        // The hasher is lost with this error: the blob cannot be verified.
+                        self.poison(
+                            blob,
+                            &format!("reading the cache file of {}: {e}", blob.desc.digest),
+                        );
+                        return Err(libc::EIO);
+                    }
                     hasher.update(&buf);
                 }
                 next += 1;
@@ -536,7 +544,10 @@ impl BlobCache {
             if next == blob.blocks {
                 blob.state.lock().unwrap().hashed = next;
                 return match hasher.check(&blob.desc.digest) {
-                    Ok(()) => self.complete(blob).map_err(|_| libc::EIO),
+                    Ok(()) => self.complete(blob).map_err(|e| {
+                        self.poison(blob, &format!("keeping verified {}: {e}", blob.desc.digest));
+                        libc::EIO
+                    }),
                     Err(e) => {
                         self.poison(blob, &e.to_string());
                         Err(libc::EIO)

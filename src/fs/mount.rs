@@ -151,7 +151,7 @@ pub async fn serve(
             config.mountpoint.display()
         )
     })?;
-    let (stop_tx, mut stop_rx) = tokio::sync::mpsc::channel::<std::sync::mpsc::Sender<()>>(1);
+    let (stop_tx, mut stop_rx) = tokio::sync::mpsc::channel::<StopRequest>(1);
     {
         let fs = fs.clone();
         let runtime = tokio::runtime::Handle::current();
@@ -165,7 +165,7 @@ pub async fn serve(
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     enum Why {
         Signal,
-        Control(std::sync::mpsc::Sender<()>),
+        Control(StopRequest),
         Unmounted,
     }
     let why = loop {
@@ -191,8 +191,10 @@ pub async fn serve(
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
-    if let Why::Control(done) = why {
-        let _ = done.send(());
+    if let Why::Control(stop) = why {
+        let _ = stop.done.send(());
+        // Let the control thread answer before the process ends.
+        let _ = stop.replied.recv_timeout(Duration::from_secs(2));
     }
     // A session still running (files open on a lazily detached mount) ends with the process.
     if session.guard.is_finished() {
@@ -256,7 +258,7 @@ fn control_loop(
     fs: Arc<OrasFs>,
     runtime: tokio::runtime::Handle,
     push_to: PushToResolver,
-    stop: tokio::sync::mpsc::Sender<std::sync::mpsc::Sender<()>>,
+    stop: tokio::sync::mpsc::Sender<StopRequest>,
 ) {
     for conn in listener.incoming() {
         let Ok(mut conn) = conn else { return };
@@ -299,11 +301,13 @@ fn control_loop(
                     Err(e) => (false, None, staged_hint(e, &fs).to_string()),
                 };
                 if unmounting {
-                    let (done_tx, done_rx) = std::sync::mpsc::channel();
-                    if stop.blocking_send(done_tx).is_ok() {
+                    let (done, done_rx) = std::sync::mpsc::channel();
+                    let (replied_tx, replied) = std::sync::mpsc::channel();
+                    if stop.blocking_send(StopRequest { done, replied }).is_ok() {
                         let _ = done_rx.recv_timeout(Duration::from_secs(10));
                     }
                     reply(&mut conn, ok, digest, message);
+                    let _ = replied_tx.send(());
                     return;
                 }
                 reply(&mut conn, ok, digest, message);
@@ -311,6 +315,14 @@ fn control_loop(
             other => reply(&mut conn, false, None, format!("unknown request {other:?}")),
         }
     }
+}
+
+/// An `unmount` request from the control thread to the serving loop: `done` when unmounted,
+/// then the control thread answers its client and says `replied`, so the process does not
+/// exit before the answer is out.
+struct StopRequest {
+    done: std::sync::mpsc::Sender<()>,
+    replied: std::sync::mpsc::Receiver<()>,
 }
 
 fn reply(conn: &mut UnixStream, ok: bool, digest: Option<String>, message: String) {

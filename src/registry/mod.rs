@@ -21,6 +21,10 @@ use crate::error::{Error, Result};
 use crate::manifest::{media_type, Descriptor, Index, Manifest, MAX_MANIFEST_SIZE};
 use crate::reference::Reference;
 
+/// Blobs up to this size are asked for with a mount request that also opens their upload
+/// (see `push_missing`); a registry that ignores mounts re-sends at most this much per blob.
+const ASK_BY_MOUNT_MAX: u64 = 256 << 10;
+
 /// How many chunks a blob download buffers ahead of its consumer.
 const FETCH_QUEUE: usize = 16;
 
@@ -616,10 +620,12 @@ impl Target for Repository {
         self.put_upload(url, desc, content).await
     }
 
-    /// One request both asks whether the blob is here and opens the upload if not: a mount
-    /// from this very repository is answered 201 when the blob is here and 202 with a session
-    /// otherwise (what the spec asks of registries that cannot mount). That saves a HEAD per
-    /// blob, which is most of the cost of pushing many small files.
+    /// For a small blob, one request both asks whether it is here and opens the upload if
+    /// not: a mount from this very repository is answered 201 when the blob is here and 202
+    /// with a session otherwise (what the spec asks of registries that cannot mount). That
+    /// saves a HEAD per blob, which is most of the cost of pushing many small files. Larger
+    /// blobs are asked for with a HEAD first: a registry that answers every mount with 202
+    /// must not make us upload them again.
     async fn push_missing(
         &self,
         desc: &Descriptor,
@@ -632,31 +638,54 @@ impl Target for Repository {
             }
             return self.push(desc, content().await?).await.map(|()| false);
         }
-        // Mounting from elsewhere cannot tell whether the blob is here already: ask first.
-        if mount_from.is_some() && self.exists(desc).await? {
+        let ask_by_mount = mount_from.is_none() && desc.size <= ASK_BY_MOUNT_MAX;
+        if !ask_by_mount && self.exists(desc).await? {
             return Ok(true);
         }
-        let from = mount_from.unwrap_or(&self.name);
-        let url = match self.start_upload(Some((&desc.digest, from))).await {
-            Ok(None) => {
-                if mount_from.is_some() {
-                    tracing::debug!("mounted {} from {from}", desc.digest);
-                }
-                return Ok(true);
-            }
-            Ok(Some(url)) => url,
-            // A registry that refuses mount requests outright: ask, then upload plainly.
-            Err(Error::Registry { status, .. })
-                if (400..500).contains(&status) && ![401, 403, 429].contains(&status) =>
-            {
-                if mount_from.is_none() && self.exists(desc).await? {
+        let mount = if ask_by_mount {
+            Some(self.name.as_str())
+        } else {
+            mount_from
+        };
+        let url = match mount {
+            None => None,
+            Some(from) => match self.start_upload(Some((&desc.digest, from))).await {
+                Ok(None) => {
+                    if mount_from.is_some() {
+                        tracing::debug!("mounted {} from {from}", desc.digest);
+                    }
                     return Ok(true);
                 }
-                self.start_upload(None)
-                    .await?
-                    .expect("a plain upload start is a session")
-            }
-            Err(e) => return Err(e),
+                Ok(Some(url)) => Some(url),
+                // Another repository: any failure (e.g. no pull access there) means copying.
+                Err(e) if mount_from.is_some() => {
+                    tracing::debug!("mounting {} from {from} failed ({e}); copying", desc.digest);
+                    None
+                }
+                // A registry that refuses mount requests outright: ask, then upload plainly.
+                Err(Error::Registry { status, .. })
+                    if (400..500).contains(&status) && ![401, 403, 429].contains(&status) =>
+                {
+                    if self.exists(desc).await? {
+                        return Ok(true);
+                    }
+                    None
+                }
+                Err(Error::NotFound { .. }) => {
+                    if self.exists(desc).await? {
+                        return Ok(true);
+                    }
+                    None
+                }
+                Err(e) => return Err(e),
+            },
+        };
+        let url = match url {
+            Some(url) => url,
+            None => self
+                .start_upload(None)
+                .await?
+                .expect("a plain upload start is a session"),
         };
         self.put_upload(url, desc, content().await?).await?;
         Ok(false)
