@@ -275,13 +275,7 @@ impl BlobCache {
         // whole-file reader (cat, cp) of corrupt content gets EIO before EOF, whichever of
         // its concurrent reads completes the blob.
         if desc.size > SMALL_BLOB {
-            let fetched = {
-                let st = blob.state.lock().unwrap();
-                !st.complete && st.present_count == blob.blocks
-            };
-            if fetched {
-                self.finish_hash(&blob).await?;
-            }
+            self.verify_if_complete(&blob).await?;
         }
         if self.poisoned.lock().unwrap().contains(&desc.digest) {
             return Err(libc::EIO);
@@ -289,12 +283,12 @@ impl BlobCache {
         self.assemble(&blob, offset, end)
     }
 
-    /// A blob whose blocks all arrived in an earlier mount is verified before its first use here
-    /// (blobs fetched in this mount are hashed as their blocks arrive).
+    /// Once every block of a blob is in, waits until it is verified: at once for a blob whose
+    /// blocks all arrived in an earlier mount, else when the thread hashing it is done.
     async fn verify_if_complete(self: &Arc<Self>, blob: &Arc<Blob>) -> Result<(), Errno> {
         let pending = {
             let st = blob.state.lock().unwrap();
-            !st.complete && st.present_count == blob.blocks && st.hasher.is_some()
+            !st.complete && st.present_count == blob.blocks
         };
         if pending {
             self.finish_hash(blob).await?;

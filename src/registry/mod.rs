@@ -663,15 +663,7 @@ impl Target for Repository {
                     None
                 }
                 // A registry that refuses mount requests outright: ask, then upload plainly.
-                Err(Error::Registry { status, .. })
-                    if (400..500).contains(&status) && ![401, 403, 429].contains(&status) =>
-                {
-                    if self.exists(desc).await? {
-                        return Ok(true);
-                    }
-                    None
-                }
-                Err(Error::NotFound { .. }) => {
+                Err(e) if refuses_mount(&e) => {
                     if self.exists(desc).await? {
                         return Ok(true);
                     }
@@ -839,6 +831,18 @@ impl Drop for RegistryUpload {
         };
         let repo = self.repo.clone();
         rt.spawn(async move { RegistryUpload::cancel(&repo, url).await });
+    }
+}
+
+/// Whether a failed mount request means "this registry does not do mounts" (a 4xx other than
+/// auth and rate limiting) rather than a failure to report.
+fn refuses_mount(e: &Error) -> bool {
+    match e {
+        Error::NotFound { .. } => true,
+        Error::Registry { status, .. } => {
+            (400..500).contains(status) && ![401, 403, 429].contains(status)
+        }
+        _ => false,
     }
 }
 
