@@ -74,28 +74,6 @@ fn digests_of(descs: &[Value]) -> BTreeSet<String> {
         .collect()
 }
 
-/// Decodes the `%XX` escapes of a URI.
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' && i + 3 <= b.len() {
-            if let Some(v) = std::str::from_utf8(&b[i + 1..i + 3])
-                .ok()
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-            {
-                out.push(v);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 /// The registry's JSON-log entries after `offset` once `done` holds for them: the registry logs
 /// a response as it completes, a moment after the client has it. Panics after 10 s.
 #[track_caller]

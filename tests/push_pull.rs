@@ -800,26 +800,7 @@ fn tls_registry_with_ca_file_or_insecure() {
     assert_eq!(read_file(&dest.join("tls.txt")), content.as_bytes());
 
     // A CA that did not sign the registry's certificate: refused.
-    let other_ca = tmp.path().join("other-ca.crt");
-    let out = run(std::process::Command::new("openssl").args([
-        "req",
-        "-x509",
-        "-new",
-        "-nodes",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-keyout",
-        tmp.path().join("other-ca.key").to_str().unwrap(),
-        "-out",
-        other_ca.to_str().unwrap(),
-        "-days",
-        "1",
-        "-subj",
-        "/CN=some other CA",
-    ]));
-    assert_ok(&out);
+    let other_ca = unrelated_ca(tmp.path());
     let out = push(
         tmp.path(),
         &reg.reference(&repo, "v2"),

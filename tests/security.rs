@@ -8,7 +8,7 @@ mod common;
 use std::ffi::OsStr;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::Duration;
 
 use common::faults::*;
@@ -460,26 +460,7 @@ fn tls_is_verified_unless_insecure() {
     ));
 
     // A CA that did not sign the registry's certificate.
-    let other = tmp.path().join("other-ca.crt");
-    let key = tmp.path().join("other-ca.key");
-    assert_ok(&run(Command::new("openssl").args([
-        "req",
-        "-x509",
-        "-new",
-        "-nodes",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-days",
-        "1",
-        "-subj",
-        "/CN=not the registry's CA",
-        "-keyout",
-        key.to_str().unwrap(),
-        "-out",
-        other.to_str().unwrap(),
-    ])));
+    let other = unrelated_ca(tmp.path());
     let other = other.to_str().unwrap();
     let out_dir = tmp.path().join("out");
     let pull = |extra: &[&str]| {

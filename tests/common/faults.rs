@@ -21,6 +21,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use super::percent_decode;
+
 /// Socket read/write timeout: no proxy thread outlives a stuck peer by more than this.
 const IO_TIMEOUT: Duration = Duration::from_secs(60);
 /// Largest request or response head accepted.
@@ -1089,25 +1091,6 @@ fn serve_connection(client: TcpStream, shared: &Arc<Shared>) -> std::io::Result<
         }
     }
     Ok(())
-}
-
-/// `%XX` escapes decoded (invalid ones kept as they are).
-pub fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                out.push(v);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// `Basic base64(user:pass)`.

@@ -32,18 +32,10 @@ pub fn run_bounded(cmd: &mut Command, timeout: Duration) -> Option<Output> {
         .stderr(Stdio::piped())
         .spawn()
         .ok()?;
-    let mut out = child.stdout.take()?;
-    let mut err = child.stderr.take()?;
-    let out_reader = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = out.read_to_end(&mut v);
-        v
-    });
-    let err_reader = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = err.read_to_end(&mut v);
-        v
-    });
+    let out = child.stdout.take()?;
+    let err = child.stderr.take()?;
+    let out_reader = drain(out);
+    let err_reader = drain(err);
     let deadline = Instant::now() + timeout;
     let status = loop {
         match child.try_wait() {

@@ -185,18 +185,10 @@ pub fn run_with_timeout(cmd: &mut Command, stdin: &[u8], timeout: Duration) -> O
         // The command may exit without reading: a broken pipe is fine.
         let _ = child_stdin.write_all(&input);
     });
-    let mut out = child.stdout.take().expect("piped");
-    let mut err = child.stderr.take().expect("piped");
-    let out_reader = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = out.read_to_end(&mut v);
-        v
-    });
-    let err_reader = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = err.read_to_end(&mut v);
-        v
-    });
+    let out = child.stdout.take().expect("piped");
+    let err = child.stderr.take().expect("piped");
+    let out_reader = drain(out);
+    let err_reader = drain(err);
     let deadline = Instant::now() + timeout;
     let status = loop {
         if let Some(status) = child.try_wait().expect("waiting for a child") {
@@ -221,6 +213,16 @@ pub fn run_with_timeout(cmd: &mut Command, stdin: &[u8], timeout: Duration) -> O
         stdout: out_reader.join().unwrap_or_default(),
         stderr: err_reader.join().unwrap_or_default(),
     }
+}
+
+/// Reads a child's pipe to its end on a thread of its own (so neither pipe can fill and stall
+/// the child while the other is read).
+pub fn drain<R: Read + Send + 'static>(mut pipe: R) -> std::thread::JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = pipe.read_to_end(&mut v);
+        v
+    })
 }
 
 /// Stdout and stderr of a command, for failure messages.
@@ -810,4 +812,48 @@ pub fn resolve(args: &[&str]) -> String {
     let digest = ok(&all).trim().to_string();
     assert!(is_sha256_digest(&digest), "resolve printed {digest:?}");
     digest
+}
+
+/// `%XX` escapes decoded (invalid ones kept as they are).
+pub fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Makes a self-signed CA in `dir` (`other-ca.crt`) that signed nothing else: a `--ca-file`
+/// that must not make a registry's certificate trusted. Returns the certificate's path.
+pub fn unrelated_ca(dir: &Path) -> std::path::PathBuf {
+    let cert = dir.join("other-ca.crt");
+    assert_ok(&run(Command::new("openssl").args([
+        "req",
+        "-x509",
+        "-new",
+        "-nodes",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=a CA that signed nothing",
+        "-keyout",
+        dir.join("other-ca.key").to_str().unwrap(),
+        "-out",
+        cert.to_str().unwrap(),
+    ])));
+    cert
 }
