@@ -802,6 +802,92 @@ fn mount_reads_survive_drops_stalls_and_ignored_ranges() {
         .all(|g| g.status == 200 && g.header("range").is_some()));
 }
 
+/// Opens a file of a mount for direct I/O, so each read reaches the daemon at its own size
+/// (the page cache would widen it to the kernel's readahead).
+fn open_direct(path: &Path) -> std::fs::File {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(path)
+        .unwrap_or_else(|e| panic!("opening {} with O_DIRECT: {e}", path.display()))
+}
+
+/// Reads the 4 KiB at `at` of a file opened with [`open_direct`] (into an aligned buffer, as
+/// O_DIRECT wants).
+fn read_page_direct(f: &std::fs::File, at: u64) -> Vec<u8> {
+    let mut buf = vec![0u8; 8192];
+    let start = buf.as_ptr().align_offset(4096);
+    f.read_exact_at(&mut buf[start..start + 4096], at).unwrap();
+    buf[start..start + 4096].to_vec()
+}
+
+#[test]
+fn a_mount_read_waits_for_its_block_not_for_its_whole_request() {
+    let repo = unique_repo("fault-mount-block");
+    let large = random_bytes(&format!("{repo}-large"), 6 * MIB);
+    push_direct(&repo, "v1", &[("large.bin", &large)]);
+    let digest = sha256_bytes(&large);
+    let proxy = FaultProxy::start(&registry());
+    // The first request (the read's block and the prefetch after it) stops after its first
+    // block and a little more, for longer than this test lasts.
+    proxy.add(
+        Rule::new(
+            "GET",
+            &blob_path_of(&digest),
+            Fault::StallAfter(300_000, Duration::from_secs(20)),
+        )
+        .once(),
+    );
+    let m = Mount::new(&proxy.reference(&repo, "v1"), &["--read-only"]);
+    let f = open_direct(&m.join("large.bin"));
+    let started = Instant::now();
+    assert_eq!(read_page_direct(&f, 0), large[..4096], "{}", m.daemon_log());
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the read waited for the stalled rest of its request: {}",
+        m.daemon_log()
+    );
+    let gets = proxy.matching("GET", &blob_path_of(&digest));
+    let first = gets[0].header("range").unwrap_or_default();
+    let end: u64 = first.rsplit('-').next().unwrap().parse().unwrap();
+    assert!(
+        end >= 1024 * 1024,
+        "the request was meant to run past the read: {first}"
+    );
+}
+
+#[test]
+fn a_mount_range_read_resumes_where_a_drop_stopped() {
+    let repo = unique_repo("fault-mount-resume");
+    let large = random_bytes(&format!("{repo}-large"), 6 * MIB);
+    push_direct(&repo, "v1", &[("large.bin", &large)]);
+    let digest = sha256_bytes(&large);
+    let proxy = FaultProxy::start(&registry());
+    proxy.add(Rule::new("GET", &blob_path_of(&digest), Fault::DropAfter(300_000)).once());
+    let m = Mount::new(&proxy.reference(&repo, "v1"), &["--read-only"]);
+    let f = open_direct(&m.join("large.bin"));
+    assert_eq!(read_page_direct(&f, 0), large[..4096], "{}", m.daemon_log());
+    assert_eq!(read_file(&m.join("large.bin")), large, "{}", m.daemon_log());
+
+    let gets = proxy.matching("GET", &blob_path_of(&digest));
+    let end = |s: &Seen| {
+        s.header("range")
+            .and_then(|r| r.rsplit('-').next().map(String::from))
+    };
+    let first = &gets[0];
+    assert_eq!(range_start(first), Some(0), "{gets:#?}");
+    let resume = gets
+        .iter()
+        .find(|g| range_start(g) == Some(300_000))
+        .unwrap_or_else(|| panic!("no resume from byte 300000: {gets:#?}"));
+    assert_eq!(
+        end(first),
+        end(resume),
+        "the resume asks for the rest of the same range"
+    );
+}
+
 #[test]
 fn mount_reads_of_corrupted_bytes_fail_and_leave_no_trace_in_the_cache() {
     let repo = unique_repo("fault-mount-corrupt");

@@ -193,12 +193,12 @@ impl Target for FileStore {
         Ok(super::file_stream(file, path))
     }
 
-    async fn fetch_range(&self, desc: &Descriptor, offset: u64, len: u64) -> Result<Bytes> {
+    async fn fetch_range(&self, desc: &Descriptor, offset: u64, len: u64) -> Result<ByteStream> {
         let path = self.files.lock().unwrap().get(&desc.digest).cloned();
         let Some(path) = path else {
             return self.fallback.fetch_range(desc, offset, len).await;
         };
-        super::read_file_range(&path, offset, len).await
+        super::file_range_stream(&path, offset, len).await
     }
 
     async fn exists(&self, desc: &Descriptor) -> Result<bool> {

@@ -229,8 +229,8 @@ impl Target for OciLayout {
         Ok(super::file_stream(file, path))
     }
 
-    async fn fetch_range(&self, desc: &Descriptor, offset: u64, len: u64) -> Result<Bytes> {
-        super::read_file_range(&self.blob_path(&desc.digest), offset, len).await
+    async fn fetch_range(&self, desc: &Descriptor, offset: u64, len: u64) -> Result<ByteStream> {
+        super::file_range_stream(&self.blob_path(&desc.digest), offset, len).await
     }
 
     async fn exists(&self, desc: &Descriptor) -> Result<bool> {

@@ -63,11 +63,11 @@ impl Target for MemoryStore {
         Ok(once(self.get(&desc.digest)?))
     }
 
-    async fn fetch_range(&self, desc: &Descriptor, offset: u64, len: u64) -> Result<Bytes> {
+    async fn fetch_range(&self, desc: &Descriptor, offset: u64, len: u64) -> Result<ByteStream> {
         let b = self.get(&desc.digest)?;
         let start = (offset as usize).min(b.len());
         let end = start.saturating_add(len as usize).min(b.len());
-        Ok(b.slice(start..end))
+        Ok(once(b.slice(start..end)))
     }
 
     async fn exists(&self, desc: &Descriptor) -> Result<bool> {

@@ -134,12 +134,12 @@ pub(crate) fn file_stream(file: tokio::fs::File, path: std::path::PathBuf) -> By
     )
 }
 
-/// Reads `len` bytes at `offset` of a local file (fewer at its end).
-pub(crate) async fn read_file_range(
+/// Streams `len` bytes at `offset` of a local file (fewer at its end).
+pub(crate) async fn file_range_stream(
     path: &std::path::Path,
     offset: u64,
     len: u64,
-) -> Result<Bytes> {
+) -> Result<ByteStream> {
     use crate::error::IoContext;
     use tokio::io::{AsyncReadExt, AsyncSeekExt};
     let mut file = tokio::fs::File::open(path)
@@ -148,12 +148,11 @@ pub(crate) async fn read_file_range(
     file.seek(std::io::SeekFrom::Start(offset))
         .await
         .ctx(|| format!("reading {}", path.display()))?;
-    let mut buf = Vec::new();
-    file.take(len)
-        .read_to_end(&mut buf)
-        .await
-        .ctx(|| format!("reading {}", path.display()))?;
-    Ok(buf.into())
+    let path = path.to_path_buf();
+    let stream = tokio_util::io::ReaderStream::with_capacity(file.take(len), IO_CHUNK);
+    Ok(Box::pin(stream.map(move |r| {
+        r.map_err(|e| Error::io(format!("reading {}", path.display()), e))
+    })))
 }
 
 /// Blob bytes as they arrive.
@@ -171,9 +170,9 @@ pub trait Target: Send + Sync {
     /// Fetches a blob or manifest from its start.
     async fn fetch(&self, desc: &Descriptor) -> Result<ByteStream>;
 
-    /// Fetches `len` bytes at `offset` (clamped to the blob's end). Not verifiable on its own:
+    /// Streams `len` bytes at `offset` (clamped to the blob's end). Not verifiable on its own:
     /// callers verify once they hold the whole blob.
-    async fn fetch_range(&self, desc: &Descriptor, offset: u64, len: u64) -> Result<Bytes>;
+    async fn fetch_range(&self, desc: &Descriptor, offset: u64, len: u64) -> Result<ByteStream>;
 
     /// Whether the content is already here (so a copy can skip it).
     async fn exists(&self, desc: &Descriptor) -> Result<bool>;

@@ -46,7 +46,7 @@ impl Target for Overlay {
         self.pick(desc).await?.fetch_manifest(desc).await
     }
 
-    async fn fetch_range(&self, desc: &Descriptor, offset: u64, len: u64) -> Result<Bytes> {
+    async fn fetch_range(&self, desc: &Descriptor, offset: u64, len: u64) -> Result<ByteStream> {
         self.pick(desc).await?.fetch_range(desc, offset, len).await
     }
 

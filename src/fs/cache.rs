@@ -20,6 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use bytes::Bytes;
+use futures_util::StreamExt;
 use lru::LruCache;
 use tokio::sync::watch;
 
@@ -46,14 +47,34 @@ pub struct CacheOptions {
     pub memory_limit: u64,
 }
 
-type Done = Option<Result<(), ()>>;
+/// Progress of one Range request: its blocks land in order, so one number says which are in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Fill {
+    /// Blocks before this index are stored (and readable).
+    Upto(u64),
+    Failed,
+}
+
+/// A block to wait for, and the request bringing it.
+type Wait = (watch::Receiver<Fill>, u64);
+
+async fn wait_block((mut rx, b): Wait) -> Result<(), Errno> {
+    let fill = *rx
+        .wait_for(|f| !matches!(f, Fill::Upto(n) if *n <= b))
+        .await
+        .map_err(|_| libc::EIO)?;
+    match fill {
+        Fill::Upto(_) => Ok(()),
+        Fill::Failed => Err(libc::EIO),
+    }
+}
 
 struct BlobState {
     /// One bit per block.
     present: Vec<u8>,
     present_count: u64,
     complete: bool,
-    inflight: HashMap<u64, watch::Receiver<Done>>,
+    inflight: HashMap<u64, watch::Receiver<Fill>>,
     /// Hashes the blob in order as blocks arrive, so a sequential read is verified the moment
     /// its last block lands (no second pass). `None` while a thread is feeding it.
     hasher: Option<Digester>,
@@ -264,12 +285,8 @@ impl BlobCache {
         };
         let pre =
             prefetch.start.min(desc.size) / BLOCK..prefetch.end.min(desc.size).div_ceil(BLOCK);
-        let waits = self.ensure(&blob, need.clone(), pre);
-        for mut rx in waits {
-            match rx.wait_for(|d| d.is_some()).await {
-                Ok(v) if matches!(*v, Some(Ok(()))) => {}
-                _ => return Err(libc::EIO),
-            }
+        for wait in self.ensure(&blob, need.clone(), pre) {
+            wait_block(wait).await?;
         }
         // Once every block of a large blob is in, reads wait for its verification, so a
         // whole-file reader (cat, cp) of corrupt content gets EIO before EOF, whichever of
@@ -302,7 +319,7 @@ impl BlobCache {
         // Bounded like a read: a hasher that never comes back must not hold readers forever.
         for _ in 0..6000 {
             let (cache, b) = (self.clone(), blob.clone());
-            tokio::task::spawn_blocking(move || cache.advance_hash(&b, &(0..0), &Bytes::new()))
+            tokio::task::spawn_blocking(move || cache.advance_hash(&b, None))
                 .await
                 .map_err(|_| libc::EIO)??;
             if blob.state.lock().unwrap().complete {
@@ -321,14 +338,8 @@ impl BlobCache {
     pub async fn materialize(self: &Arc<Self>, desc: &Descriptor) -> Result<PathBuf, Errno> {
         let blob = self.blob(desc)?;
         // Request everything at once (in MAX_REQUEST runs), then wait for verification.
-        let waits = self.ensure(&blob, 0..blob.blocks, 0..0);
-        for mut rx in waits {
-            if !matches!(
-                *rx.wait_for(|d| d.is_some()).await.map_err(|_| libc::EIO)?,
-                Some(Ok(()))
-            ) {
-                return Err(libc::EIO);
-            }
+        for wait in self.ensure(&blob, 0..blob.blocks, 0..0) {
+            wait_block(wait).await?;
         }
         self.finish_hash(&blob).await?;
         Ok(blob.complete_path.clone())
@@ -340,7 +351,7 @@ impl BlobCache {
         blob: &Arc<Blob>,
         need: Range<u64>,
         prefetch: Range<u64>,
-    ) -> Vec<watch::Receiver<Done>> {
+    ) -> Vec<Wait> {
         let mut waits = Vec::new();
         let mut missing: Vec<u64> = Vec::new();
         {
@@ -361,7 +372,7 @@ impl BlobCache {
                 }
                 if let Some(rx) = st.inflight.get(&b) {
                     if needed {
-                        waits.push(rx.clone());
+                        waits.push((rx.clone(), b));
                     }
                     continue;
                 }
@@ -385,23 +396,26 @@ impl BlobCache {
                     j += 1;
                 }
                 let run = start..missing[j - 1] + 1;
-                let (tx, rx) = watch::channel(None);
+                let (tx, rx) = watch::channel(Fill::Upto(run.start));
                 for b in run.clone() {
                     st.inflight.insert(b, rx.clone());
-                }
-                if run.clone().any(|b| need.contains(&b)) {
-                    waits.push(rx);
+                    if need.contains(&b) {
+                        waits.push((rx.clone(), b));
+                    }
                 }
                 let cache = self.clone();
                 let blob = blob.clone();
+                let tx = Arc::new(tx);
                 tokio::spawn(async move {
-                    let ok = cache.fetch_run(&blob, run.clone()).await;
+                    let ok = cache.fetch_run(&blob, run.clone(), &tx).await;
                     let mut st = blob.state.lock().unwrap();
                     for b in run {
                         st.inflight.remove(&b);
                     }
                     drop(st);
-                    let _ = tx.send(Some(if ok { Ok(()) } else { Err(()) }));
+                    if !ok {
+                        tx.send_replace(Fill::Failed);
+                    }
                 });
                 i = j;
             }
@@ -409,98 +423,184 @@ impl BlobCache {
         waits
     }
 
-    async fn fetch_run(self: &Arc<Self>, blob: &Arc<Blob>, run: Range<u64>) -> bool {
-        let start = run.start * BLOCK;
-        let len = (run.end * BLOCK).min(blob.desc.size) - start;
-        let data = match self.source.fetch_range(&blob.desc, start, len).await {
-            Ok(d) => d,
-            Err(e) => {
-                tracing::error!("reading {} at {start}+{len}: {e}", blob.desc.digest);
-                return false;
-            }
-        };
-        self.fetched.fetch_add(data.len() as u64, Ordering::Relaxed);
-        let whole = start == 0 && len == blob.desc.size;
-        if whole {
-            // Small blobs: verify before a single byte is served.
-            if let Err(e) = blob.desc.digest.verify(&data) {
-                self.poison(blob, &e.to_string());
-                return false;
-            }
-        }
-        let cache = self.clone();
-        let blob2 = blob.clone();
-        let data2 = data.clone();
-        let written =
-            tokio::task::spawn_blocking(move || cache.store_run(&blob2, run, &data2, whole)).await;
-        match written {
-            Ok(Ok(())) => true,
-            Ok(Err(e)) => {
-                tracing::error!("writing the cache of {}: {e}", blob.desc.digest);
-                false
-            }
-            Err(_) => false,
-        }
-    }
-
-    /// Writes fetched blocks to the disk file and the memory LRU, and verifies the blob once
-    /// every block is present.
-    fn store_run(
+    /// Fetches a run of blocks with one Range request and stores each block as it arrives, so
+    /// a reader waits for its block, not for the whole request. Returns whether all landed.
+    async fn fetch_run(
         self: &Arc<Self>,
         blob: &Arc<Blob>,
         run: Range<u64>,
-        data: &Bytes,
-        verified: bool,
-    ) -> std::io::Result<()> {
+        fill: &Arc<watch::Sender<Fill>>,
+    ) -> bool {
+        let size = blob.desc.size;
         let start = run.start * BLOCK;
-        blob.file.write_all_at(data, start)?;
+        let end = (run.end * BLOCK).min(size);
+        let block_len = |b: u64| (BLOCK.min(size - b * BLOCK)) as usize;
+        // Small blobs are fetched whole and verified before a single byte is served.
+        let whole = start == 0 && end == size;
+        let mut whole_hash = whole.then(|| blob.desc.digest.digester());
+        let mut held = Vec::new();
+        let mut storing: Option<tokio::task::JoinHandle<bool>> = None;
+        let mut next = run.start;
+        let mut block = bytes::BytesMut::with_capacity(block_len(next));
+        let mut stream = match self
+            .source
+            .fetch_range(&blob.desc, start, end - start)
+            .await
         {
-            let mut mem = self.memory.lock().unwrap();
-            for b in run.clone() {
-                let off = ((b - run.start) * BLOCK) as usize;
-                let end = (off + BLOCK as usize).min(data.len());
-                // A copy: a slice would pin the whole request buffer in memory.
-                mem.put((blob.id, b), Bytes::copy_from_slice(&data[off..end]));
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!("reading {} at {start}..{end}: {e}", blob.desc.digest);
+                return false;
             }
-        }
-        let (all, map) = {
-            let mut st = blob.state.lock().unwrap();
-            for b in run.clone() {
-                st.set(b);
-            }
-            (st.present_count == blob.blocks, st.present.clone())
         };
-        if verified {
-            self.complete(blob)?;
-            return Ok(());
+        let mut failed = false;
+        'receive: while let Some(chunk) = stream.next().await {
+            let chunk = match chunk {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::error!("reading {} at {start}..{end}: {e}", blob.desc.digest);
+                    failed = true;
+                    break;
+                }
+            };
+            let mut rest = &chunk[..];
+            while !rest.is_empty() {
+                if next == run.end {
+                    tracing::error!("reading {}: more than {start}..{end}", blob.desc.digest);
+                    failed = true;
+                    break 'receive;
+                }
+                let n = (block_len(next) - block.len()).min(rest.len());
+                block.extend_from_slice(&rest[..n]);
+                rest = &rest[n..];
+                if block.len() < block_len(next) {
+                    continue;
+                }
+                let data = std::mem::take(&mut block).freeze();
+                self.fetched.fetch_add(data.len() as u64, Ordering::Relaxed);
+                if next + 1 < run.end {
+                    block.reserve(block_len(next + 1));
+                }
+                if let Some(h) = whole_hash.as_mut() {
+                    h.update(&data);
+                    held.push(data);
+                } else {
+                    // One block stores while the next arrives; they land in order.
+                    if let Some(prev) = storing.take() {
+                        if !prev.await.unwrap_or(false) {
+                            failed = true;
+                            break 'receive;
+                        }
+                    }
+                    let (cache, blob, fill) = (self.clone(), blob.clone(), fill.clone());
+                    let b = next;
+                    storing = Some(tokio::task::spawn_blocking(move || {
+                        cache.store_block(&blob, b, data, &fill, false)
+                    }));
+                }
+                next += 1;
+            }
         }
-        if let Err(e) = self.advance_hash(blob, &run, data) {
-            return Err(std::io::Error::other(format!(
-                "verification failed (errno {e})"
-            )));
+        if let Some(prev) = storing.take() {
+            failed |= !prev.await.unwrap_or(false);
         }
-        if !all {
-            // The map is written after the data, so a crash never marks unwritten blocks present.
-            let tmp = blob.map_path.with_extension("map.tmp");
-            let mut f = OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&tmp)?;
-            f.write_all(&map)?;
-            std::fs::rename(&tmp, &blob.map_path)?;
+        if !failed && next < run.end {
+            tracing::error!(
+                "reading {}: the range {start}..{end} ended early",
+                blob.desc.digest
+            );
+            failed = true;
         }
-        Ok(())
+        let cache = self.clone();
+        let blob = blob.clone();
+        let fill = fill.clone();
+        tokio::task::spawn_blocking(move || {
+            if let Some(h) = whole_hash {
+                if failed {
+                    return false;
+                }
+                if let Err(e) = h.check(&blob.desc.digest) {
+                    cache.poison(&blob, &e.to_string());
+                    return false;
+                }
+                for (b, data) in (run.start..).zip(held) {
+                    if !cache.store_block(&blob, b, data, &fill, true) {
+                        return false;
+                    }
+                }
+                return match cache.complete(&blob) {
+                    Ok(()) => true,
+                    Err(e) => {
+                        tracing::error!("keeping {}: {e}", blob.desc.digest);
+                        false
+                    }
+                };
+            }
+            // Record what landed, even of a failed request, for the next mount.
+            if let Err(e) = cache.save_map(&blob) {
+                tracing::error!("writing the block map of {}: {e}", blob.desc.digest);
+            }
+            !failed
+        })
+        .await
+        .unwrap_or(false)
     }
 
-    /// Feeds the hasher every block that is present next in order, reading blocks of this run
-    /// from `data` and others from the file. When the last block is in, the blob is verified.
+    /// Writes one fetched block to the disk file and the memory LRU and tells its readers; then
+    /// a task of its own feeds the hasher (unless the blob was `verified` whole already), so
+    /// hashing, the slowest stage, never delays the next block of this request.
+    fn store_block(
+        self: &Arc<Self>,
+        blob: &Arc<Blob>,
+        b: u64,
+        data: Bytes,
+        fill: &watch::Sender<Fill>,
+        verified: bool,
+    ) -> bool {
+        if let Err(e) = blob.file.write_all_at(&data, b * BLOCK) {
+            tracing::error!("writing the cache of {}: {e}", blob.desc.digest);
+            return false;
+        }
+        // The block's own buffer, so the LRU holds exactly what it counts.
+        self.memory.lock().unwrap().put((blob.id, b), data.clone());
+        blob.state.lock().unwrap().set(b);
+        fill.send_replace(Fill::Upto(b + 1));
+        if !verified {
+            let (cache, blob) = (self.clone(), blob.clone());
+            // Its errors poison the blob, which every later read sees.
+            tokio::task::spawn_blocking(move || cache.advance_hash(&blob, Some((b, &data))));
+        }
+        true
+    }
+
+    /// Saves which blocks of an incomplete blob are present. The map is written after the
+    /// data, so a crash never marks unwritten blocks present.
+    fn save_map(&self, blob: &Blob) -> std::io::Result<()> {
+        let map = {
+            let st = blob.state.lock().unwrap();
+            if st.complete || st.present_count == blob.blocks {
+                return Ok(());
+            }
+            st.present.clone()
+        };
+        let tmp = blob.map_path.with_extension("map.tmp");
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(&map)?;
+        std::fs::rename(&tmp, &blob.map_path)
+    }
+
+    /// Feeds the hasher every block that is present next in order: `fresh` (a block just
+    /// stored), else from the memory LRU, else from the file. When the last block is in, the
+    /// blob is verified.
     fn advance_hash(
         self: &Arc<Self>,
         blob: &Arc<Blob>,
-        run: &Range<u64>,
-        data: &Bytes,
+        fresh: Option<(u64, &Bytes)>,
     ) -> Result<(), Errno> {
         loop {
             let (mut hasher, mut next) = {
@@ -518,20 +618,24 @@ impl BlobCache {
             while next < blob.blocks && blob.state.lock().unwrap().has(next) {
                 let off = next * BLOCK;
                 let len = BLOCK.min(blob.desc.size - off) as usize;
-                if run.contains(&next) {
-                    let at = ((next - run.start) * BLOCK) as usize;
-                    hasher.update(&data[at..at + len]);
-                } else {
-                    buf.resize(len, 0);
-                    if let Err(e) = blob.file.read_exact_at(&mut buf, off) {
-                        // The hasher is lost with this error: the blob cannot be verified.
-                        self.poison(
-                            blob,
-                            &format!("reading the cache file of {}: {e}", blob.desc.digest),
-                        );
-                        return Err(libc::EIO);
+                let cached = match fresh {
+                    Some((b, data)) if b == next => Some(data.clone()),
+                    _ => self.memory.lock().unwrap().peek(&(blob.id, next)).cloned(),
+                };
+                match cached {
+                    Some(data) if data.len() == len => hasher.update(&data),
+                    _ => {
+                        buf.resize(len, 0);
+                        if let Err(e) = blob.file.read_exact_at(&mut buf, off) {
+                            // The hasher is lost with this error: the blob cannot be verified.
+                            self.poison(
+                                blob,
+                                &format!("reading the cache file of {}: {e}", blob.desc.digest),
+                            );
+                            return Err(libc::EIO);
+                        }
+                        hasher.update(&buf);
                     }
-                    hasher.update(&buf);
                 }
                 next += 1;
             }

@@ -77,13 +77,15 @@ impl Repository {
     }
 
     /// GET of a blob or manifest from `offset` to its end, following redirects.
-    async fn get_from(&self, desc: &Descriptor, offset: u64) -> Result<(Response, u64)> {
+    /// GETs bytes `offset..end` of a blob; the number returned is how many leading bytes of the
+    /// body to skip (a registry that ignores Range sends the whole blob with a 200).
+    async fn get_from(&self, desc: &Descriptor, offset: u64, end: u64) -> Result<(Response, u64)> {
         let mut req = self.request(Method::GET, &Self::content_path(desc), Access::Pull);
         if desc.is_manifest() {
             req = req.header(ACCEPT, &desc.media_type);
         }
-        if offset > 0 {
-            req = req.header(RANGE, &format!("bytes={offset}-"));
+        if offset > 0 || end < desc.size {
+            req = req.header(RANGE, &format!("bytes={offset}-{}", end - 1));
         }
         let resp = self.client.send(&req).await?;
         match resp.status() {
@@ -97,10 +99,96 @@ impl Repository {
                 }
                 Ok((resp, 0))
             }
-            // A 200 to a Range request carries the whole blob: skip to the offset.
-            StatusCode::OK => Ok((resp, offset)),
+            StatusCode::OK => {
+                if offset > 0 || end < desc.size {
+                    tracing::warn!(
+                        "{} ignored a Range request: skipping {offset} bytes of {}",
+                        self.client.host(),
+                        desc.digest
+                    );
+                }
+                Ok((resp, offset))
+            }
             _ => Err(self.client.error_for(resp, &desc.digest.to_string()).await),
         }
+    }
+
+    /// Streams bytes `start..end` of a blob. The download runs as its own task, a little ahead
+    /// of the consumer; when a connection drops mid-body it resumes with a Range request from
+    /// the byte where it stopped. Whole-blob fetches and the mount's range reads share it.
+    async fn download(&self, desc: &Descriptor, start: u64, end: u64) -> Result<ByteStream> {
+        let (first, skip) = self.get_from(desc, start, end).await?;
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes>>(FETCH_QUEUE);
+        let repo = self.clone();
+        let desc = desc.clone();
+        tokio::spawn(async move {
+            let policy = repo.client.retry_policy().clone();
+            let mut resp = first;
+            let mut skip = skip;
+            let mut pos = start;
+            let mut failures = 0u32;
+            loop {
+                let err = match resp.chunk().await {
+                    Ok(Some(mut chunk)) => {
+                        if skip > 0 {
+                            let n = skip.min(chunk.len() as u64);
+                            skip -= n;
+                            chunk = chunk.slice(n as usize..);
+                        }
+                        // A 200 to a Range request goes on past `end`.
+                        chunk.truncate(chunk.len().min((end - pos) as usize));
+                        if chunk.is_empty() {
+                            continue;
+                        }
+                        pos += chunk.len() as u64;
+                        if tx.send(Ok(chunk)).await.is_err() {
+                            return; // The consumer is gone.
+                        }
+                        if pos == end {
+                            return;
+                        }
+                        continue;
+                    }
+                    Ok(None) => Error::Protocol(format!(
+                        "{} ended at byte {pos}, expected {end} (of {})",
+                        desc.digest, desc.size
+                    )),
+                    Err(e) => repo.client.connect_error(e),
+                };
+                if tx.is_closed() {
+                    // The consumer is gone (and the connection with it, at exit): no resume.
+                    return;
+                }
+                failures += 1;
+                if failures >= policy.attempts {
+                    let _ = tx
+                        .send(Err(Error::Other(format!(
+                            "downloading {} from {}: gave up after {failures} tries, at byte {pos} of {}: {err}",
+                            desc.digest,
+                            repo.client.host(),
+                            desc.size
+                        ))))
+                        .await;
+                    return;
+                }
+                tracing::warn!("{err}; resuming {} at byte {pos}", desc.digest);
+                tokio::time::sleep(policy.delay(failures - 1, None)).await;
+                match repo.get_from(&desc, pos, end).await {
+                    Ok((r, s)) => {
+                        resp = r;
+                        skip = s;
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e)).await;
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Box::pin(futures_util::stream::unfold(
+            rx,
+            |mut rx| async move { rx.recv().await.map(|item| (item, rx)) },
+        )))
     }
 
     /// Lists the repository's tags, following `Link` pagination.
@@ -428,76 +516,10 @@ impl Target for Repository {
     }
 
     async fn fetch(&self, desc: &Descriptor) -> Result<ByteStream> {
-        let (first, skip) = self.get_from(desc, 0).await?;
-        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes>>(FETCH_QUEUE);
-        let repo = self.clone();
-        let desc = desc.clone();
-        // The download runs as its own task, a little ahead of the consumer; when a connection
-        // drops mid-body it resumes with a Range request from the byte where it stopped.
-        tokio::spawn(async move {
-            let policy = repo.client.retry_policy().clone();
-            let mut resp = first;
-            let mut skip = skip;
-            let mut pos = 0u64;
-            let mut failures = 0u32;
-            loop {
-                let err = match resp.chunk().await {
-                    Ok(Some(mut chunk)) => {
-                        if skip > 0 {
-                            let n = skip.min(chunk.len() as u64);
-                            skip -= n;
-                            chunk = chunk.slice(n as usize..);
-                            if chunk.is_empty() {
-                                continue;
-                            }
-                        }
-                        pos += chunk.len() as u64;
-                        if tx.send(Ok(chunk)).await.is_err() {
-                            return; // The consumer is gone.
-                        }
-                        continue;
-                    }
-                    Ok(None) if pos >= desc.size => return,
-                    Ok(None) => Error::Protocol(format!(
-                        "{} ended after {pos} of {} bytes",
-                        desc.digest, desc.size
-                    )),
-                    Err(e) => repo.client.connect_error(e),
-                };
-                if tx.is_closed() {
-                    // The consumer is gone (and the connection with it, at exit): no resume.
-                    return;
-                }
-                failures += 1;
-                if failures >= policy.attempts {
-                    let _ = tx
-                        .send(Err(Error::Other(format!(
-                            "downloading {} from {}: gave up after {failures} tries, at byte {pos} of {}: {err}",
-                            desc.digest,
-                            repo.client.host(),
-                            desc.size
-                        ))))
-                        .await;
-                    return;
-                }
-                tracing::warn!("{err}; resuming {} at byte {pos}", desc.digest);
-                tokio::time::sleep(policy.delay(failures - 1, None)).await;
-                match repo.get_from(&desc, pos).await {
-                    Ok((r, s)) => {
-                        resp = r;
-                        skip = s;
-                    }
-                    Err(e) => {
-                        let _ = tx.send(Err(e)).await;
-                        return;
-                    }
-                }
-            }
-        });
-        Ok(Box::pin(futures_util::stream::unfold(
-            rx,
-            |mut rx| async move { rx.recv().await.map(|item| (item, rx)) },
-        )))
+        if desc.size == 0 {
+            return Ok(crate::content::once(Bytes::new()));
+        }
+        self.download(desc, 0, desc.size).await
     }
 
     async fn fetch_manifest(&self, desc: &Descriptor) -> Result<ByteStream> {
@@ -522,80 +544,12 @@ impl Target for Repository {
         ))
     }
 
-    async fn fetch_range(&self, desc: &Descriptor, offset: u64, len: u64) -> Result<Bytes> {
+    async fn fetch_range(&self, desc: &Descriptor, offset: u64, len: u64) -> Result<ByteStream> {
         let end = offset.saturating_add(len).min(desc.size);
         if offset >= end {
-            return Ok(Bytes::new());
+            return Ok(crate::content::once(Bytes::new()));
         }
-        let want = (end - offset) as usize;
-        let policy = self.client.retry_policy().clone();
-        let mut attempt = 0;
-        loop {
-            let req = self
-                .request(Method::GET, &Self::content_path(desc), Access::Pull)
-                .header(RANGE, &format!("bytes={offset}-{}", end - 1));
-            // `send` has retried transient failures already; only a broken body is retried here.
-            let mut resp = self.client.send(&req).await?;
-            let result = async {
-                let mut skip = match resp.status() {
-                    StatusCode::PARTIAL_CONTENT => {
-                        let start = content_range_start(&resp).unwrap_or(offset);
-                        if start != offset {
-                            return Err(Error::Protocol(format!(
-                                "asked for byte {offset} of {}, got byte {start}",
-                                desc.digest
-                            )));
-                        }
-                        0
-                    }
-                    StatusCode::OK => {
-                        tracing::warn!(
-                            "{} ignored a Range request; skipping {offset} bytes",
-                            self.client.host()
-                        );
-                        offset
-                    }
-                    _ => return Err(self.client.error_for(resp, &desc.digest.to_string()).await),
-                };
-                let mut buf = Vec::with_capacity(want);
-                while buf.len() < want {
-                    let Some(chunk) = resp
-                        .chunk()
-                        .await
-                        .map_err(|e| self.client.connect_error(e))?
-                    else {
-                        break;
-                    };
-                    let mut c = &chunk[..];
-                    if skip > 0 {
-                        let n = skip.min(c.len() as u64) as usize;
-                        skip -= n as u64;
-                        c = &c[n..];
-                    }
-                    let take = c.len().min(want - buf.len());
-                    buf.extend_from_slice(&c[..take]);
-                }
-                if buf.len() < want {
-                    return Err(Error::Protocol(format!(
-                        "range of {} ended after {} of {want} bytes",
-                        desc.digest,
-                        buf.len()
-                    )));
-                }
-                Ok(Bytes::from(buf))
-            }
-            .await;
-            match result {
-                Err(e @ (Error::Transfer { .. } | Error::Connect { .. } | Error::Protocol(_)))
-                    if attempt + 1 < policy.attempts =>
-                {
-                    tracing::warn!("{e}; retrying");
-                    tokio::time::sleep(policy.delay(attempt, None)).await;
-                    attempt += 1;
-                }
-                other => return other,
-            }
-        }
+        self.download(desc, offset, end).await
     }
 
     async fn exists(&self, desc: &Descriptor) -> Result<bool> {
