@@ -249,14 +249,10 @@ pub async fn send_file(
         .await
         .ctx(|| format!("cannot read {}", path.display()))?;
     if meta.is_file() && meta.len() >= HASH_WHILE_SENDING_MIN {
-        match send_while_hashing(store, dst, title, media_type, path, meta.len(), opts).await {
-            Ok(Some(desc)) => return Ok(desc),
-            Ok(None) => {}
-            // Sent again below, from a known digest and with the usual retries.
-            Err(e) if e.is_transient() || matches!(e, Error::Unauthorized { .. }) => {
-                tracing::warn!("{e}; sending {title} again")
-            }
-            Err(e) => return Err(e),
+        if let Some(desc) =
+            send_while_hashing(store, dst, title, media_type, path, meta.len(), opts).await?
+        {
+            return Ok(desc);
         }
     }
     let desc = store.add(title, media_type, path).await?;
@@ -264,7 +260,14 @@ pub async fn send_file(
     Ok(desc)
 }
 
-/// The upload half of [`send_file`] for a large file; `None` if `dst` needs digests first.
+/// Whether a failed upload is worth sending again the usual way (a streaming upload cannot
+/// replay its body, so its transient failures and auth challenges end up here).
+fn send_again(e: &Error) -> bool {
+    e.is_transient() || matches!(e, Error::Unauthorized { .. })
+}
+
+/// The upload half of [`send_file`] for a large file; `None` if `dst` needs digests first (or
+/// could not open the upload: then the caller hashes first and sends with the usual retries).
 async fn send_while_hashing(
     store: &FileStore,
     dst: &dyn Target,
@@ -275,8 +278,14 @@ async fn send_while_hashing(
     opts: &CopyOptions,
 ) -> Result<Option<Descriptor>> {
     use crate::error::IoContext;
-    let Some(mut upload) = dst.begin_upload().await? else {
-        return Ok(None);
+    let mut upload = match dst.begin_upload().await {
+        Ok(Some(upload)) => upload,
+        Ok(None) => return Ok(None),
+        Err(e) if send_again(&e) => {
+            tracing::warn!("{e}; sending {title} after hashing it");
+            return Ok(None);
+        }
+        Err(e) => return Err(e),
     };
     // What progress hears about until the digest is known (it goes by title).
     let mut pending = Descriptor::new(
@@ -299,11 +308,8 @@ async fn send_while_hashing(
     let hashing = store.add(title, media_type, path);
     tokio::pin!(hashing);
     let (desc, sent) = tokio::select! {
-        desc = &mut hashing => (desc?, false),
-        sent = &mut sending => {
-            sent?;
-            (hashing.await?, true)
-        }
+        desc = &mut hashing => (desc?, None),
+        sent = &mut sending => (hashing.await?, Some(sent)),
     };
     if desc.size != size {
         return Err(Error::Other(format!(
@@ -312,19 +318,33 @@ async fn send_while_hashing(
             desc.size
         )));
     }
-    if !sent {
-        if dst.exists(&desc).await? {
+    let sent = match sent {
+        Some(sent) => sent,
+        None if dst.exists(&desc).await? => {
             drop(sending);
             upload.abort().await;
             opts.progress.finish(&desc, true);
             return Ok(Some(desc));
         }
-        sending.await?;
-    } else {
-        drop(sending);
+        None => (&mut sending).await,
+    };
+    drop(sending);
+    let committed = match sent {
+        Ok(()) => upload.commit(&desc).await,
+        Err(e) => {
+            upload.abort().await;
+            Err(e)
+        }
+    };
+    match committed {
+        Ok(()) => opts.progress.finish(&desc, false),
+        // The digest is known now: send it again without hashing again.
+        Err(e) if send_again(&e) => {
+            tracing::warn!("{e}; sending {title} again");
+            copy_blob(store, dst, &desc, opts).await?;
+        }
+        Err(e) => return Err(e),
     }
-    upload.commit(&desc).await?;
-    opts.progress.finish(&desc, false);
     Ok(Some(desc))
 }
 

@@ -711,6 +711,49 @@ fn a_large_upload_dropped_mid_body_is_sent_again_and_a_corrupted_one_refused() {
 }
 
 #[test]
+fn a_commit_whose_answer_is_lost_is_confirmed_by_asking_the_registry() {
+    let repo = unique_repo("fault-lost-commit");
+    let src = temp_dir();
+    let large = random_bytes(&repo, LARGE);
+    write_file(&src.path().join("large.bin"), &large);
+    write_file(&src.path().join("small.txt"), format!("small {repo}"));
+    let proxy = FaultProxy::start(&registry());
+    // Every commit is carried out but its answer lost: a retry finds the session gone (404).
+    proxy.add(Rule::new("PUT", "digest=sha256", Fault::LoseAnswer).times(2));
+    let out = push(
+        src.path(),
+        &proxy.reference(&repo, "v1"),
+        &["large.bin", "small.txt"],
+    );
+    assert_ok(&out);
+    assert!(registry_has_blob(&repo, &sha256_bytes(&large)));
+    let lost = proxy.matching("PUT", "digest=sha256");
+    assert!(lost.len() >= 2, "{lost:#?}");
+    assert!(
+        proxy.matching("PATCH", "/blobs/uploads/").len() == 1,
+        "the large file was sent twice"
+    );
+    let out_dir = temp_dir();
+    assert_ok(&pull(&reference(&repo, "v1"), out_dir.path(), &[]));
+    assert_eq!(read_file(&out_dir.path().join("large.bin")), large);
+}
+
+#[test]
+fn a_failed_upload_cancels_its_session() {
+    let repo = unique_repo("fault-cancel-session");
+    let src = temp_dir();
+    write_file(&src.path().join("a.txt"), format!("a {repo}"));
+    let proxy = FaultProxy::start(&registry());
+    proxy.add(Rule::new("PUT", "digest=sha256", Fault::Status(400, None)));
+    let out = push(src.path(), &proxy.reference(&repo, "v1"), &["a.txt"]);
+    assert!(!out.status.success());
+    let deletes = proxy.matching("DELETE", "/blobs/uploads/");
+    assert_eq!(deletes.len(), 1, "{deletes:#?}");
+    assert_eq!(deletes[0].status, 204);
+    assert_eq!(tag_status(&repo, "v1"), 404);
+}
+
+#[test]
 fn a_registry_that_refuses_mount_requests_still_gets_pushes() {
     let repo = unique_repo("fault-no-mount");
     let src = temp_dir();

@@ -316,16 +316,45 @@ impl Repository {
         desc: &Descriptor,
         content: ByteStream,
     ) -> Result<()> {
-        let resp = self
-            .send_upload(Method::PUT, url, Some(&desc.digest), content, desc.size)
-            .await?;
-        if resp.status() == StatusCode::CREATED || resp.status() == StatusCode::NO_CONTENT {
+        let sent = match self
+            .send_upload(
+                Method::PUT,
+                url.clone(),
+                Some(&desc.digest),
+                content,
+                desc.size,
+            )
+            .await
+        {
+            Ok(resp) if [StatusCode::CREATED, StatusCode::NO_CONTENT].contains(&resp.status()) => {
+                return Ok(())
+            }
+            Ok(resp) => {
+                self.client
+                    .error_for(resp, &format!("upload of {}", desc.digest))
+                    .await
+            }
+            Err(e) => e,
+        };
+        self.settle_failed_upload(url, desc, sent).await
+    }
+
+    /// After a commit failed: the registry may have stored the blob all the same (a 5xx or a
+    /// dropped connection after the commit, then a retry that finds the session gone), so ask.
+    /// Otherwise the session is cancelled, so the registry drops its partial data now rather
+    /// than at its upload purge, days later.
+    async fn settle_failed_upload(
+        &self,
+        session: reqwest::Url,
+        desc: &Descriptor,
+        error: Error,
+    ) -> Result<()> {
+        if self.exists(desc).await.unwrap_or(false) {
+            tracing::debug!("{error}; but the registry has {}", desc.digest);
             return Ok(());
         }
-        Err(self
-            .client
-            .error_for(resp, &format!("upload of {}", desc.digest))
-            .await)
+        RegistryUpload::cancel(self, session).await;
+        Err(error)
     }
 
     /// The referrers of `subject` by the tag schema (`sha256-<hex>`), for registries without
@@ -744,20 +773,25 @@ impl Upload for RegistryUpload {
     }
 
     async fn commit(mut self: Box<Self>, desc: &Descriptor) -> Result<()> {
-        let mut url = self.url.take().expect("committed once");
+        let session = self.url.take().expect("committed once");
+        let mut url = session.clone();
         url.query_pairs_mut()
             .append_pair("digest", desc.digest.as_str());
         let req =
             Request::new(Method::PUT, url, Some(&self.repo.name), Access::Push).body(Bytes::new());
-        let resp = self.repo.client.send(&req).await?;
-        if resp.status() == StatusCode::CREATED || resp.status() == StatusCode::NO_CONTENT {
-            return Ok(());
-        }
-        Err(self
-            .repo
-            .client
-            .error_for(resp, &format!("upload of {}", desc.digest))
-            .await)
+        let error = match self.repo.client.send(&req).await {
+            Ok(resp) if [StatusCode::CREATED, StatusCode::NO_CONTENT].contains(&resp.status()) => {
+                return Ok(())
+            }
+            Ok(resp) => {
+                self.repo
+                    .client
+                    .error_for(resp, &format!("upload of {}", desc.digest))
+                    .await
+            }
+            Err(e) => e,
+        };
+        self.repo.settle_failed_upload(session, desc, error).await
     }
 
     async fn abort(mut self: Box<Self>) {

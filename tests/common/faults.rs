@@ -53,6 +53,9 @@ pub enum Fault {
     DropRequestAfter(u64),
     /// Flip every bit of the request body byte at this offset before forwarding.
     CorruptRequest(u64),
+    /// Forward, then close the connection without passing the answer on: the registry acted,
+    /// the client never hears of it (as when a connection drops just after a commit).
+    LoseAnswer,
     /// Answer without asking the registry: this status, `Content-Type` and body, with the
     /// body's `Docker-Content-Digest` and `Content-Length` (a HEAD gets the headers only).
     Serve {
@@ -1023,6 +1026,12 @@ fn serve_connection(client: TcpStream, shared: &Arc<Shared>) -> std::io::Result<
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
+    if matches!(fault, Some(Fault::LoseAnswer)) {
+        record(status, 0, received, false);
+        let _ = upstream.shutdown(Shutdown::Both);
+        let _ = out.shutdown(Shutdown::Both);
+        return Ok(());
+    }
     let framing = if head_only || status == 204 || status == 304 || (100..200).contains(&status) {
         Framing::None
     } else {
