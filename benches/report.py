@@ -338,7 +338,7 @@ def render(rep, meta, raw):
         f"- Python ORAS SDK: {m.get('V_PYORAS', '?')} (Python {m.get('V_PYTHON', '?')}); "
         f"`import oras.client` alone takes {m.get('PY_IMPORT', '?')} of each SDK run",
         f"- curl: {m.get('V_CURL', '?')}",
-        f"- registry: {m.get('V_REGISTRY', '?')} (filesystem storage, on 127.0.0.1)",
+        f"- registry: {m.get('V_REGISTRY', '?')} (filesystem storage, on 127.0.0.1, GOGC=400 as scripts/registry.sh starts it: its garbage collector was ~30% of its CPU per small request, and here it shares the 2 cores with the client under test)",
         f"- registry storage: {m.get('REG_STORAGE', 'disk')}",
         f"- fio: {m.get('V_FIO', '?')}", "",
         "### Method", "",
