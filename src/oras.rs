@@ -309,7 +309,11 @@ async fn send_while_hashing(
     tokio::pin!(hashing);
     let (desc, sent) = tokio::select! {
         desc = &mut hashing => (desc?, None),
-        sent = &mut sending => (hashing.await?, Some(sent)),
+        sent = &mut sending => match sent {
+            // Sending again would not help: say so now, not after hashing the whole file.
+            Err(e) if !send_again(&e) => return Err(e),
+            sent => (hashing.await?, Some(sent)),
+        },
     };
     if desc.size != size {
         return Err(Error::Other(format!(
@@ -320,7 +324,8 @@ async fn send_while_hashing(
     }
     let sent = match sent {
         Some(sent) => sent,
-        None if dst.exists(&desc).await? => {
+        // A failed HEAD only means the upload goes on.
+        None if dst.exists(&desc).await.unwrap_or(false) => {
             drop(sending);
             upload.abort().await;
             opts.progress.finish(&desc, true);

@@ -718,24 +718,50 @@ fn a_commit_whose_answer_is_lost_is_confirmed_by_asking_the_registry() {
     write_file(&src.path().join("large.bin"), &large);
     write_file(&src.path().join("small.txt"), format!("small {repo}"));
     let proxy = FaultProxy::start(&registry());
-    // Every commit is carried out but its answer lost: a retry finds the session gone (404).
-    proxy.add(Rule::new("PUT", "digest=sha256", Fault::LoseAnswer).times(2));
-    let out = push(
+
+    // A large file's commit (an empty PUT after its PATCH) is carried out, its answer lost:
+    // the retry finds the session gone (404), and a HEAD shows the blob is there.
+    proxy.add(Rule::new("PUT", "digest=sha256", Fault::LoseAnswer).once());
+    assert_ok(&push(
         src.path(),
         &proxy.reference(&repo, "v1"),
-        &["large.bin", "small.txt"],
-    );
-    assert_ok(&out);
-    assert!(registry_has_blob(&repo, &sha256_bytes(&large)));
-    let lost = proxy.matching("PUT", "digest=sha256");
-    assert!(lost.len() >= 2, "{lost:#?}");
-    assert!(
-        proxy.matching("PATCH", "/blobs/uploads/").len() == 1,
-        "the large file was sent twice"
-    );
+        &["large.bin"],
+    ));
+    let puts = commits_of(&proxy, &sha256_bytes(&large));
+    assert!(puts[0].fault.is_some(), "{puts:#?}");
+    assert!(puts.iter().any(|p| p.status == 404), "{puts:#?}");
+    let sent: u64 = proxy
+        .matching("PATCH", "/blobs/uploads/")
+        .iter()
+        .chain(&puts)
+        .map(|s| s.body_received)
+        .sum();
+    assert_eq!(sent, LARGE as u64, "the large file was sent again");
+
+    // A small file's one streaming PUT, the same.
+    let small_digest = sha256_bytes(format!("small {repo}").as_bytes());
+    proxy.clear();
+    proxy.clear_log();
+    // The query has the digest percent-encoded: match its hex.
+    let hex = small_digest.trim_start_matches("sha256:");
+    proxy.add(Rule::new("PUT", hex, Fault::LoseAnswer).once());
+    assert_ok(&push(
+        src.path(),
+        &proxy.reference(&repo, "v2"),
+        &["small.txt"],
+    ));
+    let puts = commits_of(&proxy, &small_digest);
+    assert_eq!(puts.len(), 1, "{puts:#?}");
+    assert!(puts[0].fault.is_some());
+
     let out_dir = temp_dir();
     assert_ok(&pull(&reference(&repo, "v1"), out_dir.path(), &[]));
     assert_eq!(read_file(&out_dir.path().join("large.bin")), large);
+    assert_ok(&pull(&reference(&repo, "v2"), out_dir.path(), &[]));
+    assert_eq!(
+        read_file(&out_dir.path().join("small.txt")),
+        format!("small {repo}").as_bytes()
+    );
 }
 
 #[test]

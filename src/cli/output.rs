@@ -81,6 +81,12 @@ impl Progress for Bars {
         let Some(multi) = &self.multi else {
             return;
         };
+        // Started again (a transfer sent again after a failure): the same bar starts over.
+        if let Some(bar) = self.bars.lock().unwrap().get(&label(desc)) {
+            bar.reset();
+            bar.set_length(desc.size);
+            return;
+        }
         let bar = multi.add(ProgressBar::new(desc.size));
         bar.set_style(
             ProgressStyle::with_template("{prefix:>10} {msg:30!} {bar:30} {bytes:>10}/{total_bytes:<10} {binary_bytes_per_sec}")

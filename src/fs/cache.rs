@@ -49,10 +49,11 @@ pub struct CacheOptions {
 
 /// Progress of one Range request: its blocks land in order, so one number says which are in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Fill {
+struct Fill {
     /// Blocks before this index are stored (and readable).
-    Upto(u64),
-    Failed,
+    upto: u64,
+    /// The request ended before `upto` reached its end: later blocks will not come.
+    failed: bool,
 }
 
 /// A block to wait for, and the request bringing it.
@@ -60,12 +61,13 @@ type Wait = (watch::Receiver<Fill>, u64);
 
 async fn wait_block((mut rx, b): Wait) -> Result<(), Errno> {
     let fill = *rx
-        .wait_for(|f| !matches!(f, Fill::Upto(n) if *n <= b))
+        .wait_for(|f| f.upto > b || f.failed)
         .await
         .map_err(|_| libc::EIO)?;
-    match fill {
-        Fill::Upto(_) => Ok(()),
-        Fill::Failed => Err(libc::EIO),
+    if fill.upto > b {
+        Ok(())
+    } else {
+        Err(libc::EIO)
     }
 }
 
@@ -396,7 +398,10 @@ impl BlobCache {
                     j += 1;
                 }
                 let run = start..missing[j - 1] + 1;
-                let (tx, rx) = watch::channel(Fill::Upto(run.start));
+                let (tx, rx) = watch::channel(Fill {
+                    upto: run.start,
+                    failed: false,
+                });
                 for b in run.clone() {
                     st.inflight.insert(b, rx.clone());
                     if need.contains(&b) {
@@ -414,7 +419,7 @@ impl BlobCache {
                     }
                     drop(st);
                     if !ok {
-                        tx.send_replace(Fill::Failed);
+                        tx.send_modify(|f| f.failed = true);
                     }
                 });
                 i = j;
@@ -495,7 +500,18 @@ impl BlobCache {
                     let (cache, blob, fill) = (self.clone(), blob.clone(), fill.clone());
                     let b = next;
                     storing = Some(tokio::task::spawn_blocking(move || {
-                        cache.store_block(&blob, b, data, &fill, false)
+                        if !cache.write_block(&blob, b, &data) {
+                            return false;
+                        }
+                        cache.publish_block(&blob, b, data.clone(), &fill);
+                        // Hashing, the slowest stage, runs as a task of its own so it never
+                        // delays the next block; its errors poison the blob, which every
+                        // later read sees.
+                        let (cache, blob) = (cache.clone(), blob.clone());
+                        tokio::task::spawn_blocking(move || {
+                            cache.advance_hash(&blob, Some((b, &data)))
+                        });
+                        true
                     }));
                 }
                 next += 1;
@@ -523,10 +539,16 @@ impl BlobCache {
                     cache.poison(&blob, &e.to_string());
                     return false;
                 }
-                for (b, data) in (run.start..).zip(held) {
-                    if !cache.store_block(&blob, b, data, &fill, true) {
+                // Every block is on disk before any is marked present: a failure halfway must
+                // not leave blocks of a small blob that a later, partial request would serve
+                // unverified.
+                for (b, data) in (run.start..).zip(&held) {
+                    if !cache.write_block(&blob, b, data) {
                         return false;
                     }
+                }
+                for (b, data) in (run.start..).zip(held) {
+                    cache.publish_block(&blob, b, data, &fill);
                 }
                 return match cache.complete(&blob) {
                     Ok(()) => true,
@@ -546,31 +568,23 @@ impl BlobCache {
         .unwrap_or(false)
     }
 
-    /// Writes one fetched block to the disk file and the memory LRU and tells its readers; then
-    /// a task of its own feeds the hasher (unless the blob was `verified` whole already), so
-    /// hashing, the slowest stage, never delays the next block of this request.
-    fn store_block(
-        self: &Arc<Self>,
-        blob: &Arc<Blob>,
-        b: u64,
-        data: Bytes,
-        fill: &watch::Sender<Fill>,
-        verified: bool,
-    ) -> bool {
-        if let Err(e) = blob.file.write_all_at(&data, b * BLOCK) {
-            tracing::error!("writing the cache of {}: {e}", blob.desc.digest);
-            return false;
+    /// Writes one fetched block to the cache file.
+    fn write_block(&self, blob: &Blob, b: u64, data: &Bytes) -> bool {
+        match blob.file.write_all_at(data, b * BLOCK) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!("writing the cache of {}: {e}", blob.desc.digest);
+                false
+            }
         }
-        // The block's own buffer, so the LRU holds exactly what it counts.
-        self.memory.lock().unwrap().put((blob.id, b), data.clone());
+    }
+
+    /// Makes a written block readable: into the memory LRU (its own buffer, so the LRU holds
+    /// exactly what it counts), marked present, and its readers told.
+    fn publish_block(&self, blob: &Blob, b: u64, data: Bytes, fill: &watch::Sender<Fill>) {
+        self.memory.lock().unwrap().put((blob.id, b), data);
         blob.state.lock().unwrap().set(b);
-        fill.send_replace(Fill::Upto(b + 1));
-        if !verified {
-            let (cache, blob) = (self.clone(), blob.clone());
-            // Its errors poison the blob, which every later read sees.
-            tokio::task::spawn_blocking(move || cache.advance_hash(&blob, Some((b, &data))));
-        }
-        true
+        fill.send_modify(|f| f.upto = b + 1);
     }
 
     /// Saves which blocks of an incomplete blob are present. The map is written after the

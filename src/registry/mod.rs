@@ -28,6 +28,10 @@ const ASK_BY_MOUNT_MAX: u64 = 256 << 10;
 /// How many chunks a blob download buffers ahead of its consumer.
 const FETCH_QUEUE: usize = 16;
 
+/// A download that got this far since its last failure has its count of failures reset: long
+/// transfers over flaky links go on while they progress, and one that does not still ends.
+const RESUME_PROGRESS: u64 = 8 << 20;
+
 /// One repository (`registry/name`) of a registry.
 #[derive(Clone)]
 pub struct Repository {
@@ -76,9 +80,9 @@ impl Repository {
         }
     }
 
-    /// GET of a blob or manifest from `offset` to its end, following redirects.
-    /// GETs bytes `offset..end` of a blob; the number returned is how many leading bytes of the
-    /// body to skip (a registry that ignores Range sends the whole blob with a 200).
+    /// GETs bytes `offset..end` of a blob or manifest, following redirects; the number returned
+    /// is how many leading bytes of the body to skip (a registry that ignores Range sends the
+    /// whole blob with a 200).
     async fn get_from(&self, desc: &Descriptor, offset: u64, end: u64) -> Result<(Response, u64)> {
         let mut req = self.request(Method::GET, &Self::content_path(desc), Access::Pull);
         if desc.is_manifest() {
@@ -127,6 +131,9 @@ impl Repository {
             let mut skip = skip;
             let mut pos = start;
             let mut failures = 0u32;
+            // Where the last failure happened: a connection that delivered a good stretch
+            // since then starts the count of failures afresh.
+            let mut failed_at = start;
             loop {
                 let err = match resp.chunk().await {
                     Ok(Some(mut chunk)) => {
@@ -159,6 +166,10 @@ impl Repository {
                     // The consumer is gone (and the connection with it, at exit): no resume.
                     return;
                 }
+                if pos >= failed_at + RESUME_PROGRESS {
+                    failures = 0;
+                }
+                failed_at = pos;
                 failures += 1;
                 if failures >= policy.attempts {
                     let _ = tx
