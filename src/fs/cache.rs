@@ -33,7 +33,7 @@ pub const BLOCK: u64 = 256 * 1024;
 /// Blobs up to this size are fetched whole and verified before use.
 pub const SMALL_BLOB: u64 = 4 * 1024 * 1024;
 /// The largest single Range request; larger windows become several concurrent requests.
-pub const MAX_REQUEST: u64 = 4 * 1024 * 1024;
+pub const MAX_REQUEST: u64 = 8 * 1024 * 1024;
 
 /// An errno for the filesystem layer.
 pub type Errno = i32;

@@ -21,7 +21,7 @@ use crate::oras::{self, CopyOptions};
 
 /// First prefetch window of a sequential reader; it doubles up to `MAX_WINDOW`.
 const INITIAL_WINDOW: u64 = 1024 * 1024;
-const MAX_WINDOW: u64 = 16 * 1024 * 1024;
+const MAX_WINDOW: u64 = 32 * 1024 * 1024;
 /// Reads this close to the previous one still count as sequential (the kernel reorders).
 const SEQUENTIAL_SLACK: u64 = 1024 * 1024;
 
