@@ -429,6 +429,24 @@ fn fusermount_u_and_sigterm_push_pending_changes() {
 }
 
 #[test]
+fn umount_then_mount_again_at_once_waits_for_the_push_and_shows_it() {
+    let repo = unique_repo("rw-remount");
+    let r = reference(&repo, "v1");
+    push_contents(&r, &[("base.txt", b"base\n")]);
+    let data = random_bytes(&repo, 8 << 20);
+
+    let mut m = Mount::new(&r, &[]);
+    write_file(&m.join("new.bin"), &data);
+    assert_ok(&run(Command::new("umount").arg(m.path())));
+    // The first daemon is still pushing new.bin: the second mount waits for it to end, then
+    // resolves the tag it moved.
+    let out = m.mount_again(&r, &["--read-only"]);
+    assert_ok(&out);
+    assert_eq!(read_file(&m.join("new.bin")), data, "{}", m.daemon_log());
+    assert_eq!(read_file(&m.join("base.txt")), b"base\n");
+}
+
+#[test]
 fn a_second_writable_mount_of_a_reference_is_refused() {
     let repo = unique_repo("rw-lock");
     let r = reference(&repo, "v1");

@@ -87,6 +87,7 @@ pub async fn mount(args: MountArgs) -> Result<()> {
     if !args.foreground && std::env::var_os(DAEMON_ENV).is_none() {
         return spawn_background();
     }
+    mount::wait_for_previous(&args.mountpoint)?;
     let opened = args.target.open(&args.reference, false)?;
     let target = opened.target.clone();
     let writable = !args.read_only && opened.digest.is_none();
@@ -318,12 +319,12 @@ pub async fn unmount(args: UnmountArgs) -> Result<()> {
         Some(a) => {
             // The mount process unmounts itself; wait until the kernel agrees.
             for _ in 0..200 {
-                if !is_mounted(&args.mountpoint) {
+                if !mount::is_mounted(&args.mountpoint) {
                     break;
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            if is_mounted(&args.mountpoint) {
+            if mount::is_mounted(&args.mountpoint) {
                 mount::unmount(&args.mountpoint)?;
             }
             if let Some(d) = &a.digest {
@@ -380,16 +381,4 @@ async fn request(
     tokio::task::spawn_blocking(move || mount::control(&mp, &req))
         .await
         .expect("control task panicked")
-}
-
-/// Whether `path` is a mountpoint now (per /proc/mounts).
-pub fn is_mounted(path: &std::path::Path) -> bool {
-    let canon = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
-    let want = canon.to_string_lossy().replace(' ', "\\040");
-    std::fs::read_to_string("/proc/mounts")
-        .map(|m| {
-            m.lines()
-                .any(|l| l.split(' ').nth(1) == Some(want.as_str()))
-        })
-        .unwrap_or(false)
 }

@@ -117,9 +117,9 @@ pub async fn serve(
             config.mountpoint.display()
         )));
     }
-    // Request buffers of several MiB come and go all the time: have glibc return them to the
-    // system (a fixed mmap threshold) instead of growing per-thread arenas, so the daemon's
-    // memory stays near its cache bound.
+    // Buffers of a MiB and more (multi-block reads, receive buffers) come and go all the
+    // time: have glibc return them to the system (a fixed mmap threshold) instead of growing
+    // per-thread arenas, so the daemon's memory stays near its cache bound.
     // SAFETY: mallopt only tunes the allocator; called before the FUSE threads start.
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
@@ -143,7 +143,7 @@ pub async fn serve(
     }
     fuse_config.n_threads = Some(4);
     let socket = control_socket(&config.mountpoint);
-    let listener = listen(&socket)?;
+    let listener = listen(&socket, &config.mountpoint)?;
     let adapter = FuseAdapter::new(fs.clone(), tokio::runtime::Handle::current());
     let session = fuser::spawn_mount(adapter, &config.mountpoint, &fuse_config).ctx(|| {
         format!(
@@ -176,8 +176,8 @@ pub async fn serve(
             _ = tick.tick() => if session.guard.is_finished() { break Why::Unmounted },
         }
     };
-    let _ = std::fs::remove_file(&socket);
-    // The control request already synced; otherwise push what is pending now.
+    // The control request already synced; otherwise push what is pending now. The control
+    // socket stays until then, so a new mount here waits for this push (see `listen`).
     let synced = match &why {
         Why::Control(_) => Ok(()),
         _ => final_sync(&fs).await,
@@ -191,6 +191,7 @@ pub async fn serve(
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
+    let _ = std::fs::remove_file(&socket);
     if let Why::Control(stop) = why {
         let _ = stop.done.send(());
         // Let the control thread answer before the process ends.
@@ -233,7 +234,7 @@ fn staged_hint(e: Error, fs: &OrasFs) -> Error {
     ))
 }
 
-fn listen(socket: &Path) -> Result<UnixListener> {
+fn listen(socket: &Path, mountpoint: &Path) -> Result<UnixListener> {
     let dir = socket.parent().expect("socket in a directory");
     {
         use std::os::unix::fs::DirBuilderExt;
@@ -244,12 +245,38 @@ fn listen(socket: &Path) -> Result<UnixListener> {
             .ctx(|| format!("creating {}", dir.display()))?;
     }
     if UnixStream::connect(socket).is_ok() {
-        return Err(Error::Usage(
-            "another oras-fs mount serves this mountpoint".into(),
-        ));
+        return Err(Error::Usage(format!(
+            "another oras-fs mount serves {}",
+            mountpoint.display()
+        )));
     }
     let _ = std::fs::remove_file(socket);
     UnixListener::bind(socket).ctx(|| format!("creating the control socket {}", socket.display()))
+}
+
+/// Before a mount resolves its reference: if the daemon of an earlier mount of `mountpoint` is
+/// still alive though unmounted (after `umount` it pushes the staged changes first), waits a
+/// little for it to end, so that `umount; mount` shows what it pushed.
+pub fn wait_for_previous(mountpoint: &Path) -> Result<()> {
+    let socket = control_socket(mountpoint);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while UnixStream::connect(&socket).is_ok() {
+        if is_mounted(mountpoint) {
+            return Err(Error::Usage(format!(
+                "another oras-fs mount serves {}",
+                mountpoint.display()
+            )));
+        }
+        if Instant::now() >= deadline {
+            return Err(Error::Usage(format!(
+                "the previous oras-fs mount of {} is still finishing (pushing its changes after \
+                 the unmount?); mount again once it has exited",
+                mountpoint.display()
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
 }
 
 /// Answers requests on the control socket, one JSON line each way.
@@ -383,4 +410,16 @@ pub fn control(mountpoint: &Path, request: &ControlRequest) -> Result<Option<Con
     serde_json::from_str(&line)
         .map(Some)
         .map_err(|e| Error::Other(format!("the mount process answered {line:?}: {e}")))
+}
+
+/// Whether `path` is a mountpoint now (per /proc/mounts).
+pub fn is_mounted(path: &std::path::Path) -> bool {
+    let canon = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    let want = canon.to_string_lossy().replace(' ', "\\040");
+    std::fs::read_to_string("/proc/mounts")
+        .map(|m| {
+            m.lines()
+                .any(|l| l.split(' ').nth(1) == Some(want.as_str()))
+        })
+        .unwrap_or(false)
 }

@@ -424,6 +424,19 @@ impl Mount {
         digest
     }
 
+    /// Runs `oras-fs mount REFERENCE` again on this mountpoint (with a cache directory of its
+    /// own); once it succeeds, this `Mount` follows the new daemon. Returns the output.
+    pub fn mount_again(&mut self, reference: &str, extra: &[&str]) -> Output {
+        let cache = self.mountpoint.with_file_name("cache-again");
+        std::fs::create_dir_all(&cache).expect("creating the second cache dir");
+        let mut cmd = mount_command(reference, &self.mountpoint, &cache, &self.home, extra);
+        let out = run_with_timeout(&mut cmd, b"", MOUNT_TIMEOUT);
+        if out.status.success() {
+            self.pid = self.find_daemon();
+        }
+        out
+    }
+
     /// Waits until the daemon process is gone; false if it still runs after `limit`.
     pub fn wait_for_daemon(&self, limit: Duration) -> bool {
         let Some(pid) = self.pid else { return true };
