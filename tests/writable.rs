@@ -447,6 +447,62 @@ fn umount_then_mount_again_at_once_waits_for_the_push_and_shows_it() {
 }
 
 #[test]
+fn xattrs_are_refused_with_enotsup() {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let repo = unique_repo("rw-xattr");
+    let r = reference(&repo, "v1");
+    push_contents(&r, &[("f.txt", b"f\n")]);
+    let m = Mount::new(&r, &[]);
+    let path = CString::new(m.join("f.txt").as_os_str().as_bytes()).unwrap();
+    let name = CString::new("user.test").unwrap();
+    let errno = |rc: isize| {
+        assert_eq!(rc, -1);
+        std::io::Error::last_os_error().raw_os_error().unwrap()
+    };
+    // Twice: the kernel answers the second time itself, the same way.
+    for _ in 0..2 {
+        // SAFETY: valid C strings; a null buffer of size 0 asks for the size only.
+        let got = unsafe { libc::getxattr(path.as_ptr(), name.as_ptr(), std::ptr::null_mut(), 0) };
+        assert_eq!(errno(got), libc::ENOTSUP, "getxattr");
+        // SAFETY: as above, with a 1-byte value.
+        let set =
+            unsafe { libc::setxattr(path.as_ptr(), name.as_ptr(), b"x".as_ptr().cast(), 1, 0) };
+        assert_eq!(errno(set as isize), libc::ENOTSUP, "setxattr");
+        // SAFETY: valid C strings.
+        let rm = unsafe { libc::removexattr(path.as_ptr(), name.as_ptr()) };
+        assert_eq!(errno(rm as isize), libc::ENOTSUP, "removexattr");
+    }
+    std::fs::write(m.join("f.txt"), b"g\n").unwrap();
+    assert_eq!(read_file(&m.join("f.txt")), b"g\n");
+}
+
+#[test]
+fn overwriting_a_file_does_not_download_it_first() {
+    let repo = unique_repo("rw-overwrite");
+    let r = reference(&repo, "v1");
+    let old = random_bytes(&repo, 6 << 20);
+    push_contents(&r, &[("big.bin", &old)]);
+    let layer = sha256_bytes(&old);
+
+    let m = Mount::new(&r, &[]);
+    let log = registry_log();
+    let before = log_offset(&log);
+    // O_TRUNC, as `>`, `cp` over a file and most editors' saves do.
+    std::fs::write(m.join("big.bin"), b"new\n").unwrap();
+    assert_eq!(read_file(&m.join("big.bin")), b"new\n");
+    settle_log();
+    assert_eq!(
+        bytes_served(&log, before, &layer),
+        0,
+        "the old content was fetched only to be truncated\n{}",
+        m.daemon_log()
+    );
+    m.sync_pushed(&[]);
+    assert_eq!(pulled_tree(&r), expect_tree(&[("big.bin", b"new\n")]));
+}
+
+#[test]
 fn a_second_writable_mount_of_a_reference_is_refused() {
     let repo = unique_repo("rw-lock");
     let r = reference(&repo, "v1");

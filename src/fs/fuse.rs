@@ -72,6 +72,15 @@ fn to_type(k: FileKind) -> FileType {
 impl Filesystem for FuseAdapter {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         let _ = config.set_max_readahead(1024 * 1024);
+        // Without it the kernel opens without O_TRUNC and truncates afterwards, so an
+        // overwrite (`>`, `cp` over a file, an editor's save) of a remote file would download
+        // it first, only to throw it away.
+        if config
+            .add_capabilities(fuser::InitFlags::FUSE_ATOMIC_O_TRUNC)
+            .is_err()
+        {
+            tracing::warn!("the kernel lacks atomic O_TRUNC: overwrites fetch the old content");
+        }
         Ok(())
     }
 
@@ -378,6 +387,9 @@ impl Filesystem for FuseAdapter {
         reply.error(errno(libc::EPERM));
     }
 
+    // Xattrs are not supported. ENOSYS (not ENOTSUP) tells the kernel once for all: it then
+    // answers EOPNOTSUPP itself. Otherwise it asks for `security.capability` before every
+    // write, which doubled the requests of a `cp` into a writable mount.
     fn getxattr(
         &self,
         _req: &Request,
@@ -386,7 +398,7 @@ impl Filesystem for FuseAdapter {
         _size: u32,
         reply: ReplyXattr,
     ) {
-        reply.error(errno(libc::ENOTSUP));
+        reply.error(errno(libc::ENOSYS));
     }
 
     fn listxattr(&self, _req: &Request, _ino: INodeNo, size: u32, reply: ReplyXattr) {
@@ -407,10 +419,10 @@ impl Filesystem for FuseAdapter {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        reply.error(errno(libc::ENOTSUP));
+        reply.error(errno(libc::ENOSYS));
     }
 
     fn removexattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
-        reply.error(errno(libc::ENOTSUP));
+        reply.error(errno(libc::ENOSYS));
     }
 }
