@@ -126,8 +126,11 @@ fn write_all_vectored(file: &mut std::fs::File, batch: &mut Vec<Bytes>) -> std::
     Ok(())
 }
 
-/// Streams a local file in [`IO_CHUNK`] pieces.
-pub(crate) fn file_stream(file: tokio::fs::File, path: std::path::PathBuf) -> ByteStream {
+/// Streams a local file (or a part of one: a `take` of it) in [`IO_CHUNK`] pieces.
+pub(crate) fn file_stream(
+    file: impl tokio::io::AsyncRead + Send + 'static,
+    path: std::path::PathBuf,
+) -> ByteStream {
     let stream = tokio_util::io::ReaderStream::with_capacity(file, IO_CHUNK);
     Box::pin(
         stream.map(move |r| r.map_err(|e| Error::io(format!("reading {}", path.display()), e))),
@@ -148,11 +151,7 @@ pub(crate) async fn file_range_stream(
     file.seek(std::io::SeekFrom::Start(offset))
         .await
         .ctx(|| format!("reading {}", path.display()))?;
-    let path = path.to_path_buf();
-    let stream = tokio_util::io::ReaderStream::with_capacity(file.take(len), IO_CHUNK);
-    Ok(Box::pin(stream.map(move |r| {
-        r.map_err(|e| Error::io(format!("reading {}", path.display()), e))
-    })))
+    Ok(file_stream(file.take(len), path.to_path_buf()))
 }
 
 /// Blob bytes as they arrive.

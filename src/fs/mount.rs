@@ -245,13 +245,17 @@ fn listen(socket: &Path, mountpoint: &Path) -> Result<UnixListener> {
             .ctx(|| format!("creating {}", dir.display()))?;
     }
     if UnixStream::connect(socket).is_ok() {
-        return Err(Error::Usage(format!(
-            "another oras-fs mount serves {}",
-            mountpoint.display()
-        )));
+        return Err(another_mount(mountpoint));
     }
     let _ = std::fs::remove_file(socket);
     UnixListener::bind(socket).ctx(|| format!("creating the control socket {}", socket.display()))
+}
+
+fn another_mount(mountpoint: &Path) -> Error {
+    Error::Usage(format!(
+        "another oras-fs mount serves {}",
+        mountpoint.display()
+    ))
 }
 
 /// Before a mount resolves its reference: if the daemon of an earlier mount of `mountpoint` is
@@ -262,10 +266,7 @@ pub fn wait_for_previous(mountpoint: &Path) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(10);
     while UnixStream::connect(&socket).is_ok() {
         if is_mounted(mountpoint) {
-            return Err(Error::Usage(format!(
-                "another oras-fs mount serves {}",
-                mountpoint.display()
-            )));
+            return Err(another_mount(mountpoint));
         }
         if Instant::now() >= deadline {
             return Err(Error::Usage(format!(

@@ -329,7 +329,7 @@ impl Repository {
         desc: &Descriptor,
         content: ByteStream,
     ) -> Result<()> {
-        let sent = match self
+        let answer = self
             .send_upload(
                 Method::PUT,
                 url.clone(),
@@ -337,8 +337,22 @@ impl Repository {
                 content,
                 desc.size,
             )
-            .await
-        {
+            .await;
+        self.settle_commit(url, desc, answer).await
+    }
+
+    /// Judges the answer to a commit (`PUT ?digest=`) of the upload `session`. A failed commit
+    /// is not the end of the story: the registry may have stored the blob all the same (a 5xx
+    /// or a dropped connection after the commit, then a retry that finds the session gone), so
+    /// ask. Otherwise the session is cancelled, so the registry drops its partial data now
+    /// rather than at its upload purge, days later.
+    async fn settle_commit(
+        &self,
+        session: reqwest::Url,
+        desc: &Descriptor,
+        answer: Result<Response>,
+    ) -> Result<()> {
+        let error = match answer {
             Ok(resp) if [StatusCode::CREATED, StatusCode::NO_CONTENT].contains(&resp.status()) => {
                 return Ok(())
             }
@@ -349,19 +363,6 @@ impl Repository {
             }
             Err(e) => e,
         };
-        self.settle_failed_upload(url, desc, sent).await
-    }
-
-    /// After a commit failed: the registry may have stored the blob all the same (a 5xx or a
-    /// dropped connection after the commit, then a retry that finds the session gone), so ask.
-    /// Otherwise the session is cancelled, so the registry drops its partial data now rather
-    /// than at its upload purge, days later.
-    async fn settle_failed_upload(
-        &self,
-        session: reqwest::Url,
-        desc: &Descriptor,
-        error: Error,
-    ) -> Result<()> {
         if self.exists(desc).await.unwrap_or(false) {
             tracing::debug!("{error}; but the registry has {}", desc.digest);
             return Ok(());
@@ -792,19 +793,8 @@ impl Upload for RegistryUpload {
             .append_pair("digest", desc.digest.as_str());
         let req =
             Request::new(Method::PUT, url, Some(&self.repo.name), Access::Push).body(Bytes::new());
-        let error = match self.repo.client.send(&req).await {
-            Ok(resp) if [StatusCode::CREATED, StatusCode::NO_CONTENT].contains(&resp.status()) => {
-                return Ok(())
-            }
-            Ok(resp) => {
-                self.repo
-                    .client
-                    .error_for(resp, &format!("upload of {}", desc.digest))
-                    .await
-            }
-            Err(e) => e,
-        };
-        self.repo.settle_failed_upload(session, desc, error).await
+        let answer = self.repo.client.send(&req).await;
+        self.repo.settle_commit(session, desc, answer).await
     }
 
     async fn abort(mut self: Box<Self>) {
