@@ -163,7 +163,10 @@ pub async fn mount(args: MountArgs) -> Result<()> {
         allow_other: args.allow_other,
     };
     let mountpoint = args.mountpoint.clone();
-    let mode = if writable { "read-write" } else { "read-only" };
+    let mode = if fs.read_only() { "read-only" } else { "read-write" };
+    for notice in fs.notices() {
+        eprintln!("Note: {notice}");
+    }
     let log_dir = cache_dir.clone();
     mount::serve(fs, config, push_to, move || {
         eprintln!(

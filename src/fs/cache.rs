@@ -719,6 +719,18 @@ impl BlobCache {
         }
     }
 
+    /// Whether every byte of a blob is in the cache and verified (the kernel may then keep
+    /// its pages across opens).
+    pub fn is_verified(&self, desc: &Descriptor) -> bool {
+        if self.is_poisoned(&desc.digest) {
+            return false;
+        }
+        if let Some(b) = self.blobs.lock().unwrap().get(&desc.digest) {
+            return b.state.lock().unwrap().complete;
+        }
+        self.paths(&desc.digest).0.exists()
+    }
+
     pub fn is_poisoned(&self, digest: &Digest) -> bool {
         self.poisoned.lock().unwrap().contains(digest)
     }
@@ -741,6 +753,22 @@ impl BlobCache {
             libc::EIO
         })?;
         Ok(buf.into())
+    }
+
+    /// (bytes on disk, bound) of the blob cache, for `oras-fs status`.
+    pub fn disk_usage(&self) -> (u64, u64) {
+        use std::os::unix::fs::MetadataExt;
+        let mut total = 0;
+        for sub in ["blobs/sha256", "partial/sha256"] {
+            if let Ok(rd) = std::fs::read_dir(self.options.dir.join(sub)) {
+                total += rd
+                    .flatten()
+                    .filter_map(|e| e.metadata().ok())
+                    .map(|m| m.blocks() * 512)
+                    .sum::<u64>();
+            }
+        }
+        (total, self.options.disk_limit)
     }
 
     /// Deletes least recently used cache files until the disk cache fits its bound, sparing

@@ -131,6 +131,26 @@ pub struct OrasFs {
     uid: u32,
     gid: u32,
     runtime: tokio::runtime::Handle,
+    /// What the user should know about this mount (why it is read-only, hidden layers, ...),
+    /// said at mount time, in `.oras/notes` and by `oras-fs status`.
+    notices: Vec<String>,
+    /// The last error a user could not see (a failed fetch or push in the background).
+    last_error: Mutex<Option<String>>,
+}
+
+/// What `oras-fs status` shows of a mount.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct MountStatus {
+    pub reference: String,
+    pub digest: String,
+    pub read_only: bool,
+    /// Why it is read-only, layers it hides, files held back from a push, ...
+    pub notices: Vec<String>,
+    /// Changes not yet pushed, one line each (`+ new`, `M changed`, `- removed`).
+    pub pending: Vec<String>,
+    /// Files open for writing now (paths in the mount).
+    pub open_for_writing: Vec<String>,
+    pub last_error: Option<String>,
 }
 
 fn file_perm(read_only: bool) -> u16 {
@@ -201,6 +221,8 @@ impl OrasFs {
             uid,
             gid,
             runtime,
+            notices: Vec::new(),
+            last_error: Mutex::new(None),
         })
     }
 
@@ -214,6 +236,63 @@ impl OrasFs {
 
     pub fn read_only(&self) -> bool {
         self.options.read_only
+    }
+
+    /// What the user should know about this mount (one sentence each).
+    pub fn notices(&self) -> &[String] {
+        &self.notices
+    }
+
+    /// Keeps an error for `oras-fs status` (the log may be unwritable, e.g. on a full disk).
+    pub fn record_error(&self, error: impl std::fmt::Display) {
+        *self.last_error.lock().unwrap() = Some(error.to_string());
+    }
+
+    /// Paths (in the mount) of the files open for writing now.
+    pub fn open_writers(&self) -> Vec<String> {
+        let inos: std::collections::BTreeSet<Ino> = self
+            .handles
+            .lock()
+            .unwrap()
+            .values()
+            .filter(|h| h.writable)
+            .map(|h| h.ino)
+            .collect();
+        let tree = self.tree.read().unwrap();
+        inos.into_iter()
+            .filter(|&i| tree.get(i).is_some())
+            .map(|i| tree.path_of(i))
+            .collect()
+    }
+
+    /// The changes not yet pushed, one line each.
+    pub fn pending_changes(&self) -> Vec<String> {
+        let Some(w) = &self.writer else {
+            return Vec::new();
+        };
+        let tree = self.tree.read().unwrap();
+        let mut out: Vec<String> = tree
+            .nodes()
+            .filter(|n| {
+                matches!(&n.kind, Kind::File(Source::Local(p)) if p.starts_with(w.staging.dir()))
+            })
+            .map(|n| format!("M {}", tree.path_of(n.ino)))
+            .collect();
+        out.sort();
+        out
+    }
+
+    pub fn status(&self) -> MountStatus {
+        let snap = self.snapshot();
+        MountStatus {
+            reference: snap.reference,
+            digest: snap.descriptor.digest.to_string(),
+            read_only: self.read_only(),
+            notices: self.notices.clone(),
+            pending: self.pending_changes(),
+            open_for_writing: self.open_writers(),
+            last_error: self.last_error.lock().unwrap().clone(),
+        }
     }
 
     fn attr_of(&self, n: &Node) -> Attr {
