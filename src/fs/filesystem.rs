@@ -1,40 +1,31 @@
 //! The filesystem semantics of a mount, independent of FUSE: what lookup, getattr, readdir,
-//! open and read do (see docs/SEMANTICS.md). The FUSE adapter in `fuse.rs` only translates.
+//! open, read and the writing calls do (see docs/SEMANTICS.md). The FUSE adapter in `fuse.rs`
+//! only translates; what is shown comes from `view`, and pushes from `sync`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
-use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::SystemTime;
 
 use bytes::Bytes;
 
 use super::cache::{BlobCache, Errno};
-use super::staging::{Entry, Journal, Staging};
-use super::tree::{empty_dir, AddError, Ino, Kind, Node, Source, Tree, ROOT};
-use crate::content::{FileStore, Overlay, Target};
-use crate::manifest::{annotation, Descriptor, Manifest};
+use super::staging::{private_file, Journal, Record, Staging};
+use super::tree::{empty_dir, Ino, Kind, Node, Source, Tree, ROOT};
+use super::view;
+pub use super::view::Snapshot;
+use crate::content::Target;
+use crate::manifest::Descriptor;
 use crate::oras::LayerFilter;
-use crate::oras::{self, CopyOptions};
 
 /// First prefetch window of a sequential reader; it doubles up to `MAX_WINDOW`.
 const INITIAL_WINDOW: u64 = 1024 * 1024;
 const MAX_WINDOW: u64 = 32 * 1024 * 1024;
 /// Reads this close to the previous one still count as sequential (the kernel reorders).
 const SEQUENTIAL_SLACK: u64 = 1024 * 1024;
-
-/// What is mounted: one manifest, resolved once.
-#[derive(Clone, Debug)]
-pub struct Snapshot {
-    /// The reference as given (`registry/repo:tag`).
-    pub reference: String,
-    pub descriptor: Descriptor,
-    pub manifest_bytes: Bytes,
-    pub manifest: Manifest,
-    pub config_bytes: Bytes,
-}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FileKind {
@@ -61,11 +52,30 @@ pub struct MountOptions {
     pub read_only: bool,
 }
 
+/// An open file.
+#[derive(Clone, Copy, Debug)]
+pub struct Opened {
+    pub fh: u64,
+    /// The content can't change and is verified: the kernel may keep its pages across opens.
+    pub keep_cache: bool,
+}
+
+/// What `statfs` (`df`) reports.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FsStats {
+    pub block_size: u64,
+    pub blocks: u64,
+    pub blocks_free: u64,
+    pub blocks_available: u64,
+    pub files: u64,
+}
+
 /// Per-open-file state: where reads go, and the sequential-read detector.
 struct Handle {
     ino: Ino,
     source: Source,
-    /// Open for local files (staged or unpacked); written through when `writable`.
+    /// The local file (staged or unpacked); for a writable handle of a remote file it is
+    /// opened on the first write (copy-on-write), not at open.
     file: Option<Arc<std::fs::File>>,
     writable: bool,
     last_end: u64,
@@ -118,16 +128,20 @@ pub struct SyncOptions {
 }
 
 pub struct OrasFs {
-    cache: Arc<BlobCache>,
-    tree: RwLock<Tree>,
+    pub(super) cache: Arc<BlobCache>,
+    pub(super) tree: RwLock<Tree>,
     handles: Mutex<HashMap<u64, Handle>>,
     next_fh: AtomicU64,
-    snapshot: RwLock<Snapshot>,
+    pub(super) snapshot: RwLock<Snapshot>,
+    /// Indexes of the snapshot's layers the mount does not show; a sync keeps them.
+    pub(super) hidden: RwLock<Vec<usize>>,
     options: MountOptions,
     writer: Option<Writer>,
     sync_lock: tokio::sync::Mutex<()>,
     /// Something changed since the last push (or an earlier mount left changes).
-    changed: std::sync::atomic::AtomicBool,
+    changed: AtomicBool,
+    /// A journal append failed (a full disk?): the next change rewrites it whole.
+    journal_stale: AtomicBool,
     uid: u32,
     gid: u32,
     runtime: tokio::runtime::Handle,
@@ -153,40 +167,14 @@ pub struct MountStatus {
     pub last_error: Option<String>,
 }
 
-fn file_perm(read_only: bool) -> u16 {
-    if read_only {
-        0o444
-    } else {
-        0o644
-    }
-}
-
-fn dir_perm(read_only: bool) -> u16 {
-    if read_only {
-        0o555
-    } else {
-        0o755
-    }
-}
-
-/// A new empty file only the user can read (staged data may be private).
-fn private_file(path: &Path) -> std::io::Result<std::fs::File> {
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-}
-
 fn os_errno(e: std::io::Error) -> Errno {
     e.raw_os_error().unwrap_or(libc::EIO)
 }
 
 impl OrasFs {
     /// Builds the view of a snapshot, or of an earlier mount's pending changes (`journal`).
-    /// Layers the filter leaves out are not shown; layers with unsafe or conflicting titles are
-    /// skipped with a warning.
+    /// A manifest the mount would break by pushing files (a container image) mounts
+    /// read-only, whatever was asked; the reason is among the notices.
     pub fn new(
         cache: Arc<BlobCache>,
         snapshot: Snapshot,
@@ -195,33 +183,45 @@ impl OrasFs {
         journal: Option<Journal>,
         runtime: tokio::runtime::Handle,
     ) -> crate::Result<OrasFs> {
+        let reason = view::read_only_reason(&snapshot.manifest);
+        let writer = if reason.is_some() { None } else { writer };
         let read_only = options.read_only || writer.is_none();
         let options = MountOptions {
             read_only,
             ..options
         };
         let changed = journal.is_some() && writer.is_some();
-        let mut tree = match (&journal, &writer) {
-            (Some(j), Some(w)) => tree_from_journal(&snapshot, j, &w.staging),
-            _ => build_tree(&snapshot, &options)?,
+        let mut v = match (&journal, &writer) {
+            (Some(j), Some(w)) => {
+                let mut v = view::from_journal(&snapshot, j, &w.staging);
+                if j.hidden.is_none() {
+                    // An older journal did not record them: what this filter hides.
+                    v.hidden = view::build(&snapshot, &options.filter, false).hidden;
+                }
+                v
+            }
+            _ => view::build(&snapshot, &options.filter, read_only),
         };
-        add_meta_dir(&mut tree, &snapshot)?;
+        let notices: Vec<String> = reason.into_iter().chain(v.notices).collect();
+        view::add_meta_dir(&mut v.tree, &snapshot, &notices)?;
         // SAFETY: getuid/getgid cannot fail.
         let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
         Ok(OrasFs {
             cache,
-            tree: RwLock::new(tree),
+            tree: RwLock::new(v.tree),
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             snapshot: RwLock::new(snapshot),
+            hidden: RwLock::new(v.hidden),
             options,
             writer,
             sync_lock: tokio::sync::Mutex::new(()),
-            changed: std::sync::atomic::AtomicBool::new(changed),
+            changed: AtomicBool::new(changed),
+            journal_stale: AtomicBool::new(false),
             uid,
             gid,
             runtime,
-            notices: Vec::new(),
+            notices,
             last_error: Mutex::new(None),
         })
     }
@@ -239,8 +239,21 @@ impl OrasFs {
     }
 
     /// What the user should know about this mount (one sentence each).
-    pub fn notices(&self) -> &[String] {
-        &self.notices
+    pub fn notices(&self) -> Vec<String> {
+        self.notices_in(&self.tree.read().unwrap())
+    }
+
+    /// [`OrasFs::notices`] for a caller that holds the tree.
+    pub(super) fn notices_in(&self, tree: &Tree) -> Vec<String> {
+        let mut out = self.notices.clone();
+        out.extend(
+            tree.nodes()
+                .filter(|n| n.incomplete)
+                .map(|n| view::incomplete_notice(&tree.path_of(n.ino))),
+        );
+        out.sort();
+        out.dedup();
+        out
     }
 
     /// Keeps an error for `oras-fs status` (the log may be unwritable, e.g. on a full disk).
@@ -248,36 +261,64 @@ impl OrasFs {
         *self.last_error.lock().unwrap() = Some(error.to_string());
     }
 
-    /// Paths (in the mount) of the files open for writing now.
-    pub fn open_writers(&self) -> Vec<String> {
-        let inos: std::collections::BTreeSet<Ino> = self
-            .handles
+    /// Inodes with a handle open for writing.
+    pub(super) fn writable_inos(&self) -> HashSet<Ino> {
+        self.handles
             .lock()
             .unwrap()
             .values()
             .filter(|h| h.writable)
             .map(|h| h.ino)
-            .collect();
-        let tree = self.tree.read().unwrap();
-        inos.into_iter()
-            .filter(|&i| tree.get(i).is_some())
-            .map(|i| tree.path_of(i))
             .collect()
     }
 
-    /// The changes not yet pushed, one line each.
-    pub fn pending_changes(&self) -> Vec<String> {
-        let Some(w) = &self.writer else {
-            return Vec::new();
-        };
+    /// Paths (in the mount) of the files open for writing now.
+    pub fn open_writers(&self) -> Vec<String> {
+        let inos = self.writable_inos();
         let tree = self.tree.read().unwrap();
-        let mut out: Vec<String> = tree
-            .nodes()
-            .filter(|n| {
-                matches!(&n.kind, Kind::File(Source::Local(p)) if p.starts_with(w.staging.dir()))
-            })
-            .map(|n| format!("M {}", tree.path_of(n.ino)))
+        let mut out: Vec<String> = inos
+            .into_iter()
+            .filter(|&i| tree.get(i).is_some())
+            .map(|i| tree.path_of(i))
             .collect();
+        out.sort();
+        out
+    }
+
+    /// The changes not yet pushed, one line each: `+` new, `M` changed, `R` renamed (with the
+    /// old path), `-` removed.
+    pub fn pending_changes(&self) -> Vec<String> {
+        if self.writer.is_none() || !self.changed.load(Ordering::SeqCst) {
+            return Vec::new();
+        }
+        let snap = self.snapshot.read().unwrap();
+        let tree = self.tree.read().unwrap();
+        let mut present = HashSet::new();
+        let mut out = Vec::new();
+        for n in tree.nodes().filter(|n| !n.internal && !n.frozen) {
+            let path = tree.path_of(n.ino);
+            let was = n
+                .origin
+                .and_then(|i| snap.manifest.layers.get(i))
+                .and_then(|l| l.title())
+                .map(|t| t.trim_end_matches('/').to_string());
+            if let Some(i) = n.origin {
+                present.insert(i);
+            }
+            let staged = matches!(n.kind, Kind::File(Source::Staged(_)));
+            match (was, staged) {
+                (None, true) => out.push(format!("+ {path}")),
+                (Some(_), true) => out.push(format!("M {path}")),
+                (Some(old), false) if old != path => out.push(format!("R {old} -> {path}")),
+                _ => {}
+            }
+        }
+        let hidden = self.hidden.read().unwrap();
+        for (i, l) in snap.manifest.layers.iter().enumerate() {
+            if !present.contains(&i) && !hidden.contains(&i) {
+                out.push(format!("- {}", l.title().unwrap_or("(untitled)")));
+            }
+        }
         out.sort();
         out
     }
@@ -288,7 +329,7 @@ impl OrasFs {
             reference: snap.reference,
             digest: snap.descriptor.digest.to_string(),
             read_only: self.read_only(),
-            notices: self.notices.clone(),
+            notices: self.notices(),
             pending: self.pending_changes(),
             open_for_writing: self.open_writers(),
             last_error: self.last_error.lock().unwrap().clone(),
@@ -358,22 +399,28 @@ impl OrasFs {
         }
     }
 
-    /// Opens a file. Opening for writing first makes a local copy (copy-on-write; with
-    /// `truncate`, an empty one).
-    pub fn open(&self, ino: Ino, write: bool, truncate: bool) -> Result<u64, Errno> {
-        if write {
-            self.make_local(ino, truncate)?;
-        }
+    /// Opens a file. Opening for writing fetches nothing: a remote file is copied to a staged
+    /// file on the first write or truncate (with `truncate`, an empty one at once).
+    pub fn open(&self, ino: Ino, write: bool, truncate: bool) -> Result<Opened, Errno> {
         let source = {
             let tree = self.tree.read().unwrap();
-            match &tree.get(ino).ok_or(libc::ENOENT)?.kind {
+            let node = tree.get(ino).ok_or(libc::ENOENT)?;
+            let source = match &node.kind {
                 Kind::File(s) => s.clone(),
                 Kind::Dir { .. } => return Err(libc::EISDIR),
                 Kind::Symlink(_) => return Err(libc::ELOOP),
+            };
+            if write {
+                self.writer()?;
+                Self::check_mutable(node)?;
+                if matches!(source, Source::Unpacked(_) | Source::Inline(_)) {
+                    return Err(libc::EROFS);
+                }
             }
+            source
         };
         let file = match &source {
-            Source::Local(p) => Some(Arc::new(
+            Source::Unpacked(p) | Source::Staged(p) => Some(Arc::new(
                 std::fs::OpenOptions::new()
                     .read(true)
                     .write(write)
@@ -382,7 +429,27 @@ impl OrasFs {
             )),
             _ => None,
         };
-        Ok(self.add_handle(ino, source, file, write))
+        let keep_cache = self.read_only()
+            && match &source {
+                Source::Blob(d) => self.cache.is_verified(d),
+                Source::Inline(_) | Source::Unpacked(_) => true,
+                Source::Staged(_) => false,
+            };
+        let fh = self.add_handle(ino, source.clone(), file, write);
+        if write {
+            let r = if truncate {
+                self.make_local(ino, true).map(|_| ())
+            } else if matches!(source, Source::Staged(_)) {
+                self.mark_writing(ino)
+            } else {
+                Ok(())
+            };
+            if let Err(e) = r {
+                self.handles.lock().unwrap().remove(&fh);
+                return Err(e);
+            }
+        }
+        Ok(Opened { fh, keep_cache })
     }
 
     fn add_handle(
@@ -408,22 +475,81 @@ impl OrasFs {
         fh
     }
 
+    /// Closes a handle. When a file's last writer closes it, the journal says so: it is
+    /// complete (a file left open by a crash is held back from pushes instead).
     pub fn release(&self, fh: u64) {
-        self.handles.lock().unwrap().remove(&fh);
+        let ino = {
+            let mut handles = self.handles.lock().unwrap();
+            match handles.remove(&fh) {
+                Some(h)
+                    if h.writable && !handles.values().any(|o| o.ino == h.ino && o.writable) =>
+                {
+                    h.ino
+                }
+                _ => return,
+            }
+        };
+        let mut tree = self.tree.write().unwrap();
+        let Some(n) = tree.get_mut(ino) else { return };
+        if !matches!(n.kind, Kind::File(Source::Staged(_))) {
+            return;
+        }
+        n.incomplete = false;
+        let entry = view::entry_of(&tree, ino, false);
+        if let Err(e) = self.record(&tree, entry.map(|entry| Record::Put { entry })) {
+            tracing::error!("recording that {} was closed: errno {e}", tree.path_of(ino));
+        }
+    }
+
+    /// The staged file of an open writable handle, copied from the remote file first if this
+    /// is the handle's first write.
+    fn writable_file(&self, fh: u64) -> Result<(Ino, Arc<std::fs::File>), Errno> {
+        let ino = {
+            let handles = self.handles.lock().unwrap();
+            let h = handles.get(&fh).ok_or(libc::EBADF)?;
+            if !h.writable {
+                return Err(libc::EBADF);
+            }
+            if let Some(f) = &h.file {
+                return Ok((h.ino, f.clone()));
+            }
+            h.ino
+        };
+        let path = self.make_local(ino, false)?;
+        let file = Arc::new(
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&path)
+                .map_err(os_errno)?,
+        );
+        let mut handles = self.handles.lock().unwrap();
+        let h = handles.get_mut(&fh).ok_or(libc::EBADF)?;
+        h.source = Source::Staged(path);
+        Ok((ino, h.file.get_or_insert(file).clone()))
     }
 
     /// Reads from an open file: cached blocks, else Range requests (with prefetch when the
     /// reader is sequential).
     pub async fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Bytes, Errno> {
-        let (source, file, prefetch) = {
+        let (ino, writable, mut source, mut file, prefetch) = {
             let mut handles = self.handles.lock().unwrap();
             let h = handles.get_mut(&fh).ok_or(libc::EBADF)?;
             let pre = match &h.source {
                 Source::Blob(d) => h.prefetch(offset, size as u64, d.size),
                 _ => 0..0,
             };
-            (h.source.clone(), h.file.clone(), pre)
+            (h.ino, h.writable, h.source.clone(), h.file.clone(), pre)
         };
+        // A writable handle that has not written reads what the file is now (another handle
+        // may have made it a staged copy).
+        if writable && file.is_none() {
+            let now = self.tree.read().unwrap().get(ino).map(|n| n.kind.clone());
+            if let Some(Kind::File(s @ Source::Staged(_))) = now {
+                source = s;
+                file = Some(self.writable_file(fh)?.1);
+            }
+        }
         match (source, file) {
             (Source::Blob(desc), _) => self.cache.read(&desc, offset, size as u64, prefetch).await,
             (Source::Inline(b), _) => {
@@ -431,7 +557,7 @@ impl OrasFs {
                 let end = start.saturating_add(size as usize).min(b.len());
                 Ok(b.slice(start..end))
             }
-            (Source::Local(_), Some(file)) => {
+            (Source::Unpacked(_) | Source::Staged(_), Some(file)) => {
                 let mut buf = vec![0u8; size as usize];
                 let mut n = 0;
                 while n < buf.len() {
@@ -444,15 +570,32 @@ impl OrasFs {
                 buf.truncate(n);
                 Ok(buf.into())
             }
-            (Source::Local(_), None) => Err(libc::EBADF),
+            (_, None) => Err(libc::EBADF),
         }
     }
 
-    /// (total bytes, files) for statfs.
-    pub fn usage(&self) -> (u64, u64) {
-        let tree = self.tree.read().unwrap();
-        let bytes = tree.nodes().map(|n| n.size).sum();
-        (bytes, tree.len() as u64)
+    /// What `df` shows: the files' total size, and on a writable mount the free space of the
+    /// disk that stages writes (what can still be written).
+    pub fn statfs(&self) -> FsStats {
+        let bsize = 4096u64;
+        let (bytes, files) = {
+            let tree = self.tree.read().unwrap();
+            (tree.nodes().map(|n| n.size).sum::<u64>(), tree.len() as u64)
+        };
+        let mut stats = FsStats {
+            block_size: bsize,
+            blocks: bytes.div_ceil(bsize),
+            files,
+            ..Default::default()
+        };
+        if let (Some(w), false) = (&self.writer, self.read_only()) {
+            if let Some((free, avail)) = free_space(w.staging.dir()) {
+                stats.blocks_free = free / bsize;
+                stats.blocks_available = avail / bsize;
+                stats.blocks += stats.blocks_free;
+            }
+        }
+        stats
     }
 
     /// Fills in a directory layer's contents on first access: fetches (verified) and unpacks
@@ -476,7 +619,7 @@ impl OrasFs {
                 return Ok(()); // Another thread got here first.
             }
         }
-        add_local_tree(&mut tree, ino, &dir, self.options.read_only);
+        view::add_local_tree(&mut tree, ino, &dir, self.options.read_only);
         Ok(())
     }
 
@@ -498,6 +641,7 @@ impl OrasFs {
         let opts = crate::content::file::FileStoreOptions::default();
         crate::content::file::unpack_directory(&tgz, &dest, desc, &opts).map_err(|e| {
             tracing::error!("unpacking directory layer {}: {e}", desc.digest);
+            self.record_error(format!("unpacking directory layer {}: {e}", desc.digest));
             libc::EIO
         })?;
         Ok(dest)
@@ -533,25 +677,64 @@ impl OrasFs {
         Self::check_mutable(node)
     }
 
-    /// Writes the journal: after this, the change survives a crash.
-    fn save_journal(&self, tree: &Tree) -> Result<(), Errno> {
+    /// Records a change in the journal: after this, it survives a crash of the mount.
+    fn record(&self, tree: &Tree, records: impl IntoIterator<Item = Record>) -> Result<(), Errno> {
         self.changed.store(true, Ordering::SeqCst);
-        self.write_journal(tree)
+        let w = self.writer()?;
+        let records: Vec<Record> = records.into_iter().collect();
+        if !w.staging.has_log() || self.journal_stale.load(Ordering::SeqCst) {
+            return self.rewrite_journal(tree);
+        }
+        match w.staging.append(&records) {
+            Ok(false) => Ok(()),
+            Ok(true) => self.rewrite_journal(tree),
+            Err(e) => {
+                self.journal_stale.store(true, Ordering::SeqCst);
+                tracing::error!("writing the journal: {e}");
+                self.record_error(format!("writing the journal: {e}"));
+                Err(os_errno(e))
+            }
+        }
     }
 
-    /// Writes the journal without marking a change (after a push that left files staged).
-    fn write_journal(&self, tree: &Tree) -> Result<(), Errno> {
+    /// Writes the whole journal anew (its base is the mounted manifest).
+    pub(super) fn rewrite_journal(&self, tree: &Tree) -> Result<(), Errno> {
         let w = self.writer()?;
+        let writing = self.writable_inos();
+        let snap = self.snapshot.read().unwrap();
         let journal = Journal {
-            version: 1,
-            reference: self.snapshot.read().unwrap().reference.clone(),
-            base: self.snapshot.read().unwrap().descriptor.digest.clone(),
-            entries: journal_entries(tree, &w.staging),
+            version: 2,
+            reference: snap.reference.clone(),
+            base: snap.descriptor.digest.clone(),
+            hidden: Some(self.hidden.read().unwrap().clone()),
+            entries: view::journal_entries(tree, &|i| writing.contains(&i)),
         };
-        w.staging.save(&journal).map_err(|e| {
-            tracing::error!("writing the journal: {e}");
-            os_errno(e)
-        })
+        drop(snap);
+        match w.staging.save(&journal) {
+            Ok(()) => {
+                self.journal_stale.store(false, Ordering::SeqCst);
+                Ok(())
+            }
+            Err(e) => {
+                self.journal_stale.store(true, Ordering::SeqCst);
+                tracing::error!("writing the journal: {e}");
+                self.record_error(format!("writing the journal: {e}"));
+                Err(os_errno(e))
+            }
+        }
+    }
+
+    /// The journal entry of `ino` as it is now.
+    fn put(&self, tree: &Tree, ino: Ino) -> Option<Record> {
+        let writing = self.writable_inos().contains(&ino);
+        view::entry_of(tree, ino, writing).map(|entry| Record::Put { entry })
+    }
+
+    /// Records that a staged file is open for writing (until its last writer closes it).
+    fn mark_writing(&self, ino: Ino) -> Result<(), Errno> {
+        let tree = self.tree.read().unwrap();
+        let record = self.put(&tree, ino);
+        self.record(&tree, record)
     }
 
     /// Turns a file into a staged local copy (fetching and verifying a blob first, unless
@@ -563,7 +746,7 @@ impl OrasFs {
             let node = tree.get(ino).ok_or(libc::ENOENT)?;
             Self::check_mutable(node)?;
             match &node.kind {
-                Kind::File(Source::Local(p)) if p.starts_with(w.staging.dir()) => {
+                Kind::File(Source::Staged(p)) => {
                     let p = p.clone();
                     drop(tree);
                     if truncate {
@@ -587,21 +770,36 @@ impl OrasFs {
         };
         let (_name, path) = w.staging.new_file();
         if truncate {
-            private_file(&path).map_err(os_errno)?;
+            private_file(&path, false).map_err(os_errno)?;
         } else {
             let cache = self.cache.clone();
             let d = desc.clone();
             let src = self
                 .runtime
                 .block_on(async move { cache.materialize(&d).await })?;
-            std::fs::copy(&src, &path).map_err(os_errno)?;
+            let copied = std::fs::copy(&src, &path);
+            if let Err(e) = copied {
+                let _ = std::fs::remove_file(&path);
+                return Err(os_errno(e));
+            }
         }
         let mut tree = self.tree.write().unwrap();
-        let node = tree.get_mut(ino).ok_or(libc::ENOENT)?;
-        node.kind = Kind::File(Source::Local(path.clone()));
+        let Some(node) = tree.get_mut(ino) else {
+            let _ = std::fs::remove_file(&path);
+            return Err(libc::ENOENT);
+        };
+        if let Kind::File(Source::Staged(p)) = &node.kind {
+            // Another handle made the copy first: use that one.
+            let p = p.clone();
+            drop(tree);
+            let _ = std::fs::remove_file(&path);
+            return Ok(p);
+        }
+        node.kind = Kind::File(Source::Staged(path.clone()));
         node.size = if truncate { 0 } else { desc.size };
         node.version += 1;
-        self.save_journal(&tree)?;
+        let record = self.put(&tree, ino);
+        self.record(&tree, record)?;
         Ok(path)
     }
 
@@ -622,7 +820,7 @@ impl OrasFs {
             .mode(0o600)
             .open(&path)
             .map_err(os_errno)?;
-        let source = Source::Local(path);
+        let source = Source::Staged(path);
         let ino = tree
             .add_child(
                 parent,
@@ -633,10 +831,13 @@ impl OrasFs {
                 SystemTime::now(),
             )
             .map_err(|_| libc::EEXIST)?;
-        self.save_journal(&tree)?;
         let attr = self.attr_of(tree.get(ino).expect("just added"));
-        drop(tree);
         let fh = self.add_handle(ino, source, Some(Arc::new(file)), true);
+        let record = self.put(&tree, ino);
+        if let Err(e) = self.record(&tree, record) {
+            self.handles.lock().unwrap().remove(&fh);
+            return Err(e);
+        }
         Ok((attr, fh))
     }
 
@@ -655,7 +856,8 @@ impl OrasFs {
                 SystemTime::now(),
             )
             .map_err(|_| libc::EEXIST)?;
-        self.save_journal(&tree)?;
+        let record = self.put(&tree, ino);
+        self.record(&tree, record)?;
         Ok(self.attr_of(tree.get(ino).expect("just added")))
     }
 
@@ -670,8 +872,9 @@ impl OrasFs {
         }
         Self::check_mutable(node)?;
         let ino = node.ino;
+        let path = tree.path_of(ino);
         let removed = tree.remove(ino);
-        self.save_journal(&tree)?;
+        self.record(&tree, [Record::Remove { path }])?;
         self.drop_staged(removed);
         Ok(())
     }
@@ -690,9 +893,9 @@ impl OrasFs {
         if !tree.children(ino).is_empty() {
             return Err(libc::ENOTEMPTY);
         }
+        let path = tree.path_of(ino);
         tree.remove(ino);
-        self.save_journal(&tree)?;
-        Ok(())
+        self.record(&tree, [Record::Remove { path }])
     }
 
     /// Renames within the mount. A renamed unchanged file stays the same blob: only its title
@@ -740,25 +943,22 @@ impl OrasFs {
                 _ => {}
             }
         }
+        let from = tree.path_of(ino);
         let replaced = tree.rename(ino, new_parent, new_name);
-        self.save_journal(&tree)?;
+        let to = tree.path_of(ino);
+        self.record(&tree, [Record::Rename { from, to }])?;
         self.drop_staged(replaced);
         Ok(())
     }
 
     /// Deletes the staged file of a node that left the tree (once the journal no longer names it).
     fn drop_staged(&self, node: Option<Node>) {
-        if let (
-            Some(Node {
-                kind: Kind::File(Source::Local(p)),
-                ..
-            }),
-            Some(w),
-        ) = (node, &self.writer)
+        if let Some(Node {
+            kind: Kind::File(Source::Staged(p)),
+            ..
+        }) = node
         {
-            if p.starts_with(w.staging.dir()) {
-                let _ = std::fs::remove_file(p);
-            }
+            let _ = std::fs::remove_file(p);
         }
     }
 
@@ -800,20 +1000,18 @@ impl OrasFs {
             node.mtime = t;
         }
         let attr = self.attr_of(node);
-        self.save_journal(&tree)?;
+        if mode.is_some() {
+            let record = self.put(&tree, ino);
+            self.record(&tree, record)?;
+        } else {
+            self.changed.store(true, Ordering::SeqCst);
+        }
         Ok(attr)
     }
 
-    /// Writes to a file opened for writing (its staged copy).
+    /// Writes to a file opened for writing (its staged copy, made on the first write).
     pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<u32, Errno> {
-        let (ino, file) = {
-            let handles = self.handles.lock().unwrap();
-            let h = handles.get(&fh).ok_or(libc::EBADF)?;
-            if !h.writable {
-                return Err(libc::EBADF);
-            }
-            (h.ino, h.file.clone().ok_or(libc::EBADF)?)
-        };
+        let (ino, file) = self.writable_file(fh)?;
         file.write_all_at(data, offset).map_err(os_errno)?;
         self.changed.store(true, Ordering::SeqCst);
         let mut tree = self.tree.write().unwrap();
@@ -825,7 +1023,7 @@ impl OrasFs {
         Ok(data.len() as u32)
     }
 
-    /// fsync: staged data reaches the disk.
+    /// fsync: staged data (and the journal naming it) reaches the disk.
     pub fn fsync(&self, fh: u64) -> Result<(), Errno> {
         let file = self
             .handles
@@ -833,8 +1031,11 @@ impl OrasFs {
             .unwrap()
             .get(&fh)
             .and_then(|h| h.file.clone());
-        match file {
-            Some(f) => f.sync_data().map_err(os_errno),
+        if let Some(f) = file {
+            f.sync_data().map_err(os_errno)?;
+        }
+        match &self.writer {
+            Some(w) => w.staging.flush().map_err(os_errno),
             None => Ok(()),
         }
     }
@@ -855,153 +1056,25 @@ impl OrasFs {
             return Ok(None);
         }
         let result = self.push_changes(w, opts).await;
-        if result.is_err() {
+        if let Err(e) = &result {
             self.changed.store(true, Ordering::SeqCst);
+            self.record_error(e);
         }
         result
     }
+}
 
-    async fn push_changes(
-        &self,
-        w: &Writer,
-        opts: &SyncOptions,
-    ) -> crate::Result<Option<Descriptor>> {
-        let base = self.snapshot();
-        // A consistent view of what to push, with each staged file's version.
-        let plan: Vec<(String, Node)> = {
-            let tree = self.tree.read().unwrap();
-            let mut out = Vec::new();
-            collect_files(&tree, ROOT, &mut out);
-            out
-        };
-        let (dst, tag): (Arc<dyn Target>, String) = match &opts.push_to {
-            Some((t, tag)) => (t.clone(), tag.clone()),
-            None => (w.target.clone(), w.tag.clone()),
-        };
-        if opts.push_to.is_none() && !opts.force {
-            let current = match w.target.resolve(&w.tag).await {
-                Ok(d) => Some(d.digest),
-                Err(crate::Error::NotFound { .. }) => None,
-                Err(e) => return Err(e),
-            };
-            if current.as_ref() != Some(&base.descriptor.digest) {
-                return Err(crate::Error::Other(format!(
-                    "{} moved since it was mounted (mounted {}, now {}); nothing was overwritten and \
-                     the changes stay staged. Push them elsewhere with `oras-fs sync --push-to REF`, \
-                     or overwrite with `oras-fs sync --force`",
-                    base.reference,
-                    base.descriptor.digest,
-                    current.map(|d| d.to_string()).unwrap_or_else(|| "deleted".into())
-                )));
-            }
-        }
-        // Send the changed files first (large ones hash while they upload), a few at once.
-        let store = Arc::new(FileStore::new(w.staging.dir(), Default::default()));
-        let locals: Vec<(&String, &Node, &PathBuf)> = plan
-            .iter()
-            .filter_map(|(path, node)| match &node.kind {
-                Kind::File(Source::Local(p)) => Some((path, node, p)),
-                _ => None,
-            })
-            .collect();
-        let copy_opts = CopyOptions::default();
-        use futures_util::{StreamExt, TryStreamExt};
-        let sent: Vec<Descriptor> =
-            futures_util::stream::iter(locals.iter().map(|(path, _, p)| {
-                oras::send_file(
-                    &store,
-                    dst.as_ref(),
-                    path,
-                    Some(&w.media_type),
-                    p,
-                    &copy_opts,
-                )
-            }))
-            .buffered(copy_opts.concurrency)
-            .try_collect()
-            .await?;
-        let mut staged = Vec::new();
-        let mut sent_by_ino = HashMap::new();
-        for ((_, node, p), d) in locals.iter().zip(sent) {
-            staged.push((node.ino, node.version, (*p).clone(), d.clone()));
-            sent_by_ino.insert(node.ino, d);
-        }
-        let mut layers = Vec::new();
-        for (path, node) in &plan {
-            match (&node.kind, &node.layer) {
-                (Kind::Dir { .. }, Some(layer)) => {
-                    let mut d = layer.clone();
-                    d.set_annotation(annotation::TITLE, path.clone());
-                    layers.push(d);
-                }
-                (Kind::File(Source::Blob(d)), _) => {
-                    let mut d = d.as_ref().clone();
-                    d.set_annotation(annotation::TITLE, path.clone());
-                    layers.push(d);
-                }
-                (Kind::File(Source::Local(_)), _) => {
-                    layers.extend(sent_by_ino.get(&node.ino).cloned())
-                }
-                _ => {}
-            }
-        }
-        let mut manifest = base.manifest.clone();
-        manifest.layers = layers;
-        let mut annotations = manifest.annotations.clone().unwrap_or_default();
-        annotations.insert(
-            annotation::CREATED.to_string(),
-            humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
-        );
-        manifest.annotations = Some(annotations);
-        let bytes = Bytes::from(manifest.to_bytes());
-        let desc = Descriptor::of(manifest.media_type().to_string(), &bytes);
-        let src = Overlay {
-            upper: store.clone(),
-            lower: w.target.clone(),
-        };
-        oras::copy_graph(&src, dst.as_ref(), &desc, bytes.clone(), &[tag], &copy_opts).await?;
-        // The pushed files become cached blobs, unless they changed while being pushed.
-        {
-            let mut tree = self.tree.write().unwrap();
-            for (ino, version, path, d) in staged {
-                let open_for_write = self
-                    .handles
-                    .lock()
-                    .unwrap()
-                    .values()
-                    .any(|h| h.ino == ino && h.writable);
-                let unchanged = tree.get(ino).is_some_and(|n| n.version == version);
-                if !unchanged || open_for_write {
-                    continue;
-                }
-                if self.cache.adopt(&d, &path).is_ok() {
-                    if let Some(n) = tree.get_mut(ino) {
-                        let mut plain = d.clone();
-                        plain.annotations = None;
-                        n.kind = Kind::File(Source::Blob(Arc::new(plain)));
-                    }
-                }
-            }
-            let mut snap = self.snapshot.write().unwrap();
-            snap.descriptor = desc.clone();
-            snap.manifest = manifest;
-            snap.manifest_bytes = bytes;
-            drop(snap);
-            refresh_meta_dir(&mut tree, &self.snapshot());
-            let still_staged = plan_has_staged(&tree, &w.staging);
-            if still_staged {
-                drop(tree);
-                let tree = self.tree.read().unwrap();
-                self.write_journal(&tree)
-                    .map_err(|e| crate::Error::Other(format!("writing the journal: errno {e}")))?;
-            } else {
-                w.staging
-                    .clear()
-                    .map_err(|e| crate::Error::io("clearing the journal", e))?;
-            }
-        }
-        Ok(Some(desc))
+/// (free, available to this user) bytes of the filesystem holding `dir`.
+fn free_space(dir: &std::path::Path) -> Option<(u64, u64)> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    // SAFETY: statvfs writes into the struct we pass; the path is NUL-terminated.
+    let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut s) } != 0 {
+        return None;
     }
+    let f = s.f_frsize as u64;
+    Some((s.f_bfree as u64 * f, s.f_bavail as u64 * f))
 }
 
 /// Names the mount cannot store.
@@ -1013,269 +1086,4 @@ fn check_name(name: &OsStr) -> Result<(), Errno> {
         return Err(libc::EPERM);
     }
     Ok(())
-}
-
-/// Every file and directory layer below `ino`, with its path, in path order.
-fn collect_files(tree: &Tree, ino: Ino, out: &mut Vec<(String, Node)>) {
-    for n in tree.children(ino) {
-        if n.internal {
-            continue;
-        }
-        match (&n.kind, &n.layer) {
-            (Kind::Dir { .. }, Some(_)) | (Kind::File(_), _) => {
-                out.push((tree.path_of(n.ino), n.clone()))
-            }
-            (Kind::Dir { .. }, None) => collect_files(tree, n.ino, out),
-            _ => {}
-        }
-    }
-}
-
-fn plan_has_staged(tree: &Tree, staging: &Staging) -> bool {
-    tree.nodes()
-        .any(|n| matches!(&n.kind, Kind::File(Source::Local(p)) if p.starts_with(staging.dir())))
-}
-
-/// The journal's picture of the tree.
-fn journal_entries(tree: &Tree, staging: &Staging) -> Vec<Entry> {
-    let mut out = Vec::new();
-    fn walk(tree: &Tree, ino: Ino, staging: &Staging, out: &mut Vec<Entry>) {
-        for n in tree.children(ino) {
-            if n.internal {
-                continue;
-            }
-            let path = tree.path_of(n.ino);
-            match (&n.kind, &n.layer) {
-                (Kind::Dir { .. }, Some(d)) => out.push(Entry::Layer {
-                    path,
-                    descriptor: d.clone(),
-                }),
-                (Kind::Dir { .. }, None) => {
-                    out.push(Entry::Dir { path, mode: n.perm });
-                    walk(tree, n.ino, staging, out);
-                }
-                (Kind::File(Source::Blob(d)), _) => out.push(Entry::Blob {
-                    path,
-                    descriptor: d.as_ref().clone(),
-                    mode: n.perm,
-                }),
-                (Kind::File(Source::Local(p)), _) if p.starts_with(staging.dir()) => {
-                    let file = p
-                        .file_name()
-                        .map(|f| f.to_string_lossy().into_owned())
-                        .unwrap_or_default();
-                    out.push(Entry::Staged {
-                        path,
-                        file,
-                        mode: n.perm,
-                    });
-                }
-                _ => {}
-            }
-        }
-    }
-    walk(tree, ROOT, staging, &mut out);
-    out
-}
-
-fn tree_from_journal(snapshot: &Snapshot, journal: &Journal, staging: &Staging) -> Tree {
-    let mut tree = Tree::new(created_time(&snapshot.manifest), dir_perm(false));
-    for e in &journal.entries {
-        let r = match e {
-            Entry::Blob {
-                path,
-                descriptor,
-                mode,
-            } => tree.add_path(
-                path,
-                Kind::File(Source::Blob(Arc::new(descriptor.clone()))),
-                descriptor.size,
-                *mode,
-                dir_perm(false),
-            ),
-            Entry::Staged { path, file, mode } => {
-                let p = staging.path_of(file);
-                let size = std::fs::metadata(&p).map(|m| m.len()).unwrap_or(0);
-                tree.add_path(
-                    path,
-                    Kind::File(Source::Local(p)),
-                    size,
-                    *mode,
-                    dir_perm(false),
-                )
-            }
-            Entry::Dir { path, mode } => {
-                match tree.add_path(path, empty_dir(), 0, *mode, dir_perm(false)) {
-                    Err(AddError::Conflict) => Ok(0),
-                    r => r,
-                }
-            }
-            Entry::Layer { path, descriptor } => add_layer_dir(&mut tree, path, descriptor, false),
-        };
-        if let Err(err) = r {
-            tracing::warn!("journal entry {e:?} could not be restored: {err:?}");
-        }
-    }
-    tree
-}
-
-fn add_layer_dir(
-    tree: &mut Tree,
-    path: &str,
-    layer: &Descriptor,
-    ro: bool,
-) -> Result<Ino, AddError> {
-    let kind = Kind::Dir {
-        children: Default::default(),
-        pending_layer: Some(Box::new(layer.clone())),
-    };
-    let ino = tree.add_path(path, kind, 0, dir_perm(ro), dir_perm(ro))?;
-    tree.get_mut(ino).expect("just added").layer = Some(layer.clone());
-    Ok(ino)
-}
-
-fn created_time(manifest: &Manifest) -> SystemTime {
-    manifest
-        .annotation(annotation::CREATED)
-        .and_then(|c| humantime::parse_rfc3339_weak(c).ok())
-        .unwrap_or_else(SystemTime::now)
-}
-
-fn build_tree(snapshot: &Snapshot, options: &MountOptions) -> crate::Result<Tree> {
-    let ro = options.read_only;
-    let mut tree = Tree::new(created_time(&snapshot.manifest), dir_perm(ro));
-    // Clashing titles are skipped below with a warning, not fatal: the rest stays readable.
-    let (layers, _skipped) = options.filter.split(&snapshot.manifest);
-    for layer in layers {
-        let title = layer
-            .title()
-            .unwrap_or_default()
-            .trim_end_matches('/')
-            .to_string();
-        let added = if layer.is_directory() {
-            add_layer_dir(&mut tree, &title, &layer, ro)
-        } else {
-            let mut plain = layer.clone();
-            // The title lives in the tree; a rename must not keep the old one.
-            plain
-                .annotations
-                .as_mut()
-                .map(|a| a.remove(annotation::TITLE));
-            tree.add_path(
-                &title,
-                Kind::File(Source::Blob(Arc::new(plain))),
-                layer.size,
-                file_perm(ro),
-                dir_perm(ro),
-            )
-        };
-        match added {
-            Ok(_) => {}
-            Err(AddError::Unsafe) => {
-                tracing::warn!("skipping layer {}: unsafe title {title:?}", layer.digest)
-            }
-            Err(AddError::Conflict) => tracing::warn!(
-                "skipping layer {}: title {title:?} conflicts with another",
-                layer.digest
-            ),
-        }
-    }
-    Ok(tree)
-}
-
-/// `.oras/`: what is mounted, for scripts.
-fn add_meta_dir(tree: &mut Tree, snapshot: &Snapshot) -> crate::Result<()> {
-    let meta = tree
-        .add_child(
-            ROOT,
-            OsStr::new(".oras"),
-            empty_dir(),
-            0,
-            0o555,
-            tree.default_mtime,
-        )
-        .map_err(|_| {
-            crate::Error::Other("a layer is titled .oras, which the mount reserves".into())
-        })?;
-    tree.get_mut(meta).expect("just added").internal = true;
-    for (name, data) in meta_files(snapshot) {
-        let len = data.len() as u64;
-        let ino = tree
-            .add_child(
-                meta,
-                OsStr::new(name),
-                Kind::File(Source::Inline(data)),
-                len,
-                0o444,
-                tree.default_mtime,
-            )
-            .expect("fresh directory");
-        tree.get_mut(ino).expect("just added").internal = true;
-    }
-    Ok(())
-}
-
-fn meta_files(snapshot: &Snapshot) -> [(&'static str, Bytes); 3] {
-    [
-        ("manifest.json", snapshot.manifest_bytes.clone()),
-        ("config.json", snapshot.config_bytes.clone()),
-        (
-            "digest",
-            Bytes::from(format!("{}\n", snapshot.descriptor.digest)),
-        ),
-    ]
-}
-
-/// After a push, the `.oras/` files describe the new snapshot.
-fn refresh_meta_dir(tree: &mut Tree, snapshot: &Snapshot) {
-    let Some(meta) = tree.lookup(ROOT, OsStr::new(".oras")).map(|n| n.ino) else {
-        return;
-    };
-    for (name, data) in meta_files(snapshot) {
-        let Some(ino) = tree.lookup(meta, OsStr::new(name)).map(|n| n.ino) else {
-            continue;
-        };
-        let n = tree.get_mut(ino).expect("looked up");
-        n.size = data.len() as u64;
-        n.kind = Kind::File(Source::Inline(data));
-        n.mtime = SystemTime::now();
-    }
-}
-
-/// Mirrors an unpacked directory on disk into the tree below `parent`.
-fn add_local_tree(tree: &mut Tree, parent: Ino, dir: &Path, read_only: bool) {
-    let Ok(rd) = std::fs::read_dir(dir) else {
-        return;
-    };
-    let mut entries: Vec<_> = rd.flatten().collect();
-    entries.sort_by_key(|e| e.file_name());
-    for e in entries {
-        let Ok(meta) = std::fs::symlink_metadata(e.path()) else {
-            continue;
-        };
-        let mtime = meta.modified().unwrap_or(tree.default_mtime);
-        let mut perm = (meta.permissions().mode() & 0o777) as u16;
-        if read_only {
-            perm &= !0o222;
-        }
-        let name = e.file_name();
-        if meta.is_dir() {
-            if let Ok(ino) = tree.add_child(parent, &name, empty_dir(), 0, perm, mtime) {
-                add_local_tree(tree, ino, &e.path(), read_only);
-            }
-        } else if meta.file_type().is_symlink() {
-            let target = std::fs::read_link(e.path()).unwrap_or_default();
-            let len = target.as_os_str().len() as u64;
-            let _ = tree.add_child(parent, &name, Kind::Symlink(target), len, 0o777, mtime);
-        } else if meta.is_file() {
-            let _ = tree.add_child(
-                parent,
-                &name,
-                Kind::File(Source::Local(e.path())),
-                meta.len(),
-                perm,
-                mtime,
-            );
-        }
-    }
 }

@@ -110,10 +110,12 @@ impl Filesystem for FuseAdapter {
         let write = !matches!(flags.acc_mode(), OpenAccMode::O_RDONLY);
         let truncate = flags.0 & libc::O_TRUNC != 0;
         match self.fs.open(ino.0, write, truncate) {
-            // Snapshot content never changes: the kernel may keep its pages across opens.
-            Ok(fh) => reply.opened(
-                FileHandle(fh),
-                if self.fs.read_only() {
+            // Content that cannot change and is verified may stay in the kernel's page cache
+            // across opens; anything else is dropped at open, so pages of a blob that later
+            // fails verification are never served again.
+            Ok(o) => reply.opened(
+                FileHandle(o.fh),
+                if o.keep_cache {
                     FopenFlags::FOPEN_KEEP_CACHE
                 } else {
                     FopenFlags::empty()
@@ -191,17 +193,16 @@ impl Filesystem for FuseAdapter {
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        let (bytes, files) = self.fs.usage();
-        let bsize = 4096u64;
+        let s = self.fs.statfs();
         reply.statfs(
-            bytes.div_ceil(bsize),
+            s.blocks,
+            s.blocks_free,
+            s.blocks_available,
+            s.files,
             0,
-            0,
-            files,
-            0,
-            bsize as u32,
+            s.block_size as u32,
             255,
-            bsize as u32,
+            s.block_size as u32,
         );
     }
 

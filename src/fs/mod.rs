@@ -11,4 +11,6 @@ pub mod filesystem;
 pub mod fuse;
 pub mod mount;
 pub mod staging;
+pub mod sync;
 pub mod tree;
+pub mod view;

@@ -18,8 +18,10 @@ pub const ROOT: Ino = 1;
 pub enum Source {
     /// A layer blob in the registry, read lazily through the block cache.
     Blob(std::sync::Arc<Descriptor>),
-    /// A file on local disk: unpacked from a directory layer, or staged by a write.
-    Local(PathBuf),
+    /// A file unpacked from a directory layer into the cache (read-only).
+    Unpacked(PathBuf),
+    /// A new or changed file, staged by a write (see `staging`).
+    Staged(PathBuf),
     /// Small generated content (the `.oras/` files).
     Inline(Bytes),
 }
@@ -53,6 +55,11 @@ pub struct Node {
     pub frozen: bool,
     /// Bumped by every write, so a sync knows whether a file changed while it was pushed.
     pub version: u64,
+    /// The index of the base manifest's layer this node shows: a sync keeps it in that place.
+    pub origin: Option<usize>,
+    /// Staged, but its writer did not close it before an earlier mount ended: possibly
+    /// incomplete, so it is held back from pushes until it is written again.
+    pub incomplete: bool,
 }
 
 impl Node {
@@ -95,6 +102,8 @@ impl Tree {
             layer: None,
             frozen: false,
             version: 0,
+            origin: None,
+            incomplete: false,
         };
         Tree {
             nodes: HashMap::from([(ROOT, root)]),
@@ -164,6 +173,8 @@ impl Tree {
                 layer: None,
                 frozen: false,
                 version: 0,
+                origin: None,
+                incomplete: false,
             },
         );
         Ok(ino)

@@ -1,0 +1,305 @@
+//! Sync: pushes a writable mount's changes as one new manifest. Unchanged files stay references
+//! to their blobs, layers the mount does not show are carried through in their places, and
+//! files a crashed writer may have left incomplete are held back.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+
+use super::filesystem::{OrasFs, SyncOptions, Writer};
+use super::tree::{Ino, Kind, Node, Source, Tree, ROOT};
+use super::view;
+use crate::content::{FileStore, Overlay, Target};
+use crate::manifest::{annotation, Descriptor};
+use crate::oras::{self, CopyOptions};
+use crate::{Error, Result};
+
+/// Where each layer of a new manifest comes from.
+#[derive(Debug, PartialEq)]
+pub enum Slot {
+    /// A base layer kept as it was (hidden by the mount, or a file held back).
+    Kept(usize),
+    /// The k-th file of the plan.
+    File(usize),
+}
+
+/// Orders a new manifest's layers: every base layer a file came from keeps its place (so an
+/// edited file stays where it was), kept layers stay where they were, and new files follow in
+/// plan (path) order.
+pub fn arrange(base_len: usize, kept: &[usize], origins: &[Option<usize>]) -> Vec<Slot> {
+    let mut slots: Vec<Option<Slot>> = (0..base_len).map(|_| None).collect();
+    for &i in kept {
+        if i < base_len {
+            slots[i] = Some(Slot::Kept(i));
+        }
+    }
+    let mut extra = Vec::new();
+    for (k, origin) in origins.iter().enumerate() {
+        match origin {
+            Some(i) if *i < base_len && slots[*i].is_none() => slots[*i] = Some(Slot::File(k)),
+            _ => extra.push(Slot::File(k)),
+        }
+    }
+    slots.into_iter().flatten().chain(extra).collect()
+}
+
+/// Files (and directory layers) to push, with their paths.
+type Planned = Vec<(String, Node)>;
+
+/// Every file and directory layer below `ino`, with its path, in path order.
+fn collect_files(tree: &Tree, ino: Ino, out: &mut Vec<(String, Node)>) {
+    for n in tree.children(ino) {
+        if n.internal {
+            continue;
+        }
+        match (&n.kind, &n.layer) {
+            (Kind::Dir { .. }, Some(_)) | (Kind::File(_), _) => {
+                out.push((tree.path_of(n.ino), n.clone()))
+            }
+            (Kind::Dir { .. }, None) => collect_files(tree, n.ino, out),
+            _ => {}
+        }
+    }
+}
+
+/// An error about a staged file, with its path in the mount instead of the staging area's.
+fn in_mount_terms(e: Error, staged: &std::path::Path, path: &str) -> Error {
+    let text = e.to_string().replace(
+        &staged.display().to_string(),
+        &format!("{path} (its staged copy)"),
+    );
+    Error::Other(format!("pushing {path}: {text}"))
+}
+
+impl OrasFs {
+    pub(super) async fn push_changes(
+        &self,
+        w: &Writer,
+        opts: &SyncOptions,
+    ) -> Result<Option<Descriptor>> {
+        let base = self.snapshot();
+        // A consistent view of what to push, with each staged file's version.
+        let (plan, held): (Planned, Planned) = {
+            let tree = self.tree.read().unwrap();
+            let mut out = Vec::new();
+            collect_files(&tree, ROOT, &mut out);
+            out.into_iter().partition(|(_, n)| !n.incomplete)
+        };
+        for (path, _) in &held {
+            tracing::warn!("not pushing {path}: {}", view::incomplete_notice(path));
+        }
+        let (dst, tag): (Arc<dyn Target>, String) = match &opts.push_to {
+            Some((t, tag)) => (t.clone(), tag.clone()),
+            None => (w.target.clone(), w.tag.clone()),
+        };
+        if opts.push_to.is_none() && !opts.force {
+            let current = match w.target.resolve(&w.tag).await {
+                Ok(d) => Some(d.digest),
+                Err(Error::NotFound { .. }) => None,
+                Err(e) => return Err(e),
+            };
+            if current.as_ref() != Some(&base.descriptor.digest) {
+                return Err(Error::Other(format!(
+                    "{} moved since it was mounted (mounted {}, now {}); nothing was overwritten and \
+                     the changes stay staged. Push them elsewhere with `oras-fs sync --push-to REF`, \
+                     or overwrite with `oras-fs sync --force`",
+                    base.reference,
+                    base.descriptor.digest,
+                    current.map(|d| d.to_string()).unwrap_or_else(|| "deleted".into())
+                )));
+            }
+        }
+        // The staged journal must be durable before anything it names is pushed.
+        let _ = w.staging.flush();
+        // Send the changed files first (large ones hash while they upload), a few at once.
+        let store = Arc::new(FileStore::new(w.staging.dir(), Default::default()));
+        let staged: Vec<(&String, &Node, &PathBuf)> = plan
+            .iter()
+            .filter_map(|(path, node)| match &node.kind {
+                Kind::File(Source::Staged(p)) => Some((path, node, p)),
+                _ => None,
+            })
+            .collect();
+        let copy_opts = CopyOptions::default();
+        use futures_util::{StreamExt, TryStreamExt};
+        let sent: Vec<Descriptor> =
+            futures_util::stream::iter(staged.iter().map(|(path, _, p)| {
+                let (store, dst, media_type) = (&store, dst.as_ref(), &w.media_type);
+                let copy_opts = &copy_opts;
+                async move {
+                    oras::send_file(store, dst, path, Some(media_type), p, copy_opts)
+                        .await
+                        .map_err(|e| in_mount_terms(e, p, path))
+                }
+            }))
+            .buffered(copy_opts.concurrency)
+            .try_collect()
+            .await?;
+        let sent_by_ino: HashMap<Ino, Descriptor> = staged
+            .iter()
+            .zip(&sent)
+            .map(|((_, node, _), d)| (node.ino, d.clone()))
+            .collect();
+        // Each planned node's layer, with its title.
+        let mut files: Vec<(Ino, Option<usize>, Descriptor)> = Vec::new();
+        for (path, node) in &plan {
+            let d = match (&node.kind, &node.layer) {
+                (Kind::Dir { .. }, Some(layer)) => layer.clone(),
+                (Kind::File(Source::Blob(d)), _) => d.as_ref().clone(),
+                (Kind::File(Source::Staged(_)), _) => match sent_by_ino.get(&node.ino) {
+                    Some(d) => d.clone(),
+                    None => continue,
+                },
+                _ => continue,
+            };
+            let mut d = d;
+            d.set_annotation(annotation::TITLE, path.clone());
+            files.push((node.ino, node.origin, d));
+        }
+        let hidden = self.hidden.read().unwrap().clone();
+        // A held-back file that replaced a base layer keeps that layer as it was.
+        let kept: Vec<usize> = hidden
+            .iter()
+            .copied()
+            .chain(held.iter().filter_map(|(_, n)| n.origin))
+            .collect();
+        let origins: Vec<Option<usize>> = files.iter().map(|f| f.1).collect();
+        let slots = arrange(base.manifest.layers.len(), &kept, &origins);
+        let mut layers = Vec::with_capacity(slots.len());
+        let mut new_origin: HashMap<Ino, usize> = HashMap::new();
+        let mut new_hidden = Vec::new();
+        for (j, slot) in slots.iter().enumerate() {
+            match *slot {
+                Slot::Kept(i) => {
+                    if hidden.contains(&i) {
+                        new_hidden.push(j);
+                    } else if let Some((_, n)) = held.iter().find(|(_, n)| n.origin == Some(i)) {
+                        new_origin.insert(n.ino, j);
+                    }
+                    layers.push(base.manifest.layers[i].clone());
+                }
+                Slot::File(k) => {
+                    new_origin.insert(files[k].0, j);
+                    layers.push(files[k].2.clone());
+                }
+            }
+        }
+        let mut manifest = base.manifest.clone();
+        manifest.layers = layers;
+        let mut annotations = manifest.annotations.clone().unwrap_or_default();
+        annotations.insert(
+            annotation::CREATED.to_string(),
+            humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+        );
+        manifest.annotations = Some(annotations);
+        let bytes = Bytes::from(manifest.to_bytes());
+        let desc = Descriptor::of(manifest.media_type().to_string(), &bytes);
+        let src = Overlay {
+            upper: store.clone(),
+            lower: w.target.clone(),
+        };
+        oras::copy_graph(&src, dst.as_ref(), &desc, bytes.clone(), &[tag], &copy_opts).await?;
+        self.adopt_pushed(
+            w,
+            &staged,
+            &sent,
+            new_origin,
+            new_hidden,
+            desc.clone(),
+            manifest,
+            bytes,
+        )?;
+        Ok(Some(desc))
+    }
+
+    /// After a push: the new manifest is the base; pushed files become cached blobs unless
+    /// they changed (or are still open for writing); the journal is rewritten or cleared.
+    #[allow(clippy::too_many_arguments)]
+    fn adopt_pushed(
+        &self,
+        w: &Writer,
+        staged: &[(&String, &Node, &PathBuf)],
+        sent: &[Descriptor],
+        new_origin: HashMap<Ino, usize>,
+        new_hidden: Vec<usize>,
+        desc: Descriptor,
+        manifest: crate::manifest::Manifest,
+        bytes: Bytes,
+    ) -> Result<()> {
+        let open_for_write = self.writable_inos();
+        let mut tree = self.tree.write().unwrap();
+        for ((_, node, path), d) in staged.iter().zip(sent) {
+            let unchanged = tree
+                .get(node.ino)
+                .is_some_and(|n| n.version == node.version);
+            if !unchanged || open_for_write.contains(&node.ino) {
+                continue;
+            }
+            if self.cache.adopt(d, path).is_ok() {
+                if let Some(n) = tree.get_mut(node.ino) {
+                    n.kind = Kind::File(Source::Blob(Arc::new(view::untitled_copy(d))));
+                }
+            }
+        }
+        // Origins now index the new manifest; nodes it does not hold have none.
+        let inos: Vec<Ino> = tree.nodes().map(|n| n.ino).collect();
+        for ino in inos {
+            tree.get_mut(ino).expect("listed").origin = new_origin.get(&ino).copied();
+        }
+        *self.hidden.write().unwrap() = new_hidden;
+        {
+            let mut snap = self.snapshot.write().unwrap();
+            snap.descriptor = desc;
+            snap.manifest = manifest;
+            snap.manifest_bytes = bytes;
+        }
+        let notices = self.notices_in(&tree);
+        view::refresh_meta_dir(&mut tree, &self.snapshot(), &notices);
+        let still_staged = tree
+            .nodes()
+            .any(|n| matches!(n.kind, Kind::File(Source::Staged(_))));
+        if still_staged {
+            self.rewrite_journal(&tree)
+                .map_err(|e| Error::Other(format!("writing the journal: errno {e}")))
+        } else {
+            w.staging
+                .clear()
+                .map_err(|e| Error::io("clearing the journal", e))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn files_keep_their_places_around_kept_layers() {
+        // Base: 0 a (file), 1 hidden, 2 b (file, deleted now), 3 hidden, 4 c (file).
+        // Plan in path order: a (origin 0), c (origin 4), new n.
+        let slots = arrange(5, &[1, 3], &[Some(0), Some(4), None]);
+        assert_eq!(
+            slots,
+            [
+                Slot::File(0),
+                Slot::Kept(1),
+                Slot::Kept(3),
+                Slot::File(1),
+                Slot::File(2)
+            ]
+        );
+        // Everything new (an empty base) is in plan order.
+        assert_eq!(
+            arrange(0, &[], &[None, None]),
+            [Slot::File(0), Slot::File(1)]
+        );
+        // A stale origin past the end, or claimed twice, goes after the rest.
+        assert_eq!(
+            arrange(1, &[0], &[Some(0), Some(7)]),
+            [Slot::Kept(0), Slot::File(0), Slot::File(1)]
+        );
+    }
+}

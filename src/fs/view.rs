@@ -1,0 +1,515 @@
+//! What a mount shows: the tree built from a manifest (or from an earlier mount's journal),
+//! the layers it does not show, why it may be read-only, and the `.oras/` files.
+
+use std::ffi::OsStr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+
+use super::staging::{Entry, Journal, Staging};
+use super::tree::{empty_dir, AddError, Ino, Kind, Source, Tree, ROOT};
+use crate::manifest::{annotation, media_type, Descriptor, Manifest};
+use crate::oras::LayerFilter;
+
+/// What is mounted: one manifest, resolved once.
+#[derive(Clone, Debug)]
+pub struct Snapshot {
+    /// The reference as given (`registry/repo:tag`).
+    pub reference: String,
+    pub descriptor: Descriptor,
+    pub manifest_bytes: Bytes,
+    pub manifest: Manifest,
+    pub config_bytes: Bytes,
+}
+
+/// The tree of a mount and what it leaves out.
+pub struct View {
+    pub tree: Tree,
+    /// Indexes of the manifest's layers not shown; a sync keeps them where they are.
+    pub hidden: Vec<usize>,
+    /// What the user should know (one sentence each).
+    pub notices: Vec<String>,
+}
+
+pub fn file_perm(read_only: bool) -> u16 {
+    if read_only {
+        0o444
+    } else {
+        0o644
+    }
+}
+
+pub fn dir_perm(read_only: bool) -> u16 {
+    if read_only {
+        0o555
+    } else {
+        0o755
+    }
+}
+
+/// Config media types of container images: their layers are a root filesystem whose digests
+/// the config lists (`diff_ids`), so adding or dropping a layer would break the image.
+const IMAGE_CONFIGS: &[&str] = &[
+    "application/vnd.oci.image.config.v1+json",
+    "application/vnd.docker.container.image.v1+json",
+];
+
+/// Layer media types of root filesystems (tar diffs), as images use them.
+fn is_rootfs_layer(media_type: &str) -> bool {
+    media_type.starts_with("application/vnd.oci.image.layer.")
+        || media_type.starts_with("application/vnd.docker.image.rootfs.")
+}
+
+/// Why a manifest must not be changed by a mount, if it must not: a mount shows files, and a
+/// push of files would destroy what it does not understand.
+pub fn read_only_reason(manifest: &Manifest) -> Option<String> {
+    if IMAGE_CONFIGS.contains(&manifest.config.media_type.as_str()) {
+        return Some(format!(
+            "mounted read-only: this is a container image (config {}), which a push of files \
+             would break; `oras-fs pull` or `oras-fs copy` it to change it elsewhere",
+            manifest.config.media_type
+        ));
+    }
+    if manifest.media_type.as_deref() == Some(media_type::DOCKER_MANIFEST) {
+        return Some(
+            "mounted read-only: a Docker image manifest, which a push of files would break".into(),
+        );
+    }
+    let untitled_rootfs = manifest
+        .layers
+        .iter()
+        .filter(|l| l.title().is_none() && is_rootfs_layer(&l.media_type))
+        .count();
+    if untitled_rootfs > 0 {
+        return Some(format!(
+            "mounted read-only: {untitled_rootfs} layer(s) are filesystem layers without a title \
+             (as in a container image), which the mount cannot show as files"
+        ));
+    }
+    None
+}
+
+/// Builds the view of a manifest. Layers the filter leaves out, untitled layers, and layers with
+/// unsafe or clashing titles are not shown (and not fatal: the rest stays readable).
+pub fn build(snapshot: &Snapshot, filter: &LayerFilter, read_only: bool) -> View {
+    let ro = read_only;
+    let mut tree = Tree::new(created_time(&snapshot.manifest), dir_perm(ro));
+    let mut hidden = Vec::new();
+    let mut notices = Vec::new();
+    let (mut filtered, mut untitled) = (Vec::new(), 0);
+    for (i, layer) in snapshot.manifest.layers.iter().enumerate() {
+        let Some(title) = layer.title() else {
+            untitled += 1;
+            hidden.push(i);
+            continue;
+        };
+        if !filter.allows(layer) {
+            filtered.push(layer.media_type.clone());
+            hidden.push(i);
+            continue;
+        }
+        let title = title.trim_end_matches('/').to_string();
+        let added = if layer.is_directory() {
+            add_layer_dir(&mut tree, &title, layer, ro)
+        } else {
+            tree.add_path(
+                &title,
+                Kind::File(Source::Blob(Arc::new(untitled_copy(layer)))),
+                layer.size,
+                file_perm(ro),
+                dir_perm(ro),
+            )
+        };
+        let why = match added {
+            Ok(ino) => {
+                tree.get_mut(ino).expect("just added").origin = Some(i);
+                continue;
+            }
+            Err(AddError::Unsafe) => "an unsafe title",
+            Err(AddError::Conflict) => "a title that clashes with another layer",
+        };
+        hidden.push(i);
+        tracing::warn!("skipping layer {}: {why} {title:?}", layer.digest);
+        notices.push(format!(
+            "layer {} is not shown: {why} {title:?}; a sync keeps it",
+            layer.digest
+        ));
+    }
+    if !filtered.is_empty() {
+        filtered.sort();
+        filtered.dedup();
+        let n = hidden.len() - untitled - notices.len();
+        notices.push(format!(
+            "{n} layer(s) of other media types ({}) are hidden by the media-type filter; mount \
+             with -t TYPE or -a to see them (a sync keeps them)",
+            filtered.join(", ")
+        ));
+    }
+    if untitled > 0 {
+        notices.push(format!(
+            "{untitled} layer(s) without a title are not shown (a sync keeps them)"
+        ));
+    }
+    View {
+        tree,
+        hidden,
+        notices,
+    }
+}
+
+/// A layer's descriptor without its title: the title lives in the tree, so a rename must not
+/// keep the old one.
+pub fn untitled_copy(layer: &Descriptor) -> Descriptor {
+    let mut plain = layer.clone();
+    if let Some(a) = plain.annotations.as_mut() {
+        a.remove(annotation::TITLE);
+    }
+    plain
+}
+
+/// Rebuilds the view an earlier mount left in its journal.
+pub fn from_journal(snapshot: &Snapshot, journal: &Journal, staging: &Staging) -> View {
+    let mut tree = Tree::new(created_time(&snapshot.manifest), dir_perm(false));
+    let mut notices = Vec::new();
+    for e in &journal.entries {
+        let r = match e {
+            Entry::Blob {
+                path,
+                descriptor,
+                mode,
+                origin,
+            } => tree
+                .add_path(
+                    path,
+                    Kind::File(Source::Blob(Arc::new(descriptor.clone()))),
+                    descriptor.size,
+                    *mode,
+                    dir_perm(false),
+                )
+                .map(|ino| tree.get_mut(ino).expect("just added").origin = *origin),
+            Entry::Staged {
+                path,
+                file,
+                mode,
+                origin,
+                writing,
+            } => {
+                let p = staging.path_of(file);
+                let size = std::fs::metadata(&p).map(|m| m.len()).unwrap_or(0);
+                let r = tree.add_path(
+                    path,
+                    Kind::File(Source::Staged(p)),
+                    size,
+                    *mode,
+                    dir_perm(false),
+                );
+                if let Ok(ino) = r {
+                    let n = tree.get_mut(ino).expect("just added");
+                    n.origin = *origin;
+                    n.incomplete = *writing;
+                    if *writing {
+                        notices.push(incomplete_notice(path));
+                    }
+                }
+                r.map(|_| ())
+            }
+            Entry::Dir { path, mode } => {
+                match tree.add_path(path, empty_dir(), 0, *mode, dir_perm(false)) {
+                    Err(AddError::Conflict) => Ok(()),
+                    r => r.map(|_| ()),
+                }
+            }
+            Entry::Layer {
+                path,
+                descriptor,
+                origin,
+            } => add_layer_dir(&mut tree, path, descriptor, false)
+                .map(|ino| tree.get_mut(ino).expect("just added").origin = *origin),
+        };
+        if let Err(err) = r {
+            tracing::warn!("journal entry {e:?} could not be restored: {err:?}");
+        }
+    }
+    View {
+        tree,
+        hidden: journal.hidden.clone().unwrap_or_default(),
+        notices,
+    }
+}
+
+pub fn incomplete_notice(path: &str) -> String {
+    format!(
+        "{path} was still open for writing when an earlier mount ended, so it may be \
+         incomplete: it is held back from pushes until it is written again (check it, then \
+         `touch` it to push it as it is)"
+    )
+}
+
+/// The journal entry of one node (`None` for what the journal does not keep).
+pub fn entry_of(tree: &Tree, ino: Ino, writing: bool) -> Option<Entry> {
+    let n = tree.get(ino)?;
+    if n.internal || n.frozen {
+        return None;
+    }
+    let path = tree.path_of(ino);
+    Some(match (&n.kind, &n.layer) {
+        (Kind::Dir { .. }, Some(d)) => Entry::Layer {
+            path,
+            descriptor: d.clone(),
+            origin: n.origin,
+        },
+        (Kind::Dir { .. }, None) => Entry::Dir { path, mode: n.perm },
+        (Kind::File(Source::Blob(d)), _) => Entry::Blob {
+            path,
+            descriptor: d.as_ref().clone(),
+            mode: n.perm,
+            origin: n.origin,
+        },
+        (Kind::File(Source::Staged(p)), _) => Entry::Staged {
+            path,
+            file: p
+                .file_name()
+                .map(|f| f.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            mode: n.perm,
+            origin: n.origin,
+            writing: writing || n.incomplete,
+        },
+        _ => return None,
+    })
+}
+
+/// The journal's picture of the whole tree (parents before children).
+pub fn journal_entries(tree: &Tree, writing: &dyn Fn(Ino) -> bool) -> Vec<Entry> {
+    fn walk(tree: &Tree, ino: Ino, writing: &dyn Fn(Ino) -> bool, out: &mut Vec<Entry>) {
+        for n in tree.children(ino) {
+            out.extend(entry_of(tree, n.ino, writing(n.ino)));
+            if n.is_dir() && n.layer.is_none() && !n.internal {
+                walk(tree, n.ino, writing, out);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(tree, ROOT, writing, &mut out);
+    out
+}
+
+pub fn add_layer_dir(
+    tree: &mut Tree,
+    path: &str,
+    layer: &Descriptor,
+    ro: bool,
+) -> Result<Ino, AddError> {
+    let kind = Kind::Dir {
+        children: Default::default(),
+        pending_layer: Some(Box::new(layer.clone())),
+    };
+    let ino = tree.add_path(path, kind, 0, dir_perm(ro), dir_perm(ro))?;
+    tree.get_mut(ino).expect("just added").layer = Some(layer.clone());
+    Ok(ino)
+}
+
+fn created_time(manifest: &Manifest) -> SystemTime {
+    manifest
+        .annotation(annotation::CREATED)
+        .and_then(|c| humantime::parse_rfc3339_weak(c).ok())
+        .unwrap_or_else(SystemTime::now)
+}
+
+/// `.oras/`: what is mounted, for scripts.
+pub fn add_meta_dir(tree: &mut Tree, snapshot: &Snapshot, notices: &[String]) -> crate::Result<()> {
+    let meta = tree
+        .add_child(
+            ROOT,
+            OsStr::new(".oras"),
+            empty_dir(),
+            0,
+            0o555,
+            tree.default_mtime,
+        )
+        .map_err(|_| {
+            crate::Error::Other("a layer is titled .oras, which the mount reserves".into())
+        })?;
+    tree.get_mut(meta).expect("just added").internal = true;
+    for (name, data) in meta_files(snapshot, notices) {
+        let len = data.len() as u64;
+        let ino = tree
+            .add_child(
+                meta,
+                OsStr::new(name),
+                Kind::File(Source::Inline(data)),
+                len,
+                0o444,
+                tree.default_mtime,
+            )
+            .expect("fresh directory");
+        tree.get_mut(ino).expect("just added").internal = true;
+    }
+    Ok(())
+}
+
+fn meta_files(snapshot: &Snapshot, notices: &[String]) -> [(&'static str, Bytes); 4] {
+    let notes: String = notices.iter().map(|n| format!("{n}\n")).collect();
+    [
+        ("manifest.json", snapshot.manifest_bytes.clone()),
+        ("config.json", snapshot.config_bytes.clone()),
+        (
+            "digest",
+            Bytes::from(format!("{}\n", snapshot.descriptor.digest)),
+        ),
+        ("notes", Bytes::from(notes)),
+    ]
+}
+
+/// After a push (or a change of notices), the `.oras/` files describe the new state.
+pub fn refresh_meta_dir(tree: &mut Tree, snapshot: &Snapshot, notices: &[String]) {
+    let Some(meta) = tree.lookup(ROOT, OsStr::new(".oras")).map(|n| n.ino) else {
+        return;
+    };
+    for (name, data) in meta_files(snapshot, notices) {
+        let Some(ino) = tree.lookup(meta, OsStr::new(name)).map(|n| n.ino) else {
+            continue;
+        };
+        let n = tree.get_mut(ino).expect("looked up");
+        if n.size == data.len() as u64
+            && matches!(&n.kind, Kind::File(Source::Inline(b)) if *b == data)
+        {
+            continue;
+        }
+        n.size = data.len() as u64;
+        n.kind = Kind::File(Source::Inline(data));
+        n.mtime = SystemTime::now();
+    }
+}
+
+/// Mirrors an unpacked directory on disk into the tree below `parent`.
+pub fn add_local_tree(tree: &mut Tree, parent: Ino, dir: &Path, read_only: bool) {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut entries: Vec<_> = rd.flatten().collect();
+    entries.sort_by_key(|e| e.file_name());
+    for e in entries {
+        let Ok(meta) = std::fs::symlink_metadata(e.path()) else {
+            continue;
+        };
+        let mtime = meta.modified().unwrap_or(tree.default_mtime);
+        let mut perm = (meta.permissions().mode() & 0o777) as u16;
+        if read_only {
+            perm &= !0o222;
+        }
+        let name = e.file_name();
+        let added = if meta.is_dir() {
+            if let Ok(ino) = tree.add_child(parent, &name, empty_dir(), 0, perm, mtime) {
+                add_local_tree(tree, ino, &e.path(), read_only);
+                Ok(ino)
+            } else {
+                continue;
+            }
+        } else if meta.file_type().is_symlink() {
+            let target = std::fs::read_link(e.path()).unwrap_or_default();
+            let len = target.as_os_str().len() as u64;
+            tree.add_child(parent, &name, Kind::Symlink(target), len, 0o777, mtime)
+        } else if meta.is_file() {
+            tree.add_child(
+                parent,
+                &name,
+                Kind::File(Source::Unpacked(e.path())),
+                meta.len(),
+                perm,
+                mtime,
+            )
+        } else {
+            continue;
+        };
+        // Inside a directory layer: read-only even on a writable mount.
+        if let Ok(ino) = added {
+            tree.get_mut(ino).expect("just added").frozen = true;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::digest::Digest;
+
+    fn layer(title: Option<&str>, media_type: &str) -> Descriptor {
+        let mut d = Descriptor::of(media_type.to_string(), title.unwrap_or("x").as_bytes());
+        if let Some(t) = title {
+            d.set_annotation(annotation::TITLE, t);
+        }
+        d
+    }
+
+    fn snapshot(config: &str, layers: Vec<Descriptor>) -> Snapshot {
+        let manifest = Manifest::new(Descriptor::of(config.to_string(), b"{}"), layers);
+        let bytes = Bytes::from(manifest.to_bytes());
+        Snapshot {
+            reference: "r:t".into(),
+            descriptor: Descriptor::of(media_type::OCI_MANIFEST.to_string(), &bytes),
+            manifest_bytes: bytes,
+            manifest,
+            config_bytes: Bytes::from_static(b"{}"),
+        }
+    }
+
+    #[test]
+    fn hidden_layers_are_recorded_with_their_reasons() {
+        let s = snapshot(
+            media_type::EMPTY,
+            vec![
+                layer(Some("a.txt"), media_type::DEFAULT_LAYER),
+                layer(Some("b.dat"), "application/vnd.example.data"),
+                layer(None, "application/vnd.example.sig"),
+                layer(Some("../x"), media_type::DEFAULT_LAYER),
+                layer(Some("c.txt"), media_type::DEFAULT_LAYER),
+            ],
+        );
+        let v = build(&s, &LayerFilter::default(), false);
+        assert_eq!(v.hidden, [1, 2, 3]);
+        let origins: Vec<_> = v
+            .tree
+            .children(ROOT)
+            .iter()
+            .map(|n| (n.name.clone(), n.origin))
+            .collect();
+        assert_eq!(
+            origins,
+            [("a.txt".into(), Some(0)), ("c.txt".into(), Some(4))]
+        );
+        let notes = v.notices.join("\n");
+        assert!(
+            notes.contains(
+                "1 layer(s) of other media types (application/vnd.example.data) are hidden"
+            ),
+            "{notes}"
+        );
+        assert!(notes.contains("1 layer(s) without a title"), "{notes}");
+        assert!(notes.contains("unsafe title \"../x\""), "{notes}");
+        assert!(read_only_reason(&s.manifest).is_none());
+    }
+
+    #[test]
+    fn images_are_read_only() {
+        let img = snapshot(
+            "application/vnd.oci.image.config.v1+json",
+            vec![layer(None, "application/vnd.oci.image.layer.v1.tar+gzip")],
+        );
+        assert!(read_only_reason(&img.manifest)
+            .unwrap()
+            .contains("container image"));
+        let untitled_rootfs = snapshot(
+            media_type::EMPTY,
+            vec![layer(
+                None,
+                "application/vnd.docker.image.rootfs.diff.tar.gzip",
+            )],
+        );
+        assert!(read_only_reason(&untitled_rootfs.manifest).is_some());
+        let _ = Digest::of(b"");
+    }
+}
