@@ -79,6 +79,13 @@ pub enum Error {
     )]
     UnsafePath { path: String, reason: String },
 
+    #[error(
+        "directory layer {title:?} unpacks to more than {limit} bytes, the limit for one \
+         layer; nothing of it was kept (raise the limit with `pull --max-unpacked-size`, or \
+         `--cache-size` for a mount, if you trust the artifact)"
+    )]
+    UnpackTooLarge { title: String, limit: u64 },
+
     #[error("{path}: file exists; remove it or drop --keep-old-files")]
     FileExists { path: PathBuf },
 

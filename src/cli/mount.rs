@@ -163,7 +163,11 @@ pub async fn mount(args: MountArgs) -> Result<()> {
         allow_other: args.allow_other,
     };
     let mountpoint = args.mountpoint.clone();
-    let mode = if fs.read_only() { "read-only" } else { "read-write" };
+    let mode = if fs.read_only() {
+        "read-only"
+    } else {
+        "read-write"
+    };
     for notice in fs.notices() {
         eprintln!("Note: {notice}");
     }
