@@ -43,6 +43,19 @@ pub enum Error {
     )]
     Unauthorized { registry: String, detail: String },
 
+    #[error(
+        "{who} {access} access to {repository} on {registry} (the registry answered \
+         insufficient_scope); {hint}"
+    )]
+    InsufficientScope {
+        /// "the credentials lack" or "anonymous access lacks".
+        who: &'static str,
+        registry: String,
+        repository: String,
+        access: &'static str,
+        hint: String,
+    },
+
     #[error("access to {what} denied by the registry (HTTP 403): the credentials lack permission")]
     Forbidden { what: String },
 
