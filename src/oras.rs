@@ -387,27 +387,70 @@ impl LayerFilter {
     }
 
     /// Splits a manifest's layers into (taken, skipped). Untitled layers are never taken;
-    /// two taken layers with one title are an error.
+    /// two taken layers with one title are an error, and so is a title inside another
+    /// (`x` and `x/y`): `x` cannot be both, and a pull would fail half-way.
     pub fn select(&self, manifest: &Manifest) -> Result<(Vec<Descriptor>, Vec<Descriptor>)> {
         let mut taken = Vec::new();
         let mut skipped = Vec::new();
-        let mut titles = HashSet::new();
+        let mut titles = std::collections::HashMap::new();
+        let invalid = |reason: String| Error::InvalidManifest {
+            context: String::new(),
+            reason,
+        };
         for layer in &manifest.layers {
             match layer.title() {
                 Some(title) if self.allows(layer) => {
-                    let normal = title.trim_end_matches('/').trim_start_matches("./");
-                    if !titles.insert(normal.to_string()) {
-                        return Err(Error::InvalidManifest {
-                            context: String::new(),
-                            reason: format!("two layers are titled {title:?}"),
-                        });
+                    if titles.insert(normal_title(title), title).is_some() {
+                        return Err(invalid(format!("two layers are titled {title:?}")));
                     }
                     taken.push(layer.clone());
                 }
                 _ => skipped.push(layer.clone()),
             }
         }
+        for (normal, title) in &titles {
+            let mut prefix = normal.as_str();
+            while let Some((parent, _)) = prefix.rsplit_once('/') {
+                if let Some(outer) = titles.get(parent) {
+                    return Err(invalid(format!(
+                        "the layer titled {title:?} would be written inside the layer titled \
+                         {outer:?}; one path cannot be both"
+                    )));
+                }
+                prefix = parent;
+            }
+        }
         Ok((taken, skipped))
+    }
+}
+
+/// Writes one layer into `dst`, its bytes from `from` (the source, or `dst` itself for a
+/// digest it already holds).
+async fn pull_one(
+    from: &dyn Target,
+    dst: &FileStore,
+    layer: &Descriptor,
+    opts: &CopyOptions,
+) -> Result<()> {
+    opts.progress.start(layer);
+    let stream = counting(layer, from.fetch(layer).await?, opts.progress.clone());
+    dst.push(layer, stream).await?;
+    opts.progress.finish(layer, false);
+    Ok(())
+}
+
+/// A title as the path it names: no empty or `.` components (`./a//b/` is `a/b`).
+fn normal_title(title: &str) -> String {
+    let parts: Vec<&str> = title
+        .split('/')
+        .filter(|c| !c.is_empty() && *c != ".")
+        .collect();
+    let joined = parts.join("/");
+    // An absolute title (allowed with --allow-path-traversal) keeps its root.
+    if title.starts_with('/') {
+        format!("/{joined}")
+    } else {
+        joined
     }
 }
 
@@ -436,16 +479,21 @@ pub async fn pull(
     for layer in &taken {
         dst.path_for(layer.title().unwrap_or_default())?;
     }
-    futures_util::stream::iter(taken.iter().map(|layer| async move {
-        opts.progress.start(layer);
-        let stream = counting(layer, src.fetch(layer).await?, opts.progress.clone());
-        dst.push(layer, stream).await?;
-        opts.progress.finish(layer, false);
-        Ok::<_, Error>(())
-    }))
-    .buffer_unordered(opts.concurrency.max(1))
-    .try_collect::<Vec<_>>()
-    .await?;
+    // Each file's content is downloaded once: layers that repeat a digest are copied from
+    // the first one's file once it is in place (and verified again on the way). Directory
+    // layers have no single file to copy from, so each is downloaded.
+    let mut first_of = HashSet::new();
+    let (downloads, copies): (Vec<&Descriptor>, Vec<&Descriptor>) = taken
+        .iter()
+        .partition(|l| l.is_directory() || first_of.insert(l.digest.clone()));
+    futures_util::stream::iter(downloads.into_iter().map(|l| pull_one(src, dst, l, opts)))
+        .buffer_unordered(opts.concurrency.max(1))
+        .try_collect::<Vec<_>>()
+        .await?;
+    futures_util::stream::iter(copies.into_iter().map(|l| pull_one(dst, dst, l, opts)))
+        .buffer_unordered(opts.concurrency.max(1))
+        .try_collect::<Vec<_>>()
+        .await?;
     Ok(PullReport {
         manifest_descriptor: desc,
         manifest,

@@ -291,7 +291,9 @@ fn parse_unpack_limit(s: &str) -> std::result::Result<UnpackLimit, String> {
     if s.eq_ignore_ascii_case("unlimited") {
         return Ok(UnpackLimit::Unlimited);
     }
-    super::mount::parse_size(s).map(UnpackLimit::Bytes)
+    super::mount::parse_size(s)
+        .map(UnpackLimit::Bytes)
+        .map_err(|e| format!("{e}, or `unlimited`"))
 }
 
 pub async fn pull(args: PullArgs) -> Result<()> {
