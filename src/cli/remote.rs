@@ -7,7 +7,7 @@ use std::time::Duration;
 use clap::Args;
 use oras_fs::auth::{self, Credential, CredentialSource};
 use oras_fs::reference::Reference;
-use oras_fs::registry::{Access, Client, ClientOptions, Repository, Request};
+use oras_fs::registry::{Access, Client, ClientOptions, Repository, Request, SpeedLimit};
 use oras_fs::{Error, Result};
 
 #[derive(Args, Debug, Clone, Default)]
@@ -80,6 +80,7 @@ impl RemoteArgs {
             },
             retry: Default::default(),
             timeout: Some(Duration::from_secs(30)),
+            speed_limit: SpeedLimit::from_env()?,
         })
     }
 

@@ -42,6 +42,78 @@ impl RetryPolicy {
     }
 }
 
+/// The low-speed limit of a download attempt, as curl's `--speed-limit`/`--speed-time`: an
+/// attempt that receives fewer than `bytes_per_sec` on average over `window` of waiting for
+/// the network fails, and the download resumes on a new connection. The read timeout alone
+/// lets a registry that sends a byte now and then hold a download forever.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SpeedLimit {
+    /// 0: no limit.
+    pub bytes_per_sec: u64,
+    pub window: Duration,
+}
+
+impl Default for SpeedLimit {
+    /// 1 KiB/s over 30 s: far below any usable link (even 16 downloads sharing 128 kbit/s
+    /// get 1 KiB/s each), so only a registry that has all but stopped trips it.
+    fn default() -> Self {
+        SpeedLimit {
+            bytes_per_sec: 1024,
+            window: Duration::from_secs(30),
+        }
+    }
+}
+
+impl SpeedLimit {
+    /// `BYTES_PER_SEC/SECONDS`, or `off`.
+    pub const ENV: &'static str = "ORAS_FS_SPEED_LIMIT";
+
+    pub fn off() -> Self {
+        SpeedLimit {
+            bytes_per_sec: 0,
+            window: Duration::ZERO,
+        }
+    }
+
+    pub fn is_off(&self) -> bool {
+        self.bytes_per_sec == 0 || self.window.is_zero()
+    }
+
+    /// The fewest bytes a full window must bring.
+    pub fn min_bytes(&self) -> u64 {
+        (self.bytes_per_sec as f64 * self.window.as_secs_f64()) as u64
+    }
+
+    /// Parses `BYTES_PER_SEC/SECONDS` (e.g. `1024/30`, seconds may be fractional) or `off`.
+    pub fn parse(s: &str) -> Result<Self> {
+        if s.trim().eq_ignore_ascii_case("off") {
+            return Ok(SpeedLimit::off());
+        }
+        let bad = || {
+            Error::Usage(format!(
+                "{}={s:?}: expected BYTES_PER_SEC/SECONDS (e.g. 1024/30) or off",
+                Self::ENV
+            ))
+        };
+        let (rate, secs) = s.split_once('/').ok_or_else(bad)?;
+        let bytes_per_sec = rate.trim().parse().map_err(|_| bad())?;
+        let secs: f64 = secs.trim().parse().map_err(|_| bad())?;
+        let window = Duration::try_from_secs_f64(secs).map_err(|_| bad())?;
+        Ok(SpeedLimit {
+            bytes_per_sec,
+            window,
+        })
+    }
+
+    /// The limit `ORAS_FS_SPEED_LIMIT` sets, else the default.
+    pub fn from_env() -> Result<Self> {
+        match std::env::var(Self::ENV) {
+            Ok(v) if !v.trim().is_empty() => Self::parse(&v),
+            _ => Ok(SpeedLimit::default()),
+        }
+    }
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct ClientOptions {
     /// Speak HTTP instead of HTTPS. The CLI sets it for `--plain-http` and for localhost.
@@ -57,6 +129,8 @@ pub struct ClientOptions {
     pub retry: RetryPolicy,
     /// Timeout for connecting, and for a stalled read of a response.
     pub timeout: Option<Duration>,
+    /// When a download attempt is too slow to go on with.
+    pub speed_limit: SpeedLimit,
 }
 
 /// What a request needs the token to allow.
@@ -172,6 +246,10 @@ impl Client {
 
     pub fn retry_policy(&self) -> &RetryPolicy {
         &self.options.retry
+    }
+
+    pub fn speed_limit(&self) -> SpeedLimit {
+        self.options.speed_limit
     }
 
     /// `https://host/v2/<path>`.
@@ -816,6 +894,21 @@ mod tests {
             .unwrap();
         assert_eq!(auth, Some(bearer_header("t")));
         assert!(server.join().unwrap().contains("Basic "));
+    }
+
+    #[test]
+    fn speed_limits_parse() {
+        let l = SpeedLimit::parse("1000/2.5").unwrap();
+        assert_eq!(
+            (l.bytes_per_sec, l.window),
+            (1000, Duration::from_millis(2500))
+        );
+        assert_eq!(l.min_bytes(), 2500);
+        assert!(SpeedLimit::parse("off").unwrap().is_off());
+        for bad in ["1000", "x/2", "1/-1", ""] {
+            assert!(SpeedLimit::parse(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(SpeedLimit::default().min_bytes(), 30 * 1024);
     }
 
     #[test]
