@@ -424,17 +424,29 @@ impl LayerFilter {
     }
 }
 
-/// Writes one layer into `dst`, its bytes from `from` (the source, or `dst` itself for a
-/// digest it already holds).
+/// Writes one layer into `dst`: downloaded from `src`, or copied from the file of
+/// `copy_of`, a layer with the same digest already in place.
 async fn pull_one(
-    from: &dyn Target,
+    src: &dyn Target,
     dst: &FileStore,
     layer: &Descriptor,
+    copy_of: Option<&Descriptor>,
     opts: &CopyOptions,
 ) -> Result<()> {
+    use crate::error::IoContext;
     opts.progress.start(layer);
-    let stream = counting(layer, from.fetch(layer).await?, opts.progress.clone());
-    dst.push(layer, stream).await?;
+    let content = match copy_of {
+        None => src.fetch(layer).await?,
+        Some(first) => {
+            let path = dst.path_for(first.title().unwrap_or_default())?;
+            let file = tokio::fs::File::open(&path)
+                .await
+                .ctx(|| format!("opening {}", path.display()))?;
+            content::file_stream(file, path)
+        }
+    };
+    dst.push(layer, counting(layer, content, opts.progress.clone()))
+        .await?;
     opts.progress.finish(layer, false);
     Ok(())
 }
@@ -482,18 +494,29 @@ pub async fn pull(
     // Each file's content is downloaded once: layers that repeat a digest are copied from
     // the first one's file once it is in place (and verified again on the way). Directory
     // layers have no single file to copy from, so each is downloaded.
-    let mut first_of = HashSet::new();
-    let (downloads, copies): (Vec<&Descriptor>, Vec<&Descriptor>) = taken
-        .iter()
-        .partition(|l| l.is_directory() || first_of.insert(l.digest.clone()));
-    futures_util::stream::iter(downloads.into_iter().map(|l| pull_one(src, dst, l, opts)))
+    let mut first_of: std::collections::HashMap<_, &Descriptor> = Default::default();
+    let (mut downloads, mut copies) = (Vec::new(), Vec::new());
+    for layer in &taken {
+        match first_of.get(&layer.digest) {
+            Some(first) if !layer.is_directory() => copies.push((layer, Some(*first))),
+            _ => {
+                if !layer.is_directory() {
+                    first_of.insert(layer.digest.clone(), layer);
+                }
+                downloads.push((layer, None));
+            }
+        }
+    }
+    for batch in [downloads, copies] {
+        futures_util::stream::iter(
+            batch
+                .into_iter()
+                .map(|(layer, copy_of)| pull_one(src, dst, layer, copy_of, opts)),
+        )
         .buffer_unordered(opts.concurrency.max(1))
         .try_collect::<Vec<_>>()
         .await?;
-    futures_util::stream::iter(copies.into_iter().map(|l| pull_one(dst, dst, l, opts)))
-        .buffer_unordered(opts.concurrency.max(1))
-        .try_collect::<Vec<_>>()
-        .await?;
+    }
     Ok(PullReport {
         manifest_descriptor: desc,
         manifest,
