@@ -211,7 +211,16 @@ pub enum Challenge {
         realm: String,
         service: Option<String>,
         scope: Option<String>,
+        /// `error="insufficient_scope"`: the token was fine but may not do this.
+        error: Option<String>,
     },
+}
+
+impl Challenge {
+    /// Whether the registry says the credentials are valid but lack the access asked for.
+    pub fn insufficient_scope(&self) -> bool {
+        matches!(self, Challenge::Bearer { error: Some(e), .. } if e == "insufficient_scope")
+    }
 }
 
 /// Parses a `WWW-Authenticate` header (via `http-auth`); `None` if no scheme we support.
@@ -229,6 +238,7 @@ pub fn parse_challenge(header: &str) -> Option<Challenge> {
                 realm: param("realm")?,
                 service: param("service"),
                 scope: param("scope"),
+                error: param("error"),
             });
         }
         if c.scheme.eq_ignore_ascii_case("basic") {
@@ -301,8 +311,14 @@ mod tests {
                 realm: "https://auth.example/token".into(),
                 service: Some("registry.example".into()),
                 scope: Some("repository:a/b:pull".into()),
+                error: None,
             })
         );
+        let c = parse_challenge(
+            r#"Bearer realm="https://a/token",service="s",scope="repository:a/b:pull,push",error="insufficient_scope""#,
+        )
+        .unwrap();
+        assert!(c.insufficient_scope());
         assert_eq!(
             parse_challenge(r#"Basic realm="x""#),
             Some(Challenge::Basic)

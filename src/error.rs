@@ -43,6 +43,19 @@ pub enum Error {
     )]
     Unauthorized { registry: String, detail: String },
 
+    #[error(
+        "{who} {access} access to {repository} on {registry} (the registry answered \
+         insufficient_scope); {hint}"
+    )]
+    InsufficientScope {
+        /// "the credentials lack" or "anonymous access lacks".
+        who: &'static str,
+        registry: String,
+        repository: String,
+        access: &'static str,
+        hint: String,
+    },
+
     #[error("access to {what} denied by the registry (HTTP 403): the credentials lack permission")]
     Forbidden { what: String },
 
@@ -78,6 +91,13 @@ pub enum Error {
          --disable-path-validation (push) if you trust it"
     )]
     UnsafePath { path: String, reason: String },
+
+    #[error(
+        "directory layer {title:?} unpacks to more than {limit} bytes, the limit for one \
+         layer; nothing of it was kept (raise the limit with `pull --max-unpacked-size`, or \
+         `--cache-size` for a mount, if you trust the artifact)"
+    )]
+    UnpackTooLarge { title: String, limit: u64 },
 
     #[error("{path}: file exists; remove it or drop --keep-old-files")]
     FileExists { path: PathBuf },

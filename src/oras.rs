@@ -387,27 +387,82 @@ impl LayerFilter {
     }
 
     /// Splits a manifest's layers into (taken, skipped). Untitled layers are never taken;
-    /// two taken layers with one title are an error.
+    /// two taken layers with one title are an error, and so is a title inside another
+    /// (`x` and `x/y`): `x` cannot be both, and a pull would fail half-way.
     pub fn select(&self, manifest: &Manifest) -> Result<(Vec<Descriptor>, Vec<Descriptor>)> {
         let mut taken = Vec::new();
         let mut skipped = Vec::new();
-        let mut titles = HashSet::new();
+        let mut titles = std::collections::HashMap::new();
+        let invalid = |reason: String| Error::InvalidManifest {
+            context: String::new(),
+            reason,
+        };
         for layer in &manifest.layers {
             match layer.title() {
                 Some(title) if self.allows(layer) => {
-                    let normal = title.trim_end_matches('/').trim_start_matches("./");
-                    if !titles.insert(normal.to_string()) {
-                        return Err(Error::InvalidManifest {
-                            context: String::new(),
-                            reason: format!("two layers are titled {title:?}"),
-                        });
+                    if titles.insert(normal_title(title), title).is_some() {
+                        return Err(invalid(format!("two layers are titled {title:?}")));
                     }
                     taken.push(layer.clone());
                 }
                 _ => skipped.push(layer.clone()),
             }
         }
+        for (normal, title) in &titles {
+            let mut prefix = normal.as_str();
+            while let Some((parent, _)) = prefix.rsplit_once('/') {
+                if let Some(outer) = titles.get(parent) {
+                    return Err(invalid(format!(
+                        "the layer titled {title:?} would be written inside the layer titled \
+                         {outer:?}; one path cannot be both"
+                    )));
+                }
+                prefix = parent;
+            }
+        }
         Ok((taken, skipped))
+    }
+}
+
+/// Writes one layer into `dst`: downloaded from `src`, or copied from the file of
+/// `copy_of`, a layer with the same digest already in place.
+async fn pull_one(
+    src: &dyn Target,
+    dst: &FileStore,
+    layer: &Descriptor,
+    copy_of: Option<&Descriptor>,
+    opts: &CopyOptions,
+) -> Result<()> {
+    use crate::error::IoContext;
+    opts.progress.start(layer);
+    let content = match copy_of {
+        None => src.fetch(layer).await?,
+        Some(first) => {
+            let path = dst.path_for(first.title().unwrap_or_default())?;
+            let file = tokio::fs::File::open(&path)
+                .await
+                .ctx(|| format!("opening {}", path.display()))?;
+            content::file_stream(file, path)
+        }
+    };
+    dst.push(layer, counting(layer, content, opts.progress.clone()))
+        .await?;
+    opts.progress.finish(layer, false);
+    Ok(())
+}
+
+/// A title as the path it names: no empty or `.` components (`./a//b/` is `a/b`).
+fn normal_title(title: &str) -> String {
+    let parts: Vec<&str> = title
+        .split('/')
+        .filter(|c| !c.is_empty() && *c != ".")
+        .collect();
+    let joined = parts.join("/");
+    // An absolute title (allowed with --allow-path-traversal) keeps its root.
+    if title.starts_with('/') {
+        format!("/{joined}")
+    } else {
+        joined
     }
 }
 
@@ -436,16 +491,32 @@ pub async fn pull(
     for layer in &taken {
         dst.path_for(layer.title().unwrap_or_default())?;
     }
-    futures_util::stream::iter(taken.iter().map(|layer| async move {
-        opts.progress.start(layer);
-        let stream = counting(layer, src.fetch(layer).await?, opts.progress.clone());
-        dst.push(layer, stream).await?;
-        opts.progress.finish(layer, false);
-        Ok::<_, Error>(())
-    }))
-    .buffer_unordered(opts.concurrency.max(1))
-    .try_collect::<Vec<_>>()
-    .await?;
+    // Each file's content is downloaded once: layers that repeat a digest are copied from
+    // the first one's file once it is in place (and verified again on the way). Directory
+    // layers have no single file to copy from, so each is downloaded.
+    let mut first_of: std::collections::HashMap<_, &Descriptor> = Default::default();
+    let (mut downloads, mut copies) = (Vec::new(), Vec::new());
+    for layer in &taken {
+        match first_of.get(&layer.digest) {
+            Some(first) if !layer.is_directory() => copies.push((layer, Some(*first))),
+            _ => {
+                if !layer.is_directory() {
+                    first_of.insert(layer.digest.clone(), layer);
+                }
+                downloads.push((layer, None));
+            }
+        }
+    }
+    for batch in [downloads, copies] {
+        futures_util::stream::iter(
+            batch
+                .into_iter()
+                .map(|(layer, copy_of)| pull_one(src, dst, layer, copy_of, opts)),
+        )
+        .buffer_unordered(opts.concurrency.max(1))
+        .try_collect::<Vec<_>>()
+        .await?;
+    }
     Ok(PullReport {
         manifest_descriptor: desc,
         manifest,

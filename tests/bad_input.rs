@@ -949,3 +949,184 @@ fn an_identity_token_from_the_docker_config_gets_tokens_by_refresh_grant() {
         "authentication",
     );
 }
+
+// --- Issue #12: modes, bombs, nested titles --------------------------------------------------
+
+/// A tar+gzip (made with the `tar` crate) of `(path, mode, content)` entries, a path ending
+/// in '/' being a directory; and the digest of the uncompressed tar.
+fn tgz_with_modes(entries: &[(&str, u32, &[u8])]) -> (Vec<u8>, String) {
+    let mut b = tar::Builder::new(Vec::new());
+    for (name, mode, data) in entries {
+        let mut h = tar::Header::new_gnu();
+        h.set_mode(*mode);
+        if name.ends_with('/') {
+            h.set_entry_type(tar::EntryType::Directory);
+            h.set_size(0);
+            b.append_data(&mut h, name, std::io::empty()).unwrap();
+        } else {
+            h.set_size(data.len() as u64);
+            b.append_data(&mut h, name, *data).unwrap();
+        }
+    }
+    let tar = b.into_inner().unwrap();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(&tar).unwrap();
+    (gz.finish().unwrap(), sha256_bytes(&tar))
+}
+
+/// Puts `gz` as the one directory layer, titled `d`, of `repo:tag`.
+fn put_tgz_layer(repo: &str, tag: &str, gz: &[u8], tar_digest: &str) {
+    upload_blob(repo, gz);
+    let layer = descriptor(
+        DIRECTORY_LAYER,
+        gz,
+        json!({
+            TITLE: "d",
+            "io.deis.oras.content.unpack": "true",
+            "io.deis.oras.content.digest": tar_digest,
+        }),
+    );
+    put_manifest(repo, tag, &manifest(repo, vec![layer]));
+}
+
+fn mode_of(p: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::symlink_metadata(p)
+        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+        .permissions()
+        .mode()
+        & 0o7777
+}
+
+/// A hostile directory layer cannot plant setuid, setgid or sticky files (we run as root).
+#[test]
+fn pull_never_recreates_setuid_setgid_or_sticky_modes() {
+    let repo = unique_repo("bad-modes");
+    let (gz, tar_digest) = tgz_with_modes(&[
+        ("d/", 0o7755, b""),
+        ("d/suid", 0o4777, b"#!/bin/sh\necho owned\n"),
+        ("d/sgid", 0o2755, b"x"),
+        ("d/tmp/", 0o1777, b""),
+        ("d/private", 0o600, b"y"),
+    ]);
+    put_tgz_layer(&repo, "v1", &gz, &tar_digest);
+    let out = temp_dir();
+    assert_ok(&pull(&reference(&repo, "v1"), out.path(), &[]));
+    let d = out.path().join("d");
+    let umask = std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("Umask:"))
+        .map(|v| u32::from_str_radix(v.trim(), 8).unwrap())
+        .unwrap();
+    let want = |m: u32| format!("{:o}", m & !umask);
+    assert_eq!(format!("{:o}", mode_of(&d.join("suid"))), want(0o777));
+    assert_eq!(format!("{:o}", mode_of(&d.join("sgid"))), want(0o755));
+    assert_eq!(format!("{:o}", mode_of(&d.join("tmp"))), want(0o777));
+    assert_eq!(format!("{:o}", mode_of(&d)), want(0o755));
+    assert_eq!(format!("{:o}", mode_of(&d.join("private"))), want(0o600));
+    assert_eq!(read_file(&d.join("sgid")), b"x");
+}
+
+/// A gzip bomb stops at the limit with a clear error, and leaves nothing behind.
+#[test]
+fn pull_bounds_what_a_directory_layer_unpacks_to() {
+    let repo = unique_repo("bad-bomb");
+    let zeros = vec![0u8; 8 * MIB];
+    let (gz, tar_digest) = tgz_with_modes(&[("d/", 0o755, b""), ("d/zeros", 0o644, &zeros)]);
+    assert!(gz.len() < 64 * 1024, "{} bytes compressed", gz.len());
+    put_tgz_layer(&repo, "v1", &gz, &tar_digest);
+    let r = reference(&repo, "v1");
+
+    let area = temp_dir();
+    let out_dir = area.path().join("out");
+    let stderr = assert_fails(
+        &pull(&r, &out_dir, &["--max-unpacked-size", "1M"]),
+        "unpacks to more than 1048576 bytes",
+    );
+    assert!(stderr.contains("\"d\""), "names no layer: {stderr}");
+    assert!(stderr.contains("--max-unpacked-size"), "{stderr}");
+    assert_only(&out_dir, &[]);
+
+    assert_fails(
+        &pull(&r, &out_dir, &["--max-unpacked-size", "lots"]),
+        "unlimited",
+    );
+    // The default (32 x 26 KB, but at least 256 MiB) and a larger limit let it through.
+    assert_ok(&pull(&r, &out_dir, &[]));
+    assert_eq!(read_file(&out_dir.join("d/zeros")), zeros);
+    let again = area.path().join("again");
+    assert_ok(&pull(&r, &again, &["--max-unpacked-size", "9M"]));
+    assert_ok(&pull(&r, &again, &["--max-unpacked-size", "unlimited"]));
+}
+
+/// `x` and `x/y` cannot both be pulled: refused before any download, nothing written.
+#[test]
+fn pull_refuses_a_title_inside_another_before_downloading() {
+    let repo = unique_repo("bad-nested");
+    let a = format!("a {repo}").into_bytes();
+    let b = format!("b {repo}").into_bytes();
+    upload_blob(&repo, &a);
+    upload_blob(&repo, &b);
+    for (tag, outer, inner) in [("v1", "x", "x/y"), ("v2", "./x/", "x//y/z")] {
+        let layers = vec![
+            descriptor(DEFAULT_LAYER, &a, json!({TITLE: outer})),
+            descriptor(DEFAULT_LAYER, &b, json!({TITLE: inner})),
+        ];
+        put_manifest(&repo, tag, &manifest(&repo, layers));
+        let area = temp_dir();
+        let out_dir = area.path().join("out");
+        let log_before = logged_requests(&registry_log(), &format!("/v2/{repo}/blobs/")).len();
+        let stderr = assert_fails(&pull(&reference(&repo, tag), &out_dir, &[]), "inside");
+        assert!(
+            stderr.contains(&format!("{outer:?}")) && stderr.contains(&format!("{inner:?}")),
+            "{stderr}"
+        );
+        assert_only(&out_dir, &[]);
+        let gets = logged_requests(&registry_log(), &format!("/v2/{repo}/blobs/"));
+        assert_eq!(gets.len(), log_before, "downloads began: {gets:?}");
+    }
+}
+
+/// Many layers with one digest (15,000 in the report) cost one download, not one each.
+#[test]
+fn pull_downloads_a_digest_shared_by_many_layers_once() {
+    let repo = unique_repo("bad-shared-digest");
+    let data = random_bytes(&repo, 100_000);
+    let digest = upload_blob(&repo, &data);
+    let other = format!("other {repo}").into_bytes();
+    let other_digest = upload_blob(&repo, &other);
+    let mut layers: Vec<Value> = (0..200)
+        .map(|i| {
+            descriptor(
+                DEFAULT_LAYER,
+                &data,
+                json!({TITLE: format!("f/{i:03}.bin")}),
+            )
+        })
+        .collect();
+    layers.insert(
+        7,
+        descriptor(DEFAULT_LAYER, &other, json!({TITLE: "other.txt"})),
+    );
+    put_manifest(&repo, "v1", &manifest(&repo, layers));
+
+    let area = temp_dir();
+    let out_dir = area.path().join("out");
+    assert_ok(&pull(&reference(&repo, "v1"), &out_dir, &[]));
+    let files = tree(&out_dir);
+    assert_eq!(files.len(), 201);
+    assert!(files.iter().all(|(k, v)| if k == "other.txt" {
+        v == &other
+    } else {
+        v == &data
+    }));
+    let gets = |d: &str| {
+        logged_requests(&registry_log(), &format!("/v2/{repo}/blobs/{d}"))
+            .into_iter()
+            .filter(|r| r.method == "GET")
+            .count()
+    };
+    assert_eq!(gets(&digest), 1, "downloads of the shared blob");
+    assert_eq!(gets(&other_digest), 1);
+}

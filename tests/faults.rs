@@ -459,6 +459,13 @@ fn push_sends_an_upload_again_after_a_drop_mid_body() {
 
     let out = push(src.path(), &proxy.reference(&repo, "v1"), &["data.bin"]);
     assert_ok(&out);
+    // The retry warning names the upload without its `_state` token (or any query).
+    let stderr = stderr_of(&out);
+    assert!(stderr.contains("again"), "no retry warning: {stderr}");
+    assert!(
+        !stderr.contains("_state") && !stderr.contains("?"),
+        "a URL query in the warning: {stderr}"
+    );
     let puts: Vec<Seen> = proxy
         .matching("PUT", "/blobs/uploads/")
         .into_iter()
@@ -1136,4 +1143,119 @@ fn pull_resumes_after_a_stall_longer_than_the_read_timeout() {
     let gets = proxy.matching("GET", &blob_path_of(&digest));
     assert_eq!(gets.len(), 2, "{gets:#?}");
     assert!(range_start(&gets[1]).is_some_and(|n| n > 0));
+}
+
+// --- Issue #12: slow registries, missing push access ------------------------------------------
+
+/// `oras-fs pull REF -o OUT --no-tty` with a low-speed limit of 20 kB/s over 2 s.
+fn pull_with_speed_limit(reference: &str, out: &Path) -> Output {
+    let mut cmd = oras_fs_cmd([
+        OsStr::new("pull"),
+        OsStr::new(reference),
+        OsStr::new("-o"),
+        out.as_os_str(),
+        OsStr::new("--no-tty"),
+    ]);
+    cmd.env("ORAS_FS_SPEED_LIMIT", "20000/2");
+    run(&mut cmd)
+}
+
+/// A registry that sends a byte now and then (never slow enough for the read timeout) is
+/// given up on after the low-speed window, and the download resumes where it stopped.
+#[test]
+fn pull_resumes_after_a_trickle_below_the_speed_limit() {
+    let repo = unique_repo("fault-pull-trickle");
+    let data = random_bytes(&repo, MIB);
+    push_direct(&repo, "v1", &[("data.bin", &data)]);
+    let digest = sha256_bytes(&data);
+    let proxy = FaultProxy::start(&registry());
+    proxy.add(
+        Rule::new(
+            "GET",
+            &blob_path_of(&digest),
+            Fault::Trickle(200_000, Duration::from_millis(300)),
+        )
+        .once(),
+    );
+    let out_dir = temp_dir();
+    let started = Instant::now();
+    let out = pull_with_speed_limit(&proxy.reference(&repo, "v1"), out_dir.path());
+    assert_ok(&out);
+    let elapsed = started.elapsed();
+    assert_eq!(read_file(&out_dir.path().join("data.bin")), data);
+    assert!(elapsed < Duration::from_secs(20), "took {elapsed:?}");
+    assert!(
+        stderr_of(&out).contains("low-speed limit"),
+        "{}",
+        describe(&out)
+    );
+    let gets = proxy.matching("GET", &blob_path_of(&digest));
+    assert_eq!(gets.len(), 2, "{gets:#?}");
+    assert!(
+        range_start(&gets[1]).is_some_and(|n| n >= 200_000),
+        "{gets:#?}"
+    );
+}
+
+/// A registry that always trickles fails the pull in bounded time, with a clear error, and
+/// nothing is left behind.
+#[test]
+fn pull_from_a_registry_that_always_trickles_fails_in_bounded_time() {
+    let repo = unique_repo("fault-pull-trickles");
+    let data = random_bytes(&repo, 300_000);
+    push_direct(&repo, "v1", &[("data.bin", &data)]);
+    let digest = sha256_bytes(&data);
+    let proxy = FaultProxy::start(&registry());
+    proxy.add(Rule::new(
+        "GET",
+        &blob_path_of(&digest),
+        Fault::Trickle(0, Duration::from_millis(300)),
+    ));
+    let out_dir = temp_dir();
+    let started = Instant::now();
+    let out = pull_with_speed_limit(&proxy.reference(&repo, "v1"), out_dir.path());
+    let elapsed = started.elapsed();
+    let stderr = assert_fails(&out, "low-speed limit");
+    eprintln!("always trickling: {}", stderr.trim());
+    assert!(stderr.contains("gave up after"), "{stderr}");
+    assert!(elapsed < Duration::from_secs(40), "took {elapsed:?}");
+    assert_eq!(list_dir(out_dir.path()), Vec::<String>::new());
+}
+
+/// Credentials that may pull but not push: the error says so, names the repository, and
+/// the push is not retried.
+#[test]
+fn push_without_push_access_says_so_and_is_not_retried() {
+    let repo = unique_repo("fault-push-scope");
+    let src = temp_dir();
+    write_file(&src.path().join("a.txt"), format!("scope {repo}"));
+    for (creds, who) in [
+        (
+            Some(("reader", "reader-pass")),
+            "the credentials lack push access",
+        ),
+        (None, "anonymous access lacks push access"),
+    ] {
+        let proxy = FaultProxy::start_bearer(&registry(), creds);
+        proxy.grant_pull_only();
+        let r = proxy.reference(&repo, "v1");
+        let mut args = vec!["push", r.as_str(), "a.txt", "--no-tty"];
+        if let Some((u, p)) = creds {
+            args.extend(["-u", u, "-p", p]);
+        }
+        let out = oras_fs_in(src.path(), args);
+        let stderr = assert_fails(&out, who);
+        eprintln!("without push access: {}", stderr.trim());
+        assert!(stderr.contains(&format!("{who} to {repo}")), "{stderr}");
+        assert!(!stderr.contains("check the credentials"), "{stderr}");
+        assert!(!stderr.contains("again"), "retried: {stderr}");
+        proxy.settle(Duration::from_secs(5));
+        let posts = proxy.matching("POST", "/blobs/uploads/");
+        assert!(
+            posts.len() <= 2,
+            "{} upload requests: {posts:#?}",
+            posts.len()
+        );
+        assert_eq!(tag_status(&repo, "v1"), 404);
+    }
 }

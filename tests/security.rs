@@ -514,3 +514,55 @@ fn tls_is_verified_unless_insecure() {
         format!("tls {repo}").as_bytes()
     );
 }
+
+/// TLS errors read as one sentence, and hints name only flags the user gave: plain HTTP
+/// chosen for localhost by default is not "--plain-http".
+#[test]
+fn tls_errors_read_well_and_hint_only_at_flags_given() {
+    let reg = ExtraRegistry::start("sec-tls-hints", &["--tls"]);
+    let ca = reg.ca.clone().expect("a CA for the TLS registry");
+    let repo = unique_repo("sec-tls-hints");
+    let r = reg.reference(&repo, "v1");
+    let tmp = temp_dir();
+    write_file(&tmp.path().join("f.txt"), format!("tls {repo}"));
+    assert_ok(&oras_fs_in(
+        tmp.path(),
+        [
+            "push",
+            r.as_str(),
+            "f.txt",
+            "--no-tty",
+            "--ca-file",
+            ca.to_str().unwrap(),
+        ],
+    ));
+    let out_dir = tmp.path().join("out");
+    let pull = |extra: &[&str]| {
+        let mut args = vec![
+            "pull",
+            r.as_str(),
+            "-o",
+            out_dir.to_str().unwrap(),
+            "--no-tty",
+        ];
+        args.extend_from_slice(extra);
+        oras_fs(args)
+    };
+    let other = unrelated_ca(tmp.path());
+    let stderr = assert_fails(
+        &pull(&["--ca-file", other.to_str().unwrap()]),
+        "certificate",
+    );
+    assert!(!stderr.contains("  "), "a run of spaces: {stderr:?}");
+
+    // 127.0.0.1 without TLS flags: plain HTTP by default, which the user did not ask for.
+    let stderr = assert_fails(&pull(&[]), "HTTPS");
+    eprintln!("plain HTTP by default: {}", stderr.trim());
+    assert!(!stderr.contains("--plain-http"), "{stderr}");
+    assert!(stderr.contains("--ca-file"), "{stderr}");
+
+    let stderr = assert_fails(&pull(&["--plain-http"]), "HTTPS");
+    eprintln!("--plain-http: {}", stderr.trim());
+    assert!(stderr.contains("drop --plain-http"), "{stderr}");
+    assert!(!out_dir.join("f.txt").exists());
+}

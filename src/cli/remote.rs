@@ -7,7 +7,7 @@ use std::time::Duration;
 use clap::Args;
 use oras_fs::auth::{self, Credential, CredentialSource};
 use oras_fs::reference::Reference;
-use oras_fs::registry::{Access, Client, ClientOptions, Repository, Request};
+use oras_fs::registry::{Access, Client, ClientOptions, Repository, Request, SpeedLimit};
 use oras_fs::{Error, Result};
 
 #[derive(Args, Debug, Clone, Default)]
@@ -68,9 +68,10 @@ impl RemoteArgs {
 
     /// Client options for a registry; localhost speaks plain HTTP unless told otherwise.
     pub fn client_options(&self, registry_is_localhost: bool) -> Result<ClientOptions> {
+        let plain_by_default = registry_is_localhost && self.ca_file.is_empty() && !self.insecure;
         Ok(ClientOptions {
-            plain_http: self.plain_http
-                || (registry_is_localhost && self.ca_file.is_empty() && !self.insecure),
+            plain_http: self.plain_http || plain_by_default,
+            plain_http_by_default: !self.plain_http && plain_by_default,
             insecure: self.insecure,
             ca_files: self.ca_file.clone(),
             credentials: CredentialSource {
@@ -79,6 +80,7 @@ impl RemoteArgs {
             },
             retry: Default::default(),
             timeout: Some(Duration::from_secs(30)),
+            speed_limit: SpeedLimit::from_env()?,
         })
     }
 

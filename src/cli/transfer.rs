@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use clap::Args;
-use oras_fs::content::file::{FileStore, FileStoreOptions};
+use oras_fs::content::file::{FileStore, FileStoreOptions, UnpackLimit};
 use oras_fs::manifest::{media_type, Annotations, Descriptor};
 use oras_fs::oras::{self, CopyOptions, FileLayer, LayerFilter, PackOptions};
 use oras_fs::{Error, Result};
@@ -270,6 +270,10 @@ pub struct PullArgs {
     /// Also write the config blob to this file.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// Most a directory layer may unpack to (e.g. 10G, or `unlimited`). Default: 32 times
+    /// its compressed size, at least 256M, which stops gzip bombs.
+    #[arg(long, value_name = "SIZE", value_parser = parse_unpack_limit)]
+    pub max_unpacked_size: Option<UnpackLimit>,
     /// Blobs downloaded at once.
     #[arg(long, default_value_t = oras::DEFAULT_CONCURRENCY)]
     pub concurrency: usize,
@@ -280,6 +284,16 @@ pub struct PullArgs {
     pub no_tty: bool,
     #[command(flatten)]
     pub target: TargetArgs,
+}
+
+/// `--max-unpacked-size`: a size, or `unlimited`.
+fn parse_unpack_limit(s: &str) -> std::result::Result<UnpackLimit, String> {
+    if s.eq_ignore_ascii_case("unlimited") {
+        return Ok(UnpackLimit::Unlimited);
+    }
+    super::mount::parse_size(s)
+        .map(UnpackLimit::Bytes)
+        .map_err(|e| format!("{e}, or `unlimited`"))
 }
 
 pub async fn pull(args: PullArgs) -> Result<()> {
@@ -295,6 +309,7 @@ pub async fn pull(args: PullArgs) -> Result<()> {
             allow_path_traversal: args.allow_path_traversal,
             keep_old_files: args.keep_old_files,
             reproducible: false,
+            max_unpacked_size: args.max_unpacked_size.unwrap_or(UnpackLimit::Auto),
         },
     );
     let filter = LayerFilter {

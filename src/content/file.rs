@@ -26,6 +26,44 @@ pub struct FileStoreOptions {
     pub keep_old_files: bool,
     /// Pack directories with fixed metadata (mtime 0, uid/gid 0) for reproducible digests.
     pub reproducible: bool,
+    /// How much a directory layer may unpack to (its uncompressed tar stream).
+    pub max_unpacked_size: UnpackLimit,
+}
+
+/// A bound on what one directory layer unpacks to, counted as the bytes of its uncompressed
+/// tar stream (file contents plus tar headers): a gzip bomb of 1 MB can hold 1 GiB.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum UnpackLimit {
+    /// No bound (the library default: callers that take untrusted layers choose one).
+    #[default]
+    Unlimited,
+    /// At most this many bytes.
+    Bytes(u64),
+    /// `pull`'s default: [`AUTO_UNPACK_RATIO`] times the compressed size, at least
+    /// [`AUTO_UNPACK_FLOOR`].
+    Auto,
+}
+
+/// Real directories compress 2-10x (text, source, logs); 32x leaves room for very redundant
+/// ones, while a gzip bomb (~1000x) stops after writing 32 times what it cost to download.
+pub const AUTO_UNPACK_RATIO: u64 = 32;
+/// Small layers of very redundant content (zero-filled fixtures) unpack up to this much; a
+/// 1 MB bomb of 1 GiB stops here.
+pub const AUTO_UNPACK_FLOOR: u64 = 256 << 20;
+
+impl UnpackLimit {
+    /// The bound for a layer of `compressed` bytes; `None`: unbounded.
+    pub fn for_layer(self, compressed: u64) -> Option<u64> {
+        match self {
+            UnpackLimit::Unlimited => None,
+            UnpackLimit::Bytes(n) => Some(n),
+            UnpackLimit::Auto => Some(
+                compressed
+                    .saturating_mul(AUTO_UNPACK_RATIO)
+                    .max(AUTO_UNPACK_FLOOR),
+            ),
+        }
+    }
 }
 
 pub struct FileStore {
@@ -343,11 +381,26 @@ impl<W: Write> Write for HashingWriter<W> {
 struct HashingReader<R> {
     inner: R,
     digester: Digester,
+    /// Bytes read so far.
+    total: u64,
+    /// Fail reads that would go past this many bytes (a gzip bomb).
+    limit: Option<u64>,
+}
+
+impl<R: Read> HashingReader<R> {
+    fn over_limit(&self) -> bool {
+        self.limit.is_some_and(|l| self.total > l)
+    }
 }
 
 impl<R: Read> Read for HashingReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let n = self.inner.read(buf)?;
+        self.total += n as u64;
+        if self.over_limit() {
+            // The caller tells this apart from other I/O errors with `over_limit`.
+            return Err(std::io::Error::other("unpack limit reached"));
+        }
         self.digester.update(&buf[..n]);
         Ok(n)
     }
@@ -435,20 +488,69 @@ pub fn unpack_directory(
         .tempdir_in(parent)
         .ctx(|| format!("creating a temporary directory in {}", parent.display()))?;
     let file = std::fs::File::open(tgz).ctx(|| "reading the downloaded layer".into())?;
+    let limit = opts.max_unpacked_size.for_layer(desc.size);
     let mut reader = HashingReader {
         inner: flate2::read::GzDecoder::new(std::io::BufReader::with_capacity(IO_CHUNK, file)),
         digester: Digester::sha256(),
+        total: 0,
+        limit,
     };
+    // Errors past the limit say so, whatever the tar reader made of the failed read.
+    let result = unpack_checked(&mut reader, staging.path(), &title, opts);
+    if reader.over_limit() {
+        return Err(Error::UnpackTooLarge {
+            title,
+            limit: limit.unwrap_or_default(),
+        });
+    }
+    result?;
+    if let Some(want) = desc.annotation(annotation::CONTENT_DIGEST) {
+        let want: Digest = want.parse()?;
+        reader.digester.check(&want)?;
+    }
+    // Move the unpacked tree into place only now that everything checked out.
+    let base = Path::new(&title);
+    let unpacked_root = staging.path().join(base);
+    let src = if unpacked_root.exists() {
+        unpacked_root
+    } else {
+        staging.path().to_path_buf()
+    };
+    if std::fs::symlink_metadata(dest).is_ok() {
+        if opts.keep_old_files {
+            return Err(Error::FileExists {
+                path: dest.to_path_buf(),
+            });
+        }
+        let old = staging.path().join(".oras-fs-old");
+        std::fs::rename(dest, &old).ctx(|| format!("replacing {}", dest.display()))?;
+    }
+    std::fs::rename(&src, dest)
+        .ctx(|| format!("moving the unpacked {} into place", dest.display()))?;
+    Ok(())
+}
+
+/// Unpacks the tar `reader` yields into `staging`, checking every entry, and reads the
+/// reader to its end (the caller checks its digest).
+fn unpack_checked<R: Read>(
+    reader: &mut HashingReader<R>,
+    staging: &Path,
+    title: &str,
+    opts: &FileStoreOptions,
+) -> Result<()> {
     let bad = |reason: String| Error::UnsafePath {
-        path: title.clone(),
+        path: title.to_string(),
         reason,
     };
     // Paths of the symlinks unpacked so far: no later entry may lead through one of them.
     let mut links: std::collections::HashSet<PathBuf> = std::collections::HashSet::new();
     {
-        let mut archive = tar::Archive::new(&mut reader);
+        let mut archive = tar::Archive::new(&mut *reader);
         archive.set_overwrite(true);
-        archive.set_preserve_permissions(true);
+        // Modes as a plain `tar x` by a user gives them: permission bits only (never setuid,
+        // setgid or sticky from an untrusted archive, even as root), less the umask.
+        archive.set_preserve_permissions(false);
+        archive.set_mask(umask());
         for entry in archive
             .entries()
             .ctx(|| format!("reading the tar of {title}"))?
@@ -493,36 +595,12 @@ pub fn unpack_directory(
                 }
             }
             entry
-                .unpack_in(staging.path())
+                .unpack_in(staging)
                 .ctx(|| format!("unpacking {} of {title}", path.display()))?;
         }
     }
     // The tar may end with padding the archive reader did not consume: hash it too.
-    std::io::copy(&mut reader, &mut std::io::sink())
-        .ctx(|| format!("reading the tar of {title}"))?;
-    if let Some(want) = desc.annotation(annotation::CONTENT_DIGEST) {
-        let want: Digest = want.parse()?;
-        reader.digester.check(&want)?;
-    }
-    // Move the unpacked tree into place only now that everything checked out.
-    let base = Path::new(&title);
-    let unpacked_root = staging.path().join(base);
-    let src = if unpacked_root.exists() {
-        unpacked_root
-    } else {
-        staging.path().to_path_buf()
-    };
-    if std::fs::symlink_metadata(dest).is_ok() {
-        if opts.keep_old_files {
-            return Err(Error::FileExists {
-                path: dest.to_path_buf(),
-            });
-        }
-        let old = staging.path().join(".oras-fs-old");
-        std::fs::rename(dest, &old).ctx(|| format!("replacing {}", dest.display()))?;
-    }
-    std::fs::rename(&src, dest)
-        .ctx(|| format!("moving the unpacked {} into place", dest.display()))?;
+    std::io::copy(reader, &mut std::io::sink()).ctx(|| format!("reading the tar of {title}"))?;
     Ok(())
 }
 
@@ -613,6 +691,112 @@ mod tests {
             assert!(safe_join(root, bad, false).is_err(), "{bad:?}");
         }
         assert!(safe_join(root, "../x", true).is_ok());
+    }
+
+    /// A tar+gzip of `entries` (path, mode, content; a path ending in '/' is a directory) in
+    /// `dir`, and a descriptor titled `title` for it.
+    fn tgz(dir: &Path, title: &str, entries: &[(&str, u32, &[u8])]) -> (PathBuf, Descriptor) {
+        let path = dir.join("layer.tar.gz");
+        let gz = flate2::write::GzEncoder::new(
+            std::fs::File::create(&path).unwrap(),
+            flate2::Compression::default(),
+        );
+        let mut b = tar::Builder::new(gz);
+        for (name, mode, data) in entries {
+            let mut h = tar::Header::new_gnu();
+            h.set_mode(*mode);
+            if name.ends_with('/') {
+                h.set_entry_type(tar::EntryType::Directory);
+                h.set_size(0);
+                b.append_data(&mut h, name, std::io::empty()).unwrap();
+            } else {
+                h.set_size(data.len() as u64);
+                b.append_data(&mut h, name, *data).unwrap();
+            }
+        }
+        b.into_inner().unwrap().finish().unwrap();
+        let size = std::fs::metadata(&path).unwrap().len();
+        let mut desc = Descriptor::new(media_type::DIRECTORY_LAYER, Digest::of(b""), size);
+        desc.set_annotation(annotation::TITLE, title);
+        (path, desc)
+    }
+
+    fn mode_of(p: &Path) -> u32 {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o7777
+    }
+
+    #[test]
+    fn unpacking_never_makes_setuid_setgid_or_sticky_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let (tgz, desc) = tgz(
+            dir.path(),
+            "d",
+            &[
+                ("d/", 0o7777, b""),
+                ("d/suid", 0o4777, b"#!/bin/sh\n"),
+                ("d/sgid", 0o2755, b"x"),
+                ("d/sticky/", 0o1777, b""),
+                ("d/plain", 0o640, b"y"),
+            ],
+        );
+        let out = dir.path().join("out");
+        std::fs::create_dir(&out).unwrap();
+        let dest = out.join("d");
+        unpack_directory(&tgz, &dest, &desc, &FileStoreOptions::default()).unwrap();
+        let mask = !umask();
+        assert_eq!(mode_of(&dest), 0o777 & mask);
+        assert_eq!(mode_of(&dest.join("suid")), 0o777 & mask);
+        assert_eq!(mode_of(&dest.join("sgid")), 0o755 & mask);
+        assert_eq!(mode_of(&dest.join("sticky")), 0o777 & mask);
+        assert_eq!(mode_of(&dest.join("plain")), 0o640 & mask);
+    }
+
+    #[test]
+    fn unpacking_stops_at_the_limit_and_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let zeros = vec![0u8; 4 << 20];
+        let (tgz, desc) = tgz(dir.path(), "bomb", &[("bomb/zeros", 0o644, &zeros)]);
+        assert!(desc.size < 64 << 10, "{} bytes compressed", desc.size);
+        let out = dir.path().join("out");
+        std::fs::create_dir(&out).unwrap();
+        let dest = out.join("bomb");
+        let opts = FileStoreOptions {
+            max_unpacked_size: UnpackLimit::Bytes(1 << 20),
+            ..Default::default()
+        };
+        let err = unpack_directory(&tgz, &dest, &desc, &opts).unwrap_err();
+        match &err {
+            Error::UnpackTooLarge { title, limit } => {
+                assert_eq!((title.as_str(), *limit), ("bomb", 1 << 20))
+            }
+            e => panic!("not the limit: {e}"),
+        }
+        assert!(err.to_string().contains("--max-unpacked-size"), "{err}");
+        assert_eq!(std::fs::read_dir(&out).unwrap().count(), 0, "leftovers");
+
+        // Just above what the tar holds: unpacked in full.
+        let opts = FileStoreOptions {
+            max_unpacked_size: UnpackLimit::Bytes((4 << 20) + 4096),
+            ..Default::default()
+        };
+        unpack_directory(&tgz, &dest, &desc, &opts).unwrap();
+        assert_eq!(std::fs::read(dest.join("zeros")).unwrap(), zeros);
+    }
+
+    #[test]
+    fn the_automatic_unpack_limit_is_a_multiple_with_a_floor() {
+        assert_eq!(UnpackLimit::Unlimited.for_layer(1 << 20), None);
+        assert_eq!(UnpackLimit::Bytes(5).for_layer(1 << 20), Some(5));
+        assert_eq!(
+            UnpackLimit::Auto.for_layer(1 << 20),
+            Some(AUTO_UNPACK_FLOOR)
+        );
+        assert_eq!(
+            UnpackLimit::Auto.for_layer(1 << 30),
+            Some(AUTO_UNPACK_RATIO << 30)
+        );
+        assert_eq!(UnpackLimit::Auto.for_layer(u64::MAX), Some(u64::MAX));
     }
 
     #[test]

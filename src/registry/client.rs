@@ -42,10 +42,85 @@ impl RetryPolicy {
     }
 }
 
+/// The low-speed limit of a download attempt, as curl's `--speed-limit`/`--speed-time`: an
+/// attempt that receives fewer than `bytes_per_sec` on average over `window` of waiting for
+/// the network fails, and the download resumes on a new connection. The read timeout alone
+/// lets a registry that sends a byte now and then hold a download forever.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SpeedLimit {
+    /// 0: no limit.
+    pub bytes_per_sec: u64,
+    pub window: Duration,
+}
+
+impl Default for SpeedLimit {
+    /// 1 KiB/s over 30 s: far below any usable link (even 16 downloads sharing 128 kbit/s
+    /// get 1 KiB/s each), so only a registry that has all but stopped trips it.
+    fn default() -> Self {
+        SpeedLimit {
+            bytes_per_sec: 1024,
+            window: Duration::from_secs(30),
+        }
+    }
+}
+
+impl SpeedLimit {
+    /// `BYTES_PER_SEC/SECONDS`, or `off`.
+    pub const ENV: &'static str = "ORAS_FS_SPEED_LIMIT";
+
+    pub fn off() -> Self {
+        SpeedLimit {
+            bytes_per_sec: 0,
+            window: Duration::ZERO,
+        }
+    }
+
+    pub fn is_off(&self) -> bool {
+        self.bytes_per_sec == 0 || self.window.is_zero()
+    }
+
+    /// The fewest bytes a full window must bring.
+    pub fn min_bytes(&self) -> u64 {
+        (self.bytes_per_sec as f64 * self.window.as_secs_f64()) as u64
+    }
+
+    /// Parses `BYTES_PER_SEC/SECONDS` (e.g. `1024/30`, seconds may be fractional) or `off`.
+    pub fn parse(s: &str) -> Result<Self> {
+        if s.trim().eq_ignore_ascii_case("off") {
+            return Ok(SpeedLimit::off());
+        }
+        let bad = || {
+            Error::Usage(format!(
+                "{}={s:?}: expected BYTES_PER_SEC/SECONDS (e.g. 1024/30) or off",
+                Self::ENV
+            ))
+        };
+        let (rate, secs) = s.split_once('/').ok_or_else(bad)?;
+        let bytes_per_sec = rate.trim().parse().map_err(|_| bad())?;
+        let secs: f64 = secs.trim().parse().map_err(|_| bad())?;
+        let window = Duration::try_from_secs_f64(secs).map_err(|_| bad())?;
+        Ok(SpeedLimit {
+            bytes_per_sec,
+            window,
+        })
+    }
+
+    /// The limit `ORAS_FS_SPEED_LIMIT` sets, else the default.
+    pub fn from_env() -> Result<Self> {
+        match std::env::var(Self::ENV) {
+            Ok(v) if !v.trim().is_empty() => Self::parse(&v),
+            _ => Ok(SpeedLimit::default()),
+        }
+    }
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct ClientOptions {
     /// Speak HTTP instead of HTTPS. The CLI sets it for `--plain-http` and for localhost.
     pub plain_http: bool,
+    /// `plain_http` was chosen because the registry is on localhost, not by `--plain-http`:
+    /// hints must not tell the user to drop a flag they never gave.
+    pub plain_http_by_default: bool,
     /// Accept any TLS certificate.
     pub insecure: bool,
     /// Extra trusted CA certificates (PEM).
@@ -54,6 +129,8 @@ pub struct ClientOptions {
     pub retry: RetryPolicy,
     /// Timeout for connecting, and for a stalled read of a response.
     pub timeout: Option<Duration>,
+    /// When a download attempt is too slow to go on with.
+    pub speed_limit: SpeedLimit,
 }
 
 /// What a request needs the token to allow.
@@ -171,6 +248,10 @@ impl Client {
         &self.options.retry
     }
 
+    pub fn speed_limit(&self) -> SpeedLimit {
+        self.options.speed_limit
+    }
+
     /// `https://host/v2/<path>`.
     pub fn url(&self, path: &str) -> Url {
         self.base
@@ -182,11 +263,15 @@ impl Client {
     /// the upload would carry our credentials there.
     pub fn upload_url(&self, location: &str) -> Result<Url> {
         let url = self.base.join(location).map_err(|e| {
-            Error::Protocol(format!("upload location {location:?} is not a URL: {e}"))
+            Error::Protocol(format!(
+                "upload location {:?} is not a URL: {e}",
+                location.split('?').next().unwrap_or_default()
+            ))
         })?;
         if url.origin() != self.base.origin() {
             return Err(Error::Protocol(format!(
-                "upload location {url} is on another origin than {}; refusing to send data there",
+                "upload location {} is on another origin than {}; refusing to send data there",
+                redact(&url),
                 self.base
             )));
         }
@@ -268,9 +353,48 @@ impl Client {
             if let Some(s) = &scope {
                 self.tokens.forget(s);
             }
+            if let (Some(repository), true) = (req.repository, insufficient_scope(&resp)) {
+                return Err(self.insufficient_scope(repository, req.access).await);
+            }
             return Err(self.unauthorized(""));
         }
         Ok(resp)
+    }
+
+    /// A fresh token was refused with `insufficient_scope`: the credentials are good but may
+    /// not do this, and no retry will change that.
+    async fn insufficient_scope(&self, repository: &str, access: Access) -> Error {
+        let access = match access {
+            Access::Pull => "pull",
+            Access::Push => "push",
+            Access::Delete => "delete",
+        };
+        let anonymous = matches!(self.credential().await, Ok(None));
+        let (who, hint) = if anonymous {
+            (
+                "anonymous access lacks",
+                format!(
+                    "log in with credentials that may {access} there (`oras-fs login {}`)",
+                    self.host
+                ),
+            )
+        } else {
+            (
+                "the credentials lack",
+                format!(
+                    "use credentials that may {access} there (`oras-fs login {}`, or \
+                     -u/--password-stdin)",
+                    self.host
+                ),
+            )
+        };
+        Error::InsufficientScope {
+            who,
+            registry: self.host.clone(),
+            repository: repository.to_string(),
+            access,
+            hint,
+        }
     }
 
     /// Sends a request whose body cannot be replayed (a streamed upload). Call it after a
@@ -295,6 +419,9 @@ impl Client {
         }
         let resp = self.execute(rb, &method, &url).await?;
         if resp.status() == StatusCode::UNAUTHORIZED {
+            if insufficient_scope(&resp) {
+                return Err(self.insufficient_scope(repository, Access::Push).await);
+            }
             // A token that expired mid-upload: forget it so the caller's retry gets a new one.
             self.tokens.forget(&scope);
             return Err(self.unauthorized(" (during an upload; the token may have expired)"));
@@ -333,7 +460,11 @@ impl Client {
         Ok(resp)
     }
 
-    pub(crate) fn connect_error(&self, source: reqwest::Error) -> Error {
+    pub(crate) fn connect_error(&self, mut source: reqwest::Error) -> Error {
+        // reqwest's message names the URL: an upload's carries the registry's `_state` token.
+        if let Some(url) = source.url_mut() {
+            strip_url(url);
+        }
         let hint = if source.is_connect() {
             if self.options.plain_http {
                 "; is the registry running at this address?"
@@ -356,7 +487,8 @@ impl Client {
         {
             // Not transient: retrying will not change the certificate.
             return Error::Tls(format!(
-                "cannot verify the certificate of {}: {}; trust its CA with --ca-file FILE, or skip                  verification with --insecure",
+                "cannot verify the certificate of {}: {}; trust its CA with --ca-file FILE, or \
+                 skip verification with --insecure",
                 self.host,
                 innermost(&source)
             ));
@@ -372,6 +504,17 @@ impl Client {
                 registry: self.host.clone(),
                 source,
             }
+        }
+    }
+
+    /// What to do when plain HTTP reached an HTTPS registry, by how plain HTTP was chosen.
+    fn https_hint(&self) -> &'static str {
+        if self.options.plain_http_by_default {
+            " (the registry speaks HTTPS, and oras-fs speaks plain HTTP to localhost unless told \
+             otherwise: trust its CA with --ca-file FILE, or skip verification with --insecure)"
+        } else {
+            " (the registry speaks HTTPS: drop --plain-http, and use --ca-file or --insecure for \
+             a private CA)"
         }
     }
 
@@ -435,8 +578,22 @@ impl Client {
         service: Option<&str>,
         scope: Option<&str>,
     ) -> Result<String> {
-        let mut url = Url::parse(realm)
-            .map_err(|e| Error::Protocol(format!("token realm {realm:?} is not a URL: {e}")))?;
+        let mut url = Url::parse(realm).map_err(|e| {
+            Error::Protocol(format!(
+                "token realm {:?} is not a URL: {e}",
+                realm.split('?').next().unwrap_or_default()
+            ))
+        })?;
+        let realm = &redact(&url);
+        // A registry reached over TLS that sends us to a plain-HTTP token service would get
+        // our credentials (and its tokens) sent in cleartext.
+        if self.base.scheme() == "https" && url.scheme() != "https" && !self.options.insecure {
+            return Err(Error::Protocol(format!(
+                "{} is HTTPS but its token service {realm} is plain HTTP; refusing to send \
+                 credentials there in cleartext (--insecure allows it)",
+                self.host
+            )));
+        }
         let credential = self.credential().await?;
         let rb = match &credential {
             Some(Credential::IdentityToken(refresh)) => {
@@ -514,7 +671,7 @@ impl Client {
             let bare_400 =
                 text.is_empty() && status == StatusCode::BAD_REQUEST && self.options.plain_http;
             if bare_400 || text.contains("HTTP request to an HTTPS server") {
-                detail.push_str(" (the registry speaks HTTPS: drop --plain-http, and use --ca-file or --insecure for a private CA)");
+                detail.push_str(self.https_hint());
             }
         }
         if detail.contains("DIGEST_INVALID") {
@@ -541,6 +698,31 @@ impl Client {
             },
         }
     }
+}
+
+/// A URL as messages may show it: no query (upload URLs carry the registry's `_state`
+/// token, token URLs scopes and secrets), no fragment, no user or password.
+pub fn redact(url: &Url) -> String {
+    let mut url = url.clone();
+    strip_url(&mut url);
+    url.to_string()
+}
+
+fn strip_url(url: &mut Url) {
+    url.set_query(None);
+    url.set_fragment(None);
+    let _ = url.set_username("");
+    let _ = url.set_password(None);
+}
+
+/// Whether a 401 says `error="insufficient_scope"`.
+fn insufficient_scope(resp: &Response) -> bool {
+    resp.headers()
+        .get_all(WWW_AUTHENTICATE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .filter_map(parse_challenge)
+        .any(|c| c.insufficient_scope())
 }
 
 fn innermost(e: &(dyn std::error::Error + 'static)) -> String {
@@ -629,5 +811,128 @@ fn registry_error_detail(body: &[u8]) -> String {
             format!(": {}", items.join("; "))
         }
         _ => String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+
+    fn with_password(insecure: bool) -> ClientOptions {
+        ClientOptions {
+            insecure,
+            credentials: CredentialSource {
+                explicit: Some(Credential::Basic {
+                    username: "u".into(),
+                    password: "secret-password".into(),
+                }),
+                config_file: None,
+            },
+            ..Default::default()
+        }
+    }
+
+    /// Answers one token request on `listener`; returns the request head it read.
+    fn token_server(listener: std::net::TcpListener) -> std::thread::JoinHandle<String> {
+        std::thread::spawn(move || {
+            listener.set_nonblocking(false).unwrap();
+            let (mut s, _) = listener.accept().unwrap();
+            let mut head = Vec::new();
+            let mut b = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && s.read(&mut b).unwrap() == 1 {
+                head.push(b[0]);
+            }
+            let body = r#"{"token":"t"}"#;
+            let _ = write!(
+                s,
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            String::from_utf8_lossy(&head).into_owned()
+        })
+    }
+
+    #[tokio::test]
+    async fn a_tls_registry_cannot_send_credentials_to_a_plain_http_token_realm() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let realm = format!("http://{}/token?x=1", listener.local_addr().unwrap());
+        let challenge = || {
+            Some(Challenge::Bearer {
+                realm: realm.clone(),
+                service: None,
+                scope: None,
+                error: None,
+            })
+        };
+        let client = Client::new("registry.invalid", with_password(false)).unwrap();
+        client.learn(challenge()).await.unwrap();
+        let err = client
+            .authorization(Some("repository:a:pull"), true)
+            .await
+            .unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("plain HTTP") && text.contains("--insecure"),
+            "{text}"
+        );
+        assert!(!text.contains("x=1"), "{text}");
+        assert_eq!(
+            listener.accept().unwrap_err().kind(),
+            std::io::ErrorKind::WouldBlock,
+            "the token service was contacted"
+        );
+
+        // --insecure: the user accepted an unsafe network.
+        let server = token_server(listener);
+        let client = Client::new("registry.invalid", with_password(true)).unwrap();
+        client.learn(challenge()).await.unwrap();
+        let auth = client
+            .authorization(Some("repository:a:pull"), true)
+            .await
+            .unwrap();
+        assert_eq!(auth, Some(bearer_header("t")));
+        assert!(server.join().unwrap().contains("Basic "));
+    }
+
+    #[test]
+    fn speed_limits_parse() {
+        let l = SpeedLimit::parse("1000/2.5").unwrap();
+        assert_eq!(
+            (l.bytes_per_sec, l.window),
+            (1000, Duration::from_millis(2500))
+        );
+        assert_eq!(l.min_bytes(), 2500);
+        assert!(SpeedLimit::parse("off").unwrap().is_off());
+        for bad in ["1000", "x/2", "1/-1", ""] {
+            assert!(SpeedLimit::parse(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(SpeedLimit::default().min_bytes(), 30 * 1024);
+    }
+
+    #[test]
+    fn redacted_urls_keep_no_query_or_user() {
+        let url =
+            Url::parse("https://u:p@reg:5000/v2/r/blobs/uploads/x?_state=abc&digest=d#f").unwrap();
+        assert_eq!(redact(&url), "https://reg:5000/v2/r/blobs/uploads/x");
+    }
+
+    #[tokio::test]
+    async fn connection_errors_do_not_show_the_upload_state() {
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let client = Client::new(&format!("127.0.0.1:{port}"), ClientOptions::default()).unwrap();
+        let url = format!("http://127.0.0.1:{port}/v2/r/blobs/uploads/u?_state=SECRETSTATE");
+        let e = client.http.put(&url).send().await.unwrap_err();
+        assert!(
+            e.to_string().contains("SECRETSTATE"),
+            "reqwest changed: {e}"
+        );
+        let text = client.connect_error(e).to_string();
+        assert!(!text.contains("SECRETSTATE"), "{text}");
+        assert!(text.contains("/v2/r/blobs/uploads/u"), "{text}");
     }
 }

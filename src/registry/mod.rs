@@ -4,6 +4,7 @@ pub mod client;
 mod tls;
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -13,7 +14,7 @@ use reqwest::header::{
 };
 use reqwest::{Method, Response, StatusCode};
 
-pub use client::{Access, Client, ClientOptions, Request, RetryPolicy};
+pub use client::{Access, Client, ClientOptions, Request, RetryPolicy, SpeedLimit};
 
 use crate::content::{ByteStream, OpenContent, Target, Upload};
 use crate::digest::Digest;
@@ -136,9 +137,32 @@ impl Repository {
             // Where the last failure happened: a connection that delivered a good stretch
             // since then starts the count of failures afresh.
             let mut failed_at = start;
+            let limit = repo.client.speed_limit();
+            // The low-speed window: time spent waiting for the network (not for the
+            // consumer) since it began, and the bytes that time brought.
+            let (mut waited, mut got) = (Duration::ZERO, 0u64);
             loop {
-                let err = match resp.chunk().await {
-                    Ok(Some(mut chunk)) => {
+                let asked = Instant::now();
+                let next = if limit.is_off() {
+                    Some(resp.chunk().await)
+                } else {
+                    // `chunk` is cancel-safe: a timeout loses no bytes.
+                    let left = limit.window.saturating_sub(waited);
+                    tokio::time::timeout(left, resp.chunk()).await.ok()
+                };
+                waited += asked.elapsed();
+                if let Some(Ok(Some(chunk))) = &next {
+                    got += chunk.len() as u64;
+                }
+                let slow = !limit.is_off() && waited >= limit.window && got < limit.min_bytes();
+                if !limit.is_off() && waited >= limit.window && !slow {
+                    (waited, got) = (Duration::ZERO, 0);
+                }
+                let err = match next {
+                    // The window is not over yet, or it brought enough.
+                    None if !slow => continue,
+                    None => slow_error(&repo, &desc, got, waited, limit),
+                    Some(Ok(Some(mut chunk))) => {
                         if skip > 0 {
                             let n = skip.min(chunk.len() as u64);
                             skip -= n;
@@ -146,24 +170,26 @@ impl Repository {
                         }
                         // A 200 to a Range request goes on past `end`.
                         chunk.truncate(chunk.len().min((end - pos) as usize));
-                        if chunk.is_empty() {
-                            continue;
-                        }
                         pos += chunk.len() as u64;
-                        if tx.send(Ok(chunk)).await.is_err() {
+                        if !chunk.is_empty() && tx.send(Ok(chunk)).await.is_err() {
                             return; // The consumer is gone.
                         }
                         if pos == end {
                             return;
                         }
-                        continue;
+                        if !slow {
+                            continue;
+                        }
+                        slow_error(&repo, &desc, got, waited, limit)
                     }
-                    Ok(None) => Error::Protocol(format!(
+                    Some(Ok(None)) => Error::Protocol(format!(
                         "{} ended at byte {pos}, expected {end} (of {})",
                         desc.digest, desc.size
                     )),
-                    Err(e) => repo.client.connect_error(e),
+                    Some(Err(e)) => repo.client.connect_error(e),
                 };
+                // The next attempt starts a window of its own.
+                (waited, got) = (Duration::ZERO, 0);
                 if tx.is_closed() {
                     // The consumer is gone (and the connection with it, at exit): no resume.
                     return;
@@ -823,6 +849,25 @@ impl Drop for RegistryUpload {
         let repo = self.repo.clone();
         rt.spawn(async move { RegistryUpload::cancel(&repo, url).await });
     }
+}
+
+/// Why a download attempt was given up: its window brought fewer bytes than the limit asks.
+fn slow_error(
+    repo: &Repository,
+    desc: &Descriptor,
+    got: u64,
+    waited: Duration,
+    limit: SpeedLimit,
+) -> Error {
+    Error::Other(format!(
+        "{} sent {got} bytes of {} in {:.1} s, below the low-speed limit of {} bytes/s \
+         (set {} to BYTES_PER_SEC/SECONDS or off to change it)",
+        repo.client.host(),
+        desc.digest,
+        waited.as_secs_f64(),
+        limit.bytes_per_sec,
+        SpeedLimit::ENV
+    ))
 }
 
 /// Whether a failed mount request means "this registry does not do mounts" (a 4xx other than

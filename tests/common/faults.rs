@@ -39,6 +39,9 @@ pub enum Fault {
     StallAfter(u64, Duration),
     /// Forward; flip every bit of the response body byte at this offset.
     Corrupt(u64),
+    /// Forward; send the response head and `n` body bytes, then one byte every `every` (a
+    /// registry that never quite stops).
+    Trickle(u64, Duration),
     /// Answer with this status (nothing is forwarded), with `Retry-After: secs` if given.
     Status(u16, Option<u64>),
     /// Forward without the `Range` header: the registry answers 200 with the whole body.
@@ -169,6 +172,8 @@ struct Bearer {
     /// The OAuth2 refresh token (a Docker identity token) the endpoint demands instead, if any.
     refresh_token: Option<String>,
     valid: HashSet<String>,
+    /// Tokens allow reads only: writes get 401 `error="insufficient_scope"`.
+    pull_only: bool,
     issued: usize,
     requests: Vec<TokenRequest>,
 }
@@ -305,6 +310,14 @@ impl FaultProxy {
             .as_ref()
             .map(|b| b.lock().unwrap().requests.clone())
             .unwrap_or_default()
+    }
+
+    /// Bearer mode: tokens allow GET and HEAD only; anything else is answered 401 with
+    /// `error="insufficient_scope"`, as a registry does for credentials without push access.
+    pub fn grant_pull_only(&self) {
+        if let Some(b) = &self.shared.bearer {
+            b.lock().unwrap().pull_only = true;
+        }
     }
 
     /// Bearer mode: every token issued so far stops being valid.
@@ -455,6 +468,8 @@ struct BodyFault {
     stall_after: Option<(u64, Duration)>,
     /// Flip the byte at this offset.
     corrupt_at: Option<u64>,
+    /// From this offset on, one byte per interval.
+    trickle: Option<(u64, Duration)>,
 }
 
 impl BodyFault {
@@ -463,6 +478,7 @@ impl BodyFault {
             drop_after: None,
             stall_after: None,
             corrupt_at: None,
+            trickle: None,
         }
     }
 }
@@ -525,6 +541,28 @@ impl<W: Write> BodyWriter<'_, W> {
                 self.w.flush()?;
                 self.offset += k as u64;
                 return Ok(false);
+            }
+        }
+        if let Some((at, every)) = self.fault.trickle {
+            let start = self.offset;
+            if start + data.len() as u64 > at {
+                let k = (at.saturating_sub(start) as usize).min(data.len());
+                self.emit(&data[..k])?;
+                self.offset += k as u64;
+                for byte in data[k..].chunks(1) {
+                    self.w.flush()?;
+                    let until = Instant::now() + every;
+                    while Instant::now() < until {
+                        if self.stop.load(Ordering::SeqCst) {
+                            return Ok(false);
+                        }
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                    // Fails once the client gave up and closed: the relay ends there.
+                    self.emit(byte)?;
+                    self.offset += 1;
+                }
+                return Ok(true);
             }
         }
         self.emit(data)?;
@@ -844,6 +882,36 @@ fn serve_connection(client: TcpStream, shared: &Arc<Shared>) -> std::io::Result<
             .as_ref()
             .is_some_and(|t| bearer.lock().unwrap().valid.contains(t));
         let expire = matches!(fault, Some(Fault::ExpireToken));
+        let refused_write =
+            valid && method != "GET" && method != "HEAD" && bearer.lock().unwrap().pull_only;
+        if refused_write {
+            let received = drain_body(&mut reader, request_framing);
+            let repo = path
+                .strip_prefix("/v2/")
+                .and_then(|p| {
+                    ["/blobs/", "/manifests/", "/tags/"]
+                        .iter()
+                        .find_map(|k| p.split_once(k).map(|(r, _)| r))
+                })
+                .unwrap_or("");
+            let challenge = format!(
+                r#"Bearer realm="http://{}/token",service="fault-proxy",scope="repository:{repo}:pull,push",error="insufficient_scope""#,
+                shared.addr
+            );
+            let sent = respond(
+                &mut out,
+                401,
+                &[
+                    ("WWW-Authenticate", challenge),
+                    ("Content-Type", "application/json".into()),
+                ],
+                br#"{"errors":[{"code":"DENIED","message":"requested access to the resource is denied"}]}"#,
+                head_only,
+            )?;
+            record(401, sent, received, true);
+            close_gracefully(&out);
+            return Ok(());
+        }
         if !valid || expire {
             if expire {
                 if let Some(t) = &presented {
@@ -1069,6 +1137,10 @@ fn serve_connection(client: TcpStream, shared: &Arc<Shared>) -> std::io::Result<
         },
         Some(Fault::Corrupt(at)) => BodyFault {
             corrupt_at: Some(*at),
+            ..BodyFault::none()
+        },
+        Some(Fault::Trickle(n, every)) => BodyFault {
+            trickle: Some((*n, *every)),
             ..BodyFault::none()
         },
         _ => BodyFault::none(),
