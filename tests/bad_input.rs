@@ -28,47 +28,6 @@ const TITLE: &str = "org.opencontainers.image.title";
 const EMPTY_CONFIG_DIGEST: &str =
     "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a";
 
-/// Uploads `data` as a blob of `repo`, straight to the registry; returns its digest.
-fn upload_blob(repo: &str, data: &[u8]) -> String {
-    let digest = sha256_bytes(data);
-    let reg = registry();
-    let resp = http(
-        &reg,
-        "POST",
-        &format!("/v2/{repo}/blobs/uploads/"),
-        &[],
-        b"",
-    );
-    assert_eq!(
-        resp.status,
-        202,
-        "POST upload: {}",
-        String::from_utf8_lossy(&resp.body)
-    );
-    let location = resp
-        .header("location")
-        .expect("upload Location")
-        .to_string();
-    let path = location
-        .strip_prefix(&format!("http://{reg}"))
-        .unwrap_or(&location);
-    let sep = if path.contains('?') { '&' } else { '?' };
-    let resp = http(
-        &reg,
-        "PUT",
-        &format!("{path}{sep}digest={digest}"),
-        &[("Content-Type", "application/octet-stream")],
-        data,
-    );
-    assert_eq!(
-        resp.status,
-        201,
-        "PUT upload: {}",
-        String::from_utf8_lossy(&resp.body)
-    );
-    digest
-}
-
 fn descriptor(media_type: &str, data: &[u8], annotations: Value) -> Value {
     json!({
         "mediaType": media_type,

@@ -140,6 +140,8 @@ pub struct OrasFs {
     sync_lock: tokio::sync::Mutex<()>,
     /// Something changed since the last push (or an earlier mount left changes).
     changed: AtomicBool,
+    /// Staged files the journal says are being written (until a close: see `flush`).
+    writing: Mutex<HashSet<Ino>>,
     /// A journal append failed (a full disk?): the next change rewrites it whole.
     journal_stale: AtomicBool,
     uid: u32,
@@ -218,6 +220,7 @@ impl OrasFs {
             sync_lock: tokio::sync::Mutex::new(()),
             changed: AtomicBool::new(changed),
             journal_stale: AtomicBool::new(false),
+            writing: Mutex::new(HashSet::new()),
             uid,
             gid,
             runtime,
@@ -475,28 +478,37 @@ impl OrasFs {
         fh
     }
 
-    /// Closes a handle. When a file's last writer closes it, the journal says so: it is
-    /// complete (a file left open by a crash is held back from pushes instead).
+    /// Closes a handle (see [`OrasFs::flush`]).
     pub fn release(&self, fh: u64) {
-        let ino = {
-            let mut handles = self.handles.lock().unwrap();
-            match handles.remove(&fh) {
-                Some(h)
-                    if h.writable && !handles.values().any(|o| o.ino == h.ino && o.writable) =>
-                {
-                    h.ino
-                }
-                _ => return,
-            }
+        self.flush(fh);
+        self.handles.lock().unwrap().remove(&fh);
+    }
+
+    /// Forgets every open handle: after a lazy unmount the kernel may never send the last
+    /// releases, and a file nobody can write any more must not count as open.
+    pub fn release_all(&self) {
+        let fhs: Vec<u64> = self.handles.lock().unwrap().keys().copied().collect();
+        for fh in fhs {
+            self.release(fh);
+        }
+    }
+
+    /// A close of a writable file (`close` waits for this, not for the release): the journal
+    /// says the file is complete. A crash while a file is being written leaves it marked, and
+    /// the next mount holds it back from pushes; a later write marks it again.
+    pub fn flush(&self, fh: u64) {
+        let ino = match self.handles.lock().unwrap().get(&fh) {
+            Some(h) if h.writable => h.ino,
+            _ => return,
         };
-        let mut tree = self.tree.write().unwrap();
-        let Some(n) = tree.get_mut(ino) else { return };
-        if !matches!(n.kind, Kind::File(Source::Staged(_))) {
+        if !self.writing.lock().unwrap().remove(&ino) {
             return;
         }
+        let mut tree = self.tree.write().unwrap();
+        let Some(n) = tree.get_mut(ino) else { return };
         n.incomplete = false;
-        let entry = view::entry_of(&tree, ino, false);
-        if let Err(e) = self.record(&tree, entry.map(|entry| Record::Put { entry })) {
+        let record = self.put(&tree, ino);
+        if let Err(e) = self.record(&tree, record) {
             tracing::error!("recording that {} was closed: errno {e}", tree.path_of(ino));
         }
     }
@@ -638,11 +650,19 @@ impl OrasFs {
         let tgz = self
             .runtime
             .block_on(async move { cache.materialize(&d).await })?;
-        let opts = crate::content::file::FileStoreOptions::default();
-        crate::content::file::unpack_directory(&tgz, &dest, desc, &opts).map_err(|e| {
+        use crate::content::file::{unpack_directory, FileStoreOptions, UnpackLimit};
+        // What a layer unpacks to lives in the cache: bounded like it (a gzip bomb stops here).
+        let opts = FileStoreOptions {
+            max_unpacked_size: UnpackLimit::Bytes(self.cache.disk_usage().1),
+            ..Default::default()
+        };
+        unpack_directory(&tgz, &dest, desc, &opts).map_err(|e| {
             tracing::error!("unpacking directory layer {}: {e}", desc.digest);
             self.record_error(format!("unpacking directory layer {}: {e}", desc.digest));
-            libc::EIO
+            match e {
+                crate::Error::UnpackTooLarge { .. } => libc::ENOSPC,
+                _ => libc::EIO,
+            }
         })?;
         Ok(dest)
     }
@@ -700,7 +720,7 @@ impl OrasFs {
     /// Writes the whole journal anew (its base is the mounted manifest).
     pub(super) fn rewrite_journal(&self, tree: &Tree) -> Result<(), Errno> {
         let w = self.writer()?;
-        let writing = self.writable_inos();
+        let writing = self.writing.lock().unwrap().clone();
         let snap = self.snapshot.read().unwrap();
         let journal = Journal {
             version: 2,
@@ -726,12 +746,15 @@ impl OrasFs {
 
     /// The journal entry of `ino` as it is now.
     fn put(&self, tree: &Tree, ino: Ino) -> Option<Record> {
-        let writing = self.writable_inos().contains(&ino);
+        let writing = self.writing.lock().unwrap().contains(&ino);
         view::entry_of(tree, ino, writing).map(|entry| Record::Put { entry })
     }
 
     /// Records that a staged file is open for writing (until its last writer closes it).
     fn mark_writing(&self, ino: Ino) -> Result<(), Errno> {
+        if !self.writing.lock().unwrap().insert(ino) {
+            return Ok(());
+        }
         let tree = self.tree.read().unwrap();
         let record = self.put(&tree, ino);
         self.record(&tree, record)
@@ -798,6 +821,7 @@ impl OrasFs {
         node.kind = Kind::File(Source::Staged(path.clone()));
         node.size = if truncate { 0 } else { desc.size };
         node.version += 1;
+        self.writing.lock().unwrap().insert(ino);
         let record = self.put(&tree, ino);
         self.record(&tree, record)?;
         Ok(path)
@@ -833,6 +857,7 @@ impl OrasFs {
             .map_err(|_| libc::EEXIST)?;
         let attr = self.attr_of(tree.get(ino).expect("just added"));
         let fh = self.add_handle(ino, source, Some(Arc::new(file)), true);
+        self.writing.lock().unwrap().insert(ino);
         let record = self.put(&tree, ino);
         if let Err(e) = self.record(&tree, record) {
             self.handles.lock().unwrap().remove(&fh);
@@ -1012,6 +1037,7 @@ impl OrasFs {
     /// Writes to a file opened for writing (its staged copy, made on the first write).
     pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<u32, Errno> {
         let (ino, file) = self.writable_file(fh)?;
+        self.mark_writing(ino)?;
         file.write_all_at(data, offset).map_err(os_errno)?;
         self.changed.store(true, Ordering::SeqCst);
         let mut tree = self.tree.write().unwrap();

@@ -612,6 +612,47 @@ pub fn get_manifest(repo: &str, reference: &str) -> (String, Vec<u8>) {
     (digest, resp.body)
 }
 
+/// Uploads `data` as a blob of `repo`, straight to the registry; returns its digest.
+pub fn upload_blob(repo: &str, data: &[u8]) -> String {
+    let digest = sha256_bytes(data);
+    let reg = registry();
+    let resp = http(
+        &reg,
+        "POST",
+        &format!("/v2/{repo}/blobs/uploads/"),
+        &[],
+        b"",
+    );
+    assert_eq!(
+        resp.status,
+        202,
+        "POST upload: {}",
+        String::from_utf8_lossy(&resp.body)
+    );
+    let location = resp
+        .header("location")
+        .expect("upload Location")
+        .to_string();
+    let path = location
+        .strip_prefix(&format!("http://{reg}"))
+        .unwrap_or(&location);
+    let sep = if path.contains('?') { '&' } else { '?' };
+    let resp = http(
+        &reg,
+        "PUT",
+        &format!("{path}{sep}digest={digest}"),
+        &[("Content-Type", "application/octet-stream")],
+        data,
+    );
+    assert_eq!(
+        resp.status,
+        201,
+        "PUT upload: {}",
+        String::from_utf8_lossy(&resp.body)
+    );
+    digest
+}
+
 /// Puts a manifest (as is) on the main test registry under `reference` (a tag or digest).
 #[track_caller]
 pub fn put_manifest(repo: &str, reference: &str, manifest: &[u8]) {
