@@ -42,7 +42,7 @@ pub enum Command {
     Pull(transfer::PullArgs),
     /// Mount an artifact as a directory (files are fetched lazily on read).
     Mount(mount::MountArgs),
-    /// Unmount a mounted artifact.
+    /// Push a mount's pending changes and unmount it (waits for files open for writing).
     #[command(alias = "umount")]
     Unmount(mount::UnmountArgs),
     /// Push the changes made in a writable mount now.
