@@ -442,3 +442,30 @@ grep -q ' {mnt} ' /proc/mounts || echo unmounted
         ])
     );
 }
+
+#[test]
+fn status_shows_the_last_error_of_a_failed_push() {
+    let reg = ExtraRegistry::start("life-status-down", &[]);
+    let repo = unique_repo("life-status-err");
+    let r = reg.reference(&repo, "v1");
+    push_contents(&r, &[("base.txt", b"base\n")]);
+    let m = Mount::new(&r, &[]);
+    write_file(&m.join("new.txt"), b"new\n");
+    stop_registry(&reg);
+    assert_fails(&m.sync(&[]), "stay staged");
+    let one = json(
+        &assert_ok(&oras_fs([
+            OsStr::new("status"),
+            m.path().as_os_str(),
+            OsStr::new("--format"),
+            OsStr::new("json"),
+        ]))
+        .into_bytes(),
+    );
+    let err = one[0]["last_error"].as_str().unwrap_or_default();
+    assert!(err.contains("stay staged"), "{one:#}");
+    let text = assert_ok(&oras_fs([OsStr::new("status"), m.path().as_os_str()]));
+    assert!(text.contains("last error:"), "{text}");
+    // Unmounting fails too (the registry is down) but unmounts; the changes stay staged.
+    drop(m);
+}
