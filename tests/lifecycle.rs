@@ -469,3 +469,25 @@ fn status_shows_the_last_error_of_a_failed_push() {
     // Unmounting fails too (the registry is down) but unmounts; the changes stay staged.
     drop(m);
 }
+
+#[test]
+fn sigterm_never_pushes_a_file_still_open_for_writing() {
+    let repo = unique_repo("life-term-open");
+    let r = reference(&repo, "v1");
+    push_contents(&r, &[("base.txt", b"base\n")]);
+    let before = resolve(&[&r]);
+    let m = Mount::new(&r, &[]);
+    let _f = open_writer(&m.join("half.bin"), &random_bytes(&repo, 500_000));
+    kill_pid(m.daemon_pid(), libc::SIGTERM);
+    // It waits 10 s for the writer, then ends without pushing.
+    assert!(
+        m.wait_for_daemon(Duration::from_secs(40)),
+        "the mount process did not end after SIGTERM"
+    );
+    assert_eq!(resolve(&[&r]), before, "nothing pushed\n{}", m.daemon_log());
+    let log = m.daemon_log();
+    assert!(
+        log.contains("not pushing") && log.contains("half.bin") && log.contains("stay staged"),
+        "{log}"
+    );
+}
