@@ -291,6 +291,9 @@ fn a_control_directory_made_by_another_user_is_refused() {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&ctl, std::fs::Permissions::from_mode(0o777)).unwrap();
     let mnt = temp_dir();
+    let _guard = KillServer {
+        mnt: std::fs::canonicalize(mnt.path()).unwrap(),
+    };
     let cache = temp_dir();
     let with_runtime = |args: &[&OsStr]| {
         let mut cmd = oras_fs_cmd(args);
@@ -314,15 +317,18 @@ fn a_control_directory_made_by_another_user_is_refused() {
     assert!(err.contains(&ctl.display().to_string()), "{err}");
 }
 
-/// Kills, when dropped, the processes whose argv names `mnt` (the mount process of
-/// [`a_non_root_user_mounts_through_fusermount3`], which runs in a mount namespace of its own:
-/// killing it ends its mount and the namespace with it).
+/// Detaches `mnt` if mounted and kills the processes whose argv names it, when dropped: for
+/// mounts made without [`Mount`] (one in a mount namespace of its own, where killing its
+/// process ends the mount and the namespace; one that should have been refused).
 struct KillServer {
     mnt: PathBuf,
 }
 
 impl Drop for KillServer {
     fn drop(&mut self) {
+        if is_mounted(&self.mnt) {
+            let _ = fusermount_lazy(&self.mnt);
+        }
         let mp = self.mnt.to_string_lossy().into_owned();
         for pid in find_processes(|argv| argv.contains(&mp)) {
             kill_pid(pid, libc::SIGKILL);
