@@ -1,4 +1,4 @@
-//! `mount` and `unmount`.
+//! `mount`, `unmount`, `sync` and `status`.
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
@@ -10,7 +10,6 @@ use clap::Args;
 use oras_fs::fs::cache::CacheOptions;
 use oras_fs::fs::filesystem::{MountOptions, OrasFs, Writer};
 use oras_fs::fs::mount::{self, ControlRequest, ControlResponse, MountConfig};
-
 use oras_fs::fs::staging::Staging;
 use oras_fs::oras::LayerFilter;
 use oras_fs::{Error, Result};
