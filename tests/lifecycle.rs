@@ -273,6 +273,7 @@ fn mounting_over_a_mountpoint_left_by_kill_9_clears_it() {
     assert!(m.wait_for_daemon(Duration::from_secs(10)));
     assert_ok(&unmount(m.path(), &[]));
     assert!(!m.is_mounted());
+    assert_fails(&unmount(m.path(), &[]), "nothing is mounted at");
 }
 
 #[test]

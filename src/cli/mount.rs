@@ -397,6 +397,11 @@ pub async fn unmount(args: UnmountArgs) -> Result<()> {
                 Err(Error::Other(a.message))
             }
         }
+        None if !mount::is_mounted(&args.mountpoint) => Err(Error::Usage(format!(
+            "nothing is mounted at {}",
+            args.mountpoint.display()
+        ))),
+        // Not served by oras-fs (any more): a dead mount (`kill -9`) or another filesystem.
         None => mount::unmount_with(&args.mountpoint, args.lazy).map(|_| ()),
     }
 }
