@@ -6,6 +6,7 @@
 
 mod common;
 
+use std::ffi::OsStr;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -275,14 +276,19 @@ fn unmount_works_while_a_file_is_open() {
     let repo = unique_repo("mount-busy");
     let data = random_bytes(&repo, 200_000);
     push_contents(&repo, &[("held.bin", &data)]);
-    let mut m = Mount::new(&reference(&repo, "v1"), &["--read-only"]);
+    let m = Mount::new(&reference(&repo, "v1"), &["--read-only"]);
     let mut held = std::fs::File::open(m.join("held.bin")).expect("opening held.bin");
     let mut head = [0u8; 1000];
     held.read_exact(&mut head).unwrap();
     assert_eq!(&head[..], &data[..1000]);
 
+    let pid = m.daemon_pid();
     let t = Instant::now();
-    let out = m.unmount();
+    let out = run_with_timeout(
+        &mut oras_fs_cmd([OsStr::new("unmount"), m.path().as_os_str()]),
+        b"",
+        CONTROL_TIMEOUT,
+    );
     assert_ok(&out);
     assert!(
         wait_unmounted(m.path(), Duration::from_secs(5)),
@@ -290,7 +296,17 @@ fn unmount_works_while_a_file_is_open() {
         m.path().display(),
         t.elapsed()
     );
+    // Detached: the process serves the open file until it is closed, then ends.
+    assert!(stderr_of(&out).contains("Detached"), "{}", describe(&out));
+    let mut rest = Vec::new();
+    held.read_to_end(&mut rest).unwrap();
+    assert_eq!(&rest[..], &data[1000..], "the open file still reads");
+    assert!(pid_alive(pid));
     drop(held);
+    assert!(
+        m.wait_for_daemon(Duration::from_secs(10)),
+        "the mount process did not end after the last close"
+    );
 }
 
 #[test]

@@ -42,11 +42,13 @@ pub enum Command {
     Pull(transfer::PullArgs),
     /// Mount an artifact as a directory (files are fetched lazily on read).
     Mount(mount::MountArgs),
-    /// Unmount a mounted artifact.
+    /// Push a mount's pending changes and unmount it (waits for files open for writing).
     #[command(alias = "umount")]
     Unmount(mount::UnmountArgs),
     /// Push the changes made in a writable mount now.
     Sync(mount::SyncArgs),
+    /// Show this user's mounts: reference, digest, pending changes, cache use, last error.
+    Status(mount::StatusArgs),
     /// Copy an artifact between registries and OCI layouts (blobs present are skipped).
     #[command(alias = "cp")]
     Copy(manage::CopyArgs),
@@ -81,6 +83,7 @@ pub async fn run(cli: Cli) -> oras_fs::Result<()> {
         Command::Mount(a) => mount::mount(a).await,
         Command::Unmount(a) => mount::unmount(a).await,
         Command::Sync(a) => mount::sync(a).await,
+        Command::Status(a) => mount::status(a).await,
         Command::Copy(a) => manage::copy(a).await,
         Command::Tag(a) => manage::tag(a).await,
         Command::Resolve(a) => manage::resolve(a).await,

@@ -1,4 +1,4 @@
-//! `mount` and `unmount`.
+//! `mount`, `unmount`, `sync` and `status`.
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
@@ -14,6 +14,7 @@ use oras_fs::fs::staging::Staging;
 use oras_fs::oras::LayerFilter;
 use oras_fs::{Error, Result};
 
+use super::output::Format;
 use super::target::TargetArgs;
 
 /// Set in the environment of the background child of `mount`.
@@ -87,6 +88,9 @@ pub async fn mount(args: MountArgs) -> Result<()> {
     if !args.foreground && std::env::var_os(DAEMON_ENV).is_none() {
         return spawn_background();
     }
+    // Fail before any network traffic if the control directory is not safe to use.
+    mount::private_runtime_dir(true)?;
+    mount::clear_dead_mount(&args.mountpoint)?;
     mount::wait_for_previous(&args.mountpoint)?;
     let opened = args.target.open(&args.reference, false)?;
     let target = opened.target.clone();
@@ -311,17 +315,52 @@ fn spawn_background() -> Result<()> {
 pub struct UnmountArgs {
     /// The mountpoint.
     pub mountpoint: PathBuf,
+    /// Detach at once even while files are open: the mount disappears from the directory
+    /// now, and its process pushes what was written once the last open file is closed.
+    #[arg(short = 'z', long)]
+    pub lazy: bool,
+    /// How long to wait for files open for writing to be closed; then the unmount is refused
+    /// (nothing is unmounted or pushed).
+    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+    pub timeout: u64,
 }
 
 pub async fn unmount(args: UnmountArgs) -> Result<()> {
-    let answer = request(
-        &args.mountpoint,
-        ControlRequest {
-            op: "unmount".into(),
-            ..Default::default()
-        },
-    )
-    .await?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(args.timeout);
+    let mut waiting_for: Vec<String> = Vec::new();
+    let answer = loop {
+        let answer = request(
+            &args.mountpoint,
+            ControlRequest::Unmount { lazy: args.lazy },
+        )
+        .await?;
+        match answer {
+            // Files open for writing: cutting them off would push them half-written.
+            Some(a) if !a.ok && !a.open_for_writing.is_empty() => {
+                let paths = in_mount(&args.mountpoint, &a.open_for_writing);
+                if std::time::Instant::now() >= deadline {
+                    return Err(Error::Usage(format!(
+                        "{} is busy: open for writing: {paths}. Nothing was unmounted or pushed. \
+                         Close them and run `oras-fs unmount {}` again, or `oras-fs unmount --lazy \
+                         {}` to detach now and push once they are closed",
+                        args.mountpoint.display(),
+                        args.mountpoint.display(),
+                        args.mountpoint.display()
+                    )));
+                }
+                if a.open_for_writing != waiting_for {
+                    let left = deadline.saturating_duration_since(std::time::Instant::now());
+                    eprintln!(
+                        "Waiting up to {} s for files open for writing to be closed: {paths}",
+                        left.as_secs_f64().ceil()
+                    );
+                    waiting_for = a.open_for_writing;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            other => break other,
+        }
+    };
     match answer {
         Some(a) => {
             // The mount process unmounts itself; wait until the kernel agrees.
@@ -332,10 +371,25 @@ pub async fn unmount(args: UnmountArgs) -> Result<()> {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
             if mount::is_mounted(&args.mountpoint) {
-                mount::unmount(&args.mountpoint)?;
+                mount::unmount_with(&args.mountpoint, args.lazy)?;
             }
             if let Some(d) = &a.digest {
                 outln!("Pushed {d}");
+            }
+            if a.detached {
+                let pending = if a.open_for_writing.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        "; still open for writing: {} (pushed once closed)",
+                        in_mount(&args.mountpoint, &a.open_for_writing)
+                    )
+                };
+                eprintln!(
+                    "Detached {}: its mount process serves the files still open and ends once \
+                     they are closed{pending}",
+                    args.mountpoint.display()
+                );
             }
             if a.ok {
                 Ok(())
@@ -343,8 +397,22 @@ pub async fn unmount(args: UnmountArgs) -> Result<()> {
                 Err(Error::Other(a.message))
             }
         }
-        None => mount::unmount(&args.mountpoint).map(|_| ()),
+        None if !mount::is_mounted(&args.mountpoint) => Err(Error::Usage(format!(
+            "nothing is mounted at {}",
+            args.mountpoint.display()
+        ))),
+        // Not served by oras-fs (any more): a dead mount (`kill -9`) or another filesystem.
+        None => mount::unmount_with(&args.mountpoint, args.lazy).map(|_| ()),
     }
+}
+
+/// Paths in a mount as the user sees them: `MOUNTPOINT/path`, comma-separated.
+fn in_mount(mountpoint: &std::path::Path, paths: &[String]) -> String {
+    paths
+        .iter()
+        .map(|p| mountpoint.join(p).display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 #[derive(Args, Debug)]
@@ -362,8 +430,7 @@ pub struct SyncArgs {
 pub async fn sync(args: SyncArgs) -> Result<()> {
     let answer = request(
         &args.mountpoint,
-        ControlRequest {
-            op: "sync".into(),
+        ControlRequest::Sync {
             force: args.force,
             push_to: args.push_to.clone(),
         },
@@ -378,6 +445,93 @@ pub async fn sync(args: SyncArgs) -> Result<()> {
         None => outln!("Nothing to push: no changes since the last push"),
     }
     Ok(())
+}
+
+#[derive(Args, Debug)]
+pub struct StatusArgs {
+    /// Only the mount at this directory (default: every mount of this user).
+    pub mountpoint: Option<PathBuf>,
+    /// `json`: an array of objects, one per mount, with snake_case fields.
+    #[arg(long, value_enum, default_value_t)]
+    pub format: Format,
+}
+
+pub async fn status(args: StatusArgs) -> Result<()> {
+    let mp = args.mountpoint.clone();
+    let reports = tokio::task::spawn_blocking(move || mount::statuses(mp.as_deref()))
+        .await
+        .expect("status task panicked")?;
+    if args.format == Format::Json {
+        outln!(
+            "{}",
+            serde_json::to_string_pretty(&reports).expect("JSON of a status")
+        );
+        return Ok(());
+    }
+    if reports.is_empty() {
+        outln!("No oras-fs mounts");
+    }
+    for (i, r) in reports.iter().enumerate() {
+        if i > 0 {
+            outln!("");
+        }
+        let m = &r.mount;
+        outln!("{}", r.mountpoint);
+        outln!("  reference:  {}", m.reference);
+        outln!("  digest:     {}", m.digest);
+        outln!(
+            "  mode:       {}",
+            if m.read_only {
+                "read-only"
+            } else {
+                "read-write"
+            }
+        );
+        outln!("  process:    {}", r.pid);
+        outln!(
+            "  cache:      {} of {} in {}",
+            human(r.cache_bytes),
+            human(r.cache_limit),
+            r.cache_dir
+        );
+        if m.pending.is_empty() {
+            outln!("  pending:    none");
+        } else {
+            outln!("  pending:    {} changes", m.pending.len());
+            for p in &m.pending {
+                outln!("    {p}");
+            }
+        }
+        if !m.open_for_writing.is_empty() {
+            outln!("  open for writing:");
+            for p in &m.open_for_writing {
+                outln!("    {p}");
+            }
+        }
+        for n in &m.notices {
+            outln!("  note:       {n}");
+        }
+        if let Some(e) = &m.last_error {
+            outln!("  last error: {e}");
+        }
+    }
+    Ok(())
+}
+
+/// `12.5 MiB`.
+fn human(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
 }
 
 async fn request(
