@@ -125,6 +125,9 @@ pub struct SyncOptions {
     /// Push the new manifest here (target and tag) instead of the mounted tag.
     pub push_to: Option<(Arc<dyn Target>, String)>,
     pub force: bool,
+    /// Keep files open for writing staged instead of pushing them as they are now (the
+    /// final push of a mount that must end while a writer is still busy).
+    pub hold_open_files: bool,
 }
 
 pub struct OrasFs {
@@ -139,7 +142,7 @@ pub struct OrasFs {
     writer: Option<Writer>,
     sync_lock: tokio::sync::Mutex<()>,
     /// Something changed since the last push (or an earlier mount left changes).
-    changed: AtomicBool,
+    pub(super) changed: AtomicBool,
     /// Staged files the journal says are being written (until a close: see `flush`).
     writing: Mutex<HashSet<Ino>>,
     /// A journal append failed (a full disk?): the next change rewrites it whole.

@@ -308,7 +308,7 @@ pub async fn serve(
         // The session has ended: no file is open any more.
         Why::Unmounted => {
             note_lost_releases(&fs);
-            final_sync(&fs).await
+            final_sync(&fs, false).await
         }
     };
     let mut detached = false;
@@ -368,7 +368,7 @@ pub async fn serve(
             signal_sync(&fs).await
         } else {
             note_lost_releases(&fs);
-            final_sync(&fs).await
+            final_sync(&fs, false).await
         };
     }
     // A session still running (files open on a lazily detached mount) ends with the process.
@@ -554,15 +554,20 @@ fn note_lost_releases(fs: &OrasFs) {
              lost): {}; they are complete",
             stale.join(", ")
         );
+        fs.release_all();
     }
 }
 
 /// The push at the end of a writable mount's life.
-async fn final_sync(fs: &OrasFs) -> Result<()> {
+async fn final_sync(fs: &OrasFs, hold_open_files: bool) -> Result<()> {
     if fs.read_only() {
         return Ok(());
     }
-    match fs.sync(&SyncOptions::default()).await {
+    let opts = SyncOptions {
+        hold_open_files,
+        ..Default::default()
+    };
+    match fs.sync(&opts).await {
         Ok(Some(d)) => {
             tracing::info!("pushed {d:?}");
             eprintln!("Pushed {} as {}", fs.snapshot().reference, d.digest);
@@ -586,18 +591,20 @@ async fn signal_sync(fs: &OrasFs) -> Result<()> {
     }
     let open = wait_for_writers(fs, SIGNAL_WRITER_WAIT).await;
     if open.is_empty() {
-        return final_sync(fs).await;
+        return final_sync(fs, false).await;
     }
     let e = Error::Other(format!(
-        "not pushing: still open for writing after {} s: {}. The changes stay staged; mount {} \
-         again (same --cache-dir) and they are there, to be pushed by `oras-fs sync` or unmount",
+        "not pushing what is still open for writing after {} s: {}. The rest is pushed; these \
+         changes stay staged: mount {} again (same --cache-dir) and they are there, to be \
+         pushed by `oras-fs sync` or unmount",
         SIGNAL_WRITER_WAIT.as_secs(),
         open.join(", "),
         fs.snapshot().reference
     ));
     tracing::error!("{e}");
     fs.record_error(&e);
-    Err(e)
+    // Everything else goes out now.
+    final_sync(fs, true).await.and(Err(e))
 }
 
 /// Waits until no file is open for writing, or `limit`; returns those still open.
@@ -784,9 +791,11 @@ fn answer(mut conn: UnixStream, server: &ControlServer) {
     let sync =
         |force: bool, push_to: Option<&str>| -> Result<Option<crate::manifest::Descriptor>> {
             let push_to = push_to.map(&server.push_to).transpose()?;
-            server
-                .runtime
-                .block_on(fs.sync(&SyncOptions { push_to, force }))
+            server.runtime.block_on(fs.sync(&SyncOptions {
+                push_to,
+                force,
+                ..Default::default()
+            }))
         };
     let outcome = |result: Result<Option<crate::manifest::Descriptor>>| match result {
         Ok(Some(d)) => ControlResponse {

@@ -82,14 +82,24 @@ impl OrasFs {
     ) -> Result<Option<Descriptor>> {
         let base = self.snapshot();
         // A consistent view of what to push, with each staged file's version.
+        let open = if opts.hold_open_files {
+            self.writable_inos()
+        } else {
+            Default::default()
+        };
         let (plan, held): (Planned, Planned) = {
             let tree = self.tree.read().unwrap();
             let mut out = Vec::new();
             collect_files(&tree, ROOT, &mut out);
-            out.into_iter().partition(|(_, n)| !n.incomplete)
+            out.into_iter()
+                .partition(|(_, n)| !n.incomplete && !open.contains(&n.ino))
         };
-        for (path, _) in &held {
-            tracing::warn!("not pushing {path}: {}", view::incomplete_notice(path));
+        for (path, n) in &held {
+            if n.incomplete {
+                tracing::warn!("not pushing {path}: {}", view::incomplete_notice(path));
+            } else {
+                tracing::warn!("not pushing {path}: it is still open for writing; it stays staged");
+            }
         }
         let (dst, tag): (Arc<dyn Target>, String) = match &opts.push_to {
             Some((t, tag)) => (t.clone(), tag.clone()),
@@ -186,6 +196,14 @@ impl OrasFs {
                     layers.push(files[k].2.clone());
                 }
             }
+        }
+        // What was held back is still to be pushed by a later sync.
+        if !held.is_empty() {
+            self.changed.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+        if opts.push_to.is_none() && layers == base.manifest.layers {
+            // Nothing that can be pushed changed (only held-back files, modes or times).
+            return Ok(None);
         }
         let mut manifest = base.manifest.clone();
         manifest.layers = layers;
