@@ -149,14 +149,7 @@ pub async fn mount(args: MountArgs) -> Result<()> {
         read_only: !writable,
     };
     let digest = snapshot.descriptor.digest.clone();
-    let fs = Arc::new(OrasFs::new(
-        cache,
-        snapshot,
-        options,
-        writer,
-        journal,
-        tokio::runtime::Handle::current(),
-    )?);
+    let fs = Arc::new(OrasFs::new(cache, snapshot, options, writer, journal)?);
     let at = args.target.clone();
     let push_to: mount::PushToResolver = Box::new(move |r: &str| {
         let o = at.open(r, true)?;

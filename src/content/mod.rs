@@ -10,6 +10,7 @@ pub mod file;
 pub mod layout;
 pub mod memory;
 mod overlay;
+pub mod testing;
 
 use std::pin::Pin;
 

@@ -60,6 +60,25 @@ pub struct Opened {
     pub keep_cache: bool,
 }
 
+/// How a rename may treat an existing target (`renameat2` flags).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RenameHow {
+    /// `RENAME_NOREPLACE`: fail with EEXIST rather than replace.
+    pub noreplace: bool,
+    /// `RENAME_EXCHANGE`: swap the two (not supported: EINVAL).
+    pub exchange: bool,
+}
+
+/// A `setattr`: what the caller asks to change.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SetAttr {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub mtime: Option<SystemTime>,
+}
+
 /// What `statfs` (`df`) reports.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct FsStats {
@@ -149,7 +168,6 @@ pub struct OrasFs {
     journal_stale: AtomicBool,
     uid: u32,
     gid: u32,
-    runtime: tokio::runtime::Handle,
     /// What the user should know about this mount (why it is read-only, hidden layers, ...),
     /// said at mount time, in `.oras/notes` and by `oras-fs status`.
     notices: Vec<String>,
@@ -186,7 +204,6 @@ impl OrasFs {
         options: MountOptions,
         writer: Option<Writer>,
         journal: Option<Journal>,
-        runtime: tokio::runtime::Handle,
     ) -> crate::Result<OrasFs> {
         let reason = view::read_only_reason(&snapshot.manifest);
         let writer = if reason.is_some() { None } else { writer };
@@ -226,7 +243,6 @@ impl OrasFs {
             writing: Mutex::new(HashSet::new()),
             uid,
             gid,
-            runtime,
             notices,
             last_error: Mutex::new(None),
         })
@@ -365,8 +381,8 @@ impl OrasFs {
         tree.get(ino).map(|n| self.attr_of(n)).ok_or(libc::ENOENT)
     }
 
-    pub fn lookup(&self, parent: Ino, name: &OsStr) -> Result<Attr, Errno> {
-        self.expand(parent)?;
+    pub async fn lookup(&self, parent: Ino, name: &OsStr) -> Result<Attr, Errno> {
+        self.expand(parent).await?;
         let tree = self.tree.read().unwrap();
         tree.lookup(parent, name)
             .map(|n| self.attr_of(n))
@@ -374,8 +390,11 @@ impl OrasFs {
     }
 
     /// Directory entries (without `.` and `..`).
-    pub fn readdir(&self, ino: Ino) -> Result<Vec<(Ino, FileKind, std::ffi::OsString)>, Errno> {
-        self.expand(ino)?;
+    pub async fn readdir(
+        &self,
+        ino: Ino,
+    ) -> Result<Vec<(Ino, FileKind, std::ffi::OsString)>, Errno> {
+        self.expand(ino).await?;
         let tree = self.tree.read().unwrap();
         let node = tree.get(ino).ok_or(libc::ENOENT)?;
         if !node.is_dir() {
@@ -407,7 +426,7 @@ impl OrasFs {
 
     /// Opens a file. Opening for writing fetches nothing: a remote file is copied to a staged
     /// file on the first write or truncate (with `truncate`, an empty one at once).
-    pub fn open(&self, ino: Ino, write: bool, truncate: bool) -> Result<Opened, Errno> {
+    pub async fn open(&self, ino: Ino, write: bool, truncate: bool) -> Result<Opened, Errno> {
         let source = {
             let tree = self.tree.read().unwrap();
             let node = tree.get(ino).ok_or(libc::ENOENT)?;
@@ -444,7 +463,7 @@ impl OrasFs {
         let fh = self.add_handle(ino, source.clone(), file, write);
         if write {
             let r = if truncate {
-                self.make_local(ino, true).map(|_| ())
+                self.make_local(ino, true).await.map(|_| ())
             } else if matches!(source, Source::Staged(_)) {
                 self.mark_writing(ino)
             } else {
@@ -518,7 +537,7 @@ impl OrasFs {
 
     /// The staged file of an open writable handle, copied from the remote file first if this
     /// is the handle's first write.
-    fn writable_file(&self, fh: u64) -> Result<(Ino, Arc<std::fs::File>), Errno> {
+    async fn writable_file(&self, fh: u64) -> Result<(Ino, Arc<std::fs::File>), Errno> {
         let ino = {
             let handles = self.handles.lock().unwrap();
             let h = handles.get(&fh).ok_or(libc::EBADF)?;
@@ -530,7 +549,7 @@ impl OrasFs {
             }
             h.ino
         };
-        let path = self.make_local(ino, false)?;
+        let path = self.make_local(ino, false).await?;
         let file = Arc::new(
             std::fs::OpenOptions::new()
                 .read(true)
@@ -562,7 +581,7 @@ impl OrasFs {
             let now = self.tree.read().unwrap().get(ino).map(|n| n.kind.clone());
             if let Some(Kind::File(s @ Source::Staged(_))) = now {
                 source = s;
-                file = Some(self.writable_file(fh)?.1);
+                file = Some(self.writable_file(fh).await?.1);
             }
         }
         match (source, file) {
@@ -615,7 +634,7 @@ impl OrasFs {
 
     /// Fills in a directory layer's contents on first access: fetches (verified) and unpacks
     /// it into the cache once per digest.
-    fn expand(&self, ino: Ino) -> Result<(), Errno> {
+    async fn expand(&self, ino: Ino) -> Result<(), Errno> {
         let pending = match &self.tree.read().unwrap().get(ino).ok_or(libc::ENOENT)?.kind {
             Kind::Dir {
                 pending_layer: Some(d),
@@ -623,7 +642,7 @@ impl OrasFs {
             } => d.clone(),
             _ => return Ok(()),
         };
-        let dir = self.unpacked_dir(&pending)?;
+        let dir = self.unpacked_dir(&pending).await?;
         let mut tree = self.tree.write().unwrap();
         if let Some(Node {
             kind: Kind::Dir { pending_layer, .. },
@@ -638,7 +657,7 @@ impl OrasFs {
         Ok(())
     }
 
-    fn unpacked_dir(&self, desc: &Descriptor) -> Result<PathBuf, Errno> {
+    async fn unpacked_dir(&self, desc: &Descriptor) -> Result<PathBuf, Errno> {
         let dest = self
             .cache
             .dir()
@@ -648,11 +667,7 @@ impl OrasFs {
         if dest.exists() {
             return Ok(dest);
         }
-        let cache = self.cache.clone();
-        let d = desc.clone();
-        let tgz = self
-            .runtime
-            .block_on(async move { cache.materialize(&d).await })?;
+        let tgz = self.cache.materialize(desc).await?;
         use crate::content::file::{unpack_directory, FileStoreOptions, UnpackLimit};
         // What a layer unpacks to lives in the cache: bounded like it (a gzip bomb stops here).
         let opts = FileStoreOptions {
@@ -765,7 +780,7 @@ impl OrasFs {
 
     /// Turns a file into a staged local copy (fetching and verifying a blob first, unless
     /// the copy starts empty).
-    fn make_local(&self, ino: Ino, truncate: bool) -> Result<PathBuf, Errno> {
+    async fn make_local(&self, ino: Ino, truncate: bool) -> Result<PathBuf, Errno> {
         let w = self.writer()?;
         let desc = {
             let tree = self.tree.read().unwrap();
@@ -798,11 +813,7 @@ impl OrasFs {
         if truncate {
             private_file(&path, false).map_err(os_errno)?;
         } else {
-            let cache = self.cache.clone();
-            let d = desc.clone();
-            let src = self
-                .runtime
-                .block_on(async move { cache.materialize(&d).await })?;
+            let src = self.cache.materialize(&desc).await?;
             let copied = std::fs::copy(&src, &path);
             if let Err(e) = copied {
                 let _ = std::fs::remove_file(&path);
@@ -889,9 +900,9 @@ impl OrasFs {
         Ok(self.attr_of(tree.get(ino).expect("just added")))
     }
 
-    pub fn unlink(&self, parent: Ino, name: &OsStr) -> Result<(), Errno> {
+    pub async fn unlink(&self, parent: Ino, name: &OsStr) -> Result<(), Errno> {
         self.writer()?;
-        self.expand(parent)?;
+        self.expand(parent).await?;
         let mut tree = self.tree.write().unwrap();
         self.mutable_dir(&tree, parent)?;
         let node = tree.lookup(parent, name).ok_or(libc::ENOENT)?;
@@ -907,10 +918,10 @@ impl OrasFs {
         Ok(())
     }
 
-    pub fn rmdir(&self, parent: Ino, name: &OsStr) -> Result<(), Errno> {
+    pub async fn rmdir(&self, parent: Ino, name: &OsStr) -> Result<(), Errno> {
         self.writer()?;
-        let ino = self.lookup(parent, name)?.ino;
-        self.expand(ino)?;
+        let ino = self.lookup(parent, name).await?.ino;
+        self.expand(ino).await?;
         let mut tree = self.tree.write().unwrap();
         self.mutable_dir(&tree, parent)?;
         let node = tree.get(ino).ok_or(libc::ENOENT)?;
@@ -928,18 +939,22 @@ impl OrasFs {
 
     /// Renames within the mount. A renamed unchanged file stays the same blob: only its title
     /// changes on the next push.
-    pub fn rename(
+    pub async fn rename(
         &self,
         parent: Ino,
         name: &OsStr,
         new_parent: Ino,
         new_name: &OsStr,
-        noreplace: bool,
+        how: RenameHow,
     ) -> Result<(), Errno> {
+        if how.exchange {
+            return Err(libc::EINVAL);
+        }
+        let noreplace = how.noreplace;
         self.writer()?;
         check_name(new_name)?;
-        self.expand(parent)?;
-        self.expand(new_parent)?;
+        self.expand(parent).await?;
+        self.expand(new_parent).await?;
         let mut tree = self.tree.write().unwrap();
         self.mutable_dir(&tree, parent)?;
         self.mutable_dir(&tree, new_parent)?;
@@ -990,24 +1005,26 @@ impl OrasFs {
         }
     }
 
-    /// chmod, truncate, utimes. Ownership cannot change (EPERM).
-    pub fn setattr(
-        &self,
-        ino: Ino,
-        mode: Option<u32>,
-        size: Option<u64>,
-        mtime: Option<SystemTime>,
-        chown: bool,
-    ) -> Result<Attr, Errno> {
-        if chown {
+    /// chmod, truncate, utimes. Ownership cannot change (EPERM); a "change" to the current
+    /// owner is no change.
+    pub async fn setattr(&self, ino: Ino, change: SetAttr) -> Result<Attr, Errno> {
+        let SetAttr {
+            mode,
+            uid,
+            gid,
+            size,
+            mtime,
+        } = change;
+        let now = self.getattr(ino)?;
+        if uid.is_some_and(|u| u != now.uid) || gid.is_some_and(|g| g != now.gid) {
             return Err(libc::EPERM);
         }
         if mode.is_none() && size.is_none() && mtime.is_none() {
-            return self.getattr(ino);
+            return Ok(now);
         }
         self.writer()?;
         if let Some(size) = size {
-            let path = self.make_local(ino, size == 0)?;
+            let path = self.make_local(ino, size == 0).await?;
             std::fs::OpenOptions::new()
                 .write(true)
                 .open(&path)
@@ -1038,8 +1055,8 @@ impl OrasFs {
     }
 
     /// Writes to a file opened for writing (its staged copy, made on the first write).
-    pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<u32, Errno> {
-        let (ino, file) = self.writable_file(fh)?;
+    pub async fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<u32, Errno> {
+        let (ino, file) = self.writable_file(fh).await?;
         self.mark_writing(ino)?;
         file.write_all_at(data, offset).map_err(os_errno)?;
         self.changed.store(true, Ordering::SeqCst);
@@ -1090,6 +1107,13 @@ impl OrasFs {
             self.record_error(e);
         }
         result
+    }
+}
+
+impl OrasFs {
+    /// `symlink`, `link`, `mknod`: OCI layers cannot store them.
+    pub fn unsupported_node(&self) -> Errno {
+        libc::EPERM
     }
 }
 

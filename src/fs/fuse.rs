@@ -13,11 +13,13 @@ use fuser::{
     WriteFlags,
 };
 
-use super::filesystem::{Attr, FileKind, OrasFs};
+use super::filesystem::{Attr, FileKind, OrasFs, RenameHow, SetAttr};
 
 /// The longest a read may take (retries included) before it fails with EIO.
 const READ_DEADLINE: Duration = Duration::from_secs(60);
 
+/// The only place that blocks on the filesystem's async calls: fuser calls in on its own
+/// threads, outside the runtime. Reads are spawned instead, so a slow blob holds no thread.
 pub struct FuseAdapter {
     fs: Arc<OrasFs>,
     runtime: tokio::runtime::Handle,
@@ -39,6 +41,17 @@ impl FuseAdapter {
 
 fn errno(e: i32) -> fuser::Errno {
     fuser::Errno::from_i32(e)
+}
+
+/// Answers a request with the result of a filesystem call: `$ok` with its value, or its errno
+/// (every fuser reply has `error`).
+macro_rules! answer {
+    ($reply:ident, $result:expr, |$v:pat_param| $ok:expr) => {
+        match $result {
+            Ok($v) => $ok,
+            Err(e) => $reply.error(errno(e)),
+        }
+    };
 }
 
 fn to_attr(a: &Attr) -> FileAttr {
@@ -85,44 +98,42 @@ impl Filesystem for FuseAdapter {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        match self.fs.lookup(parent.0, name) {
-            Ok(a) => reply.entry(&self.ttl, &to_attr(&a), Generation(0)),
-            Err(e) => reply.error(errno(e)),
-        }
+        answer!(
+            reply,
+            self.runtime.block_on(self.fs.lookup(parent.0, name)),
+            |a| reply.entry(&self.ttl, &to_attr(&a), Generation(0))
+        )
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.fs.getattr(ino.0) {
-            Ok(a) => reply.attr(&self.ttl, &to_attr(&a)),
-            Err(e) => reply.error(errno(e)),
-        }
+        answer!(reply, self.fs.getattr(ino.0), |a| reply
+            .attr(&self.ttl, &to_attr(&a)))
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
         use std::os::unix::ffi::OsStrExt;
-        match self.fs.readlink(ino.0) {
-            Ok(t) => reply.data(t.as_os_str().as_bytes()),
-            Err(e) => reply.error(errno(e)),
-        }
+        answer!(reply, self.fs.readlink(ino.0), |t| reply
+            .data(t.as_os_str().as_bytes()))
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let write = !matches!(flags.acc_mode(), OpenAccMode::O_RDONLY);
         let truncate = flags.0 & libc::O_TRUNC != 0;
-        match self.fs.open(ino.0, write, truncate) {
-            // Content that cannot change and is verified may stay in the kernel's page cache
-            // across opens; anything else is dropped at open, so pages of a blob that later
-            // fails verification are never served again.
-            Ok(o) => reply.opened(
+        // Content that cannot change and is verified may stay in the kernel's page cache
+        // across opens; anything else is dropped at open, so pages of a blob that later fails
+        // verification are never served again.
+        answer!(
+            reply,
+            self.runtime.block_on(self.fs.open(ino.0, write, truncate)),
+            |o| reply.opened(
                 FileHandle(o.fh),
                 if o.keep_cache {
                     FopenFlags::FOPEN_KEEP_CACHE
                 } else {
                     FopenFlags::empty()
                 },
-            ),
-            Err(e) => reply.error(errno(e)),
-        }
+            )
+        )
     }
 
     fn read(
@@ -141,8 +152,7 @@ impl Filesystem for FuseAdapter {
             // fuser cannot interrupt a request: bound it, so a killed reader is never stuck
             // for longer than this.
             match tokio::time::timeout(READ_DEADLINE, fs.read(fh.0, offset, size)).await {
-                Ok(Ok(data)) => reply.data(&data),
-                Ok(Err(e)) => reply.error(errno(e)),
+                Ok(r) => answer!(reply, r, |data| reply.data(&data)),
                 Err(_) => {
                     tracing::error!("read at {offset} timed out after {READ_DEADLINE:?}");
                     reply.error(errno(libc::EIO))
@@ -173,7 +183,7 @@ impl Filesystem for FuseAdapter {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let entries = match self.fs.readdir(ino.0) {
+        let entries = match self.runtime.block_on(self.fs.readdir(ino.0)) {
             Ok(e) => e,
             Err(e) => return reply.error(errno(e)),
         };
@@ -216,16 +226,17 @@ impl Filesystem for FuseAdapter {
         _flags: i32,
         reply: ReplyCreate,
     ) {
-        match self.fs.create(parent.0, name, mode & !umask) {
-            Ok((a, fh)) => reply.created(
+        answer!(
+            reply,
+            self.fs.create(parent.0, name, mode & !umask),
+            |(a, fh)| reply.created(
                 &self.ttl,
                 &to_attr(&a),
                 Generation(0),
                 FileHandle(fh),
                 FopenFlags::empty(),
-            ),
-            Err(e) => reply.error(errno(e)),
-        }
+            )
+        )
     }
 
     fn mkdir(
@@ -237,24 +248,25 @@ impl Filesystem for FuseAdapter {
         umask: u32,
         reply: ReplyEntry,
     ) {
-        match self.fs.mkdir(parent.0, name, mode & !umask) {
-            Ok(a) => reply.entry(&self.ttl, &to_attr(&a), Generation(0)),
-            Err(e) => reply.error(errno(e)),
-        }
+        answer!(reply, self.fs.mkdir(parent.0, name, mode & !umask), |a| {
+            reply.entry(&self.ttl, &to_attr(&a), Generation(0))
+        })
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match self.fs.unlink(parent.0, name) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(e)),
-        }
+        answer!(
+            reply,
+            self.runtime.block_on(self.fs.unlink(parent.0, name)),
+            |()| reply.ok()
+        )
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match self.fs.rmdir(parent.0, name) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(e)),
-        }
+        answer!(
+            reply,
+            self.runtime.block_on(self.fs.rmdir(parent.0, name)),
+            |()| reply.ok()
+        )
     }
 
     fn rename(
@@ -267,17 +279,16 @@ impl Filesystem for FuseAdapter {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        if flags.contains(RenameFlags::RENAME_EXCHANGE) {
-            return reply.error(errno(libc::EINVAL));
-        }
-        let noreplace = flags.contains(RenameFlags::RENAME_NOREPLACE);
-        match self
-            .fs
-            .rename(parent.0, name, newparent.0, newname, noreplace)
-        {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(e)),
-        }
+        let how = RenameHow {
+            noreplace: flags.contains(RenameFlags::RENAME_NOREPLACE),
+            exchange: flags.contains(RenameFlags::RENAME_EXCHANGE),
+        };
+        answer!(
+            reply,
+            self.runtime
+                .block_on(self.fs.rename(parent.0, name, newparent.0, newname, how)),
+            |()| reply.ok()
+        )
     }
 
     fn setattr(
@@ -298,16 +309,21 @@ impl Filesystem for FuseAdapter {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        let mtime = mtime.map(|t| match t {
-            TimeOrNow::SpecificTime(t) => t,
-            TimeOrNow::Now => SystemTime::now(),
-        });
-        let chown = uid.is_some_and(|u| u != self.fs.getattr(ino.0).map(|a| a.uid).unwrap_or(u))
-            || gid.is_some_and(|g| g != self.fs.getattr(ino.0).map(|a| a.gid).unwrap_or(g));
-        match self.fs.setattr(ino.0, mode, size, mtime, chown) {
-            Ok(a) => reply.attr(&self.ttl, &to_attr(&a)),
-            Err(e) => reply.error(errno(e)),
-        }
+        let change = SetAttr {
+            mode,
+            uid,
+            gid,
+            size,
+            mtime: mtime.map(|t| match t {
+                TimeOrNow::SpecificTime(t) => t,
+                TimeOrNow::Now => SystemTime::now(),
+            }),
+        };
+        answer!(
+            reply,
+            self.runtime.block_on(self.fs.setattr(ino.0, change)),
+            |a| reply.attr(&self.ttl, &to_attr(&a))
+        )
     }
 
     fn write(
@@ -322,10 +338,11 @@ impl Filesystem for FuseAdapter {
         _lock_owner: Option<fuser::LockOwner>,
         reply: ReplyWrite,
     ) {
-        match self.fs.write(fh.0, offset, data) {
-            Ok(n) => reply.written(n),
-            Err(e) => reply.error(errno(e)),
-        }
+        answer!(
+            reply,
+            self.runtime.block_on(self.fs.write(fh.0, offset, data)),
+            |n| reply.written(n)
+        )
     }
 
     fn flush(
@@ -348,10 +365,7 @@ impl Filesystem for FuseAdapter {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        match self.fs.fsync(fh.0) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(e)),
-        }
+        answer!(reply, self.fs.fsync(fh.0), |()| reply.ok())
     }
 
     fn symlink(
@@ -362,7 +376,7 @@ impl Filesystem for FuseAdapter {
         _target: &Path,
         reply: ReplyEntry,
     ) {
-        reply.error(errno(libc::EPERM));
+        reply.error(errno(self.fs.unsupported_node()))
     }
 
     fn link(
@@ -373,7 +387,7 @@ impl Filesystem for FuseAdapter {
         _newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        reply.error(errno(libc::EPERM));
+        reply.error(errno(self.fs.unsupported_node()))
     }
 
     fn mknod(
@@ -386,7 +400,7 @@ impl Filesystem for FuseAdapter {
         _rdev: u32,
         reply: ReplyEntry,
     ) {
-        reply.error(errno(libc::EPERM));
+        reply.error(errno(self.fs.unsupported_node()))
     }
 
     // Xattrs are not supported. ENOSYS (not ENOTSUP) tells the kernel once for all: it then
