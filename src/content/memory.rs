@@ -15,6 +15,8 @@ use crate::manifest::{Descriptor, MAX_MANIFEST_SIZE};
 pub struct MemoryStore {
     blobs: Mutex<HashMap<Digest, Bytes>>,
     tags: Mutex<HashMap<String, Descriptor>>,
+    /// Manifests by digest, so that a digest resolves as it does in a registry.
+    manifests: Mutex<HashMap<Digest, Descriptor>>,
 }
 
 impl MemoryStore {
@@ -53,6 +55,11 @@ impl Target for MemoryStore {
         if let Some(d) = self.tags.lock().unwrap().get(reference) {
             return Ok(d.clone());
         }
+        if let Ok(digest) = reference.parse::<Digest>() {
+            if let Some(d) = self.manifests.lock().unwrap().get(&digest) {
+                return Ok(d.clone());
+            }
+        }
         Err(Error::NotFound {
             what: "reference",
             name: reference.to_string(),
@@ -88,6 +95,10 @@ impl Target for MemoryStore {
         tag: Option<&str>,
     ) -> Result<()> {
         self.push(desc, once(bytes)).await?;
+        self.manifests
+            .lock()
+            .unwrap()
+            .insert(desc.digest.clone(), desc.clone());
         if let Some(t) = tag {
             self.tag(desc, t).await?;
         }

@@ -273,8 +273,8 @@ impl OrasFs {
                 .filter(|n| n.incomplete)
                 .map(|n| view::incomplete_notice(&tree.path_of(n.ino))),
         );
-        out.sort();
-        out.dedup();
+        let mut seen = HashSet::new();
+        out.retain(|n| seen.insert(n.clone()));
         out
     }
 

@@ -1,0 +1,344 @@
+//! docs/SEMANTICS.md, row by row, on the filesystem core itself: no kernel mount, no registry.
+//! `OrasFs` runs over `content::testing::TestTarget`, which counts what each call fetches and
+//! can fail or lie. Runs in plain `cargo test`.
+
+mod fs_harness;
+
+use std::ffi::OsStr;
+use std::time::Duration;
+
+use fs_harness::*;
+use oras_fs::content::testing::Op;
+use oras_fs::content::Target;
+use oras_fs::fs::cache::BLOCK;
+use oras_fs::fs::filesystem::{FileKind, RenameHow, SetAttr, SyncOptions};
+use oras_fs::fs::tree::ROOT;
+
+const MIB: usize = 1024 * 1024;
+
+#[tokio::test]
+async fn ls_and_stat_fetch_nothing() {
+    let h = Harness::new(
+        &[("a.txt", b"a\n".to_vec()), ("d/b.bin", vec![7; 300_000])],
+        true,
+    );
+    let fs = h.mount(true).await;
+    let names: Vec<_> = fs
+        .readdir(ROOT)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.2)
+        .collect();
+    assert_eq!(names, [".oras", "a.txt", "d"]);
+    let d = fs.lookup(ROOT, OsStr::new("d")).await.unwrap();
+    assert_eq!(d.kind, FileKind::Dir);
+    let b = fs.lookup(d.ino, OsStr::new("b.bin")).await.unwrap();
+    assert_eq!(b.size, 300_000);
+    assert_eq!(fs.getattr(b.ino).unwrap().size, 300_000);
+    let c = h.target.counts();
+    assert_eq!(c.calls(Op::Fetch) + c.calls(Op::FetchRange), 0, "{c:?}");
+    assert_eq!(
+        fs.lookup(ROOT, OsStr::new("nope")).await.unwrap_err(),
+        libc::ENOENT
+    );
+}
+
+#[tokio::test]
+async fn a_small_random_read_of_a_large_file_fetches_one_block() {
+    let big = pattern(16 * MIB);
+    let h = Harness::new(&[("big.bin", big.clone())], true);
+    let fs = h.mount(true).await;
+    let ino = path_ino(&fs, "big.bin").await;
+    let o = fs.open(ino, false, false).await.unwrap();
+    let at = 9 * MIB as u64 + 12_345;
+    let got = fs.read(o.fh, at, 4096).await.unwrap();
+    assert_eq!(&got[..], &big[at as usize..at as usize + 4096]);
+    assert_eq!(h.target.counts().bytes_served, BLOCK);
+    assert_eq!(h.target.counts().calls(Op::FetchRange), 1);
+    // Read again: from the cache.
+    fs.read(o.fh, at, 4096).await.unwrap();
+    assert_eq!(h.target.counts().calls(Op::FetchRange), 1);
+}
+
+#[tokio::test]
+async fn two_readers_of_one_block_share_one_fetch() {
+    let big = pattern(8 * MIB);
+    let h = Harness::new(&[("big.bin", big.clone())], true);
+    let fs = h.mount(true).await;
+    let ino = path_ino(&fs, "big.bin").await;
+    h.target.delay_fetches(Some(Duration::from_millis(200)));
+    let (a, b) = (
+        fs.open(ino, false, false).await.unwrap(),
+        fs.open(ino, false, false).await.unwrap(),
+    );
+    let at = 5 * MIB as u64;
+    let (x, y) = tokio::join!(fs.read(a.fh, at, 4096), fs.read(b.fh, at + 8192, 4096));
+    assert_eq!(&x.unwrap()[..], &big[5 * MIB..5 * MIB + 4096]);
+    assert_eq!(&y.unwrap()[..], &big[5 * MIB + 8192..5 * MIB + 12288]);
+    assert_eq!(h.target.counts().calls(Op::FetchRange), 1);
+}
+
+#[tokio::test]
+async fn a_corrupt_blob_reads_as_eio_and_is_not_cached() {
+    let h = Harness::new(&[("small.txt", b"small and precious\n".to_vec())], true);
+    let fs = h.mount(true).await;
+    let ino = path_ino(&fs, "small.txt").await;
+    let digest = h.layer_digest("small.txt");
+    h.target.corrupt(&digest);
+    let o = fs.open(ino, false, false).await.unwrap();
+    assert_eq!(fs.read(o.fh, 0, 100).await.unwrap_err(), libc::EIO);
+    assert_eq!(fs.read(o.fh, 0, 100).await.unwrap_err(), libc::EIO);
+    assert!(!h
+        .cache_dir()
+        .join("blobs/sha256")
+        .join(digest.hex())
+        .exists());
+}
+
+#[tokio::test]
+async fn opening_for_writing_and_truncating_fetch_nothing() {
+    let h = Harness::new(
+        &[
+            ("a.bin", pattern(6 * MIB)),
+            ("b.bin", pattern(100)),
+            ("c.bin", pattern(1000)),
+        ],
+        true,
+    );
+    let fs = h.mount(false).await;
+    let a = path_ino(&fs, "a.bin").await;
+    let o = fs.open(a, true, false).await.unwrap();
+    fs.release(o.fh);
+    let o = fs.open(a, true, true).await.unwrap();
+    fs.write(o.fh, 0, b"new").await.unwrap();
+    fs.release(o.fh);
+    let b = path_ino(&fs, "b.bin").await;
+    let change = SetAttr {
+        size: Some(0),
+        ..Default::default()
+    };
+    assert_eq!(fs.setattr(b, change).await.unwrap().size, 0);
+    assert_eq!(h.target.counts().bytes_served, 0);
+    assert_eq!(read_all(&fs, "a.bin").await, b"new");
+    // A write into an untouched file copies it first (and only then).
+    let c = path_ino(&fs, "c.bin").await;
+    let o = fs.open(c, true, false).await.unwrap();
+    assert_eq!(h.target.counts().bytes_served, 0);
+    fs.write(o.fh, 10, b"XY").await.unwrap();
+    fs.release(o.fh);
+    assert_eq!(h.target.counts().bytes_served, 1000);
+    let mut want = pattern(1000);
+    want[10..12].copy_from_slice(b"XY");
+    assert_eq!(read_all(&fs, "c.bin").await, want);
+}
+
+#[tokio::test]
+async fn a_renamed_unchanged_file_uploads_nothing() {
+    let h = Harness::new(&[("a.txt", b"a\n".to_vec())], true);
+    let fs = h.mount(false).await;
+    fs.rename(
+        ROOT,
+        OsStr::new("a.txt"),
+        ROOT,
+        OsStr::new("b.txt"),
+        RenameHow::default(),
+    )
+    .await
+    .unwrap();
+    h.target.reset_counts();
+    let pushed = fs.sync(&SyncOptions::default()).await.unwrap().unwrap();
+    assert_eq!(h.target.counts().calls(Op::Push), 0);
+    assert_eq!(h.titles(&pushed), ["b.txt"]);
+}
+
+#[tokio::test]
+async fn a_moved_tag_is_refused_and_the_changes_stay() {
+    let h = Harness::new(&[("a.txt", b"a\n".to_vec())], true);
+    let fs = h.mount(false).await;
+    let (_, fh) = fs.create(ROOT, OsStr::new("new.txt"), 0o644).unwrap();
+    fs.write(fh, 0, b"mine\n").await.unwrap();
+    fs.release(fh);
+    h.retag_elsewhere();
+    let err = fs.sync(&SyncOptions::default()).await.unwrap_err();
+    assert!(
+        err.to_string().contains("moved since it was mounted"),
+        "{err}"
+    );
+    assert!(fs.is_dirty());
+    assert_eq!(fs.pending_changes(), ["+ new.txt"]);
+    let forced = SyncOptions {
+        force: true,
+        ..Default::default()
+    };
+    let pushed = fs.sync(&forced).await.unwrap().unwrap();
+    assert_eq!(h.titles(&pushed), ["a.txt", "new.txt"]);
+}
+
+#[tokio::test]
+async fn the_journal_is_restored_by_the_next_mount() {
+    let h = Harness::new(
+        &[("a.txt", b"a\n".to_vec()), ("gone.txt", b"g\n".to_vec())],
+        true,
+    );
+    {
+        let fs = h.mount(false).await;
+        let (_, fh) = fs.create(ROOT, OsStr::new("new.txt"), 0o640).unwrap();
+        fs.write(fh, 0, b"kept\n").await.unwrap();
+        fs.release(fh);
+        fs.mkdir(ROOT, OsStr::new("d"), 0o755).unwrap();
+        fs.rename(
+            ROOT,
+            OsStr::new("a.txt"),
+            ROOT,
+            OsStr::new("d"),
+            RenameHow::default(),
+        )
+        .await
+        .unwrap_err();
+        fs.unlink(ROOT, OsStr::new("gone.txt")).await.unwrap();
+        // Dropped without a sync: as after kill -9.
+    }
+    let fs = h.mount(false).await;
+    assert!(fs.is_dirty());
+    assert_eq!(read_all(&fs, "new.txt").await, b"kept\n");
+    assert_eq!(
+        fs.getattr(path_ino(&fs, "new.txt").await).unwrap().perm,
+        0o640
+    );
+    assert_eq!(path_ino_err(&fs, "gone.txt").await, libc::ENOENT);
+    let pushed = fs.sync(&SyncOptions::default()).await.unwrap().unwrap();
+    assert_eq!(h.titles(&pushed), ["a.txt", "new.txt"]);
+}
+
+#[tokio::test]
+async fn every_errno_in_the_table() {
+    let h = Harness::new(
+        &[("a.txt", b"a\n".to_vec()), ("d/x.txt", b"x\n".to_vec())],
+        true,
+    );
+    let ro = h.mount(true).await;
+    assert_eq!(
+        ro.create(ROOT, OsStr::new("n"), 0o644).unwrap_err(),
+        libc::EROFS
+    );
+    let a = path_ino(&ro, "a.txt").await;
+    assert_eq!(ro.open(a, true, false).await.unwrap_err(), libc::EROFS);
+    drop(ro);
+
+    let fs = h.mount(false).await;
+    let a = path_ino(&fs, "a.txt").await;
+    let d = path_ino(&fs, "d").await;
+    let name = |n: &str| OsStr::new(n).to_os_string();
+    assert_eq!(
+        fs.create(ROOT, &name("a.txt"), 0o644).unwrap_err(),
+        libc::EEXIST
+    );
+    assert_eq!(
+        fs.create(ROOT, &name(&"n".repeat(256)), 0o644).unwrap_err(),
+        libc::ENAMETOOLONG
+    );
+    assert_eq!(
+        fs.create(ROOT, &name(".oras"), 0o644).unwrap_err(),
+        libc::EPERM
+    );
+    assert_eq!(fs.mkdir(ROOT, &name("d"), 0o755).unwrap_err(), libc::EEXIST);
+    assert_eq!(fs.unlink(ROOT, &name("d")).await.unwrap_err(), libc::EISDIR);
+    assert_eq!(
+        fs.rmdir(ROOT, &name("a.txt")).await.unwrap_err(),
+        libc::ENOTDIR
+    );
+    assert_eq!(
+        fs.rmdir(ROOT, &name("d")).await.unwrap_err(),
+        libc::ENOTEMPTY
+    );
+    assert_eq!(fs.open(d, false, false).await.unwrap_err(), libc::EISDIR);
+    let how = RenameHow::default();
+    assert_eq!(
+        fs.rename(ROOT, &name("d"), d, &name("inside"), how)
+            .await
+            .unwrap_err(),
+        libc::EINVAL
+    );
+    let exchange = RenameHow {
+        exchange: true,
+        ..Default::default()
+    };
+    assert_eq!(
+        fs.rename(ROOT, &name("a.txt"), d, &name("x.txt"), exchange)
+            .await
+            .unwrap_err(),
+        libc::EINVAL
+    );
+    let noreplace = RenameHow {
+        noreplace: true,
+        ..Default::default()
+    };
+    assert_eq!(
+        fs.rename(ROOT, &name("a.txt"), d, &name("x.txt"), noreplace)
+            .await
+            .unwrap_err(),
+        libc::EEXIST
+    );
+    assert_eq!(
+        fs.rename(ROOT, &name("a.txt"), ROOT, &name("d"), how)
+            .await
+            .unwrap_err(),
+        libc::EISDIR
+    );
+    assert_eq!(
+        fs.rename(ROOT, &name("d"), ROOT, &name("a.txt"), how)
+            .await
+            .unwrap_err(),
+        libc::ENOTDIR
+    );
+    let chown = SetAttr {
+        uid: Some(fs.getattr(a).unwrap().uid + 1),
+        ..Default::default()
+    };
+    assert_eq!(fs.setattr(a, chown).await.unwrap_err(), libc::EPERM);
+    assert_eq!(fs.unsupported_node(), libc::EPERM);
+    let r = fs.open(a, false, false).await.unwrap();
+    assert_eq!(fs.write(r.fh, 0, b"x").await.unwrap_err(), libc::EBADF);
+    let meta = path_ino(&fs, ".oras/digest").await;
+    assert_eq!(fs.open(meta, true, false).await.unwrap_err(), libc::EROFS);
+    assert_eq!(fs.readlink(a).unwrap_err(), libc::EINVAL);
+    assert_eq!(fs.read(999_999, 0, 1).await.unwrap_err(), libc::EBADF);
+}
+
+#[tokio::test]
+async fn a_sync_keeps_hidden_layers_in_their_places() {
+    let h = Harness::with_layers(&[
+        Layer::file("a.txt", b"a\n", None),
+        Layer::file("b.dat", b"b\n", Some("application/vnd.example.data")),
+        Layer::untitled(b"sig", "application/vnd.example.sig"),
+        Layer::file("z.txt", b"z\n", None),
+    ]);
+    let fs = h.mount(false).await;
+    assert!(fs.notices().iter().any(|n| n.contains("media-type filter")));
+    fs.unlink(ROOT, OsStr::new("z.txt")).await.unwrap();
+    let (_, fh) = fs.create(ROOT, OsStr::new("c.txt"), 0o644).unwrap();
+    fs.release(fh);
+    let pushed = fs.sync(&SyncOptions::default()).await.unwrap().unwrap();
+    assert_eq!(h.titles(&pushed), ["a.txt", "b.dat", "(untitled)", "c.txt"]);
+    let before = h.base_manifest();
+    let after = h.manifest(&pushed);
+    assert_eq!(after.layers[1..3], before.layers[1..3]);
+}
+
+#[tokio::test]
+async fn an_image_mounts_read_only() {
+    let h = Harness::image();
+    let fs = h.mount(false).await;
+    assert!(fs.read_only());
+    assert!(
+        fs.notices()[0].contains("container image"),
+        "{:?}",
+        fs.notices()
+    );
+    assert_eq!(
+        fs.create(ROOT, OsStr::new("NOTE.txt"), 0o644).unwrap_err(),
+        libc::EROFS
+    );
+    let _ = h.target.resolve("v1").await.unwrap();
+}
