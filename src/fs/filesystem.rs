@@ -1056,6 +1056,10 @@ impl OrasFs {
 
     /// Writes to a file opened for writing (its staged copy, made on the first write).
     pub async fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<u32, Errno> {
+        if data.is_empty() {
+            // POSIX: writing nothing changes nothing, not even the size past EOF.
+            return Ok(0);
+        }
         let (ino, file) = self.writable_file(fh).await?;
         self.mark_writing(ino)?;
         file.write_all_at(data, offset).map_err(os_errno)?;

@@ -216,11 +216,18 @@ impl OrasFs {
         manifest.annotations = Some(annotations);
         let bytes = Bytes::from(manifest.to_bytes());
         let desc = Descriptor::of(manifest.media_type().to_string(), &bytes);
-        let src = Overlay {
-            upper: store.clone(),
-            lower: w.target.clone(),
-        };
-        oras::copy_graph(&src, dst.as_ref(), &desc, bytes.clone(), &[tag], &copy_opts).await?;
+        if opts.push_to.is_none() {
+            // Every layer is in the mounted repository already (unchanged ones are in the
+            // mounted manifest, changed ones were just sent), and so is the config: asking
+            // about each again would double the requests of a sync of many small files.
+            dst.push_manifest(&desc, bytes.clone(), Some(&tag)).await?;
+        } else {
+            let src = Overlay {
+                upper: store.clone(),
+                lower: w.target.clone(),
+            };
+            oras::copy_graph(&src, dst.as_ref(), &desc, bytes.clone(), &[tag], &copy_opts).await?;
+        }
         self.adopt_pushed(
             w,
             &staged,
