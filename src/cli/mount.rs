@@ -8,8 +8,11 @@ use std::time::Duration;
 
 use clap::Args;
 use oras_fs::fs::cache::CacheOptions;
+use oras_fs::fs::control::{self, ControlRequest, ControlResponse, PushToResolver};
 use oras_fs::fs::filesystem::{MountOptions, OrasFs, Writer};
-use oras_fs::fs::mount::{self, ControlRequest, ControlResponse, MountConfig};
+use oras_fs::fs::fusermount;
+use oras_fs::fs::mount::{self, MountConfig};
+use oras_fs::fs::paths;
 use oras_fs::fs::staging::Staging;
 use oras_fs::oras::LayerFilter;
 use oras_fs::{Error, Result};
@@ -89,9 +92,9 @@ pub async fn mount(args: MountArgs) -> Result<()> {
         return spawn_background();
     }
     // Fail before any network traffic if the control directory is not safe to use.
-    mount::private_runtime_dir(true)?;
-    mount::clear_dead_mount(&args.mountpoint)?;
-    mount::wait_for_previous(&args.mountpoint)?;
+    paths::private_runtime_dir(true)?;
+    fusermount::clear_dead_mount(&args.mountpoint)?;
+    control::wait_for_previous(&args.mountpoint)?;
     let opened = args.target.open(&args.reference, false)?;
     let target = opened.target.clone();
     let writable = !args.read_only && opened.digest.is_none();
@@ -104,7 +107,7 @@ pub async fn mount(args: MountArgs) -> Result<()> {
     let cache_dir = args
         .cache_dir
         .clone()
-        .unwrap_or_else(mount::default_cache_dir);
+        .unwrap_or_else(paths::default_cache_dir);
     let cache = mount::open_cache(
         CacheOptions {
             dir: cache_dir.clone(),
@@ -158,7 +161,7 @@ pub async fn mount(args: MountArgs) -> Result<()> {
         tokio::runtime::Handle::current(),
     )?);
     let at = args.target.clone();
-    let push_to: mount::PushToResolver = Box::new(move |r: &str| {
+    let push_to: PushToResolver = Box::new(move |r: &str| {
         let o = at.open(r, true)?;
         Ok((o.target.clone(), o.reference()))
     });
@@ -365,13 +368,13 @@ pub async fn unmount(args: UnmountArgs) -> Result<()> {
         Some(a) => {
             // The mount process unmounts itself; wait until the kernel agrees.
             for _ in 0..200 {
-                if !mount::is_mounted(&args.mountpoint) {
+                if !fusermount::is_mounted(&args.mountpoint) {
                     break;
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            if mount::is_mounted(&args.mountpoint) {
-                mount::unmount_with(&args.mountpoint, args.lazy)?;
+            if fusermount::is_mounted(&args.mountpoint) {
+                fusermount::unmount_with(&args.mountpoint, args.lazy)?;
             }
             if let Some(d) = &a.digest {
                 outln!("Pushed {d}");
@@ -397,12 +400,12 @@ pub async fn unmount(args: UnmountArgs) -> Result<()> {
                 Err(Error::Other(a.message))
             }
         }
-        None if !mount::is_mounted(&args.mountpoint) => Err(Error::Usage(format!(
+        None if !fusermount::is_mounted(&args.mountpoint) => Err(Error::Usage(format!(
             "nothing is mounted at {}",
             args.mountpoint.display()
         ))),
         // Not served by oras-fs (any more): a dead mount (`kill -9`) or another filesystem.
-        None => mount::unmount_with(&args.mountpoint, args.lazy).map(|_| ()),
+        None => fusermount::unmount_with(&args.mountpoint, args.lazy).map(|_| ()),
     }
 }
 
@@ -458,7 +461,7 @@ pub struct StatusArgs {
 
 pub async fn status(args: StatusArgs) -> Result<()> {
     let mp = args.mountpoint.clone();
-    let reports = tokio::task::spawn_blocking(move || mount::statuses(mp.as_deref()))
+    let reports = tokio::task::spawn_blocking(move || control::statuses(mp.as_deref()))
         .await
         .expect("status task panicked")?;
     if args.format == Format::Json {
@@ -539,7 +542,7 @@ async fn request(
     req: ControlRequest,
 ) -> Result<Option<ControlResponse>> {
     let mp = mountpoint.to_path_buf();
-    tokio::task::spawn_blocking(move || mount::control(&mp, &req))
+    tokio::task::spawn_blocking(move || control::control(&mp, &req))
         .await
         .expect("control task panicked")
 }
