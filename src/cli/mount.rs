@@ -11,7 +11,7 @@ use oras_fs::fs::cache::CacheOptions;
 use oras_fs::fs::control::{self, ControlRequest, ControlResponse, PushToResolver};
 use oras_fs::fs::filesystem::{MountOptions, OrasFs, Writer};
 use oras_fs::fs::fusermount;
-use oras_fs::fs::mount::{self, MountConfig};
+use oras_fs::fs::mount::{self, MountConfig, MountEvent};
 use oras_fs::fs::paths;
 use oras_fs::fs::staging::Staging;
 use oras_fs::oras::LayerFilter;
@@ -93,7 +93,7 @@ pub async fn mount(args: MountArgs) -> Result<()> {
     }
     // Fail before any network traffic if the control directory is not safe to use.
     paths::private_runtime_dir(true)?;
-    fusermount::clear_dead_mount(&args.mountpoint)?;
+    clear_dead_mount(&args.mountpoint)?;
     control::wait_for_previous(&args.mountpoint)?;
     let opened = args.target.open(&args.reference, false)?;
     let target = opened.target.clone();
@@ -179,18 +179,49 @@ pub async fn mount(args: MountArgs) -> Result<()> {
         eprintln!("Note: {notice}");
     }
     let log_dir = cache_dir.clone();
-    mount::serve(fs, config, push_to, move || {
-        eprintln!(
-            "Mounted {} ({digest}) on {} {mode}",
-            args.reference,
-            mountpoint.display()
-        );
-        if std::env::var_os(DAEMON_ENV).is_some() {
-            eprintln!("{READY}");
-            detach_stderr(&log_dir);
+    tune_allocator();
+    mount::serve(fs, config, push_to, move |event| match event {
+        MountEvent::Ready => {
+            eprintln!(
+                "Mounted {} ({digest}) on {} {mode}",
+                args.reference,
+                mountpoint.display()
+            );
+            if std::env::var_os(DAEMON_ENV).is_some() {
+                eprintln!("{READY}");
+                detach_stderr(&log_dir);
+            }
         }
+        MountEvent::Pushed {
+            reference,
+            manifest,
+        } => eprintln!("Pushed {reference} as {}", manifest.digest),
     })
     .await
+}
+
+/// Buffers of a MiB and more (multi-block reads, receive buffers) come and go all the time:
+/// have glibc return them to the system (a fixed mmap threshold) instead of growing per-thread
+/// arenas, so the daemon's memory stays near its cache bound.
+fn tune_allocator() {
+    // SAFETY: mallopt only tunes the allocator; called before the FUSE threads start.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}
+
+/// A mountpoint left by a mount process that died (`kill -9`): if it was an oras-fs mount of
+/// this user, detach it so the new mount can go there (the library says which it is).
+fn clear_dead_mount(mountpoint: &std::path::Path) -> Result<()> {
+    if let Some(dead) = fusermount::dead_mount(mountpoint)? {
+        eprintln!(
+            "Note: {} was left mounted by an oras-fs process that is gone (killed?); unmounting it",
+            mountpoint.display()
+        );
+        fusermount::unmount_with(&dead, true)?;
+    }
+    Ok(())
 }
 
 /// From now on the background child logs to a file, not to the caller's terminal.

@@ -3,7 +3,7 @@
 //! `/proc/mounts`.
 
 use std::os::unix::net::UnixStream;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::paths::{absolute, uid};
 use crate::error::{Error, IoContext, Result};
@@ -186,12 +186,13 @@ pub fn unmount_with(mountpoint: &Path, lazy: bool) -> Result<bool> {
 }
 
 /// A mountpoint left by a mount process that died (`kill -9`) answers every access with
-/// ENOTCONN. If it is a dead oras-fs mount of this user, detach it (lazily: something may
-/// still hold it) so the new mount can go there; otherwise say what to do.
-pub fn clear_dead_mount(mountpoint: &Path) -> Result<()> {
+/// ENOTCONN. If it is a dead oras-fs mount of this user, returns its absolute path, to be
+/// detached (lazily: something may still hold it) so a new mount can go there; if it is
+/// someone else's, says what to do.
+pub fn dead_mount(mountpoint: &Path) -> Result<Option<PathBuf>> {
     match std::fs::metadata(mountpoint) {
         Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {}
-        _ => return Ok(()),
+        _ => return Ok(None),
     }
     let abs = absolute(mountpoint);
     let entry = mount_entry(&abs);
@@ -204,11 +205,7 @@ pub fn clear_dead_mount(mountpoint: &Path) -> Result<()> {
             mountpoint.display()
         )));
     }
-    eprintln!(
-        "Note: {} was left mounted by an oras-fs process that is gone (killed?); unmounting it",
-        mountpoint.display()
-    );
-    unmount_with(&abs, true).map(|_| ())
+    Ok(Some(abs))
 }
 
 /// Whether `path` is a mountpoint now (per /proc/mounts).

@@ -16,7 +16,7 @@ use super::fusermount::{self, unmount_with, VIA_FUSERMOUNT_ENV};
 use super::paths::{absolute, control_socket};
 use crate::content::{self, Target};
 use crate::error::{Error, IoContext, Result};
-use crate::manifest::MAX_MANIFEST_SIZE;
+use crate::manifest::{Descriptor, MAX_MANIFEST_SIZE};
 
 /// Resolves and fetches what a mount shows.
 pub async fn snapshot(target: &dyn Target, display_ref: &str, reference: &str) -> Result<Snapshot> {
@@ -50,30 +50,34 @@ pub fn open_cache(options: CacheOptions, target: Arc<dyn Target>) -> Result<Arc<
 /// How long a signal (SIGTERM, SIGINT) waits for files open for writing before the final push.
 const SIGNAL_WRITER_WAIT: Duration = Duration::from_secs(10);
 
+/// What a mount has to tell its user, for the caller to show: the library prints nothing.
+#[derive(Debug)]
+pub enum MountEvent {
+    /// The mount is usable.
+    Ready,
+    /// The push at the end of the mount went out: the mounted reference, and what was pushed.
+    Pushed {
+        reference: String,
+        manifest: Box<Descriptor>,
+    },
+}
+
 /// Serves a mount until it is unmounted (`fusermount3 -u`, `oras-fs unmount`) or the process
 /// gets SIGTERM/SIGINT; a writable mount pushes its pending changes before the process ends.
-/// `ready` is called once the mount is usable.
+/// `on_event` hears [`MountEvent::Ready`] once the mount is usable, and what the last push did.
 pub async fn serve(
     fs: Arc<OrasFs>,
     config: MountConfig,
     push_to: PushToResolver,
-    ready: impl FnOnce(),
+    mut on_event: impl FnMut(MountEvent),
 ) -> Result<()> {
     check_mountpoint(&config.mountpoint)?;
-    // Buffers of a MiB and more (multi-block reads, receive buffers) come and go all the
-    // time: have glibc return them to the system (a fixed mmap threshold) instead of growing
-    // per-thread arenas, so the daemon's memory stays near its cache bound.
-    // SAFETY: mallopt only tunes the allocator; called before the FUSE threads start.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
-        libc::mallopt(libc::M_ARENA_MAX, 2);
-    }
     let socket = control_socket(&config.mountpoint);
     let listener = control::listen(&socket, &config.mountpoint)?;
     let session = start_session(&fs, &config, &fuse_config(&fs, &config))?;
     let mountpoint = absolute(&config.mountpoint);
     let mut stops = control::serve_control(listener, fs.clone(), push_to, mountpoint);
-    ready();
+    on_event(MountEvent::Ready);
 
     let mut signals = Signals::install()?;
     let why = wait_for_end(&session, &mut signals, &mut stops).await;
@@ -81,11 +85,11 @@ pub async fn serve(
     // socket stays until then, so a new mount here waits for this push (see `listen`).
     let mut synced = match &why {
         Why::Control(_) => Ok(()),
-        Why::Signal => signal_sync(&fs).await,
+        Why::Signal => signal_sync(&fs, &mut on_event).await,
         // The session has ended: no file is open any more.
         Why::Unmounted => {
             note_lost_releases(&fs);
-            final_sync(&fs, false).await
+            final_sync(&fs, false, &mut on_event).await
         }
     };
     let mut detached = false;
@@ -104,7 +108,7 @@ pub async fn serve(
     }
     if (detached || deferred) && !signalled {
         let (fs, mountpoint) = (&fs, &config.mountpoint);
-        synced = serve_detached(fs, &session, &mut signals, mountpoint).await;
+        synced = serve_detached(fs, &session, &mut signals, mountpoint, &mut on_event).await;
     }
     // A session still running (files open on a lazily detached mount) ends with the process.
     if session.guard.is_finished() {
@@ -235,6 +239,7 @@ async fn serve_detached(
     session: &fuser::BackgroundSession,
     signals: &mut Signals,
     mountpoint: &Path,
+    on_event: &mut impl FnMut(MountEvent),
 ) -> Result<()> {
     let mut signalled = false;
     if !session.guard.is_finished() {
@@ -251,10 +256,10 @@ async fn serve_detached(
         };
     }
     if signalled {
-        signal_sync(fs).await
+        signal_sync(fs, on_event).await
     } else {
         note_lost_releases(fs);
-        final_sync(fs, false).await
+        final_sync(fs, false, on_event).await
     }
 }
 
@@ -323,7 +328,11 @@ fn note_lost_releases(fs: &OrasFs) {
 }
 
 /// The push at the end of a writable mount's life.
-async fn final_sync(fs: &OrasFs, hold_open_files: bool) -> Result<()> {
+async fn final_sync(
+    fs: &OrasFs,
+    hold_open_files: bool,
+    on_event: &mut impl FnMut(MountEvent),
+) -> Result<()> {
     if fs.read_only() {
         return Ok(());
     }
@@ -334,7 +343,10 @@ async fn final_sync(fs: &OrasFs, hold_open_files: bool) -> Result<()> {
     match fs.sync(&opts).await {
         Ok(Some(d)) => {
             tracing::info!("pushed {d:?}");
-            eprintln!("Pushed {} as {}", fs.snapshot().reference, d.digest);
+            on_event(MountEvent::Pushed {
+                reference: fs.snapshot().reference,
+                manifest: Box::new(d),
+            });
             Ok(())
         }
         Ok(None) => Ok(()),
@@ -349,13 +361,13 @@ async fn final_sync(fs: &OrasFs, hold_open_files: bool) -> Result<()> {
 
 /// The push when a signal ends the mount: first waits (bounded) for files open for writing to
 /// be closed; if some still are, pushes nothing, so no file goes out half-written.
-async fn signal_sync(fs: &OrasFs) -> Result<()> {
+async fn signal_sync(fs: &OrasFs, on_event: &mut impl FnMut(MountEvent)) -> Result<()> {
     if fs.read_only() {
         return Ok(());
     }
     let open = wait_for_writers(fs, SIGNAL_WRITER_WAIT).await;
     if open.is_empty() {
-        return final_sync(fs, false).await;
+        return final_sync(fs, false, on_event).await;
     }
     let e = Error::Other(format!(
         "not pushing what is still open for writing after {} s: {}. The rest is pushed; these \
@@ -368,7 +380,7 @@ async fn signal_sync(fs: &OrasFs) -> Result<()> {
     tracing::error!("{e}");
     fs.record_error(&e);
     // Everything else goes out now.
-    final_sync(fs, true).await.and(Err(e))
+    final_sync(fs, true, on_event).await.and(Err(e))
 }
 
 /// Waits until no file is open for writing, or `limit`; returns those still open.
