@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
+use super::staging::private_dir;
 use crate::digest::Digest;
 use crate::error::{Error, IoContext, Result};
 
@@ -56,11 +57,10 @@ pub fn private_runtime_dir(create: bool) -> Result<Option<PathBuf>> {
     Ok(Some(dir))
 }
 
+/// Makes `d` with mode 0700 (a umask that takes the owner's own bits is reported by the check).
 fn make_private_dir(d: &Path) -> Result<()> {
-    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-    match std::fs::DirBuilder::new().mode(0o700).create(d) {
-        Ok(()) => std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700))
-            .ctx(|| format!("making {} private", d.display())),
+    match private_dir(d) {
+        Ok(()) => Ok(()),
         // Someone else made it meanwhile: the check that follows judges it.
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
         Err(e) => Err(Error::io(format!("creating {}", d.display()), e)),
