@@ -169,7 +169,6 @@ pub async fn mount(args: MountArgs) -> Result<()> {
         mountpoint: args.mountpoint.clone(),
         allow_other: args.allow_other,
     };
-    let mountpoint = args.mountpoint.clone();
     let mode = if fs.read_only() {
         "read-only"
     } else {
@@ -178,26 +177,33 @@ pub async fn mount(args: MountArgs) -> Result<()> {
     for notice in fs.notices() {
         eprintln!("Note: {notice}");
     }
-    let log_dir = cache_dir.clone();
+    let mounted = format!(
+        "Mounted {} ({digest}) on {} {mode}",
+        args.reference,
+        args.mountpoint.display()
+    );
     tune_allocator();
-    mount::serve(fs, config, push_to, move |event| match event {
+    mount::serve(fs, config, push_to, move |event| {
+        show(event, &mounted, &cache_dir)
+    })
+    .await
+}
+
+/// Tells the user what the mount process reports (the library prints nothing).
+fn show(event: MountEvent, mounted: &str, cache_dir: &std::path::Path) {
+    match event {
         MountEvent::Ready => {
-            eprintln!(
-                "Mounted {} ({digest}) on {} {mode}",
-                args.reference,
-                mountpoint.display()
-            );
+            eprintln!("{mounted}");
             if std::env::var_os(DAEMON_ENV).is_some() {
                 eprintln!("{READY}");
-                detach_stderr(&log_dir);
+                detach_stderr(cache_dir);
             }
         }
         MountEvent::Pushed {
             reference,
             manifest,
         } => eprintln!("Pushed {reference} as {}", manifest.digest),
-    })
-    .await
+    }
 }
 
 /// Buffers of a MiB and more (multi-block reads, receive buffers) come and go all the time:
