@@ -8,8 +8,11 @@ use std::time::Duration;
 
 use clap::Args;
 use oras_fs::fs::cache::CacheOptions;
+use oras_fs::fs::control::{self, ControlRequest, ControlResponse, PushToResolver};
 use oras_fs::fs::filesystem::{MountOptions, OrasFs, Writer};
-use oras_fs::fs::mount::{self, ControlRequest, ControlResponse, MountConfig};
+use oras_fs::fs::fusermount;
+use oras_fs::fs::mount::{self, MountConfig, MountEvent};
+use oras_fs::fs::paths;
 use oras_fs::fs::staging::Staging;
 use oras_fs::oras::LayerFilter;
 use oras_fs::{Error, Result};
@@ -89,9 +92,9 @@ pub async fn mount(args: MountArgs) -> Result<()> {
         return spawn_background();
     }
     // Fail before any network traffic if the control directory is not safe to use.
-    mount::private_runtime_dir(true)?;
-    mount::clear_dead_mount(&args.mountpoint)?;
-    mount::wait_for_previous(&args.mountpoint)?;
+    paths::private_runtime_dir(true)?;
+    clear_dead_mount(&args.mountpoint)?;
+    control::wait_for_previous(&args.mountpoint)?;
     let opened = args.target.open(&args.reference, false)?;
     let target = opened.target.clone();
     let writable = !args.read_only && opened.digest.is_none();
@@ -104,7 +107,7 @@ pub async fn mount(args: MountArgs) -> Result<()> {
     let cache_dir = args
         .cache_dir
         .clone()
-        .unwrap_or_else(mount::default_cache_dir);
+        .unwrap_or_else(paths::default_cache_dir);
     let cache = mount::open_cache(
         CacheOptions {
             dir: cache_dir.clone(),
@@ -151,7 +154,7 @@ pub async fn mount(args: MountArgs) -> Result<()> {
     let digest = snapshot.descriptor.digest.clone();
     let fs = Arc::new(OrasFs::new(cache, snapshot, options, writer, journal)?);
     let at = args.target.clone();
-    let push_to: mount::PushToResolver = Box::new(move |r: &str| {
+    let push_to: PushToResolver = Box::new(move |r: &str| {
         let o = at.open(r, true)?;
         Ok((o.target.clone(), o.reference()))
     });
@@ -159,7 +162,6 @@ pub async fn mount(args: MountArgs) -> Result<()> {
         mountpoint: args.mountpoint.clone(),
         allow_other: args.allow_other,
     };
-    let mountpoint = args.mountpoint.clone();
     let mode = if fs.read_only() {
         "read-only"
     } else {
@@ -168,19 +170,57 @@ pub async fn mount(args: MountArgs) -> Result<()> {
     for notice in fs.notices() {
         eprintln!("Note: {notice}");
     }
-    let log_dir = cache_dir.clone();
-    mount::serve(fs, config, push_to, move || {
-        eprintln!(
-            "Mounted {} ({digest}) on {} {mode}",
-            args.reference,
-            mountpoint.display()
-        );
-        if std::env::var_os(DAEMON_ENV).is_some() {
-            eprintln!("{READY}");
-            detach_stderr(&log_dir);
-        }
+    let mounted = format!(
+        "Mounted {} ({digest}) on {} {mode}",
+        args.reference,
+        args.mountpoint.display()
+    );
+    tune_allocator();
+    mount::serve(fs, config, push_to, move |event| {
+        show(event, &mounted, &cache_dir)
     })
     .await
+}
+
+/// Tells the user what the mount process reports (the library prints nothing).
+fn show(event: MountEvent, mounted: &str, cache_dir: &std::path::Path) {
+    match event {
+        MountEvent::Ready => {
+            eprintln!("{mounted}");
+            if std::env::var_os(DAEMON_ENV).is_some() {
+                eprintln!("{READY}");
+                detach_stderr(cache_dir);
+            }
+        }
+        MountEvent::Pushed {
+            reference,
+            manifest,
+        } => eprintln!("Pushed {reference} as {}", manifest.digest),
+    }
+}
+
+/// Buffers of a MiB and more (multi-block reads, receive buffers) come and go all the time:
+/// have glibc return them to the system (a fixed mmap threshold) instead of growing per-thread
+/// arenas, so the daemon's memory stays near its cache bound.
+fn tune_allocator() {
+    // SAFETY: mallopt only tunes the allocator; called before the FUSE threads start.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}
+
+/// A mountpoint left by a mount process that died (`kill -9`): if it was an oras-fs mount of
+/// this user, detach it so the new mount can go there (the library says which it is).
+fn clear_dead_mount(mountpoint: &std::path::Path) -> Result<()> {
+    if let Some(dead) = fusermount::dead_mount(mountpoint)? {
+        eprintln!(
+            "Note: {} was left mounted by an oras-fs process that is gone (killed?); unmounting it",
+            mountpoint.display()
+        );
+        fusermount::unmount_with(&dead, true)?;
+    }
+    Ok(())
 }
 
 /// From now on the background child logs to a file, not to the caller's terminal.
@@ -358,13 +398,13 @@ pub async fn unmount(args: UnmountArgs) -> Result<()> {
         Some(a) => {
             // The mount process unmounts itself; wait until the kernel agrees.
             for _ in 0..200 {
-                if !mount::is_mounted(&args.mountpoint) {
+                if !fusermount::is_mounted(&args.mountpoint) {
                     break;
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            if mount::is_mounted(&args.mountpoint) {
-                mount::unmount_with(&args.mountpoint, args.lazy)?;
+            if fusermount::is_mounted(&args.mountpoint) {
+                fusermount::unmount_with(&args.mountpoint, args.lazy)?;
             }
             if let Some(d) = &a.digest {
                 outln!("Pushed {d}");
@@ -390,12 +430,12 @@ pub async fn unmount(args: UnmountArgs) -> Result<()> {
                 Err(Error::Other(a.message))
             }
         }
-        None if !mount::is_mounted(&args.mountpoint) => Err(Error::Usage(format!(
+        None if !fusermount::is_mounted(&args.mountpoint) => Err(Error::Usage(format!(
             "nothing is mounted at {}",
             args.mountpoint.display()
         ))),
         // Not served by oras-fs (any more): a dead mount (`kill -9`) or another filesystem.
-        None => mount::unmount_with(&args.mountpoint, args.lazy).map(|_| ()),
+        None => fusermount::unmount_with(&args.mountpoint, args.lazy).map(|_| ()),
     }
 }
 
@@ -451,7 +491,7 @@ pub struct StatusArgs {
 
 pub async fn status(args: StatusArgs) -> Result<()> {
     let mp = args.mountpoint.clone();
-    let reports = tokio::task::spawn_blocking(move || mount::statuses(mp.as_deref()))
+    let reports = tokio::task::spawn_blocking(move || control::statuses(mp.as_deref()))
         .await
         .expect("status task panicked")?;
     if args.format == Format::Json {
@@ -532,7 +572,7 @@ async fn request(
     req: ControlRequest,
 ) -> Result<Option<ControlResponse>> {
     let mp = mountpoint.to_path_buf();
-    tokio::task::spawn_blocking(move || mount::control(&mp, &req))
+    tokio::task::spawn_blocking(move || control::control(&mp, &req))
         .await
         .expect("control task panicked")
 }

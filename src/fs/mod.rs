@@ -5,11 +5,17 @@
 //! - [`fuse`]: the fuser adapter;
 //! - [`staging`]: the journal and staged files of a writable mount;
 //! - [`mount`]: lifecycle (serve, signals, control socket, sync, unmount).
+//! - [`control`]: the control socket protocol, server and client;
+//! - [`paths`]: the default cache directory and the private runtime directory;
+//! - [`fusermount`]: mounting and unmounting through `fusermount3`, dead mounts.
 
 pub mod cache;
+pub mod control;
 pub mod filesystem;
 pub mod fuse;
+pub mod fusermount;
 pub mod mount;
+pub mod paths;
 pub mod staging;
 pub mod sync;
 pub mod tree;
