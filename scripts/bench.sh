@@ -4,7 +4,8 @@
 #
 #   scripts/bench.sh [--smoke] [--runs N] [--big SIZE] [--huge SIZE]
 #                    [--small-count N] [--small-size SIZE] [--delay-ms MS] [--no-rtt]
-#                    [--fio-runtime S] [--drop-caches] [--bin PATH] [--out FILE]
+#                    [--fio-runtime S] [--creates N] [--sync-count N] [--only GROUPS]
+#                    [--drop-caches] [--bin PATH] [--out FILE]
 #
 #   --smoke        tiny sizes, 1 run, report to a temp file (CI: scripts/test.sh)
 #   --runs N       runs of every workload, interleaved (default 3)
@@ -13,6 +14,14 @@
 #   --small-count N / --small-size SIZE  (256 / 64K)      env BENCH_SMALL_COUNT/_SIZE
 #   --delay-ms MS  one-way delay of the latency proxy (10 = 20 ms RTT); --no-rtt skips it
 #   --fio-runtime S  seconds of the fio randread job (default 5)
+#   --creates N    empty files created in one directory of a writable mount, in 5 batches,
+#                  then removed with rm -rf (default 10000)             env BENCH_CREATES
+#   --sync-count N   4 KiB files written into a writable mount and synced, against
+#                  `oras-fs push` of the same files (default 2000)      env BENCH_SYNC_COUNT
+#   --only GROUPS  run only these workload groups (comma-separated): pull, push, mount, fio,
+#                  rtt, staging (the creates, rm -rf and small-file sync rows). The report
+#                  then goes to a temp file unless --out is given: BENCHMARKS.md's generated
+#                  region holds a full run.
 #   --drop-caches  drop the page cache before every timed command (needs root; slow)
 #   --registry-on-disk  keep the registry's storage under /tmp rather than in /dev/shm
 #   --bin PATH     the oras-fs binary (default: target/release, built if stale)
@@ -45,6 +54,7 @@ MODE=full
 for a in "$@"; do [[ $a == --smoke ]] && MODE=smoke; done
 if [[ $MODE == smoke ]]; then
     RUNS=1 BIG=4M HUGE=8M SMALL_COUNT=16 SMALL_SIZE=4K FIO_RUNTIME=1 CMD_TIMEOUT=60
+    CREATES=200 SYNC_COUNT=100
 else
     RUNS=${BENCH_RUNS:-3}
     BIG=${BENCH_BIG:-512M}
@@ -52,6 +62,8 @@ else
     SMALL_COUNT=${BENCH_SMALL_COUNT:-256}
     SMALL_SIZE=${BENCH_SMALL_SIZE:-64K}
     FIO_RUNTIME=${BENCH_FIO_RUNTIME:-5}
+    CREATES=${BENCH_CREATES:-10000}
+    SYNC_COUNT=${BENCH_SYNC_COUNT:-2000}
     CMD_TIMEOUT=600
 fi
 DELAY_MS=${BENCH_DELAY_MS:-10}
@@ -60,6 +72,7 @@ DROP=0
 REG_ON_DISK=0
 BIN=${ORAS_FS_BIN:-}
 OUT=""
+ONLY=""
 while (($#)); do
     case $1 in
     --smoke) shift ;;
@@ -71,6 +84,9 @@ while (($#)); do
     --delay-ms) DELAY_MS=${2:?}; shift 2 ;;
     --no-rtt) RTT=0; shift ;;
     --fio-runtime) FIO_RUNTIME=${2:?}; shift 2 ;;
+    --creates) CREATES=${2:?}; shift 2 ;;
+    --sync-count) SYNC_COUNT=${2:?}; shift 2 ;;
+    --only) ONLY=${2:?}; shift 2 ;;
     --drop-caches) DROP=1; shift ;;
     --registry-on-disk) REG_ON_DISK=1; shift ;;
     --bin) BIN=${2:?}; shift 2 ;;
@@ -98,10 +114,26 @@ HUGE_B=$(to_bytes "$HUGE")
 SMALL_B=$(to_bytes "$SMALL_SIZE")
 [[ $RUNS =~ ^[1-9][0-9]*$ ]] || die "bad --runs '$RUNS'"
 [[ $SMALL_COUNT =~ ^[1-9][0-9]*$ ]] || die "bad --small-count '$SMALL_COUNT'"
+# Creates go in 5 equal batches (creates/s at 5 tree sizes).
+CREATE_BATCHES=5
+[[ $CREATES =~ ^[1-9][0-9]*$ ]] && ((CREATES % CREATE_BATCHES == 0)) ||
+    die "bad --creates '$CREATES' (a positive multiple of $CREATE_BATCHES)"
+[[ $SYNC_COUNT =~ ^[1-9][0-9]*$ ]] || die "bad --sync-count '$SYNC_COUNT'"
+GROUPS_ALL=(pull push mount fio rtt staging)
+if [[ -n $ONLY ]]; then
+    IFS=, read -ra only_list <<<"$ONLY"
+    for g in "${only_list[@]}"; do
+        [[ " ${GROUPS_ALL[*]} " == *" $g "* ]] || die "bad --only group '$g' (one of: ${GROUPS_ALL[*]})"
+    done
+fi
+# want GROUP: the group is selected (all are, without --only).
+want() { [[ -z $ONLY || ",$ONLY," == *",$1,"* ]]; }
 ((BIG_B >= 4096 && HUGE_B >= 4096 && SMALL_B > 0)) || die "sizes too small"
 if [[ -z $OUT ]]; then
     if [[ $MODE == smoke ]]; then
         OUT="${TMPDIR:-/tmp}/oras-fs-bench-smoke.md"
+    elif [[ -n $ONLY ]]; then
+        OUT="${TMPDIR:-/tmp}/oras-fs-bench-only.md"
     else
         OUT="$REPO/BENCHMARKS.md"
     fi
@@ -161,6 +193,7 @@ META=$WORK/meta.env
 REG_NAME="bench-$$-$RANDOM"
 REG_STATE=""
 REG_BASE=""
+SHM_WORK=""
 PROXY_PID=""
 MOUNTS=()
 DAEMONS=()
@@ -205,6 +238,7 @@ cleanup() {
     for m in "${MOUNTS[@]}"; do is_mounted "$m" && ok=0; done
     if ((ok)); then
         rm -rf "$WORK"
+        [[ -n $SHM_WORK && $SHM_WORK == /dev/shm/oras-fs-bench-work.* ]] && rm -rf "$SHM_WORK"
     else
         echo "bench.sh: a mount under $WORK is still there; leaving $WORK" >&2
     fi
@@ -426,6 +460,11 @@ meta HUGE "$HUGE_B"
 meta SMALL_COUNT "$SMALL_COUNT"
 meta SMALL_SIZE "$SMALL_B"
 meta FIO_RUNTIME "$FIO_RUNTIME"
+meta CREATES "$CREATES"
+meta CREATE_BATCHES "$CREATE_BATCHES"
+meta SYNC_COUNT "$SYNC_COUNT"
+meta SYNC_SIZE 4096
+meta ONLY "$ONLY"
 meta MEMORY_CACHE $((64 << 20)) # oras-fs mount's default --memory-cache
 if ((HAVE_TIME)); then
     # shellcheck disable=SC2016 # Markdown backticks
@@ -449,7 +488,11 @@ done
 meta PY_IMPORT "$(printf '%s\n' "${py_import[@]}" | sort -n | sed -n 2p | awk '{ printf "%.0f ms", $1 / 1000 }')"
 
 # --- Registry, proxy, data ----------------------------------------------------------------
-say "$MODE run, $RUNS run(s); big $BIG_B B, huge $HUGE_B B, $SMALL_COUNT x $SMALL_B B; binary $BIN"
+# The big, huge and small files serve every group but staging.
+NEED_FILES=0
+for g in pull push mount fio rtt; do want "$g" && NEED_FILES=1; done
+want rtt || RTT=0
+say "$MODE run${ONLY:+ (only $ONLY)}, $RUNS run(s); big $BIG_B B, huge $HUGE_B B, $SMALL_COUNT x $SMALL_B B; $CREATES creates, $SYNC_COUNT x 4 KiB synced; binary $BIN"
 # Distribution fsyncs every blob and link file it writes: on a disk that sets the pace of
 # small-file pushes for every tool alike and hides the clients' differences, which are what
 # is measured here. So the registry's storage is in memory when there is room.
@@ -461,6 +504,10 @@ if ((!REG_ON_DISK)) && [[ -d /dev/shm && -w /dev/shm ]] &&
     meta REG_STORAGE "tmpfs (/dev/shm): Distribution fsyncs every blob and link file it writes, and on this VM's disk that, not the clients, set the pace of small-file pushes (2-3x slower for every tool; --registry-on-disk keeps it on disk)"
 else
     meta REG_STORAGE "disk (${ORAS_FS_REGISTRY_STATE:-/tmp/oras-fs-registry}): every blob and link file the registry writes is fsynced"
+fi
+# The mount-shm rows of the staging workload keep their --cache-dir in memory.
+if want staging && [[ -d /dev/shm && -w /dev/shm ]]; then
+    SHM_WORK=$(mktemp -d /dev/shm/oras-fs-bench-work.XXXXXX)
 fi
 reg_env=$("$REPO/scripts/registry.sh" start --name "$REG_NAME" 2>"$WORK/registry-start.err") ||
     { cat "$WORK/registry-start.err" >&2; die "could not start the registry"; }
@@ -486,29 +533,40 @@ if ((RTT)); then
     meta RTT_MS $((2 * DELAY_MS))
     meta RTT_NOTE "RTT rows: clients talk to scripts/latency_proxy.py, which holds every chunk $DELAY_MS ms in each direction (a $((2 * DELAY_MS)) ms round trip, and a new connection's first bytes wait for an emulated TCP handshake) without serializing transfers."
 else
-    meta RTT_NOTE "No RTT rows (--no-rtt)."
+    meta RTT_NOTE "No RTT rows (--no-rtt or --only)."
 fi
 
 say "generating test data"
-head -c "$BIG_B" /dev/urandom >"$DATA/big"
-head -c "$HUGE_B" /dev/urandom >"$DATA/huge"
-mkdir -p "$DATA/small"
-digits=$(((${#SMALL_COUNT} > 3) ? ${#SMALL_COUNT} : 3))
-head -c $((SMALL_COUNT * SMALL_B)) /dev/urandom |
-    (cd "$DATA/small" && split -b "$SMALL_B" -d -a "$digits" - f)
-mapfile -t SMALL_FILES < <(cd "$DATA/small" && ls)
-((${#SMALL_FILES[@]} == SMALL_COUNT)) || die "made ${#SMALL_FILES[@]} small files, wanted $SMALL_COUNT"
 echo seed >"$DATA/seed.txt"
-
-say "seeding the registry"
+# split -d -a DIGITS: f000, f001, ... (at least 3 digits).
+split_into() {
+    local dir=$1 count=$2 size=$3 digits
+    mkdir -p "$dir"
+    digits=$(((${#count} > 3) ? ${#count} : 3))
+    head -c $((count * size)) /dev/urandom | (cd "$dir" && split -b "$size" -d -a "$digits" - f)
+}
 orasfs() { "$BIN" "$@" --no-tty; }
 seed() { (cd "$1" && shift && orasfs push "$@" >/dev/null 2>>"$WORK/seed.log"); }
-seed "$DATA" "$REG/bench/big:v1" big || die "seeding big: $(tail -n3 "$WORK/seed.log")"
-seed "$DATA" "$REG/bench/huge:v1" huge || die "seeding huge: $(tail -n3 "$WORK/seed.log")"
-seed "$DATA/small" "$REG/bench/small:v1" "${SMALL_FILES[@]}" ||
-    die "seeding small: $(tail -n3 "$WORK/seed.log")"
-BIG_DIGEST=$(layers_of bench/big v1 | awk '{ print $1 }')
-[[ $BIG_DIGEST == sha256:* ]] || die "no digest for bench/big"
+if ((NEED_FILES)); then
+    head -c "$BIG_B" /dev/urandom >"$DATA/big"
+    head -c "$HUGE_B" /dev/urandom >"$DATA/huge"
+    split_into "$DATA/small" "$SMALL_COUNT" "$SMALL_B"
+    mapfile -t SMALL_FILES < <(cd "$DATA/small" && ls)
+    ((${#SMALL_FILES[@]} == SMALL_COUNT)) || die "made ${#SMALL_FILES[@]} small files, wanted $SMALL_COUNT"
+
+    say "seeding the registry"
+    seed "$DATA" "$REG/bench/big:v1" big || die "seeding big: $(tail -n3 "$WORK/seed.log")"
+    seed "$DATA" "$REG/bench/huge:v1" huge || die "seeding huge: $(tail -n3 "$WORK/seed.log")"
+    seed "$DATA/small" "$REG/bench/small:v1" "${SMALL_FILES[@]}" ||
+        die "seeding small: $(tail -n3 "$WORK/seed.log")"
+    BIG_DIGEST=$(layers_of bench/big v1 | awk '{ print $1 }')
+    [[ $BIG_DIGEST == sha256:* ]] || die "no digest for bench/big"
+fi
+if want staging; then
+    split_into "$DATA/sync4k" "$SYNC_COUNT" 4096
+    mapfile -t SYNC_FILES < <(cd "$DATA/sync4k" && ls)
+    ((${#SYNC_FILES[@]} == SYNC_COUNT)) || die "made ${#SYNC_FILES[@]} 4 KiB files, wanted $SYNC_COUNT"
+fi
 
 # curl's upload: POST for a session, then one streaming PUT with the digest (no
 # Expect: 100-continue round trip, as the raw HTTP limit).
@@ -727,6 +785,140 @@ wl_mount_cp_sync() {
     rm -rf "$CACHE" "$MNT"
 }
 
+# Bytes of the staging journal of the (only) mount on cache directory $1.
+journal_bytes() {
+    local f n=0
+    for f in "$1"/staging/*/journal.log; do
+        [[ -f $f ]] && n=$((n + $(stat -c %s "$f")))
+    done
+    echo "$n"
+}
+
+# CREATES empty files made in one new directory of a writable mount of a fresh tag, with one
+# `touch` of CREATES/CREATE_BATCHES new names per batch: creates/s as the tree grows (the
+# journal is an append-only log, so a create should cost the same at any tree size). Then
+# `rm -rf` of the directory. Three tools, batch by batch in a rotating order:
+#   mount      the mount, its --cache-dir (staged files and journal) on $WORK's filesystem
+#   mount-shm  the same with the --cache-dir in /dev/shm (the mount's own cost, without disk)
+#   plain      the same touch and rm -rf in a plain directory on $WORK's filesystem: every
+#              create in the mount creates a staged file there, so this bounds it
+# The wall of mount_creates is the sum of the batches.
+wl_mount_creates() {
+    local run=$1 per=$((CREATES / CREATE_BATCHES)) b i t t0 t1 n dir repo names
+    local -A mnt=() pid=() cache=() c0=() total=()
+    local tools=(mount plain)
+    [[ -n $SHM_WORK ]] && tools=(mount mount-shm plain)
+    for t in "${tools[@]}"; do
+        total[$t]=0
+        if [[ $t == plain ]]; then
+            dir=$(mktemp -d "$WORK/plain.XXXXXX")
+            mkdir "$dir/many"
+            mnt[$t]=$dir
+            continue
+        fi
+        repo="bench/creates-$t-$run"
+        seed "$DATA" "$REG/$repo:v1" seed.txt || fail "seeding $repo"
+        fresh_dirs
+        if [[ $t == mount-shm ]]; then
+            rmdir "$CACHE"
+            CACHE=$(mktemp -d "$SHM_WORK/cache.XXXXXX")
+        fi
+        do_mount "$REG/$repo:v1" "$CACHE" "$MNT"
+        mnt[$t]=$MNT cache[$t]=$CACHE pid[$t]=$MOUNT_PID
+        mkdir "$MNT/many" || fail "mount_creates/$t: mkdir in the mount"
+        c0[$t]=$(cpu_of "$MOUNT_PID")
+    done
+    for ((b = 1; b <= CREATE_BATCHES; b++)); do
+        names=()
+        for ((i = (b - 1) * per; i < b * per; i++)); do names+=("f$i"); done
+        for t in $(rotate $((run + b)) "${tools[@]}"); do
+            t0=$(now_us)
+            timeout -k 5 "$CMD_TIMEOUT" env -C "${mnt[$t]}/many" touch -- "${names[@]}" \
+                >"$WORK/last.out" 2>"$WORK/last.err" || fail "mount_creates/$t: touch of batch $b"
+            t1=$(now_us)
+            record mount_creates "$t" "$run" "batch$b" "$(secs $((t1 - t0)))"
+            total[$t]=$((total[$t] + t1 - t0))
+        done
+    done
+    for t in "${tools[@]}"; do
+        record mount_creates "$t" "$run" wall "$(secs "${total[$t]}")"
+        if [[ $t != plain ]]; then
+            record mount_creates "$t" "$run" cpu "$(awk -v a="${c0[$t]}" -v b="$(cpu_of "${pid[$t]}")" 'BEGIN { print b - a }')"
+            record mount_creates "$t" "$run" journal "$(journal_bytes "${cache[$t]}")"
+        fi
+        n=$(find "${mnt[$t]}/many" -mindepth 1 -maxdepth 1 -type f -size 0 | wc -l)
+        ((n == CREATES)) || fail "mount_creates/$t: $n files in the directory, expected $CREATES"
+    done
+
+    for t in $(rotate "$run" "${tools[@]}"); do
+        [[ $t != plain ]] && c0[$t]=$(cpu_of "${pid[$t]}")
+        t0=$(now_us)
+        timeout -k 5 "$CMD_TIMEOUT" rm -rf "${mnt[$t]}/many" || fail "mount_rm/$t: rm -rf"
+        t1=$(now_us)
+        [[ -e ${mnt[$t]}/many ]] && fail "mount_rm/$t: ${mnt[$t]}/many is still there"
+        record mount_rm "$t" "$run" wall "$(secs $((t1 - t0)))"
+        if [[ $t != plain ]]; then
+            record mount_rm "$t" "$run" cpu "$(awk -v a="${c0[$t]}" -v b="$(cpu_of "${pid[$t]}")" 'BEGIN { print b - a }')"
+            record mount_rm "$t" "$run" journal "$(journal_bytes "${cache[$t]}")"
+        fi
+    done
+    for t in "${tools[@]}"; do
+        if [[ $t == plain ]]; then
+            rm -rf "${mnt[$t]}"
+            continue
+        fi
+        t0=$(now_us)
+        do_unmount "${mnt[$t]}" "${pid[$t]}"
+        t1=$(now_us)
+        record mount_rm "$t" "$run" unmount "$(secs $((t1 - t0)))"
+        # Nothing is left to push: the tag still holds seed.txt alone.
+        expect_layers "bench/creates-$t-$run" v1 "mount_rm/$t" 1
+        rm -rf "${cache[$t]}" "${mnt[$t]}"
+    done
+}
+
+# SYNC_COUNT new 4 KiB files: `cp` into a writable mount of a fresh tag, then `oras-fs sync`
+# (timed), against `oras-fs push` of the same files to a fresh repository, in rotating order.
+wl_sync_small() {
+    local run=$1 t repo t0 t1 t2 c0 r0
+    for t in $(rotate "$run" mount oras-fs); do
+        case $t in
+        oras-fs)
+            repo="bench/push-4k-$run"
+            # push writes a progress line per file to stderr without a TTY: timed keeps it in
+            # $WORK/last.err.
+            timed push_4k oras-fs "$run" env -C "$DATA/sync4k" "$BIN" push --no-tty \
+                "$REG/$repo:v1" "${SYNC_FILES[@]}"
+            expect_layers "$repo" v1 push_4k "$SYNC_COUNT"
+            ;;
+        mount)
+            repo="bench/sync-4k-$run"
+            seed "$DATA" "$REG/$repo:v1" seed.txt || fail "seeding $repo"
+            fresh_dirs
+            do_mount "$REG/$repo:v1" "$CACHE" "$MNT"
+            t0=$(now_us)
+            timeout -k 5 "$CMD_TIMEOUT" env -C "$DATA/sync4k" cp -t "$MNT" -- "${SYNC_FILES[@]}" ||
+                fail "mount_sync_4k: cp into the mount"
+            t1=$(now_us)
+            record mount_sync_4k mount "$run" cp "$(secs $((t1 - t0)))"
+            maybe_drop_caches
+            r0=$(reg_ticks)
+            c0=$(cpu_of "$MOUNT_PID")
+            t1=$(now_us)
+            timeout -k 5 "$CMD_TIMEOUT" "$BIN" sync "$MNT" >>"$WORK/mount.log" 2>&1 ||
+                fail "mount_sync_4k: sync"
+            t2=$(now_us)
+            record mount_sync_4k mount "$run" cpu "$(awk -v a="$c0" -v b="$(cpu_of "$MOUNT_PID")" 'BEGIN { print b - a }')"
+            record mount_sync_4k mount "$run" reg_cpu "$(ticks_since "$r0")"
+            record mount_sync_4k mount "$run" wall "$(secs $((t2 - t1)))"
+            do_unmount "$MNT" "$MOUNT_PID"
+            expect_layers "$repo" v1 mount_sync_4k $((SYNC_COUNT + 1))
+            rm -rf "$CACHE" "$MNT"
+            ;;
+        esac
+    done
+}
+
 fio_json() {
     python3 -c 'import json, sys
 j = json.load(open(sys.argv[1]))["jobs"][0]["read"]
@@ -774,20 +966,31 @@ wl_fio_rand() {
 # --- Run ----------------------------------------------------------------------------------
 step() { say "run $1/$RUNS: $2"; }
 for ((run = 1; run <= RUNS; run++)); do
-    step "$run" "pull"
-    wl_pull_big "$run"
-    wl_pull_huge "$run"
-    wl_pull_small "$run" "$REG" ""
-    step "$run" "push"
-    wl_push_small "$run" "$REG" ""
-    wl_push_big "$run"
-    step "$run" "mount"
-    wl_mount_rand4k "$run" "$REG" ""
-    wl_mount_ttfb "$run" "$REG" ""
-    wl_mount_cat "$run"
-    wl_mount_rss "$run"
-    wl_mount_cp_sync "$run"
-    if ((HAVE_FIO)); then
+    if want pull; then
+        step "$run" "pull"
+        wl_pull_big "$run"
+        wl_pull_huge "$run"
+        wl_pull_small "$run" "$REG" ""
+    fi
+    if want push; then
+        step "$run" "push"
+        wl_push_small "$run" "$REG" ""
+        wl_push_big "$run"
+    fi
+    if want mount; then
+        step "$run" "mount"
+        wl_mount_rand4k "$run" "$REG" ""
+        wl_mount_ttfb "$run" "$REG" ""
+        wl_mount_cat "$run"
+        wl_mount_rss "$run"
+        wl_mount_cp_sync "$run"
+    fi
+    if want staging; then
+        step "$run" "staging: $CREATES creates, rm -rf, sync of $SYNC_COUNT x 4 KiB"
+        wl_mount_creates "$run"
+        wl_sync_small "$run"
+    fi
+    if ((HAVE_FIO)) && want fio; then
         step "$run" "fio"
         wl_fio_seq "$run"
         wl_fio_rand "$run"
