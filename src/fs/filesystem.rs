@@ -835,7 +835,10 @@ impl OrasFs {
         node.kind = Kind::File(Source::Staged(path.clone()));
         node.size = if truncate { 0 } else { desc.size };
         node.version += 1;
-        self.writing.lock().unwrap().insert(ino);
+        // Being written only while a handle is open for it (not for a plain `truncate`).
+        if self.writable_inos().contains(&ino) {
+            self.writing.lock().unwrap().insert(ino);
+        }
         let record = self.put(&tree, ino);
         self.record(&tree, record)?;
         Ok(path)
