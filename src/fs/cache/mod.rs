@@ -685,7 +685,7 @@ impl BlobCache {
         let whole = start == 0 && end == size;
         let mut whole_hash = whole.then(|| blob.desc.digest.digester());
         let mut held = Vec::new();
-        let mut storing: Option<tokio::task::JoinHandle<()>> = None;
+        let mut storing: Option<tokio::task::JoinHandle<bool>> = None;
         let mut next = run.start;
         let mut block = bytes::BytesMut::with_capacity(block_len(next));
         let mut stream = match self
@@ -732,8 +732,12 @@ impl BlobCache {
                     held.push(data);
                 } else {
                     // One block stores while the next arrives; they land in order.
+                    // A store that panicked published nothing: its readers must hear of it.
                     if let Some(prev) = storing.take() {
-                        let _ = prev.await;
+                        if !prev.await.unwrap_or(false) {
+                            failed = true;
+                            break 'receive;
+                        }
                     }
                     let (cache, blob, fill) = (self.clone(), blob.clone(), fill.clone());
                     let b = next;
@@ -748,13 +752,14 @@ impl BlobCache {
                         tokio::task::spawn_blocking(move || {
                             cache.advance_hash(&blob, Some((b, &data)))
                         });
+                        true
                     }));
                 }
                 next += 1;
             }
         }
         if let Some(prev) = storing.take() {
-            let _ = prev.await;
+            failed |= !prev.await.unwrap_or(false);
         }
         if !failed && next < run.end {
             tracing::error!(
@@ -789,7 +794,9 @@ impl BlobCache {
             }
             // Record what landed, even of a failed request, for the next mount.
             if let Err(e) = cache.save_map(&blob) {
-                tracing::warn!("writing the block map of {}: {e}", blob.desc.digest);
+                // Only the next mount's resume is lost. Not a warning: on a full disk the log
+                // (often on the same disk) cannot take it either.
+                tracing::debug!("writing the block map of {}: {e}", blob.desc.digest);
             }
             !failed
         })
@@ -1004,29 +1011,26 @@ impl BlobCache {
     /// Marks a blob verified and, if all of it is on disk, publishes it for later mounts. A
     /// failure to publish costs only the disk copy: the verified bytes stay readable here.
     fn complete(&self, blob: &Arc<Blob>) {
-        let publish = {
-            let mut st = blob.state.lock().unwrap();
-            if st.verified {
-                return;
-            }
-            st.verified = true;
-            st.hasher = None;
-            st.present_count == blob.blocks
-        };
-        let Some(partial) = &blob.partial else {
-            return;
-        };
-        if !publish {
-            // Uncached: a partial copy helps nobody now that the blob is checked.
+        // Published under the lock: whoever sees the blob verified finds its file in place
+        // (`materialize` returns its path).
+        let mut st = blob.state.lock().unwrap();
+        if st.verified {
             return;
         }
-        match disk::publish(partial, &blob.complete_path) {
-            Ok(()) => {
-                if partial.shared {
-                    let _ = std::fs::remove_file(disk::map_of(&partial.path));
-                }
-                self.enforce_disk_limit();
-            }
+        st.verified = true;
+        st.hasher = None;
+        // Every block hashed was stored first, unless the blob went uncached (then its partial
+        // copy helps nobody). Blocks may be hashed before they are marked present.
+        let Some(partial) = blob.partial.as_ref().filter(|_| !st.uncached) else {
+            return;
+        };
+        let published = disk::publish(partial, &blob.complete_path);
+        if partial.shared {
+            let _ = std::fs::remove_file(disk::map_of(&partial.path));
+        }
+        drop(st);
+        match published {
+            Ok(()) => self.enforce_disk_limit(),
             Err(e) => tracing::warn!(
                 "keeping verified {} in the cache: {e}; it stays readable in this mount",
                 blob.desc.digest
