@@ -128,6 +128,9 @@ struct BlobState {
     hasher: Option<Digester>,
     /// Blocks fed to `hasher` so far (a prefix of the blob).
     hashed: u64,
+    /// sha256 of each block hashed while uncached (zeros: not recorded): once the blob is
+    /// verified, a block fetched again (it fell out of memory) is checked against it.
+    sums: Vec<[u8; 32]>,
 }
 
 impl BlobState {
@@ -295,6 +298,7 @@ impl BlobCache {
             inflight: HashMap::new(),
             hasher: Some(desc.digest.digester()),
             hashed: 0,
+            sums: Vec::new(),
         };
         let (file, partial) = match File::open(&complete_path) {
             Ok(f) if f.metadata().map(|m| m.len()).ok() == Some(desc.size) => {
@@ -743,6 +747,14 @@ impl BlobCache {
                     let b = next;
                     storing = Some(tokio::task::spawn_blocking(move || {
                         // A block that cannot be stored is still served, from memory.
+                        if !cache.matches_sum(&blob, b, &data) {
+                            let why = format!(
+                                "{}: block {b} fetched again differs from the verified blob",
+                                blob.desc.digest
+                            );
+                            cache.poison(&blob, &why);
+                            return false;
+                        }
                         let stored = cache.store_block(&blob, b, &data);
                         cache.publish_block(&blob, b, data.clone(), stored, &fill);
                         // Hashing, the slowest stage, runs as a task of its own so it never
@@ -917,6 +929,33 @@ impl BlobCache {
         std::fs::rename(&tmp, &path)
     }
 
+    /// Keeps the sum of a block of an uncached blob as it is hashed (see `BlobState::sums`).
+    fn record_sum(&self, blob: &Blob, b: u64, data: &[u8]) {
+        use sha2::Digest as _;
+        let mut st = blob.state.lock().unwrap();
+        if !st.uncached {
+            return;
+        }
+        if st.sums.is_empty() {
+            st.sums = vec![[0u8; 32]; blob.blocks as usize];
+        }
+        st.sums[b as usize] = sha2::Sha256::digest(data).into();
+    }
+
+    /// Whether a block fetched again matches what was hashed when the blob was verified
+    /// (true when nothing was recorded for it: such a block is as unchecked as any range).
+    fn matches_sum(&self, blob: &Blob, b: u64, data: &[u8]) -> bool {
+        use sha2::Digest as _;
+        let st = blob.state.lock().unwrap();
+        match st.sums.get(b as usize) {
+            Some(sum) if st.verified && *sum != [0u8; 32] => {
+                let got: [u8; 32] = sha2::Sha256::digest(data).into();
+                got == *sum
+            }
+            _ => true,
+        }
+    }
+
     /// Whether block `b` is on disk or in memory.
     fn available(&self, blob: &Blob, b: u64) -> bool {
         blob.state.lock().unwrap().has(b) || self.memory.lock().unwrap().contains(&(blob.id, b))
@@ -968,7 +1007,10 @@ impl BlobCache {
             };
             while next < blob.blocks {
                 match self.block_data(blob, next, fresh) {
-                    Ok(Some(data)) => hasher.update(&data),
+                    Ok(Some(data)) => {
+                        hasher.update(&data);
+                        self.record_sum(blob, next, &data);
+                    }
                     Ok(None) => break,
                     // Emptied meanwhile (the blob went uncached): hashing waits for memory.
                     Err(_) if blob.uncached() => break,

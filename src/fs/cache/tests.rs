@@ -349,3 +349,44 @@ async fn a_stalled_block_fails_at_the_deadline_and_a_retry_fails_at_once() {
         again.elapsed()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_block_of_a_verified_uncached_blob_fetched_again_is_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = Source::new();
+    let data = bytes_of(12, 12 * MIB);
+    let desc = source.add(&data);
+    // Memory for 4 blocks: everything read is fetched again later.
+    let cache = BlobCache::new(
+        source.clone(),
+        CacheOptions {
+            dir: dir.path().to_path_buf(),
+            disk_limit: 4 * MIB,
+            memory_limit: MIB,
+        },
+    )
+    .unwrap();
+    assert_eq!(read_all(&cache, &desc).await.unwrap(), data);
+    assert!(
+        cache.blobs.lock().unwrap()[&desc.digest]
+            .state
+            .lock()
+            .unwrap()
+            .verified
+    );
+    assert_eq!(
+        cache.read(&desc, 3 * MIB, 10, 0..0).await.unwrap(),
+        data[3 << 20..][..10]
+    );
+    // The registry now serves other bytes for block 8.
+    let mut bad = data.clone();
+    bad[2 * MIB as usize + 7] ^= 1;
+    source
+        .lie
+        .lock()
+        .unwrap()
+        .insert(desc.digest.clone(), bad.into());
+    assert_eq!(cache.read(&desc, 2 * MIB, 10, 0..0).await, Err(libc::EIO));
+    assert!(cache.is_poisoned(&desc.digest));
+    assert!(cache.last_error().unwrap().contains("differs"));
+}
