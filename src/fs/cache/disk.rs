@@ -42,9 +42,8 @@ pub(super) fn same_file(f: &File, path: &Path) -> bool {
     }
 }
 
-/// A partial file this process holds the lock of.
+/// A partial file this process holds the lock of (through the `File` opened with it).
 pub(super) struct Partial {
-    pub file: File,
     pub path: PathBuf,
     /// The shared, resumable file (with a block map), not a private one.
     pub shared: bool,
@@ -55,7 +54,7 @@ static PRIVATE: AtomicU64 = AtomicU64::new(0);
 
 /// Opens the partial file of a blob for filling: the shared one if no other process fills it,
 /// else a private one. Either way this process holds its lock until the file is closed.
-pub(super) fn open_partial(shared: &Path, size: u64) -> io::Result<Partial> {
+pub(super) fn open_partial(shared: &Path, size: u64) -> io::Result<(File, Partial)> {
     let open = |path: &Path, truncate: bool| {
         OpenOptions::new()
             .read(true)
@@ -74,11 +73,13 @@ pub(super) fn open_partial(shared: &Path, size: u64) -> io::Result<Partial> {
         // lock is on a file nobody fills any more; open the name again.
         if same_file(&file, shared) {
             file.set_len(size)?;
-            return Ok(Partial {
+            return Ok((
                 file,
-                path: shared.to_path_buf(),
-                shared: true,
-            });
+                Partial {
+                    path: shared.to_path_buf(),
+                    shared: true,
+                },
+            ));
         }
     }
     let name = shared.file_name().unwrap_or_default().to_string_lossy();
@@ -87,17 +88,19 @@ pub(super) fn open_partial(shared: &Path, size: u64) -> io::Result<Partial> {
     let file = open(&path, true)?;
     try_lock(&file)?;
     file.set_len(size)?;
-    Ok(Partial {
+    Ok((
         file,
-        path,
-        shared: false,
-    })
+        Partial {
+            path,
+            shared: false,
+        },
+    ))
 }
 
 /// Publishes a verified partial file as the complete blob. Another process having published
 /// the same blob first is success: our copy is dropped.
-pub(super) fn publish(p: &Partial, complete: &Path) -> io::Result<()> {
-    if !same_file(&p.file, &p.path) {
+pub(super) fn publish(file: &File, p: &Partial, complete: &Path) -> io::Result<()> {
+    if !same_file(file, &p.path) {
         return Err(io::Error::new(
             io::ErrorKind::NotFound,
             format!("{} was removed while being filled", p.path.display()),
@@ -110,8 +113,8 @@ pub(super) fn publish(p: &Partial, complete: &Path) -> io::Result<()> {
 }
 
 /// Removes a partial file this process filled and holds the lock of (if the name is still it).
-pub(super) fn discard(p: &Partial) {
-    if same_file(&p.file, &p.path) {
+pub(super) fn discard(file: &File, p: &Partial) {
+    if same_file(file, &p.path) {
         let _ = std::fs::remove_file(&p.path);
     }
     if p.shared {

@@ -153,7 +153,8 @@ struct Blob {
     blocks: u64,
     /// The cache file: complete, or a partial one this process fills. `None`: memory only.
     file: Option<File>,
-    /// The partial file while this process fills it (`None` for a blob found complete).
+    /// The partial file (open as `file`) while this process fills it (`None` for a blob
+    /// found complete).
     partial: Option<disk::Partial>,
     complete_path: PathBuf,
     state: Mutex<BlobState>,
@@ -321,7 +322,7 @@ impl BlobCache {
                 (None, None)
             }
             _ => match disk::open_partial(&partial_path, desc.size) {
-                Ok(p) => {
+                Ok((f, p)) => {
                     if p.shared {
                         let mut present = vec![0u8; map_len];
                         if let Ok(mut m) = File::open(disk::map_of(&p.path)) {
@@ -336,14 +337,7 @@ impl BlobCache {
                             }
                         }
                     }
-                    match p.file.try_clone() {
-                        Ok(f) => (Some(f), Some(p)),
-                        Err(e) => {
-                            self.note(format!("caching {}: {e}; not cached", desc.digest));
-                            state.uncached = true;
-                            (None, None)
-                        }
-                    }
+                    (Some(f), Some(p))
                 }
                 Err(e) => {
                     self.note(format!(
@@ -872,9 +866,9 @@ impl BlobCache {
             st.present.iter_mut().for_each(|b| *b = 0);
             st.present_count = 0;
         }
-        if let Some(p) = &blob.partial {
-            disk::discard(p);
-            let _ = p.file.set_len(0);
+        if let (Some(p), Some(f)) = (&blob.partial, &blob.file) {
+            disk::discard(f, p);
+            let _ = f.set_len(0);
         }
         self.note(format!(
             "{}: {why}; it is read from the registry without being cached on disk",
@@ -1066,7 +1060,8 @@ impl BlobCache {
         let Some(partial) = blob.partial.as_ref().filter(|_| !st.uncached) else {
             return;
         };
-        let published = disk::publish(partial, &blob.complete_path);
+        let file = blob.file.as_ref().expect("a partial file is open");
+        let published = disk::publish(file, partial, &blob.complete_path);
         if partial.shared {
             let _ = std::fs::remove_file(disk::map_of(&partial.path));
         }
@@ -1090,8 +1085,8 @@ impl BlobCache {
             .unwrap()
             .insert(blob.desc.digest.clone());
         self.forget(blob);
-        if let Some(p) = &blob.partial {
-            disk::discard(p);
+        if let (Some(p), Some(f)) = (&blob.partial, &blob.file) {
+            disk::discard(f, p);
         }
     }
 
