@@ -266,8 +266,9 @@ impl BlobCache {
 
     /// Logs a problem and keeps it as the last error.
     fn note(&self, message: String) {
+        // Kept first: on a full disk the log may not take it.
+        *self.last_error.lock().unwrap() = Some(message.clone());
         tracing::warn!("{message}");
-        *self.last_error.lock().unwrap() = Some(message);
     }
 
     fn paths(&self, digest: &Digest) -> (PathBuf, PathBuf) {
@@ -291,6 +292,8 @@ impl BlobCache {
         let (complete_path, partial_path) = self.paths(&desc.digest);
         let blocks = desc.size.div_ceil(BLOCK);
         let map_len = blocks.div_ceil(8).max(1) as usize;
+        // Said once the table is unlocked: logging may fail (and panic) on a full disk.
+        let mut why_uncached = None;
         let mut state = BlobState {
             present: vec![0u8; map_len],
             present_count: 0,
@@ -313,7 +316,7 @@ impl BlobCache {
                 (Some(f), None)
             }
             _ if desc.size > self.options.disk_limit => {
-                self.note(format!(
+                why_uncached = Some(format!(
                     "{} ({} bytes) is larger than the cache bound ({} bytes): it is read from \
                      the registry without being cached on disk",
                     desc.digest, desc.size, self.options.disk_limit
@@ -340,7 +343,7 @@ impl BlobCache {
                     (Some(f), Some(p))
                 }
                 Err(e) => {
-                    self.note(format!(
+                    why_uncached = Some(format!(
                         "cannot cache {} in {}: {e}; it is read from the registry without \
                          being cached on disk",
                         desc.digest,
@@ -362,6 +365,10 @@ impl BlobCache {
             state: Mutex::new(state),
         });
         blobs.insert(desc.digest.clone(), blob.clone());
+        drop(blobs);
+        if let Some(why) = why_uncached {
+            self.note(why);
+        }
         Ok(blob)
     }
 
@@ -1078,8 +1085,7 @@ impl BlobCache {
     /// Forgets every cached byte of a blob that failed verification; reads of it fail from now
     /// on. Only the partial file this process filled is deleted, never a published blob.
     fn poison(&self, blob: &Arc<Blob>, why: &str) {
-        tracing::error!("{why}: evicted from the cache; reads of it fail with EIO");
-        *self.last_error.lock().unwrap() = Some(format!("{why}; reads of it fail with EIO"));
+        // Everything is done before the log line, which a full disk may refuse.
         self.poisoned
             .lock()
             .unwrap()
@@ -1088,6 +1094,8 @@ impl BlobCache {
         if let (Some(p), Some(f)) = (&blob.partial, &blob.file) {
             disk::discard(f, p);
         }
+        *self.last_error.lock().unwrap() = Some(format!("{why}; reads of it fail with EIO"));
+        tracing::error!("{why}: evicted from the cache; reads of it fail with EIO");
     }
 
     /// Drops a blob from this process's tables (memory blocks included).
