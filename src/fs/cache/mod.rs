@@ -446,7 +446,8 @@ impl BlobCache {
     /// on disk nor in memory (an uncached blob read out of order), so it stays unverified.
     async fn finish_hash(self: &Arc<Self>, blob: &Arc<Blob>) -> Result<bool, Errno> {
         // Bounded like a read: a hasher that never comes back must not hold readers forever.
-        for _ in 0..6000 {
+        let until = Instant::now() + self.deadline();
+        while Instant::now() < until {
             let (cache, b) = (self.clone(), blob.clone());
             tokio::task::spawn_blocking(move || cache.advance_hash(&b, None))
                 .await
