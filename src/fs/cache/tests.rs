@@ -390,3 +390,28 @@ async fn a_block_of_a_verified_uncached_blob_fetched_again_is_checked() {
     assert!(cache.is_poisoned(&desc.digest));
     assert!(cache.last_error().unwrap().contains("differs"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partial_file_deleted_under_the_filler_costs_the_disk_copy_not_the_blob() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = Source::new();
+    let data = bytes_of(13, 6 * MIB);
+    let desc = source.add(&data);
+    let cache = open(dir.path(), &source, 1 << 40);
+    for at in (0..3 * MIB).step_by(128 * 1024) {
+        cache.read(&desc, at, 128 * 1024, 0..0).await.unwrap();
+    }
+    // Someone (a process ignoring the locks, a user) deletes the partial file.
+    let partial = dir.path().join("partial/sha256").join(desc.digest.hex());
+    std::fs::remove_file(&partial).unwrap();
+    assert_eq!(read_all(&cache, &desc).await.unwrap(), data);
+    assert!(!cache.is_poisoned(&desc.digest));
+    assert!(cache.is_verified(&desc));
+    assert_eq!(read_all(&cache, &desc).await.unwrap(), data);
+    // Nothing was published from the deleted file; a later mount fetches the blob again.
+    assert!(!dir
+        .path()
+        .join("blobs/sha256")
+        .join(desc.digest.hex())
+        .exists());
+}
