@@ -1,0 +1,417 @@
+//! FUSE-free tests of the cache: several caches on one directory stand for several processes
+//! (their `flock`s conflict just as well within one process).
+
+use super::*;
+use crate::content::memory::MemoryStore;
+use crate::content::ByteStream;
+use crate::error::Result;
+use async_trait::async_trait;
+
+const MIB: u64 = 1024 * 1024;
+
+fn bytes_of(seed: u64, len: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// A source that serves a [`MemoryStore`]'s blobs in 64 KiB chunks with a pause between
+/// them (so fetches overlap as on a network), can stall every request, and can serve
+/// other bytes than the digest says.
+struct Source {
+    inner: MemoryStore,
+    stall: bool,
+    lie: Mutex<HashMap<Digest, Bytes>>,
+}
+
+impl Source {
+    fn new() -> Arc<Source> {
+        Arc::new(Source {
+            inner: MemoryStore::new(),
+            stall: false,
+            lie: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn stalling() -> Arc<Source> {
+        Arc::new(Source {
+            inner: MemoryStore::new(),
+            stall: true,
+            lie: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn add(&self, data: &[u8]) -> Descriptor {
+        self.inner
+            .add("application/octet-stream", Bytes::copy_from_slice(data))
+    }
+
+    /// A descriptor of `data` whose bytes are served with one byte flipped.
+    fn add_corrupt(&self, data: &[u8], at: usize) -> Descriptor {
+        let desc = Descriptor::of("application/octet-stream", data);
+        let mut bad = data.to_vec();
+        bad[at] ^= 0xff;
+        self.lie
+            .lock()
+            .unwrap()
+            .insert(desc.digest.clone(), bad.into());
+        desc
+    }
+
+    async fn bytes(&self, desc: &Descriptor) -> Result<Bytes> {
+        if let Some(b) = self.lie.lock().unwrap().get(&desc.digest) {
+            return Ok(b.clone());
+        }
+        let mut s = self.inner.fetch(desc).await?;
+        s.next().await.expect("one chunk")
+    }
+}
+
+#[async_trait]
+impl Target for Source {
+    fn name(&self) -> String {
+        "test source".into()
+    }
+    async fn resolve(&self, reference: &str) -> Result<Descriptor> {
+        self.inner.resolve(reference).await
+    }
+    async fn fetch(&self, desc: &Descriptor) -> Result<ByteStream> {
+        self.fetch_range(desc, 0, desc.size).await
+    }
+    async fn fetch_range(&self, desc: &Descriptor, offset: u64, len: u64) -> Result<ByteStream> {
+        if self.stall {
+            std::future::pending::<()>().await;
+        }
+        let b = self.bytes(desc).await?;
+        let start = (offset as usize).min(b.len());
+        let end = start.saturating_add(len as usize).min(b.len());
+        let b = b.slice(start..end);
+        let chunks: Vec<Bytes> = (0..b.len())
+            .step_by(64 * 1024)
+            .map(|i| b.slice(i..(i + 64 * 1024).min(b.len())))
+            .collect();
+        Ok(Box::pin(futures_util::stream::iter(chunks).then(
+            |c| async move {
+                tokio::time::sleep(Duration::from_micros(200)).await;
+                Ok(c)
+            },
+        )))
+    }
+    async fn exists(&self, desc: &Descriptor) -> Result<bool> {
+        self.inner.exists(desc).await
+    }
+    async fn push(&self, desc: &Descriptor, content: ByteStream) -> Result<()> {
+        self.inner.push(desc, content).await
+    }
+    async fn push_manifest(
+        &self,
+        desc: &Descriptor,
+        bytes: Bytes,
+        tag: Option<&str>,
+    ) -> Result<()> {
+        self.inner.push_manifest(desc, bytes, tag).await
+    }
+    async fn tag(&self, desc: &Descriptor, tag: &str) -> Result<()> {
+        self.inner.tag(desc, tag).await
+    }
+}
+
+fn open(dir: &Path, source: &Arc<Source>, disk_limit: u64) -> Arc<BlobCache> {
+    BlobCache::new(
+        source.clone(),
+        CacheOptions {
+            dir: dir.to_path_buf(),
+            disk_limit,
+            memory_limit: 64 * MIB,
+        },
+    )
+    .unwrap()
+}
+
+/// Reads a whole blob as the kernel does: 128 KiB at a time, with a prefetch window ahead.
+async fn read_all(
+    cache: &Arc<BlobCache>,
+    desc: &Descriptor,
+) -> std::result::Result<Vec<u8>, Errno> {
+    let mut out = Vec::with_capacity(desc.size as usize);
+    let step = 128 * 1024;
+    while (out.len() as u64) < desc.size {
+        let at = out.len() as u64;
+        let b = cache.read(desc, at, step, at..at + 4 * MIB).await?;
+        assert!(!b.is_empty(), "short read at {at}");
+        out.extend_from_slice(&b);
+    }
+    Ok(out)
+}
+
+fn names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_caches_on_one_dir_read_one_blob_at_once_and_keep_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = Source::new();
+    let data = bytes_of(4, 20 * MIB);
+    let desc = source.add(&data);
+    let complete = dir.path().join("blobs/sha256").join(desc.digest.hex());
+    for round in 0..4 {
+        // New caches each round, as new mounts; the blob is gone so that both fetch it.
+        let _ = std::fs::remove_file(&complete);
+        let (a, b) = (
+            open(dir.path(), &source, 1 << 40),
+            open(dir.path(), &source, 1 << 40),
+        );
+        let (ra, rb) = tokio::join!(read_all(&a, &desc), read_all(&b, &desc));
+        assert!(
+            ra == Ok(data.clone()),
+            "round {round}: first cache read wrong bytes"
+        );
+        assert!(
+            rb == Ok(data.clone()),
+            "round {round}: second cache read wrong bytes"
+        );
+        for c in [&a, &b] {
+            assert!(
+                !c.is_poisoned(&desc.digest),
+                "round {round}: {:?}",
+                c.last_error()
+            );
+            assert!(c.is_verified(&desc), "round {round}");
+            // And it keeps reading.
+            assert_eq!(
+                c.read(&desc, 5 * MIB, 100, 0..0).await.unwrap(),
+                data[5 << 20..][..100]
+            );
+        }
+        assert!(
+            complete.exists(),
+            "round {round}: the verified blob was deleted"
+        );
+        assert_eq!(
+            names(&dir.path().join("partial/sha256")),
+            Vec::<String>::new(),
+            "round {round}: partial files left"
+        );
+        // A third "process" finds it complete and fetches nothing.
+        let c = open(dir.path(), &source, 1 << 40);
+        assert_eq!(read_all(&c, &desc).await.unwrap(), data);
+        assert_eq!(c.fetched.load(Ordering::Relaxed), 0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eviction_by_another_cache_never_breaks_a_blob_being_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = Source::new();
+    let (d1, d2) = (bytes_of(5, 6 * MIB), bytes_of(6, 6 * MIB));
+    let (b1, b2) = (source.add(&d1), source.add(&d2));
+    let a = open(dir.path(), &source, 1 << 40);
+    // Half of b1 in a partial file that `a` fills.
+    for at in (0..3 * MIB).step_by(128 * 1024) {
+        a.read(&b1, at, 128 * 1024, 0..0).await.unwrap();
+    }
+    // Another cache with a tiny bound evicts all it can: not `a`'s partial file.
+    let small = open(dir.path(), &source, 1);
+    assert_eq!(read_all(&small, &b2).await.unwrap(), d2);
+    small.enforce_disk_limit();
+    assert!(dir
+        .path()
+        .join("partial/sha256")
+        .join(b1.digest.hex())
+        .exists());
+    assert_eq!(read_all(&a, &b1).await.unwrap(), d1);
+    assert!(a.is_verified(&b1), "{:?}", a.last_error());
+    // Evicting a complete blob that `a` reads leaves `a` reading it.
+    small.enforce_disk_limit();
+    assert!(!dir
+        .path()
+        .join("blobs/sha256")
+        .join(b1.digest.hex())
+        .exists());
+    assert_eq!(read_all(&a, &b1).await.unwrap(), d1);
+    assert!(a.last_error().is_none(), "{:?}", a.last_error());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blob_larger_than_the_bound_is_read_and_verified_without_touching_the_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = Source::new();
+    let data = bytes_of(7, 20 * MIB);
+    let desc = source.add(&data);
+    let cache = open(dir.path(), &source, 4 * MIB);
+    assert_eq!(read_all(&cache, &desc).await.unwrap(), data);
+    assert_eq!(cache.disk_usage().0, 0);
+    let why = cache.last_error().expect("the reason is kept");
+    assert!(why.contains("larger than the cache bound"), "{why}");
+    let blob = cache.blobs.lock().unwrap()[&desc.digest].clone();
+    assert!(
+        blob.state.lock().unwrap().verified,
+        "a sequential read verifies it"
+    );
+    // Random reads after eviction from memory fetch again.
+    let small = BlobCache::new(
+        source.clone(),
+        CacheOptions {
+            dir: dir.path().to_path_buf(),
+            disk_limit: 4 * MIB,
+            memory_limit: MIB,
+        },
+    )
+    .unwrap();
+    for at in [15 * MIB, MIB, 19 * MIB + 5, 3] {
+        let got = small
+            .read(&desc, at, 300_000, at..at + 2 * MIB)
+            .await
+            .unwrap();
+        assert_eq!(
+            got,
+            data[at as usize..][..300_000.min(data.len() - at as usize)]
+        );
+    }
+    assert_eq!(small.disk_usage().0, 0);
+    // Whole copies stream to their destination.
+    let dest = dir.path().join("copy");
+    small.copy_to(&desc, &dest).await.unwrap();
+    assert!(std::fs::read(&dest).unwrap() == data);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupt_bytes_of_an_uncached_blob_fail_a_sequential_reader_before_eof() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = Source::new();
+    let data = bytes_of(8, 12 * MIB);
+    let desc = source.add_corrupt(&data, 7 * MIB as usize);
+    let cache = open(dir.path(), &source, 4 * MIB);
+    assert_eq!(read_all(&cache, &desc).await, Err(libc::EIO));
+    assert!(cache.is_poisoned(&desc.digest));
+    let small = source.add_corrupt(&data[..MIB as usize], 5);
+    assert_eq!(cache.read(&small, 0, 10, 0..0).await, Err(libc::EIO));
+    assert_eq!(cache.disk_usage().0, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partial_files_count_against_the_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = Source::new();
+    let (d1, d2) = (bytes_of(9, 8 * MIB), bytes_of(10, 8 * MIB));
+    let (b1, b2) = (source.add(&d1), source.add(&d2));
+    let limit = 10 * MIB;
+    let cache = open(dir.path(), &source, limit);
+    // b1 half-read: a partial file being filled, which eviction must spare.
+    for at in (0..4 * MIB).step_by(128 * 1024) {
+        cache.read(&b1, at, 128 * 1024, 0..0).await.unwrap();
+    }
+    assert_eq!(read_all(&cache, &b2).await.unwrap(), d2);
+    let (used, bound) = cache.disk_usage();
+    assert!(used <= bound, "{used} bytes on disk, bound {bound}");
+    assert!(cache.last_error().unwrap().contains("cache is full"));
+    assert_eq!(read_all(&cache, &b1).await.unwrap(), d1);
+    assert!(cache.is_verified(&b1));
+    assert!(cache.disk_usage().0 <= limit);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_block_fails_at_the_deadline_and_a_retry_fails_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = Source::stalling();
+    let desc = source.add(&bytes_of(11, 6 * MIB));
+    let cache = open(dir.path(), &source, 1 << 40);
+    cache.set_read_deadline(Duration::from_millis(700));
+    let started = Instant::now();
+    let first = tokio::time::timeout(Duration::from_secs(10), cache.read(&desc, 0, 4096, 0..MIB))
+        .await
+        .expect("a stalled read must not hang");
+    assert_eq!(first, Err(libc::EIO));
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_millis(650), "{waited:?}");
+    assert!(waited < Duration::from_secs(3), "{waited:?}");
+    // The kernel's retry of the failed read joins the stalled request: it fails at once.
+    let again = Instant::now();
+    assert_eq!(cache.read(&desc, 4096, 4096, 0..0).await, Err(libc::EIO));
+    assert!(
+        again.elapsed() < Duration::from_millis(200),
+        "{:?}",
+        again.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_block_of_a_verified_uncached_blob_fetched_again_is_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = Source::new();
+    let data = bytes_of(12, 12 * MIB);
+    let desc = source.add(&data);
+    // Memory for 4 blocks: everything read is fetched again later.
+    let cache = BlobCache::new(
+        source.clone(),
+        CacheOptions {
+            dir: dir.path().to_path_buf(),
+            disk_limit: 4 * MIB,
+            memory_limit: MIB,
+        },
+    )
+    .unwrap();
+    assert_eq!(read_all(&cache, &desc).await.unwrap(), data);
+    assert!(
+        cache.blobs.lock().unwrap()[&desc.digest]
+            .state
+            .lock()
+            .unwrap()
+            .verified
+    );
+    assert_eq!(
+        cache.read(&desc, 3 * MIB, 10, 0..0).await.unwrap(),
+        data[3 << 20..][..10]
+    );
+    // The registry now serves other bytes for block 8.
+    let mut bad = data.clone();
+    bad[2 * MIB as usize + 7] ^= 1;
+    source
+        .lie
+        .lock()
+        .unwrap()
+        .insert(desc.digest.clone(), bad.into());
+    assert_eq!(cache.read(&desc, 2 * MIB, 10, 0..0).await, Err(libc::EIO));
+    assert!(cache.is_poisoned(&desc.digest));
+    assert!(cache.last_error().unwrap().contains("differs"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partial_file_deleted_under_the_filler_costs_the_disk_copy_not_the_blob() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = Source::new();
+    let data = bytes_of(13, 6 * MIB);
+    let desc = source.add(&data);
+    let cache = open(dir.path(), &source, 1 << 40);
+    for at in (0..3 * MIB).step_by(128 * 1024) {
+        cache.read(&desc, at, 128 * 1024, 0..0).await.unwrap();
+    }
+    // Someone (a process ignoring the locks, a user) deletes the partial file.
+    let partial = dir.path().join("partial/sha256").join(desc.digest.hex());
+    std::fs::remove_file(&partial).unwrap();
+    assert_eq!(read_all(&cache, &desc).await.unwrap(), data);
+    assert!(!cache.is_poisoned(&desc.digest));
+    assert!(cache.is_verified(&desc));
+    assert_eq!(read_all(&cache, &desc).await.unwrap(), data);
+    // Nothing was published from the deleted file; a later mount fetches the blob again.
+    assert!(!dir
+        .path()
+        .join("blobs/sha256")
+        .join(desc.digest.hex())
+        .exists());
+}
