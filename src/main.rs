@@ -19,6 +19,9 @@ fn main() -> std::process::ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
+        // A daemon's log can sit on a full disk: a log line that cannot be written must not
+        // become a panic (tracing reports such errors with eprintln!, which panics too).
+        .log_internal_errors(false)
         .init();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

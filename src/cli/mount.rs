@@ -192,10 +192,18 @@ fn show(event: MountEvent, mounted: &str, cache_dir: &std::path::Path) {
                 detach_stderr(cache_dir);
             }
         }
+        // The daemon's stderr is its log, which may be on a full disk: never panic on it.
         MountEvent::Pushed {
             reference,
             manifest,
-        } => eprintln!("Pushed {reference} as {}", manifest.digest),
+        } => {
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stderr(),
+                "Pushed {reference} as {}",
+                manifest.digest
+            );
+        }
     }
 }
 

@@ -354,7 +354,12 @@ impl OrasFs {
             notices: self.notices(),
             pending: self.pending_changes(),
             open_for_writing: self.open_writers(),
-            last_error: self.last_error.lock().unwrap().clone(),
+            last_error: self
+                .last_error
+                .lock()
+                .unwrap()
+                .clone()
+                .or_else(|| self.cache.last_error()),
         }
     }
 
@@ -674,7 +679,12 @@ impl OrasFs {
             max_unpacked_size: UnpackLimit::Bytes(self.cache.disk_usage().1),
             ..Default::default()
         };
-        unpack_directory(&tgz, &dest, desc, &opts).map_err(|e| {
+        let unpacked = unpack_directory(&tgz, &dest, desc, &opts);
+        if unpacked.is_err() && dest.is_dir() {
+            // Another mount sharing the cache unpacked it first.
+            return Ok(dest);
+        }
+        unpacked.map_err(|e| {
             tracing::error!("unpacking directory layer {}: {e}", desc.digest);
             self.record_error(format!("unpacking directory layer {}: {e}", desc.digest));
             match e {
@@ -813,11 +823,10 @@ impl OrasFs {
         if truncate {
             private_file(&path, false).map_err(os_errno)?;
         } else {
-            let src = self.cache.materialize(&desc).await?;
-            let copied = std::fs::copy(&src, &path);
-            if let Err(e) = copied {
+            // Streams the verified blob, so it works for blobs the disk cache cannot hold.
+            if let Err(e) = self.cache.copy_to(&desc, &path).await {
                 let _ = std::fs::remove_file(&path);
-                return Err(os_errno(e));
+                return Err(e);
             }
         }
         let mut tree = self.tree.write().unwrap();

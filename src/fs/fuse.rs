@@ -13,10 +13,8 @@ use fuser::{
     WriteFlags,
 };
 
+use super::cache::read_deadline;
 use super::filesystem::{Attr, FileKind, OrasFs, RenameHow, SetAttr};
-
-/// The longest a read may take (retries included) before it fails with EIO.
-const READ_DEADLINE: Duration = Duration::from_secs(60);
 
 /// The only place that blocks on the filesystem's async calls: fuser calls in on its own
 /// threads, outside the runtime. Reads are spawned instead, so a slow blob holds no thread.
@@ -151,10 +149,11 @@ impl Filesystem for FuseAdapter {
         self.runtime.spawn(async move {
             // fuser cannot interrupt a request: bound it, so a killed reader is never stuck
             // for longer than this.
-            match tokio::time::timeout(READ_DEADLINE, fs.read(fh.0, offset, size)).await {
+            let deadline = read_deadline();
+            match tokio::time::timeout(deadline, fs.read(fh.0, offset, size)).await {
                 Ok(r) => answer!(reply, r, |data| reply.data(&data)),
                 Err(_) => {
-                    tracing::error!("read at {offset} timed out after {READ_DEADLINE:?}");
+                    tracing::error!("read at {offset} timed out after {deadline:?}");
                     reply.error(errno(libc::EIO))
                 }
             }
