@@ -106,6 +106,7 @@ fn is_manifest_put(e: &LogEntry, repo: &str, tag: &str) -> bool {
 
 #[test]
 fn copy_to_another_repository_mounts_blobs_and_skips_existing_ones() {
+    require_registry!();
     let src = unique_repo("copy-mount-src");
     let dst = unique_repo("copy-mount-dst");
     let tmp = temp_dir();
@@ -201,6 +202,7 @@ fn copy_to_another_repository_mounts_blobs_and_skips_existing_ones() {
 
 #[test]
 fn copy_registry_to_layout_and_back_round_trips() {
+    require_registry!();
     let src = unique_repo("copy-layout-src");
     let back = unique_repo("copy-layout-back");
     let tmp = temp_dir();
@@ -286,6 +288,7 @@ fn copy_registry_to_layout_and_back_round_trips() {
 
 #[test]
 fn copy_recursive_copies_referrers_to_a_repository_and_a_layout() {
+    require_registry!();
     let src = unique_repo("copy-r-src");
     let dst = unique_repo("copy-r-dst");
     let plain = unique_repo("copy-r-plain");
@@ -410,6 +413,7 @@ fn copy_recursive_copies_referrers_to_a_repository_and_a_layout() {
 
 #[test]
 fn tag_then_resolve_and_list_tags_and_repositories() {
+    require_registry!();
     let repo = unique_repo("tag");
     let tmp = temp_dir();
     write_file(&tmp.path().join("t.txt"), format!("tag test {repo}\n"));
@@ -464,6 +468,7 @@ fn tag_then_resolve_and_list_tags_and_repositories() {
 /// repository (or layout) as it was, and a layout takes no tag a registry would refuse.
 #[test]
 fn tag_checks_every_tag_before_setting_any() {
+    require_registry!();
     let repo = unique_repo("tag-check");
     let tmp = temp_dir();
     write_file(&tmp.path().join("t.txt"), format!("tag check {repo}\n"));
@@ -547,6 +552,7 @@ fn tag_resolve_and_tags_in_an_oci_layout() {
 
 #[test]
 fn manifest_fetch_to_stdout_to_a_file_and_as_a_descriptor() {
+    require_registry!();
     let repo = unique_repo("manifest-fetch");
     let tmp = temp_dir();
     write_file(
@@ -585,6 +591,7 @@ fn manifest_fetch_to_stdout_to_a_file_and_as_a_descriptor() {
 
 #[test]
 fn manifest_push_round_trips_and_checks_the_digest() {
+    require_registry!();
     let repo = unique_repo("manifest-push");
     let tmp = temp_dir();
     write_file(&tmp.path().join("p.txt"), format!("manifest push {repo}\n"));
@@ -676,6 +683,7 @@ fn tree_without(dir: &Path, name: &str) -> BTreeMap<String, Vec<u8>> {
 
 #[test]
 fn manifest_delete_then_resolve_fails() {
+    require_registry!();
     let repo = unique_repo("manifest-delete");
     let tmp = temp_dir();
     write_file(&tmp.path().join("keep.txt"), format!("keep {repo}\n"));
@@ -715,6 +723,7 @@ fn manifest_delete_then_resolve_fails() {
 
 #[test]
 fn manifest_fetch_config() {
+    require_registry!();
     let repo = unique_repo("fetch-config");
     let tmp = temp_dir();
     let config = format!("{{\"config of\":\"{repo}\"}}");
@@ -766,6 +775,7 @@ fn manifest_fetch_config() {
 
 #[test]
 fn blob_push_fetch_and_delete() {
+    require_registry!();
     let repo = unique_repo("blob");
     let tmp = temp_dir();
     let file = tmp.path().join("blob.bin");
@@ -846,6 +856,7 @@ fn blob_push_fetch_and_delete() {
 
 #[test]
 fn blob_push_from_stdin() {
+    require_registry!();
     let repo = unique_repo("blob-stdin");
     let data = random_bytes(&repo, 700_000);
     let digest = sha256_bytes(&data);
@@ -914,6 +925,7 @@ fn blob_push_from_stdin() {
 /// `attach` keeps the tag-schema index `sha256-<hex of the subject>` and `discover` reads it.
 #[test]
 fn attach_and_discover_use_the_referrers_tag_schema_on_distribution() {
+    require_registry!();
     let repo = unique_repo("attach");
     let tmp = temp_dir();
     write_file(&tmp.path().join("subject.txt"), format!("subject {repo}\n"));
@@ -1093,6 +1105,7 @@ fn attach_and_discover_use_the_referrers_tag_schema_on_distribution() {
 /// with `..`) is refused up front unless `--disable-path-validation` is given.
 #[test]
 fn attach_refuses_file_names_that_pull_would_refuse() {
+    require_registry!();
     let repo = unique_repo("attach-names");
     let tmp = temp_dir();
     write_file(&tmp.path().join("s.txt"), format!("subject {repo}\n"));
@@ -1123,6 +1136,7 @@ fn attach_refuses_file_names_that_pull_would_refuse() {
 /// What is listed must be the API's answer, and the fallback tag must not be read.
 #[test]
 fn discover_and_copy_use_the_referrers_api_when_the_registry_has_it() {
+    require_registry!();
     let repo = unique_repo("referrers-api");
     let dst = unique_repo("referrers-api-dst");
     let tmp = temp_dir();
@@ -1222,6 +1236,7 @@ fn discover_and_copy_use_the_referrers_api_when_the_registry_has_it() {
 /// proxy test above for it.)
 #[test]
 fn attach_and_discover_in_an_oci_layout() {
+    require_registry!();
     let tmp = temp_dir();
     let layout = tmp.path().join("store");
     let lref = format!("{}:v1", path_str(&layout));
@@ -1328,6 +1343,7 @@ fn attach_and_discover_in_an_oci_layout() {
 
 #[test]
 fn pull_to_stdout_streams_a_single_file() {
+    require_registry!();
     let repo = unique_repo("pull-stdout");
     let tmp = temp_dir();
     write_random_file(&tmp.path().join("one.bin"), &repo, 2_500_000);
@@ -1389,6 +1405,7 @@ fn pull_to_stdout_streams_a_single_file() {
 
 #[test]
 fn push_from_stdin_with_a_title() {
+    require_registry!();
     let repo = unique_repo("push-stdin");
     let data = random_bytes(&repo, 400_000);
     let out = oras_fs_stdin(
@@ -1481,6 +1498,7 @@ fn created_of(repo: &str, tag: &str) -> Option<String> {
 
 #[test]
 fn reproducible_push_of_a_file_gives_the_same_digest() {
+    require_registry!();
     let repo = unique_repo("reproducible-file");
     let tmp = temp_dir();
     write_file(&tmp.path().join("r.txt"), format!("reproducible {repo}\n"));
@@ -1507,6 +1525,7 @@ fn reproducible_push_of_a_file_gives_the_same_digest() {
 
 #[test]
 fn reproducible_push_of_a_directory_ignores_mtimes() {
+    require_registry!();
     let repo = unique_repo("reproducible-dir");
     let tmp = temp_dir();
     let dir = tmp.path().join("tree");

@@ -112,6 +112,7 @@ fn skopeo_layout(dir: &Path, repo: &str, files: &[&str], layout: &Path, tag: &st
 
 #[test]
 fn a_layout_written_by_skopeo_reads() {
+    require_registry!();
     let repo = unique_repo("skopeo-src");
     let back = unique_repo("skopeo-back");
     let tmp = temp_dir();
@@ -195,6 +196,7 @@ fn a_layout_written_by_skopeo_reads() {
 
 #[test]
 fn skopeo_accepts_what_oras_fs_writes_to_a_layout() {
+    require_registry!();
     let repo = unique_repo("skopeo-dst");
     let onward = unique_repo("skopeo-onward");
     let tmp = temp_dir();
@@ -278,6 +280,7 @@ fn skopeo_accepts_what_oras_fs_writes_to_a_layout() {
 
 #[test]
 fn index_json_stays_valid_through_pushes_tags_and_deletes() {
+    require_registry!();
     let tmp = temp_dir();
     let layout = tmp.path().join("store");
     for i in 1..=4 {
@@ -581,6 +584,7 @@ impl Drop for LayoutMount {
 
 #[test]
 fn a_layout_mounts_without_a_registry_and_unmount_writes_back() {
+    require_registry!();
     let tmp = temp_dir();
     let layout = tmp.path().join("store");
     write_file(&tmp.path().join("a.txt"), "alpha\n");

@@ -46,6 +46,7 @@ fn read_errno(path: &Path) -> i32 {
 
 #[test]
 fn listing_and_stat_show_pushed_sizes_without_fetching() {
+    require_registry!();
     let repo = unique_repo("mount-ls");
     let files: Vec<(&str, Vec<u8>)> = vec![
         ("one.txt", format!("one of {repo}\n").into_bytes()),
@@ -97,6 +98,7 @@ fn listing_and_stat_show_pushed_sizes_without_fetching() {
 
 #[test]
 fn cat_returns_pushed_bytes_and_oras_files_describe_the_manifest() {
+    require_registry!();
     let repo = unique_repo("mount-cat");
     let small = format!("small file of {repo}\n").into_bytes();
     let nested = random_bytes(&format!("{repo}-nested"), 70_000);
@@ -125,6 +127,7 @@ fn cat_returns_pushed_bytes_and_oras_files_describe_the_manifest() {
 
 #[test]
 fn reading_a_range_of_a_large_file_fetches_only_that_range() {
+    require_registry!();
     let repo = unique_repo("mount-range");
     let src = temp_dir();
     let big = src.path().join("big");
@@ -168,6 +171,7 @@ fn reading_a_range_of_a_large_file_fetches_only_that_range() {
 
 #[test]
 fn a_stalled_blob_does_not_block_other_files() {
+    require_registry!();
     let repo = unique_repo("mount-stall");
     let slow = random_bytes(&format!("{repo}-slow"), 1024 * 1024);
     let fast = format!("fast file of {repo}\n").into_bytes();
@@ -223,6 +227,7 @@ fn a_stalled_blob_does_not_block_other_files() {
 
 #[test]
 fn corrupted_blobs_read_as_eio() {
+    require_registry!();
     let repo = unique_repo("mount-corrupt");
     let small = random_bytes(&format!("{repo}-small"), 100_000);
     let large = random_bytes(&format!("{repo}-large"), 8 * MIB as usize);
@@ -273,6 +278,7 @@ fn corrupted_blobs_read_as_eio() {
 
 #[test]
 fn unmount_works_while_a_file_is_open() {
+    require_registry!();
     let repo = unique_repo("mount-busy");
     let data = random_bytes(&repo, 200_000);
     push_contents(&repo, &[("held.bin", &data)]);
@@ -311,6 +317,7 @@ fn unmount_works_while_a_file_is_open() {
 
 #[test]
 fn mounting_a_missing_tag_fails_fast() {
+    require_registry!();
     let repo = unique_repo("mount-missing");
     push_contents(&repo, &[("x.txt", b"present\n")]);
     for r in [
@@ -341,6 +348,7 @@ fn mounting_a_missing_tag_fails_fast() {
 
 #[test]
 fn media_type_filter_hides_other_layers_unless_asked() {
+    require_registry!();
     const OTHER: &str = "application/vnd.oras-fs.test.other";
     let repo = unique_repo("mount-filter");
     let src = temp_dir();
@@ -372,6 +380,7 @@ fn media_type_filter_hides_other_layers_unless_asked() {
 
 #[test]
 fn a_directory_layer_appears_as_a_directory() {
+    require_registry!();
     let repo = unique_repo("mount-dir");
     let src = temp_dir();
     write_file(&src.path().join("tree/x.txt"), format!("x of {repo}\n"));
@@ -395,6 +404,7 @@ fn a_directory_layer_appears_as_a_directory() {
 
 #[test]
 fn a_read_only_mount_refuses_writes_with_erofs() {
+    require_registry!();
     let repo = unique_repo("mount-ro");
     let data = format!("read-only {repo}\n").into_bytes();
     push_contents(&repo, &[("f.txt", &data)]);
@@ -437,6 +447,7 @@ fn a_read_only_mount_refuses_writes_with_erofs() {
 /// Two readers of the same cold blocks share the fetches: the registry sends the file once.
 #[test]
 fn concurrent_readers_of_one_file_cause_one_fetch() {
+    require_registry!();
     let repo = unique_repo("mount-singleflight");
     let src = temp_dir();
     let file = src.path().join("data");
@@ -468,6 +479,7 @@ fn concurrent_readers_of_one_file_cause_one_fetch() {
 /// `--cache-size` bounds the disk cache: least recently used blobs go, even within one mount.
 #[test]
 fn the_disk_cache_stays_within_its_bound() {
+    require_registry!();
     let repo = unique_repo("mount-evict");
     let src = temp_dir();
     let names: Vec<String> = (0..4).map(|i| format!("f{i}")).collect();

@@ -45,6 +45,7 @@ fn pushed_digest(stdout: &str) -> Option<String> {
 
 #[test]
 fn a_copied_file_is_pushed_at_unmount_and_the_python_sdk_pulls_it() {
+    require_registry!();
     let repo = unique_repo("rw-cp");
     let r = reference(&repo, "v1");
     let base = format!("base of {repo}\n").into_bytes();
@@ -91,6 +92,7 @@ fn a_copied_file_is_pushed_at_unmount_and_the_python_sdk_pulls_it() {
 
 #[test]
 fn an_edit_in_the_middle_of_a_file_is_pushed_by_sync() {
+    require_registry!();
     let repo = unique_repo("rw-edit");
     let r = reference(&repo, "v1");
     // Over 16 MiB: the sync uploads it while hashing it (a PATCH, then the digest).
@@ -147,6 +149,7 @@ fn an_edit_in_the_middle_of_a_file_is_pushed_by_sync() {
 
 #[test]
 fn a_rename_uploads_no_blob() {
+    require_registry!();
     let repo = unique_repo("rw-rename");
     let r = reference(&repo, "v1");
     let moved = random_bytes(&repo, 300_000);
@@ -178,6 +181,7 @@ fn a_rename_uploads_no_blob() {
 
 #[test]
 fn rm_and_mkdir_are_pushed() {
+    require_registry!();
     let repo = unique_repo("rw-rm-mkdir");
     let r = reference(&repo, "v1");
     push_contents(
@@ -226,6 +230,7 @@ fn rm_and_mkdir_are_pushed() {
 
 #[test]
 fn changes_stay_staged_when_the_registry_is_down_at_unmount() {
+    require_registry!();
     let reg = ExtraRegistry::start("fuse-down", &[]);
     let repo = unique_repo("rw-down");
     let r = reg.reference(&repo, "v1");
@@ -265,6 +270,7 @@ fn changes_stay_staged_when_the_registry_is_down_at_unmount() {
 
 #[test]
 fn kill_9_of_the_mount_process_loses_nothing() {
+    require_registry!();
     let repo = unique_repo("rw-kill");
     let r = reference(&repo, "v1");
     let base = random_bytes(&format!("{repo}-base"), 200_000);
@@ -327,6 +333,7 @@ fn kill_9_of_the_mount_process_loses_nothing() {
 
 #[test]
 fn sync_refuses_a_moved_tag_and_push_to_saves_the_changes() {
+    require_registry!();
     let repo = unique_repo("rw-moved");
     let r = reference(&repo, "v1");
     push_contents(&r, &[("base.txt", b"base\n")]);
@@ -359,6 +366,7 @@ fn sync_refuses_a_moved_tag_and_push_to_saves_the_changes() {
 
 #[test]
 fn symlinks_and_hard_links_are_refused_with_eperm() {
+    require_registry!();
     let repo = unique_repo("rw-links");
     let r = reference(&repo, "v1");
     push_contents(&r, &[("f.txt", b"f\n")]);
@@ -389,6 +397,7 @@ fn symlinks_and_hard_links_are_refused_with_eperm() {
 
 #[test]
 fn fusermount_u_and_sigterm_push_pending_changes() {
+    require_registry!();
     let repo = unique_repo("rw-fusermount");
     let r = reference(&repo, "v1");
     push_contents(&r, &[("base.txt", b"base\n")]);
@@ -430,6 +439,7 @@ fn fusermount_u_and_sigterm_push_pending_changes() {
 
 #[test]
 fn umount_then_mount_again_at_once_waits_for_the_push_and_shows_it() {
+    require_registry!();
     let repo = unique_repo("rw-remount");
     let r = reference(&repo, "v1");
     push_contents(&r, &[("base.txt", b"base\n")]);
@@ -448,6 +458,7 @@ fn umount_then_mount_again_at_once_waits_for_the_push_and_shows_it() {
 
 #[test]
 fn xattrs_are_refused_with_enotsup() {
+    require_registry!();
     use std::ffi::CString;
     use std::os::unix::ffi::OsStrExt;
     let repo = unique_repo("rw-xattr");
@@ -479,6 +490,7 @@ fn xattrs_are_refused_with_enotsup() {
 
 #[test]
 fn overwriting_a_file_does_not_download_it_first() {
+    require_registry!();
     let repo = unique_repo("rw-overwrite");
     let r = reference(&repo, "v1");
     let old = random_bytes(&repo, 6 << 20);
@@ -504,6 +516,7 @@ fn overwriting_a_file_does_not_download_it_first() {
 
 #[test]
 fn a_second_writable_mount_of_a_reference_is_refused() {
+    require_registry!();
     let repo = unique_repo("rw-lock");
     let r = reference(&repo, "v1");
     push_contents(&r, &[("f.txt", b"f\n")]);
@@ -528,6 +541,7 @@ fn a_second_writable_mount_of_a_reference_is_refused() {
 /// an artifact that unpacks under the old name: the mount refuses with EXDEV (SEMANTICS.md).
 #[test]
 fn renaming_a_directory_layer_is_refused_with_exdev() {
+    require_registry!();
     let repo = unique_repo("rw-dir-rename");
     let r = reference(&repo, "v1");
     let src = temp_dir();

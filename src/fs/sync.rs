@@ -199,7 +199,8 @@ impl OrasFs {
         }
         // What was held back is still to be pushed by a later sync.
         if !held.is_empty() {
-            self.changed.store(true, std::sync::atomic::Ordering::SeqCst);
+            self.changed
+                .store(true, std::sync::atomic::Ordering::SeqCst);
         }
         if opts.push_to.is_none() && layers == base.manifest.layers {
             // Nothing that can be pushed changed (only held-back files, modes or times).

@@ -11,6 +11,10 @@
 //! Every test uses its own repository ([`unique_repo`]) and its own content, so tests can run
 //! in parallel against one registry without seeing each other's blobs.
 //!
+//! A test that needs that environment (the registry, or what `scripts/test.sh` sets up with
+//! it: FUSE, extra registries, skopeo, the Python SDK) starts with [`require_registry!`], so a
+//! plain `cargo test` runs everything else and skips these (see [`registry_available`]).
+//!
 //! Not every test file uses every helper, hence the `dead_code` allowance.
 #![allow(dead_code)]
 
@@ -32,9 +36,63 @@ fn env_or_panic(var: &str) -> String {
         Ok(v) if !v.is_empty() => v,
         _ => panic!(
             "{var} is not set: run the tests with scripts/test.sh \
-             (or `eval \"$(scripts/registry.sh start)\"` first)"
+             (or `eval \"$(scripts/registry.sh start)\"` first); a test that needs the \
+             registry starts with `require_registry!();` so that plain `cargo test` skips it"
         ),
     }
+}
+
+/// Returns from the test (which then counts as passed: the harness has no "skipped") unless
+/// the registry environment of `scripts/test.sh` is there. See [`registry_available`].
+#[macro_export]
+macro_rules! require_registry {
+    () => {
+        if !$crate::common::registry_available() {
+            return;
+        }
+    };
+}
+
+/// Set to `1` by `scripts/test.sh`: a missing registry is then a failure, not a skip, so CI
+/// cannot pass by skipping.
+pub const REQUIRE_REGISTRY_VAR: &str = "ORAS_FS_REQUIRE_REGISTRY";
+
+static SKIPPED: AtomicUsize = AtomicUsize::new(0);
+
+/// Whether `ORAS_FS_TEST_REGISTRY` is set. When it is not, the test is counted as skipped,
+/// and at exit the test binary prints one line saying how many it skipped and how to run them
+/// (straight to stderr: the harness would hide an `eprintln!` of a passing test). Panics
+/// instead under `ORAS_FS_REQUIRE_REGISTRY=1`.
+pub fn registry_available() -> bool {
+    if std::env::var_os("ORAS_FS_TEST_REGISTRY").is_some_and(|v| !v.is_empty()) {
+        return true;
+    }
+    if std::env::var(REQUIRE_REGISTRY_VAR).as_deref() == Ok("1") {
+        panic!(
+            "ORAS_FS_TEST_REGISTRY is not set but {REQUIRE_REGISTRY_VAR}=1: \
+             the registry setup failed"
+        );
+    }
+    if SKIPPED.fetch_add(1, Ordering::Relaxed) == 0 {
+        // SAFETY: registers a plain function that only reads an atomic and writes to stderr.
+        unsafe {
+            libc::atexit(report_skipped);
+        }
+    }
+    false
+}
+
+extern "C" fn report_skipped() {
+    // The test binary's name without cargo's `-<hash>`, e.g. `mount`.
+    let exe = std::env::current_exe().unwrap_or_default();
+    let stem = exe.file_stem().unwrap_or_default().to_string_lossy();
+    let binary = stem.rsplit_once('-').map_or(&*stem, |(name, _hash)| name);
+    let n = SKIPPED.load(Ordering::Relaxed);
+    let _ = writeln!(
+        std::io::stderr(),
+        "skipped: {n} tests of {binary} need a registry and FUSE (the harness counts them as \
+         passed); run scripts/test.sh to run them"
+    );
 }
 
 /// `host:port` of the main test registry (plain HTTP).
