@@ -16,7 +16,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::faults::*;
-use common::fuse::*;
 use common::*;
 use serde_json::{json, Value};
 

@@ -12,7 +12,6 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::faults::{Fault, FaultProxy, Rule};
-use common::fuse::{log_entries_since, log_offset, LogEntry};
 use common::*;
 use serde_json::Value;
 
@@ -22,17 +21,6 @@ const EMPTY_CONFIG_DIGEST: &str =
     "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a";
 
 // --- Helpers ----------------------------------------------------------------------------------
-
-/// `oras-fs push REF FILES... --no-tty` in `dir`; returns the manifest digest.
-#[track_caller]
-fn push_in(dir: &Path, reference: &str, files: &[&str]) -> String {
-    let mut args = vec!["push", reference];
-    args.extend_from_slice(files);
-    args.push("--no-tty");
-    let out = oras_fs_in(dir, &args);
-    assert_ok(&out);
-    digest_of_stdout(&out)
-}
 
 /// The digests of the config and the layers of a manifest, in order.
 fn blob_digests(manifest: &Value) -> Vec<String> {
@@ -112,7 +100,7 @@ fn copy_to_another_repository_mounts_blobs_and_skips_existing_ones() {
     let tmp = temp_dir();
     write_random_file(&tmp.path().join("big.bin"), &src, 300_000);
     write_file(&tmp.path().join("note.txt"), format!("note of {src}\n"));
-    let digest = push_in(tmp.path(), &reference(&src, "v1"), &["big.bin", "note.txt"]);
+    let digest = push_files(tmp.path(), &reference(&src, "v1"), &["big.bin", "note.txt"]);
     let blobs = blob_digests(&json(&get_manifest(&src, "v1").1));
     assert_eq!(blobs.len(), 3, "config and two layers");
 
@@ -212,7 +200,7 @@ fn copy_registry_to_layout_and_back_round_trips() {
         format!("inner of {src}\n"),
     );
     write_file(&tmp.path().join("dir/sub/deep.txt"), "deep\n");
-    let digest = push_in(tmp.path(), &reference(&src, "v1"), &["data.bin", "dir"]);
+    let digest = push_files(tmp.path(), &reference(&src, "v1"), &["data.bin", "dir"]);
     let (_, manifest_bytes) = get_manifest(&src, "v1");
 
     // Registry -> layout.
@@ -299,7 +287,7 @@ fn copy_recursive_copies_referrers_to_a_repository_and_a_layout() {
         &tmp.path().join("sbom.json"),
         format!("{{\"sbom\":\"{src}\"}}"),
     );
-    let subject = push_in(tmp.path(), &reference(&src, "v1"), &["app.txt"]);
+    let subject = push_files(tmp.path(), &reference(&src, "v1"), &["app.txt"]);
     let out = oras_fs_in(
         tmp.path(),
         [
@@ -417,7 +405,7 @@ fn tag_then_resolve_and_list_tags_and_repositories() {
     let repo = unique_repo("tag");
     let tmp = temp_dir();
     write_file(&tmp.path().join("t.txt"), format!("tag test {repo}\n"));
-    let digest = push_in(tmp.path(), &reference(&repo, "v1"), &["t.txt"]);
+    let digest = push_files(tmp.path(), &reference(&repo, "v1"), &["t.txt"]);
 
     let out = ok(&["tag", &reference(&repo, "v1"), "one", "two", "3.0"]);
     for t in ["one", "two", "3.0"] {
@@ -472,7 +460,7 @@ fn tag_checks_every_tag_before_setting_any() {
     let repo = unique_repo("tag-check");
     let tmp = temp_dir();
     write_file(&tmp.path().join("t.txt"), format!("tag check {repo}\n"));
-    push_in(tmp.path(), &reference(&repo, "v1"), &["t.txt"]);
+    push_files(tmp.path(), &reference(&repo, "v1"), &["t.txt"]);
     assert_fails(
         &oras_fs(["tag", &reference(&repo, "v1"), "good", "bad,tag"]),
         "tag",
@@ -559,7 +547,7 @@ fn manifest_fetch_to_stdout_to_a_file_and_as_a_descriptor() {
         &tmp.path().join("m.txt"),
         format!("manifest fetch {repo}\n"),
     );
-    let digest = push_in(tmp.path(), &reference(&repo, "v1"), &["m.txt"]);
+    let digest = push_files(tmp.path(), &reference(&repo, "v1"), &["m.txt"]);
     let (_, bytes) = get_manifest(&repo, "v1");
     assert_eq!(sha256_bytes(&bytes), digest);
 
@@ -595,7 +583,7 @@ fn manifest_push_round_trips_and_checks_the_digest() {
     let repo = unique_repo("manifest-push");
     let tmp = temp_dir();
     write_file(&tmp.path().join("p.txt"), format!("manifest push {repo}\n"));
-    let digest = push_in(tmp.path(), &reference(&repo, "v1"), &["p.txt"]);
+    let digest = push_files(tmp.path(), &reference(&repo, "v1"), &["p.txt"]);
     let file = tmp.path().join("manifest.json");
     ok(&[
         "manifest",
@@ -688,8 +676,8 @@ fn manifest_delete_then_resolve_fails() {
     let tmp = temp_dir();
     write_file(&tmp.path().join("keep.txt"), format!("keep {repo}\n"));
     write_file(&tmp.path().join("gone.txt"), format!("gone {repo}\n"));
-    let keep = push_in(tmp.path(), &reference(&repo, "keep"), &["keep.txt"]);
-    let gone = push_in(tmp.path(), &reference(&repo, "gone"), &["gone.txt"]);
+    let keep = push_files(tmp.path(), &reference(&repo, "keep"), &["keep.txt"]);
+    let gone = push_files(tmp.path(), &reference(&repo, "gone"), &["gone.txt"]);
 
     let out = ok(&["manifest", "delete", &reference(&repo, "gone")]);
     assert!(out.contains(&format!("Deleted {gone}")), "{out}");
@@ -761,7 +749,7 @@ fn manifest_fetch_config() {
     assert_eq!(read_file(&file), config.as_bytes());
 
     // Without --config, the config is the empty JSON object.
-    push_in(tmp.path(), &reference(&repo, "plain"), &["c.txt"]);
+    push_files(tmp.path(), &reference(&repo, "plain"), &["c.txt"]);
     let out = oras_fs(["manifest", "fetch-config", &reference(&repo, "plain")]);
     assert_ok(&out);
     assert_eq!(out.stdout, b"{}");
@@ -934,7 +922,7 @@ fn attach_and_discover_use_the_referrers_tag_schema_on_distribution() {
         format!("{{\"sbom\":\"{repo}\"}}"),
     );
     write_file(&tmp.path().join("sig.txt"), format!("sig {repo}\n"));
-    let subject = push_in(tmp.path(), &reference(&repo, "v1"), &["subject.txt"]);
+    let subject = push_files(tmp.path(), &reference(&repo, "v1"), &["subject.txt"]);
 
     let out = oras_fs_in(
         tmp.path(),
@@ -1084,7 +1072,7 @@ fn attach_and_discover_use_the_referrers_tag_schema_on_distribution() {
     assert!(text.contains(&sbom) && text.contains(&sig), "{text}");
 
     // A subject without referrers.
-    push_in(tmp.path(), &reference(&repo, "lonely"), &["sig.txt"]);
+    push_files(tmp.path(), &reference(&repo, "lonely"), &["sig.txt"]);
     assert!(discovered(&[&reference(&repo, "lonely")]).is_empty());
     assert_fails(
         &oras_fs_in(
@@ -1110,7 +1098,7 @@ fn attach_refuses_file_names_that_pull_would_refuse() {
     let tmp = temp_dir();
     write_file(&tmp.path().join("s.txt"), format!("subject {repo}\n"));
     write_file(&tmp.path().join("abs.txt"), "absolute\n");
-    push_in(tmp.path(), &reference(&repo, "v1"), &["s.txt"]);
+    push_files(tmp.path(), &reference(&repo, "v1"), &["s.txt"]);
     let abs = tmp.path().join("abs.txt");
     // push refuses it...
     assert_fails(
@@ -1142,7 +1130,7 @@ fn discover_and_copy_use_the_referrers_api_when_the_registry_has_it() {
     let tmp = temp_dir();
     write_file(&tmp.path().join("s.txt"), format!("subject {repo}\n"));
     write_file(&tmp.path().join("r.txt"), format!("referrer {repo}\n"));
-    let subject = push_in(tmp.path(), &reference(&repo, "v1"), &["s.txt"]);
+    let subject = push_files(tmp.path(), &reference(&repo, "v1"), &["s.txt"]);
     let out = oras_fs_in(
         tmp.path(),
         [
@@ -1347,7 +1335,7 @@ fn pull_to_stdout_streams_a_single_file() {
     let repo = unique_repo("pull-stdout");
     let tmp = temp_dir();
     write_random_file(&tmp.path().join("one.bin"), &repo, 2_500_000);
-    push_in(tmp.path(), &reference(&repo, "v1"), &["one.bin"]);
+    push_files(tmp.path(), &reference(&repo, "v1"), &["one.bin"]);
     let out = oras_fs(["pull", &reference(&repo, "v1"), "-o", "-"]);
     assert_ok(&out);
     assert!(
@@ -1360,7 +1348,7 @@ fn pull_to_stdout_streams_a_single_file() {
     // With two files, it fails with a message.
     write_file(&tmp.path().join("a.txt"), "text a\n");
     write_file(&tmp.path().join("b.txt"), "text b\n");
-    push_in(tmp.path(), &reference(&repo, "two"), &["a.txt", "b.txt"]);
+    push_files(tmp.path(), &reference(&repo, "two"), &["a.txt", "b.txt"]);
     let out = oras_fs(["pull", &reference(&repo, "two"), "-o", "-"]);
     let stderr = assert_fails(&out, "-o - writes a single file");
     assert!(stderr.contains("2 layers"), "{stderr}");
@@ -1368,7 +1356,7 @@ fn pull_to_stdout_streams_a_single_file() {
 
     // The media type filter picks among layers: the default one, or -t.
     write_file(&tmp.path().join("b.md"), "markdown b\n");
-    push_in(
+    push_files(
         tmp.path(),
         &reference(&repo, "typed"),
         &["a.txt", "b.md:text/markdown"],
@@ -1506,7 +1494,7 @@ fn reproducible_push_of_a_file_gives_the_same_digest() {
         let r = reference(&repo, tag);
         let mut args = vec!["r.txt"];
         args.extend_from_slice(extra);
-        push_in(tmp.path(), &r, &args)
+        push_files(tmp.path(), &r, &args)
     };
     let first = push("a", &["--reproducible"]);
     let plain_first = push("plain-a", &[]);
@@ -1532,12 +1520,12 @@ fn reproducible_push_of_a_directory_ignores_mtimes() {
     write_file(&dir.join("top.txt"), format!("top {repo}\n"));
     write_file(&dir.join("sub/inner.txt"), "inner\n");
     write_random_file(&dir.join("sub/data.bin"), &repo, 100_000);
-    let first = push_in(
+    let first = push_files(
         tmp.path(),
         &reference(&repo, "a"),
         &["tree", "--reproducible"],
     );
-    let plain_first = push_in(tmp.path(), &reference(&repo, "plain-a"), &["tree"]);
+    let plain_first = push_files(tmp.path(), &reference(&repo, "plain-a"), &["tree"]);
     std::thread::sleep(Duration::from_millis(1100));
     // Touch everything: new mtimes (a fixed time far from now, so they surely change).
     let when = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000_000);
@@ -1552,12 +1540,12 @@ fn reproducible_push_of_a_directory_ignores_mtimes() {
             .and_then(|f| f.set_modified(when))
             .unwrap_or_else(|e| panic!("touching {}: {e}", p.display()));
     }
-    let second = push_in(
+    let second = push_files(
         tmp.path(),
         &reference(&repo, "b"),
         &["tree", "--reproducible"],
     );
-    let plain_second = push_in(tmp.path(), &reference(&repo, "plain-b"), &["tree"]);
+    let plain_second = push_files(tmp.path(), &reference(&repo, "plain-b"), &["tree"]);
     assert_eq!(first, second, "--reproducible directory pushes differ");
     let layer = |tag: &str| json(&get_manifest(&repo, tag).1)["layers"][0]["digest"].clone();
     assert_eq!(layer("a"), layer("b"));

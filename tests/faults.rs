@@ -17,20 +17,9 @@ use std::process::Output;
 use std::time::{Duration, Instant};
 
 use common::faults::*;
-use common::fuse::*;
 use common::*;
 
 const MIB: usize = 1024 * 1024;
-
-/// Pushes `files` (name, bytes) straight to the registry as `repo:tag`; returns the digest.
-fn push_direct(repo: &str, tag: &str, files: &[(&str, &[u8])]) -> String {
-    let src = temp_dir();
-    for (name, data) in files {
-        write_file(&src.path().join(name), data);
-    }
-    let names: Vec<&str> = files.iter().map(|(n, _)| *n).collect();
-    push_files(src.path(), &reference(repo, tag), &names)
-}
 
 /// `oras-fs push REF FILES... --no-tty`, run in `dir`.
 fn push(dir: &Path, reference: &str, files: &[&str]) -> Output {
@@ -97,7 +86,7 @@ fn pull_resumes_where_a_dropped_connection_stopped() {
     require_registry!();
     let repo = unique_repo("fault-pull-drop");
     let data = random_bytes(&repo, 3 * MIB);
-    push_direct(&repo, "v1", &[("data.bin", &data)]);
+    push_contents(&reference(&repo, "v1"), &[("data.bin", &data)]);
     let digest = sha256_bytes(&data);
     let proxy = FaultProxy::start(&registry());
     proxy.add(Rule::new("GET", &blob_path_of(&digest), Fault::DropAfter(MIB as u64)).once());
@@ -131,7 +120,7 @@ fn pull_gives_up_after_bounded_retries_and_keeps_the_old_file() {
     require_registry!();
     let repo = unique_repo("fault-pull-drops");
     let data = random_bytes(&repo, MIB);
-    push_direct(&repo, "v1", &[("data.bin", &data)]);
+    push_contents(&reference(&repo, "v1"), &[("data.bin", &data)]);
     let digest = sha256_bytes(&data);
     let proxy = FaultProxy::start(&registry());
     proxy.add(Rule::new(
@@ -174,7 +163,7 @@ fn pull_retries_429_and_5xx_honouring_retry_after() {
     require_registry!();
     let repo = unique_repo("fault-pull-429");
     let data = random_bytes(&repo, 200_000);
-    push_direct(&repo, "v1", &[("data.bin", &data)]);
+    push_contents(&reference(&repo, "v1"), &[("data.bin", &data)]);
     let digest = sha256_bytes(&data);
     let proxy = FaultProxy::start(&registry());
     proxy.add(Rule::new("HEAD", "/manifests/v1", Fault::Status(429, Some(1))).once());
@@ -199,7 +188,7 @@ fn pull_reports_a_persistent_server_error_after_five_tries() {
     require_registry!();
     let repo = unique_repo("fault-pull-500");
     let data = random_bytes(&repo, 1000);
-    push_direct(&repo, "v1", &[("data.bin", &data)]);
+    push_contents(&reference(&repo, "v1"), &[("data.bin", &data)]);
     let digest = sha256_bytes(&data);
     let proxy = FaultProxy::start(&registry());
     proxy.add(Rule::new(
@@ -230,7 +219,7 @@ fn pull_copes_with_a_registry_that_ignores_range() {
     require_registry!();
     let repo = unique_repo("fault-pull-norange");
     let data = random_bytes(&repo, 2 * MIB);
-    push_direct(&repo, "v1", &[("data.bin", &data)]);
+    push_contents(&reference(&repo, "v1"), &[("data.bin", &data)]);
     let digest = sha256_bytes(&data);
     let proxy = FaultProxy::start(&registry());
     // The first GET drops; the resume's Range is dropped on its way: a 200 with everything.
@@ -255,7 +244,7 @@ fn pull_of_corrupted_bytes_fails_and_poisons_nothing() {
     require_registry!();
     let repo = unique_repo("fault-pull-corrupt");
     let data = random_bytes(&repo, 300_000);
-    push_direct(&repo, "v1", &[("data.bin", &data)]);
+    push_contents(&reference(&repo, "v1"), &[("data.bin", &data)]);
     let digest = sha256_bytes(&data);
     let proxy = FaultProxy::start(&registry());
     proxy.add(Rule::new("GET", &blob_path_of(&digest), Fault::Corrupt(123_456)).once());
@@ -279,7 +268,7 @@ fn pull_rides_out_stalls() {
     require_registry!();
     let repo = unique_repo("fault-pull-stall");
     let data = random_bytes(&repo, MIB);
-    push_direct(&repo, "v1", &[("data.bin", &data)]);
+    push_contents(&reference(&repo, "v1"), &[("data.bin", &data)]);
     let digest = sha256_bytes(&data);
     let proxy = FaultProxy::start(&registry());
     proxy.add(
@@ -313,7 +302,7 @@ fn pull_checks_docker_content_digest() {
     require_registry!();
     let repo = unique_repo("fault-pull-digest");
     let data = random_bytes(&repo, 10_000);
-    let manifest_digest = push_direct(&repo, "v1", &[("data.bin", &data)]);
+    let manifest_digest = push_contents(&reference(&repo, "v1"), &[("data.bin", &data)]);
     let blob = sha256_bytes(&data);
     let wrong = sha256_bytes(b"some other manifest");
 
@@ -844,9 +833,8 @@ fn mount_reads_survive_drops_stalls_and_ignored_ranges() {
     let small = random_bytes(&format!("{repo}-small"), 300_000);
     let large = random_bytes(&format!("{repo}-large"), 6 * MIB);
     let slow = random_bytes(&format!("{repo}-slow"), 200_000);
-    push_direct(
-        &repo,
-        "v1",
+    push_contents(
+        &reference(&repo, "v1"),
         &[
             ("small.bin", &small),
             ("large.bin", &large),
@@ -924,7 +912,7 @@ fn a_mount_read_waits_for_its_block_not_for_its_whole_request() {
     require_registry!();
     let repo = unique_repo("fault-mount-block");
     let large = random_bytes(&format!("{repo}-large"), 6 * MIB);
-    push_direct(&repo, "v1", &[("large.bin", &large)]);
+    push_contents(&reference(&repo, "v1"), &[("large.bin", &large)]);
     let digest = sha256_bytes(&large);
     let proxy = FaultProxy::start(&registry());
     // The first request (the read's block and the prefetch after it) stops after its first
@@ -960,7 +948,7 @@ fn a_mount_range_read_resumes_where_a_drop_stopped() {
     require_registry!();
     let repo = unique_repo("fault-mount-resume");
     let large = random_bytes(&format!("{repo}-large"), 6 * MIB);
-    push_direct(&repo, "v1", &[("large.bin", &large)]);
+    push_contents(&reference(&repo, "v1"), &[("large.bin", &large)]);
     let digest = sha256_bytes(&large);
     let proxy = FaultProxy::start(&registry());
     proxy.add(Rule::new("GET", &blob_path_of(&digest), Fault::DropAfter(300_000)).once());
@@ -992,7 +980,7 @@ fn mount_reads_of_corrupted_bytes_fail_and_leave_no_trace_in_the_cache() {
     require_registry!();
     let repo = unique_repo("fault-mount-corrupt");
     let small = random_bytes(&repo, 300_000);
-    push_direct(&repo, "v1", &[("small.bin", &small)]);
+    push_contents(&reference(&repo, "v1"), &[("small.bin", &small)]);
     let digest = sha256_bytes(&small);
     let hex = digest["sha256:".len()..].to_string();
     let proxy = FaultProxy::start(&registry());
@@ -1028,9 +1016,8 @@ fn mount_read_errors_are_bounded_and_do_not_stick() {
     require_registry!();
     let repo = unique_repo("fault-mount-503");
     let small = random_bytes(&repo, 50_000);
-    push_direct(
-        &repo,
-        "v1",
+    push_contents(
+        &reference(&repo, "v1"),
         &[("small.bin", &small), ("other.txt", b"other\n")],
     );
     let digest = sha256_bytes(&small);
@@ -1070,7 +1057,10 @@ fn mount_writes_survive_faults_and_a_failed_sync_drops_nothing() {
     let repo = unique_repo("fault-mount-write");
     let base = random_bytes(&format!("{repo}-base"), MIB);
     let keep = random_bytes(&format!("{repo}-keep"), 200_000);
-    push_direct(&repo, "v1", &[("base.bin", &base), ("keep.bin", &keep)]);
+    push_contents(
+        &reference(&repo, "v1"),
+        &[("base.bin", &base), ("keep.bin", &keep)],
+    );
     let (base_digest, keep_digest) = (sha256_bytes(&base), sha256_bytes(&keep));
     let proxy = FaultProxy::start(&registry());
     let m = Mount::new(&proxy.reference(&repo, "v1"), &[]);
@@ -1147,7 +1137,7 @@ fn pull_resumes_after_a_stall_longer_than_the_read_timeout() {
     require_registry!();
     let repo = unique_repo("fault-pull-longstall");
     let data = random_bytes(&repo, MIB);
-    push_direct(&repo, "v1", &[("data.bin", &data)]);
+    push_contents(&reference(&repo, "v1"), &[("data.bin", &data)]);
     let digest = sha256_bytes(&data);
     let proxy = FaultProxy::start(&registry());
     proxy.add(
@@ -1194,7 +1184,7 @@ fn pull_resumes_after_a_trickle_below_the_speed_limit() {
     require_registry!();
     let repo = unique_repo("fault-pull-trickle");
     let data = random_bytes(&repo, MIB);
-    push_direct(&repo, "v1", &[("data.bin", &data)]);
+    push_contents(&reference(&repo, "v1"), &[("data.bin", &data)]);
     let digest = sha256_bytes(&data);
     let proxy = FaultProxy::start(&registry());
     proxy.add(
@@ -1232,7 +1222,7 @@ fn pull_from_a_registry_that_always_trickles_fails_in_bounded_time() {
     require_registry!();
     let repo = unique_repo("fault-pull-trickles");
     let data = random_bytes(&repo, 300_000);
-    push_direct(&repo, "v1", &[("data.bin", &data)]);
+    push_contents(&reference(&repo, "v1"), &[("data.bin", &data)]);
     let digest = sha256_bytes(&data);
     let proxy = FaultProxy::start(&registry());
     proxy.add(Rule::new(

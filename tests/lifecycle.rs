@@ -12,7 +12,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use common::fuse::*;
 use common::*;
 
 /// Pushes `files` (name, bytes) to `reference`.

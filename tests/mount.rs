@@ -12,23 +12,11 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::fuse::*;
 use common::*;
 
 const MIB: u64 = 1024 * 1024;
 const EIO: i32 = libc::EIO;
 const EROFS: i32 = libc::EROFS;
-
-/// Pushes `files` (name, bytes) from a temporary directory to `repo:v1`; returns the
-/// manifest digest.
-fn push_contents(repo: &str, files: &[(&str, &[u8])]) -> String {
-    let src = temp_dir();
-    for (name, data) in files {
-        write_file(&src.path().join(name), data);
-    }
-    let names: Vec<&str> = files.iter().map(|(n, _)| *n).collect();
-    push_files(src.path(), &reference(repo, "v1"), &names)
-}
 
 /// `cat PATH`, which must succeed.
 #[track_caller]
@@ -59,7 +47,7 @@ fn listing_and_stat_show_pushed_sizes_without_fetching() {
         ),
     ];
     let borrowed: Vec<(&str, &[u8])> = files.iter().map(|(n, d)| (*n, d.as_slice())).collect();
-    push_contents(&repo, &borrowed);
+    push_contents(&reference(&repo, "v1"), &borrowed);
 
     let m = Mount::new(&reference(&repo, "v1"), &[]);
     let log = registry_log();
@@ -102,7 +90,10 @@ fn cat_returns_pushed_bytes_and_oras_files_describe_the_manifest() {
     let repo = unique_repo("mount-cat");
     let small = format!("small file of {repo}\n").into_bytes();
     let nested = random_bytes(&format!("{repo}-nested"), 70_000);
-    let digest = push_contents(&repo, &[("small.txt", &small), ("x/y/z.bin", &nested)]);
+    let digest = push_contents(
+        &reference(&repo, "v1"),
+        &[("small.txt", &small), ("x/y/z.bin", &nested)],
+    );
 
     let m = Mount::new(&reference(&repo, "v1"), &["--read-only"]);
     assert_eq!(cat(&m.join("small.txt")), small);
@@ -175,7 +166,10 @@ fn a_stalled_blob_does_not_block_other_files() {
     let repo = unique_repo("mount-stall");
     let slow = random_bytes(&format!("{repo}-slow"), 1024 * 1024);
     let fast = format!("fast file of {repo}\n").into_bytes();
-    push_contents(&repo, &[("slow.bin", &slow), ("fast.txt", &fast)]);
+    push_contents(
+        &reference(&repo, "v1"),
+        &[("slow.bin", &slow), ("fast.txt", &fast)],
+    );
     let slow_digest = sha256_bytes(&slow);
 
     const STALL: Duration = Duration::from_secs(10);
@@ -231,7 +225,10 @@ fn corrupted_blobs_read_as_eio() {
     let repo = unique_repo("mount-corrupt");
     let small = random_bytes(&format!("{repo}-small"), 100_000);
     let large = random_bytes(&format!("{repo}-large"), 8 * MIB as usize);
-    push_contents(&repo, &[("small.bin", &small), ("large.bin", &large)]);
+    push_contents(
+        &reference(&repo, "v1"),
+        &[("small.bin", &small), ("large.bin", &large)],
+    );
     // Flip bytes of the registry's copies, keeping their length.
     for (data, offsets) in [
         (&small, vec![50_000usize]),
@@ -281,7 +278,7 @@ fn unmount_works_while_a_file_is_open() {
     require_registry!();
     let repo = unique_repo("mount-busy");
     let data = random_bytes(&repo, 200_000);
-    push_contents(&repo, &[("held.bin", &data)]);
+    push_contents(&reference(&repo, "v1"), &[("held.bin", &data)]);
     let m = Mount::new(&reference(&repo, "v1"), &["--read-only"]);
     let mut held = std::fs::File::open(m.join("held.bin")).expect("opening held.bin");
     let mut head = [0u8; 1000];
@@ -319,7 +316,7 @@ fn unmount_works_while_a_file_is_open() {
 fn mounting_a_missing_tag_fails_fast() {
     require_registry!();
     let repo = unique_repo("mount-missing");
-    push_contents(&repo, &[("x.txt", b"present\n")]);
+    push_contents(&reference(&repo, "v1"), &[("x.txt", b"present\n")]);
     for r in [
         reference(&repo, "no-such-tag"),
         reference(&unique_repo("mount-no-repo"), "v1"),
@@ -407,7 +404,7 @@ fn a_read_only_mount_refuses_writes_with_erofs() {
     require_registry!();
     let repo = unique_repo("mount-ro");
     let data = format!("read-only {repo}\n").into_bytes();
-    push_contents(&repo, &[("f.txt", &data)]);
+    push_contents(&reference(&repo, "v1"), &[("f.txt", &data)]);
     let m = Mount::new(&reference(&repo, "v1"), &["--read-only"]);
     let f = m.join("f.txt");
     assert_eq!(

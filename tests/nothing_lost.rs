@@ -9,7 +9,6 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::fuse::*;
 use common::*;
 use serde_json::{json, Value};
 

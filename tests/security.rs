@@ -12,7 +12,6 @@ use std::process::Output;
 use std::time::Duration;
 
 use common::faults::*;
-use common::fuse::*;
 use common::*;
 
 /// Forms a secret may leak in: as is, and inside a Basic header.

@@ -12,21 +12,9 @@ use std::io::{Seek, SeekFrom, Write};
 use std::process::Command;
 use std::time::Duration;
 
-use common::fuse::*;
 use common::*;
 
 const EPERM: i32 = libc::EPERM;
-
-/// Pushes `files` (name, bytes) from a temporary directory to `reference`; returns the
-/// manifest digest.
-fn push_contents(reference: &str, files: &[(&str, &[u8])]) -> String {
-    let src = temp_dir();
-    for (name, data) in files {
-        write_file(&src.path().join(name), data);
-    }
-    let names: Vec<&str> = files.iter().map(|(n, _)| *n).collect();
-    push_files(src.path(), reference, &names)
-}
 
 fn expect_tree(files: &[(&str, &[u8])]) -> BTreeMap<String, Vec<u8>> {
     files
