@@ -432,8 +432,7 @@ fn tag_then_resolve_and_list_tags_and_repositories() {
         catalog.lines().any(|l| l == repo),
         "{repo} not in the catalog:\n{catalog}"
     );
-    // The shared test registry soon holds more than a page (100) of repositories: the
-    // listing above followed `Link`. --last starts after a name.
+    // --last starts after a name (pages: `listings_follow_link_pages`).
     let after = ok(&["repo", "ls", &registry(), "--last", &repo]);
     assert!(
         after.lines().all(|l| l > repo.as_str()),
@@ -454,6 +453,64 @@ fn tag_then_resolve_and_list_tags_and_repositories() {
 
 /// Tags are checked, all of them, before any is set: a bad tag in the list leaves the
 /// repository (or layout) as it was, and a layout takes no tag a registry would refuse.
+/// Distribution 2.8 answers a tag list or a catalog in one page, so the pages here come from
+/// the proxy: each listing must follow `Link` to the end, in order.
+#[test]
+fn listings_follow_link_pages() {
+    require_registry!();
+    let proxy = FaultProxy::start(&registry());
+    let repo = unique_repo("pages");
+    let page = |body: &str, next: Option<String>| Fault::ServePage {
+        body: std::sync::Arc::new(body.as_bytes().to_vec()),
+        next,
+    };
+    let tags_at = |last: &str| format!("/v2/{repo}/tags/list?last={last}");
+    // The first applicable rule wins: the later pages' rules go first.
+    proxy.add(Rule::new(
+        "GET",
+        &tags_at("b"),
+        page(r#"{"tags":["c"]}"#, Some(tags_at("c"))),
+    ));
+    // A page may end the list with `null`.
+    proxy.add(Rule::new(
+        "GET",
+        &tags_at("c"),
+        page(r#"{"tags":null}"#, None),
+    ));
+    proxy.add(Rule::new(
+        "GET",
+        "/tags/list",
+        page(
+            &format!(r#"{{"name":"{repo}","tags":["a","b"]}}"#),
+            Some(tags_at("b")),
+        ),
+    ));
+    proxy.add(Rule::new(
+        "GET",
+        "/_catalog?last=r2",
+        page(r#"{"repositories":["r3"]}"#, None),
+    ));
+    proxy.add(Rule::new(
+        "GET",
+        "/_catalog",
+        page(
+            r#"{"repositories":["r1","r2"]}"#,
+            Some("/v2/_catalog?last=r2&n=2".into()),
+        ),
+    ));
+
+    let tags = ok(&["repo", "tags", &format!("{}/{repo}", proxy.addr)]);
+    assert_eq!(tags.lines().collect::<Vec<_>>(), ["a", "b", "c"], "{tags}");
+    assert_eq!(proxy.matching("GET", "/tags/list").len(), 3);
+    let repos = ok(&["repo", "ls", &proxy.addr]);
+    assert_eq!(
+        repos.lines().collect::<Vec<_>>(),
+        ["r1", "r2", "r3"],
+        "{repos}"
+    );
+    assert_eq!(proxy.matching("GET", "/_catalog").len(), 2);
+}
+
 #[test]
 fn tag_checks_every_tag_before_setting_any() {
     require_registry!();
