@@ -56,6 +56,9 @@ eval "$registry_env"
 
 export ORAS_FS_PYTHON="$REPO/.venv/bin/python"
 export ORAS_FS_SCRIPTS="$REPO/scripts"
+# Tests skip (and pass) without a registry under a plain `cargo test`; here a missing
+# registry must fail them instead, so a broken setup cannot pass silently.
+export ORAS_FS_REQUIRE_REGISTRY=1
 
 status=0
 cargo test --all-targets -- --test-threads=4 "$@" || status=$?

@@ -1,13 +1,15 @@
 //! oras-fs: keep arbitrary files in OCI registries.
 //!
-//! The map, bottom up:
-//! - [`digest`], [`reference`], [`manifest`]: the data types of the OCI world.
+//! The map, bottom up (each module uses only those above it in this list):
+//! - [`error`], [`digest`]: the one error type; content digests and their verification.
+//! - [`reference`], [`manifest`]: the data types of the OCI world.
 //! - [`content`]: the [`content::Target`] abstraction (fetch, push, resolve) with a memory
 //!   store, a file-directory store and an OCI image layout.
-//! - [`fs`]: the FUSE filesystem: tree, block cache, POSIX semantics, the fuser adapter.
 //! - [`auth`]: credentials (flags, Docker credential store) and bearer tokens.
 //! - [`registry`]: a remote repository as a `Target`, speaking the distribution protocol.
 //! - [`oras`]: `push` (of files), `pull` and `copy`, built only from `Target` calls.
+//! - [`fs`]: the FUSE filesystem (tree, block cache, POSIX semantics, the fuser adapter); a
+//!   writable mount's sync pushes through [`oras`].
 //! - `cli` (in the binary): argument parsing and output; a thin shell over the above.
 
 pub mod auth;

@@ -16,7 +16,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::faults::*;
-use common::fuse::*;
 use common::*;
 use serde_json::{json, Value};
 
@@ -141,6 +140,7 @@ fn put_directory_layer(repo: &str, tag: &str, entries: &[TarEntry]) {
 
 #[test]
 fn oversized_manifests_are_refused_without_reading_them() {
+    require_registry!();
     let repo = unique_repo("bad-huge-manifest");
     let proxy = FaultProxy::start(&registry());
     let out_dir = temp_dir();
@@ -177,6 +177,7 @@ fn oversized_manifests_are_refused_without_reading_them() {
 /// hashed, and reading must stop at the cap with a message naming it.
 #[test]
 fn oversized_manifests_without_a_digest_header_are_refused() {
+    require_registry!();
     let repo = unique_repo("bad-huge-nodigest");
     let proxy = FaultProxy::start(&registry());
     const HUGE: u64 = 256 << 20;
@@ -208,6 +209,7 @@ fn oversized_manifests_without_a_digest_header_are_refused() {
 
 #[test]
 fn malformed_manifests_name_the_problem() {
+    require_registry!();
     let repo = unique_repo("bad-malformed");
     let proxy = FaultProxy::start(&registry());
     let out_dir = temp_dir();
@@ -288,6 +290,7 @@ fn malformed_manifests_name_the_problem() {
 
 #[test]
 fn unknown_media_types_are_skipped_unless_asked_for() {
+    require_registry!();
     let repo = unique_repo("bad-media-types");
     let src = temp_dir();
     write_file(&src.path().join("known.txt"), format!("known {repo}"));
@@ -382,6 +385,7 @@ fn pull_manifest_served_as(media_type: &str) {
 /// The OCI artifact manifest type (which `Accept` asks for, and some registries serve).
 #[test]
 fn manifests_of_the_oci_artifact_type_are_fetched_as_manifests() {
+    require_registry!();
     pull_manifest_served_as("application/vnd.oci.artifact.manifest.v1+json");
 }
 
@@ -389,6 +393,7 @@ fn manifests_of_the_oci_artifact_type_are_fetched_as_manifests() {
 /// resolved to), so it must not be fetched from `/blobs/`.
 #[test]
 fn manifests_of_an_unknown_media_type_are_fetched_as_manifests() {
+    require_registry!();
     pull_manifest_served_as("application/x.oras-fs.future-manifest+json");
 }
 
@@ -396,6 +401,7 @@ fn manifests_of_an_unknown_media_type_are_fetched_as_manifests() {
 /// before writing anything, naming the title and the reason.
 #[test]
 fn unsafe_titles_are_refused_by_pull() {
+    require_registry!();
     let repo = unique_repo("bad-titles");
     let ok = format!("ok {repo}").into_bytes();
     upload_blob(&repo, &ok);
@@ -448,6 +454,7 @@ fn unsafe_titles_are_refused_by_pull() {
 /// A mount shows the layers with safe titles and skips the others with a warning.
 #[test]
 fn unsafe_titles_are_skipped_by_mount_with_a_warning() {
+    require_registry!();
     let repo = unique_repo("bad-titles-mount");
     let ok = format!("ok {repo}").into_bytes();
     upload_blob(&repo, &ok);
@@ -479,6 +486,7 @@ fn unsafe_titles_are_skipped_by_mount_with_a_warning() {
 /// open.
 #[test]
 fn overlong_titles_are_skipped_by_mount_with_a_warning() {
+    require_registry!();
     let repo = unique_repo("bad-long-title");
     let ok = format!("ok {repo}").into_bytes();
     upload_blob(&repo, &ok);
@@ -506,6 +514,7 @@ fn overlong_titles_are_skipped_by_mount_with_a_warning() {
 /// mount time". Pull refuses such a manifest.
 #[test]
 fn clashing_titles_are_skipped_by_mount_with_a_warning() {
+    require_registry!();
     let repo = unique_repo("bad-dup-titles");
     let a = format!("a {repo}").into_bytes();
     let b = format!("b {repo}").into_bytes();
@@ -529,6 +538,7 @@ fn clashing_titles_are_skipped_by_mount_with_a_warning() {
 
 #[test]
 fn tar_layers_with_links_pointing_out_are_refused() {
+    require_registry!();
     use TarEntry::*;
     let repo = unique_repo("bad-tar");
     let cases: Vec<(&str, Vec<TarEntry>, &str)> = vec![
@@ -604,6 +614,7 @@ fn tar_layers_with_links_pointing_out_are_refused() {
 /// earlier (`d/dot -> .`, then `d/dot/dot/x -> ../..` is physically `d/x -> ../..`).
 #[test]
 fn tar_layers_with_link_chains_pointing_out_are_refused() {
+    require_registry!();
     use TarEntry::*;
     let repo = unique_repo("bad-tar-chain");
     put_directory_layer(
@@ -642,6 +653,7 @@ fn tar_layers_with_link_chains_pointing_out_are_refused() {
 
 #[test]
 fn invalid_references_and_digests_name_the_problem() {
+    require_registry!();
     let reg = registry();
     let hex = "a".repeat(64);
     let cases: Vec<(String, &str)> = vec![
@@ -697,6 +709,7 @@ fn invalid_references_and_digests_name_the_problem() {
 
 #[test]
 fn wrong_or_missing_credentials_name_the_problem() {
+    require_registry!();
     let (user, pass) = ("creds-user", "creds-right-2b7e");
     let wrong = "creds-WRONG-9c41";
     let reg = ExtraRegistry::start("bad-creds", &["--htpasswd", &format!("{user}:{pass}")]);
@@ -761,6 +774,7 @@ fn wrong_or_missing_credentials_name_the_problem() {
 
 #[test]
 fn an_expired_token_is_renewed_once_then_fails_clearly() {
+    require_registry!();
     let repo = unique_repo("bad-token");
     let data = random_bytes(&repo, 2 * MIB);
     let src = temp_dir();
@@ -843,6 +857,7 @@ fn an_expired_token_is_renewed_once_then_fails_clearly() {
 /// (grant_type=refresh_token), never sent as a password.
 #[test]
 fn an_identity_token_from_the_docker_config_gets_tokens_by_refresh_grant() {
+    require_registry!();
     let repo = unique_repo("identity-token");
     let src = temp_dir();
     write_file(&src.path().join("i.txt"), "identity");
@@ -960,6 +975,7 @@ fn mode_of(p: &Path) -> u32 {
 /// A hostile directory layer cannot plant setuid, setgid or sticky files (we run as root).
 #[test]
 fn pull_never_recreates_setuid_setgid_or_sticky_modes() {
+    require_registry!();
     let repo = unique_repo("bad-modes");
     let (gz, tar_digest) = tgz_with_modes(&[
         ("d/", 0o7755, b""),
@@ -990,6 +1006,7 @@ fn pull_never_recreates_setuid_setgid_or_sticky_modes() {
 /// A gzip bomb stops at the limit with a clear error, and leaves nothing behind.
 #[test]
 fn pull_bounds_what_a_directory_layer_unpacks_to() {
+    require_registry!();
     let repo = unique_repo("bad-bomb");
     let zeros = vec![0u8; 8 * MIB];
     let (gz, tar_digest) = tgz_with_modes(&[("d/", 0o755, b""), ("d/zeros", 0o644, &zeros)]);
@@ -1022,6 +1039,7 @@ fn pull_bounds_what_a_directory_layer_unpacks_to() {
 /// `x` and `x/y` cannot both be pulled: refused before any download, nothing written.
 #[test]
 fn pull_refuses_a_title_inside_another_before_downloading() {
+    require_registry!();
     let repo = unique_repo("bad-nested");
     let a = format!("a {repo}").into_bytes();
     let b = format!("b {repo}").into_bytes();
@@ -1050,6 +1068,7 @@ fn pull_refuses_a_title_inside_another_before_downloading() {
 /// Many layers with one digest (15,000 in the report) cost one download, not one each.
 #[test]
 fn pull_downloads_a_digest_shared_by_many_layers_once() {
+    require_registry!();
     let repo = unique_repo("bad-shared-digest");
     let data = random_bytes(&repo, 100_000);
     let digest = upload_blob(&repo, &data);

@@ -12,7 +12,6 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::faults::{Fault, FaultProxy, Rule};
-use common::fuse::{log_entries_since, log_offset, LogEntry};
 use common::*;
 use serde_json::Value;
 
@@ -22,17 +21,6 @@ const EMPTY_CONFIG_DIGEST: &str =
     "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a";
 
 // --- Helpers ----------------------------------------------------------------------------------
-
-/// `oras-fs push REF FILES... --no-tty` in `dir`; returns the manifest digest.
-#[track_caller]
-fn push_in(dir: &Path, reference: &str, files: &[&str]) -> String {
-    let mut args = vec!["push", reference];
-    args.extend_from_slice(files);
-    args.push("--no-tty");
-    let out = oras_fs_in(dir, &args);
-    assert_ok(&out);
-    digest_of_stdout(&out)
-}
 
 /// The digests of the config and the layers of a manifest, in order.
 fn blob_digests(manifest: &Value) -> Vec<String> {
@@ -106,12 +94,13 @@ fn is_manifest_put(e: &LogEntry, repo: &str, tag: &str) -> bool {
 
 #[test]
 fn copy_to_another_repository_mounts_blobs_and_skips_existing_ones() {
+    require_registry!();
     let src = unique_repo("copy-mount-src");
     let dst = unique_repo("copy-mount-dst");
     let tmp = temp_dir();
     write_random_file(&tmp.path().join("big.bin"), &src, 300_000);
     write_file(&tmp.path().join("note.txt"), format!("note of {src}\n"));
-    let digest = push_in(tmp.path(), &reference(&src, "v1"), &["big.bin", "note.txt"]);
+    let digest = push_files(tmp.path(), &reference(&src, "v1"), &["big.bin", "note.txt"]);
     let blobs = blob_digests(&json(&get_manifest(&src, "v1").1));
     assert_eq!(blobs.len(), 3, "config and two layers");
 
@@ -201,6 +190,7 @@ fn copy_to_another_repository_mounts_blobs_and_skips_existing_ones() {
 
 #[test]
 fn copy_registry_to_layout_and_back_round_trips() {
+    require_registry!();
     let src = unique_repo("copy-layout-src");
     let back = unique_repo("copy-layout-back");
     let tmp = temp_dir();
@@ -210,7 +200,7 @@ fn copy_registry_to_layout_and_back_round_trips() {
         format!("inner of {src}\n"),
     );
     write_file(&tmp.path().join("dir/sub/deep.txt"), "deep\n");
-    let digest = push_in(tmp.path(), &reference(&src, "v1"), &["data.bin", "dir"]);
+    let digest = push_files(tmp.path(), &reference(&src, "v1"), &["data.bin", "dir"]);
     let (_, manifest_bytes) = get_manifest(&src, "v1");
 
     // Registry -> layout.
@@ -286,6 +276,7 @@ fn copy_registry_to_layout_and_back_round_trips() {
 
 #[test]
 fn copy_recursive_copies_referrers_to_a_repository_and_a_layout() {
+    require_registry!();
     let src = unique_repo("copy-r-src");
     let dst = unique_repo("copy-r-dst");
     let plain = unique_repo("copy-r-plain");
@@ -296,7 +287,7 @@ fn copy_recursive_copies_referrers_to_a_repository_and_a_layout() {
         &tmp.path().join("sbom.json"),
         format!("{{\"sbom\":\"{src}\"}}"),
     );
-    let subject = push_in(tmp.path(), &reference(&src, "v1"), &["app.txt"]);
+    let subject = push_files(tmp.path(), &reference(&src, "v1"), &["app.txt"]);
     let out = oras_fs_in(
         tmp.path(),
         [
@@ -410,10 +401,11 @@ fn copy_recursive_copies_referrers_to_a_repository_and_a_layout() {
 
 #[test]
 fn tag_then_resolve_and_list_tags_and_repositories() {
+    require_registry!();
     let repo = unique_repo("tag");
     let tmp = temp_dir();
     write_file(&tmp.path().join("t.txt"), format!("tag test {repo}\n"));
-    let digest = push_in(tmp.path(), &reference(&repo, "v1"), &["t.txt"]);
+    let digest = push_files(tmp.path(), &reference(&repo, "v1"), &["t.txt"]);
 
     let out = ok(&["tag", &reference(&repo, "v1"), "one", "two", "3.0"]);
     for t in ["one", "two", "3.0"] {
@@ -440,8 +432,7 @@ fn tag_then_resolve_and_list_tags_and_repositories() {
         catalog.lines().any(|l| l == repo),
         "{repo} not in the catalog:\n{catalog}"
     );
-    // The shared test registry soon holds more than a page (100) of repositories: the
-    // listing above followed `Link`. --last starts after a name.
+    // --last starts after a name (pages: `listings_follow_link_pages`).
     let after = ok(&["repo", "ls", &registry(), "--last", &repo]);
     assert!(
         after.lines().all(|l| l > repo.as_str()),
@@ -462,12 +453,71 @@ fn tag_then_resolve_and_list_tags_and_repositories() {
 
 /// Tags are checked, all of them, before any is set: a bad tag in the list leaves the
 /// repository (or layout) as it was, and a layout takes no tag a registry would refuse.
+/// Distribution 2.8 answers a tag list or a catalog in one page, so the pages here come from
+/// the proxy: each listing must follow `Link` to the end, in order.
+#[test]
+fn listings_follow_link_pages() {
+    require_registry!();
+    let proxy = FaultProxy::start(&registry());
+    let repo = unique_repo("pages");
+    let page = |body: &str, next: Option<String>| Fault::ServePage {
+        body: std::sync::Arc::new(body.as_bytes().to_vec()),
+        next,
+    };
+    let tags_at = |last: &str| format!("/v2/{repo}/tags/list?last={last}");
+    // The first applicable rule wins: the later pages' rules go first.
+    proxy.add(Rule::new(
+        "GET",
+        &tags_at("b"),
+        page(r#"{"tags":["c"]}"#, Some(tags_at("c"))),
+    ));
+    // A page may end the list with `null`.
+    proxy.add(Rule::new(
+        "GET",
+        &tags_at("c"),
+        page(r#"{"tags":null}"#, None),
+    ));
+    proxy.add(Rule::new(
+        "GET",
+        "/tags/list",
+        page(
+            &format!(r#"{{"name":"{repo}","tags":["a","b"]}}"#),
+            Some(tags_at("b")),
+        ),
+    ));
+    proxy.add(Rule::new(
+        "GET",
+        "/_catalog?last=r2",
+        page(r#"{"repositories":["r3"]}"#, None),
+    ));
+    proxy.add(Rule::new(
+        "GET",
+        "/_catalog",
+        page(
+            r#"{"repositories":["r1","r2"]}"#,
+            Some("/v2/_catalog?last=r2&n=2".into()),
+        ),
+    ));
+
+    let tags = ok(&["repo", "tags", &format!("{}/{repo}", proxy.addr)]);
+    assert_eq!(tags.lines().collect::<Vec<_>>(), ["a", "b", "c"], "{tags}");
+    assert_eq!(proxy.matching("GET", "/tags/list").len(), 3);
+    let repos = ok(&["repo", "ls", &proxy.addr]);
+    assert_eq!(
+        repos.lines().collect::<Vec<_>>(),
+        ["r1", "r2", "r3"],
+        "{repos}"
+    );
+    assert_eq!(proxy.matching("GET", "/_catalog").len(), 2);
+}
+
 #[test]
 fn tag_checks_every_tag_before_setting_any() {
+    require_registry!();
     let repo = unique_repo("tag-check");
     let tmp = temp_dir();
     write_file(&tmp.path().join("t.txt"), format!("tag check {repo}\n"));
-    push_in(tmp.path(), &reference(&repo, "v1"), &["t.txt"]);
+    push_files(tmp.path(), &reference(&repo, "v1"), &["t.txt"]);
     assert_fails(
         &oras_fs(["tag", &reference(&repo, "v1"), "good", "bad,tag"]),
         "tag",
@@ -547,13 +597,14 @@ fn tag_resolve_and_tags_in_an_oci_layout() {
 
 #[test]
 fn manifest_fetch_to_stdout_to_a_file_and_as_a_descriptor() {
+    require_registry!();
     let repo = unique_repo("manifest-fetch");
     let tmp = temp_dir();
     write_file(
         &tmp.path().join("m.txt"),
         format!("manifest fetch {repo}\n"),
     );
-    let digest = push_in(tmp.path(), &reference(&repo, "v1"), &["m.txt"]);
+    let digest = push_files(tmp.path(), &reference(&repo, "v1"), &["m.txt"]);
     let (_, bytes) = get_manifest(&repo, "v1");
     assert_eq!(sha256_bytes(&bytes), digest);
 
@@ -585,10 +636,11 @@ fn manifest_fetch_to_stdout_to_a_file_and_as_a_descriptor() {
 
 #[test]
 fn manifest_push_round_trips_and_checks_the_digest() {
+    require_registry!();
     let repo = unique_repo("manifest-push");
     let tmp = temp_dir();
     write_file(&tmp.path().join("p.txt"), format!("manifest push {repo}\n"));
-    let digest = push_in(tmp.path(), &reference(&repo, "v1"), &["p.txt"]);
+    let digest = push_files(tmp.path(), &reference(&repo, "v1"), &["p.txt"]);
     let file = tmp.path().join("manifest.json");
     ok(&[
         "manifest",
@@ -676,12 +728,13 @@ fn tree_without(dir: &Path, name: &str) -> BTreeMap<String, Vec<u8>> {
 
 #[test]
 fn manifest_delete_then_resolve_fails() {
+    require_registry!();
     let repo = unique_repo("manifest-delete");
     let tmp = temp_dir();
     write_file(&tmp.path().join("keep.txt"), format!("keep {repo}\n"));
     write_file(&tmp.path().join("gone.txt"), format!("gone {repo}\n"));
-    let keep = push_in(tmp.path(), &reference(&repo, "keep"), &["keep.txt"]);
-    let gone = push_in(tmp.path(), &reference(&repo, "gone"), &["gone.txt"]);
+    let keep = push_files(tmp.path(), &reference(&repo, "keep"), &["keep.txt"]);
+    let gone = push_files(tmp.path(), &reference(&repo, "gone"), &["gone.txt"]);
 
     let out = ok(&["manifest", "delete", &reference(&repo, "gone")]);
     assert!(out.contains(&format!("Deleted {gone}")), "{out}");
@@ -715,6 +768,7 @@ fn manifest_delete_then_resolve_fails() {
 
 #[test]
 fn manifest_fetch_config() {
+    require_registry!();
     let repo = unique_repo("fetch-config");
     let tmp = temp_dir();
     let config = format!("{{\"config of\":\"{repo}\"}}");
@@ -752,7 +806,7 @@ fn manifest_fetch_config() {
     assert_eq!(read_file(&file), config.as_bytes());
 
     // Without --config, the config is the empty JSON object.
-    push_in(tmp.path(), &reference(&repo, "plain"), &["c.txt"]);
+    push_files(tmp.path(), &reference(&repo, "plain"), &["c.txt"]);
     let out = oras_fs(["manifest", "fetch-config", &reference(&repo, "plain")]);
     assert_ok(&out);
     assert_eq!(out.stdout, b"{}");
@@ -766,6 +820,7 @@ fn manifest_fetch_config() {
 
 #[test]
 fn blob_push_fetch_and_delete() {
+    require_registry!();
     let repo = unique_repo("blob");
     let tmp = temp_dir();
     let file = tmp.path().join("blob.bin");
@@ -846,6 +901,7 @@ fn blob_push_fetch_and_delete() {
 
 #[test]
 fn blob_push_from_stdin() {
+    require_registry!();
     let repo = unique_repo("blob-stdin");
     let data = random_bytes(&repo, 700_000);
     let digest = sha256_bytes(&data);
@@ -914,6 +970,7 @@ fn blob_push_from_stdin() {
 /// `attach` keeps the tag-schema index `sha256-<hex of the subject>` and `discover` reads it.
 #[test]
 fn attach_and_discover_use_the_referrers_tag_schema_on_distribution() {
+    require_registry!();
     let repo = unique_repo("attach");
     let tmp = temp_dir();
     write_file(&tmp.path().join("subject.txt"), format!("subject {repo}\n"));
@@ -922,7 +979,7 @@ fn attach_and_discover_use_the_referrers_tag_schema_on_distribution() {
         format!("{{\"sbom\":\"{repo}\"}}"),
     );
     write_file(&tmp.path().join("sig.txt"), format!("sig {repo}\n"));
-    let subject = push_in(tmp.path(), &reference(&repo, "v1"), &["subject.txt"]);
+    let subject = push_files(tmp.path(), &reference(&repo, "v1"), &["subject.txt"]);
 
     let out = oras_fs_in(
         tmp.path(),
@@ -1072,7 +1129,7 @@ fn attach_and_discover_use_the_referrers_tag_schema_on_distribution() {
     assert!(text.contains(&sbom) && text.contains(&sig), "{text}");
 
     // A subject without referrers.
-    push_in(tmp.path(), &reference(&repo, "lonely"), &["sig.txt"]);
+    push_files(tmp.path(), &reference(&repo, "lonely"), &["sig.txt"]);
     assert!(discovered(&[&reference(&repo, "lonely")]).is_empty());
     assert_fails(
         &oras_fs_in(
@@ -1093,11 +1150,12 @@ fn attach_and_discover_use_the_referrers_tag_schema_on_distribution() {
 /// with `..`) is refused up front unless `--disable-path-validation` is given.
 #[test]
 fn attach_refuses_file_names_that_pull_would_refuse() {
+    require_registry!();
     let repo = unique_repo("attach-names");
     let tmp = temp_dir();
     write_file(&tmp.path().join("s.txt"), format!("subject {repo}\n"));
     write_file(&tmp.path().join("abs.txt"), "absolute\n");
-    push_in(tmp.path(), &reference(&repo, "v1"), &["s.txt"]);
+    push_files(tmp.path(), &reference(&repo, "v1"), &["s.txt"]);
     let abs = tmp.path().join("abs.txt");
     // push refuses it...
     assert_fails(
@@ -1123,12 +1181,13 @@ fn attach_refuses_file_names_that_pull_would_refuse() {
 /// What is listed must be the API's answer, and the fallback tag must not be read.
 #[test]
 fn discover_and_copy_use_the_referrers_api_when_the_registry_has_it() {
+    require_registry!();
     let repo = unique_repo("referrers-api");
     let dst = unique_repo("referrers-api-dst");
     let tmp = temp_dir();
     write_file(&tmp.path().join("s.txt"), format!("subject {repo}\n"));
     write_file(&tmp.path().join("r.txt"), format!("referrer {repo}\n"));
-    let subject = push_in(tmp.path(), &reference(&repo, "v1"), &["s.txt"]);
+    let subject = push_files(tmp.path(), &reference(&repo, "v1"), &["s.txt"]);
     let out = oras_fs_in(
         tmp.path(),
         [
@@ -1222,6 +1281,7 @@ fn discover_and_copy_use_the_referrers_api_when_the_registry_has_it() {
 /// proxy test above for it.)
 #[test]
 fn attach_and_discover_in_an_oci_layout() {
+    require_registry!();
     let tmp = temp_dir();
     let layout = tmp.path().join("store");
     let lref = format!("{}:v1", path_str(&layout));
@@ -1328,10 +1388,11 @@ fn attach_and_discover_in_an_oci_layout() {
 
 #[test]
 fn pull_to_stdout_streams_a_single_file() {
+    require_registry!();
     let repo = unique_repo("pull-stdout");
     let tmp = temp_dir();
     write_random_file(&tmp.path().join("one.bin"), &repo, 2_500_000);
-    push_in(tmp.path(), &reference(&repo, "v1"), &["one.bin"]);
+    push_files(tmp.path(), &reference(&repo, "v1"), &["one.bin"]);
     let out = oras_fs(["pull", &reference(&repo, "v1"), "-o", "-"]);
     assert_ok(&out);
     assert!(
@@ -1344,7 +1405,7 @@ fn pull_to_stdout_streams_a_single_file() {
     // With two files, it fails with a message.
     write_file(&tmp.path().join("a.txt"), "text a\n");
     write_file(&tmp.path().join("b.txt"), "text b\n");
-    push_in(tmp.path(), &reference(&repo, "two"), &["a.txt", "b.txt"]);
+    push_files(tmp.path(), &reference(&repo, "two"), &["a.txt", "b.txt"]);
     let out = oras_fs(["pull", &reference(&repo, "two"), "-o", "-"]);
     let stderr = assert_fails(&out, "-o - writes a single file");
     assert!(stderr.contains("2 layers"), "{stderr}");
@@ -1352,7 +1413,7 @@ fn pull_to_stdout_streams_a_single_file() {
 
     // The media type filter picks among layers: the default one, or -t.
     write_file(&tmp.path().join("b.md"), "markdown b\n");
-    push_in(
+    push_files(
         tmp.path(),
         &reference(&repo, "typed"),
         &["a.txt", "b.md:text/markdown"],
@@ -1389,6 +1450,7 @@ fn pull_to_stdout_streams_a_single_file() {
 
 #[test]
 fn push_from_stdin_with_a_title() {
+    require_registry!();
     let repo = unique_repo("push-stdin");
     let data = random_bytes(&repo, 400_000);
     let out = oras_fs_stdin(
@@ -1481,6 +1543,7 @@ fn created_of(repo: &str, tag: &str) -> Option<String> {
 
 #[test]
 fn reproducible_push_of_a_file_gives_the_same_digest() {
+    require_registry!();
     let repo = unique_repo("reproducible-file");
     let tmp = temp_dir();
     write_file(&tmp.path().join("r.txt"), format!("reproducible {repo}\n"));
@@ -1488,7 +1551,7 @@ fn reproducible_push_of_a_file_gives_the_same_digest() {
         let r = reference(&repo, tag);
         let mut args = vec!["r.txt"];
         args.extend_from_slice(extra);
-        push_in(tmp.path(), &r, &args)
+        push_files(tmp.path(), &r, &args)
     };
     let first = push("a", &["--reproducible"]);
     let plain_first = push("plain-a", &[]);
@@ -1507,18 +1570,19 @@ fn reproducible_push_of_a_file_gives_the_same_digest() {
 
 #[test]
 fn reproducible_push_of_a_directory_ignores_mtimes() {
+    require_registry!();
     let repo = unique_repo("reproducible-dir");
     let tmp = temp_dir();
     let dir = tmp.path().join("tree");
     write_file(&dir.join("top.txt"), format!("top {repo}\n"));
     write_file(&dir.join("sub/inner.txt"), "inner\n");
     write_random_file(&dir.join("sub/data.bin"), &repo, 100_000);
-    let first = push_in(
+    let first = push_files(
         tmp.path(),
         &reference(&repo, "a"),
         &["tree", "--reproducible"],
     );
-    let plain_first = push_in(tmp.path(), &reference(&repo, "plain-a"), &["tree"]);
+    let plain_first = push_files(tmp.path(), &reference(&repo, "plain-a"), &["tree"]);
     std::thread::sleep(Duration::from_millis(1100));
     // Touch everything: new mtimes (a fixed time far from now, so they surely change).
     let when = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000_000);
@@ -1533,12 +1597,12 @@ fn reproducible_push_of_a_directory_ignores_mtimes() {
             .and_then(|f| f.set_modified(when))
             .unwrap_or_else(|e| panic!("touching {}: {e}", p.display()));
     }
-    let second = push_in(
+    let second = push_files(
         tmp.path(),
         &reference(&repo, "b"),
         &["tree", "--reproducible"],
     );
-    let plain_second = push_in(tmp.path(), &reference(&repo, "plain-b"), &["tree"]);
+    let plain_second = push_files(tmp.path(), &reference(&repo, "plain-b"), &["tree"]);
     assert_eq!(first, second, "--reproducible directory pushes differ");
     let layer = |tag: &str| json(&get_manifest(&repo, tag).1)["layers"][0]["digest"].clone();
     assert_eq!(layer("a"), layer("b"));

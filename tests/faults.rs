@@ -17,20 +17,9 @@ use std::process::Output;
 use std::time::{Duration, Instant};
 
 use common::faults::*;
-use common::fuse::*;
 use common::*;
 
 const MIB: usize = 1024 * 1024;
-
-/// Pushes `files` (name, bytes) straight to the registry as `repo:tag`; returns the digest.
-fn push_direct(repo: &str, tag: &str, files: &[(&str, &[u8])]) -> String {
-    let src = temp_dir();
-    for (name, data) in files {
-        write_file(&src.path().join(name), data);
-    }
-    let names: Vec<&str> = files.iter().map(|(n, _)| *n).collect();
-    push_files(src.path(), &reference(repo, tag), &names)
-}
 
 /// `oras-fs push REF FILES... --no-tty`, run in `dir`.
 fn push(dir: &Path, reference: &str, files: &[&str]) -> Output {
@@ -94,9 +83,10 @@ fn tag_status(repo: &str, tag: &str) -> u16 {
 
 #[test]
 fn pull_resumes_where_a_dropped_connection_stopped() {
+    require_registry!();
     let repo = unique_repo("fault-pull-drop");
     let data = random_bytes(&repo, 3 * MIB);
-    push_direct(&repo, "v1", &[("data.bin", &data)]);
+    push_contents(&reference(&repo, "v1"), &[("data.bin", &data)]);
     let digest = sha256_bytes(&data);
     let proxy = FaultProxy::start(&registry());
     proxy.add(Rule::new("GET", &blob_path_of(&digest), Fault::DropAfter(MIB as u64)).once());
@@ -127,9 +117,10 @@ fn pull_resumes_where_a_dropped_connection_stopped() {
 
 #[test]
 fn pull_gives_up_after_bounded_retries_and_keeps_the_old_file() {
+    require_registry!();
     let repo = unique_repo("fault-pull-drops");
     let data = random_bytes(&repo, MIB);
-    push_direct(&repo, "v1", &[("data.bin", &data)]);
+    push_contents(&reference(&repo, "v1"), &[("data.bin", &data)]);
     let digest = sha256_bytes(&data);
     let proxy = FaultProxy::start(&registry());
     proxy.add(Rule::new(
@@ -169,9 +160,10 @@ fn pull_gives_up_after_bounded_retries_and_keeps_the_old_file() {
 
 #[test]
 fn pull_retries_429_and_5xx_honouring_retry_after() {
+    require_registry!();
     let repo = unique_repo("fault-pull-429");
     let data = random_bytes(&repo, 200_000);
-    push_direct(&repo, "v1", &[("data.bin", &data)]);
+    push_contents(&reference(&repo, "v1"), &[("data.bin", &data)]);
     let digest = sha256_bytes(&data);
     let proxy = FaultProxy::start(&registry());
     proxy.add(Rule::new("HEAD", "/manifests/v1", Fault::Status(429, Some(1))).once());
@@ -193,9 +185,10 @@ fn pull_retries_429_and_5xx_honouring_retry_after() {
 
 #[test]
 fn pull_reports_a_persistent_server_error_after_five_tries() {
+    require_registry!();
     let repo = unique_repo("fault-pull-500");
     let data = random_bytes(&repo, 1000);
-    push_direct(&repo, "v1", &[("data.bin", &data)]);
+    push_contents(&reference(&repo, "v1"), &[("data.bin", &data)]);
     let digest = sha256_bytes(&data);
     let proxy = FaultProxy::start(&registry());
     proxy.add(Rule::new(
@@ -223,9 +216,10 @@ fn pull_reports_a_persistent_server_error_after_five_tries() {
 
 #[test]
 fn pull_copes_with_a_registry_that_ignores_range() {
+    require_registry!();
     let repo = unique_repo("fault-pull-norange");
     let data = random_bytes(&repo, 2 * MIB);
-    push_direct(&repo, "v1", &[("data.bin", &data)]);
+    push_contents(&reference(&repo, "v1"), &[("data.bin", &data)]);
     let digest = sha256_bytes(&data);
     let proxy = FaultProxy::start(&registry());
     // The first GET drops; the resume's Range is dropped on its way: a 200 with everything.
@@ -247,9 +241,10 @@ fn pull_copes_with_a_registry_that_ignores_range() {
 
 #[test]
 fn pull_of_corrupted_bytes_fails_and_poisons_nothing() {
+    require_registry!();
     let repo = unique_repo("fault-pull-corrupt");
     let data = random_bytes(&repo, 300_000);
-    push_direct(&repo, "v1", &[("data.bin", &data)]);
+    push_contents(&reference(&repo, "v1"), &[("data.bin", &data)]);
     let digest = sha256_bytes(&data);
     let proxy = FaultProxy::start(&registry());
     proxy.add(Rule::new("GET", &blob_path_of(&digest), Fault::Corrupt(123_456)).once());
@@ -270,9 +265,10 @@ fn pull_of_corrupted_bytes_fails_and_poisons_nothing() {
 
 #[test]
 fn pull_rides_out_stalls() {
+    require_registry!();
     let repo = unique_repo("fault-pull-stall");
     let data = random_bytes(&repo, MIB);
-    push_direct(&repo, "v1", &[("data.bin", &data)]);
+    push_contents(&reference(&repo, "v1"), &[("data.bin", &data)]);
     let digest = sha256_bytes(&data);
     let proxy = FaultProxy::start(&registry());
     proxy.add(
@@ -303,9 +299,10 @@ fn pull_rides_out_stalls() {
 
 #[test]
 fn pull_checks_docker_content_digest() {
+    require_registry!();
     let repo = unique_repo("fault-pull-digest");
     let data = random_bytes(&repo, 10_000);
-    let manifest_digest = push_direct(&repo, "v1", &[("data.bin", &data)]);
+    let manifest_digest = push_contents(&reference(&repo, "v1"), &[("data.bin", &data)]);
     let blob = sha256_bytes(&data);
     let wrong = sha256_bytes(b"some other manifest");
 
@@ -351,6 +348,7 @@ fn pull_checks_docker_content_digest() {
 /// for pull and for mount reads.
 #[test]
 fn redirected_blob_gets_carry_no_credentials_to_the_other_origin() {
+    require_registry!();
     let (user, pass) = ("redirect-user", "redirect-pass-5f1d");
     let reg = ExtraRegistry::start(
         "faults-redirect",
@@ -447,6 +445,7 @@ fn redirected_blob_gets_carry_no_credentials_to_the_other_origin() {
 
 #[test]
 fn push_sends_an_upload_again_after_a_drop_mid_body() {
+    require_registry!();
     let repo = unique_repo("fault-push-drop");
     let data = random_bytes(&repo, 2 * MIB);
     let src = temp_dir();
@@ -485,6 +484,7 @@ fn push_sends_an_upload_again_after_a_drop_mid_body() {
 
 #[test]
 fn push_retries_429_and_5xx_honouring_retry_after() {
+    require_registry!();
     let repo = unique_repo("fault-push-5xx");
     let data = random_bytes(&repo, 100_000);
     let src = temp_dir();
@@ -506,6 +506,7 @@ fn push_retries_429_and_5xx_honouring_retry_after() {
 
 #[test]
 fn push_rides_out_stalls_and_never_uploads_to_another_origin() {
+    require_registry!();
     let repo = unique_repo("fault-push-stall");
     let data = random_bytes(&repo, 500_000);
     let src = temp_dir();
@@ -553,6 +554,7 @@ fn push_rides_out_stalls_and_never_uploads_to_another_origin() {
 
 #[test]
 fn push_fails_clearly_and_moves_no_tag_when_the_registry_keeps_failing() {
+    require_registry!();
     let repo = unique_repo("fault-push-500");
     let src = temp_dir();
     write_file(&src.path().join("data.bin"), format!("push 500 {repo}"));
@@ -569,6 +571,7 @@ fn push_fails_clearly_and_moves_no_tag_when_the_registry_keeps_failing() {
 
 #[test]
 fn push_of_bytes_corrupted_on_the_way_is_refused_and_not_stored() {
+    require_registry!();
     let repo = unique_repo("fault-push-corrupt");
     let data = random_bytes(&repo, 300_000);
     let src = temp_dir();
@@ -591,6 +594,7 @@ fn push_of_bytes_corrupted_on_the_way_is_refused_and_not_stored() {
 
 #[test]
 fn push_refuses_a_registry_that_stores_another_manifest_digest() {
+    require_registry!();
     let repo = unique_repo("fault-push-digest");
     let src = temp_dir();
     write_file(&src.path().join("data.bin"), format!("wrong digest {repo}"));
@@ -623,6 +627,7 @@ fn commits_of(proxy: &FaultProxy, digest: &str) -> Vec<Seen> {
 
 #[test]
 fn a_large_file_uploads_while_it_hashes_and_stops_once_the_registry_has_it() {
+    require_registry!();
     let repo = unique_repo("fault-push-large");
     let data = random_bytes(&repo, LARGE);
     let src = temp_dir();
@@ -680,6 +685,7 @@ fn a_large_file_uploads_while_it_hashes_and_stops_once_the_registry_has_it() {
 
 #[test]
 fn a_large_upload_dropped_mid_body_is_sent_again_and_a_corrupted_one_refused() {
+    require_registry!();
     let repo = unique_repo("fault-push-large-drop");
     let data = random_bytes(&repo, LARGE);
     let src = temp_dir();
@@ -719,6 +725,7 @@ fn a_large_upload_dropped_mid_body_is_sent_again_and_a_corrupted_one_refused() {
 
 #[test]
 fn a_commit_whose_answer_is_lost_is_confirmed_by_asking_the_registry() {
+    require_registry!();
     let repo = unique_repo("fault-lost-commit");
     let src = temp_dir();
     let large = random_bytes(&repo, LARGE);
@@ -773,6 +780,7 @@ fn a_commit_whose_answer_is_lost_is_confirmed_by_asking_the_registry() {
 
 #[test]
 fn a_failed_upload_cancels_its_session() {
+    require_registry!();
     let repo = unique_repo("fault-cancel-session");
     let src = temp_dir();
     write_file(&src.path().join("a.txt"), format!("a {repo}"));
@@ -788,6 +796,7 @@ fn a_failed_upload_cancels_its_session() {
 
 #[test]
 fn a_registry_that_refuses_mount_requests_still_gets_pushes() {
+    require_registry!();
     let repo = unique_repo("fault-no-mount");
     let src = temp_dir();
     write_file(&src.path().join("a.txt"), format!("a {repo}"));
@@ -819,13 +828,13 @@ fn a_registry_that_refuses_mount_requests_still_gets_pushes() {
 
 #[test]
 fn mount_reads_survive_drops_stalls_and_ignored_ranges() {
+    require_registry!();
     let repo = unique_repo("fault-mount-read");
     let small = random_bytes(&format!("{repo}-small"), 300_000);
     let large = random_bytes(&format!("{repo}-large"), 6 * MIB);
     let slow = random_bytes(&format!("{repo}-slow"), 200_000);
-    push_direct(
-        &repo,
-        "v1",
+    push_contents(
+        &reference(&repo, "v1"),
         &[
             ("small.bin", &small),
             ("large.bin", &large),
@@ -900,9 +909,10 @@ fn read_page_direct(f: &std::fs::File, at: u64) -> Vec<u8> {
 
 #[test]
 fn a_mount_read_waits_for_its_block_not_for_its_whole_request() {
+    require_registry!();
     let repo = unique_repo("fault-mount-block");
     let large = random_bytes(&format!("{repo}-large"), 6 * MIB);
-    push_direct(&repo, "v1", &[("large.bin", &large)]);
+    push_contents(&reference(&repo, "v1"), &[("large.bin", &large)]);
     let digest = sha256_bytes(&large);
     let proxy = FaultProxy::start(&registry());
     // The first request (the read's block and the prefetch after it) stops after its first
@@ -935,9 +945,10 @@ fn a_mount_read_waits_for_its_block_not_for_its_whole_request() {
 
 #[test]
 fn a_mount_range_read_resumes_where_a_drop_stopped() {
+    require_registry!();
     let repo = unique_repo("fault-mount-resume");
     let large = random_bytes(&format!("{repo}-large"), 6 * MIB);
-    push_direct(&repo, "v1", &[("large.bin", &large)]);
+    push_contents(&reference(&repo, "v1"), &[("large.bin", &large)]);
     let digest = sha256_bytes(&large);
     let proxy = FaultProxy::start(&registry());
     proxy.add(Rule::new("GET", &blob_path_of(&digest), Fault::DropAfter(300_000)).once());
@@ -966,9 +977,10 @@ fn a_mount_range_read_resumes_where_a_drop_stopped() {
 
 #[test]
 fn mount_reads_of_corrupted_bytes_fail_and_leave_no_trace_in_the_cache() {
+    require_registry!();
     let repo = unique_repo("fault-mount-corrupt");
     let small = random_bytes(&repo, 300_000);
-    push_direct(&repo, "v1", &[("small.bin", &small)]);
+    push_contents(&reference(&repo, "v1"), &[("small.bin", &small)]);
     let digest = sha256_bytes(&small);
     let hex = digest["sha256:".len()..].to_string();
     let proxy = FaultProxy::start(&registry());
@@ -1001,11 +1013,11 @@ fn mount_reads_of_corrupted_bytes_fail_and_leave_no_trace_in_the_cache() {
 
 #[test]
 fn mount_read_errors_are_bounded_and_do_not_stick() {
+    require_registry!();
     let repo = unique_repo("fault-mount-503");
     let small = random_bytes(&repo, 50_000);
-    push_direct(
-        &repo,
-        "v1",
+    push_contents(
+        &reference(&repo, "v1"),
         &[("small.bin", &small), ("other.txt", b"other\n")],
     );
     let digest = sha256_bytes(&small);
@@ -1041,10 +1053,14 @@ fn mount_read_errors_are_bounded_and_do_not_stick() {
 
 #[test]
 fn mount_writes_survive_faults_and_a_failed_sync_drops_nothing() {
+    require_registry!();
     let repo = unique_repo("fault-mount-write");
     let base = random_bytes(&format!("{repo}-base"), MIB);
     let keep = random_bytes(&format!("{repo}-keep"), 200_000);
-    push_direct(&repo, "v1", &[("base.bin", &base), ("keep.bin", &keep)]);
+    push_contents(
+        &reference(&repo, "v1"),
+        &[("base.bin", &base), ("keep.bin", &keep)],
+    );
     let (base_digest, keep_digest) = (sha256_bytes(&base), sha256_bytes(&keep));
     let proxy = FaultProxy::start(&registry());
     let m = Mount::new(&proxy.reference(&repo, "v1"), &[]);
@@ -1118,9 +1134,10 @@ fn mount_writes_survive_faults_and_a_failed_sync_drops_nothing() {
 /// A stall longer than the read timeout (30 s, fixed) is cut and resumed. Slow by nature.
 #[test]
 fn pull_resumes_after_a_stall_longer_than_the_read_timeout() {
+    require_registry!();
     let repo = unique_repo("fault-pull-longstall");
     let data = random_bytes(&repo, MIB);
-    push_direct(&repo, "v1", &[("data.bin", &data)]);
+    push_contents(&reference(&repo, "v1"), &[("data.bin", &data)]);
     let digest = sha256_bytes(&data);
     let proxy = FaultProxy::start(&registry());
     proxy.add(
@@ -1164,9 +1181,10 @@ fn pull_with_speed_limit(reference: &str, out: &Path) -> Output {
 /// given up on after the low-speed window, and the download resumes where it stopped.
 #[test]
 fn pull_resumes_after_a_trickle_below_the_speed_limit() {
+    require_registry!();
     let repo = unique_repo("fault-pull-trickle");
     let data = random_bytes(&repo, MIB);
-    push_direct(&repo, "v1", &[("data.bin", &data)]);
+    push_contents(&reference(&repo, "v1"), &[("data.bin", &data)]);
     let digest = sha256_bytes(&data);
     let proxy = FaultProxy::start(&registry());
     proxy.add(
@@ -1201,9 +1219,10 @@ fn pull_resumes_after_a_trickle_below_the_speed_limit() {
 /// nothing is left behind.
 #[test]
 fn pull_from_a_registry_that_always_trickles_fails_in_bounded_time() {
+    require_registry!();
     let repo = unique_repo("fault-pull-trickles");
     let data = random_bytes(&repo, 300_000);
-    push_direct(&repo, "v1", &[("data.bin", &data)]);
+    push_contents(&reference(&repo, "v1"), &[("data.bin", &data)]);
     let digest = sha256_bytes(&data);
     let proxy = FaultProxy::start(&registry());
     proxy.add(Rule::new(
@@ -1226,6 +1245,7 @@ fn pull_from_a_registry_that_always_trickles_fails_in_bounded_time() {
 /// the push is not retried.
 #[test]
 fn push_without_push_access_says_so_and_is_not_retried() {
+    require_registry!();
     let repo = unique_repo("fault-push-scope");
     let src = temp_dir();
     write_file(&src.path().join("a.txt"), format!("scope {repo}"));

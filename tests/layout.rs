@@ -11,10 +11,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use common::fuse::{
-    find_processes, fusermount_lazy, is_mounted, kill_pid, pid_alive, run_bounded, wait_unmounted,
-    CONTROL_TIMEOUT, MOUNT_TIMEOUT,
-};
 use common::*;
 
 const REF_NAME: &str = "org.opencontainers.image.ref.name";
@@ -25,17 +21,6 @@ const TITLE: &str = "org.opencontainers.image.title";
 /// `DIR:tag`.
 fn at(dir: &Path, tag: &str) -> String {
     format!("{}:{tag}", path_str(dir))
-}
-
-/// `oras-fs push ARGS... --no-tty` in `dir` (ARGS: the reference, files, flags); the digest.
-#[track_caller]
-fn push_in(dir: &Path, args: &[&str]) -> String {
-    let mut all = vec!["push"];
-    all.extend_from_slice(args);
-    all.push("--no-tty");
-    let out = oras_fs_in(dir, &all);
-    assert_ok(&out);
-    digest_of_stdout(&out)
 }
 
 /// The file of a blob in a layout.
@@ -95,10 +80,7 @@ fn checked_index(layout: &Path) -> (BTreeMap<String, String>, Vec<String>) {
 /// Pushes `files` (relative to `dir`) to a registry repository and copies the artifact with
 /// skopeo into the layout `layout` as `tag`; returns the digest oras-fs pushed.
 fn skopeo_layout(dir: &Path, repo: &str, files: &[&str], layout: &Path, tag: &str) -> String {
-    let mut args = vec![reference(repo, tag)];
-    args.extend(files.iter().map(|f| f.to_string()));
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let digest = push_in(dir, &args);
+    let digest = push_files(dir, &reference(repo, tag), files);
     skopeo_ok(&[
         "copy",
         "--src-tls-verify=false",
@@ -112,6 +94,7 @@ fn skopeo_layout(dir: &Path, repo: &str, files: &[&str], layout: &Path, tag: &st
 
 #[test]
 fn a_layout_written_by_skopeo_reads() {
+    require_registry!();
     let repo = unique_repo("skopeo-src");
     let back = unique_repo("skopeo-back");
     let tmp = temp_dir();
@@ -195,6 +178,7 @@ fn a_layout_written_by_skopeo_reads() {
 
 #[test]
 fn skopeo_accepts_what_oras_fs_writes_to_a_layout() {
+    require_registry!();
     let repo = unique_repo("skopeo-dst");
     let onward = unique_repo("skopeo-onward");
     let tmp = temp_dir();
@@ -206,11 +190,11 @@ fn skopeo_accepts_what_oras_fs_writes_to_a_layout() {
     let v1 = skopeo_layout(tmp.path(), &repo, &["first.txt"], &layout, "v1");
 
     // oras-fs adds to skopeo's layout.
-    let v2 = push_in(
+    let v2 = push_files(
         tmp.path(),
+        &at(&layout, "v2"),
         &[
             "--oci-layout",
-            &at(&layout, "v2"),
             "second.txt",
             "dir",
             "--artifact-type",
@@ -256,9 +240,10 @@ fn skopeo_accepts_what_oras_fs_writes_to_a_layout() {
 
     // A layout oras-fs created from nothing.
     let fresh = dirs.path().join("fresh");
-    let f1 = push_in(
+    let f1 = push_files(
         tmp.path(),
-        &["--oci-layout", &at(&fresh, "v1"), "first.txt"],
+        &at(&fresh, "v1"),
+        &["--oci-layout", "first.txt"],
     );
     let copied = dirs.path().join("by-skopeo");
     skopeo_ok(&[
@@ -278,6 +263,7 @@ fn skopeo_accepts_what_oras_fs_writes_to_a_layout() {
 
 #[test]
 fn index_json_stays_valid_through_pushes_tags_and_deletes() {
+    require_registry!();
     let tmp = temp_dir();
     let layout = tmp.path().join("store");
     for i in 1..=4 {
@@ -304,14 +290,15 @@ fn index_json_stays_valid_through_pushes_tags_and_deletes() {
         }
     };
 
-    let d1 = push_in(tmp.path(), &["--oci-layout", &at(&layout, "v1"), "f1.txt"]);
-    let d2 = push_in(
+    let d1 = push_files(tmp.path(), &at(&layout, "v1"), &["--oci-layout", "f1.txt"]);
+    let d2 = push_files(
         tmp.path(),
-        &["--oci-layout", &at(&layout, "v2,two"), "f2.txt"],
+        &at(&layout, "v2,two"),
+        &["--oci-layout", "f2.txt"],
     );
     check_tags(&[("v1", &d1), ("v2", &d2), ("two", &d2)]);
     // A push to an existing tag moves it.
-    let d3 = push_in(tmp.path(), &["--oci-layout", &at(&layout, "v1"), "f3.txt"]);
+    let d3 = push_files(tmp.path(), &at(&layout, "v1"), &["--oci-layout", "f3.txt"]);
     check_tags(&[("v1", &d3), ("v2", &d2), ("two", &d2)]);
     // The manifest v1 named before stays readable by digest.
     assert_eq!(
@@ -448,9 +435,10 @@ fn concurrent_pushes_to_one_layout_keep_every_tag() {
     let tmp = temp_dir();
     let layout = tmp.path().join("store");
     write_file(&tmp.path().join("base.txt"), "base\n");
-    push_in(
+    push_files(
         tmp.path(),
-        &["--oci-layout", &at(&layout, "base"), "base.txt"],
+        &at(&layout, "base"),
+        &["--oci-layout", "base.txt"],
     );
     let n = 8;
     let children: Vec<_> = (0..n)
@@ -581,13 +569,15 @@ impl Drop for LayoutMount {
 
 #[test]
 fn a_layout_mounts_without_a_registry_and_unmount_writes_back() {
+    require_registry!();
     let tmp = temp_dir();
     let layout = tmp.path().join("store");
     write_file(&tmp.path().join("a.txt"), "alpha\n");
     write_file(&tmp.path().join("docs/b.txt"), "beta\n");
-    let before = push_in(
+    let before = push_files(
         tmp.path(),
-        &["--oci-layout", &at(&layout, "v1"), "a.txt", "docs"],
+        &at(&layout, "v1"),
+        &["--oci-layout", "a.txt", "docs"],
     );
 
     let mount = LayoutMount::new(&at(&layout, "v1"));

@@ -12,7 +12,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use common::fuse::*;
 use common::*;
 
 /// Pushes `files` (name, bytes) to `reference`.
@@ -49,6 +48,7 @@ fn open_writer(path: &Path, first: &[u8]) -> std::fs::File {
 
 #[test]
 fn unmount_waits_for_a_writer_refuses_naming_it_then_pushes_the_whole_file() {
+    require_registry!();
     let repo = unique_repo("life-busy");
     let r = reference(&repo, "v1");
     push_contents(&r, &[("base.txt", b"base\n")]);
@@ -97,6 +97,7 @@ fn unmount_waits_for_a_writer_refuses_naming_it_then_pushes_the_whole_file() {
 
 #[test]
 fn lazy_unmount_detaches_at_once_and_pushes_after_the_last_close() {
+    require_registry!();
     let repo = unique_repo("life-lazy");
     let r = reference(&repo, "v1");
     push_contents(&r, &[("base.txt", b"base\n")]);
@@ -140,6 +141,7 @@ fn lazy_unmount_detaches_at_once_and_pushes_after_the_last_close() {
 
 #[test]
 fn sigterm_waits_for_a_writer_before_the_final_push() {
+    require_registry!();
     let repo = unique_repo("life-term");
     let r = reference(&repo, "v1");
     push_contents(&r, &[("base.txt", b"base\n")]);
@@ -170,6 +172,7 @@ fn sigterm_waits_for_a_writer_before_the_final_push() {
 
 #[test]
 fn sync_of_a_read_only_mount_says_only_that_it_is_read_only() {
+    require_registry!();
     let repo = unique_repo("life-ro");
     let r = reference(&repo, "v1");
     push_contents(&r, &[("a.txt", b"a\n")]);
@@ -190,6 +193,7 @@ fn status_of(all: &serde_json::Value, mountpoint: &Path) -> Option<serde_json::V
 
 #[test]
 fn status_shows_each_mount_with_pending_changes_and_open_files() {
+    require_registry!();
     let repo = unique_repo("life-status");
     let r = reference(&repo, "v1");
     push_contents(&r, &[("a.txt", b"a\n")]);
@@ -247,6 +251,7 @@ fn status_shows_each_mount_with_pending_changes_and_open_files() {
 
 #[test]
 fn mounting_over_a_mountpoint_left_by_kill_9_clears_it() {
+    require_registry!();
     let repo = unique_repo("life-dead");
     let r = reference(&repo, "v1");
     push_contents(&r, &[("a.txt", b"a\n")]);
@@ -278,6 +283,7 @@ fn mounting_over_a_mountpoint_left_by_kill_9_clears_it() {
 
 #[test]
 fn a_control_directory_made_by_another_user_is_refused() {
+    require_registry!();
     let repo = unique_repo("life-ctl");
     let r = reference(&repo, "v1");
     push_contents(&r, &[("a.txt", b"a\n")]);
@@ -339,6 +345,7 @@ impl Drop for KillServer {
 
 #[test]
 fn a_non_root_user_mounts_through_fusermount3() {
+    require_registry!();
     // SAFETY: geteuid cannot fail.
     if unsafe { libc::geteuid() } != 0 {
         eprintln!("skipped: needs root to run commands as `nobody`");
@@ -452,6 +459,7 @@ grep -q ' {mnt} ' /proc/mounts || echo unmounted
 
 #[test]
 fn status_shows_the_last_error_of_a_failed_push() {
+    require_registry!();
     let reg = ExtraRegistry::start("life-status-down", &[]);
     let repo = unique_repo("life-status-err");
     let r = reg.reference(&repo, "v1");
@@ -479,6 +487,7 @@ fn status_shows_the_last_error_of_a_failed_push() {
 
 #[test]
 fn sigterm_never_pushes_a_file_still_open_for_writing() {
+    require_registry!();
     let repo = unique_repo("life-term-open");
     let r = reference(&repo, "v1");
     push_contents(&r, &[("base.txt", b"base\n")]);

@@ -12,23 +12,11 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::fuse::*;
 use common::*;
 
 const MIB: u64 = 1024 * 1024;
 const EIO: i32 = libc::EIO;
 const EROFS: i32 = libc::EROFS;
-
-/// Pushes `files` (name, bytes) from a temporary directory to `repo:v1`; returns the
-/// manifest digest.
-fn push_contents(repo: &str, files: &[(&str, &[u8])]) -> String {
-    let src = temp_dir();
-    for (name, data) in files {
-        write_file(&src.path().join(name), data);
-    }
-    let names: Vec<&str> = files.iter().map(|(n, _)| *n).collect();
-    push_files(src.path(), &reference(repo, "v1"), &names)
-}
 
 /// `cat PATH`, which must succeed.
 #[track_caller]
@@ -46,6 +34,7 @@ fn read_errno(path: &Path) -> i32 {
 
 #[test]
 fn listing_and_stat_show_pushed_sizes_without_fetching() {
+    require_registry!();
     let repo = unique_repo("mount-ls");
     let files: Vec<(&str, Vec<u8>)> = vec![
         ("one.txt", format!("one of {repo}\n").into_bytes()),
@@ -58,7 +47,7 @@ fn listing_and_stat_show_pushed_sizes_without_fetching() {
         ),
     ];
     let borrowed: Vec<(&str, &[u8])> = files.iter().map(|(n, d)| (*n, d.as_slice())).collect();
-    push_contents(&repo, &borrowed);
+    push_contents(&reference(&repo, "v1"), &borrowed);
 
     let m = Mount::new(&reference(&repo, "v1"), &[]);
     let log = registry_log();
@@ -97,10 +86,14 @@ fn listing_and_stat_show_pushed_sizes_without_fetching() {
 
 #[test]
 fn cat_returns_pushed_bytes_and_oras_files_describe_the_manifest() {
+    require_registry!();
     let repo = unique_repo("mount-cat");
     let small = format!("small file of {repo}\n").into_bytes();
     let nested = random_bytes(&format!("{repo}-nested"), 70_000);
-    let digest = push_contents(&repo, &[("small.txt", &small), ("x/y/z.bin", &nested)]);
+    let digest = push_contents(
+        &reference(&repo, "v1"),
+        &[("small.txt", &small), ("x/y/z.bin", &nested)],
+    );
 
     let m = Mount::new(&reference(&repo, "v1"), &["--read-only"]);
     assert_eq!(cat(&m.join("small.txt")), small);
@@ -125,6 +118,7 @@ fn cat_returns_pushed_bytes_and_oras_files_describe_the_manifest() {
 
 #[test]
 fn reading_a_range_of_a_large_file_fetches_only_that_range() {
+    require_registry!();
     let repo = unique_repo("mount-range");
     let src = temp_dir();
     let big = src.path().join("big");
@@ -168,10 +162,14 @@ fn reading_a_range_of_a_large_file_fetches_only_that_range() {
 
 #[test]
 fn a_stalled_blob_does_not_block_other_files() {
+    require_registry!();
     let repo = unique_repo("mount-stall");
     let slow = random_bytes(&format!("{repo}-slow"), 1024 * 1024);
     let fast = format!("fast file of {repo}\n").into_bytes();
-    push_contents(&repo, &[("slow.bin", &slow), ("fast.txt", &fast)]);
+    push_contents(
+        &reference(&repo, "v1"),
+        &[("slow.bin", &slow), ("fast.txt", &fast)],
+    );
     let slow_digest = sha256_bytes(&slow);
 
     const STALL: Duration = Duration::from_secs(10);
@@ -223,10 +221,14 @@ fn a_stalled_blob_does_not_block_other_files() {
 
 #[test]
 fn corrupted_blobs_read_as_eio() {
+    require_registry!();
     let repo = unique_repo("mount-corrupt");
     let small = random_bytes(&format!("{repo}-small"), 100_000);
     let large = random_bytes(&format!("{repo}-large"), 8 * MIB as usize);
-    push_contents(&repo, &[("small.bin", &small), ("large.bin", &large)]);
+    push_contents(
+        &reference(&repo, "v1"),
+        &[("small.bin", &small), ("large.bin", &large)],
+    );
     // Flip bytes of the registry's copies, keeping their length.
     for (data, offsets) in [
         (&small, vec![50_000usize]),
@@ -273,9 +275,10 @@ fn corrupted_blobs_read_as_eio() {
 
 #[test]
 fn unmount_works_while_a_file_is_open() {
+    require_registry!();
     let repo = unique_repo("mount-busy");
     let data = random_bytes(&repo, 200_000);
-    push_contents(&repo, &[("held.bin", &data)]);
+    push_contents(&reference(&repo, "v1"), &[("held.bin", &data)]);
     let m = Mount::new(&reference(&repo, "v1"), &["--read-only"]);
     let mut held = std::fs::File::open(m.join("held.bin")).expect("opening held.bin");
     let mut head = [0u8; 1000];
@@ -311,8 +314,9 @@ fn unmount_works_while_a_file_is_open() {
 
 #[test]
 fn mounting_a_missing_tag_fails_fast() {
+    require_registry!();
     let repo = unique_repo("mount-missing");
-    push_contents(&repo, &[("x.txt", b"present\n")]);
+    push_contents(&reference(&repo, "v1"), &[("x.txt", b"present\n")]);
     for r in [
         reference(&repo, "no-such-tag"),
         reference(&unique_repo("mount-no-repo"), "v1"),
@@ -341,6 +345,7 @@ fn mounting_a_missing_tag_fails_fast() {
 
 #[test]
 fn media_type_filter_hides_other_layers_unless_asked() {
+    require_registry!();
     const OTHER: &str = "application/vnd.oras-fs.test.other";
     let repo = unique_repo("mount-filter");
     let src = temp_dir();
@@ -372,6 +377,7 @@ fn media_type_filter_hides_other_layers_unless_asked() {
 
 #[test]
 fn a_directory_layer_appears_as_a_directory() {
+    require_registry!();
     let repo = unique_repo("mount-dir");
     let src = temp_dir();
     write_file(&src.path().join("tree/x.txt"), format!("x of {repo}\n"));
@@ -395,9 +401,10 @@ fn a_directory_layer_appears_as_a_directory() {
 
 #[test]
 fn a_read_only_mount_refuses_writes_with_erofs() {
+    require_registry!();
     let repo = unique_repo("mount-ro");
     let data = format!("read-only {repo}\n").into_bytes();
-    push_contents(&repo, &[("f.txt", &data)]);
+    push_contents(&reference(&repo, "v1"), &[("f.txt", &data)]);
     let m = Mount::new(&reference(&repo, "v1"), &["--read-only"]);
     let f = m.join("f.txt");
     assert_eq!(
@@ -437,6 +444,7 @@ fn a_read_only_mount_refuses_writes_with_erofs() {
 /// Two readers of the same cold blocks share the fetches: the registry sends the file once.
 #[test]
 fn concurrent_readers_of_one_file_cause_one_fetch() {
+    require_registry!();
     let repo = unique_repo("mount-singleflight");
     let src = temp_dir();
     let file = src.path().join("data");
@@ -468,6 +476,7 @@ fn concurrent_readers_of_one_file_cause_one_fetch() {
 /// `--cache-size` bounds the disk cache: least recently used blobs go, even within one mount.
 #[test]
 fn the_disk_cache_stays_within_its_bound() {
+    require_registry!();
     let repo = unique_repo("mount-evict");
     let src = temp_dir();
     let names: Vec<String> = (0..4).map(|i| format!("f{i}")).collect();

@@ -9,7 +9,6 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::fuse::*;
 use common::*;
 use serde_json::{json, Value};
 
@@ -49,6 +48,7 @@ fn titles(m: &Value) -> Vec<String> {
 
 #[test]
 fn a_sync_keeps_the_layers_the_mount_does_not_show_in_their_places() {
+    require_registry!();
     let repo = unique_repo("lost-hidden");
     let src = temp_dir();
     push_in(
@@ -125,6 +125,7 @@ fn a_sync_keeps_the_layers_the_mount_does_not_show_in_their_places() {
 
 #[test]
 fn hidden_layers_survive_a_crash_and_the_next_mounts_sync() {
+    require_registry!();
     let repo = unique_repo("lost-hidden-crash");
     let src = temp_dir();
     let r = reference(&repo, "v1");
@@ -205,6 +206,7 @@ fn image_layout(dir: &Path, files: &[(&str, &[u8])]) {
 
 #[test]
 fn a_container_image_mounts_read_only_and_says_why() {
+    require_registry!();
     let repo = unique_repo("lost-image");
     let work = temp_dir();
     image_layout(work.path(), &[("etc/hello", b"hello from the image\n")]);
@@ -237,6 +239,7 @@ fn a_container_image_mounts_read_only_and_says_why() {
 
 #[test]
 fn opening_for_writing_fetches_nothing_until_a_byte_changes() {
+    require_registry!();
     let repo = unique_repo("lost-touch");
     let src = temp_dir();
     let big = random_bytes(&repo, 8 * MIB);
@@ -283,6 +286,7 @@ fn opening_for_writing_fetches_nothing_until_a_byte_changes() {
 
 #[test]
 fn a_file_left_open_by_a_crashed_mount_is_held_back_until_written_again() {
+    require_registry!();
     let repo = unique_repo("lost-open");
     let r = reference(&repo, "v1");
     let src = temp_dir();
@@ -324,6 +328,7 @@ fn a_file_left_open_by_a_crashed_mount_is_held_back_until_written_again() {
 
 #[test]
 fn the_journal_grows_by_the_change_not_by_the_tree() {
+    require_registry!();
     let repo = unique_repo("lost-journal");
     let r = reference(&repo, "v1");
     let src = temp_dir();
@@ -360,6 +365,7 @@ fn the_journal_grows_by_the_change_not_by_the_tree() {
 
 #[test]
 fn df_on_a_writable_mount_shows_the_free_space_of_the_staging_disk() {
+    require_registry!();
     let repo = unique_repo("lost-df");
     let r = reference(&repo, "v1");
     let src = temp_dir();
@@ -383,6 +389,7 @@ fn df_on_a_writable_mount_shows_the_free_space_of_the_staging_disk() {
 
 #[test]
 fn a_blob_that_fails_verification_is_not_served_from_the_page_cache_later() {
+    require_registry!();
     let repo = unique_repo("lost-pagecache");
     let src = temp_dir();
     let large = random_bytes(&repo, 8 * MIB);

@@ -58,6 +58,7 @@ fn assert_dir_has_only(dir: &Path, expected: &[&str]) {
 
 #[test]
 fn round_trip_single_file_with_default_media_type() {
+    require_registry!();
     let repo = unique_repo("single");
     let tmp = temp_dir();
     let content = format!("hello from {repo}\n");
@@ -119,6 +120,7 @@ fn round_trip_single_file_with_default_media_type() {
 
 #[test]
 fn custom_media_types_are_filtered_on_pull() {
+    require_registry!();
     let repo = unique_repo("types");
     let tmp = temp_dir();
     for name in ["a.txt", "b.txt", "c.txt"] {
@@ -215,6 +217,7 @@ fn custom_media_types_are_filtered_on_pull() {
 
 #[test]
 fn several_files_keep_their_relative_paths_as_titles() {
+    require_registry!();
     let repo = unique_repo("nested");
     let tmp = temp_dir();
     let src = tmp.path().join("src");
@@ -247,6 +250,7 @@ fn several_files_keep_their_relative_paths_as_titles() {
 
 #[test]
 fn directory_round_trip_preserves_tree_and_content() {
+    require_registry!();
     let repo = unique_repo("dir");
     let tmp = temp_dir();
     let src = tmp.path().join("src");
@@ -294,6 +298,7 @@ fn directory_round_trip_preserves_tree_and_content() {
 
 #[test]
 fn large_file_round_trip() {
+    require_registry!();
     const SIZE: u64 = 300 << 20;
     let repo = unique_repo("large");
     let tmp = temp_dir();
@@ -333,6 +338,7 @@ fn large_file_round_trip() {
 
 #[test]
 fn several_tags_in_one_push() {
+    require_registry!();
     let repo = unique_repo("tags");
     let tmp = temp_dir();
     write_file(&tmp.path().join("t.txt"), format!("tagged {repo}"));
@@ -377,6 +383,7 @@ fn several_tags_in_one_push() {
 
 #[test]
 fn json_format_output_parses() {
+    require_registry!();
     let repo = unique_repo("json");
     let tmp = temp_dir();
     write_file(&tmp.path().join("j.txt"), format!("json {repo}"));
@@ -430,6 +437,7 @@ fn json_format_output_parses() {
 
 #[test]
 fn export_manifest_matches_the_pushed_digest() {
+    require_registry!();
     let repo = unique_repo("export");
     let tmp = temp_dir();
     write_file(&tmp.path().join("e.txt"), format!("export {repo}"));
@@ -450,6 +458,7 @@ fn export_manifest_matches_the_pushed_digest() {
 
 #[test]
 fn annotations_and_artifact_type_land_in_the_manifest() {
+    require_registry!();
     let repo = unique_repo("annotations");
     let tmp = temp_dir();
     write_file(&tmp.path().join("f.txt"), format!("annotated {repo}"));
@@ -496,6 +505,7 @@ fn annotations_and_artifact_type_land_in_the_manifest() {
 
 #[test]
 fn config_file_round_trip() {
+    require_registry!();
     let repo = unique_repo("config");
     let tmp = temp_dir();
     write_file(&tmp.path().join("f.txt"), format!("with config {repo}"));
@@ -533,6 +543,7 @@ fn config_file_round_trip() {
 
 #[test]
 fn empty_artifact_pushes_and_pulls_with_a_warning() {
+    require_registry!();
     let repo = unique_repo("empty");
     let tmp = temp_dir();
     let r = reference(&repo, "v1");
@@ -549,6 +560,7 @@ fn empty_artifact_pushes_and_pulls_with_a_warning() {
 
 #[test]
 fn reproducible_push_gives_the_same_digest() {
+    require_registry!();
     let repo = unique_repo("reproducible");
     let tmp = temp_dir();
     write_file(&tmp.path().join("r.txt"), format!("reproducible {repo}"));
@@ -579,6 +591,7 @@ fn reproducible_push_gives_the_same_digest() {
 
 #[test]
 fn pushing_the_same_content_again_skips_the_blobs() {
+    require_registry!();
     let repo = unique_repo("again");
     let tmp = temp_dir();
     write_file(&tmp.path().join("same1.txt"), format!("same1 {repo}"));
@@ -649,6 +662,7 @@ fn pushing_the_same_content_again_skips_the_blobs() {
 
 #[test]
 fn a_larger_blob_is_asked_for_with_a_head_not_a_mount() {
+    require_registry!();
     // Over 256 KiB a registry that answers every mount with 202 would make a push upload the
     // blob again, so the push asks with a HEAD.
     let repo = unique_repo("again-large");
@@ -675,6 +689,7 @@ fn a_larger_blob_is_asked_for_with_a_head_not_a_mount() {
 
 #[test]
 fn basic_auth_credentials_login_and_logout() {
+    require_registry!();
     let reg = ExtraRegistry::start("auth", &["--htpasswd", "tester:s3cret-pw"]);
     let (user, pass) = (reg.user.clone().unwrap(), reg.pass.clone().unwrap());
     assert_eq!((user.as_str(), pass.as_str()), ("tester", "s3cret-pw"));
@@ -784,6 +799,7 @@ fn basic_auth_credentials_login_and_logout() {
 
 #[test]
 fn tls_registry_with_ca_file_or_insecure() {
+    require_registry!();
     let reg = ExtraRegistry::start("tls", &["--tls"]);
     let ca = reg.ca.clone().expect("a --tls registry has a CA");
     let ca_arg = ca.to_str().unwrap();
@@ -833,6 +849,7 @@ fn tls_registry_with_ca_file_or_insecure() {
 
 #[test]
 fn invalid_references_are_refused() {
+    require_registry!();
     let tmp = temp_dir();
     write_file(&tmp.path().join("f.txt"), "x");
     let reg = registry();
@@ -855,6 +872,7 @@ fn invalid_references_are_refused() {
 
 #[test]
 fn bad_inputs_fail_with_a_message() {
+    require_registry!();
     let repo = unique_repo("inputs");
     let tmp = temp_dir();
     write_file(&tmp.path().join("sub/f.txt"), format!("inputs {repo}"));
@@ -895,6 +913,7 @@ fn unreachable_registry_fails_fast() {
 
 #[test]
 fn corrupted_blob_fails_the_pull_and_writes_nothing() {
+    require_registry!();
     let repo = unique_repo("corrupt");
     let tmp = temp_dir();
     let content = random_bytes(&repo, 200_000);
@@ -929,6 +948,7 @@ fn corrupted_blob_fails_the_pull_and_writes_nothing() {
 
 #[test]
 fn titles_that_leave_the_output_directory_are_refused() {
+    require_registry!();
     let repo = unique_repo("traversal");
     let tmp = temp_dir();
     let content = format!("evil {repo}");
@@ -988,6 +1008,7 @@ fn titles_that_leave_the_output_directory_are_refused() {
 
 #[test]
 fn malformed_manifests_are_refused_on_pull() {
+    require_registry!();
     let repo = unique_repo("malformed");
     let tmp = temp_dir();
     write_file(&tmp.path().join("m1.txt"), format!("m1 {repo}"));
@@ -1038,6 +1059,7 @@ fn malformed_manifests_are_refused_on_pull() {
 /// A symlink already in the output directory must not lead a pull outside it.
 #[test]
 fn symlinks_in_the_output_directory_do_not_lead_outside() {
+    require_registry!();
     let repo = unique_repo("symlink-out");
     let tmp = temp_dir();
     let src = tmp.path().join("src");
@@ -1060,6 +1082,7 @@ fn symlinks_in_the_output_directory_do_not_lead_outside() {
 
 #[test]
 fn keep_old_files_refuses_to_replace() {
+    require_registry!();
     let repo = unique_repo("keep");
     let tmp = temp_dir();
     write_file(&tmp.path().join("k.txt"), format!("new {repo}"));
@@ -1096,6 +1119,7 @@ fn keep_old_files_refuses_to_replace() {
 
 #[test]
 fn interop_python_sdk_pulls_what_oras_fs_pushes() {
+    require_registry!();
     let repo = unique_repo("py-pull");
     let tmp = temp_dir();
     let src = tmp.path().join("src");
@@ -1125,6 +1149,7 @@ fn interop_python_sdk_pulls_what_oras_fs_pushes() {
 
 #[test]
 fn interop_oras_fs_pulls_what_the_python_sdk_pushes() {
+    require_registry!();
     let repo = unique_repo("py-push");
     let tmp = temp_dir();
     let src = tmp.path().join("src");
@@ -1180,6 +1205,7 @@ fn interop_oras_fs_pulls_what_the_python_sdk_pushes() {
 
 #[test]
 fn interop_with_basic_auth_over_tls() {
+    require_registry!();
     let reg = ExtraRegistry::start("py-auth-tls", &["--tls", "--htpasswd", "pyuser:py-pass"]);
     let ca = reg.ca.clone().expect("CA");
     let ca_arg = ca.to_str().unwrap();
@@ -1244,6 +1270,7 @@ fn interop_with_basic_auth_over_tls() {
 /// they sit in `target/<profile>/examples/`, beside the `deps/` directory of this test binary.
 #[test]
 fn example_simple_push_pull_runs() {
+    require_registry!();
     let exe = std::env::current_exe().expect("test binary path");
     let example = exe
         .parent()
@@ -1270,6 +1297,7 @@ fn example_simple_push_pull_runs() {
 /// program that `get` asks, `login` stores into and `logout` erases from.
 #[test]
 fn docker_credential_helpers_are_used() {
+    require_registry!();
     use std::os::unix::fs::PermissionsExt;
     let reg = ExtraRegistry::start("helper", &["--htpasswd", "tester:s3cret-pw"]);
     let repo = unique_repo("cred-helper");

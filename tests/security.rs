@@ -12,7 +12,6 @@ use std::process::Output;
 use std::time::Duration;
 
 use common::faults::*;
-use common::fuse::*;
 use common::*;
 
 /// Forms a secret may leak in: as is, and inside a Basic header.
@@ -67,6 +66,7 @@ fn push_with_credentials(reference: &str, user: &str, pass: &str, name: &str, da
 
 #[test]
 fn credentials_never_appear_in_output_errors_or_traces() {
+    require_registry!();
     let (user, pass) = ("sec-user", "sec-pass-Q8z3kW");
     let reg = ExtraRegistry::start("sec-creds", &["--htpasswd", &format!("{user}:{pass}")]);
     let mut secrets = secret_forms(user, pass);
@@ -270,6 +270,7 @@ impl Drop for StdinMount {
 
 #[test]
 fn the_mount_process_keeps_a_password_from_stdin_out_of_its_title_and_environment() {
+    require_registry!();
     let (user, pass) = ("title-user", "title-pass-Zr41");
     let reg = ExtraRegistry::start("sec-title", &["--htpasswd", &format!("{user}:{pass}")]);
     let repo = unique_repo("sec-title");
@@ -296,6 +297,7 @@ fn the_mount_process_keeps_a_password_from_stdin_out_of_its_title_and_environmen
 /// background process, which lives for hours, should not keep it in its command line.
 #[test]
 fn the_mount_process_keeps_a_password_flag_out_of_its_title() {
+    require_registry!();
     let (user, pass) = ("flag-user", "flag-pass-Lp02");
     let reg = ExtraRegistry::start("sec-flag", &["--htpasswd", &format!("{user}:{pass}")]);
     let repo = unique_repo("sec-flag");
@@ -355,6 +357,7 @@ fn private_tree_violations(root: &Path) -> Vec<String> {
 
 #[test]
 fn cache_staging_and_control_directories_are_private() {
+    require_registry!();
     let repo = unique_repo("sec-modes");
     let src = temp_dir();
     let small = random_bytes(&format!("{repo}-s"), 100_000);
@@ -424,6 +427,7 @@ fn cache_staging_and_control_directories_are_private() {
 
 #[test]
 fn mounts_are_not_allow_other_unless_asked() {
+    require_registry!();
     let repo = unique_repo("sec-allow-other");
     let src = temp_dir();
     write_file(&src.path().join("f.txt"), b"f\n");
@@ -441,6 +445,7 @@ fn mounts_are_not_allow_other_unless_asked() {
 
 #[test]
 fn tls_is_verified_unless_insecure() {
+    require_registry!();
     let reg = ExtraRegistry::start("sec-tls", &["--tls"]);
     let ca = reg.ca.clone().expect("a CA for the TLS registry");
     let repo = unique_repo("sec-tls");
@@ -519,6 +524,7 @@ fn tls_is_verified_unless_insecure() {
 /// chosen for localhost by default is not "--plain-http".
 #[test]
 fn tls_errors_read_well_and_hint_only_at_flags_given() {
+    require_registry!();
     let reg = ExtraRegistry::start("sec-tls-hints", &["--tls"]);
     let ca = reg.ca.clone().expect("a CA for the TLS registry");
     let repo = unique_repo("sec-tls-hints");

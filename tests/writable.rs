@@ -12,21 +12,9 @@ use std::io::{Seek, SeekFrom, Write};
 use std::process::Command;
 use std::time::Duration;
 
-use common::fuse::*;
 use common::*;
 
 const EPERM: i32 = libc::EPERM;
-
-/// Pushes `files` (name, bytes) from a temporary directory to `reference`; returns the
-/// manifest digest.
-fn push_contents(reference: &str, files: &[(&str, &[u8])]) -> String {
-    let src = temp_dir();
-    for (name, data) in files {
-        write_file(&src.path().join(name), data);
-    }
-    let names: Vec<&str> = files.iter().map(|(n, _)| *n).collect();
-    push_files(src.path(), reference, &names)
-}
 
 fn expect_tree(files: &[(&str, &[u8])]) -> BTreeMap<String, Vec<u8>> {
     files
@@ -45,6 +33,7 @@ fn pushed_digest(stdout: &str) -> Option<String> {
 
 #[test]
 fn a_copied_file_is_pushed_at_unmount_and_the_python_sdk_pulls_it() {
+    require_registry!();
     let repo = unique_repo("rw-cp");
     let r = reference(&repo, "v1");
     let base = format!("base of {repo}\n").into_bytes();
@@ -91,6 +80,7 @@ fn a_copied_file_is_pushed_at_unmount_and_the_python_sdk_pulls_it() {
 
 #[test]
 fn an_edit_in_the_middle_of_a_file_is_pushed_by_sync() {
+    require_registry!();
     let repo = unique_repo("rw-edit");
     let r = reference(&repo, "v1");
     // Over 16 MiB: the sync uploads it while hashing it (a PATCH, then the digest).
@@ -147,6 +137,7 @@ fn an_edit_in_the_middle_of_a_file_is_pushed_by_sync() {
 
 #[test]
 fn a_rename_uploads_no_blob() {
+    require_registry!();
     let repo = unique_repo("rw-rename");
     let r = reference(&repo, "v1");
     let moved = random_bytes(&repo, 300_000);
@@ -178,6 +169,7 @@ fn a_rename_uploads_no_blob() {
 
 #[test]
 fn rm_and_mkdir_are_pushed() {
+    require_registry!();
     let repo = unique_repo("rw-rm-mkdir");
     let r = reference(&repo, "v1");
     push_contents(
@@ -226,6 +218,7 @@ fn rm_and_mkdir_are_pushed() {
 
 #[test]
 fn changes_stay_staged_when_the_registry_is_down_at_unmount() {
+    require_registry!();
     let reg = ExtraRegistry::start("fuse-down", &[]);
     let repo = unique_repo("rw-down");
     let r = reg.reference(&repo, "v1");
@@ -265,6 +258,7 @@ fn changes_stay_staged_when_the_registry_is_down_at_unmount() {
 
 #[test]
 fn kill_9_of_the_mount_process_loses_nothing() {
+    require_registry!();
     let repo = unique_repo("rw-kill");
     let r = reference(&repo, "v1");
     let base = random_bytes(&format!("{repo}-base"), 200_000);
@@ -327,6 +321,7 @@ fn kill_9_of_the_mount_process_loses_nothing() {
 
 #[test]
 fn sync_refuses_a_moved_tag_and_push_to_saves_the_changes() {
+    require_registry!();
     let repo = unique_repo("rw-moved");
     let r = reference(&repo, "v1");
     push_contents(&r, &[("base.txt", b"base\n")]);
@@ -359,6 +354,7 @@ fn sync_refuses_a_moved_tag_and_push_to_saves_the_changes() {
 
 #[test]
 fn symlinks_and_hard_links_are_refused_with_eperm() {
+    require_registry!();
     let repo = unique_repo("rw-links");
     let r = reference(&repo, "v1");
     push_contents(&r, &[("f.txt", b"f\n")]);
@@ -389,6 +385,7 @@ fn symlinks_and_hard_links_are_refused_with_eperm() {
 
 #[test]
 fn fusermount_u_and_sigterm_push_pending_changes() {
+    require_registry!();
     let repo = unique_repo("rw-fusermount");
     let r = reference(&repo, "v1");
     push_contents(&r, &[("base.txt", b"base\n")]);
@@ -430,6 +427,7 @@ fn fusermount_u_and_sigterm_push_pending_changes() {
 
 #[test]
 fn umount_then_mount_again_at_once_waits_for_the_push_and_shows_it() {
+    require_registry!();
     let repo = unique_repo("rw-remount");
     let r = reference(&repo, "v1");
     push_contents(&r, &[("base.txt", b"base\n")]);
@@ -448,6 +446,7 @@ fn umount_then_mount_again_at_once_waits_for_the_push_and_shows_it() {
 
 #[test]
 fn xattrs_are_refused_with_enotsup() {
+    require_registry!();
     use std::ffi::CString;
     use std::os::unix::ffi::OsStrExt;
     let repo = unique_repo("rw-xattr");
@@ -479,6 +478,7 @@ fn xattrs_are_refused_with_enotsup() {
 
 #[test]
 fn overwriting_a_file_does_not_download_it_first() {
+    require_registry!();
     let repo = unique_repo("rw-overwrite");
     let r = reference(&repo, "v1");
     let old = random_bytes(&repo, 6 << 20);
@@ -504,6 +504,7 @@ fn overwriting_a_file_does_not_download_it_first() {
 
 #[test]
 fn a_second_writable_mount_of_a_reference_is_refused() {
+    require_registry!();
     let repo = unique_repo("rw-lock");
     let r = reference(&repo, "v1");
     push_contents(&r, &[("f.txt", b"f\n")]);
@@ -528,6 +529,7 @@ fn a_second_writable_mount_of_a_reference_is_refused() {
 /// an artifact that unpacks under the old name: the mount refuses with EXDEV (SEMANTICS.md).
 #[test]
 fn renaming_a_directory_layer_is_refused_with_exdev() {
+    require_registry!();
     let repo = unique_repo("rw-dir-rename");
     let r = reference(&repo, "v1");
     let src = temp_dir();

@@ -232,34 +232,9 @@ impl Repository {
 
     /// Lists the repository's tags, following `Link` pagination.
     pub async fn tags(&self) -> Result<Vec<String>> {
-        let mut tags = Vec::new();
-        let mut url = self.client.url(&format!("{}/tags/list", self.name));
-        loop {
-            let req = Request::new(Method::GET, url.clone(), Some(&self.name), Access::Pull);
-            let resp = self.client.send(&req).await?;
-            if !resp.status().is_success() {
-                return Err(self
-                    .client
-                    .error_for(resp, &format!("tags of {}", self.name))
-                    .await);
-            }
-            let next = next_link(&resp).map(|l| url.join(&l));
-            let body = client::read_capped(resp, 16 << 20)
-                .await
-                .map_err(|e| self.client.connect_error(e))?;
-            #[derive(serde::Deserialize)]
-            struct TagList {
-                #[serde(default)]
-                tags: Option<Vec<String>>,
-            }
-            let list: TagList = serde_json::from_slice(&body)
-                .map_err(|e| Error::Protocol(format!("tag list is not JSON: {e}")))?;
-            tags.extend(list.tags.unwrap_or_default());
-            match next {
-                Some(Ok(u)) => url = u,
-                _ => return Ok(tags),
-            }
-        }
+        let url = self.client.url(&format!("{}/tags/list", self.name));
+        let what = format!("tags of {}", self.name);
+        list_pages(&self.client, url, Some(&self.name), "tags", &what).await
     }
 
     /// The size of a blob, by HEAD, as a descriptor of `media_type`.
@@ -467,33 +442,44 @@ impl Repository {
 
     /// Lists the repositories of the registry (`_catalog`), following `Link` pagination.
     pub async fn catalog(client: &Arc<Client>, last: Option<&str>) -> Result<Vec<String>> {
-        let mut out = Vec::new();
         let mut url = client.url("_catalog");
         if let Some(l) = last {
             url.query_pairs_mut().append_pair("last", l);
         }
-        loop {
-            let req = Request::new(Method::GET, url.clone(), None, Access::Pull);
-            let resp = client.send(&req).await?;
-            if !resp.status().is_success() {
-                return Err(client.error_for(resp, "the repository catalog").await);
-            }
-            let next = next_link(&resp).map(|l| url.join(&l));
-            let body = client::read_capped(resp, 16 << 20)
-                .await
-                .map_err(|e| client.connect_error(e))?;
-            #[derive(serde::Deserialize)]
-            struct Catalog {
-                #[serde(default)]
-                repositories: Option<Vec<String>>,
-            }
-            let c: Catalog = serde_json::from_slice(&body)
-                .map_err(|e| Error::Protocol(format!("catalog is not JSON: {e}")))?;
-            out.extend(c.repositories.unwrap_or_default());
-            match next {
-                Some(Ok(u)) => url = u,
-                _ => return Ok(out),
-            }
+        list_pages(client, url, None, "repositories", "the repository catalog").await
+    }
+}
+
+/// GETs `url` and each page its `Link: <...>; rel="next"` points to, and collects the list of
+/// strings under `field` of each JSON page (missing or null: none). `scope` is the repository
+/// the token is for; `what` names the list in errors.
+async fn list_pages(
+    client: &Client,
+    mut url: reqwest::Url,
+    scope: Option<&str>,
+    field: &str,
+    what: &str,
+) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    loop {
+        let req = Request::new(Method::GET, url.clone(), scope, Access::Pull);
+        let resp = client.send(&req).await?;
+        if !resp.status().is_success() {
+            return Err(client.error_for(resp, what).await);
+        }
+        let next = next_link(&resp).map(|l| url.join(&l));
+        let body = client::read_capped(resp, 16 << 20)
+            .await
+            .map_err(|e| client.connect_error(e))?;
+        let not_json = |e: serde_json::Error| Error::Protocol(format!("{what}: not JSON: {e}"));
+        let mut page: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_slice(&body).map_err(not_json)?;
+        let items = page.remove(field).unwrap_or_default();
+        let items: Option<Vec<String>> = serde_json::from_value(items).map_err(not_json)?;
+        out.extend(items.unwrap_or_default());
+        match next {
+            Some(Ok(u)) => url = u,
+            _ => return Ok(out),
         }
     }
 }

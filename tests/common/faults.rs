@@ -66,6 +66,12 @@ pub enum Fault {
         content_type: String,
         body: Arc<Vec<u8>>,
     },
+    /// Answer 200 with this JSON body and, if given, `Link: <next>; rel="next"`: one page of a
+    /// listing (`tags/list`, `_catalog`) that goes on at `next`.
+    ServePage {
+        body: Arc<Vec<u8>>,
+        next: Option<String>,
+    },
     /// Answer 200 with `len` bytes of `{"x":` followed by spaces (generated, never held in
     /// memory), to check that a reader caps what it reads. No digest header.
     ServeHuge { content_type: String, len: u64 },
@@ -988,6 +994,17 @@ fn serve_connection(client: TcpStream, shared: &Arc<Shared>) -> std::io::Result<
                 head_only,
             )?;
             record(*status, sent, received, true);
+            close_gracefully(&out);
+            return Ok(());
+        }
+        Some(Fault::ServePage { body, next }) => {
+            let received = drain_body(&mut reader, request_framing);
+            let mut headers = vec![("Content-Type", "application/json".to_string())];
+            if let Some(next) = next {
+                headers.push(("Link", format!("<{next}>; rel=\"next\"")));
+            }
+            let sent = respond(&mut out, 200, &headers, body, head_only)?;
+            record(200, sent, received, true);
             close_gracefully(&out);
             return Ok(());
         }

@@ -1,0 +1,109 @@
+//! `oras-fs` subcommands as the tests run them (push, pull, resolve) and what they print.
+
+use std::ffi::OsStr;
+use std::path::Path;
+use std::process::Output;
+
+use super::*;
+
+/// `oras-fs ARGS...`, which must succeed; its stdout.
+#[track_caller]
+pub fn ok(args: &[&str]) -> String {
+    assert_ok(&oras_fs(args))
+}
+
+/// Parses JSON output, showing it when it is not JSON.
+pub fn json(bytes: &[u8]) -> serde_json::Value {
+    serde_json::from_slice(bytes)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(bytes)))
+}
+
+/// The `sha256:...` of the `Digest: ...` line that `push` and `pull` print.
+#[track_caller]
+pub fn digest_of_stdout(out: &Output) -> String {
+    let stdout = stdout_of(out);
+    let digest = stdout
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Digest: "))
+        .unwrap_or_else(|| panic!("no `Digest: ` line in the output\n{}", describe(out)))
+        .trim()
+        .to_string();
+    assert!(
+        is_sha256_digest(&digest),
+        "not a sha256 digest: {digest:?}\n{}",
+        describe(out)
+    );
+    digest
+}
+
+pub fn is_sha256_digest(s: &str) -> bool {
+    s.strip_prefix("sha256:")
+        .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
+}
+
+/// `oras-fs push REF ARGS... --no-tty` run in `dir`, ARGS being the files (titles are the
+/// paths as given) and any flags; panics unless it succeeds; returns the manifest digest.
+#[track_caller]
+pub fn push_files(dir: &Path, reference: &str, args: &[&str]) -> String {
+    let mut all = vec!["push", reference];
+    all.extend_from_slice(args);
+    all.push("--no-tty");
+    let out = oras_fs_in(dir, all);
+    assert_ok(&out);
+    digest_of_stdout(&out)
+}
+
+/// Writes `files` (name, bytes) to a temporary directory and pushes them to `reference` with
+/// [`push_files`]; returns the manifest digest.
+#[track_caller]
+pub fn push_contents(reference: &str, files: &[(&str, &[u8])]) -> String {
+    let src = temp_dir();
+    for (name, data) in files {
+        write_file(&src.path().join(name), data);
+    }
+    let names: Vec<&str> = files.iter().map(|(n, _)| *n).collect();
+    push_files(src.path(), reference, &names)
+}
+
+/// `oras-fs pull REF -o OUT --no-tty ARGS...`.
+pub fn pull(reference: &str, out: &Path, args: &[&str]) -> Output {
+    let mut all: Vec<&OsStr> = vec![
+        OsStr::new("pull"),
+        OsStr::new(reference),
+        OsStr::new("-o"),
+        out.as_os_str(),
+        OsStr::new("--no-tty"),
+    ];
+    all.extend(args.iter().map(OsStr::new));
+    oras_fs(all)
+}
+
+/// `oras-fs pull REF -o OUT --no-tty ARGS...`; panics unless it succeeds.
+#[track_caller]
+pub fn pull_to(reference: &str, out: &Path, args: &[&str]) {
+    assert_ok(&pull(reference, out, args));
+}
+
+/// Pulls `reference` (with `extra` args, e.g. `--oci-layout`) into a new directory; its files.
+#[track_caller]
+pub fn pulled(reference: &str, extra: &[&str]) -> std::collections::BTreeMap<String, Vec<u8>> {
+    let out = temp_dir();
+    assert_ok(&pull(reference, out.path(), extra));
+    tree(out.path())
+}
+
+/// Pulls `reference` with `oras-fs` into a new temporary directory and returns its files.
+#[track_caller]
+pub fn pulled_tree(reference: &str) -> std::collections::BTreeMap<String, Vec<u8>> {
+    pulled(reference, &[])
+}
+
+/// `oras-fs resolve ARGS...` (e.g. `REF` or `--oci-layout DIR:tag`): the digest it prints.
+#[track_caller]
+pub fn resolve(args: &[&str]) -> String {
+    let mut all = vec!["resolve"];
+    all.extend_from_slice(args);
+    let digest = ok(&all).trim().to_string();
+    assert!(is_sha256_digest(&digest), "resolve printed {digest:?}");
+    digest
+}
