@@ -1067,10 +1067,16 @@ fn mount_writes_survive_faults_and_a_failed_sync_drops_nothing() {
 
     // Copy-on-write of a blob that arrives corrupted: refused, nothing staged.
     proxy.add(Rule::new("GET", &blob_path_of(&keep_digest), Fault::Corrupt(1000)).once());
-    let opened = std::fs::OpenOptions::new()
+    // Opening fetches nothing; the first write makes the copy, and fails.
+    let mut opened = std::fs::OpenOptions::new()
         .append(true)
-        .open(m.join("keep.bin"));
-    assert_eq!(errno_of(opened), libc::EIO);
+        .open(m.join("keep.bin"))
+        .expect("opening for writing fetches nothing");
+    assert_eq!(
+        errno_of(std::io::Write::write_all(&mut opened, b"more")),
+        libc::EIO
+    );
+    drop(opened);
     let out = m.sync(&[]);
     assert!(
         assert_ok(&out).contains("Nothing to push"),

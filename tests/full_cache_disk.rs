@@ -9,7 +9,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::fuse::*;
 use common::*;
 
 const MIB: usize = 1024 * 1024;
@@ -75,15 +74,6 @@ impl Drop for Tmpfs {
     }
 }
 
-fn push_contents(repo: &str, files: &[(&str, &[u8])]) {
-    let src = temp_dir();
-    for (name, data) in files {
-        write_file(&src.path().join(name), data);
-    }
-    let names: Vec<&str> = files.iter().map(|(n, _)| *n).collect();
-    push_files(src.path(), &reference(repo, "v1"), &names);
-}
-
 /// `cat PATH` (bounded); the sha256 of what it printed, or its error.
 fn cat_digest(path: &Path) -> Result<String, String> {
     let out = run_bounded(Command::new("cat").arg(path), Duration::from_secs(120))
@@ -97,9 +87,13 @@ fn cat_digest(path: &Path) -> Result<String, String> {
 
 #[test]
 fn a_file_larger_than_the_cache_bound_reads_from_the_registry_and_the_mount_keeps_working() {
+    require_registry!();
     let repo = unique_repo("full-cache-bound");
     let big = random_bytes(&format!("{repo}-big"), 64 * MIB);
-    push_contents(&repo, &[("big.bin", &big), ("a.txt", b"a\n")]);
+    push_contents(
+        &reference(&repo, "v1"),
+        &[("big.bin", &big), ("a.txt", b"a\n")],
+    );
     let disk = Tmpfs::new("8m");
     let m = Mount::with_cache_dir(
         &reference(&repo, "v1"),
@@ -128,10 +122,14 @@ fn a_file_larger_than_the_cache_bound_reads_from_the_registry_and_the_mount_keep
 
 #[test]
 fn a_file_that_fills_the_cache_disk_is_served_uncached_and_the_disk_is_given_back() {
+    require_registry!();
     let repo = unique_repo("full-cache-enospc");
     let big = random_bytes(&format!("{repo}-big"), 24 * MIB);
     let small = random_bytes(&format!("{repo}-small"), MIB);
-    push_contents(&repo, &[("big.bin", &big), ("small.bin", &small)]);
+    push_contents(
+        &reference(&repo, "v1"),
+        &[("big.bin", &big), ("small.bin", &small)],
+    );
     let disk = Tmpfs::new("8m");
     // The bound is above the disk's size: the disk fills before the bound is reached.
     let m = Mount::with_cache_dir(

@@ -14,16 +14,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-/// Pushes `files` (name, bytes) to `reference`.
-fn push_contents(reference: &str, files: &[(&str, &[u8])]) {
-    let src = temp_dir();
-    for (name, data) in files {
-        write_file(&src.path().join(name), data);
-    }
-    let names: Vec<&str> = files.iter().map(|(n, _)| *n).collect();
-    push_files(src.path(), reference, &names);
-}
-
 fn expect_tree(files: &[(&str, &[u8])]) -> BTreeMap<String, Vec<u8>> {
     files
         .iter()

@@ -9,7 +9,6 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::faults::*;
-use common::fuse::*;
 use common::*;
 
 const MIB: usize = 1024 * 1024;
@@ -18,15 +17,6 @@ const DEADLINE: Duration = Duration::from_secs(4);
 /// Every test of this file mounts with the short deadline (the daemon inherits it).
 fn short_deadline() {
     std::env::set_var("ORAS_FS_READ_DEADLINE_SECS", DEADLINE.as_secs().to_string());
-}
-
-fn push_direct(repo: &str, files: &[(&str, &[u8])]) {
-    let src = temp_dir();
-    for (name, data) in files {
-        write_file(&src.path().join(name), data);
-    }
-    let names: Vec<&str> = files.iter().map(|(n, _)| *n).collect();
-    push_files(src.path(), &reference(repo, "v1"), &names);
 }
 
 fn blob_path_of(digest: &str) -> String {
@@ -44,11 +34,15 @@ fn timed(mut cmd: Command) -> (std::process::Output, Duration) {
 
 #[test]
 fn a_stalled_read_fails_at_the_deadline_as_cat_and_dd_see_it() {
+    require_registry!();
     short_deadline();
     let repo = unique_repo("read-deadline");
     let large = random_bytes(&format!("{repo}-large"), 6 * MIB);
     let small = random_bytes(&format!("{repo}-small"), 300_000);
-    push_direct(&repo, &[("large.bin", &large), ("small.bin", &small)]);
+    push_contents(
+        &reference(&repo, "v1"),
+        &[("large.bin", &large), ("small.bin", &small)],
+    );
     let proxy = FaultProxy::start(&registry());
     for data in [&large, &small] {
         proxy.add(Rule::new(

@@ -7,20 +7,9 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::fuse::*;
 use common::*;
 
 const MIB: usize = 1024 * 1024;
-
-/// Pushes `files` (name, bytes) from a temporary directory to `repo:v1`.
-fn push_contents(repo: &str, files: &[(&str, &[u8])]) {
-    let src = temp_dir();
-    for (name, data) in files {
-        write_file(&src.path().join(name), data);
-    }
-    let names: Vec<&str> = files.iter().map(|(n, _)| *n).collect();
-    push_files(src.path(), &reference(repo, "v1"), &names);
-}
 
 /// Runs `cat` of every path at once; returns the sha256 of each output, or its error.
 fn cat_all_at_once(paths: &[PathBuf]) -> Vec<Result<String, String>> {
@@ -58,9 +47,10 @@ fn blob_file(cache: &Path, digest: &str) -> PathBuf {
 
 #[test]
 fn two_mounts_sharing_a_cache_read_one_file_at_once() {
+    require_registry!();
     let repo = unique_repo("shared-cache");
     let data = random_bytes(&repo, 20 * MIB);
-    push_contents(&repo, &[("big.bin", &data)]);
+    push_contents(&reference(&repo, "v1"), &[("big.bin", &data)]);
     let digest = sha256_bytes(&data);
     let cache = temp_dir();
     let complete = blob_file(cache.path(), &digest);
