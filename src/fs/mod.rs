@@ -1,10 +1,14 @@
-//! The FUSE filesystem, in layers as in mountpoint-s3:
+//! The FUSE filesystem, in layers as in mountpoint-s3 (no fuser types below `fuse`):
 //! - [`tree`]: the inode table (names, sizes, where bytes come from);
+//! - [`view`]: what a mount shows of a manifest or journal, hidden layers, notices, `.oras/`;
 //! - [`cache`]: the block cache of remote blobs (memory LRU over a disk cache by digest);
-//! - [`filesystem`]: POSIX semantics over both, with no FUSE types (docs/SEMANTICS.md);
-//! - [`fuse`]: the fuser adapter;
-//! - [`staging`]: the journal and staged files of a writable mount;
-//! - [`mount`]: lifecycle (serve, signals, control socket, sync, unmount).
+//! - [`filesystem`]: `OrasFs`, the POSIX semantics (docs/SEMANTICS.md), async, with the
+//!   reading calls; `write` the writing calls, `handle` open files and prefetch, `journaling`
+//!   how changes reach the journal, [`status`] what the mount tells its user;
+//! - [`staging`]: the journal (an append-only log) and staged files of a writable mount;
+//! - [`sync`]: pushing a writable mount's changes as one manifest;
+//! - [`fuse`]: the fuser adapter, the only place that blocks on the async core;
+//! - [`mount`]: the session's lifecycle (serve, signals, unmount, the final push);
 //! - [`control`]: the control socket protocol, server and client;
 //! - [`paths`]: the default cache directory and the private runtime directory;
 //! - [`fusermount`]: mounting and unmounting through `fusermount3`, dead mounts.
@@ -14,9 +18,13 @@ pub mod control;
 pub mod filesystem;
 pub mod fuse;
 pub mod fusermount;
+mod handle;
+mod journaling;
 pub mod mount;
 pub mod paths;
 pub mod staging;
+pub mod status;
 pub mod sync;
 pub mod tree;
 pub mod view;
+mod write;
