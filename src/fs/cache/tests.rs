@@ -2,10 +2,11 @@
 //! (their `flock`s conflict just as well within one process).
 
 use super::*;
-use crate::content::memory::MemoryStore;
+use crate::content::testing::{Op, TestTarget};
 use crate::content::ByteStream;
 use crate::error::Result;
 use async_trait::async_trait;
+use std::time::Instant;
 
 const MIB: u64 = 1024 * 1024;
 
@@ -21,93 +22,70 @@ fn bytes_of(seed: u64, len: u64) -> Vec<u8> {
         .collect()
 }
 
-/// A source that serves a [`MemoryStore`]'s blobs in 64 KiB chunks with a pause between
-/// them (so fetches overlap as on a network), can stall every request, and can serve
-/// other bytes than the digest says.
-struct Source {
-    inner: MemoryStore,
-    stall: bool,
-    lie: Mutex<HashMap<Digest, Bytes>>,
-}
+/// A [`TestTarget`] that serves blobs as a network does: in 64 KiB chunks with a pause
+/// between them, so that fetches overlap and blocks arrive in pieces.
+#[derive(Default)]
+struct Source(TestTarget);
 
 impl Source {
     fn new() -> Arc<Source> {
-        Arc::new(Source {
-            inner: MemoryStore::new(),
-            stall: false,
-            lie: Mutex::new(HashMap::new()),
-        })
+        Arc::new(Source::default())
     }
 
+    /// A source whose every request stalls.
     fn stalling() -> Arc<Source> {
-        Arc::new(Source {
-            inner: MemoryStore::new(),
-            stall: true,
-            lie: Mutex::new(HashMap::new()),
-        })
+        let s = Source::new();
+        s.0.delay_fetches(Some(Duration::from_secs(3600)));
+        s
     }
 
     fn add(&self, data: &[u8]) -> Descriptor {
-        self.inner
+        self.0
+            .store()
             .add("application/octet-stream", Bytes::copy_from_slice(data))
     }
 
-    /// A descriptor of `data` whose bytes are served with one byte flipped.
-    fn add_corrupt(&self, data: &[u8], at: usize) -> Descriptor {
-        let desc = Descriptor::of("application/octet-stream", data);
-        let mut bad = data.to_vec();
-        bad[at] ^= 0xff;
-        self.lie
-            .lock()
-            .unwrap()
-            .insert(desc.digest.clone(), bad.into());
+    /// A descriptor of `data` whose bytes are served with the first one flipped.
+    fn add_corrupt(&self, data: &[u8]) -> Descriptor {
+        let desc = self.add(data);
+        self.0.corrupt(&desc.digest);
         desc
-    }
-
-    async fn bytes(&self, desc: &Descriptor) -> Result<Bytes> {
-        if let Some(b) = self.lie.lock().unwrap().get(&desc.digest) {
-            return Ok(b.clone());
-        }
-        let mut s = self.inner.fetch(desc).await?;
-        s.next().await.expect("one chunk")
     }
 }
 
 #[async_trait]
 impl Target for Source {
     fn name(&self) -> String {
-        "test source".into()
+        self.0.name()
     }
     async fn resolve(&self, reference: &str) -> Result<Descriptor> {
-        self.inner.resolve(reference).await
+        self.0.resolve(reference).await
     }
     async fn fetch(&self, desc: &Descriptor) -> Result<ByteStream> {
         self.fetch_range(desc, 0, desc.size).await
     }
     async fn fetch_range(&self, desc: &Descriptor, offset: u64, len: u64) -> Result<ByteStream> {
-        if self.stall {
-            std::future::pending::<()>().await;
-        }
-        let b = self.bytes(desc).await?;
-        let start = (offset as usize).min(b.len());
-        let end = start.saturating_add(len as usize).min(b.len());
-        let b = b.slice(start..end);
-        let chunks: Vec<Bytes> = (0..b.len())
-            .step_by(64 * 1024)
-            .map(|i| b.slice(i..(i + 64 * 1024).min(b.len())))
-            .collect();
-        Ok(Box::pin(futures_util::stream::iter(chunks).then(
-            |c| async move {
-                tokio::time::sleep(Duration::from_micros(200)).await;
-                Ok(c)
-            },
-        )))
+        let chunks = self.0.fetch_range(desc, offset, len).await?;
+        let chunks = chunks.flat_map(|chunk| {
+            let pieces: Vec<Result<Bytes>> = match chunk {
+                Ok(b) => (0..b.len())
+                    .step_by(64 * 1024)
+                    .map(|i| Ok(b.slice(i..(i + 64 * 1024).min(b.len()))))
+                    .collect(),
+                Err(e) => vec![Err(e)],
+            };
+            futures_util::stream::iter(pieces)
+        });
+        Ok(Box::pin(chunks.then(|c| async move {
+            tokio::time::sleep(Duration::from_micros(200)).await;
+            c
+        })))
     }
     async fn exists(&self, desc: &Descriptor) -> Result<bool> {
-        self.inner.exists(desc).await
+        self.0.exists(desc).await
     }
     async fn push(&self, desc: &Descriptor, content: ByteStream) -> Result<()> {
-        self.inner.push(desc, content).await
+        self.0.push(desc, content).await
     }
     async fn push_manifest(
         &self,
@@ -115,10 +93,10 @@ impl Target for Source {
         bytes: Bytes,
         tag: Option<&str>,
     ) -> Result<()> {
-        self.inner.push_manifest(desc, bytes, tag).await
+        self.0.push_manifest(desc, bytes, tag).await
     }
     async fn tag(&self, desc: &Descriptor, tag: &str) -> Result<()> {
-        self.inner.tag(desc, tag).await
+        self.0.tag(desc, tag).await
     }
 }
 
@@ -295,11 +273,11 @@ async fn corrupt_bytes_of_an_uncached_blob_fail_a_sequential_reader_before_eof()
     let dir = tempfile::tempdir().unwrap();
     let source = Source::new();
     let data = bytes_of(8, 12 * MIB);
-    let desc = source.add_corrupt(&data, 7 * MIB as usize);
+    let desc = source.add_corrupt(&data);
     let cache = open(dir.path(), &source, 4 * MIB);
     assert_eq!(read_all(&cache, &desc).await, Err(libc::EIO));
     assert!(cache.is_poisoned(&desc.digest));
-    let small = source.add_corrupt(&data[..MIB as usize], 5);
+    let small = source.add_corrupt(&data[..MIB as usize]);
     assert_eq!(cache.read(&small, 0, 10, 0..0).await, Err(libc::EIO));
     assert_eq!(cache.disk_usage().0, 0);
 }
@@ -348,6 +326,7 @@ async fn a_stalled_block_fails_at_the_deadline_and_a_retry_fails_at_once() {
         "{:?}",
         again.elapsed()
     );
+    assert_eq!(source.0.counts().calls(Op::FetchRange), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -378,15 +357,9 @@ async fn a_block_of_a_verified_uncached_blob_fetched_again_is_checked() {
         cache.read(&desc, 3 * MIB, 10, 0..0).await.unwrap(),
         data[3 << 20..][..10]
     );
-    // The registry now serves other bytes for block 8.
-    let mut bad = data.clone();
-    bad[2 * MIB as usize + 7] ^= 1;
-    source
-        .lie
-        .lock()
-        .unwrap()
-        .insert(desc.digest.clone(), bad.into());
-    assert_eq!(cache.read(&desc, 2 * MIB, 10, 0..0).await, Err(libc::EIO));
+    // The registry now serves other bytes for block 0, long out of memory.
+    source.0.corrupt(&desc.digest);
+    assert_eq!(cache.read(&desc, 0, 10, 0..0).await, Err(libc::EIO));
     assert!(cache.is_poisoned(&desc.digest));
     assert!(cache.last_error().unwrap().contains("differs"));
 }
