@@ -99,6 +99,19 @@ pub enum Error {
     )]
     UnpackTooLarge { title: String, limit: u64 },
 
+    /// A mount's sync found its tag moved by someone else: nothing is overwritten.
+    #[error(
+        "{reference} moved since it was mounted (mounted {mounted}, now {now}); nothing was \
+         overwritten and the changes stay staged. Push them elsewhere with \
+         `oras-fs sync --push-to REF`, or overwrite with `oras-fs sync --force`"
+    )]
+    TagMoved {
+        reference: String,
+        mounted: crate::digest::Digest,
+        /// The digest it points at now, or `deleted`.
+        now: String,
+    },
+
     #[error("{path}: file exists; remove it or drop --keep-old-files")]
     FileExists { path: PathBuf },
 

@@ -312,23 +312,14 @@ async fn blob_descriptor(o: &Opened) -> Result<Descriptor> {
         .digest
         .clone()
         .ok_or_else(|| Error::Usage("a blob is named by digest: REF@sha256:...".into()))?;
-    if let Some(repo) = &o.repository {
-        return repo
-            .blob_descriptor(&digest, "application/octet-stream")
-            .await;
-    }
-    let layout = o.layout.as_ref().expect("a layout or a repository");
-    let path = layout
-        .root()
-        .join("blobs")
-        .join(digest.algorithm())
-        .join(digest.hex());
-    let size = std::fs::metadata(&path)
-        .map_err(|_| Error::NotFound {
+    let size = o
+        .target
+        .stat(&digest)
+        .await?
+        .ok_or_else(|| Error::NotFound {
             what: "blob",
             name: digest.to_string(),
-        })?
-        .len();
+        })?;
     Ok(Descriptor::new("application/octet-stream", digest, size))
 }
 

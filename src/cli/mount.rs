@@ -233,19 +233,11 @@ fn clear_dead_mount(mountpoint: &std::path::Path) -> Result<()> {
 
 /// From now on the background child logs to a file, not to the caller's terminal.
 fn detach_stderr(cache_dir: &std::path::Path) {
-    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    use oras_fs::fs::paths::{private_dir, private_file};
     let dir = cache_dir.join("logs");
-    let _ = std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(&dir);
+    let _ = private_dir(&dir);
     let path = dir.join(format!("mount-{}.log", std::process::id()));
-    if let Ok(f) = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o600)
-        .open(&path)
-    {
+    if let Ok(f) = private_file(&path, true) {
         use std::os::fd::AsRawFd;
         // SAFETY: dup2 onto fd 2 of a file we just opened; both fds are valid.
         unsafe {

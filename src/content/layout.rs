@@ -171,6 +171,17 @@ impl OciLayout {
 
 #[async_trait]
 impl Target for OciLayout {
+    async fn stat(&self, digest: &Digest) -> Result<Option<u64>> {
+        match tokio::fs::metadata(self.blob_path(digest)).await {
+            Ok(m) => Ok(Some(m.len())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io(
+                format!("reading {}", self.blob_path(digest).display()),
+                e,
+            )),
+        }
+    }
+
     fn name(&self) -> String {
         format!("OCI layout {}", self.root.display())
     }

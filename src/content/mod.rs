@@ -220,6 +220,15 @@ pub trait Target: Send + Sync {
         Ok(false)
     }
 
+    /// The size of the blob `digest` if this target has it, for commands that name a blob
+    /// by digest alone (`blob fetch REF@DIGEST`).
+    async fn stat(&self, digest: &crate::digest::Digest) -> Result<Option<u64>> {
+        Err(Error::Usage(format!(
+            "{} cannot look up blob {digest} by digest alone",
+            self.name()
+        )))
+    }
+
     /// Starts an upload of a blob whose digest is given only at its end, so that hashing a
     /// large file can run alongside the upload. `None`: this target needs the digest first.
     async fn begin_upload(&self) -> Result<Option<Box<dyn Upload>>> {

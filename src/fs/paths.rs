@@ -3,9 +3,38 @@
 
 use std::path::{Path, PathBuf};
 
-use super::staging::private_dir;
 use crate::digest::Digest;
 use crate::error::{Error, IoContext, Result};
+
+/// Open options that create files only the user can read (cached and staged data may be
+/// private): callers add what else they need.
+pub fn private_options() -> std::fs::OpenOptions {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut o = std::fs::OpenOptions::new();
+    o.mode(0o600);
+    o
+}
+
+/// Opens a file for writing that only the user can read (staged data may be private).
+pub fn private_file(path: &Path, append: bool) -> std::io::Result<std::fs::File> {
+    let mut o = private_options();
+    o.create(true);
+    if append {
+        o.append(true);
+    } else {
+        o.write(true).truncate(true);
+    }
+    o.open(path)
+}
+
+/// Creates a directory (and its parents) only the user can enter.
+pub fn private_dir(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+}
 
 /// Default cache directory: `$XDG_CACHE_HOME/oras-fs` or `~/.cache/oras-fs`.
 pub fn default_cache_dir() -> PathBuf {

@@ -12,13 +12,13 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
+use super::paths::{private_dir, private_file};
 use crate::digest::Digest;
 use crate::manifest::Descriptor;
 
@@ -129,26 +129,6 @@ pub struct Staging {
     log: Mutex<Log>,
     /// Held for the mount's life: one writable mount per reference at a time.
     _lock: File,
-}
-
-/// Opens a file for writing that only the user can read (staged data may be private).
-pub fn private_file(path: &Path, append: bool) -> std::io::Result<File> {
-    let mut o = std::fs::OpenOptions::new();
-    o.create(true).mode(0o600);
-    if append {
-        o.append(true);
-    } else {
-        o.write(true).truncate(true);
-    }
-    o.open(path)
-}
-
-/// Creates a directory (and its parents) only the user can enter.
-pub fn private_dir(path: &Path) -> std::io::Result<()> {
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(path)
 }
 
 /// Whether `path` is `prefix` or lies below it (`a/b` is below `a`, `ab` is not).

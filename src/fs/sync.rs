@@ -112,14 +112,13 @@ impl OrasFs {
                 Err(e) => return Err(e),
             };
             if current.as_ref() != Some(&base.descriptor.digest) {
-                return Err(Error::Other(format!(
-                    "{} moved since it was mounted (mounted {}, now {}); nothing was overwritten and \
-                     the changes stay staged. Push them elsewhere with `oras-fs sync --push-to REF`, \
-                     or overwrite with `oras-fs sync --force`",
-                    base.reference,
-                    base.descriptor.digest,
-                    current.map(|d| d.to_string()).unwrap_or_else(|| "deleted".into())
-                )));
+                return Err(Error::TagMoved {
+                    reference: base.reference.clone(),
+                    mounted: base.descriptor.digest.clone(),
+                    now: current
+                        .map(|d| d.to_string())
+                        .unwrap_or_else(|| "deleted".into()),
+                });
             }
         }
         // The staged journal must be durable before anything it names is pushed.

@@ -2,7 +2,7 @@
 //! setattr, write and fsync, with every errno decision they make (docs/SEMANTICS.md).
 
 use std::ffi::OsStr;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -10,7 +10,8 @@ use std::time::SystemTime;
 
 use super::cache::Errno;
 use super::filesystem::{os_errno, Attr, OrasFs, RenameHow, SetAttr, Writer};
-use super::staging::{private_file, Record};
+use super::paths::{private_file, private_options};
+use super::staging::Record;
 use super::tree::{empty_dir, Ino, Kind, Node, Source, Tree};
 
 impl OrasFs {
@@ -117,11 +118,10 @@ impl OrasFs {
             return Err(libc::EEXIST);
         }
         let (_file, path) = w.staging.new_file();
-        let file = std::fs::OpenOptions::new()
+        let file = private_options()
             .read(true)
             .write(true)
             .create_new(true)
-            .mode(0o600)
             .open(&path)
             .map_err(os_errno)?;
         let source = Source::Staged(path);

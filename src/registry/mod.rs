@@ -491,6 +491,17 @@ pub fn referrers_tag(digest: &Digest) -> String {
 
 #[async_trait]
 impl Target for Repository {
+    async fn stat(&self, digest: &Digest) -> Result<Option<u64>> {
+        match self
+            .blob_descriptor(digest, "application/octet-stream")
+            .await
+        {
+            Ok(d) => Ok(Some(d.size)),
+            Err(Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     fn name(&self) -> String {
         format!("{}/{}", self.client.host(), self.name)
     }

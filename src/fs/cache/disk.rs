@@ -12,10 +12,11 @@
 //! under the process filling it. Complete blobs may go while open: open descriptors keep their
 //! bytes.
 
-use std::fs::{File, OpenOptions};
+use crate::fs::paths::private_options;
+use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
@@ -56,12 +57,11 @@ static PRIVATE: AtomicU64 = AtomicU64::new(0);
 /// else a private one. Either way this process holds its lock until the file is closed.
 pub(super) fn open_partial(shared: &Path, size: u64) -> io::Result<(File, Partial)> {
     let open = |path: &Path, truncate: bool| {
-        OpenOptions::new()
+        private_options()
             .read(true)
             .write(true)
             .create(true)
             .truncate(truncate)
-            .mode(0o600)
             .open(path)
     };
     for _ in 0..3 {

@@ -27,10 +27,10 @@ mod store;
 mod verify;
 
 use std::collections::{HashMap, HashSet};
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::Write;
 use std::ops::Range;
-use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -42,6 +42,7 @@ use lru::LruCache;
 
 use crate::content::{ByteStream, Target};
 use crate::digest::Digest;
+use crate::fs::paths::{private_dir, private_options};
 use crate::manifest::Descriptor;
 use blob::{wait_block, Blob};
 
@@ -100,17 +101,10 @@ pub struct BlobCache {
     pub fetched: AtomicU64,
 }
 
-fn mkdir_private(path: &Path) -> std::io::Result<()> {
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(path)
-}
-
 impl BlobCache {
     pub fn new(source: Arc<dyn Target>, options: CacheOptions) -> std::io::Result<Arc<BlobCache>> {
         for sub in ["blobs/sha256", "partial/sha256", "unpacked/sha256"] {
-            mkdir_private(&options.dir.join(sub))?;
+            private_dir(&options.dir.join(sub))?;
         }
         let slots = (options.memory_limit / BLOCK).max(1);
         let cache = Arc::new(BlobCache {
@@ -276,11 +270,10 @@ impl BlobCache {
                 return filled;
             }
         }
-        let mut out = OpenOptions::new()
+        let mut out = private_options()
             .write(true)
             .create(true)
             .truncate(true)
-            .mode(0o600)
             .open(dest)
             .map_err(os_errno)?;
         if blob.stored() {

@@ -3,15 +3,15 @@
 //! eviction of least recently used files.
 
 use std::collections::HashSet;
-use std::fs::OpenOptions;
 use std::io::Write;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::FileExt;
 use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 
 use super::blob::Blob;
 use super::{disk, BlobCache, BLOCK, BOUND_SLACK};
+use crate::fs::paths::private_file;
 
 /// Why a block was not written to its cache file (it is still served, from memory).
 #[derive(Debug)]
@@ -115,12 +115,7 @@ impl BlobCache {
         }
         let path = disk::map_of(&partial.path);
         let tmp = path.with_extension("map.tmp");
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
+        let mut f = private_file(&tmp, false)?;
         if let Err(e) = f.write_all(&st.present) {
             let _ = std::fs::remove_file(&tmp);
             return Err(e);
