@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use fs_harness::*;
 use oras_fs::content::Target;
+use oras_fs::fs::error::Errno;
 use oras_fs::fs::filesystem::{FileKind, OrasFs, RenameHow, SetAttr, SyncOptions};
 use oras_fs::fs::tree::{Ino, ROOT};
 use proptest::prelude::*;
@@ -189,13 +190,13 @@ impl Model {
     }
 }
 
-async fn lookup_parent(fs: &OrasFs, p: &str) -> Result<(Ino, String), i32> {
+async fn lookup_parent(fs: &OrasFs, p: &str) -> Result<(Ino, String), Errno> {
     let (dir, name) = p.rsplit_once('/').unwrap_or(("", p));
     Ok((try_path_ino(fs, dir).await?, name.to_string()))
 }
 
 /// Runs `op` on the mount; `Ok` if it succeeded.
-async fn run(fs: &OrasFs, op: &Op) -> Result<(), i32> {
+async fn run(fs: &OrasFs, op: &Op) -> Result<(), Errno> {
     match op {
         Op::Create(p, d) => {
             let (dir, name) = lookup_parent(fs, p).await?;
@@ -214,7 +215,7 @@ async fn run(fs: &OrasFs, op: &Op) -> Result<(), i32> {
         Op::Truncate(p, s) => {
             let ino = try_path_ino(fs, p).await?;
             if fs.getattr(ino)?.kind != FileKind::File {
-                return Err(libc::EISDIR);
+                return Err(libc::EISDIR.into());
             }
             let change = SetAttr {
                 size: Some(*s),

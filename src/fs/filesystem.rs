@@ -136,7 +136,7 @@ pub struct OrasFs {
 }
 
 pub(super) fn os_errno(e: std::io::Error) -> Errno {
-    e.raw_os_error().unwrap_or(libc::EIO)
+    Errno::new(e.raw_os_error().unwrap_or(libc::EIO), e.to_string())
 }
 
 impl OrasFs {
@@ -225,7 +225,9 @@ impl OrasFs {
 
     pub fn getattr(&self, ino: Ino) -> Result<Attr, Errno> {
         let tree = self.tree.read().unwrap();
-        tree.get(ino).map(|n| self.attr_of(n)).ok_or(libc::ENOENT)
+        tree.get(ino)
+            .map(|n| self.attr_of(n))
+            .ok_or(Errno::from(libc::ENOENT))
     }
 
     pub async fn lookup(&self, parent: Ino, name: &OsStr) -> Result<Attr, Errno> {
@@ -233,7 +235,7 @@ impl OrasFs {
         let tree = self.tree.read().unwrap();
         tree.lookup(parent, name)
             .map(|n| self.attr_of(n))
-            .ok_or(libc::ENOENT)
+            .ok_or(Errno::from(libc::ENOENT))
     }
 
     /// Directory entries (without `.` and `..`).
@@ -243,9 +245,9 @@ impl OrasFs {
     ) -> Result<Vec<(Ino, FileKind, std::ffi::OsString)>, Errno> {
         self.expand(ino).await?;
         let tree = self.tree.read().unwrap();
-        let node = tree.get(ino).ok_or(libc::ENOENT)?;
+        let node = tree.get(ino).ok_or(Errno::from(libc::ENOENT))?;
         if !node.is_dir() {
-            return Err(libc::ENOTDIR);
+            return Err(libc::ENOTDIR.into());
         }
         Ok(tree
             .children(ino)
@@ -265,9 +267,16 @@ impl OrasFs {
     }
 
     pub fn readlink(&self, ino: Ino) -> Result<PathBuf, Errno> {
-        match &self.tree.read().unwrap().get(ino).ok_or(libc::ENOENT)?.kind {
+        match &self
+            .tree
+            .read()
+            .unwrap()
+            .get(ino)
+            .ok_or(Errno::from(libc::ENOENT))?
+            .kind
+        {
             Kind::Symlink(t) => Ok(t.clone()),
-            _ => Err(libc::EINVAL),
+            _ => Err(libc::EINVAL.into()),
         }
     }
 
@@ -276,17 +285,17 @@ impl OrasFs {
     pub async fn open(&self, ino: Ino, write: bool, truncate: bool) -> Result<Opened, Errno> {
         let source = {
             let tree = self.tree.read().unwrap();
-            let node = tree.get(ino).ok_or(libc::ENOENT)?;
+            let node = tree.get(ino).ok_or(Errno::from(libc::ENOENT))?;
             let source = match &node.kind {
                 Kind::File(s) => s.clone(),
-                Kind::Dir { .. } => return Err(libc::EISDIR),
-                Kind::Symlink(_) => return Err(libc::ELOOP),
+                Kind::Dir { .. } => return Err(libc::EISDIR.into()),
+                Kind::Symlink(_) => return Err(libc::ELOOP.into()),
             };
             if write {
                 self.writer()?;
                 Self::check_mutable(node)?;
                 if matches!(source, Source::Unpacked(_) | Source::Inline(_)) {
-                    return Err(libc::EROFS);
+                    return Err(libc::EROFS.into());
                 }
             }
             source
@@ -352,9 +361,9 @@ impl OrasFs {
     pub(super) async fn writable_file(&self, fh: u64) -> Result<(Ino, Arc<std::fs::File>), Errno> {
         let ino = {
             let handles = self.handles.lock().unwrap();
-            let h = handles.get(&fh).ok_or(libc::EBADF)?;
+            let h = handles.get(&fh).ok_or(Errno::from(libc::EBADF))?;
             if !h.writable {
-                return Err(libc::EBADF);
+                return Err(libc::EBADF.into());
             }
             if let Some(f) = &h.file {
                 return Ok((h.ino, f.clone()));
@@ -370,7 +379,7 @@ impl OrasFs {
                 .map_err(os_errno)?,
         );
         let mut handles = self.handles.lock().unwrap();
-        let h = handles.get_mut(&fh).ok_or(libc::EBADF)?;
+        let h = handles.get_mut(&fh).ok_or(Errno::from(libc::EBADF))?;
         h.source = Source::Staged(path);
         Ok((ino, h.file.get_or_insert(file).clone()))
     }
@@ -380,7 +389,7 @@ impl OrasFs {
     pub async fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Bytes, Errno> {
         let (ino, writable, mut source, mut file, prefetch) = {
             let mut handles = self.handles.lock().unwrap();
-            let h = handles.get_mut(&fh).ok_or(libc::EBADF)?;
+            let h = handles.get_mut(&fh).ok_or(Errno::from(libc::EBADF))?;
             let pre = match &h.source {
                 Source::Blob(d) => h.prefetch(offset, size as u64, d.size),
                 _ => 0..0,
@@ -416,7 +425,7 @@ impl OrasFs {
                 buf.truncate(n);
                 Ok(buf.into())
             }
-            (_, None) => Err(libc::EBADF),
+            (_, None) => Err(libc::EBADF.into()),
         }
     }
 
@@ -447,7 +456,14 @@ impl OrasFs {
     /// Fills in a directory layer's contents on first access: fetches (verified) and unpacks
     /// it into the cache once per digest.
     pub(super) async fn expand(&self, ino: Ino) -> Result<(), Errno> {
-        let pending = match &self.tree.read().unwrap().get(ino).ok_or(libc::ENOENT)?.kind {
+        let pending = match &self
+            .tree
+            .read()
+            .unwrap()
+            .get(ino)
+            .ok_or(Errno::from(libc::ENOENT))?
+            .kind
+        {
             Kind::Dir {
                 pending_layer: Some(d),
                 ..
@@ -492,11 +508,11 @@ impl OrasFs {
             return Ok(dest);
         }
         unpacked.map_err(|e| {
-            tracing::error!("unpacking directory layer {}: {e}", desc.digest);
-            self.record_error(format!("unpacking directory layer {}: {e}", desc.digest));
+            let what = format!("unpacking directory layer {}: {e}", desc.digest);
+            self.record_error(&what);
             match e {
-                crate::Error::UnpackTooLarge { .. } => libc::ENOSPC,
-                _ => libc::EIO,
+                crate::Error::UnpackTooLarge { .. } => Errno::new(libc::ENOSPC, what),
+                _ => Errno::new(libc::EIO, what),
             }
         })?;
         Ok(dest)

@@ -14,6 +14,7 @@ use fuser::{
 };
 
 use super::cache::read_deadline;
+use super::error::Errno;
 use super::filesystem::{Attr, FileKind, OrasFs, RenameHow, SetAttr};
 
 /// The only place that blocks on the filesystem's async calls: fuser calls in on its own
@@ -41,13 +42,24 @@ fn errno(e: i32) -> fuser::Errno {
     fuser::Errno::from_i32(e)
 }
 
+/// The errno of a failed call, its context logged here, once.
+fn failed(e: Errno) -> fuser::Errno {
+    if let Some(context) = &e.context {
+        tracing::warn!(
+            "{context}: answering {}",
+            std::io::Error::from_raw_os_error(e.errno)
+        );
+    }
+    errno(e.errno)
+}
+
 /// Answers a request with the result of a filesystem call: `$ok` with its value, or its errno
 /// (every fuser reply has `error`).
 macro_rules! answer {
     ($reply:ident, $result:expr, |$v:pat_param| $ok:expr) => {
         match $result {
             Ok($v) => $ok,
-            Err(e) => $reply.error(errno(e)),
+            Err(e) => $reply.error(failed(e)),
         }
     };
 }
@@ -184,7 +196,7 @@ impl Filesystem for FuseAdapter {
     ) {
         let entries = match self.runtime.block_on(self.fs.readdir(ino.0)) {
             Ok(e) => e,
-            Err(e) => return reply.error(errno(e)),
+            Err(e) => return reply.error(failed(e)),
         };
         let parent = self.fs.parent_of(ino.0);
         let all = [
@@ -375,7 +387,7 @@ impl Filesystem for FuseAdapter {
         _target: &Path,
         reply: ReplyEntry,
     ) {
-        reply.error(errno(self.fs.unsupported_node()))
+        reply.error(failed(self.fs.unsupported_node()))
     }
 
     fn link(
@@ -386,7 +398,7 @@ impl Filesystem for FuseAdapter {
         _newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        reply.error(errno(self.fs.unsupported_node()))
+        reply.error(failed(self.fs.unsupported_node()))
     }
 
     fn mknod(
@@ -399,7 +411,7 @@ impl Filesystem for FuseAdapter {
         _rdev: u32,
         reply: ReplyEntry,
     ) {
-        reply.error(errno(self.fs.unsupported_node()))
+        reply.error(failed(self.fs.unsupported_node()))
     }
 
     // Xattrs are not supported. ENOSYS (not ENOTSUP) tells the kernel once for all: it then

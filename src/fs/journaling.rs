@@ -5,7 +5,7 @@
 use std::sync::atomic::Ordering;
 
 use super::cache::Errno;
-use super::filesystem::{os_errno, OrasFs};
+use super::filesystem::OrasFs;
 use super::staging::{Journal, Record};
 use super::tree::{Ino, Tree};
 use super::view;
@@ -63,9 +63,8 @@ impl OrasFs {
             Ok(true) => self.rewrite_journal(tree),
             Err(e) => {
                 self.journal_stale.store(true, Ordering::SeqCst);
-                tracing::error!("writing the journal: {e}");
                 self.record_error(format!("writing the journal: {e}"));
-                Err(os_errno(e))
+                Err(Errno::io(&e, "writing the journal"))
             }
         }
     }
@@ -90,9 +89,8 @@ impl OrasFs {
             }
             Err(e) => {
                 self.journal_stale.store(true, Ordering::SeqCst);
-                tracing::error!("writing the journal: {e}");
                 self.record_error(format!("writing the journal: {e}"));
-                Err(os_errno(e))
+                Err(Errno::io(&e, "writing the journal"))
             }
         }
     }

@@ -15,6 +15,7 @@
 
 pub mod cache;
 pub mod control;
+pub mod error;
 pub mod filesystem;
 pub mod fuse;
 pub mod fusermount;

@@ -18,14 +18,14 @@ impl OrasFs {
     pub(super) fn writer(&self) -> Result<&Writer, Errno> {
         match (&self.writer, self.options.read_only) {
             (Some(w), false) => Ok(w),
-            _ => Err(libc::EROFS),
+            _ => Err(libc::EROFS.into()),
         }
     }
 
     /// Refuses changes to the `.oras/` files and inside directory layers.
     pub(super) fn check_mutable(node: &Node) -> Result<(), Errno> {
         if node.internal || node.frozen {
-            Err(libc::EROFS)
+            Err(libc::EROFS.into())
         } else {
             Ok(())
         }
@@ -33,12 +33,12 @@ impl OrasFs {
 
     /// A directory that may receive new entries.
     pub(super) fn mutable_dir(&self, tree: &Tree, ino: Ino) -> Result<(), Errno> {
-        let node = tree.get(ino).ok_or(libc::ENOENT)?;
+        let node = tree.get(ino).ok_or(Errno::from(libc::ENOENT))?;
         if !node.is_dir() {
-            return Err(libc::ENOTDIR);
+            return Err(libc::ENOTDIR.into());
         }
         if node.layer.is_some() {
-            return Err(libc::EROFS);
+            return Err(libc::EROFS.into());
         }
         Self::check_mutable(node)
     }
@@ -49,7 +49,7 @@ impl OrasFs {
         let w = self.writer()?;
         let desc = {
             let tree = self.tree.read().unwrap();
-            let node = tree.get(ino).ok_or(libc::ENOENT)?;
+            let node = tree.get(ino).ok_or(Errno::from(libc::ENOENT))?;
             Self::check_mutable(node)?;
             match &node.kind {
                 Kind::File(Source::Staged(p)) => {
@@ -70,8 +70,8 @@ impl OrasFs {
                     return Ok(p);
                 }
                 Kind::File(Source::Blob(d)) => d.as_ref().clone(),
-                Kind::File(_) | Kind::Symlink(_) => return Err(libc::EROFS),
-                Kind::Dir { .. } => return Err(libc::EISDIR),
+                Kind::File(_) | Kind::Symlink(_) => return Err(libc::EROFS.into()),
+                Kind::Dir { .. } => return Err(libc::EISDIR.into()),
             }
         };
         let (_name, path) = w.staging.new_file();
@@ -87,7 +87,7 @@ impl OrasFs {
         let mut tree = self.tree.write().unwrap();
         let Some(node) = tree.get_mut(ino) else {
             let _ = std::fs::remove_file(&path);
-            return Err(libc::ENOENT);
+            return Err(libc::ENOENT.into());
         };
         if let Kind::File(Source::Staged(p)) = &node.kind {
             // Another handle made the copy first: use that one.
@@ -115,7 +115,7 @@ impl OrasFs {
         let mut tree = self.tree.write().unwrap();
         self.mutable_dir(&tree, parent)?;
         if tree.lookup(parent, name).is_some() {
-            return Err(libc::EEXIST);
+            return Err(libc::EEXIST.into());
         }
         let (_file, path) = w.staging.new_file();
         let file = private_options()
@@ -134,7 +134,7 @@ impl OrasFs {
                 (mode & 0o7777) as u16,
                 SystemTime::now(),
             )
-            .map_err(|_| libc::EEXIST)?;
+            .map_err(|_| Errno::from(libc::EEXIST))?;
         let attr = self.attr_of(tree.get(ino).expect("just added"));
         let fh = self.add_handle(ino, source, Some(Arc::new(file)), true);
         self.writing.lock().unwrap().insert(ino);
@@ -160,7 +160,7 @@ impl OrasFs {
                 (mode & 0o7777) as u16,
                 SystemTime::now(),
             )
-            .map_err(|_| libc::EEXIST)?;
+            .map_err(|_| Errno::from(libc::EEXIST))?;
         let record = self.put(&tree, ino);
         self.record(&tree, record)?;
         Ok(self.attr_of(tree.get(ino).expect("just added")))
@@ -171,9 +171,9 @@ impl OrasFs {
         self.expand(parent).await?;
         let mut tree = self.tree.write().unwrap();
         self.mutable_dir(&tree, parent)?;
-        let node = tree.lookup(parent, name).ok_or(libc::ENOENT)?;
+        let node = tree.lookup(parent, name).ok_or(Errno::from(libc::ENOENT))?;
         if node.is_dir() {
-            return Err(libc::EISDIR);
+            return Err(libc::EISDIR.into());
         }
         Self::check_mutable(node)?;
         let ino = node.ino;
@@ -190,13 +190,13 @@ impl OrasFs {
         self.expand(ino).await?;
         let mut tree = self.tree.write().unwrap();
         self.mutable_dir(&tree, parent)?;
-        let node = tree.get(ino).ok_or(libc::ENOENT)?;
+        let node = tree.get(ino).ok_or(Errno::from(libc::ENOENT))?;
         if !node.is_dir() {
-            return Err(libc::ENOTDIR);
+            return Err(libc::ENOTDIR.into());
         }
         Self::check_mutable(node)?;
         if !tree.children(ino).is_empty() {
-            return Err(libc::ENOTEMPTY);
+            return Err(libc::ENOTEMPTY.into());
         }
         let path = tree.path_of(ino);
         tree.remove(ino);
@@ -214,7 +214,7 @@ impl OrasFs {
         how: RenameHow,
     ) -> Result<(), Errno> {
         if how.exchange {
-            return Err(libc::EINVAL);
+            return Err(libc::EINVAL.into());
         }
         let noreplace = how.noreplace;
         self.writer()?;
@@ -224,30 +224,30 @@ impl OrasFs {
         let mut tree = self.tree.write().unwrap();
         self.mutable_dir(&tree, parent)?;
         self.mutable_dir(&tree, new_parent)?;
-        let src = tree.lookup(parent, name).ok_or(libc::ENOENT)?;
+        let src = tree.lookup(parent, name).ok_or(Errno::from(libc::ENOENT))?;
         Self::check_mutable(src)?;
         if src.layer.is_some() && (parent != new_parent || name != new_name) {
             // A directory layer's tar names its top directory: a new name would need a new
             // tar. EXDEV makes `mv` copy it instead (into files of their own).
-            return Err(libc::EXDEV);
+            return Err(libc::EXDEV.into());
         }
         let (ino, src_dir) = (src.ino, src.is_dir());
         if src_dir && tree.is_within(new_parent, ino) {
-            return Err(libc::EINVAL);
+            return Err(libc::EINVAL.into());
         }
         if let Some(dst) = tree.lookup(new_parent, new_name) {
             if dst.ino == ino {
                 return Ok(());
             }
             if noreplace {
-                return Err(libc::EEXIST);
+                return Err(libc::EEXIST.into());
             }
             Self::check_mutable(dst)?;
             match (src_dir, dst.is_dir()) {
-                (true, false) => return Err(libc::ENOTDIR),
-                (false, true) => return Err(libc::EISDIR),
+                (true, false) => return Err(libc::ENOTDIR.into()),
+                (false, true) => return Err(libc::EISDIR.into()),
                 (true, true) if !tree.children(dst.ino).is_empty() || dst.layer.is_some() => {
-                    return Err(libc::ENOTEMPTY)
+                    return Err(libc::ENOTEMPTY.into())
                 }
                 _ => {}
             }
@@ -283,7 +283,7 @@ impl OrasFs {
         } = change;
         let now = self.getattr(ino)?;
         if uid.is_some_and(|u| u != now.uid) || gid.is_some_and(|g| g != now.gid) {
-            return Err(libc::EPERM);
+            return Err(libc::EPERM.into());
         }
         if mode.is_none() && size.is_none() && mtime.is_none() {
             return Ok(now);
@@ -298,7 +298,7 @@ impl OrasFs {
                 .map_err(os_errno)?;
         }
         let mut tree = self.tree.write().unwrap();
-        let node = tree.get_mut(ino).ok_or(libc::ENOENT)?;
+        let node = tree.get_mut(ino).ok_or(Errno::from(libc::ENOENT))?;
         Self::check_mutable(node)?;
         if let Some(size) = size {
             node.size = size;
@@ -358,17 +358,17 @@ impl OrasFs {
 
     /// `symlink`, `link`, `mknod`: OCI layers cannot store them.
     pub fn unsupported_node(&self) -> Errno {
-        libc::EPERM
+        Errno::from(libc::EPERM)
     }
 }
 
 /// Names the mount cannot store.
 fn check_name(name: &OsStr) -> Result<(), Errno> {
     if name.len() > 255 {
-        return Err(libc::ENAMETOOLONG);
+        return Err(libc::ENAMETOOLONG.into());
     }
     if name == ".oras" {
-        return Err(libc::EPERM);
+        return Err(libc::EPERM.into());
     }
     Ok(())
 }

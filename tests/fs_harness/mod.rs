@@ -10,6 +10,7 @@ use oras_fs::content::testing::TestTarget;
 use oras_fs::content::{self, Target};
 use oras_fs::digest::Digest;
 use oras_fs::fs::cache::{BlobCache, CacheOptions};
+use oras_fs::fs::error::Errno;
 use oras_fs::fs::filesystem::{MountOptions, OrasFs, Snapshot, Writer};
 use oras_fs::fs::staging::Staging;
 use oras_fs::fs::tree::{Ino, ROOT};
@@ -233,11 +234,11 @@ pub async fn path_ino(fs: &OrasFs, path: &str) -> Ino {
     }
 }
 
-pub async fn path_ino_err(fs: &OrasFs, path: &str) -> i32 {
+pub async fn path_ino_err(fs: &OrasFs, path: &str) -> Errno {
     try_path_ino(fs, path).await.expect_err(path)
 }
 
-pub async fn try_path_ino(fs: &OrasFs, path: &str) -> Result<Ino, i32> {
+pub async fn try_path_ino(fs: &OrasFs, path: &str) -> Result<Ino, Errno> {
     let mut ino = ROOT;
     for c in path.split('/').filter(|c| !c.is_empty()) {
         ino = fs.lookup(ino, std::ffi::OsStr::new(c)).await?.ino;

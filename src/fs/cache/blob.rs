@@ -42,19 +42,19 @@ pub(super) async fn wait_block((mut rx, b): Wait, deadline: Duration) -> Result<
             .map(|r| r.map(|fill| *fill));
         let fill = match waited {
             Ok(Ok(fill)) => fill,
-            Ok(Err(_)) => return Err(libc::EIO),
+            Ok(Err(_)) => return Err(libc::EIO.into()),
             Err(_) => {
                 if rx.borrow().since != since {
                     continue;
                 }
                 tracing::error!("block {b}: no progress for {deadline:?}; the read fails");
-                return Err(libc::EIO);
+                return Err(libc::EIO.into());
             }
         };
         return if fill.upto > b {
             Ok(())
         } else {
-            Err(libc::EIO)
+            Err(libc::EIO.into())
         };
     }
 }
@@ -171,7 +171,7 @@ impl BlobCache {
     /// The blob of `desc`, opened (and its cache file found or created) on first use.
     pub(super) fn blob(&self, desc: &Descriptor) -> Result<Arc<Blob>, Errno> {
         if self.poisoned.lock().unwrap().contains(&desc.digest) {
-            return Err(libc::EIO);
+            return Err(libc::EIO.into());
         }
         let mut blobs = self.blobs.lock().unwrap();
         if let Some(b) = blobs.get(&desc.digest) {
@@ -304,7 +304,7 @@ impl BlobCache {
         let last = (end - 1) / BLOCK;
         let io = |e: std::io::Error| {
             tracing::error!("reading the cache of {}: {e}", blob.desc.digest);
-            libc::EIO
+            Errno::from(libc::EIO)
         };
         if first == last {
             if let Some(b) = self.memory.lock().unwrap().get(&(blob.id, first)) {

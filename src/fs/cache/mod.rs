@@ -71,8 +71,7 @@ pub fn read_deadline() -> Duration {
     })
 }
 
-/// An errno for the filesystem layer.
-pub type Errno = i32;
+pub use super::error::Errno;
 
 #[derive(Clone, Debug)]
 pub struct CacheOptions {
@@ -213,14 +212,14 @@ impl BlobCache {
                 }
             }
             if self.poisoned.lock().unwrap().contains(&desc.digest) {
-                return Err(libc::EIO);
+                return Err(libc::EIO.into());
             }
             if let Some(bytes) = self.assemble(&blob, offset, end)? {
                 return Ok(bytes);
             }
         }
         tracing::error!("reading {}: blocks keep falling out of memory", desc.digest);
-        Err(libc::EIO)
+        Err(libc::EIO.into())
     }
 
     /// Fetches every block of a blob and waits for its verification.
@@ -231,7 +230,7 @@ impl BlobCache {
         if self.finish_hash(blob).await? {
             Ok(())
         } else {
-            Err(libc::EIO)
+            Err(libc::EIO.into())
         }
     }
 
@@ -242,12 +241,12 @@ impl BlobCache {
         for _ in 0..3 {
             let blob = self.blob(desc)?;
             if blob.uncached() {
-                return Err(libc::ENOSPC);
+                return Err(libc::ENOSPC.into());
             }
             // Request everything at once (in MAX_REQUEST runs), then wait for verification.
             self.fill(&blob).await?;
             if blob.uncached() {
-                return Err(libc::ENOSPC);
+                return Err(libc::ENOSPC.into());
             }
             if blob.complete_path.exists() {
                 return Ok(blob.complete_path.clone());
@@ -255,7 +254,7 @@ impl BlobCache {
             // Evicted (by another mount sharing the cache) or never published: fetch again.
             self.forget(&blob);
         }
-        Err(libc::EIO)
+        Err(libc::EIO.into())
     }
 
     /// Copies a whole blob, verified, to `dest` (created or truncated): from the cache, else
@@ -281,7 +280,7 @@ impl BlobCache {
         }
         let stream = self.source.fetch(desc).await.map_err(|e| {
             tracing::error!("fetching {}: {e}", desc.digest);
-            libc::EIO
+            Errno::from(libc::EIO)
         })?;
         let streamed = self.stream_to(&blob, stream, &mut out).await;
         if streamed.is_err() {
@@ -303,23 +302,23 @@ impl BlobCache {
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|e| {
                 tracing::error!("fetching {}: {e}", desc.digest);
-                libc::EIO
+                Errno::from(libc::EIO)
             })?;
             size += chunk.len() as u64;
             if size > desc.size {
                 tracing::error!("fetching {}: more than {} bytes", desc.digest, desc.size);
-                return Err(libc::EIO);
+                return Err(libc::EIO.into());
             }
             hasher.update(&chunk);
             out.write_all(&chunk).map_err(os_errno)?;
         }
         if size != desc.size {
             tracing::error!("fetching {}: {size} of {} bytes", desc.digest, desc.size);
-            return Err(libc::EIO);
+            return Err(libc::EIO.into());
         }
         if let Err(e) = hasher.check(&desc.digest) {
             self.poison(blob, &e.to_string());
-            return Err(libc::EIO);
+            return Err(libc::EIO.into());
         }
         Ok(())
     }
@@ -356,7 +355,7 @@ impl BlobCache {
 
 /// The errno of an I/O error (EIO if it has none).
 fn os_errno(e: std::io::Error) -> Errno {
-    e.raw_os_error().unwrap_or(libc::EIO)
+    Errno::new(e.raw_os_error().unwrap_or(libc::EIO), e.to_string())
 }
 
 /// Copies a stored blob to `out`, from our descriptor: the file may have been evicted by
@@ -376,7 +375,7 @@ async fn copy_stored(blob: &Arc<Blob>, mut out: File) -> Result<(), Errno> {
         Ok(())
     })
     .await
-    .map_err(|_| libc::EIO)?
+    .map_err(|_| Errno::from(libc::EIO))?
 }
 
 #[cfg(test)]

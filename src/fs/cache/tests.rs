@@ -275,10 +275,10 @@ async fn corrupt_bytes_of_an_uncached_blob_fail_a_sequential_reader_before_eof()
     let data = bytes_of(8, 12 * MIB);
     let desc = source.add_corrupt(&data);
     let cache = open(dir.path(), &source, 4 * MIB);
-    assert_eq!(read_all(&cache, &desc).await, Err(libc::EIO));
+    assert_eq!(read_all(&cache, &desc).await, Err(libc::EIO.into()));
     assert!(cache.is_poisoned(&desc.digest));
     let small = source.add_corrupt(&data[..MIB as usize]);
-    assert_eq!(cache.read(&small, 0, 10, 0..0).await, Err(libc::EIO));
+    assert_eq!(cache.read(&small, 0, 10, 0..0).await, Err(libc::EIO.into()));
     assert_eq!(cache.disk_usage().0, 0);
 }
 
@@ -314,13 +314,16 @@ async fn a_stalled_block_fails_at_the_deadline_and_a_retry_fails_at_once() {
     let first = tokio::time::timeout(Duration::from_secs(10), cache.read(&desc, 0, 4096, 0..MIB))
         .await
         .expect("a stalled read must not hang");
-    assert_eq!(first, Err(libc::EIO));
+    assert_eq!(first, Err(libc::EIO.into()));
     let waited = started.elapsed();
     assert!(waited >= Duration::from_millis(650), "{waited:?}");
     assert!(waited < Duration::from_secs(3), "{waited:?}");
     // The kernel's retry of the failed read joins the stalled request: it fails at once.
     let again = Instant::now();
-    assert_eq!(cache.read(&desc, 4096, 4096, 0..0).await, Err(libc::EIO));
+    assert_eq!(
+        cache.read(&desc, 4096, 4096, 0..0).await,
+        Err(libc::EIO.into())
+    );
     assert!(
         again.elapsed() < Duration::from_millis(200),
         "{:?}",
@@ -359,7 +362,7 @@ async fn a_block_of_a_verified_uncached_blob_fetched_again_is_checked() {
     );
     // The registry now serves other bytes for block 0, long out of memory.
     source.0.corrupt(&desc.digest);
-    assert_eq!(cache.read(&desc, 0, 10, 0..0).await, Err(libc::EIO));
+    assert_eq!(cache.read(&desc, 0, 10, 0..0).await, Err(libc::EIO.into()));
     assert!(cache.is_poisoned(&desc.digest));
     assert!(cache.last_error().unwrap().contains("differs"));
 }

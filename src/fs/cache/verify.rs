@@ -22,7 +22,7 @@ impl BlobCache {
             !st.verified && st.present_count == blob.blocks
         };
         if pending && !self.finish_hash(blob).await? {
-            return Err(libc::EIO);
+            return Err(libc::EIO.into());
         }
         Ok(())
     }
@@ -37,7 +37,7 @@ impl BlobCache {
             let (cache, b) = (self.clone(), blob.clone());
             tokio::task::spawn_blocking(move || cache.advance_hash(&b, None))
                 .await
-                .map_err(|_| libc::EIO)??;
+                .map_err(|_| Errno::from(libc::EIO))??;
             {
                 let st = blob.state.lock().unwrap();
                 if st.verified {
@@ -49,12 +49,12 @@ impl BlobCache {
                 }
             }
             if self.is_poisoned(&blob.desc.digest) {
-                return Err(libc::EIO);
+                return Err(libc::EIO.into());
             }
             // Another thread holds the hasher: it finishes the job.
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        Err(libc::EIO)
+        Err(libc::EIO.into())
     }
 
     /// Feeds the hasher every block that is at hand next in order: `fresh` (a block just
@@ -92,7 +92,7 @@ impl BlobCache {
                             blob,
                             &format!("reading the cache file of {}: {e}", blob.desc.digest),
                         );
-                        return Err(libc::EIO);
+                        return Err(libc::EIO.into());
                     }
                 }
                 next += 1;
@@ -106,7 +106,7 @@ impl BlobCache {
                     }
                     Err(e) => {
                         self.poison(blob, &e.to_string());
-                        Err(libc::EIO)
+                        Err(libc::EIO.into())
                     }
                 };
             }
