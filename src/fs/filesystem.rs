@@ -497,9 +497,15 @@ impl OrasFs {
         }
         let tgz = self.cache.materialize(desc).await?;
         use crate::content::file::{unpack_directory, FileStoreOptions, UnpackLimit};
-        // What a layer unpacks to lives in the cache: bounded like it (a gzip bomb stops here).
+        // What layers unpack to lives in the cache and is never evicted: all of it together
+        // stays within --cache-size (a gzip bomb stops here).
+        let room = self
+            .cache
+            .disk_usage()
+            .1
+            .saturating_sub(self.cache.unpacked_usage());
         let opts = FileStoreOptions {
-            max_unpacked_size: UnpackLimit::Bytes(self.cache.disk_usage().1),
+            max_unpacked_size: UnpackLimit::Bytes(room),
             ..Default::default()
         };
         let unpacked = unpack_directory(&tgz, &dest, desc, &opts);

@@ -56,6 +56,30 @@ pub struct Harness {
     pub target: TestTarget,
     dir: tempfile::TempDir,
     pub base: Descriptor,
+    /// `--cache-size` of the mounts.
+    pub cache_size: u64,
+}
+
+/// A directory layer (tar+gzip, as `oras-fs push DIR` makes) titled `title`, of `files`.
+pub fn directory_layer(target: &TestTarget, title: &str, files: &[(&str, Vec<u8>)]) -> Descriptor {
+    let mut tar = tar::Builder::new(Vec::new());
+    for (name, data) in files {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        tar.append_data(&mut h, format!("{title}/{name}"), &data[..])
+            .expect("tar");
+    }
+    let tar = tar.into_inner().expect("tar");
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    std::io::Write::write_all(&mut gz, &tar).expect("gzip");
+    let gz = gz.finish().expect("gzip");
+    let mut d = target.store().add(media_type::DIRECTORY_LAYER, gz);
+    d.set_annotation(annotation::TITLE, title);
+    d.set_annotation(annotation::UNPACK, "true");
+    d.set_annotation(annotation::CONTENT_DIGEST, Digest::of(&tar).to_string());
+    d
 }
 
 /// Deterministic, non-repeating-ish bytes.
@@ -73,16 +97,25 @@ impl Harness {
     }
 
     pub fn with_layers(layers: &[Layer]) -> Harness {
-        let target = TestTarget::new();
-        let descs = layers
-            .iter()
-            .map(|l| {
+        Self::with_layers_and(TestTarget::new(), Vec::new(), layers)
+    }
+
+    /// An artifact of `first` layers (made on `target`, e.g. by [`directory_layer`]), then
+    /// `layers`.
+    pub fn with_layers_and(
+        target: TestTarget,
+        first: Vec<Descriptor>,
+        layers: &[Layer],
+    ) -> Harness {
+        let descs = first
+            .into_iter()
+            .chain(layers.iter().map(|l| {
                 let mut d = target.store().add(&l.media_type, l.data.clone());
                 if let Some(t) = &l.title {
                     d.set_annotation(annotation::TITLE, t.clone());
                 }
                 d
-            })
+            }))
             .collect();
         let config = target.store().add(media_type::EMPTY, &b"{}"[..]);
         Self::with_manifest(target, Manifest::new(config, descs))
@@ -112,6 +145,7 @@ impl Harness {
             target,
             dir: tempfile::tempdir().expect("temp dir"),
             base,
+            cache_size: 1 << 30,
         }
     }
 
@@ -127,7 +161,7 @@ impl Harness {
             target.clone(),
             CacheOptions {
                 dir: self.cache_dir(),
-                disk_limit: 1 << 30,
+                disk_limit: self.cache_size,
                 memory_limit: 16 << 20,
             },
         )

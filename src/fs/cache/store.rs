@@ -123,12 +123,21 @@ impl BlobCache {
         std::fs::rename(&tmp, &path)
     }
 
-    /// (bytes on disk, bound) of the blob cache, for `oras-fs status`.
+    /// (bytes on disk, bound) of the cache, unpacked directory layers included, for
+    /// `oras-fs status`.
     pub fn disk_usage(&self) -> (u64, u64) {
         let dir = &self.options.dir;
-        let total =
-            disk::usage_of(&dir.join("blobs/sha256")) + disk::usage_of(&dir.join("partial/sha256"));
+        let total = disk::usage_of(&dir.join("blobs/sha256"))
+            + disk::usage_of(&dir.join("partial/sha256"))
+            + self.unpacked_usage();
         (total, self.options.disk_limit)
+    }
+
+    /// Bytes of the unpacked directory layers. They are never evicted (a mount reads their
+    /// files by path), so what is left of the bound for another unpack is the bound less
+    /// these; blobs make room by eviction as usual.
+    pub fn unpacked_usage(&self) -> u64 {
+        disk::tree_usage(&self.options.dir.join("unpacked"))
     }
 
     /// Deletes least recently used cache files until the disk cache fits its bound, sparing
