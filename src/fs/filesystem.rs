@@ -224,10 +224,7 @@ impl OrasFs {
     }
 
     pub fn getattr(&self, ino: Ino) -> Result<Attr, Errno> {
-        let tree = self.tree.read().unwrap();
-        tree.get(ino)
-            .map(|n| self.attr_of(n))
-            .ok_or(Errno::from(libc::ENOENT))
+        self.with_node(ino, |n| self.attr_of(n))
     }
 
     pub async fn lookup(&self, parent: Ino, name: &OsStr) -> Result<Attr, Errno> {
@@ -266,18 +263,17 @@ impl OrasFs {
             .unwrap_or(ROOT)
     }
 
+    /// Runs `f` on the node `ino` (ENOENT if there is none).
+    fn with_node<T>(&self, ino: Ino, f: impl FnOnce(&Node) -> T) -> Result<T, Errno> {
+        let tree = self.tree.read().unwrap();
+        tree.get(ino).map(f).ok_or(Errno::from(libc::ENOENT))
+    }
+
     pub fn readlink(&self, ino: Ino) -> Result<PathBuf, Errno> {
-        match &self
-            .tree
-            .read()
-            .unwrap()
-            .get(ino)
-            .ok_or(Errno::from(libc::ENOENT))?
-            .kind
-        {
+        self.with_node(ino, |n| match &n.kind {
             Kind::Symlink(t) => Ok(t.clone()),
             _ => Err(libc::EINVAL.into()),
-        }
+        })?
     }
 
     /// Opens a file. Opening for writing fetches nothing: a remote file is copied to a staged
@@ -456,19 +452,15 @@ impl OrasFs {
     /// Fills in a directory layer's contents on first access: fetches (verified) and unpacks
     /// it into the cache once per digest.
     pub(super) async fn expand(&self, ino: Ino) -> Result<(), Errno> {
-        let pending = match &self
-            .tree
-            .read()
-            .unwrap()
-            .get(ino)
-            .ok_or(Errno::from(libc::ENOENT))?
-            .kind
-        {
+        let pending = self.with_node(ino, |n| match &n.kind {
             Kind::Dir {
                 pending_layer: Some(d),
                 ..
-            } => d.clone(),
-            _ => return Ok(()),
+            } => Some(d.clone()),
+            _ => None,
+        })?;
+        let Some(pending) = pending else {
+            return Ok(());
         };
         let dir = self.unpacked_dir(&pending).await?;
         let mut tree = self.tree.write().unwrap();
