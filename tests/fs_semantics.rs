@@ -383,3 +383,32 @@ fn walk_size(dir: &std::path::Path) -> u64 {
         })
         .unwrap_or(0)
 }
+
+#[tokio::test]
+async fn chmod_and_times_stay_in_the_mount_and_fsync_and_statfs_answer() {
+    let h = Harness::new(&[("a.txt", b"a\n".to_vec())], true);
+    let fs = h.mount(false).await;
+    let a = path_ino(&fs, "a.txt").await;
+    let t = std::time::UNIX_EPOCH + Duration::from_secs(1_000_000);
+    let change = SetAttr {
+        mode: Some(0o600),
+        mtime: Some(t),
+        ..Default::default()
+    };
+    let attr = fs.setattr(a, change).await.unwrap();
+    assert_eq!((attr.perm, attr.mtime), (0o600, t));
+    // Modes and times are not pushed: nothing to push.
+    assert!(fs.sync(&SyncOptions::default()).await.unwrap().is_none());
+    let o = fs.open(a, true, false).await.unwrap();
+    fs.write(o.fh, 0, b"b").await.unwrap();
+    fs.fsync(o.fh).unwrap();
+    fs.release(o.fh);
+    let s = fs.statfs();
+    assert!(s.blocks_available > 0, "{s:?}");
+    assert_eq!(fs.xattr_unsupported(), libc::ENOSYS);
+    let ro = {
+        drop(fs);
+        h.mount(true).await
+    };
+    assert_eq!(ro.statfs().blocks_available, 0);
+}

@@ -414,9 +414,6 @@ impl Filesystem for FuseAdapter {
         reply.error(failed(self.fs.unsupported_node()))
     }
 
-    // Xattrs are not supported. ENOSYS (not ENOTSUP) tells the kernel once for all: it then
-    // answers EOPNOTSUPP itself. Otherwise it asks for `security.capability` before every
-    // write, which doubled the requests of a `cp` into a writable mount.
     fn getxattr(
         &self,
         _req: &Request,
@@ -425,7 +422,7 @@ impl Filesystem for FuseAdapter {
         _size: u32,
         reply: ReplyXattr,
     ) {
-        reply.error(errno(libc::ENOSYS));
+        reply.error(failed(self.fs.xattr_unsupported()));
     }
 
     fn listxattr(&self, _req: &Request, _ino: INodeNo, size: u32, reply: ReplyXattr) {
@@ -446,10 +443,10 @@ impl Filesystem for FuseAdapter {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        reply.error(errno(libc::ENOSYS));
+        reply.error(failed(self.fs.xattr_unsupported()));
     }
 
     fn removexattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
-        reply.error(errno(libc::ENOSYS));
+        reply.error(failed(self.fs.xattr_unsupported()));
     }
 }

@@ -40,8 +40,7 @@ pub struct MountConfig {
     pub allow_other: bool,
 }
 
-/// Builds the filesystem of a mount: the cache, and for a writable mount the staging area with
-/// any pending changes of an earlier mount of the same reference.
+/// Opens the block cache of a mount (its directory named in errors).
 pub fn open_cache(options: CacheOptions, target: Arc<dyn Target>) -> Result<Arc<BlobCache>> {
     let dir = options.dir.clone();
     BlobCache::new(target, options).ctx(|| format!("cache directory {}", dir.display()))

@@ -74,6 +74,64 @@ fn in_mount_terms(e: Error, staged: &std::path::Path, path: &str) -> Error {
     Error::Other(format!("pushing {path}: {text}"))
 }
 
+/// The layers of a new manifest, and where each node and hidden layer is in it.
+#[derive(Default)]
+struct LaidOut {
+    layers: Vec<Descriptor>,
+    /// Node → its layer's index.
+    origins: HashMap<Ino, usize>,
+    /// Indexes of the layers the mount does not show.
+    hidden: Vec<usize>,
+}
+
+/// A manifest just pushed, and where everything is in it.
+struct Pushed {
+    desc: Descriptor,
+    manifest: crate::manifest::Manifest,
+    bytes: Bytes,
+    origins: HashMap<Ino, usize>,
+    hidden: Vec<usize>,
+}
+
+/// Refuses to overwrite a tag that someone else moved since it was mounted.
+async fn check_not_moved(w: &Writer, base: &super::view::Snapshot) -> Result<()> {
+    let current = match w.target.resolve(&w.tag).await {
+        Ok(d) => Some(d.digest),
+        Err(Error::NotFound { .. }) => None,
+        Err(e) => return Err(e),
+    };
+    if current.as_ref() == Some(&base.descriptor.digest) {
+        return Ok(());
+    }
+    Err(Error::TagMoved {
+        reference: base.reference.clone(),
+        mounted: base.descriptor.digest.clone(),
+        now: current
+            .map(|d| d.to_string())
+            .unwrap_or_else(|| "deleted".into()),
+    })
+}
+
+/// Sends the staged files (large ones hash while they upload), a few at once; their
+/// descriptors in the same order.
+async fn send_staged(
+    store: &FileStore,
+    dst: &dyn Target,
+    media_type: &str,
+    staged: &[(&String, &Node, &PathBuf)],
+    copy_opts: &CopyOptions,
+) -> Result<Vec<Descriptor>> {
+    use futures_util::{StreamExt, TryStreamExt};
+    futures_util::stream::iter(staged.iter().map(|(path, _, p)| async move {
+        oras::send_file(store, dst, path, Some(media_type), p, copy_opts)
+            .await
+            .map_err(|e| in_mount_terms(e, p, path))
+    }))
+    .buffered(copy_opts.concurrency)
+    .try_collect()
+    .await
+}
+
 impl OrasFs {
     pub(super) async fn push_changes(
         &self,
@@ -81,49 +139,16 @@ impl OrasFs {
         opts: &SyncOptions,
     ) -> Result<Option<Descriptor>> {
         let base = self.snapshot();
-        // A consistent view of what to push, with each staged file's version.
-        let open = if opts.hold_open_files {
-            self.writable_inos()
-        } else {
-            Default::default()
-        };
-        let (plan, held): (Planned, Planned) = {
-            let tree = self.tree.read().unwrap();
-            let mut out = Vec::new();
-            collect_files(&tree, ROOT, &mut out);
-            out.into_iter()
-                .partition(|(_, n)| !n.incomplete && !open.contains(&n.ino))
-        };
-        for (path, n) in &held {
-            if n.incomplete {
-                tracing::warn!("not pushing {path}: {}", view::incomplete_notice(path));
-            } else {
-                tracing::warn!("not pushing {path}: it is still open for writing; it stays staged");
-            }
-        }
+        let (plan, held) = self.plan(opts);
         let (dst, tag): (Arc<dyn Target>, String) = match &opts.push_to {
             Some((t, tag)) => (t.clone(), tag.clone()),
             None => (w.target.clone(), w.tag.clone()),
         };
         if opts.push_to.is_none() && !opts.force {
-            let current = match w.target.resolve(&w.tag).await {
-                Ok(d) => Some(d.digest),
-                Err(Error::NotFound { .. }) => None,
-                Err(e) => return Err(e),
-            };
-            if current.as_ref() != Some(&base.descriptor.digest) {
-                return Err(Error::TagMoved {
-                    reference: base.reference.clone(),
-                    mounted: base.descriptor.digest.clone(),
-                    now: current
-                        .map(|d| d.to_string())
-                        .unwrap_or_else(|| "deleted".into()),
-                });
-            }
+            check_not_moved(w, &base).await?;
         }
         // The staged journal must be durable before anything it names is pushed.
         let _ = w.staging.flush();
-        // Send the changed files first (large ones hash while they upload), a few at once.
         let store = Arc::new(FileStore::new(w.staging.dir(), Default::default()));
         let staged: Vec<(&String, &Node, &PathBuf)> = plan
             .iter()
@@ -133,80 +158,24 @@ impl OrasFs {
             })
             .collect();
         let copy_opts = CopyOptions::default();
-        use futures_util::{StreamExt, TryStreamExt};
-        let sent: Vec<Descriptor> =
-            futures_util::stream::iter(staged.iter().map(|(path, _, p)| {
-                let (store, dst, media_type) = (&store, dst.as_ref(), &w.media_type);
-                let copy_opts = &copy_opts;
-                async move {
-                    oras::send_file(store, dst, path, Some(media_type), p, copy_opts)
-                        .await
-                        .map_err(|e| in_mount_terms(e, p, path))
-                }
-            }))
-            .buffered(copy_opts.concurrency)
-            .try_collect()
-            .await?;
+        let sent = send_staged(&store, dst.as_ref(), &w.media_type, &staged, &copy_opts).await?;
         let sent_by_ino: HashMap<Ino, Descriptor> = staged
             .iter()
             .zip(&sent)
             .map(|((_, node, _), d)| (node.ino, d.clone()))
             .collect();
-        // Each planned node's layer, with its title.
-        let mut files: Vec<(Ino, Option<usize>, Descriptor)> = Vec::new();
-        for (path, node) in &plan {
-            let d = match (&node.kind, &node.layer) {
-                (Kind::Dir { .. }, Some(layer)) => layer.clone(),
-                (Kind::File(Source::Blob(d)), _) => d.as_ref().clone(),
-                (Kind::File(Source::Staged(_)), _) => match sent_by_ino.get(&node.ino) {
-                    Some(d) => d.clone(),
-                    None => continue,
-                },
-                _ => continue,
-            };
-            let mut d = d;
-            d.set_annotation(annotation::TITLE, path.clone());
-            files.push((node.ino, node.origin, d));
-        }
-        let hidden = self.hidden.read().unwrap().clone();
-        // A held-back file that replaced a base layer keeps that layer as it was.
-        let kept: Vec<usize> = hidden
-            .iter()
-            .copied()
-            .chain(held.iter().filter_map(|(_, n)| n.origin))
-            .collect();
-        let origins: Vec<Option<usize>> = files.iter().map(|f| f.1).collect();
-        let slots = arrange(base.manifest.layers.len(), &kept, &origins);
-        let mut layers = Vec::with_capacity(slots.len());
-        let mut new_origin: HashMap<Ino, usize> = HashMap::new();
-        let mut new_hidden = Vec::new();
-        for (j, slot) in slots.iter().enumerate() {
-            match *slot {
-                Slot::Kept(i) => {
-                    if hidden.contains(&i) {
-                        new_hidden.push(j);
-                    } else if let Some((_, n)) = held.iter().find(|(_, n)| n.origin == Some(i)) {
-                        new_origin.insert(n.ino, j);
-                    }
-                    layers.push(base.manifest.layers[i].clone());
-                }
-                Slot::File(k) => {
-                    new_origin.insert(files[k].0, j);
-                    layers.push(files[k].2.clone());
-                }
-            }
-        }
+        let laid = self.lay_out(&base, &plan, &held, &sent_by_ino);
         // What was held back is still to be pushed by a later sync.
         if !held.is_empty() {
             self.changed
                 .store(true, std::sync::atomic::Ordering::SeqCst);
         }
-        if opts.push_to.is_none() && layers == base.manifest.layers {
+        if opts.push_to.is_none() && laid.layers == base.manifest.layers {
             // Nothing that can be pushed changed (only held-back files, modes or times).
             return Ok(None);
         }
         let mut manifest = base.manifest.clone();
-        manifest.layers = layers;
+        manifest.layers = laid.layers;
         let mut annotations = manifest.annotations.clone().unwrap_or_default();
         annotations.insert(
             annotation::CREATED.to_string(),
@@ -227,32 +196,105 @@ impl OrasFs {
             };
             oras::copy_graph(&src, dst.as_ref(), &desc, bytes.clone(), &[tag], &copy_opts).await?;
         }
-        self.adopt_pushed(
-            w,
-            &staged,
-            &sent,
-            new_origin,
-            new_hidden,
-            desc.clone(),
+        let pushed = Pushed {
+            desc: desc.clone(),
             manifest,
             bytes,
-        )?;
+            origins: laid.origins,
+            hidden: laid.hidden,
+        };
+        self.adopt_pushed(w, &staged, &sent, pushed)?;
         Ok(Some(desc))
+    }
+
+    /// What to push and what to hold back (files a crash may have left incomplete, and with
+    /// `hold_open_files` those open for writing), each with its path, in path order.
+    fn plan(&self, opts: &SyncOptions) -> (Planned, Planned) {
+        let open = if opts.hold_open_files {
+            self.writable_inos()
+        } else {
+            Default::default()
+        };
+        let (plan, held): (Planned, Planned) = {
+            let tree = self.tree.read().unwrap();
+            let mut out = Vec::new();
+            collect_files(&tree, ROOT, &mut out);
+            out.into_iter()
+                .partition(|(_, n)| !n.incomplete && !open.contains(&n.ino))
+        };
+        for (path, n) in &held {
+            if n.incomplete {
+                tracing::warn!("not pushing {path}: {}", view::incomplete_notice(path));
+            } else {
+                tracing::warn!("not pushing {path}: it is still open for writing; it stays staged");
+            }
+        }
+        (plan, held)
+    }
+
+    /// The new manifest's layers, in order (see [`arrange`]), and where each node and each
+    /// hidden layer ends up in it.
+    fn lay_out(
+        &self,
+        base: &super::view::Snapshot,
+        plan: &Planned,
+        held: &Planned,
+        sent_by_ino: &HashMap<Ino, Descriptor>,
+    ) -> LaidOut {
+        // Each planned node's layer, with its title.
+        let mut files: Vec<(Ino, Option<usize>, Descriptor)> = Vec::new();
+        for (path, node) in plan {
+            let mut d = match (&node.kind, &node.layer) {
+                (Kind::Dir { .. }, Some(layer)) => layer.clone(),
+                (Kind::File(Source::Blob(d)), _) => d.as_ref().clone(),
+                (Kind::File(Source::Staged(_)), _) => match sent_by_ino.get(&node.ino) {
+                    Some(d) => d.clone(),
+                    None => continue,
+                },
+                _ => continue,
+            };
+            d.set_annotation(annotation::TITLE, path.clone());
+            files.push((node.ino, node.origin, d));
+        }
+        let hidden = self.hidden.read().unwrap().clone();
+        // A held-back file that replaced a base layer keeps that layer as it was.
+        let kept: Vec<usize> = hidden
+            .iter()
+            .copied()
+            .chain(held.iter().filter_map(|(_, n)| n.origin))
+            .collect();
+        let origins: Vec<Option<usize>> = files.iter().map(|f| f.1).collect();
+        let mut out = LaidOut::default();
+        for (j, slot) in arrange(base.manifest.layers.len(), &kept, &origins)
+            .into_iter()
+            .enumerate()
+        {
+            match slot {
+                Slot::Kept(i) => {
+                    if hidden.contains(&i) {
+                        out.hidden.push(j);
+                    } else if let Some((_, n)) = held.iter().find(|(_, n)| n.origin == Some(i)) {
+                        out.origins.insert(n.ino, j);
+                    }
+                    out.layers.push(base.manifest.layers[i].clone());
+                }
+                Slot::File(k) => {
+                    out.origins.insert(files[k].0, j);
+                    out.layers.push(files[k].2.clone());
+                }
+            }
+        }
+        out
     }
 
     /// After a push: the new manifest is the base; pushed files become cached blobs unless
     /// they changed (or are still open for writing); the journal is rewritten or cleared.
-    #[allow(clippy::too_many_arguments)]
     fn adopt_pushed(
         &self,
         w: &Writer,
         staged: &[(&String, &Node, &PathBuf)],
         sent: &[Descriptor],
-        new_origin: HashMap<Ino, usize>,
-        new_hidden: Vec<usize>,
-        desc: Descriptor,
-        manifest: crate::manifest::Manifest,
-        bytes: Bytes,
+        pushed: Pushed,
     ) -> Result<()> {
         let open_for_write = self.writable_inos();
         let mut tree = self.tree.write().unwrap();
@@ -272,14 +314,14 @@ impl OrasFs {
         // Origins now index the new manifest; nodes it does not hold have none.
         let inos: Vec<Ino> = tree.nodes().map(|n| n.ino).collect();
         for ino in inos {
-            tree.get_mut(ino).expect("listed").origin = new_origin.get(&ino).copied();
+            tree.get_mut(ino).expect("listed").origin = pushed.origins.get(&ino).copied();
         }
-        *self.hidden.write().unwrap() = new_hidden;
+        *self.hidden.write().unwrap() = pushed.hidden;
         {
             let mut snap = self.snapshot.write().unwrap();
-            snap.descriptor = desc;
-            snap.manifest = manifest;
-            snap.manifest_bytes = bytes;
+            snap.descriptor = pushed.desc;
+            snap.manifest = pushed.manifest;
+            snap.manifest_bytes = pushed.bytes;
         }
         let notices = self.notices_in(&tree);
         view::refresh_meta_dir(&mut tree, &self.snapshot(), &notices);

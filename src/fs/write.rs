@@ -356,6 +356,13 @@ impl OrasFs {
         }
     }
 
+    /// Extended attributes are not kept. ENOSYS (not ENOTSUP) tells the kernel once for all:
+    /// it then answers EOPNOTSUPP itself, instead of asking for `security.capability` before
+    /// every write (which doubled the requests of a `cp` into a writable mount).
+    pub fn xattr_unsupported(&self) -> Errno {
+        libc::ENOSYS.into()
+    }
+
     /// `symlink`, `link`, `mknod`: OCI layers cannot store them.
     pub fn unsupported_node(&self) -> Errno {
         Errno::from(libc::EPERM)
