@@ -139,9 +139,9 @@ pub fn build(snapshot: &Snapshot, filter: &LayerFilter, read_only: bool) -> View
         ));
     }
     if !filtered.is_empty() {
+        let n = filtered.len();
         filtered.sort();
         filtered.dedup();
-        let n = hidden.len() - untitled - notices.len();
         notices.push(format!(
             "{n} layer(s) of other media types ({}) are hidden by the media-type filter; mount \
              with -t TYPE or -a to see them (a sync keeps them)",

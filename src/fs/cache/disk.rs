@@ -141,14 +141,21 @@ pub(super) fn usage_of(dir: &Path) -> u64 {
         .unwrap_or(0)
 }
 
-/// Bytes used by everything below `dir` (unpacked directory layers).
+/// Bytes used by the files below `dir` (unpacked directory layers).
 pub(super) fn tree_usage(dir: &Path) -> u64 {
     let Ok(rd) = std::fs::read_dir(dir) else {
         return 0;
     };
     rd.flatten()
         .filter_map(|e| Some((e.path(), std::fs::symlink_metadata(e.path()).ok()?)))
-        .map(|(p, m)| m.blocks() * 512 + if m.is_dir() { tree_usage(&p) } else { 0 })
+        // Files' blocks only: directories' own blocks would make an empty cache look used.
+        .map(|(p, m)| {
+            if m.is_dir() {
+                tree_usage(&p)
+            } else {
+                m.blocks() * 512
+            }
+        })
         .sum()
 }
 
