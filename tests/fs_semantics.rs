@@ -412,3 +412,59 @@ async fn chmod_and_times_stay_in_the_mount_and_fsync_and_statfs_answer() {
     };
     assert_eq!(ro.statfs().blocks_available, 0);
 }
+
+#[tokio::test]
+async fn a_change_made_during_a_push_survives_a_crash() {
+    let h = Harness::new(
+        &[("a.txt", b"a\n".to_vec()), ("b.txt", b"b\n".to_vec())],
+        true,
+    );
+    {
+        let fs = h.mount(false).await;
+        let (_, fh) = fs.create(ROOT, OsStr::new("new.txt"), 0o644).unwrap();
+        fs.write(fh, 0, b"n\n").await.unwrap();
+        fs.release(fh);
+        h.target.delay_fetches(Some(Duration::from_millis(300)));
+        let opts = SyncOptions::default();
+        let (pushed, ()) = tokio::join!(fs.sync(&opts), async {
+            // While the manifest is on its way: remove an unchanged file.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            fs.unlink(ROOT, OsStr::new("b.txt")).await.unwrap();
+        });
+        let pushed = pushed.unwrap().unwrap();
+        assert_eq!(h.titles(&pushed), ["a.txt", "b.txt", "new.txt"]);
+        h.target.delay_fetches(None);
+        // The mount dies before the next sync.
+    }
+    let fs = h.mount(false).await;
+    assert_eq!(
+        path_ino_err(&fs, "b.txt").await,
+        libc::ENOENT,
+        "the removal was lost"
+    );
+    let pushed = fs.sync(&SyncOptions::default()).await.unwrap().unwrap();
+    assert_eq!(h.titles(&pushed), ["a.txt", "new.txt"]);
+}
+
+#[tokio::test]
+async fn a_file_stays_marked_as_being_written_until_its_last_writer_closes() {
+    let h = Harness::new(&[("a.txt", b"a\n".to_vec())], true);
+    {
+        let fs = h.mount(false).await;
+        let (_, first) = fs.create(ROOT, OsStr::new("two.bin"), 0o644).unwrap();
+        let ino = path_ino(&fs, "two.bin").await;
+        let second = fs.open(ino, true, false).await.unwrap().fh;
+        fs.write(first, 0, b"first").await.unwrap();
+        fs.write(second, 5, b" and second").await.unwrap();
+        fs.release(first);
+        // The second writer is still busy when the mount dies.
+    }
+    let fs = h.mount(false).await;
+    assert!(
+        fs.notices()
+            .iter()
+            .any(|n| n.contains("two.bin was still open for writing")),
+        "{:?}",
+        fs.notices()
+    );
+}

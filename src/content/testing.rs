@@ -95,7 +95,7 @@ impl TestTarget {
         self.faults.lock().unwrap().corrupt.insert(digest.clone());
     }
 
-    /// Delays every fetch by `delay`.
+    /// Delays every fetch and every manifest push by `delay`.
     pub fn delay_fetches(&self, delay: Option<Duration>) {
         self.faults.lock().unwrap().delay = delay;
     }
@@ -178,6 +178,10 @@ impl Target for TestTarget {
         tag: Option<&str>,
     ) -> Result<()> {
         self.call(Op::PushManifest)?;
+        let delay = self.faults.lock().unwrap().delay;
+        if let Some(d) = delay {
+            tokio::time::sleep(d).await;
+        }
         self.store.push_manifest(desc, bytes, tag).await
     }
 

@@ -279,7 +279,9 @@ impl OrasFs {
     /// Opens a file. Opening for writing fetches nothing: a remote file is copied to a staged
     /// file on the first write or truncate (with `truncate`, an empty one at once).
     pub async fn open(&self, ino: Ino, write: bool, truncate: bool) -> Result<Opened, Errno> {
-        let source = {
+        // The local file is opened and the handle added under the tree lock: a sync adopting a
+        // staged file into the cache (under the write lock) then sees the new writer.
+        let (fh, source) = {
             let tree = self.tree.read().unwrap();
             let node = tree.get(ino).ok_or(Errno::from(libc::ENOENT))?;
             let source = match &node.kind {
@@ -294,17 +296,17 @@ impl OrasFs {
                     return Err(libc::EROFS.into());
                 }
             }
-            source
-        };
-        let file = match &source {
-            Source::Unpacked(p) | Source::Staged(p) => Some(Arc::new(
-                std::fs::OpenOptions::new()
-                    .read(true)
-                    .write(write)
-                    .open(p)
-                    .map_err(os_errno)?,
-            )),
-            _ => None,
+            let file = match &source {
+                Source::Unpacked(p) | Source::Staged(p) => Some(Arc::new(
+                    std::fs::OpenOptions::new()
+                        .read(true)
+                        .write(write)
+                        .open(p)
+                        .map_err(os_errno)?,
+                )),
+                _ => None,
+            };
+            (self.add_handle(ino, source.clone(), file, write), source)
         };
         let keep_cache = self.read_only()
             && match &source {
@@ -312,7 +314,6 @@ impl OrasFs {
                 Source::Inline(_) | Source::Unpacked(_) => true,
                 Source::Staged(_) => false,
             };
-        let fh = self.add_handle(ino, source.clone(), file, write);
         if write {
             let r = if truncate {
                 self.make_local(ino, true).await.map(|_| ())

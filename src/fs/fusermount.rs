@@ -186,12 +186,12 @@ pub fn unmount_with(mountpoint: &Path, lazy: bool) -> Result<bool> {
 }
 
 /// A mountpoint left by a mount process that died (`kill -9`) answers every access with
-/// ENOTCONN. If it is a dead oras-fs mount of this user, returns its absolute path, to be
+/// ENOTCONN (ECONNABORTED while the kernel is still tearing the connection down). If it is a dead oras-fs mount of this user, returns its absolute path, to be
 /// detached (lazily: something may still hold it) so a new mount can go there; if it is
 /// someone else's, says what to do.
 pub fn dead_mount(mountpoint: &Path) -> Result<Option<PathBuf>> {
     match std::fs::metadata(mountpoint) {
-        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {}
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTCONN | libc::ECONNABORTED)) => {}
         _ => return Ok(None),
     }
     let abs = absolute(mountpoint);

@@ -30,9 +30,20 @@ impl OrasFs {
     /// says the file is complete. A crash while a file is being written leaves it marked, and
     /// the next mount holds it back from pushes; a later write marks it again.
     pub fn flush(&self, fh: u64) {
-        let ino = match self.handles.lock().unwrap().get(&fh) {
-            Some(h) if h.writable => h.ino,
-            _ => return,
+        let ino = {
+            let handles = self.handles.lock().unwrap();
+            let ino = match handles.get(&fh) {
+                Some(h) if h.writable => h.ino,
+                _ => return,
+            };
+            // Another writer of the file still has it open: it is not complete yet.
+            if handles
+                .iter()
+                .any(|(other, h)| *other != fh && h.writable && h.ino == ino)
+            {
+                return;
+            }
+            ino
         };
         if !self.writing.lock().unwrap().remove(&ino) {
             return;

@@ -78,7 +78,9 @@ impl OrasFs {
         if self.writer.is_none() || !self.changed.load(Ordering::SeqCst) {
             return Vec::new();
         }
-        let snap = self.snapshot.read().unwrap();
+        // A copy: the tree is locked first everywhere (a sync holds it while it replaces the
+        // snapshot).
+        let snap = self.snapshot();
         let tree = self.tree.read().unwrap();
         let mut present = HashSet::new();
         let mut out = Vec::new();

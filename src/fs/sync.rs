@@ -296,8 +296,9 @@ impl OrasFs {
         sent: &[Descriptor],
         pushed: Pushed,
     ) -> Result<()> {
-        let open_for_write = self.writable_inos();
         let mut tree = self.tree.write().unwrap();
+        // Taken under the tree lock: `open` adds handles under it too.
+        let open_for_write = self.writable_inos();
         for ((_, node, path), d) in staged.iter().zip(sent) {
             let unchanged = tree
                 .get(node.ino)
@@ -328,7 +329,8 @@ impl OrasFs {
         let still_staged = tree
             .nodes()
             .any(|n| matches!(n.kind, Kind::File(Source::Staged(_))));
-        if still_staged {
+        // A change made during the push (a remove, a rename) is in the journal only.
+        if still_staged || self.changed.load(std::sync::atomic::Ordering::SeqCst) {
             self.rewrite_journal(&tree)
                 .map_err(|e| Error::Other(format!("writing the journal: errno {e}")))
         } else {

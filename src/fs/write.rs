@@ -54,13 +54,13 @@ impl OrasFs {
             match &node.kind {
                 Kind::File(Source::Staged(p)) => {
                     let p = p.clone();
+                    if truncate {
+                        // Under the tree lock, as every change of a staged file's bytes
+                        // outside a handle: a sync adopts files into the cache under it.
+                        set_len(&p, 0)?;
+                    }
                     drop(tree);
                     if truncate {
-                        std::fs::OpenOptions::new()
-                            .write(true)
-                            .open(&p)
-                            .and_then(|f| f.set_len(0))
-                            .map_err(os_errno)?;
                         let mut tree = self.tree.write().unwrap();
                         if let Some(n) = tree.get_mut(ino) {
                             n.size = 0;
@@ -290,12 +290,7 @@ impl OrasFs {
         }
         self.writer()?;
         if let Some(size) = size {
-            let path = self.make_local(ino, size == 0).await?;
-            std::fs::OpenOptions::new()
-                .write(true)
-                .open(&path)
-                .and_then(|f| f.set_len(size))
-                .map_err(os_errno)?;
+            self.truncate_staged(ino, size).await?;
         }
         let mut tree = self.tree.write().unwrap();
         let node = tree.get_mut(ino).ok_or(Errno::from(libc::ENOENT))?;
@@ -366,6 +361,36 @@ impl OrasFs {
     /// `symlink`, `link`, `mknod`: OCI layers cannot store them.
     pub fn unsupported_node(&self) -> Errno {
         Errno::from(libc::EPERM)
+    }
+}
+
+/// Sets the length of a local file.
+fn set_len(path: &std::path::Path, size: u64) -> Result<(), Errno> {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .and_then(|f| f.set_len(size))
+        .map_err(|e| Errno::io(&e, "truncating a staged file"))
+}
+
+impl OrasFs {
+    /// Truncates a file's staged copy (made first, copying nothing when `size` is 0). The
+    /// length is set under the tree lock, after checking the copy is still staged: a sync may
+    /// have adopted it into the cache meanwhile, and then the copy is made again.
+    async fn truncate_staged(&self, ino: Ino, size: u64) -> Result<(), Errno> {
+        for _ in 0..3 {
+            let path = self.make_local(ino, size == 0).await?;
+            let tree = self.tree.read().unwrap();
+            match tree.get(ino).map(|n| &n.kind) {
+                Some(Kind::File(Source::Staged(p))) if *p == path => return set_len(&path, size),
+                None => return Err(libc::ENOENT.into()),
+                _ => continue,
+            }
+        }
+        Err(Errno::new(
+            libc::EAGAIN,
+            "truncating a file that syncs keep adopting",
+        ))
     }
 }
 
