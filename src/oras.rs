@@ -120,7 +120,10 @@ pub async fn copy_graph(
         .chain(manifest.layers.iter().cloned())
         .filter(|d| seen.insert(d.digest.clone()))
         .collect();
-    futures_util::stream::iter(blobs.iter().map(|d| copy_blob(src, dst, d, opts)))
+    // The futures are made first: a lazy `map` over borrowed items inside the stream makes the
+    // whole future fail rustc's `Send` proof, so a caller could not spawn it.
+    let copies: Vec<_> = blobs.iter().map(|d| copy_blob(src, dst, d, opts)).collect();
+    futures_util::stream::iter(copies)
         .buffer_unordered(opts.concurrency.max(1))
         .try_collect::<Vec<_>>()
         .await?;

@@ -425,13 +425,15 @@ async fn a_change_made_during_a_push_survives_a_crash() {
         fs.write(fh, 0, b"n\n").await.unwrap();
         fs.release(fh);
         h.target.delay_fetches(Some(Duration::from_millis(300)));
-        let opts = SyncOptions::default();
-        let (pushed, ()) = tokio::join!(fs.sync(&opts), async {
-            // While the manifest is on its way: remove an unchanged file.
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            fs.unlink(ROOT, OsStr::new("b.txt")).await.unwrap();
-        });
-        let pushed = pushed.unwrap().unwrap();
+        // A sync can run as a task of its own (library users spawn it).
+        let syncing = {
+            let fs = fs.clone();
+            tokio::spawn(async move { fs.sync(&SyncOptions::default()).await })
+        };
+        // While the manifest is on its way: remove an unchanged file.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        fs.unlink(ROOT, OsStr::new("b.txt")).await.unwrap();
+        let pushed = syncing.await.unwrap().unwrap().unwrap();
         assert_eq!(h.titles(&pushed), ["a.txt", "b.txt", "new.txt"]);
         h.target.delay_fetches(None);
         // The mount dies before the next sync.

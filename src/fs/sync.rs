@@ -122,14 +122,19 @@ async fn send_staged(
     copy_opts: &CopyOptions,
 ) -> Result<Vec<Descriptor>> {
     use futures_util::{StreamExt, TryStreamExt};
-    futures_util::stream::iter(staged.iter().map(|(path, _, p)| async move {
-        oras::send_file(store, dst, path, Some(media_type), p, copy_opts)
-            .await
-            .map_err(|e| in_mount_terms(e, p, path))
-    }))
-    .buffered(copy_opts.concurrency)
-    .try_collect()
-    .await
+    // Made first, not mapped lazily in the stream: that keeps the sync future spawnable.
+    let sends: Vec<_> = staged
+        .iter()
+        .map(|(path, _, p)| async move {
+            oras::send_file(store, dst, path, Some(media_type), p, copy_opts)
+                .await
+                .map_err(|e| in_mount_terms(e, p, path))
+        })
+        .collect();
+    futures_util::stream::iter(sends)
+        .buffered(copy_opts.concurrency)
+        .try_collect()
+        .await
 }
 
 impl OrasFs {
