@@ -36,6 +36,19 @@ fn open_writer(path: &Path, first: &[u8]) -> std::fs::File {
     f
 }
 
+/// An artifact `base.txt` at a new repository's `v1` (its reference is returned), and a 4 MB
+/// file for a writer: its two halves and the whole.
+fn base_and_halves(name: &str) -> (String, Vec<u8>, Vec<u8>, Vec<u8>) {
+    let repo = unique_repo(name);
+    let r = reference(&repo, "v1");
+    push_contents(&r, &[("base.txt", b"base\n")]);
+    let first = random_bytes(&format!("{repo}-1"), 2_000_000);
+    let second = random_bytes(&format!("{repo}-2"), 2_000_000);
+    let mut whole = first.clone();
+    whole.extend_from_slice(&second);
+    (r, first, second, whole)
+}
+
 #[test]
 fn unmount_waits_for_a_writer_refuses_naming_it_then_pushes_the_whole_file() {
     require_registry!();
@@ -88,13 +101,7 @@ fn unmount_waits_for_a_writer_refuses_naming_it_then_pushes_the_whole_file() {
 #[test]
 fn lazy_unmount_detaches_at_once_and_pushes_after_the_last_close() {
     require_registry!();
-    let repo = unique_repo("life-lazy");
-    let r = reference(&repo, "v1");
-    push_contents(&r, &[("base.txt", b"base\n")]);
-    let first = random_bytes(&format!("{repo}-1"), 2_000_000);
-    let second = random_bytes(&format!("{repo}-2"), 2_000_000);
-    let mut whole = first.clone();
-    whole.extend_from_slice(&second);
+    let (r, first, second, whole) = base_and_halves("life-lazy");
 
     let m = Mount::new(&r, &[]);
     let pid = m.daemon_pid();
@@ -132,13 +139,7 @@ fn lazy_unmount_detaches_at_once_and_pushes_after_the_last_close() {
 #[test]
 fn sigterm_waits_for_a_writer_before_the_final_push() {
     require_registry!();
-    let repo = unique_repo("life-term");
-    let r = reference(&repo, "v1");
-    push_contents(&r, &[("base.txt", b"base\n")]);
-    let first = random_bytes(&format!("{repo}-1"), 2_000_000);
-    let second = random_bytes(&format!("{repo}-2"), 2_000_000);
-    let mut whole = first.clone();
-    whole.extend_from_slice(&second);
+    let (r, first, second, whole) = base_and_halves("life-term");
 
     let m = Mount::new(&r, &[]);
     let mut f = open_writer(&m.join("big.bin"), &first);
