@@ -37,6 +37,13 @@ impl From<i32> for Errno {
     }
 }
 
+/// An I/O error as it is, its message for context (see [`Errno::io`] to say what was done).
+impl From<std::io::Error> for Errno {
+    fn from(e: std::io::Error) -> Errno {
+        Errno::new(e.raw_os_error().unwrap_or(libc::EIO), e.to_string())
+    }
+}
+
 impl PartialEq<i32> for Errno {
     fn eq(&self, other: &i32) -> bool {
         self.errno == *other

@@ -135,10 +135,6 @@ pub struct OrasFs {
     pub(super) last_error: Mutex<Option<String>>,
 }
 
-pub(super) fn os_errno(e: std::io::Error) -> Errno {
-    Errno::new(e.raw_os_error().unwrap_or(libc::EIO), e.to_string())
-}
-
 impl OrasFs {
     /// Builds the view of a snapshot, or of an earlier mount's pending changes (`journal`).
     /// A manifest the mount would break by pushing files (a container image) mounts
@@ -302,7 +298,7 @@ impl OrasFs {
                         .read(true)
                         .write(write)
                         .open(p)
-                        .map_err(os_errno)?,
+                        .map_err(Errno::from)?,
                 )),
                 _ => None,
             };
@@ -373,7 +369,7 @@ impl OrasFs {
                 .read(true)
                 .write(true)
                 .open(&path)
-                .map_err(os_errno)?,
+                .map_err(Errno::from)?,
         );
         let mut handles = self.handles.lock().unwrap();
         let h = handles.get_mut(&fh).ok_or(Errno::from(libc::EBADF))?;
@@ -416,7 +412,7 @@ impl OrasFs {
                     match file.read_at(&mut buf[n..], offset + n as u64) {
                         Ok(0) => break,
                         Ok(k) => n += k,
-                        Err(e) => return Err(os_errno(e)),
+                        Err(e) => return Err(Errno::from(e)),
                     }
                 }
                 buf.truncate(n);

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use super::cache::Errno;
-use super::filesystem::{os_errno, Attr, OrasFs, RenameHow, SetAttr, Writer};
+use super::filesystem::{Attr, OrasFs, RenameHow, SetAttr, Writer};
 use super::paths::{private_file, private_options};
 use super::staging::Record;
 use super::tree::{empty_dir, Ino, Kind, Node, Source, Tree};
@@ -76,7 +76,7 @@ impl OrasFs {
         };
         let (_name, path) = w.staging.new_file();
         if truncate {
-            private_file(&path, false).map_err(os_errno)?;
+            private_file(&path, false).map_err(Errno::from)?;
         } else {
             // Streams the verified blob, so it works for blobs the disk cache cannot hold.
             if let Err(e) = self.cache.copy_to(&desc, &path).await {
@@ -123,7 +123,7 @@ impl OrasFs {
             .write(true)
             .create_new(true)
             .open(&path)
-            .map_err(os_errno)?;
+            .map_err(Errno::from)?;
         let source = Source::Staged(path);
         let ino = tree
             .add_child(
@@ -323,7 +323,7 @@ impl OrasFs {
         }
         let (ino, file) = self.writable_file(fh).await?;
         self.mark_writing(ino)?;
-        file.write_all_at(data, offset).map_err(os_errno)?;
+        file.write_all_at(data, offset).map_err(Errno::from)?;
         self.changed.store(true, Ordering::SeqCst);
         let mut tree = self.tree.write().unwrap();
         if let Some(n) = tree.get_mut(ino) {
@@ -343,10 +343,10 @@ impl OrasFs {
             .get(&fh)
             .and_then(|h| h.file.clone());
         if let Some(f) = file {
-            f.sync_data().map_err(os_errno)?;
+            f.sync_data().map_err(Errno::from)?;
         }
         match &self.writer {
-            Some(w) => w.staging.flush().map_err(os_errno),
+            Some(w) => w.staging.flush().map_err(Errno::from),
             None => Ok(()),
         }
     }

@@ -274,7 +274,7 @@ impl BlobCache {
             .create(true)
             .truncate(true)
             .open(dest)
-            .map_err(os_errno)?;
+            .map_err(Errno::from)?;
         if blob.stored() {
             return copy_stored(&blob, out).await;
         }
@@ -310,7 +310,7 @@ impl BlobCache {
                 return Err(libc::EIO.into());
             }
             hasher.update(&chunk);
-            out.write_all(&chunk).map_err(os_errno)?;
+            out.write_all(&chunk).map_err(Errno::from)?;
         }
         if size != desc.size {
             tracing::error!("fetching {}: {size} of {} bytes", desc.digest, desc.size);
@@ -353,11 +353,6 @@ impl BlobCache {
     }
 }
 
-/// The errno of an I/O error (EIO if it has none).
-fn os_errno(e: std::io::Error) -> Errno {
-    Errno::new(e.raw_os_error().unwrap_or(libc::EIO), e.to_string())
-}
-
 /// Copies a stored blob to `out`, from our descriptor: the file may have been evicted by
 /// another mount.
 async fn copy_stored(blob: &Arc<Blob>, mut out: File) -> Result<(), Errno> {
@@ -368,8 +363,8 @@ async fn copy_stored(blob: &Arc<Blob>, mut out: File) -> Result<(), Errno> {
         let mut at = 0u64;
         while at < b.desc.size {
             let n = (b.desc.size - at).min(BLOCK) as usize;
-            src.read_exact_at(&mut buf[..n], at).map_err(os_errno)?;
-            out.write_all(&buf[..n]).map_err(os_errno)?;
+            src.read_exact_at(&mut buf[..n], at).map_err(Errno::from)?;
+            out.write_all(&buf[..n]).map_err(Errno::from)?;
             at += n as u64;
         }
         Ok(())
