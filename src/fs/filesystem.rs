@@ -490,8 +490,7 @@ impl OrasFs {
         // stays within --cache-size (a gzip bomb stops here).
         let room = self
             .cache
-            .disk_usage()
-            .1
+            .disk_limit()
             .saturating_sub(self.cache.unpacked_usage());
         let opts = FileStoreOptions {
             max_unpacked_size: UnpackLimit::Bytes(room),

@@ -133,6 +133,11 @@ impl BlobCache {
         (total, self.options.disk_limit)
     }
 
+    /// The bound of the disk cache (`--cache-size`).
+    pub fn disk_limit(&self) -> u64 {
+        self.options.disk_limit
+    }
+
     /// Bytes of the unpacked directory layers. They are never evicted (a mount reads their
     /// files by path), so what is left of the bound for another unpack is the bound less
     /// these; blobs make room by eviction as usual.
