@@ -404,7 +404,6 @@ async fn wait_for_writers(fs: &OrasFs, limit: Duration) -> Vec<String> {
 }
 
 /// Adds where the unpushed changes are and how to push them.
-/// Adds where the unpushed changes are and how to push them.
 pub(super) fn staged_hint(e: Error, fs: &OrasFs) -> Error {
     Error::Other(format!(
         "{e}\nThe changes stay staged; mount {} again and run `oras-fs sync MOUNTPOINT` to push them.",
