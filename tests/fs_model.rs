@@ -273,10 +273,7 @@ async fn shown(fs: &OrasFs) -> BTreeMap<String, Node> {
 }
 
 async fn check(ops: Vec<Op>) -> Result<(), TestCaseError> {
-    let h = Harness::new(
-        &[("a", b"base a".to_vec()), ("e/b", b"base b".to_vec())],
-        true,
-    );
+    let h = Harness::new(&[("a", b"base a".to_vec()), ("e/b", b"base b".to_vec())]);
     let mut model = Model::default();
     model.0.insert("a".into(), Node::File(b"base a".to_vec()));
     model.0.insert("e".into(), Node::Dir);

@@ -18,10 +18,7 @@ const MIB: usize = 1024 * 1024;
 
 #[tokio::test]
 async fn ls_and_stat_fetch_nothing() {
-    let h = Harness::new(
-        &[("a.txt", b"a\n".to_vec()), ("d/b.bin", vec![7; 300_000])],
-        true,
-    );
+    let h = Harness::new(&[("a.txt", b"a\n".to_vec()), ("d/b.bin", vec![7; 300_000])]);
     let fs = h.mount(true).await;
     let names: Vec<_> = fs
         .readdir(ROOT)
@@ -47,7 +44,7 @@ async fn ls_and_stat_fetch_nothing() {
 #[tokio::test]
 async fn a_small_random_read_of_a_large_file_fetches_one_block() {
     let big = pattern(16 * MIB);
-    let h = Harness::new(&[("big.bin", big.clone())], true);
+    let h = Harness::new(&[("big.bin", big.clone())]);
     let fs = h.mount(true).await;
     let ino = path_ino(&fs, "big.bin").await;
     let o = fs.open(ino, false, false).await.unwrap();
@@ -64,7 +61,7 @@ async fn a_small_random_read_of_a_large_file_fetches_one_block() {
 #[tokio::test]
 async fn two_readers_of_one_block_share_one_fetch() {
     let big = pattern(8 * MIB);
-    let h = Harness::new(&[("big.bin", big.clone())], true);
+    let h = Harness::new(&[("big.bin", big.clone())]);
     let fs = h.mount(true).await;
     let ino = path_ino(&fs, "big.bin").await;
     h.target.delay_fetches(Some(Duration::from_millis(200)));
@@ -81,7 +78,7 @@ async fn two_readers_of_one_block_share_one_fetch() {
 
 #[tokio::test]
 async fn a_corrupt_blob_reads_as_eio_and_is_not_cached() {
-    let h = Harness::new(&[("small.txt", b"small and precious\n".to_vec())], true);
+    let h = Harness::new(&[("small.txt", b"small and precious\n".to_vec())]);
     let fs = h.mount(true).await;
     let ino = path_ino(&fs, "small.txt").await;
     let digest = h.layer_digest("small.txt");
@@ -98,14 +95,11 @@ async fn a_corrupt_blob_reads_as_eio_and_is_not_cached() {
 
 #[tokio::test]
 async fn opening_for_writing_and_truncating_fetch_nothing() {
-    let h = Harness::new(
-        &[
-            ("a.bin", pattern(6 * MIB)),
-            ("b.bin", pattern(100)),
-            ("c.bin", pattern(1000)),
-        ],
-        true,
-    );
+    let h = Harness::new(&[
+        ("a.bin", pattern(6 * MIB)),
+        ("b.bin", pattern(100)),
+        ("c.bin", pattern(1000)),
+    ]);
     let fs = h.mount(false).await;
     let a = path_ino(&fs, "a.bin").await;
     let o = fs.open(a, true, false).await.unwrap();
@@ -135,7 +129,7 @@ async fn opening_for_writing_and_truncating_fetch_nothing() {
 
 #[tokio::test]
 async fn a_renamed_unchanged_file_uploads_nothing() {
-    let h = Harness::new(&[("a.txt", b"a\n".to_vec())], true);
+    let h = Harness::new(&[("a.txt", b"a\n".to_vec())]);
     let fs = h.mount(false).await;
     fs.rename(
         ROOT,
@@ -154,7 +148,7 @@ async fn a_renamed_unchanged_file_uploads_nothing() {
 
 #[tokio::test]
 async fn a_moved_tag_is_refused_and_the_changes_stay() {
-    let h = Harness::new(&[("a.txt", b"a\n".to_vec())], true);
+    let h = Harness::new(&[("a.txt", b"a\n".to_vec())]);
     let fs = h.mount(false).await;
     let (_, fh) = fs.create(ROOT, OsStr::new("new.txt"), 0o644).unwrap();
     fs.write(fh, 0, b"mine\n").await.unwrap();
@@ -177,10 +171,7 @@ async fn a_moved_tag_is_refused_and_the_changes_stay() {
 
 #[tokio::test]
 async fn the_journal_is_restored_by_the_next_mount() {
-    let h = Harness::new(
-        &[("a.txt", b"a\n".to_vec()), ("gone.txt", b"g\n".to_vec())],
-        true,
-    );
+    let h = Harness::new(&[("a.txt", b"a\n".to_vec()), ("gone.txt", b"g\n".to_vec())]);
     {
         let fs = h.mount(false).await;
         let (_, fh) = fs.create(ROOT, OsStr::new("new.txt"), 0o640).unwrap();
@@ -213,10 +204,7 @@ async fn the_journal_is_restored_by_the_next_mount() {
 
 #[tokio::test]
 async fn every_errno_in_the_table() {
-    let h = Harness::new(
-        &[("a.txt", b"a\n".to_vec()), ("d/x.txt", b"x\n".to_vec())],
-        true,
-    );
+    let h = Harness::new(&[("a.txt", b"a\n".to_vec()), ("d/x.txt", b"x\n".to_vec())]);
     let ro = h.mount(true).await;
     assert_eq!(
         ro.create(ROOT, OsStr::new("n"), 0o644).unwrap_err(),
@@ -386,7 +374,7 @@ fn walk_size(dir: &std::path::Path) -> u64 {
 
 #[tokio::test]
 async fn chmod_and_times_stay_in_the_mount_and_fsync_and_statfs_answer() {
-    let h = Harness::new(&[("a.txt", b"a\n".to_vec())], true);
+    let h = Harness::new(&[("a.txt", b"a\n".to_vec())]);
     let fs = h.mount(false).await;
     let a = path_ino(&fs, "a.txt").await;
     let t = std::time::UNIX_EPOCH + Duration::from_secs(1_000_000);
@@ -415,10 +403,7 @@ async fn chmod_and_times_stay_in_the_mount_and_fsync_and_statfs_answer() {
 
 #[tokio::test]
 async fn a_change_made_during_a_push_survives_a_crash() {
-    let h = Harness::new(
-        &[("a.txt", b"a\n".to_vec()), ("b.txt", b"b\n".to_vec())],
-        true,
-    );
+    let h = Harness::new(&[("a.txt", b"a\n".to_vec()), ("b.txt", b"b\n".to_vec())]);
     {
         let fs = h.mount(false).await;
         let (_, fh) = fs.create(ROOT, OsStr::new("new.txt"), 0o644).unwrap();
@@ -450,7 +435,7 @@ async fn a_change_made_during_a_push_survives_a_crash() {
 
 #[tokio::test]
 async fn a_file_stays_marked_as_being_written_until_its_last_writer_closes() {
-    let h = Harness::new(&[("a.txt", b"a\n".to_vec())], true);
+    let h = Harness::new(&[("a.txt", b"a\n".to_vec())]);
     {
         let fs = h.mount(false).await;
         let (_, first) = fs.create(ROOT, OsStr::new("two.bin"), 0o644).unwrap();

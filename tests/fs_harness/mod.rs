@@ -91,7 +91,7 @@ pub fn pattern(n: usize) -> Vec<u8> {
 
 impl Harness {
     /// An artifact of files (`path`, bytes) with the default media type, tagged `v1`.
-    pub fn new(files: &[(&str, Vec<u8>)], _read_only_ok: bool) -> Harness {
+    pub fn new(files: &[(&str, Vec<u8>)]) -> Harness {
         let layers: Vec<Layer> = files.iter().map(|(p, d)| Layer::file(p, d, None)).collect();
         Self::with_layers(&layers)
     }
