@@ -3,6 +3,8 @@
 //! The map, bottom up (each module uses only those above it in this list):
 //! - [`error`], [`digest`]: the one error type; content digests and their verification.
 //! - [`reference`], [`manifest`]: the data types of the OCI world.
+//! - [`archive`]: layer formats as bytes: seekable (eStargz) layers, gzip seek indexes, image
+//!   layer merges; no network, no FUSE.
 //! - [`content`]: the [`content::Target`] abstraction (fetch, push, resolve) with a memory
 //!   store, a file-directory store and an OCI image layout.
 //! - [`auth`]: credentials (flags, Docker credential store) and bearer tokens.
@@ -12,6 +14,7 @@
 //!   writable mount's sync pushes through [`oras`].
 //! - `cli` (in the binary): argument parsing and output; a thin shell over the above.
 
+pub mod archive;
 pub mod auth;
 pub mod content;
 pub mod digest;

@@ -1,0 +1,1 @@
+//! Gzip seek index (placeholder).

@@ -1,0 +1,1 @@
+//! Image layers merged (placeholder; see docs/DESIGN.md).

@@ -1,0 +1,124 @@
+//! Layer archive formats, as bytes: what is in a tar+gzip layer and which byte ranges hold
+//! one file. No FUSE and no network here: `push`/`pull` (through `content::file`), `index`
+//! and the mount all ask this module, and it is unit-tested on bytes.
+//!
+//! - [`seekable`]: the seekable (eStargz-compatible) layer: writer, footer and TOC reader.
+//! - [`gzindex`]: a seek index for any gzip stream (zran checkpoints) and the tar listing
+//!   built in the same streaming pass, for layers other tools pushed.
+//! - [`merge`]: container image layers applied in order, with OCI whiteouts.
+//!
+//! Both seekable layers and indexed layers describe a file the same way: a list of
+//! [`Chunk`]s, each with its own sha256, so that nothing is served before it is verified
+//! even though the layer's own digest can only be checked on a whole download.
+
+pub mod gzindex;
+pub mod merge;
+pub mod seekable;
+
+use crate::digest::Digest;
+
+/// One entry of a layer's tar, checked: `path` is relative, `/`-separated, without `.`,
+/// `..`, empty or NUL components (readers refuse entries that are not).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub path: String,
+    pub kind: EntryKind,
+    /// Permission bits with setuid/setgid/sticky (`0o7777` at most).
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// Seconds since the epoch.
+    pub mtime: i64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EntryKind {
+    Dir,
+    /// A regular file of `size` bytes whose data is in `chunks` (in order, covering
+    /// `0..size` exactly; empty for an empty file).
+    File { size: u64, chunks: Vec<Chunk> },
+    Symlink { target: String },
+    /// A hard link to the entry at `target` (a path as checked as `Entry::path`).
+    Hardlink { target: String },
+    /// Character and block devices, FIFOs: listed, never read.
+    Special,
+}
+
+/// A piece of a file's data and where to find it in the layer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Chunk {
+    /// Where the piece starts within the file.
+    pub file_offset: u64,
+    pub len: u64,
+    /// The sha256 of the piece's bytes: checked before they are served.
+    pub digest: Digest,
+    pub at: ChunkAt,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ChunkAt {
+    /// A gzip member of the layer blob at `offset..end` (compressed bytes) whose output
+    /// starts with this piece (seekable layers).
+    Member { offset: u64, end: u64 },
+    /// At `offset` in the layer's uncompressed stream; a [`gzindex::Index`] says where to
+    /// start decompressing (indexed layers).
+    Stream { offset: u64 },
+}
+
+/// Why a TOC, an index or a tar could not be used (a clean refusal, never a panic).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct FormatError(pub String);
+
+impl FormatError {
+    pub fn new(msg: impl Into<String>) -> Self {
+        FormatError(msg.into())
+    }
+}
+
+impl From<FormatError> for crate::Error {
+    fn from(e: FormatError) -> Self {
+        crate::Error::Other(e.0)
+    }
+}
+
+/// Checks and normalises a path from a tar or TOC: strips a leading `./` and a trailing `/`,
+/// refuses absolute paths, `..`, NUL and empty results.
+pub fn clean_path(raw: &str) -> Result<String, FormatError> {
+    if raw.contains('\0') {
+        return Err(FormatError::new(format!("entry name {raw:?} contains NUL")));
+    }
+    if raw.starts_with('/') {
+        return Err(FormatError::new(format!("entry name {raw:?} is absolute")));
+    }
+    let mut parts = Vec::new();
+    for c in raw.split('/') {
+        match c {
+            "" | "." => {}
+            ".." => {
+                return Err(FormatError::new(format!(
+                    "entry name {raw:?} climbs out with '..'"
+                )))
+            }
+            c => parts.push(c),
+        }
+    }
+    if parts.is_empty() {
+        return Err(FormatError::new(format!("entry name {raw:?} is empty")));
+    }
+    Ok(parts.join("/"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clean_path_normalises_and_refuses() {
+        assert_eq!(clean_path("./a//b/").unwrap(), "a/b");
+        assert!(clean_path("/etc/passwd").is_err());
+        assert!(clean_path("a/../../x").is_err());
+        assert!(clean_path("a\0b").is_err());
+        assert!(clean_path("./").is_err());
+    }
+}

@@ -1,0 +1,1 @@
+//! Seekable layers (placeholder).
