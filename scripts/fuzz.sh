@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs the cargo-fuzz targets in fuzz/ (reference, manifest, www_authenticate, tar_unpack).
+# Runs the cargo-fuzz targets in fuzz/ (reference, manifest, www_authenticate, tar_unpack,
+# seekable_toc, gzip_index).
 #
 #   scripts/fuzz.sh --smoke              # each target for a few seconds (CI): they never rot
 #   scripts/fuzz.sh [--time SECS] [TARGET...]   # longer runs (default 300 s each)
@@ -18,7 +19,7 @@ set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 FUZZ="$REPO/fuzz"
-ALL_TARGETS=(reference manifest www_authenticate tar_unpack)
+ALL_TARGETS=(reference manifest www_authenticate tar_unpack seekable_toc gzip_index)
 
 time_limit=300
 runs=""
