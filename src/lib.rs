@@ -10,6 +10,7 @@
 //! - [`auth`]: credentials (flags, Docker credential store) and bearer tokens.
 //! - [`registry`]: a remote repository as a `Target`, speaking the distribution protocol.
 //! - [`oras`]: `push` (of files), `pull` and `copy`, built only from `Target` calls.
+//! - [`layer_index`]: seek indexes of gzip layers, published and found as referrers.
 //! - [`fs`]: the FUSE filesystem (tree, block cache, POSIX semantics, the fuser adapter); a
 //!   writable mount's sync pushes through [`oras`].
 //! - `cli` (in the binary): argument parsing and output; a thin shell over the above.
@@ -20,6 +21,7 @@ pub mod content;
 pub mod digest;
 pub mod error;
 pub mod fs;
+pub mod layer_index;
 pub mod manifest;
 pub mod oras;
 pub mod reference;

@@ -36,10 +36,17 @@ pub enum EntryKind {
     Dir,
     /// A regular file of `size` bytes whose data is in `chunks` (in order, covering
     /// `0..size` exactly; empty for an empty file).
-    File { size: u64, chunks: Vec<Chunk> },
-    Symlink { target: String },
+    File {
+        size: u64,
+        chunks: Vec<Chunk>,
+    },
+    Symlink {
+        target: String,
+    },
     /// A hard link to the entry at `target` (a path as checked as `Entry::path`).
-    Hardlink { target: String },
+    Hardlink {
+        target: String,
+    },
     /// Character and block devices, FIFOs: listed, never read.
     Special,
 }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use clap::{Args, Subcommand};
 use futures_util::StreamExt;
+use oras_fs::content::file::UnpackLimit;
 use oras_fs::content::{self, FileStore, Target};
 use oras_fs::manifest::{media_type, Descriptor, Manifest, MAX_MANIFEST_SIZE};
 use oras_fs::oras::{self, CopyOptions, PackOptions};
@@ -549,6 +550,52 @@ pub async fn attach(a: AttachArgs) -> Result<()> {
                 subject.digest
             );
             outln!("Digest: {}", desc.digest);
+        }
+    }
+    Ok(())
+}
+
+#[derive(Args, Debug)]
+pub struct IndexArgs {
+    /// What to index: registry/repo:tag|@digest (an artifact or a container image)
+    pub reference: String,
+    /// Most a layer may decompress to while it is indexed (e.g. 10G, or `unlimited`).
+    /// Default: 32 times its compressed size, at least 256M.
+    #[arg(long, value_name = "SIZE", value_parser = super::transfer::parse_unpack_limit)]
+    pub max_unpacked_size: Option<UnpackLimit>,
+    #[arg(long, value_enum, default_value_t)]
+    pub format: Format,
+    #[command(flatten)]
+    pub target: TargetArgs,
+}
+
+/// Builds the seek indexes of a manifest's gzip layers (one streaming pass each) and attaches
+/// them as one referrer, so that mounts anywhere read single files of those layers lazily.
+pub async fn index(a: IndexArgs) -> Result<()> {
+    let o = a.target.open(&a.reference, false)?;
+    let (subject, _, manifest) = content::fetch_manifest(o.target.as_ref(), &o.reference()).await?;
+    let limit = a.max_unpacked_size.unwrap_or(UnpackLimit::Auto);
+    let published = oras_fs::layer_index::publish(o.target.as_ref(), &subject, &manifest, |l| {
+        limit.for_layer(l.size).unwrap_or(u64::MAX)
+    })
+    .await?;
+    let reference = |d: &Descriptor| format!("{}@{}", o.base, d.digest);
+    match (a.format, published) {
+        (Format::Json, p) => outln!(
+            "{}",
+            serde_json::json!({
+                "reference": reference(&subject),
+                "indexed": p.as_ref().map_or(0, |(_, n)| *n),
+                "referrer": p.map(|(d, _)| reference(&d)),
+            })
+        ),
+        (Format::Text, None) => outln!(
+            "No layer of {} needs a seek index (none is tar+gzip without a TOC)",
+            reference(&subject)
+        ),
+        (Format::Text, Some((d, n))) => {
+            outln!("Indexed {n} layer(s) of {}", reference(&subject));
+            outln!("Referrer: {}", reference(&d));
         }
     }
     Ok(())

@@ -69,6 +69,9 @@ pub enum Command {
     Attach(manage::AttachArgs),
     /// Show the artifacts that refer to a subject.
     Discover(manage::DiscoverArgs),
+    /// Attach seek indexes of an artifact's or image's tar+gzip layers, so that mounts read
+    /// single files of them without downloading whole layers.
+    Index(manage::IndexArgs),
     /// Store credentials for a registry in the Docker credential store.
     Login(remote::LoginArgs),
     /// Remove stored credentials for a registry.
@@ -92,6 +95,7 @@ pub async fn run(cli: Cli) -> oras_fs::Result<()> {
         Command::Repo(c) => manage::repo(c).await,
         Command::Attach(a) => manage::attach(a).await,
         Command::Discover(a) => manage::discover(a).await,
+        Command::Index(a) => manage::index(a).await,
         Command::Login(a) => remote::login(a).await,
         Command::Logout(a) => remote::logout(a),
     }

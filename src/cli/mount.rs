@@ -58,6 +58,9 @@ pub struct MountArgs {
     /// Let other users see the mount (needs user_allow_other in /etc/fuse.conf for non-root).
     #[arg(long)]
     pub allow_other: bool,
+    /// A container image: show its layers side by side (`0/`, `1/`, ...) instead of merged.
+    #[arg(long)]
+    pub layers: bool,
     #[command(flatten)]
     pub target: TargetArgs,
 }
@@ -150,6 +153,7 @@ pub async fn mount(args: MountArgs) -> Result<()> {
             allow_all: args.allow_all,
         },
         read_only: !writable,
+        layers_apart: args.layers,
     };
     let digest = snapshot.descriptor.digest.clone();
     let fs = Arc::new(OrasFs::new(cache, snapshot, options, writer, journal)?);

@@ -287,7 +287,7 @@ pub struct PullArgs {
 }
 
 /// `--max-unpacked-size`: a size, or `unlimited`.
-fn parse_unpack_limit(s: &str) -> std::result::Result<UnpackLimit, String> {
+pub(super) fn parse_unpack_limit(s: &str) -> std::result::Result<UnpackLimit, String> {
     if s.eq_ignore_ascii_case("unlimited") {
         return Ok(UnpackLimit::Unlimited);
     }

@@ -16,11 +16,13 @@ use bytes::Bytes;
 
 use super::cache::{BlobCache, Errno};
 use super::handle::{Handle, INITIAL_WINDOW};
+use super::layer::{self, LayerState};
 use super::staging::{Journal, Staging};
 pub use super::status::MountStatus;
-use super::tree::{Ino, Kind, Node, Source, Tree, ROOT};
+use super::tree::{Ino, Kind, Node, Pending, Source, Tree, ROOT};
 use super::view;
 pub use super::view::Snapshot;
+use crate::archive::{self, seekable};
 use crate::content::Target;
 use crate::manifest::Descriptor;
 use crate::oras::LayerFilter;
@@ -48,7 +50,22 @@ pub struct Attr {
 pub struct MountOptions {
     pub filter: LayerFilter,
     pub read_only: bool,
+    /// An image shows its layers side by side (`0/`, `1/`, ...) instead of merged.
+    pub layers_apart: bool,
 }
+
+/// What a directory's first access found: files unpacked on disk, or entries of layers.
+enum Filled {
+    Dir(PathBuf),
+    Entries(Vec<LayerEntry>),
+}
+
+/// An entry of a layer, the layer, and its seek index if it has one.
+pub(super) type LayerEntry = (
+    archive::Entry,
+    Arc<Descriptor>,
+    Option<Arc<archive::gzindex::Index>>,
+);
 
 /// An open file.
 #[derive(Clone, Copy, Debug)]
@@ -133,6 +150,8 @@ pub struct OrasFs {
     pub(super) notices: Vec<String>,
     /// The last error a user could not see (a failed fetch or push in the background).
     pub(super) last_error: Mutex<Option<String>>,
+    /// Listings of layers and recently decompressed chunks of files inside them.
+    pub(super) layers: LayerState,
 }
 
 impl OrasFs {
@@ -159,11 +178,11 @@ impl OrasFs {
                 let mut v = view::from_journal(&snapshot, j, &w.staging);
                 if j.hidden.is_none() {
                     // An older journal did not record them: what this filter hides.
-                    v.hidden = view::build(&snapshot, &options.filter, false).hidden;
+                    v.hidden = view::build(&snapshot, &options.filter, false, false).hidden;
                 }
                 v
             }
-            _ => view::build(&snapshot, &options.filter, read_only),
+            _ => view::build(&snapshot, &options.filter, read_only, options.layers_apart),
         };
         let notices: Vec<String> = reason.into_iter().chain(v.notices).collect();
         view::add_meta_dir(&mut v.tree, &snapshot, &notices)?;
@@ -186,6 +205,7 @@ impl OrasFs {
             gid,
             notices,
             last_error: Mutex::new(None),
+            layers: LayerState::default(),
         })
     }
 
@@ -214,8 +234,8 @@ impl OrasFs {
             perm: n.perm,
             mtime: n.mtime,
             nlink: if kind == FileKind::Dir { 2 } else { 1 },
-            uid: self.uid,
-            gid: self.gid,
+            uid: n.owner.map_or(self.uid, |o| o.0),
+            gid: n.owner.map_or(self.gid, |o| o.1),
         }
     }
 
@@ -288,7 +308,10 @@ impl OrasFs {
             if write {
                 self.writer()?;
                 Self::check_mutable(node)?;
-                if matches!(source, Source::Unpacked(_) | Source::Inline(_)) {
+                if matches!(
+                    source,
+                    Source::Unpacked(_) | Source::Inline(_) | Source::Layer(_)
+                ) {
                     return Err(libc::EROFS.into());
                 }
             }
@@ -307,7 +330,8 @@ impl OrasFs {
         let keep_cache = self.read_only()
             && match &source {
                 Source::Blob(d) => self.cache.is_verified(d),
-                Source::Inline(_) | Source::Unpacked(_) => true,
+                // Every chunk is verified before it is served.
+                Source::Inline(_) | Source::Unpacked(_) | Source::Layer(_) => true,
                 Source::Staged(_) => false,
             };
         if write {
@@ -400,6 +424,7 @@ impl OrasFs {
         }
         match (source, file) {
             (Source::Blob(desc), _) => self.cache.read(&desc, offset, size as u64, prefetch).await,
+            (Source::Layer(f), _) => self.read_layer_file(&f, offset, size as u64).await,
             (Source::Inline(b), _) => {
                 let start = (offset as usize).min(b.len());
                 let end = start.saturating_add(size as usize).min(b.len());
@@ -446,32 +471,107 @@ impl OrasFs {
         stats
     }
 
-    /// Fills in a directory layer's contents on first access: fetches (verified) and unpacks
-    /// it into the cache once per digest.
+    /// Fills in a directory's contents on first access: a directory layer's (from its TOC or
+    /// seek index, else unpacked into the cache once per digest), an image's root filesystem
+    /// (its layers' listings merged), or one image layer's.
     pub(super) async fn expand(&self, ino: Ino) -> Result<(), Errno> {
         let pending = self.with_node(ino, |n| match &n.kind {
             Kind::Dir {
-                pending_layer: Some(d),
-                ..
-            } => Some(d.clone()),
+                pending: Some(p), ..
+            } => Some(p.as_ref().clone()),
             _ => None,
         })?;
         let Some(pending) = pending else {
             return Ok(());
         };
-        let dir = self.unpacked_dir(&pending).await?;
+        let filled = match &pending {
+            Pending::Layer(desc) if layer::lazy_format(desc).is_some() => {
+                match self.listing(desc).await {
+                    Ok(l) => Filled::Entries(self.layer_entries(desc, &l, desc.title())),
+                    // A gzip layer that cannot be indexed may still unpack (a TOC that
+                    // fails its checks is never used).
+                    Err(e) if desc.annotation(seekable::TOC_DIGEST_ANNOTATION).is_none() => {
+                        tracing::warn!("{}: {e}; unpacking it whole instead", desc.digest);
+                        Filled::Dir(self.unpacked_dir(desc).await?)
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            Pending::Layer(desc) => Filled::Dir(self.unpacked_dir(desc).await?),
+            Pending::Rootfs(desc) => {
+                let l = self.listing(desc).await?;
+                Filled::Entries(self.layer_entries(desc, &l, None))
+            }
+            Pending::Image(layers) => {
+                let listings =
+                    futures_util::future::try_join_all(layers.iter().map(|l| self.listing(l)))
+                        .await?;
+                let lists: Vec<Vec<archive::Entry>> =
+                    listings.iter().map(|l| l.entries.clone()).collect();
+                let (merged, skipped) = archive::merge::merge(&lists);
+                if skipped.dangling_links > 0 {
+                    tracing::warn!(
+                        "{} hard link(s) of the image point nowhere and are not shown",
+                        skipped.dangling_links
+                    );
+                }
+                let files = merged
+                    .into_iter()
+                    .map(|m| {
+                        let index = listings[m.layer].index.clone();
+                        (m.entry, Arc::new(layers[m.layer].clone()), index)
+                    })
+                    .collect();
+                Filled::Entries(files)
+            }
+        };
         let mut tree = self.tree.write().unwrap();
         if let Some(Node {
-            kind: Kind::Dir { pending_layer, .. },
+            kind: Kind::Dir { pending, .. },
             ..
         }) = tree.get_mut(ino)
         {
-            if pending_layer.take().is_none() {
+            if pending.take().is_none() {
                 return Ok(()); // Another thread got here first.
             }
         }
-        view::add_local_tree(&mut tree, ino, &dir, self.options.read_only);
+        match filled {
+            Filled::Dir(dir) => view::add_local_tree(&mut tree, ino, &dir, self.options.read_only),
+            Filled::Entries(files) => {
+                let owners = !matches!(pending, Pending::Layer(_));
+                let skipped = view::add_entries(&mut tree, ino, files, owners);
+                if skipped > 0 {
+                    tracing::warn!("{skipped} entries of {} are not shown", tree.path_of(ino));
+                }
+            }
+        }
         Ok(())
+    }
+
+    /// A layer's entries as the mount shows them: below `title/` for an artifact's directory
+    /// layer (the oras layout), whole for an image layer.
+    fn layer_entries(
+        &self,
+        desc: &Descriptor,
+        listing: &Arc<layer::Listing>,
+        title: Option<&str>,
+    ) -> Vec<LayerEntry> {
+        let (entries, _) = archive::merge::single(&listing.entries);
+        let layer = Arc::new(view::untitled_copy(desc));
+        let prefix = title.map(|t| format!("{}/", t.trim_end_matches('/')));
+        let under_title = prefix
+            .as_deref()
+            .is_some_and(|p| entries.iter().any(|m| m.entry.path.starts_with(p)));
+        entries
+            .into_iter()
+            .filter_map(|m| {
+                let mut e = m.entry;
+                if under_title {
+                    e.path = e.path.strip_prefix(prefix.as_deref()?)?.to_string();
+                }
+                Some((e, layer.clone(), listing.index.clone()))
+            })
+            .collect()
     }
 
     pub(super) async fn unpacked_dir(&self, desc: &Descriptor) -> Result<PathBuf, Errno> {

@@ -24,14 +24,36 @@ pub enum Source {
     Staged(PathBuf),
     /// Small generated content (the `.oras/` files).
     Inline(Bytes),
+    /// A file inside a seekable or indexed layer, read chunk by chunk (see `layer`).
+    Layer(std::sync::Arc<LayerFile>),
+}
+
+/// A file inside a layer: which layer, and where its verified pieces are.
+#[derive(Debug)]
+pub struct LayerFile {
+    pub layer: std::sync::Arc<Descriptor>,
+    pub chunks: Vec<crate::archive::Chunk>,
+    /// For chunks in the layer's uncompressed stream: where decompression can start.
+    pub index: Option<std::sync::Arc<crate::archive::gzindex::Index>>,
+}
+
+/// What a directory shows once it is first looked into.
+#[derive(Clone, Debug)]
+pub enum Pending {
+    /// A directory layer of an artifact: its entries below the title.
+    Layer(Descriptor),
+    /// A container image's root filesystem: these layers merged, whiteouts applied.
+    Image(Vec<Descriptor>),
+    /// One layer of an image on its own (the side-by-side view).
+    Rootfs(Descriptor),
 }
 
 #[derive(Clone, Debug)]
 pub enum Kind {
     Dir {
         children: BTreeMap<OsString, Ino>,
-        /// A directory layer whose contents appear on first access.
-        pending_layer: Option<Box<Descriptor>>,
+        /// Contents that appear on first access (a layer's, an image's).
+        pending: Option<Box<Pending>>,
     },
     File(Source),
     Symlink(PathBuf),
@@ -60,6 +82,8 @@ pub struct Node {
     /// Staged, but its writer did not close it before an earlier mount ended: possibly
     /// incomplete, so it is held back from pushes until it is written again.
     pub incomplete: bool,
+    /// Owner as recorded in a layer's tar (`None`: the mounting user).
+    pub owner: Option<(u32, u32)>,
 }
 
 impl Node {
@@ -93,7 +117,7 @@ impl Tree {
             name: OsString::new(),
             kind: Kind::Dir {
                 children: BTreeMap::new(),
-                pending_layer: None,
+                pending: None,
             },
             size: 0,
             mtime,
@@ -104,6 +128,7 @@ impl Tree {
             version: 0,
             origin: None,
             incomplete: false,
+            owner: None,
         };
         Tree {
             nodes: HashMap::from([(ROOT, root)]),
@@ -175,6 +200,7 @@ impl Tree {
                 version: 0,
                 origin: None,
                 incomplete: false,
+                owner: None,
             },
         );
         Ok(ino)
@@ -299,7 +325,7 @@ impl Tree {
 pub fn empty_dir() -> Kind {
     Kind::Dir {
         children: BTreeMap::new(),
-        pending_layer: None,
+        pending: None,
     }
 }
 

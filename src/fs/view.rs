@@ -1,6 +1,7 @@
 //! What a mount shows: the tree built from a manifest (or from an earlier mount's journal),
 //! the layers it does not show, why it may be read-only, and the `.oras/` files.
 
+use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -10,7 +11,7 @@ use std::time::SystemTime;
 use bytes::Bytes;
 
 use super::staging::{Entry, Journal, Staging};
-use super::tree::{empty_dir, AddError, Ino, Kind, Source, Tree, ROOT};
+use super::tree::{empty_dir, AddError, Ino, Kind, LayerFile, Pending, Source, Tree, ROOT};
 use crate::manifest::{annotation, media_type, Descriptor, Manifest};
 use crate::oras::LayerFilter;
 
@@ -92,9 +93,67 @@ pub fn read_only_reason(manifest: &Manifest) -> Option<String> {
     None
 }
 
+/// The layers of a container image's root filesystem (indexes into the manifest's layers),
+/// if the manifest is an image: an image config, a Docker manifest, or untitled filesystem
+/// layers.
+pub fn image_layers(manifest: &Manifest) -> Option<Vec<usize>> {
+    let rootfs: Vec<usize> = (0..manifest.layers.len())
+        .filter(|&i| is_rootfs_layer(&manifest.layers[i].media_type))
+        .collect();
+    let image = IMAGE_CONFIGS.contains(&manifest.config.media_type.as_str())
+        || manifest.media_type.as_deref() == Some(media_type::DOCKER_MANIFEST)
+        || rootfs.iter().any(|&i| manifest.layers[i].title().is_none());
+    image.then_some(rootfs)
+}
+
+/// An image's view: its root filesystem, the layers merged on first access (or, `apart`, one
+/// directory per layer, `0`, `1`, ...). Read-only; other layers are listed as hidden.
+fn build_image(snapshot: &Snapshot, rootfs: &[usize], apart: bool) -> View {
+    let manifest = &snapshot.manifest;
+    let mut tree = Tree::new(created_time(manifest), dir_perm(true));
+    let hidden: Vec<usize> = (0..manifest.layers.len())
+        .filter(|i| !rootfs.contains(i))
+        .collect();
+    let layers: Vec<Descriptor> = rootfs.iter().map(|&i| manifest.layers[i].clone()).collect();
+    if apart {
+        for (i, layer) in layers.into_iter().enumerate() {
+            let kind = Kind::Dir {
+                children: Default::default(),
+                pending: Some(Box::new(Pending::Rootfs(layer))),
+            };
+            tree.add_child(
+                ROOT,
+                OsStr::new(&i.to_string()),
+                kind,
+                0,
+                0o555,
+                tree.default_mtime,
+            )
+            .expect("fresh root");
+        }
+    } else if let Some(Kind::Dir { pending, .. }) = tree.get_mut(ROOT).map(|n| &mut n.kind) {
+        *pending = Some(Box::new(Pending::Image(layers)));
+    }
+    let mut notices = Vec::new();
+    if !hidden.is_empty() {
+        notices.push(format!(
+            "{} layer(s) of this image are not filesystem layers and are not shown",
+            hidden.len()
+        ));
+    }
+    View {
+        tree,
+        hidden,
+        notices,
+    }
+}
+
 /// Builds the view of a manifest. Layers the filter leaves out, untitled layers, and layers with
 /// unsafe or clashing titles are not shown (and not fatal: the rest stays readable).
-pub fn build(snapshot: &Snapshot, filter: &LayerFilter, read_only: bool) -> View {
+pub fn build(snapshot: &Snapshot, filter: &LayerFilter, read_only: bool, apart: bool) -> View {
+    if let Some(rootfs) = image_layers(&snapshot.manifest) {
+        return build_image(snapshot, &rootfs, apart);
+    }
     let ro = read_only;
     let mut tree = Tree::new(created_time(&snapshot.manifest), dir_perm(ro));
     let mut hidden = Vec::new();
@@ -305,7 +364,7 @@ pub fn add_layer_dir(
 ) -> Result<Ino, AddError> {
     let kind = Kind::Dir {
         children: Default::default(),
-        pending_layer: Some(Box::new(layer.clone())),
+        pending: Some(Box::new(Pending::Layer(layer.clone()))),
     };
     let ino = tree.add_path(path, kind, 0, dir_perm(ro), dir_perm(ro))?;
     tree.get_mut(ino).expect("just added").layer = Some(layer.clone());
@@ -383,6 +442,93 @@ pub fn refresh_meta_dir(tree: &mut Tree, snapshot: &Snapshot, notices: &[String]
         n.kind = Kind::File(Source::Inline(data));
         n.mtime = SystemTime::now();
     }
+}
+
+/// Adds a layer's entries (parents before children, paths relative to `parent`) below
+/// `parent`, read-only. `owners`: show the tar's owners (an image); else the mounting user's,
+/// and symlinks that leave the directory are left out, as unpacking refuses them. Returns
+/// how many entries were left out.
+pub fn add_entries(
+    tree: &mut Tree,
+    parent: Ino,
+    entries: Vec<super::filesystem::LayerEntry>,
+    owners: bool,
+) -> usize {
+    use crate::archive::EntryKind;
+    let mut dirs: HashMap<String, Ino> = HashMap::from([(String::new(), parent)]);
+    let mut skipped = 0;
+    for (e, layer, index) in entries {
+        let (dir, name) = match e.path.rfind('/') {
+            Some(i) => (&e.path[..i], &e.path[i + 1..]),
+            None => ("", e.path.as_str()),
+        };
+        let Some(&dir_ino) = dirs.get(dir) else {
+            skipped += 1;
+            continue;
+        };
+        let mtime = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(e.mtime.max(0) as u64);
+        let perm = (e.mode & 0o7777) as u16;
+        let (kind, size) = match e.kind {
+            EntryKind::Dir => (empty_dir(), 0),
+            EntryKind::File { size, chunks } => (
+                Kind::File(Source::Layer(Arc::new(LayerFile {
+                    layer,
+                    chunks,
+                    index,
+                }))),
+                size,
+            ),
+            EntryKind::Symlink { target } => {
+                if !owners && leaves(dir, &target) {
+                    tracing::warn!(
+                        "not showing {}: its link to {target} leaves the layer",
+                        e.path
+                    );
+                    skipped += 1;
+                    continue;
+                }
+                let len = target.len() as u64;
+                (Kind::Symlink(target.into()), len)
+            }
+            EntryKind::Hardlink { .. } | EntryKind::Special => {
+                skipped += 1;
+                continue;
+            }
+        };
+        let is_dir = matches!(kind, Kind::Dir { .. });
+        let Ok(ino) = tree.add_child(dir_ino, OsStr::new(name), kind, size, perm, mtime) else {
+            skipped += 1;
+            continue;
+        };
+        let n = tree.get_mut(ino).expect("just added");
+        n.frozen = true;
+        if owners {
+            n.owner = Some((e.uid, e.gid));
+        }
+        if is_dir {
+            dirs.insert(e.path, ino);
+        }
+    }
+    skipped
+}
+
+/// Whether a symlink in `dir` (a path inside the layer) to `target` points outside the layer.
+fn leaves(dir: &str, target: &str) -> bool {
+    if target.starts_with('/') {
+        return true;
+    }
+    let mut depth = dir.split('/').filter(|c| !c.is_empty()).count() as i64;
+    for c in target.split('/') {
+        match c {
+            "" | "." => {}
+            ".." => depth -= 1,
+            _ => depth += 1,
+        }
+        if depth < 0 {
+            return true;
+        }
+    }
+    false
 }
 
 /// Mirrors an unpacked directory on disk into the tree below `parent`.
@@ -469,7 +615,7 @@ mod tests {
                 layer(Some("c.txt"), media_type::DEFAULT_LAYER),
             ],
         );
-        let v = build(&s, &LayerFilter::default(), false);
+        let v = build(&s, &LayerFilter::default(), false, false);
         assert_eq!(v.hidden, [1, 2, 3]);
         let origins: Vec<_> = v
             .tree

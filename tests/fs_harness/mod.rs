@@ -200,6 +200,7 @@ impl Harness {
         let options = MountOptions {
             filter: LayerFilter::default(),
             read_only,
+            layers_apart: false,
         };
         let fs = OrasFs::new(cache, snapshot, options, writer, journal).expect("view");
         self.target.reset_counts();

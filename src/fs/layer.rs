@@ -1,0 +1,372 @@
+//! Files inside tar+gzip layers, read lazily: what a layer holds (from its seekable TOC, or
+//! from a gzip seek index: cached, else built in one pass over the layer) and a file's bytes,
+//! fetched chunk by chunk through the block cache and verified chunk by chunk before any of
+//! them is served. The formats themselves are in `crate::archive`; this is only the glue
+//! to the cache.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::num::NonZeroUsize;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+
+use super::cache::Errno;
+use super::filesystem::OrasFs;
+use super::tree::LayerFile;
+use crate::archive::{gzindex, seekable, Chunk, ChunkAt, Entry};
+use crate::digest::Digest;
+use crate::layer_index;
+use crate::manifest::Descriptor;
+
+/// The largest TOC fetched (compressed); eStargz TOCs are a few hundred bytes a file.
+const MAX_TOC: u64 = 64 << 20;
+/// Compressed bytes between two checkpoints of an index the mount builds.
+const INDEX_SPAN: u64 = 4 << 20;
+/// Decompressed chunks kept in memory (at most 4 MiB each), so that the 128 KiB reads of a
+/// sequential reader do not decompress a chunk again each time.
+const CHUNKS_KEPT: usize = 16;
+/// An indexed read decompresses this much past the chunk asked for (the chunks that follow
+/// in the same file): one pass from a checkpoint serves a sequential reader for a while.
+const STREAM_READ_AHEAD: u64 = 8 << 20;
+
+/// What a layer holds, as the mount shows it.
+#[derive(Debug)]
+pub struct Listing {
+    pub entries: Vec<Entry>,
+    /// For an indexed layer: how to reach its chunks.
+    pub index: Option<Arc<gzindex::Index>>,
+}
+
+/// The mount's memory of layers: listings by layer digest, recently decompressed chunks.
+pub struct LayerState {
+    listings: Mutex<HashMap<Digest, Arc<Listing>>>,
+    chunks: Mutex<lru::LruCache<(Digest, u64), Bytes>>,
+    /// The mounted manifest's seek-index referrer (`oras-fs index`): index blobs by layer.
+    published: tokio::sync::OnceCell<HashMap<Digest, Descriptor>>,
+}
+
+impl Default for LayerState {
+    fn default() -> Self {
+        LayerState {
+            listings: Mutex::new(HashMap::new()),
+            chunks: Mutex::new(lru::LruCache::new(
+                NonZeroUsize::new(CHUNKS_KEPT).expect("non-zero"),
+            )),
+            published: tokio::sync::OnceCell::new(),
+        }
+    }
+}
+
+/// How a layer can be read lazily, if it can.
+pub fn lazy_format(desc: &Descriptor) -> Option<LazyFormat> {
+    if let Some(toc) = desc.annotation(seekable::TOC_DIGEST_ANNOTATION) {
+        return Some(LazyFormat::Seekable(toc.parse().ok()?));
+    }
+    layer_index::wants_index(desc).then_some(LazyFormat::Gzip)
+}
+
+pub enum LazyFormat {
+    /// A TOC (whose digest the annotation gives) says where each file's gzip members are.
+    Seekable(Digest),
+    /// Any tar+gzip: a seek index says where to start decompressing.
+    Gzip,
+}
+
+impl OrasFs {
+    /// What a layer holds: from its TOC (two small Range requests), from its index in the
+    /// cache, or by building that index in one pass over the (cached, verified) layer.
+    pub(super) async fn listing(&self, desc: &Descriptor) -> Result<Arc<Listing>, Errno> {
+        if let Some(l) = self.layers.listings.lock().unwrap().get(&desc.digest) {
+            return Ok(l.clone());
+        }
+        let listing = match lazy_format(desc) {
+            Some(LazyFormat::Seekable(toc)) => Listing {
+                entries: self.toc_entries(desc, &toc).await?,
+                index: None,
+            },
+            Some(LazyFormat::Gzip) => {
+                let index = self.gzip_index(desc).await?;
+                Listing {
+                    entries: index.entries.clone(),
+                    index: Some(index),
+                }
+            }
+            None => {
+                return Err(Errno::new(
+                    libc::EIO,
+                    format!(
+                        "layer {} ({}) is neither gzip nor seekable: its files cannot be listed",
+                        desc.digest, desc.media_type
+                    ),
+                ))
+            }
+        };
+        let listing = Arc::new(listing);
+        self.layers
+            .listings
+            .lock()
+            .unwrap()
+            .insert(desc.digest.clone(), listing.clone());
+        Ok(listing)
+    }
+
+    async fn toc_entries(&self, desc: &Descriptor, toc: &Digest) -> Result<Vec<Entry>, Errno> {
+        let bad = |what: String| {
+            let what = format!("layer {}: {what}", desc.digest);
+            self.record_error(&what);
+            Errno::new(libc::EIO, what)
+        };
+        let footer_at = desc
+            .size
+            .checked_sub(seekable::FOOTER_SIZE)
+            .ok_or_else(|| bad("too small for a seekable layer's footer".into()))?;
+        let footer = self
+            .cache
+            .read(desc, footer_at, seekable::FOOTER_SIZE, 0..0)
+            .await?;
+        let toc_at = seekable::parse_footer(&footer).map_err(|e| bad(e.to_string()))?;
+        if toc_at >= footer_at || footer_at - toc_at > MAX_TOC {
+            return Err(bad(format!(
+                "the footer puts the TOC at {toc_at}, outside the layer's last 64 MiB"
+            )));
+        }
+        let member = self
+            .cache
+            .read(desc, toc_at, footer_at - toc_at, 0..0)
+            .await?;
+        seekable::parse_toc(&member, desc.size, Some(toc)).map_err(|e| bad(e.to_string()))
+    }
+
+    /// The seek index of a gzip layer: from the cache, else from the manifest's seek-index
+    /// referrer, else built from the whole layer (fetched and verified into the cache, as a
+    /// pull would); kept in the cache by layer digest.
+    async fn gzip_index(&self, desc: &Descriptor) -> Result<Arc<gzindex::Index>, Errno> {
+        let path = self.index_path(&desc.digest);
+        if let Ok(bytes) = std::fs::read(&path) {
+            match gzindex::Index::from_bytes(&bytes) {
+                Ok(i) => return Ok(Arc::new(i)),
+                Err(e) => {
+                    tracing::warn!("ignoring the cached index {}: {e}", path.display());
+                    let _ = std::fs::remove_file(&path);
+                }
+            }
+        }
+        if let Some(index) = self.published_index(desc).await {
+            if let Err(e) = write_atomically(&path, &index.to_bytes()) {
+                tracing::warn!("could not keep the index of {}: {e}", desc.digest);
+            }
+            return Ok(Arc::new(index));
+        }
+        let blob = self.cache.materialize(desc).await?;
+        let room = self
+            .cache
+            .disk_limit()
+            .saturating_sub(self.cache.unpacked_usage());
+        let size = desc.size;
+        let built = tokio::task::spawn_blocking(move || -> Result<gzindex::Index, String> {
+            let file = std::fs::File::open(&blob).map_err(|e| e.to_string())?;
+            let reader = std::io::BufReader::with_capacity(1 << 20, file);
+            gzindex::Index::build(reader.take(u64::MAX), size, INDEX_SPAN, room)
+                .map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| Errno::new(libc::EIO, format!("indexing {}: {e}", desc.digest)))?;
+        let index = built.map_err(|e| {
+            let what = format!("indexing layer {}: {e}", desc.digest);
+            self.record_error(&what);
+            Errno::new(libc::EIO, what)
+        })?;
+        if let Err(e) = write_atomically(&path, &index.to_bytes()) {
+            tracing::warn!("could not keep the index of {}: {e}", desc.digest);
+        }
+        Ok(Arc::new(index))
+    }
+
+    /// The layer's index from the mounted manifest's seek-index referrer, if there is one.
+    /// Its chunk digests are then as trustworthy as whoever may push to the repository
+    /// (docs/DESIGN.md); a failure here only means the index is built locally.
+    async fn published_index(&self, desc: &Descriptor) -> Option<gzindex::Index> {
+        let source = self.cache.source().clone();
+        let subject = self.snapshot().descriptor;
+        let published = self
+            .layers
+            .published
+            .get_or_init(|| async {
+                layer_index::find(source.as_ref(), &subject)
+                    .await
+                    .unwrap_or_else(|e| {
+                        tracing::debug!("no seek-index referrer of {}: {e}", subject.digest);
+                        HashMap::new()
+                    })
+            })
+            .await;
+        let blob = published.get(&desc.digest)?;
+        match layer_index::fetch(self.cache.source().as_ref(), blob, desc).await {
+            Ok(index) => {
+                tracing::debug!(
+                    "{}: seek index {} from the registry",
+                    desc.digest,
+                    blob.digest
+                );
+                Some(index)
+            }
+            Err(e) => {
+                tracing::warn!("ignoring the published seek index of {}: {e}", desc.digest);
+                None
+            }
+        }
+    }
+
+    fn index_path(&self, digest: &Digest) -> PathBuf {
+        self.cache
+            .dir()
+            .join("indexes")
+            .join(digest.algorithm())
+            .join(digest.hex())
+    }
+
+    /// Reads `size` bytes at `offset` of a file inside a layer.
+    pub(super) async fn read_layer_file(
+        &self,
+        file: &LayerFile,
+        offset: u64,
+        size: u64,
+    ) -> Result<Bytes, Errno> {
+        let end = offset.saturating_add(size);
+        let mut out = Vec::with_capacity(size.min(8 << 20) as usize);
+        let first = file
+            .chunks
+            .partition_point(|c| c.file_offset + c.len <= offset);
+        for i in first..file.chunks.len() {
+            let c = &file.chunks[i];
+            if c.file_offset >= end {
+                break;
+            }
+            let data = self.chunk(file, i).await?;
+            let from = offset.saturating_sub(c.file_offset) as usize;
+            let to = ((end - c.file_offset).min(c.len)) as usize;
+            out.extend_from_slice(&data[from.min(data.len())..to.min(data.len())]);
+        }
+        Ok(out.into())
+    }
+
+    /// One chunk's bytes, verified.
+    async fn chunk(&self, file: &LayerFile, i: usize) -> Result<Bytes, Errno> {
+        let key = |c: &Chunk| (file.layer.digest.clone(), chunk_key(c));
+        let c = &file.chunks[i];
+        if let Some(b) = self.layers.chunks.lock().unwrap().get(&key(c)) {
+            return Ok(b.clone());
+        }
+        let layer = &file.layer;
+        let fail = |what: String| {
+            let what = format!("layer {}: {what}", layer.digest);
+            self.record_error(&what);
+            Errno::new(libc::EIO, what)
+        };
+        match (&c.at, &file.index) {
+            (ChunkAt::Member { offset, end }, _) => {
+                // The next chunk's members arrive in the background for a sequential reader.
+                let next = match file.chunks.get(i + 1).map(|n| &n.at) {
+                    Some(ChunkAt::Member { offset, end }) => *offset..*end,
+                    _ => 0..0,
+                };
+                let compressed = self.cache.read(layer, *offset, end - offset, next).await?;
+                let data = gunzip_prefix(&compressed, c.len)
+                    .map_err(|e| fail(format!("chunk at {offset}: {e}")))?;
+                check(&data, c).map_err(|e| fail(format!("chunk at {offset}: {e}")))?;
+                let data = Bytes::from(data);
+                self.layers.chunks.lock().unwrap().put(key(c), data.clone());
+                Ok(data)
+            }
+            (ChunkAt::Stream { offset }, Some(index)) => {
+                // Decompress this chunk and the ones after it in the file, in one pass.
+                let mut last = i;
+                while let Some(n) = file.chunks.get(last + 1) {
+                    match n.at {
+                        ChunkAt::Stream { offset: o }
+                            if o + n.len - offset <= STREAM_READ_AHEAD =>
+                        {
+                            last += 1
+                        }
+                        _ => break,
+                    }
+                }
+                let want = *offset..stream_end(&file.chunks[last]);
+                let (checkpoint, range) = index.compressed_range(want.clone());
+                let compressed = self
+                    .cache
+                    .read(layer, range.start, range.end - range.start, 0..0)
+                    .await?;
+                let data = index
+                    .extract(checkpoint, &compressed, want.clone())
+                    .map_err(|e| fail(format!("decompressing at {}: {e}", want.start)))?;
+                let mut mine = None;
+                for (j, cj) in file.chunks[i..=last].iter().enumerate() {
+                    let ChunkAt::Stream { offset: o } = cj.at else {
+                        break;
+                    };
+                    let from = (o - want.start) as usize;
+                    let piece = data
+                        .get(from..from + cj.len as usize)
+                        .ok_or_else(|| fail(format!("index gave too few bytes at {o}")))?;
+                    check(piece, cj).map_err(|e| fail(format!("chunk at {o}: {e}")))?;
+                    let piece = Bytes::copy_from_slice(piece);
+                    if j == 0 {
+                        mine = Some(piece.clone());
+                    }
+                    self.layers.chunks.lock().unwrap().put(key(cj), piece);
+                }
+                mine.ok_or_else(|| fail("no chunk decompressed".into()))
+            }
+            (ChunkAt::Stream { .. }, None) => Err(fail("an indexed chunk without an index".into())),
+        }
+    }
+}
+
+fn chunk_key(c: &Chunk) -> u64 {
+    match c.at {
+        ChunkAt::Member { offset, .. } => offset,
+        ChunkAt::Stream { offset } => offset,
+    }
+}
+
+fn stream_end(c: &Chunk) -> u64 {
+    match c.at {
+        ChunkAt::Stream { offset } => offset + c.len,
+        ChunkAt::Member { .. } => 0,
+    }
+}
+
+fn check(data: &[u8], c: &Chunk) -> Result<(), String> {
+    if data.len() as u64 != c.len {
+        return Err(format!("{} bytes where the TOC says {}", data.len(), c.len));
+    }
+    let got = Digest::of(data);
+    if got != c.digest {
+        return Err(format!("digest {got}, expected {}", c.digest));
+    }
+    Ok(())
+}
+
+/// The first `len` bytes a run of gzip members decompresses to (never more: a bomb behind a
+/// TOC stops here).
+fn gunzip_prefix(compressed: &[u8], len: u64) -> std::io::Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(len.min(8 << 20) as usize);
+    flate2::read::MultiGzDecoder::new(compressed)
+        .take(len)
+        .read_to_end(&mut out)?;
+    Ok(out)
+}
+
+/// Writes `data` to `path` through a temporary file beside it, so readers never see half.
+fn write_atomically(path: &std::path::Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let dir = path.parent().expect("cache paths have parents");
+    std::fs::create_dir_all(dir)?;
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    tmp.write_all(data)?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}
