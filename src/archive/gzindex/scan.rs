@@ -2,7 +2,9 @@
 //! records checkpoints as it inflates ([`Scanner`]), under the `tar` crate's header parsing,
 //! with each file's data hashed in `PIECE_SIZE` pieces as it goes by.
 
+use std::cell::Cell;
 use std::io::{self, BufReader, Read};
+use std::rc::Rc;
 
 use super::inflate::{Inflater, Wrap};
 use super::{deflate_bytes, BuildOptions, Checkpoint, Index, PIECE_SIZE, WINDOW_SIZE};
@@ -49,12 +51,22 @@ fn read_listing<R: Read>(
     max_entries: usize,
 ) -> Result<Vec<Entry>, FormatError> {
     let tar_err = |e: io::Error| FormatError::new(format!("reading the tar: {e}"));
+    let budget = Rc::new(HeaderBudget::default());
+    let metered = Metered {
+        inner: scanner,
+        budget: budget.clone(),
+    };
     // The tar crate reads headers 512 bytes at a time; buffering keeps inflate calls large.
     // Its `raw_file_position` counts what it read, so it stays an uncompressed offset.
-    let mut archive = tar::Archive::new(BufReader::with_capacity(256 * 1024, scanner));
+    let mut archive = tar::Archive::new(BufReader::with_capacity(256 * 1024, metered));
     let mut entries = Vec::new();
     let mut buf = vec![0u8; 256 * 1024];
-    for entry in archive.entries().map_err(tar_err)? {
+    let mut iter = archive.entries().map_err(tar_err)?;
+    loop {
+        budget.arm();
+        let next = iter.next();
+        budget.disarm();
+        let Some(entry) = next else { break };
         let mut entry = entry.map_err(tar_err)?;
         if entries.len() >= max_entries {
             return Err(FormatError::new(format!(
@@ -109,6 +121,51 @@ fn read_listing<R: Read>(
         });
     }
     Ok(entries)
+}
+
+/// What the tar crate may read to reach the next entry: it keeps GNU long names and PAX
+/// records in memory whatever size their headers claim, so that size is bounded here.
+const MAX_HEADER_BYTES: u64 = 16 * 1024 * 1024;
+
+#[derive(Default)]
+struct HeaderBudget {
+    used: Cell<u64>,
+    armed: Cell<bool>,
+}
+
+impl HeaderBudget {
+    fn arm(&self) {
+        self.used.set(0);
+        self.armed.set(true);
+    }
+
+    fn disarm(&self) {
+        self.armed.set(false);
+    }
+}
+
+/// The scanner's output, failing once the tar crate reads more than `MAX_HEADER_BYTES`
+/// between two entries.
+struct Metered<R> {
+    inner: R,
+    budget: Rc<HeaderBudget>,
+}
+
+impl<R: Read> Read for Metered<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if self.budget.armed.get() {
+            let used = self.budget.used.get() + n as u64;
+            self.budget.used.set(used);
+            if used > MAX_HEADER_BYTES {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("more than {MAX_HEADER_BYTES} bytes of headers before an entry"),
+                ));
+            }
+        }
+        Ok(n)
+    }
 }
 
 /// Reads a file's `size` bytes (at `start` in the stream) and lists them as digested pieces.

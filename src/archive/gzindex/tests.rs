@@ -331,6 +331,15 @@ fn bad_layers_are_refused() {
     let gz = gzip(&t);
     let err = build(&gz[..], gz.len() as u64, &o).unwrap_err();
     assert!(err.0.contains(".."), "{err}");
+    // A GNU long name claiming 64 MiB is not read into memory.
+    let mut h = header(tar::EntryType::GNULongName, 64 << 20, 0o644);
+    h.as_gnu_mut().unwrap().name[..13].copy_from_slice(b"././@LongLink");
+    h.set_cksum();
+    let mut t = h.as_bytes().to_vec();
+    t.resize(512 + (64 << 20) + 1024, b'a');
+    let gz = gzip(&t);
+    let err = build(&gz[..], gz.len() as u64, &o).unwrap_err();
+    assert!(err.0.contains("bytes of headers"), "{err}");
 }
 
 #[test]
