@@ -230,7 +230,7 @@ fn multi_member() {
 }
 
 #[test]
-fn matches_gzip_dc() {
+fn matches_gzip_dc_and_gztool() {
     let tar_bytes = sample_tar(3 * 1024 * 1024);
     let gz = gzip(&tar_bytes);
     let dir = tempfile::tempdir().unwrap();
@@ -246,6 +246,27 @@ fn matches_gzip_dc() {
     assert!(out.status.success());
     let index = build(&gz[..], gz.len() as u64, &opts(32 * 1024)).unwrap();
     check_extracts(&index, &gz, &out.stdout);
+    // gztool (another zran implementation), when installed: same bytes from the same offsets.
+    let n = index.uncompressed_size();
+    for start in [n / 3, n / 2 + 12_345, n - 70_000] {
+        let r = start..start + 65_536;
+        let Ok(out) = std::process::Command::new("gztool")
+            .arg("-b")
+            .arg(start.to_string())
+            .arg("-I")
+            .arg(dir.path().join("layer.gzi"))
+            .arg(&path)
+            .output()
+        else {
+            return;
+        };
+        assert!(out.status.success() && out.stdout.len() as u64 >= 65_536);
+        let (id, c) = index.compressed_range(r.clone());
+        let ours = index
+            .extract(id, &gz[c.start as usize..c.end as usize], r)
+            .unwrap();
+        assert!(ours == out.stdout[..65_536], "gztool disagrees at {start}");
+    }
 }
 
 #[test]
@@ -387,6 +408,10 @@ fn bench_build() {
         .unwrap();
     let extract = t.elapsed();
     assert!(got == out[mid as usize..mid as usize + 1024 * 1024]);
+    if let Ok(path) = std::env::var("GZINDEX_BENCH_OUT") {
+        std::fs::write(path, &got).unwrap();
+        eprintln!("wrote 1 MiB from {mid}");
+    }
     let mb = out.len() as f64 / 1e6;
     eprintln!(
         "compressed {} B, uncompressed {} B, {} entries, {} checkpoints\n\
