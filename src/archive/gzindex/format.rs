@@ -21,16 +21,14 @@ use std::io::Read;
 
 use serde::{Deserialize, Serialize};
 
-use super::{deflate_bytes, inflate_window, Checkpoint, Index, PIECE_SIZE};
+use super::{deflate_bytes, inflate_window, Checkpoint, Index, MAX_CHECKPOINTS, PIECE_SIZE};
 use crate::archive::{clean_path, Chunk, ChunkAt, Entry, EntryKind, FormatError};
 use crate::digest::Digest;
 
 const MAGIC: &[u8; 8] = b"oras-gzi";
 const VERSION: u32 = 1;
-/// Bounds on hostile input: the inflated listing, and the number of checkpoints (at the
-/// default 4 MiB span, 2^20 checkpoints cover a 4 TiB layer).
+/// Bound on hostile input: the inflated listing.
 const MAX_LISTING: u64 = 256 * 1024 * 1024;
-const MAX_CHECKPOINTS: usize = 1 << 20;
 
 #[derive(Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

@@ -25,6 +25,8 @@ pub use self::scan::build;
 
 /// The deflate window: a checkpoint inside a member needs the 32 KiB of output before it.
 pub const WINDOW_SIZE: usize = 32 * 1024;
+/// At most this many checkpoints (at the default 4 MiB span, they cover a 4 TiB layer).
+pub const MAX_CHECKPOINTS: usize = 1 << 20;
 /// Files are listed as pieces of this size (the last one shorter), each with its sha256.
 pub const PIECE_SIZE: u64 = 1024 * 1024;
 

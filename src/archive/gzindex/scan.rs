@@ -7,7 +7,9 @@ use std::io::{self, BufReader, Read};
 use std::rc::Rc;
 
 use super::inflate::{Inflater, Wrap};
-use super::{deflate_bytes, BuildOptions, Checkpoint, Index, PIECE_SIZE, WINDOW_SIZE};
+use super::{
+    deflate_bytes, BuildOptions, Checkpoint, Index, MAX_CHECKPOINTS, PIECE_SIZE, WINDOW_SIZE,
+};
 use crate::archive::{clean_path, Chunk, ChunkAt, Entry, EntryKind, FormatError};
 use crate::digest::Digester;
 
@@ -175,7 +177,8 @@ fn hash_pieces(
     size: u64,
     buf: &mut [u8],
 ) -> Result<Vec<Chunk>, FormatError> {
-    let mut chunks = Vec::with_capacity(usize::try_from(size.div_ceil(PIECE_SIZE)).unwrap_or(0));
+    // `size` comes from the tar header: no reservation on its word.
+    let mut chunks = Vec::with_capacity(size.div_ceil(PIECE_SIZE).min(1024) as usize);
     let mut at = 0;
     while at < size {
         let len = PIECE_SIZE.min(size - at);
@@ -277,6 +280,8 @@ struct Scanner<R> {
     checkpoints: Vec<Checkpoint>,
     failure: Option<FormatError>,
     done: bool,
+    /// Consecutive inflate calls that moved nothing.
+    stalls: u32,
 }
 
 impl<R: Read> Scanner<R> {
@@ -298,6 +303,7 @@ impl<R: Read> Scanner<R> {
             checkpoints: Vec::new(),
             failure: None,
             done: false,
+            stalls: 0,
         })
     }
 
@@ -310,6 +316,9 @@ impl<R: Read> Scanner<R> {
         } else {
             self.span_bits
         };
+        if self.checkpoints.len() >= MAX_CHECKPOINTS {
+            return false; // what `Index::from_bytes` accepts; reads just start further back
+        }
         match self.checkpoints.last() {
             None => true,
             Some(last) => {
@@ -391,7 +400,18 @@ impl<R: Read> Scanner<R> {
             self.remember(&out[..step.produced]);
             if step.end {
                 self.at_member_start = true;
-            } else if step.at_block_boundary && !step.after_last_block {
+                self.stalls = 0;
+            } else if step.consumed == 0 && step.produced == 0 {
+                // Out of input inside a member; or, with input, the inflater going nowhere
+                // (never expected: one retry, then a clean error rather than a spin).
+                self.stalls += 1;
+                if input_left == 0 || self.stalls > 2 {
+                    return Err(FormatError::new("the gzip stream is truncated"));
+                }
+            } else {
+                self.stalls = 0;
+            }
+            if !step.end && step.at_block_boundary && !step.after_last_block {
                 let bits = (self.in_total * 8).saturating_sub(step.held_bits);
                 if self.due(bits, false) {
                     let (older, newer) = self.recent.split_at(self.ring_pos());
@@ -402,8 +422,6 @@ impl<R: Read> Scanner<R> {
                         window: deflate_bytes(&window),
                     });
                 }
-            } else if step.consumed == 0 && step.produced == 0 && input_left == 0 {
-                return Err(FormatError::new("the gzip stream is truncated"));
             }
             if step.produced > 0 {
                 return Ok(step.produced);

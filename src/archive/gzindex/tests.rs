@@ -325,6 +325,14 @@ fn bad_layers_are_refused() {
     assert!(build(&gz[..gz.len() - 5], gz.len() as u64 - 5, &o).is_err());
     assert!(build(&gz[..], gz.len() as u64 - 1, &o).is_err());
     assert!(build(&gz[..], gz.len() as u64 + 1, &o).is_err());
+    // Cut at and around every block boundary the index found: refused, never a hang.
+    let index = build(&gz[..], gz.len() as u64, &o).unwrap();
+    for cp in &index.checkpoints()[1..] {
+        let at = cp.compressed_offset() as usize;
+        for cut in [at, at + 1, at + 2] {
+            assert!(build(&gz[..cut], cut as u64, &o).is_err(), "cut at {cut}");
+        }
+    }
     let mut garbage = gz.clone();
     garbage.extend_from_slice(b"junk");
     assert!(build(&garbage[..], garbage.len() as u64, &o).is_err());
