@@ -44,11 +44,15 @@ pub async fn build(target: &dyn Target, layer: &Descriptor, limit: u64) -> Resul
     let digest = layer.digest.clone();
     tokio::task::spawn_blocking(move || {
         let sync = tokio_util::io::SyncIoBridge::new(reader);
-        gzindex::Index::build(
+        let opts = gzindex::BuildOptions {
+            span: SPAN,
+            max_uncompressed: limit,
+            ..Default::default()
+        };
+        gzindex::build(
             std::io::BufReader::with_capacity(1 << 20, sync),
             size,
-            SPAN,
-            limit,
+            &opts,
         )
         .map_err(|e| Error::Other(format!("indexing layer {digest}: {e}")))
     })

@@ -22,8 +22,6 @@ use crate::manifest::Descriptor;
 
 /// The largest TOC fetched (compressed); eStargz TOCs are a few hundred bytes a file.
 const MAX_TOC: u64 = 64 << 20;
-/// Compressed bytes between two checkpoints of an index the mount builds.
-const INDEX_SPAN: u64 = 4 << 20;
 /// Decompressed chunks kept in memory (at most 4 MiB each), so that the 128 KiB reads of a
 /// sequential reader do not decompress a chunk again each time.
 const CHUNKS_KEPT: usize = 16;
@@ -89,7 +87,7 @@ impl OrasFs {
             Some(LazyFormat::Gzip) => {
                 let index = self.gzip_index(desc).await?;
                 Listing {
-                    entries: index.entries.clone(),
+                    entries: index.entries().to_vec(),
                     index: Some(index),
                 }
             }
@@ -168,8 +166,12 @@ impl OrasFs {
         let built = tokio::task::spawn_blocking(move || -> Result<gzindex::Index, String> {
             let file = std::fs::File::open(&blob).map_err(|e| e.to_string())?;
             let reader = std::io::BufReader::with_capacity(1 << 20, file);
-            gzindex::Index::build(reader.take(u64::MAX), size, INDEX_SPAN, room)
-                .map_err(|e| e.to_string())
+            let opts = gzindex::BuildOptions {
+                span: layer_index::SPAN,
+                max_uncompressed: room,
+                ..Default::default()
+            };
+            gzindex::build(reader, size, &opts).map_err(|e| e.to_string())
         })
         .await
         .map_err(|e| Errno::new(libc::EIO, format!("indexing {}: {e}", desc.digest)))?;
