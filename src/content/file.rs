@@ -6,7 +6,7 @@
 //! (configs, manifests) is kept in memory.
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -14,6 +14,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use super::{ByteStream, MemoryStore, Target, IO_CHUNK};
+use crate::archive::seekable;
 use crate::digest::{Digest, Digester};
 use crate::error::{Error, IoContext, Result};
 use crate::manifest::{annotation, media_type, Descriptor};
@@ -361,23 +362,6 @@ fn check_inside(root: &Path, dir: &Path, title: &str) -> Result<()> {
     }
 }
 
-/// Hashes what passes through, for the uncompressed-tar digest of directory layers.
-struct HashingWriter<W> {
-    inner: W,
-    digester: Digester,
-}
-
-impl<W: Write> Write for HashingWriter<W> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.digester.update(&buf[..n]);
-        Ok(n)
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush()
-    }
-}
-
 struct HashingReader<R> {
     inner: R,
     digester: Digester,
@@ -385,6 +369,9 @@ struct HashingReader<R> {
     total: u64,
     /// Fail reads that would go past this many bytes (a gzip bomb).
     limit: Option<u64>,
+    /// The digest of the bytes through the tar's end-of-archive marker, when it has one:
+    /// what oras-go checks, and what seekable layers annotate (their TOC follows it).
+    through_end_marker: Option<Digest>,
 }
 
 impl<R: Read> HashingReader<R> {
@@ -406,7 +393,8 @@ impl<R: Read> Read for HashingReader<R> {
     }
 }
 
-/// Packs `dir` as `title/...` into a tar+gzip file in `scratch`, as oras does.
+/// Packs `dir` as `title/...` into a seekable tar+gzip file in `scratch` (see
+/// [`crate::archive::seekable`]): what oras makes, plus a TOC tar tools never see.
 fn pack_directory(
     dir: &Path,
     title: &str,
@@ -420,56 +408,27 @@ fn pack_directory(
     let (file, out_path) = out
         .keep()
         .map_err(|e| Error::io("keeping a temporary file", e.error))?;
-    let gz = flate2::GzBuilder::new().write(
-        std::io::BufWriter::with_capacity(IO_CHUNK, file),
-        flate2::Compression::default(),
-    );
-    let mut builder = tar::Builder::new(HashingWriter {
-        inner: gz,
-        digester: Digester::sha256(),
-    });
-    builder.follow_symlinks(false);
-    builder.mode(if reproducible {
-        tar::HeaderMode::Deterministic
-    } else {
-        tar::HeaderMode::Complete
-    });
     let ctx = || format!("packing {}", dir.display());
-    // A sorted walk, so the same tree gives the same tar.
-    let mut stack = vec![(dir.to_path_buf(), PathBuf::from(title))];
-    while let Some((path, name)) = stack.pop() {
-        builder.append_path_with_name(&path, &name).ctx(ctx)?;
-        if std::fs::symlink_metadata(&path).ctx(ctx)?.is_dir() {
-            let mut entries: Vec<_> = std::fs::read_dir(&path)
-                .ctx(ctx)?
-                .collect::<std::io::Result<Vec<_>>>()
-                .ctx(ctx)?;
-            entries.sort_by_key(|e| e.file_name());
-            for e in entries.into_iter().rev() {
-                stack.push((e.path(), name.join(e.file_name())));
-            }
-        }
-    }
-    let hashing = builder.into_inner().ctx(ctx)?;
-    let tar_digest = hashing.digester.finish();
-    let mut file = hashing.inner.finish().ctx(ctx)?;
-    file.flush().ctx(ctx)?;
-    drop(file);
-    let mut digester = Digester::sha256();
-    let mut f = std::fs::File::open(&out_path).ctx(ctx)?;
-    let mut buf = vec![0u8; IO_CHUNK];
-    let mut size = 0u64;
-    loop {
-        let n = f.read(&mut buf).ctx(ctx)?;
-        if n == 0 {
-            break;
-        }
-        size += n as u64;
-        digester.update(&buf[..n]);
-    }
-    let mut desc = Descriptor::new(media_type::DIRECTORY_LAYER, digester.finish(), size);
-    desc.set_annotation(annotation::CONTENT_DIGEST, tar_digest.to_string());
+    let (file, layer) = seekable::write_seekable(
+        dir,
+        title,
+        std::io::BufWriter::with_capacity(IO_CHUNK, file),
+        reproducible,
+    )?;
+    // Flushes the buffer; the file is closed here.
+    file.into_inner()
+        .map_err(|e| Error::io(ctx(), e.into_error()))?;
+    let mut desc = Descriptor::new(
+        media_type::DIRECTORY_LAYER,
+        layer.layer_digest,
+        layer.layer_size,
+    );
+    desc.set_annotation(annotation::CONTENT_DIGEST, layer.content_digest.to_string());
     desc.set_annotation(annotation::UNPACK, "true");
+    desc.set_annotation(
+        seekable::TOC_DIGEST_ANNOTATION,
+        layer.toc_digest.to_string(),
+    );
     Ok((out_path, desc))
 }
 
@@ -490,10 +449,12 @@ pub fn unpack_directory(
     let file = std::fs::File::open(tgz).ctx(|| "reading the downloaded layer".into())?;
     let limit = opts.max_unpacked_size.for_layer(desc.size);
     let mut reader = HashingReader {
-        inner: flate2::read::GzDecoder::new(std::io::BufReader::with_capacity(IO_CHUNK, file)),
+        // All members: seekable layers (and pigz's) are many gzip members in a row.
+        inner: flate2::read::MultiGzDecoder::new(std::io::BufReader::with_capacity(IO_CHUNK, file)),
         digester: Digester::sha256(),
         total: 0,
         limit,
+        through_end_marker: None,
     };
     // Errors past the limit say so, whatever the tar reader made of the failed read.
     let result = unpack_checked(&mut reader, staging.path(), &title, opts);
@@ -505,8 +466,12 @@ pub fn unpack_directory(
     }
     result?;
     if let Some(want) = desc.annotation(annotation::CONTENT_DIGEST) {
+        // Either the tar through its end marker (seekable layers, oras-go's reading) or the
+        // whole stream (older layers, other tools).
         let want: Digest = want.parse()?;
-        reader.digester.check(&want)?;
+        if reader.through_end_marker.as_ref() != Some(&want) {
+            reader.digester.check(&want)?;
+        }
     }
     // Move the unpacked tree into place only now that everything checked out.
     let base = Path::new(&title);
@@ -560,6 +525,15 @@ fn unpack_checked<R: Read>(
                 .path()
                 .ctx(|| format!("reading the tar of {title}"))?
                 .into_owned();
+            // A seekable layer's TOC is not part of the directory (ours is past the end
+            // marker and never seen here; other eStargz writers put it inside the tar).
+            if path
+                .components()
+                .filter(|c| matches!(c, Component::Normal(_)))
+                .eq(Path::new(seekable::TOC_NAME).components())
+            {
+                continue;
+            }
             if !opts.allow_path_traversal {
                 check_tar_entry(&path, &entry)
                     .map_err(|r| bad(format!("{}: {r}", path.display())))?;
@@ -599,9 +573,29 @@ fn unpack_checked<R: Read>(
                 .ctx(|| format!("unpacking {} of {title}", path.display()))?;
         }
     }
-    // The tar may end with padding the archive reader did not consume: hash it too.
+    // The tar reader stops after the first zero block of the end marker: read the second,
+    // then what follows (padding, a seekable layer's TOC), hashing it too.
+    let mut second = [0u8; 512];
+    let n = read_up_to(reader, &mut second).ctx(|| format!("reading the tar of {title}"))?;
+    if n == second.len() && second.iter().all(|&b| b == 0) {
+        reader.through_end_marker = Some(reader.digester.clone().finish());
+    }
     std::io::copy(reader, &mut std::io::sink()).ctx(|| format!("reading the tar of {title}"))?;
     Ok(())
+}
+
+/// Reads until `buf` is full or the end; returns how much was read.
+fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
 }
 
 /// The checks for one tar entry: a relative path inside the archive; links that stay inside.
@@ -797,6 +791,110 @@ mod tests {
             Some(AUTO_UNPACK_RATIO << 30)
         );
         assert_eq!(UnpackLimit::Auto.for_layer(u64::MAX), Some(u64::MAX));
+    }
+
+    /// The tree under `dir` as (relative path, kind, bytes or link target).
+    fn tree(dir: &Path) -> Vec<(String, &'static str, Vec<u8>)> {
+        let mut out = Vec::new();
+        let mut stack = vec![dir.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).unwrap() {
+                let p = e.unwrap().path();
+                let rel = p.strip_prefix(dir).unwrap().to_string_lossy().into_owned();
+                let meta = std::fs::symlink_metadata(&p).unwrap();
+                if meta.is_symlink() {
+                    let t = std::fs::read_link(&p).unwrap();
+                    out.push((rel, "link", t.to_string_lossy().as_bytes().to_vec()));
+                } else if meta.is_dir() {
+                    out.push((rel, "dir", Vec::new()));
+                    stack.push(p);
+                } else {
+                    out.push((rel, "file", std::fs::read(&p).unwrap()));
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn a_packed_seekable_directory_unpacks_to_the_same_tree_without_its_toc() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        std::fs::create_dir_all(src.join("sub")).unwrap();
+        std::fs::write(src.join("a"), b"hello").unwrap();
+        std::fs::write(src.join("empty"), b"").unwrap();
+        let big: Vec<u8> = (0..(9u32 << 20))
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+            .collect();
+        std::fs::write(src.join("sub/big"), &big).unwrap();
+        std::os::unix::fs::symlink("../a", src.join("sub/l")).unwrap();
+        let (tgz, mut desc) = pack_directory(&src, "d", dir.path(), true).unwrap();
+        assert!(desc.annotation(seekable::TOC_DIGEST_ANNOTATION).is_some());
+        desc.set_annotation(annotation::TITLE, "d");
+        let out = dir.path().join("out");
+        std::fs::create_dir(&out).unwrap();
+        let opts = FileStoreOptions {
+            max_unpacked_size: UnpackLimit::Auto,
+            ..Default::default()
+        };
+        unpack_directory(&tgz, &out.join("d"), &desc, &opts).unwrap();
+        assert_eq!(tree(&out.join("d")), tree(&src));
+        assert_eq!(
+            std::fs::read_dir(&out).unwrap().count(),
+            1,
+            "{:?}",
+            tree(&out)
+        );
+
+        // A wrong content digest is still refused.
+        desc.set_annotation(annotation::CONTENT_DIGEST, Digest::of(b"x").to_string());
+        assert!(unpack_directory(&tgz, &out.join("d2"), &desc, &opts).is_err());
+        assert!(!out.join("d2").exists());
+    }
+
+    #[test]
+    fn multi_member_layers_unpack_whole_and_either_digest_is_accepted() {
+        let dir = tempfile::tempdir().unwrap();
+        // A tar with two entries, gzipped as two members (as pigz or a seekable writer do).
+        let mut tar_bytes = Vec::new();
+        {
+            let mut b = tar::Builder::new(&mut tar_bytes);
+            for (name, data) in [("d/one", &b"first"[..]), ("d/two", &b"second"[..])] {
+                let mut h = tar::Header::new_gnu();
+                h.set_mode(0o644);
+                h.set_size(data.len() as u64);
+                b.append_data(&mut h, name, data).unwrap();
+            }
+            b.finish().unwrap();
+        }
+        // Trailing zeros past the end marker: only the whole-stream digest covers them.
+        let mut whole = tar_bytes.clone();
+        whole.extend([0u8; 2048]);
+        let mut layer = Vec::new();
+        for part in [&whole[..1024], &whole[1024..]] {
+            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            std::io::Write::write_all(&mut gz, part).unwrap();
+            layer.extend(gz.finish().unwrap());
+        }
+        let tgz = dir.path().join("l.tgz");
+        std::fs::write(&tgz, &layer).unwrap();
+        for (i, digest) in [Digest::of(&tar_bytes), Digest::of(&whole)]
+            .into_iter()
+            .enumerate()
+        {
+            let mut desc = Descriptor::new(
+                media_type::DIRECTORY_LAYER,
+                Digest::of(&layer),
+                layer.len() as u64,
+            );
+            desc.set_annotation(annotation::TITLE, "d");
+            desc.set_annotation(annotation::CONTENT_DIGEST, digest.to_string());
+            let dest = dir.path().join(format!("out{i}")).join("d");
+            std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+            unpack_directory(&tgz, &dest, &desc, &FileStoreOptions::default()).unwrap();
+            assert_eq!(std::fs::read(dest.join("two")).unwrap(), b"second");
+        }
     }
 
     #[test]
