@@ -29,25 +29,6 @@ fn layout_blob(layout: &Path, digest: &str) -> PathBuf {
     layout.join("blobs").join(alg).join(hex)
 }
 
-/// `skopeo --insecure-policy ARGS` (no policy.json needed); its output, success or not.
-fn skopeo(args: &[&str]) -> Output {
-    let installed = std::env::var_os("PATH")
-        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join("skopeo").is_file()));
-    assert!(installed, "skopeo is not installed: run scripts/setup.sh");
-    run(Command::new("skopeo").arg("--insecure-policy").args(args))
-}
-
-#[track_caller]
-fn skopeo_ok(args: &[&str]) -> Vec<u8> {
-    let out = skopeo(args);
-    assert!(
-        out.status.success(),
-        "skopeo {args:?} failed\n{}",
-        describe(&out)
-    );
-    out.stdout
-}
-
 /// `index.json` of a layout, parsed, after checking what every reader relies on: valid JSON,
 /// `schemaVersion` 2, each tag named once, each listed manifest present and of its digest and
 /// size. Returns tag -> digest and every listed digest.

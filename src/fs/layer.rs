@@ -110,31 +110,30 @@ impl OrasFs {
         Ok(listing)
     }
 
-    async fn toc_entries(&self, desc: &Descriptor, toc: &Digest) -> Result<Vec<Entry>, Errno> {
+    async fn toc_entries(&self, desc: &Descriptor, want: &Digest) -> Result<Vec<Entry>, Errno> {
         let bad = |what: String| {
             let what = format!("layer {}: {what}", desc.digest);
             self.record_error(&what);
             Errno::new(libc::EIO, what)
         };
-        let footer_at = desc
-            .size
-            .checked_sub(seekable::FOOTER_SIZE)
-            .ok_or_else(|| bad("too small for a seekable layer's footer".into()))?;
+        let footer_at = desc.size.saturating_sub(seekable::FOOTER_SIZE);
         let footer = self
             .cache
             .read(desc, footer_at, seekable::FOOTER_SIZE, 0..0)
             .await?;
-        let toc_at = seekable::parse_footer(&footer).map_err(|e| bad(e.to_string()))?;
-        if toc_at >= footer_at || footer_at - toc_at > MAX_TOC {
+        let toc = seekable::locate_toc(&footer, desc.size).map_err(|e| bad(e.to_string()))?;
+        if toc.end - toc.start > MAX_TOC {
             return Err(bad(format!(
-                "the footer puts the TOC at {toc_at}, outside the layer's last 64 MiB"
+                "the footer puts the TOC at {}, {} bytes before the end (at most {MAX_TOC})",
+                toc.start,
+                toc.end - toc.start
             )));
         }
         let member = self
             .cache
-            .read(desc, toc_at, footer_at - toc_at, 0..0)
+            .read(desc, toc.start, toc.end - toc.start, 0..0)
             .await?;
-        seekable::parse_toc(&member, desc.size, Some(toc)).map_err(|e| bad(e.to_string()))
+        seekable::parse_toc(&member, desc.size, Some(want)).map_err(|e| bad(e.to_string()))
     }
 
     /// The seek index of a gzip layer: from the cache, else from the manifest's seek-index

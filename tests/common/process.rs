@@ -300,3 +300,22 @@ pub fn find_processes(pred: impl Fn(&[String]) -> bool) -> Vec<u32> {
         .filter(|&pid| cmdline(pid).is_some_and(|argv| pred(&argv)))
         .collect()
 }
+
+/// `skopeo --insecure-policy ARGS` (no policy.json needed); its output, success or not.
+pub fn skopeo(args: &[&str]) -> Output {
+    let installed = std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join("skopeo").is_file()));
+    assert!(installed, "skopeo is not installed: run scripts/setup.sh");
+    run(Command::new("skopeo").arg("--insecure-policy").args(args))
+}
+
+#[track_caller]
+pub fn skopeo_ok(args: &[&str]) -> Vec<u8> {
+    let out = skopeo(args);
+    assert!(
+        out.status.success(),
+        "skopeo {args:?} failed\n{}",
+        describe(&out)
+    );
+    out.stdout
+}
