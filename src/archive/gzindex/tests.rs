@@ -50,6 +50,19 @@ fn sample_tar(big: usize) -> Vec<u8> {
     add(&mut b, "dir/exact", &words(PIECE_SIZE as usize, 9), 0o644);
     let long = format!("dir/{}/file", "long-name".repeat(20));
     add(&mut b, &long, &words(100_000, 11), 0o4755);
+    // A PAX path and fractional mtime override the header's.
+    let pax_path = format!("dir/pax-{}", "p".repeat(150));
+    let pax = [
+        pax_record("path", &pax_path),
+        pax_record("mtime", "1700000000.25"),
+    ]
+    .concat();
+    let mut h = header(tar::EntryType::XHeader, pax.len() as u64, 0o644);
+    b.append_data(&mut h, "PaxHeaders/short", &pax[..]).unwrap();
+    let mut h = header(tar::EntryType::Regular, 3000, 0o640);
+    h.set_mtime(5);
+    b.append_data(&mut h, "short", &words(3000, 17)[..])
+        .unwrap();
     let mut h = header(tar::EntryType::Directory, 0, 0o755);
     b.append_data(&mut h, "dir/sub/", &[][..]).unwrap();
     let mut h = header(tar::EntryType::Symlink, 0, 0o777);
@@ -58,6 +71,16 @@ fn sample_tar(big: usize) -> Vec<u8> {
     b.append_link(&mut h, "hard", "small.txt").unwrap();
     add(&mut b, "tail", &words(3 * 1024 * 1024 + 5, 13), 0o644);
     b.into_inner().unwrap()
+}
+
+/// One PAX record: `LEN key=value\n`, where LEN counts the whole record.
+fn pax_record(key: &str, value: &str) -> Vec<u8> {
+    let body = format!(" {key}={value}\n");
+    let mut len = body.len() + 1;
+    while format!("{len}").len() + body.len() != len {
+        len += 1;
+    }
+    format!("{len}{body}").into_bytes()
 }
 
 fn gzip(data: &[u8]) -> Vec<u8> {
@@ -188,6 +211,11 @@ fn single_member_with_many_checkpoints() {
         .any(|c| c.compressed_bits % 8 != 0));
     check_extracts(&index, &gz, &tar_bytes);
     check_listing(&index, &tar_bytes);
+    let pax = index
+        .entries()
+        .iter()
+        .find(|e| e.path.starts_with("dir/pax-ppp"));
+    assert_eq!(pax.map(|e| e.mtime), Some(1_700_000_000));
 }
 
 #[test]
