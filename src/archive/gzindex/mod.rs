@@ -37,7 +37,8 @@ pub struct BuildOptions {
     pub span: u64,
     /// Refuse layers that inflate to more than this (gzip bombs).
     pub max_uncompressed: u64,
-    /// Refuse tars with more entries than this (the listing is kept in memory).
+    /// Refuse tars with more entries than this (the listing is kept in memory, and its
+    /// stored form, ~200 bytes an entry, must stay within what `Index::from_bytes` accepts).
     pub max_entries: usize,
 }
 
@@ -46,7 +47,7 @@ impl Default for BuildOptions {
         BuildOptions {
             span: 4 * 1024 * 1024,
             max_uncompressed: 64 * 1024 * 1024 * 1024,
-            max_entries: 1_000_000,
+            max_entries: 500_000,
         }
     }
 }

@@ -50,6 +50,19 @@ fn sample_tar(big: usize) -> Vec<u8> {
     add(&mut b, "dir/exact", &words(PIECE_SIZE as usize, 9), 0o644);
     let long = format!("dir/{}/file", "long-name".repeat(20));
     add(&mut b, &long, &words(100_000, 11), 0o4755);
+    // A PAX path and fractional mtime override the header's.
+    let pax_path = format!("dir/pax-{}", "p".repeat(150));
+    let pax = [
+        pax_record("path", &pax_path),
+        pax_record("mtime", "1700000000.25"),
+    ]
+    .concat();
+    let mut h = header(tar::EntryType::XHeader, pax.len() as u64, 0o644);
+    b.append_data(&mut h, "PaxHeaders/short", &pax[..]).unwrap();
+    let mut h = header(tar::EntryType::Regular, 3000, 0o640);
+    h.set_mtime(5);
+    b.append_data(&mut h, "short", &words(3000, 17)[..])
+        .unwrap();
     let mut h = header(tar::EntryType::Directory, 0, 0o755);
     b.append_data(&mut h, "dir/sub/", &[][..]).unwrap();
     let mut h = header(tar::EntryType::Symlink, 0, 0o777);
@@ -58,6 +71,16 @@ fn sample_tar(big: usize) -> Vec<u8> {
     b.append_link(&mut h, "hard", "small.txt").unwrap();
     add(&mut b, "tail", &words(3 * 1024 * 1024 + 5, 13), 0o644);
     b.into_inner().unwrap()
+}
+
+/// One PAX record: `LEN key=value\n`, where LEN counts the whole record.
+fn pax_record(key: &str, value: &str) -> Vec<u8> {
+    let body = format!(" {key}={value}\n");
+    let mut len = body.len() + 1;
+    while format!("{len}").len() + body.len() != len {
+        len += 1;
+    }
+    format!("{len}{body}").into_bytes()
 }
 
 fn gzip(data: &[u8]) -> Vec<u8> {
@@ -188,6 +211,11 @@ fn single_member_with_many_checkpoints() {
         .any(|c| c.compressed_bits % 8 != 0));
     check_extracts(&index, &gz, &tar_bytes);
     check_listing(&index, &tar_bytes);
+    let pax = index
+        .entries()
+        .iter()
+        .find(|e| e.path.starts_with("dir/pax-ppp"));
+    assert_eq!(pax.map(|e| e.mtime), Some(1_700_000_000));
 }
 
 #[test]
@@ -390,54 +418,70 @@ fn extract_refuses_bad_requests() {
 #[test]
 #[ignore = "benchmark: GZINDEX_BENCH=path/to/layer.tar.gz cargo test --release gzindex -- --ignored"]
 fn bench_build() {
+    use std::io::{Seek, SeekFrom};
     let Ok(path) = std::env::var("GZINDEX_BENCH") else {
         return;
     };
-    let gz = std::fs::read(&path).unwrap();
+    let hwm = || {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        let line = status
+            .lines()
+            .find(|l| l.starts_with("VmHWM:"))
+            .unwrap_or("");
+        line.trim_start_matches("VmHWM:").trim().to_string()
+    };
+    let size = std::fs::metadata(&path).unwrap().len();
+    // The pass streams from the file: the peak RSS right after it is the build's.
     let t = std::time::Instant::now();
-    let mut out = Vec::new();
-    flate2::read::MultiGzDecoder::new(&gz[..])
-        .read_to_end(&mut out)
-        .unwrap();
-    let flate = t.elapsed();
-    let t = std::time::Instant::now();
-    let index = build(&gz[..], gz.len() as u64, &BuildOptions::default()).unwrap();
+    let file = std::io::BufReader::new(std::fs::File::open(&path).unwrap());
+    let index = build(file, size, &BuildOptions::default()).unwrap();
     let built = t.elapsed();
-    let bytes = index.to_bytes();
-    let mid = index.uncompressed_size() / 2;
+    let peak = hwm();
+    let n = index.uncompressed_size();
+    let mid = n / 2;
+    let piece = 1024 * 1024;
+
     let t = std::time::Instant::now();
-    let (id, c) = index.compressed_range(mid..mid + 1024 * 1024);
-    let got = index
-        .extract(
-            id,
-            &gz[c.start as usize..c.end as usize],
-            mid..mid + 1024 * 1024,
-        )
-        .unwrap();
+    let file = std::io::BufReader::new(std::fs::File::open(&path).unwrap());
+    let mut dec = flate2::read::MultiGzDecoder::new(file);
+    std::io::copy(&mut (&mut dec).take(mid), &mut std::io::sink()).unwrap();
+    let mut expected = vec![0u8; piece as usize];
+    dec.read_exact(&mut expected).unwrap();
+    std::io::copy(&mut dec, &mut std::io::sink()).unwrap();
+    let flate = t.elapsed();
+
+    let bytes = index.to_bytes();
+    let windows: usize = index.checkpoints().iter().map(|c| c.window.len()).sum();
+    if let Ok(out) = std::env::var("GZINDEX_BENCH_INDEX") {
+        std::fs::write(out, &bytes).unwrap();
+    }
+    let t = std::time::Instant::now();
+    let (id, c) = index.compressed_range(mid..mid + piece);
+    let mut file = std::fs::File::open(&path).unwrap();
+    file.seek(SeekFrom::Start(c.start)).unwrap();
+    let mut compressed = vec![0u8; (c.end - c.start) as usize];
+    file.read_exact(&mut compressed).unwrap();
+    let got = index.extract(id, &compressed, mid..mid + piece).unwrap();
     let extract = t.elapsed();
-    assert!(got == out[mid as usize..mid as usize + 1024 * 1024]);
-    if let Ok(path) = std::env::var("GZINDEX_BENCH_OUT") {
-        std::fs::write(path, &got).unwrap();
+    assert!(got == expected);
+    if let Ok(out) = std::env::var("GZINDEX_BENCH_OUT") {
+        std::fs::write(out, &got).unwrap();
         eprintln!("wrote 1 MiB from {mid}");
     }
-    let mb = out.len() as f64 / 1e6;
+    let mb = n as f64 / 1e6;
     eprintln!(
-        "compressed {} B, uncompressed {} B, {} entries, {} checkpoints\n\
-         MultiGzDecoder {:.2?} ({:.0} MB/s uncompressed)\n\
-         index build {:.2?} ({:.0} MB/s uncompressed)\n\
-         index {} B ({:.2} MiB per GiB compressed)\n\
-         extract 1 MiB from the middle: {:.2?}, fetching {} compressed bytes",
-        gz.len(),
-        out.len(),
+        "compressed {size} B, uncompressed {n} B, {} entries, {} checkpoints\n\
+         index build {built:.2?} ({:.0} MB/s uncompressed, {:.0} MB/s compressed), peak RSS {peak}\n\
+         MultiGzDecoder to a sink {flate:.2?} ({:.0} MB/s uncompressed)\n\
+         index {} B ({:.2} MiB per GiB compressed; windows {windows} B)\n\
+         extract 1 MiB from the middle: {extract:.2?}, {} compressed bytes from checkpoint {id}",
         index.entries().len(),
         index.checkpoints().len(),
-        flate,
-        mb / flate.as_secs_f64(),
-        built,
         mb / built.as_secs_f64(),
+        size as f64 / 1e6 / built.as_secs_f64(),
+        mb / flate.as_secs_f64(),
         bytes.len(),
-        bytes.len() as f64 / (gz.len() as f64 / (1u64 << 30) as f64) / (1 << 20) as f64,
-        extract,
+        bytes.len() as f64 / (size as f64 / (1u64 << 30) as f64) / (1 << 20) as f64,
         c.end - c.start,
     );
 }
