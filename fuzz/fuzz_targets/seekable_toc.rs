@@ -27,7 +27,10 @@ fn check(entries: &[Entry], toc_offset: u64) {
             let ChunkAt::Member { offset, end } = c.at else {
                 panic!("a seekable layer's chunk not in a member");
             };
-            assert!(offset < end && end <= toc_offset, "{offset}..{end} past {toc_offset}");
+            assert!(
+                offset < end && end <= toc_offset,
+                "{offset}..{end} past {toc_offset}"
+            );
             assert!(last.is_none_or(|l| l < offset), "offsets go back");
             last = Some(offset);
         }

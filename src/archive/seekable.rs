@@ -245,12 +245,13 @@ impl<W: Write> SeekableWriter<W> {
     pub fn append_file(
         &mut self,
         header: &mut tar::Header,
-        name: &str,
+        path: &Path,
         data: &mut dyn Read,
     ) -> std::io::Result<()> {
+        let name = toc_name(path);
         let size = header.size()?;
         // The header goes into the current member; the data starts new ones.
-        self.tar.append_data(header, name, std::io::empty())?;
+        self.tar.append_data(header, path, std::io::empty())?;
         let first = self.toc.len();
         let mut file_digest = (size > CHUNK_SIZE).then(Digester::sha256);
         let mut done = 0u64;
@@ -278,10 +279,10 @@ impl<W: Write> SeekableWriter<W> {
             }
             let chunk_digest = chunk_digest.finish().to_string();
             let mut e = if done == 0 {
-                toc_entry(header, name)?
+                toc_entry(header, &name)?
             } else {
                 TocEntry {
-                    name: name.to_string(),
+                    name: name.clone(),
                     kind: "chunk".into(),
                     ..Default::default()
                 }
@@ -295,7 +296,7 @@ impl<W: Write> SeekableWriter<W> {
             done += len;
         }
         if size == 0 {
-            self.toc.push(toc_entry(header, name)?);
+            self.toc.push(toc_entry(header, &name)?);
         } else {
             let whole = match file_digest {
                 Some(d) => d.finish().to_string(),
@@ -314,24 +315,21 @@ impl<W: Write> SeekableWriter<W> {
     pub fn append_link(
         &mut self,
         header: &mut tar::Header,
-        name: &str,
+        path: &Path,
         target: &Path,
     ) -> std::io::Result<()> {
-        self.tar.append_link(header, name, target)?;
-        let mut e = toc_entry(header, name)?;
-        e.link_name = target
-            .to_str()
-            .ok_or_else(|| std::io::Error::other(format!("{name}: link target is not UTF-8")))?
-            .to_string();
+        self.tar.append_link(header, path, target)?;
+        let mut e = toc_entry(header, &toc_name(path))?;
+        e.link_name = toc_name(target);
         self.toc.push(e);
         Ok(())
     }
 
     /// Appends an entry without data: a directory, a device, a FIFO.
-    pub fn append_other(&mut self, header: &mut tar::Header, name: &str) -> std::io::Result<()> {
+    pub fn append_other(&mut self, header: &mut tar::Header, path: &Path) -> std::io::Result<()> {
         header.set_size(0);
-        self.tar.append_data(header, name, std::io::empty())?;
-        self.toc.push(toc_entry(header, name)?);
+        self.tar.append_data(header, path, std::io::empty())?;
+        self.toc.push(toc_entry(header, &toc_name(path))?);
         Ok(())
     }
 
@@ -370,6 +368,12 @@ impl<W: Write> SeekableWriter<W> {
         };
         Ok((out.inner, layer))
     }
+}
+
+/// A name as the TOC spells it: JSON holds text, so bytes that are not UTF-8 become U+FFFD
+/// there (the tar keeps them; such a file is still pushed and unpacked as it is).
+fn toc_name(path: &Path) -> String {
+    path.to_string_lossy().into_owned()
 }
 
 /// The TOC entry for what `header` describes (before data offsets are known).
@@ -448,24 +452,18 @@ pub fn write_seekable<W: Write>(
     let mut stack = vec![(dir.to_path_buf(), PathBuf::from(title))];
     while let Some((path, name)) = stack.pop() {
         let meta = std::fs::symlink_metadata(&path).ctx(ctx)?;
-        let name_str = name
-            .to_str()
-            .ok_or_else(|| crate::Error::Other(format!("{}: name is not UTF-8", name.display())))?
-            .to_string();
         let mut header = tar::Header::new_gnu();
         header.set_metadata_in_mode(&meta, mode);
         let ft = meta.file_type();
         let entry_ctx = || format!("packing {}", path.display());
         if ft.is_file() {
             let mut f = std::fs::File::open(&path).ctx(entry_ctx)?;
-            w.append_file(&mut header, &name_str, &mut f)
-                .ctx(entry_ctx)?;
+            w.append_file(&mut header, &name, &mut f).ctx(entry_ctx)?;
         } else if ft.is_symlink() {
             let target = std::fs::read_link(&path).ctx(entry_ctx)?;
-            w.append_link(&mut header, &name_str, &target)
-                .ctx(entry_ctx)?;
+            w.append_link(&mut header, &name, &target).ctx(entry_ctx)?;
         } else if ft.is_dir() {
-            w.append_other(&mut header, &name_str).ctx(entry_ctx)?;
+            w.append_other(&mut header, &name).ctx(entry_ctx)?;
             let mut entries: Vec<_> = std::fs::read_dir(&path)
                 .ctx(ctx)?
                 .collect::<std::io::Result<Vec<_>>>()
@@ -476,7 +474,7 @@ pub fn write_seekable<W: Write>(
             }
         } else {
             special_header(&mut header, &meta).ctx(entry_ctx)?;
-            w.append_other(&mut header, &name_str).ctx(entry_ctx)?;
+            w.append_other(&mut header, &name).ctx(entry_ctx)?;
         }
     }
     w.finish().ctx(ctx)
@@ -967,6 +965,29 @@ mod tests {
     }
 
     #[test]
+    fn names_that_are_not_utf8_stay_in_the_tar_and_are_replaced_in_the_toc() {
+        use std::os::unix::ffi::OsStrExt;
+        let dir = tempfile::tempdir().unwrap();
+        let odd = std::ffi::OsStr::from_bytes(b"\xffodd");
+        std::fs::write(dir.path().join(odd), b"data").unwrap();
+        let (layer, _) = layer_of(dir.path(), true);
+        let entries = toc_of(&layer, None).unwrap();
+        assert_eq!(entries[1].path, "t/\u{fffd}odd");
+        assert_eq!(read_file(&layer, &entries[1]), b"data");
+        let mut all = Vec::new();
+        flate2::read::MultiGzDecoder::new(layer.as_slice())
+            .read_to_end(&mut all)
+            .unwrap();
+        let mut archive = tar::Archive::new(all.as_slice());
+        let names: Vec<Vec<u8>> = archive
+            .entries()
+            .unwrap()
+            .map(|e| e.unwrap().path_bytes().into_owned())
+            .collect();
+        assert_eq!(names, [b"t".to_vec(), b"t/\xffodd".to_vec()]);
+    }
+
+    #[test]
     fn reproducible_layers_are_byte_identical() {
         let (dir, _) = sample_tree();
         let (a, ia) = layer_of(dir.path(), true);
@@ -989,13 +1010,15 @@ mod tests {
         h.set_entry_type(tar::EntryType::Regular);
         h.set_mode(0o4755);
         h.set_size(3);
-        w.append_file(&mut h, "d/f", &mut &b"abc"[..]).unwrap();
+        w.append_file(&mut h, Path::new("d/f"), &mut &b"abc"[..])
+            .unwrap();
         let mut h = tar::Header::new_gnu();
         h.set_entry_type(tar::EntryType::Link);
-        w.append_link(&mut h, "d/g", Path::new("d/f")).unwrap();
+        w.append_link(&mut h, Path::new("d/g"), Path::new("d/f"))
+            .unwrap();
         let mut h = tar::Header::new_gnu();
         h.set_entry_type(tar::EntryType::Fifo);
-        w.append_other(&mut h, "d/p").unwrap();
+        w.append_other(&mut h, Path::new("d/p")).unwrap();
         let (layer, info) = w.finish().unwrap();
         let entries = toc_of(&layer, Some(&info.toc_digest)).unwrap();
         assert_eq!(entries.len(), 3);
@@ -1015,7 +1038,9 @@ mod tests {
         let mut w = SeekableWriter::new(Vec::new(), Compression::fast());
         let mut h = tar::Header::new_gnu();
         h.set_size(10);
-        assert!(w.append_file(&mut h, "f", &mut &b"abc"[..]).is_err());
+        assert!(w
+            .append_file(&mut h, Path::new("f"), &mut &b"abc"[..])
+            .is_err());
     }
 
     // --- Bad TOCs ---------------------------------------------------------------------
@@ -1048,7 +1073,8 @@ mod tests {
         for n in ["a", "b"] {
             let mut h = tar::Header::new_gnu();
             h.set_size(3);
-            w.append_file(&mut h, n, &mut &b"xyz"[..]).unwrap();
+            w.append_file(&mut h, Path::new(n), &mut &b"xyz"[..])
+                .unwrap();
         }
         let (layer, _) = w.finish().unwrap();
         let off = parse_footer(&layer).unwrap();
