@@ -181,11 +181,11 @@ impl Manifest {
             media_type::OCI_INDEX | media_type::DOCKER_MANIFEST_LIST
         ) || value.get("manifests").is_some()
         {
-            return Err(bad(
-                "this is an image index (a list of manifests), not an artifact manifest; \
-                 pull one of its manifests by digest"
-                    .into(),
-            ));
+            return Err(bad(format!(
+                "this is an image index (a list of manifests), not a manifest; choose one of \
+                 its manifests by digest (or with --platform where a command has it): {}",
+                index_children(&value)
+            )));
         }
         let m: Manifest =
             serde_json::from_value(value).map_err(|e| bad(format!("not an OCI manifest: {e}")))?;
@@ -212,6 +212,134 @@ impl Manifest {
     pub fn annotation(&self, key: &str) -> Option<&str> {
         self.annotations.as_ref()?.get(key).map(String::as_str)
     }
+}
+
+/// The children of an index, `os/arch[/variant] sha256:…` each, for messages.
+fn index_children(index: &serde_json::Value) -> String {
+    let children: Vec<String> = index
+        .get("manifests")
+        .and_then(|m| m.as_array())
+        .map(|m| {
+            m.iter()
+                .map(|c| {
+                    let platform = c
+                        .get("platform")
+                        .and_then(Platform::of)
+                        .map_or("(no platform)".to_string(), |p| p.to_string());
+                    let digest = c.get("digest").and_then(|d| d.as_str()).unwrap_or("?");
+                    format!("{platform} {digest}")
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    if children.is_empty() {
+        "it lists none".into()
+    } else {
+        children.join(", ")
+    }
+}
+
+/// An OCI platform (`os/arch[/variant][:os_version]`, as `--platform` takes it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Platform {
+    pub os: String,
+    pub architecture: String,
+    pub variant: Option<String>,
+    pub os_version: Option<String>,
+}
+
+impl Platform {
+    /// The platform this program runs on, as images name it.
+    pub fn host() -> Platform {
+        let (architecture, variant) = match std::env::consts::ARCH {
+            "x86_64" => ("amd64", None),
+            "aarch64" => ("arm64", None),
+            "x86" => ("386", None),
+            "arm" => ("arm", Some("v7")),
+            "powerpc64" => ("ppc64le", None),
+            other => (other, None),
+        };
+        Platform {
+            os: std::env::consts::OS.to_string(),
+            architecture: architecture.to_string(),
+            variant: variant.map(str::to_string),
+            os_version: None,
+        }
+    }
+
+    /// A descriptor's `platform` object.
+    pub fn of(value: &serde_json::Value) -> Option<Platform> {
+        let field = |k: &str| value.get(k).and_then(|v| v.as_str()).map(str::to_string);
+        Some(Platform {
+            os: field("os")?,
+            architecture: field("architecture")?,
+            variant: field("variant"),
+            os_version: field("os.version"),
+        })
+    }
+
+    /// Whether `other` (a child of an index) is this platform: what is not given here
+    /// matches anything.
+    pub fn matches(&self, other: &Platform) -> bool {
+        self.os == other.os
+            && self.architecture == other.architecture
+            && (self.variant.is_none() || self.variant == other.variant)
+            && (self.os_version.is_none() || self.os_version == other.os_version)
+    }
+}
+
+impl std::str::FromStr for Platform {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Platform> {
+        let bad = || {
+            Error::Usage(format!(
+                "platform {s:?} is not os/arch[/variant][:os_version] (e.g. linux/amd64)"
+            ))
+        };
+        let (rest, os_version) = match s.split_once(':') {
+            Some((r, v)) if !v.is_empty() => (r, Some(v.to_string())),
+            Some(_) => return Err(bad()),
+            None => (s, None),
+        };
+        let parts: Vec<&str> = rest.split('/').collect();
+        if parts.len() < 2 || parts.len() > 3 || parts.iter().any(|p| p.is_empty()) {
+            return Err(bad());
+        }
+        Ok(Platform {
+            os: parts[0].to_string(),
+            architecture: parts[1].to_string(),
+            variant: parts.get(2).map(|v| v.to_string()),
+            os_version,
+        })
+    }
+}
+
+impl std::fmt::Display for Platform {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.os, self.architecture)?;
+        if let Some(v) = &self.variant {
+            write!(f, "/{v}")?;
+        }
+        if let Some(v) = &self.os_version {
+            write!(f, ":{v}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Whether manifest bytes are an image index.
+pub fn is_index(bytes: &[u8], media_type: Option<&str>) -> bool {
+    matches!(
+        media_type,
+        Some(media_type::OCI_INDEX | media_type::DOCKER_MANIFEST_LIST)
+    ) || serde_json::from_slice::<serde_json::Value>(bytes).is_ok_and(|v| {
+        v.get("manifests").is_some()
+            || matches!(
+                v.get("mediaType").and_then(|m| m.as_str()),
+                Some(media_type::OCI_INDEX | media_type::DOCKER_MANIFEST_LIST)
+            )
+    })
 }
 
 /// An image index: here, the list of referrers the tag schema keeps.
@@ -257,6 +385,20 @@ mod tests {
             Descriptor::empty().digest.as_str(),
             "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a"
         );
+    }
+
+    #[test]
+    fn platforms_parse_match_and_print() {
+        let p: Platform = "linux/arm64/v8:10.0".parse().unwrap();
+        assert_eq!(p.to_string(), "linux/arm64/v8:10.0");
+        let plain: Platform = "linux/arm64".parse().unwrap();
+        assert!(plain.matches(&p));
+        assert!(!p.matches(&plain));
+        for bad in ["linux", "linux/", "/amd64", "a/b/c/d", "linux/amd64:"] {
+            assert!(bad.parse::<Platform>().is_err(), "{bad}");
+        }
+        let child = serde_json::json!({"os": "linux", "architecture": "amd64"});
+        assert_eq!(Platform::of(&child).unwrap().to_string(), "linux/amd64");
     }
 
     #[test]

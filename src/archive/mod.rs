@@ -116,6 +116,64 @@ pub fn clean_path(raw: &str) -> Result<String, FormatError> {
     Ok(parts.join("/"))
 }
 
+/// The checks `pull` makes on a directory layer, for a layer listed rather than unpacked:
+/// no device or FIFO, no symlink out of the tree (absolute, or climbing above the root), and
+/// no entry reached through a symlink of the same layer. The first offending entry, named.
+pub fn check_contained(entries: &[Entry]) -> Result<(), FormatError> {
+    let mut links = std::collections::HashSet::new();
+    for e in entries {
+        let mut ancestor = e.path.as_str();
+        while let Some(i) = ancestor.rfind('/') {
+            ancestor = &ancestor[..i];
+            if links.contains(ancestor) {
+                return Err(FormatError::new(format!(
+                    "{}: leads through the symlink {ancestor} of the layer",
+                    e.path
+                )));
+            }
+        }
+        match &e.kind {
+            EntryKind::Special => {
+                return Err(FormatError::new(format!(
+                    "{}: a device or FIFO, which a directory layer may not hold",
+                    e.path
+                )))
+            }
+            EntryKind::Symlink { target } => {
+                let dir = e.path.rsplit_once('/').map_or("", |(d, _)| d);
+                if leaves(dir, target) {
+                    return Err(FormatError::new(format!(
+                        "{}: link to {target} points outside the directory",
+                        e.path
+                    )));
+                }
+                links.insert(e.path.as_str());
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Whether a symlink in `dir` (a path inside the layer) to `target` points outside it.
+fn leaves(dir: &str, target: &str) -> bool {
+    if target.starts_with('/') {
+        return true;
+    }
+    let mut depth = dir.split('/').filter(|c| !c.is_empty()).count() as i64;
+    for c in target.split('/') {
+        match c {
+            "" | "." => {}
+            ".." => depth -= 1,
+            _ => depth += 1,
+        }
+        if depth < 0 {
+            return true;
+        }
+    }
+    false
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -127,5 +185,30 @@ mod tests {
         assert!(clean_path("a/../../x").is_err());
         assert!(clean_path("a\0b").is_err());
         assert!(clean_path("./").is_err());
+    }
+
+    fn link(path: &str, target: &str) -> Entry {
+        Entry {
+            path: path.into(),
+            kind: EntryKind::Symlink {
+                target: target.into(),
+            },
+            mode: 0o777,
+            uid: 0,
+            gid: 0,
+            mtime: 0,
+        }
+    }
+
+    #[test]
+    fn contained_layers_keep_their_links_inside() {
+        assert!(check_contained(&[link("d/a", "b"), link("d/c", "../d/b")]).is_ok());
+        assert!(check_contained(&[link("d/up", "../../x")]).is_err());
+        assert!(check_contained(&[link("d/etc", "/etc")]).is_err());
+        let chain = [link("d/dot", "."), link("d/dot/dot/x", "../..")];
+        assert!(check_contained(&chain)
+            .unwrap_err()
+            .0
+            .contains("through the symlink d/dot"));
     }
 }

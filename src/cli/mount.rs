@@ -61,6 +61,10 @@ pub struct MountArgs {
     /// A container image: show its layers side by side (`0/`, `1/`, ...) instead of merged.
     #[arg(long)]
     pub layers: bool,
+    /// Of an image index, mount the manifest for this platform: os/arch[/variant][:os_version]
+    /// (default: this machine's).
+    #[arg(long, value_name = "PLATFORM")]
+    pub platform: Option<oras_fs::manifest::Platform>,
     #[command(flatten)]
     pub target: TargetArgs,
 }
@@ -143,9 +147,18 @@ pub async fn mount(args: MountArgs) -> Result<()> {
                 j.base,
                 args.mountpoint.display()
             );
-            mount::snapshot(target.as_ref(), &args.reference, j.base.as_str()).await?
+            mount::snapshot(target.as_ref(), &args.reference, j.base.as_str(), None).await?
         }
-        None => mount::snapshot(target.as_ref(), &args.reference, &opened.reference()).await?,
+        None => {
+            let platform = args.platform.as_ref();
+            mount::snapshot(
+                target.as_ref(),
+                &args.reference,
+                &opened.reference(),
+                platform,
+            )
+            .await?
+        }
     };
     let options = MountOptions {
         filter: LayerFilter {

@@ -20,7 +20,7 @@ use futures_util::{Stream, StreamExt};
 
 use crate::digest::Verifier;
 use crate::error::{Error, Result};
-use crate::manifest::{Descriptor, Manifest, MAX_MANIFEST_SIZE};
+use crate::manifest::{Descriptor, Index, Manifest, Platform, MAX_MANIFEST_SIZE};
 
 pub use file::FileStore;
 pub use layout::OciLayout;
@@ -318,21 +318,83 @@ pub async fn fetch_manifest(
     reference: &str,
 ) -> Result<(Descriptor, Bytes, Manifest)> {
     let desc = target.resolve(reference).await?;
-    let bytes = read_manifest(target, &desc).await.map_err(|e| match e {
+    let bytes = read_named_manifest(target, reference, &desc).await?;
+    let manifest = parse_named_manifest(reference, &desc, &bytes)?;
+    Ok((desc, bytes, manifest))
+}
+
+/// [`read_manifest`], its errors naming `reference`.
+async fn read_named_manifest(
+    target: &dyn Target,
+    reference: &str,
+    desc: &Descriptor,
+) -> Result<Bytes> {
+    read_manifest(target, desc).await.map_err(|e| match e {
         Error::Protocol(m) => Error::InvalidManifest {
             context: format!(" {reference}"),
             reason: m,
         },
         e => e,
-    })?;
-    let manifest = Manifest::parse(&bytes, Some(&desc.media_type)).map_err(|e| match e {
+    })
+}
+
+/// [`Manifest::parse`], its errors naming `reference` and its digest.
+fn parse_named_manifest(reference: &str, desc: &Descriptor, bytes: &[u8]) -> Result<Manifest> {
+    Manifest::parse(bytes, Some(&desc.media_type)).map_err(|e| match e {
         Error::InvalidManifest { reason, .. } => Error::InvalidManifest {
             context: format!(" {} ({})", reference, desc.digest),
             reason,
         },
         e => e,
+    })
+}
+
+/// Like [`fetch_manifest`], but an image index resolves to its child for `platform` (the
+/// host's when `None`); the index's descriptor is returned beside it.
+pub async fn fetch_platform_manifest(
+    target: &dyn Target,
+    reference: &str,
+    platform: Option<&Platform>,
+) -> Result<(Descriptor, Bytes, Manifest, Option<Descriptor>)> {
+    let desc = target.resolve(reference).await?;
+    let bytes = read_named_manifest(target, reference, &desc).await?;
+    if !crate::manifest::is_index(&bytes, Some(&desc.media_type)) {
+        let manifest = parse_named_manifest(reference, &desc, &bytes)?;
+        return Ok((desc, bytes, manifest, None));
+    }
+    let index: Index = serde_json::from_slice(&bytes).map_err(|e| Error::InvalidManifest {
+        context: format!(" {reference} ({})", desc.digest),
+        reason: format!("not an image index: {e}"),
     })?;
-    Ok((desc, bytes, manifest))
+    let want = platform.cloned().unwrap_or_else(Platform::host);
+    let children: Vec<(Option<Platform>, &Descriptor)> = index
+        .manifests
+        .iter()
+        .map(|c| (c.platform.as_ref().and_then(Platform::of), c))
+        .collect();
+    let Some((_, child)) = children
+        .iter()
+        .find(|(p, _)| p.as_ref().is_some_and(|p| want.matches(p)))
+    else {
+        let listed: Vec<String> = children
+            .iter()
+            .map(|(p, c)| {
+                let p = p.as_ref().map_or("(no platform)".into(), |p| p.to_string());
+                format!("{p} {}", c.digest)
+            })
+            .collect();
+        return Err(Error::Usage(format!(
+            "{reference} is an image index with no manifest for {want}; choose one with \
+             --platform: {}",
+            if listed.is_empty() {
+                "it lists none".into()
+            } else {
+                listed.join(", ")
+            }
+        )));
+    };
+    let (d, b, m) = fetch_manifest(target, child.digest.as_str()).await?;
+    Ok((d, b, m, Some(desc)))
 }
 
 /// A stream of one in-memory chunk.

@@ -165,7 +165,7 @@ impl OrasFs {
         writer: Option<Writer>,
         journal: Option<Journal>,
     ) -> crate::Result<OrasFs> {
-        let reason = view::read_only_reason(&snapshot.manifest);
+        let reason = view::read_only_reason(&snapshot);
         let writer = if reason.is_some() { None } else { writer };
         let read_only = options.read_only || writer.is_none();
         let options = MountOptions {
@@ -244,6 +244,16 @@ impl OrasFs {
     }
 
     pub async fn lookup(&self, parent: Ino, name: &OsStr) -> Result<Attr, Errno> {
+        // `.oras/` never waits for (or fails with) the contents of an image's root.
+        let internal = {
+            let tree = self.tree.read().unwrap();
+            tree.lookup(parent, name)
+                .filter(|n| n.internal)
+                .map(|n| self.attr_of(n))
+        };
+        if let Some(attr) = internal {
+            return Ok(attr);
+        }
         self.expand(parent).await?;
         let tree = self.tree.read().unwrap();
         tree.lookup(parent, name)
@@ -487,7 +497,7 @@ impl OrasFs {
         let filled = match &pending {
             Pending::Layer(desc) if layer::lazy_format(desc).is_some() => {
                 match self.listing(desc).await {
-                    Ok(l) => Filled::Entries(self.layer_entries(desc, &l, desc.title())),
+                    Ok(l) => Filled::Entries(self.layer_entries(desc, &l, desc.title())?),
                     // A gzip layer that cannot be indexed may still unpack (a TOC that
                     // fails its checks is never used).
                     Err(e) if desc.annotation(seekable::TOC_DIGEST_ANNOTATION).is_none() => {
@@ -500,7 +510,7 @@ impl OrasFs {
             Pending::Layer(desc) => Filled::Dir(self.unpacked_dir(desc).await?),
             Pending::Rootfs(desc) => {
                 let l = self.listing(desc).await?;
-                Filled::Entries(self.layer_entries(desc, &l, None))
+                Filled::Entries(self.layer_entries(desc, &l, None)?)
             }
             Pending::Image(layers) => {
                 let listings =
@@ -549,20 +559,28 @@ impl OrasFs {
     }
 
     /// A layer's entries as the mount shows them: below `title/` for an artifact's directory
-    /// layer (the oras layout), whole for an image layer.
+    /// layer (the oras layout; refused whole, as `pull` refuses it, if an entry would leave the
+    /// directory), whole for an image layer.
     fn layer_entries(
         &self,
         desc: &Descriptor,
         listing: &Arc<layer::Listing>,
         title: Option<&str>,
-    ) -> Vec<LayerEntry> {
+    ) -> Result<Vec<LayerEntry>, Errno> {
+        if title.is_some() {
+            archive::check_contained(&listing.entries).map_err(|e| {
+                let what = format!("directory layer {}: {e}", desc.digest);
+                self.record_error(&what);
+                Errno::new(libc::EIO, what)
+            })?;
+        }
         let (entries, _) = archive::merge::single(&listing.entries);
         let layer = Arc::new(view::untitled_copy(desc));
         let prefix = title.map(|t| format!("{}/", t.trim_end_matches('/')));
         let under_title = prefix
             .as_deref()
             .is_some_and(|p| entries.iter().any(|m| m.entry.path.starts_with(p)));
-        entries
+        Ok(entries
             .into_iter()
             .filter_map(|m| {
                 let mut e = m.entry;
@@ -571,7 +589,7 @@ impl OrasFs {
                 }
                 Some((e, layer.clone(), listing.index.clone()))
             })
-            .collect()
+            .collect())
     }
 
     pub(super) async fn unpacked_dir(&self, desc: &Descriptor) -> Result<PathBuf, Errno> {

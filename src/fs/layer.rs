@@ -6,7 +6,6 @@
 
 use std::collections::HashMap;
 use std::io::Read;
-use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
@@ -22,9 +21,12 @@ use crate::manifest::Descriptor;
 
 /// The largest TOC fetched (compressed); eStargz TOCs are a few hundred bytes a file.
 const MAX_TOC: u64 = 64 << 20;
-/// Decompressed chunks kept in memory (at most 4 MiB each), so that the 128 KiB reads of a
-/// sequential reader do not decompress a chunk again each time.
-const CHUNKS_KEPT: usize = 16;
+/// Bytes of decompressed chunks kept in memory, so that the 128 KiB reads of a sequential
+/// reader do not decompress a chunk again each time.
+const CHUNKS_KEPT_BYTES: u64 = 64 << 20;
+/// The largest chunk served: a chunk is verified whole, in memory, before any of it is
+/// served. eStargz writers cut 4 MiB chunks; a TOC claiming more is refused (`EIO`).
+const MAX_CHUNK: u64 = 64 << 20;
 /// An indexed read decompresses this much past the chunk asked for (the chunks that follow
 /// in the same file): one pass from a checkpoint serves a sequential reader for a while.
 const STREAM_READ_AHEAD: u64 = 8 << 20;
@@ -40,7 +42,7 @@ pub struct Listing {
 /// The mount's memory of layers: listings by layer digest, recently decompressed chunks.
 pub struct LayerState {
     listings: Mutex<HashMap<Digest, Arc<Listing>>>,
-    chunks: Mutex<lru::LruCache<(Digest, u64), Bytes>>,
+    chunks: Mutex<Chunks>,
     /// The mounted manifest's seek-index referrer (`oras-fs index`): index blobs by layer.
     published: tokio::sync::OnceCell<HashMap<Digest, Descriptor>>,
 }
@@ -49,10 +51,36 @@ impl Default for LayerState {
     fn default() -> Self {
         LayerState {
             listings: Mutex::new(HashMap::new()),
-            chunks: Mutex::new(lru::LruCache::new(
-                NonZeroUsize::new(CHUNKS_KEPT).expect("non-zero"),
-            )),
+            chunks: Mutex::new(Chunks {
+                lru: lru::LruCache::unbounded(),
+                bytes: 0,
+            }),
             published: tokio::sync::OnceCell::new(),
+        }
+    }
+}
+
+/// Recently decompressed chunks, bounded by their total size.
+struct Chunks {
+    lru: lru::LruCache<(Digest, u64), Bytes>,
+    bytes: u64,
+}
+
+impl Chunks {
+    fn get(&mut self, key: &(Digest, u64)) -> Option<Bytes> {
+        self.lru.get(key).cloned()
+    }
+
+    fn put(&mut self, key: (Digest, u64), data: Bytes) {
+        self.bytes += data.len() as u64;
+        if let Some(old) = self.lru.put(key, data) {
+            self.bytes -= old.len() as u64;
+        }
+        while self.bytes > CHUNKS_KEPT_BYTES {
+            match self.lru.pop_lru() {
+                Some((_, b)) => self.bytes -= b.len() as u64,
+                None => break,
+            }
         }
     }
 }
@@ -258,7 +286,7 @@ impl OrasFs {
         let key = |c: &Chunk| (file.layer.digest.clone(), chunk_key(c));
         let c = &file.chunks[i];
         if let Some(b) = self.layers.chunks.lock().unwrap().get(&key(c)) {
-            return Ok(b.clone());
+            return Ok(b);
         }
         let layer = &file.layer;
         let fail = |what: String| {
@@ -266,6 +294,13 @@ impl OrasFs {
             self.record_error(&what);
             Errno::new(libc::EIO, what)
         };
+        if c.len > MAX_CHUNK {
+            return Err(fail(format!(
+                "a chunk of {} bytes at {} of a file: over the {MAX_CHUNK}-byte bound of what is \
+                 verified in memory before it is served; `oras-fs pull` the layer instead",
+                c.len, c.file_offset
+            )));
+        }
         match (&c.at, &file.index) {
             (ChunkAt::Member { offset, end }, _) => {
                 // The next chunk's members arrive in the background for a sequential reader.
@@ -365,7 +400,7 @@ fn gunzip_prefix(compressed: &[u8], len: u64) -> std::io::Result<Vec<u8>> {
 fn write_atomically(path: &std::path::Path, data: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     let dir = path.parent().expect("cache paths have parents");
-    std::fs::create_dir_all(dir)?;
+    super::paths::private_dir(dir)?;
     let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
     tmp.write_all(data)?;
     tmp.persist(path).map_err(|e| e.error)?;

@@ -16,11 +16,18 @@ use super::fusermount::{self, unmount_with, VIA_FUSERMOUNT_ENV};
 use super::paths::{absolute, control_socket};
 use crate::content::{self, Target};
 use crate::error::{Error, IoContext, Result};
-use crate::manifest::{Descriptor, MAX_MANIFEST_SIZE};
+use crate::manifest::{Descriptor, Platform, MAX_MANIFEST_SIZE};
 
-/// Resolves and fetches what a mount shows.
-pub async fn snapshot(target: &dyn Target, display_ref: &str, reference: &str) -> Result<Snapshot> {
-    let (descriptor, manifest_bytes, manifest) = content::fetch_manifest(target, reference).await?;
+/// Resolves and fetches what a mount shows (of an image index, the manifest for `platform`,
+/// by default the host's).
+pub async fn snapshot(
+    target: &dyn Target,
+    display_ref: &str,
+    reference: &str,
+    platform: Option<&Platform>,
+) -> Result<Snapshot> {
+    let (descriptor, manifest_bytes, manifest, index) =
+        content::fetch_platform_manifest(target, reference, platform).await?;
     let config_bytes = if manifest.config.size <= MAX_MANIFEST_SIZE {
         content::read_all(target, &manifest.config, MAX_MANIFEST_SIZE).await?
     } else {
@@ -32,6 +39,7 @@ pub async fn snapshot(target: &dyn Target, display_ref: &str, reference: &str) -
         manifest_bytes,
         manifest,
         config_bytes,
+        index,
     })
 }
 

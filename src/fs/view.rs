@@ -24,6 +24,8 @@ pub struct Snapshot {
     pub manifest_bytes: Bytes,
     pub manifest: Manifest,
     pub config_bytes: Bytes,
+    /// The image index `manifest` was chosen from (by platform), if any.
+    pub index: Option<Descriptor>,
 }
 
 /// The tree of a mount and what it leaves out.
@@ -64,13 +66,24 @@ fn is_rootfs_layer(media_type: &str) -> bool {
         || media_type.starts_with("application/vnd.docker.image.rootfs.")
 }
 
-/// Why a manifest must not be changed by a mount, if it must not: a mount shows files, and a
+/// Why a mount must not change what it shows, if it must not: a mount shows files, and a
 /// push of files would destroy what it does not understand.
-pub fn read_only_reason(manifest: &Manifest) -> Option<String> {
+pub fn read_only_reason(snapshot: &Snapshot) -> Option<String> {
+    if let Some(index) = &snapshot.index {
+        return Some(format!(
+            "mounted read-only: {} is an image index ({}); this is its manifest {}, and a push \
+             would replace the whole index with it",
+            snapshot.reference, index.digest, snapshot.descriptor.digest
+        ));
+    }
+    manifest_read_only_reason(&snapshot.manifest)
+}
+
+fn manifest_read_only_reason(manifest: &Manifest) -> Option<String> {
     if IMAGE_CONFIGS.contains(&manifest.config.media_type.as_str()) {
         return Some(format!(
-            "mounted read-only: this is a container image (config {}), which a push of files \
-             would break; `oras-fs pull` or `oras-fs copy` it to change it elsewhere",
+            "mounted read-only: this is a container image (config {}), shown as its root \
+             filesystem; a push of files would break it",
             manifest.config.media_type
         ));
     }
@@ -445,9 +458,8 @@ pub fn refresh_meta_dir(tree: &mut Tree, snapshot: &Snapshot, notices: &[String]
 }
 
 /// Adds a layer's entries (parents before children, paths relative to `parent`) below
-/// `parent`, read-only. `owners`: show the tar's owners (an image); else the mounting user's,
-/// and symlinks that leave the directory are left out, as unpacking refuses them. Returns
-/// how many entries were left out.
+/// `parent`, read-only. `owners`: show the tar's owners (an image), else the mounting user's.
+/// Returns how many entries were left out (devices, FIFOs, names taken).
 pub fn add_entries(
     tree: &mut Tree,
     parent: Ino,
@@ -479,14 +491,6 @@ pub fn add_entries(
                 size,
             ),
             EntryKind::Symlink { target } => {
-                if !owners && leaves(dir, &target) {
-                    tracing::warn!(
-                        "not showing {}: its link to {target} leaves the layer",
-                        e.path
-                    );
-                    skipped += 1;
-                    continue;
-                }
                 let len = target.len() as u64;
                 (Kind::Symlink(target.into()), len)
             }
@@ -510,25 +514,6 @@ pub fn add_entries(
         }
     }
     skipped
-}
-
-/// Whether a symlink in `dir` (a path inside the layer) to `target` points outside the layer.
-fn leaves(dir: &str, target: &str) -> bool {
-    if target.starts_with('/') {
-        return true;
-    }
-    let mut depth = dir.split('/').filter(|c| !c.is_empty()).count() as i64;
-    for c in target.split('/') {
-        match c {
-            "" | "." => {}
-            ".." => depth -= 1,
-            _ => depth += 1,
-        }
-        if depth < 0 {
-            return true;
-        }
-    }
-    false
 }
 
 /// Mirrors an unpacked directory on disk into the tree below `parent`.
@@ -600,6 +585,7 @@ mod tests {
             manifest_bytes: bytes,
             manifest,
             config_bytes: Bytes::from_static(b"{}"),
+            index: None,
         }
     }
 
@@ -636,7 +622,7 @@ mod tests {
         );
         assert!(notes.contains("1 layer(s) without a title"), "{notes}");
         assert!(notes.contains("unsafe title \"../x\""), "{notes}");
-        assert!(read_only_reason(&s.manifest).is_none());
+        assert!(read_only_reason(&s).is_none());
     }
 
     #[test]
@@ -645,9 +631,7 @@ mod tests {
             "application/vnd.oci.image.config.v1+json",
             vec![layer(None, "application/vnd.oci.image.layer.v1.tar+gzip")],
         );
-        assert!(read_only_reason(&img.manifest)
-            .unwrap()
-            .contains("container image"));
+        assert!(read_only_reason(&img).unwrap().contains("container image"));
         let untitled_rootfs = snapshot(
             media_type::EMPTY,
             vec![layer(
@@ -655,7 +639,7 @@ mod tests {
                 "application/vnd.docker.image.rootfs.diff.tar.gzip",
             )],
         );
-        assert!(read_only_reason(&untitled_rootfs.manifest).is_some());
+        assert!(read_only_reason(&untitled_rootfs).is_some());
         let _ = Digest::of(b"");
     }
 }

@@ -196,6 +196,7 @@ impl Harness {
             manifest_bytes,
             manifest,
             config_bytes,
+            index: None,
         };
         let options = MountOptions {
             filter: LayerFilter::default(),

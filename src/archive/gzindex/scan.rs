@@ -86,7 +86,12 @@ fn read_listing<R: Read>(
                 meta.apply_pax(ext.key_bytes(), ext.value_bytes())?;
             }
         }
-        let path = clean_path(&utf8(&entry.path_bytes(), "entry name")?)?;
+        let name = utf8(&entry.path_bytes(), "entry name")?;
+        if ty.is_dir() && is_root(&name) {
+            // `tar -C dir .` starts with `./`: the root itself, nothing to list.
+            continue;
+        }
+        let path = clean_path(&name)?;
         let link = entry
             .link_name_bytes()
             .map(|l| utf8(&l, "link target"))
@@ -458,4 +463,9 @@ impl<R: Read> Read for Scanner<R> {
             err
         })
     }
+}
+
+/// Whether a directory entry's name is the archive's root (`.`, `./`, `/`).
+fn is_root(name: &str) -> bool {
+    name.split('/').all(|c| c.is_empty() || c == ".")
 }

@@ -485,3 +485,22 @@ fn bench_build() {
         c.end - c.start,
     );
 }
+
+#[test]
+fn the_root_entry_of_tar_dash_c_dot_is_not_listed() {
+    let mut b = tar::Builder::new(Vec::new());
+    for (name, ty) in [
+        ("./", tar::EntryType::Directory),
+        ("./etc/", tar::EntryType::Directory),
+    ] {
+        let mut h = header(ty, 0, 0o755);
+        b.append_data(&mut h, name, &b""[..]).unwrap();
+    }
+    let mut h = header(tar::EntryType::Regular, 3, 0o644);
+    b.append_data(&mut h, "./etc/hello", &b"hi\n"[..]).unwrap();
+    let tar_bytes = b.into_inner().unwrap();
+    let gz = gzip(&tar_bytes);
+    let index = build(&gz[..], gz.len() as u64, &opts(1 << 20)).unwrap();
+    let paths: Vec<&str> = index.entries().iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(paths, ["etc", "etc/hello"]);
+}

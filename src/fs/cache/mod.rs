@@ -102,7 +102,12 @@ pub struct BlobCache {
 
 impl BlobCache {
     pub fn new(source: Arc<dyn Target>, options: CacheOptions) -> std::io::Result<Arc<BlobCache>> {
-        for sub in ["blobs/sha256", "partial/sha256", "unpacked/sha256"] {
+        for sub in [
+            "blobs/sha256",
+            "partial/sha256",
+            "unpacked/sha256",
+            "indexes/sha256",
+        ] {
             private_dir(&options.dir.join(sub))?;
         }
         let slots = (options.memory_limit / BLOCK).max(1);
