@@ -370,3 +370,59 @@ fn an_image_mounts_as_its_merged_root_filesystem() {
     assert!(m.join("1/etc/.wh.passwd").exists());
     assert_eq!(read_file(&m.join("0/etc/os-release")), b"NAME=\"Lower\"\n");
 }
+
+#[test]
+fn an_image_index_mounts_the_manifest_of_a_platform() {
+    require_registry!();
+    let repo = unique_repo("lazy-platforms");
+    let work = temp_dir();
+    let layout = work.path().join("layout");
+    // Two single-layer images, then an index of both in place of the layout's index.json.
+    let mut children = Vec::new();
+    for arch in ["amd64", "arm64"] {
+        let text = format!("built for {arch}\n");
+        let (_, gz) = layer_tar(&[dir_entry("etc"), entry("etc/arch", text.as_bytes())]);
+        let layer = layout_blob(&layout, "application/vnd.oci.image.layer.v1.tar+gzip", &gz);
+        write_layout(&layout, "application/vnd.oci.image.config.v1+json", b"{}", vec![layer]);
+        let index = json(&read_file(&layout.join("index.json")));
+        let mut child = index["manifests"][0].clone();
+        child["annotations"] = serde_json::Value::Null;
+        child["platform"] = serde_json::json!({"os": "linux", "architecture": arch});
+        children.push(child);
+    }
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": children
+    });
+    let mut desc = layout_blob(
+        &layout,
+        "application/vnd.oci.image.index.v1+json",
+        &serde_json::to_vec(&index).unwrap(),
+    );
+    desc["annotations"] = serde_json::json!({"org.opencontainers.image.ref.name": "v1"});
+    let top = serde_json::json!({"schemaVersion": 2, "manifests": [desc]});
+    std::fs::write(layout.join("index.json"), serde_json::to_vec(&top).unwrap()).unwrap();
+    let r = reference(&repo, "v1");
+    skopeo_ok(&[
+        "copy",
+        "--all",
+        "--dest-tls-verify=false",
+        &format!("oci:{}:v1", layout.display()),
+        &format!("docker://{r}"),
+    ]);
+
+    let m = Mount::new(&r, &["--platform", "linux/arm64"]);
+    assert_eq!(read_file(&m.join("etc/arch")), b"built for arm64\n");
+    let notes = String::from_utf8(read_file(&m.join(".oras/notes"))).unwrap();
+    assert!(notes.contains("image index"), "{notes}");
+    drop(m);
+    if std::env::consts::ARCH == "x86_64" {
+        let m = Mount::new(&r, &[]);
+        assert_eq!(read_file(&m.join("etc/arch")), b"built for amd64\n");
+    }
+    // A platform the index does not have: refused, naming those it has.
+    let err = Mount::try_new(&r, None, &["--platform", "linux/s390x"]).err().expect("refused");
+    let stderr = String::from_utf8_lossy(&err.stderr).to_string();
+    assert!(stderr.contains("linux/amd64") && stderr.contains("linux/arm64"), "{stderr}");
+}
