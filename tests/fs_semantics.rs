@@ -455,3 +455,136 @@ async fn a_file_stays_marked_as_being_written_until_its_last_writer_closes() {
         fs.notices()
     );
 }
+
+/// A seekable directory layer titled `title` (as `oras-fs push DIR` makes it) of `files`,
+/// its bytes passed through `tamper` first; the TOC digest annotation is `toc` if given.
+fn seekable_layer(
+    target: &oras_fs::content::testing::TestTarget,
+    title: &str,
+    files: &[(&str, Vec<u8>)],
+    tamper: impl FnOnce(&mut Vec<u8>, &[oras_fs::archive::Entry]),
+    toc: Option<&str>,
+) -> oras_fs::manifest::Descriptor {
+    use oras_fs::archive::seekable;
+    use oras_fs::manifest::{annotation, media_type};
+    let src = tempfile::tempdir().unwrap();
+    for (name, data) in files {
+        std::fs::write(src.path().join(name), data).unwrap();
+    }
+    let (mut bytes, layer) = seekable::write_seekable(src.path(), title, Vec::new(), true).unwrap();
+    let footer = &bytes[bytes.len() - seekable::FOOTER_SIZE as usize..];
+    let at = seekable::locate_toc(footer, bytes.len() as u64).unwrap();
+    let entries = seekable::parse_toc(
+        &bytes[at.start as usize..at.end as usize],
+        bytes.len() as u64,
+        None,
+    )
+    .unwrap();
+    tamper(&mut bytes, &entries);
+    let mut d = target.store().add(media_type::DIRECTORY_LAYER, bytes);
+    d.set_annotation(annotation::TITLE, title);
+    d.set_annotation(annotation::UNPACK, "true");
+    d.set_annotation(annotation::CONTENT_DIGEST, layer.content_digest.to_string());
+    let toc = toc.map_or(layer.toc_digest.to_string(), str::to_string);
+    d.set_annotation(seekable::TOC_DIGEST_ANNOTATION, toc);
+    d
+}
+
+/// The compressed start of `path`'s first chunk in a seekable layer.
+fn first_member(entries: &[oras_fs::archive::Entry], path: &str) -> usize {
+    use oras_fs::archive::{ChunkAt, EntryKind};
+    let e = entries.iter().find(|e| e.path == path).unwrap();
+    match &e.kind {
+        EntryKind::File { chunks, .. } => match chunks[0].at {
+            ChunkAt::Member { offset, .. } => offset as usize,
+            _ => unreachable!(),
+        },
+        _ => unreachable!(),
+    }
+}
+
+#[tokio::test]
+async fn a_seekable_layer_lists_from_its_toc_and_reads_one_file_by_its_chunks() {
+    let target = oras_fs::content::testing::TestTarget::new();
+    // Incompressible, so that the layer is larger than what the cache fetches whole.
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let big: Vec<u8> = (0..9 * MIB)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    let files = vec![("big.bin", big.clone()), ("small.txt", b"small\n".to_vec())];
+    let layer = seekable_layer(&target, "d", &files, |_, _| {}, None);
+    let size = layer.size;
+    let h = Harness::with_layers_and(target, vec![layer], &[]);
+    let fs = h.mount(true).await;
+    let d = path_ino(&fs, "d").await;
+    let names: Vec<_> = fs
+        .readdir(d)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.2)
+        .collect();
+    assert_eq!(names, ["big.bin", "small.txt"]);
+    let listed = h.target.counts().bytes_served;
+    assert!(
+        listed < size / 4,
+        "listing fetched {listed} of {size} bytes"
+    );
+    assert_eq!(read_all(&fs, "d/small.txt").await, b"small\n");
+    assert!(h.target.counts().bytes_served < size / 2);
+    assert_eq!(read_all(&fs, "d/big.bin").await, big);
+    // Files inside a layer are read-only, even on a writable mount.
+    let fs = h.mount(false).await;
+    let d = path_ino(&fs, "d").await;
+    assert_eq!(
+        fs.create(d, OsStr::new("new"), 0o644).unwrap_err(),
+        libc::EROFS
+    );
+}
+
+#[tokio::test]
+async fn a_toc_that_fails_its_digest_is_never_used() {
+    let target = oras_fs::content::testing::TestTarget::new();
+    let files = vec![("a.txt", b"a\n".to_vec())];
+    let wrong = format!("sha256:{}", "0".repeat(64));
+    let layer = seekable_layer(&target, "d", &files, |_, _| {}, Some(&wrong));
+    let h = Harness::with_layers_and(target, vec![layer], &[]);
+    let fs = h.mount(true).await;
+    let d = path_ino(&fs, "d").await;
+    assert_eq!(fs.readdir(d).await.unwrap_err(), libc::EIO);
+    let why = fs.status().last_error.unwrap();
+    assert!(why.contains("digest"), "{why}");
+}
+
+#[tokio::test]
+async fn a_corrupt_chunk_fails_its_file_only() {
+    let target = oras_fs::content::testing::TestTarget::new();
+    let files = vec![
+        ("bad.bin", pattern(300_000)),
+        ("good.txt", b"good\n".to_vec()),
+    ];
+    let layer = seekable_layer(
+        &target,
+        "d",
+        &files,
+        |bytes, entries| {
+            // A byte in the middle of bad.bin's compressed data.
+            let at = first_member(entries, "d/bad.bin") + 2_000;
+            bytes[at] ^= 0x55;
+        },
+        None,
+    );
+    let h = Harness::with_layers_and(target, vec![layer], &[]);
+    let fs = h.mount(true).await;
+    assert_eq!(read_all(&fs, "d/good.txt").await, b"good\n");
+    let bad = path_ino(&fs, "d/bad.bin").await;
+    let fh = fs.open(bad, false, false).await.unwrap().fh;
+    assert_eq!(fs.read(fh, 0, 4096).await.unwrap_err(), libc::EIO);
+    fs.release(fh);
+    assert!(fs.status().last_error.unwrap().contains("chunk"));
+}

@@ -383,7 +383,12 @@ fn an_image_index_mounts_the_manifest_of_a_platform() {
         let text = format!("built for {arch}\n");
         let (_, gz) = layer_tar(&[dir_entry("etc"), entry("etc/arch", text.as_bytes())]);
         let layer = layout_blob(&layout, "application/vnd.oci.image.layer.v1.tar+gzip", &gz);
-        write_layout(&layout, "application/vnd.oci.image.config.v1+json", b"{}", vec![layer]);
+        write_layout(
+            &layout,
+            "application/vnd.oci.image.config.v1+json",
+            b"{}",
+            vec![layer],
+        );
         let index = json(&read_file(&layout.join("index.json")));
         let mut child = index["manifests"][0].clone();
         child["annotations"] = serde_json::Value::Null;
@@ -422,7 +427,12 @@ fn an_image_index_mounts_the_manifest_of_a_platform() {
         assert_eq!(read_file(&m.join("etc/arch")), b"built for amd64\n");
     }
     // A platform the index does not have: refused, naming those it has.
-    let err = Mount::try_new(&r, None, &["--platform", "linux/s390x"]).err().expect("refused");
+    let err = Mount::try_new(&r, None, &["--platform", "linux/s390x"])
+        .err()
+        .expect("refused");
     let stderr = String::from_utf8_lossy(&err.stderr).to_string();
-    assert!(stderr.contains("linux/amd64") && stderr.contains("linux/arm64"), "{stderr}");
+    assert!(
+        stderr.contains("linux/amd64") && stderr.contains("linux/arm64"),
+        "{stderr}"
+    );
 }
