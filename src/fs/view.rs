@@ -479,7 +479,9 @@ pub fn add_entries(
             continue;
         };
         let mtime = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(e.mtime.max(0) as u64);
-        let perm = (e.mode & 0o7777) as u16;
+        // An image's modes as they are (the mount is nosuid); an artifact's as `pull` would
+        // unpack them: permission bits only.
+        let perm = (e.mode & if owners { 0o7777 } else { 0o777 }) as u16;
         let (kind, size) = match e.kind {
             EntryKind::Dir => (empty_dir(), 0),
             EntryKind::File { size, chunks } => (
