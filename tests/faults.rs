@@ -21,14 +21,6 @@ use common::*;
 
 const MIB: usize = 1024 * 1024;
 
-/// `oras-fs push REF FILES... --no-tty`, run in `dir`.
-fn push(dir: &Path, reference: &str, files: &[&str]) -> Output {
-    let mut args = vec!["push", reference];
-    args.extend_from_slice(files);
-    args.push("--no-tty");
-    oras_fs_in(dir, args)
-}
-
 /// Names in `dir` that oras-fs uses for temporary files (`.oras-fs-partial-*`, ...).
 fn leftovers(dir: &Path) -> Vec<String> {
     if !dir.exists() {

@@ -7,7 +7,6 @@
 mod common;
 
 use std::path::Path;
-use std::process::Output;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -17,14 +16,6 @@ const DEFAULT_LAYER: &str = "application/vnd.oci.image.layer.v1.tar";
 const DIRECTORY_LAYER: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 const TITLE: &str = "org.opencontainers.image.title";
-
-/// `oras-fs push REF ARGS... --no-tty`, run in `dir` (titles are the paths as given).
-fn push(dir: &Path, reference: &str, args: &[&str]) -> Output {
-    let mut all = vec!["push", reference];
-    all.extend_from_slice(args);
-    all.push("--no-tty");
-    oras_fs_in(dir, all)
-}
 
 /// The manifest behind `repo:reference` on the main registry, parsed.
 fn manifest(repo: &str, reference: &str) -> Value {

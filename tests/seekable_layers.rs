@@ -6,7 +6,7 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 
 use common::*;
 use oras_fs::archive::seekable::{locate_toc, parse_toc, FOOTER_SIZE, TOC_DIGEST_ANNOTATION};
@@ -15,14 +15,6 @@ use oras_fs::digest::Digest;
 
 const CONTENT_DIGEST: &str = "io.deis.oras.content.digest";
 const UNPACK: &str = "io.deis.oras.content.unpack";
-
-/// `oras-fs push REF ARGS... --no-tty`, run in `dir`.
-fn push(dir: &Path, reference: &str, args: &[&str]) -> Output {
-    let mut all = vec!["push", reference];
-    all.extend_from_slice(args);
-    all.push("--no-tty");
-    oras_fs_in(dir, all)
-}
 
 /// A tree with a file split in three chunks, small and empty files, nesting and a symlink.
 fn write_tree(root: &Path, seed: &str) {

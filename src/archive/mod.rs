@@ -157,15 +157,19 @@ pub fn check_contained(entries: &[Entry]) -> Result<(), FormatError> {
 
 /// Whether a symlink in `dir` (a path inside the layer) to `target` points outside it.
 fn leaves(dir: &str, target: &str) -> bool {
-    if target.starts_with('/') {
-        return true;
-    }
-    let mut depth = dir.split('/').filter(|c| !c.is_empty()).count() as i64;
-    for c in target.split('/') {
+    escapes(&std::path::Path::new(dir).join(target))
+}
+
+/// Whether a path climbs above its start (or is absolute), judged lexically.
+pub fn escapes(path: &std::path::Path) -> bool {
+    use std::path::Component;
+    let mut depth = 0i64;
+    for c in path.components() {
         match c {
-            "" | "." => {}
-            ".." => depth -= 1,
-            _ => depth += 1,
+            Component::ParentDir => depth -= 1,
+            Component::Normal(_) => depth += 1,
+            Component::RootDir | Component::Prefix(_) => return true,
+            Component::CurDir => {}
         }
         if depth < 0 {
             return true;

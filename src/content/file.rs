@@ -615,7 +615,7 @@ fn check_tar_entry<R: Read>(path: &Path, entry: &tar::Entry<R>) -> std::result::
         } else {
             PathBuf::new()
         };
-        if target.is_absolute() || escapes(&base.join(&target)) {
+        if target.is_absolute() || crate::archive::escapes(&base.join(&target)) {
             return Err(format!(
                 "link to {} points outside the directory",
                 target.display()
@@ -647,23 +647,6 @@ fn resolves_through(path: &Path, links: &std::collections::HashSet<PathBuf>) -> 
             _ => {}
         }
         if i + 1 < comps.len() && links.contains(&cur) {
-            return true;
-        }
-    }
-    false
-}
-
-/// Whether a relative path climbs above its start.
-fn escapes(path: &Path) -> bool {
-    let mut depth = 0i64;
-    for c in path.components() {
-        match c {
-            Component::ParentDir => depth -= 1,
-            Component::Normal(_) => depth += 1,
-            Component::RootDir | Component::Prefix(_) => return true,
-            Component::CurDir => {}
-        }
-        if depth < 0 {
             return true;
         }
     }
@@ -899,7 +882,7 @@ mod tests {
 
     #[test]
     fn escapes_detects_climbing_links() {
-        assert!(escapes(Path::new("a/../../b")));
-        assert!(!escapes(Path::new("a/../b")));
+        assert!(crate::archive::escapes(Path::new("a/../../b")));
+        assert!(!crate::archive::escapes(Path::new("a/../b")));
     }
 }

@@ -42,13 +42,18 @@ pub fn is_sha256_digest(s: &str) -> bool {
 }
 
 /// `oras-fs push REF ARGS... --no-tty` run in `dir`, ARGS being the files (titles are the
-/// paths as given) and any flags; panics unless it succeeds; returns the manifest digest.
-#[track_caller]
-pub fn push_files(dir: &Path, reference: &str, args: &[&str]) -> String {
+/// paths as given) and any flags; its output, success or not.
+pub fn push(dir: &Path, reference: &str, args: &[&str]) -> Output {
     let mut all = vec!["push", reference];
     all.extend_from_slice(args);
     all.push("--no-tty");
-    let out = oras_fs_in(dir, all);
+    oras_fs_in(dir, all)
+}
+
+/// [`push`], which must succeed; returns the manifest digest.
+#[track_caller]
+pub fn push_files(dir: &Path, reference: &str, args: &[&str]) -> String {
+    let out = push(dir, reference, args);
     assert_ok(&out);
     digest_of_stdout(&out)
 }
