@@ -16,7 +16,7 @@ fi
 
 # --- Debian packages --------------------------------------------------------
 # Commands the tests and benchmarks use, and the packages that bring them.
-cmds=(docker-registry fusermount3 htpasswd openssl fio skopeo curl /usr/bin/time)
+cmds=(docker-registry fusermount3 htpasswd openssl fio skopeo curl /usr/bin/time gztool)
 missing=()
 for cmd in "${cmds[@]}"; do
     command -v "$cmd" >/dev/null 2>&1 || missing+=("$cmd")
@@ -28,7 +28,7 @@ if ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
 fi
 
 if ((${#missing[@]} > 0 || need_venv_pkg)); then
-    pkgs=(docker-registry fuse3 apache2-utils openssl fio skopeo curl time)
+    pkgs=(docker-registry fuse3 apache2-utils openssl fio skopeo curl time gztool)
     if ((need_venv_pkg)); then pkgs+=(python3-venv); fi
     echo "setup: missing ${missing[*]:-python3-venv}; installing ${pkgs[*]}" >&2
     # apt/dpkg chatter goes to a log, shown only if the install fails.
