@@ -184,24 +184,37 @@ impl OrasFs {
             }
             return Ok(Arc::new(index));
         }
-        let blob = self.cache.materialize(desc).await?;
-        let room = self
-            .cache
-            .disk_limit()
-            .saturating_sub(self.cache.unpacked_usage());
-        let size = desc.size;
-        let built = tokio::task::spawn_blocking(move || -> Result<gzindex::Index, String> {
-            let file = std::fs::File::open(&blob).map_err(|e| e.to_string())?;
-            let reader = std::io::BufReader::with_capacity(1 << 20, file);
-            let opts = gzindex::BuildOptions {
-                span: layer_index::SPAN,
-                max_uncompressed: room,
-                ..Default::default()
-            };
-            gzindex::build(reader, size, &opts).map_err(|e| e.to_string())
-        })
-        .await
-        .map_err(|e| Errno::new(libc::EIO, format!("indexing {}: {e}", desc.digest)))?;
+        // Nothing is unpacked: the bound only stops a gzip bomb from costing hours of CPU.
+        let limit = self.cache.disk_limit().max(
+            crate::content::file::UnpackLimit::Auto
+                .for_layer(desc.size)
+                .unwrap_or(u64::MAX),
+        );
+        let built = match self.cache.materialize(desc).await {
+            Ok(blob) => {
+                let size = desc.size;
+                tokio::task::spawn_blocking(move || -> Result<gzindex::Index, String> {
+                    let file = std::fs::File::open(&blob).map_err(|e| e.to_string())?;
+                    let reader = std::io::BufReader::with_capacity(1 << 20, file);
+                    let opts = gzindex::BuildOptions {
+                        span: layer_index::SPAN,
+                        max_uncompressed: limit,
+                        ..Default::default()
+                    };
+                    gzindex::build(reader, size, &opts).map_err(|e| e.to_string())
+                })
+                .await
+                .map_err(|e| Errno::new(libc::EIO, format!("indexing {}: {e}", desc.digest)))?
+            }
+            // Too large for the cache (or the disk is full): index it as it streams by, and
+            // read its files by ranges, uncached, as any such blob.
+            Err(e) if e == libc::ENOSPC => {
+                layer_index::build(self.cache.source().as_ref(), desc, limit)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+            Err(e) => return Err(e),
+        };
         let index = built.map_err(|e| {
             let what = format!("indexing layer {}: {e}", desc.digest);
             self.record_error(&what);

@@ -225,12 +225,16 @@ struct Meta {
 }
 
 impl Meta {
+    /// Empty or garbled numeric fields read as 0, as tar extractors (and `pull`) treat them:
+    /// metadata never makes a layer unreadable.
     fn of_header(h: &tar::Header) -> io::Result<Meta> {
         Ok(Meta {
-            mode: h.mode()? & 0o7777,
-            uid: u32::try_from(h.uid()?).unwrap_or(u32::MAX),
-            gid: u32::try_from(h.gid()?).unwrap_or(u32::MAX),
-            mtime: i64::try_from(h.mtime()?).unwrap_or(i64::MAX),
+            mode: h.mode().unwrap_or(0o644) & 0o7777,
+            uid: h.uid().map_or(0, |u| u32::try_from(u).unwrap_or(u32::MAX)),
+            gid: h.gid().map_or(0, |g| u32::try_from(g).unwrap_or(u32::MAX)),
+            mtime: h
+                .mtime()
+                .map_or(0, |m| i64::try_from(m).unwrap_or(i64::MAX)),
         })
     }
 
