@@ -27,10 +27,18 @@ pub const SPAN: u64 = 4 << 20;
 /// The largest index fetched from a registry (an index is ~1% of its layer).
 pub const MAX_INDEX: u64 = 256 << 20;
 
-/// Whether a layer gets a seek index: tar+gzip without a TOC.
+/// Whether a layer gets a seek index: a directory layer or an image's filesystem layer,
+/// tar+gzip, without a TOC (titled `.tar.gz` files are files, not trees).
 pub fn wants_index(layer: &Descriptor) -> bool {
-    layer.annotation(seekable::TOC_DIGEST_ANNOTATION).is_none()
-        && (layer.media_type.ends_with("gzip") || layer.is_directory())
+    let rootfs = layer
+        .media_type
+        .starts_with("application/vnd.oci.image.layer.")
+        || layer
+            .media_type
+            .starts_with("application/vnd.docker.image.rootfs.");
+    let tree = layer.is_directory() || (rootfs && layer.title().is_none());
+    tree && layer.media_type.ends_with("gzip")
+        && layer.annotation(seekable::TOC_DIGEST_ANNOTATION).is_none()
 }
 
 /// Builds the index of one layer in one streaming pass over a (verified) download. `limit`
@@ -72,7 +80,15 @@ pub async fn publish(
     let store = content::memory::MemoryStore::new();
     let mut layers = Vec::new();
     for layer in manifest.layers.iter().filter(|l| wants_index(l)) {
-        let index = build(target, layer, limit_for(layer)).await?;
+        // A layer that is no tar (or fails its checks) is left out, said, not fatal: mounts
+        // then index it themselves, or unpack it.
+        let index = match build(target, layer, limit_for(layer)).await {
+            Ok(i) => i,
+            Err(e) => {
+                tracing::warn!("not indexing layer {}: {e}", layer.digest);
+                continue;
+            }
+        };
         let mut desc = store.add(INDEX_MEDIA_TYPE, Bytes::from(index.to_bytes()));
         desc.set_annotation(LAYER_ANNOTATION, layer.digest.to_string());
         layers.push(desc);
@@ -87,7 +103,12 @@ pub async fn publish(
         ..Default::default()
     };
     let (desc, bytes) = oras::pack_manifest(layers.clone(), &pack);
-    for l in &layers {
+    // The empty config too: an image's repository need not have it.
+    let config = store.add(
+        crate::manifest::media_type::EMPTY,
+        crate::manifest::EMPTY_JSON,
+    );
+    for l in layers.iter().chain([&config]) {
         if !target.exists(l).await? {
             target.push(l, store.fetch(l).await?).await?;
         }

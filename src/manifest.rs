@@ -255,7 +255,8 @@ impl Platform {
             "x86_64" => ("amd64", None),
             "aarch64" => ("arm64", None),
             "x86" => ("386", None),
-            "arm" => ("arm", Some("v7")),
+            // Which ARM variant this is cannot be told here: any will do.
+            "arm" => ("arm", None),
             "powerpc64" => ("ppc64le", None),
             other => (other, None),
         };

@@ -581,3 +581,59 @@ async fn a_corrupt_chunk_fails_its_file_only() {
     fs.release(fh);
     assert!(fs.status().last_error.unwrap().contains("chunk"));
 }
+
+/// A tar of (path, content) files; a path ending in `/` is a directory.
+fn tar_of(entries: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (path, data) in entries {
+        let mut h = tar::Header::new_gnu();
+        let dir = path.ends_with('/');
+        h.set_entry_type(if dir {
+            tar::EntryType::Directory
+        } else {
+            tar::EntryType::Regular
+        });
+        h.set_size(data.len() as u64);
+        h.set_mode(if dir { 0o755 } else { 0o644 });
+        h.set_cksum();
+        b.append_data(&mut h, path, *data).unwrap();
+    }
+    b.into_inner().unwrap()
+}
+
+#[tokio::test]
+async fn an_image_of_gzip_and_plain_tar_layers_merges_with_whiteouts() {
+    let lower = tar_of(&[
+        ("etc/", b""),
+        ("etc/a", b"lower a\n"),
+        ("etc/b", b"lower b\n"),
+    ]);
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    std::io::Write::write_all(&mut gz, &lower).unwrap();
+    let upper = tar_of(&[("etc/.wh.b", b""), ("etc/c", b"upper c\n")]);
+    let h = Harness::image_of(&[
+        (
+            "application/vnd.oci.image.layer.v1.tar+gzip",
+            gz.finish().unwrap(),
+        ),
+        ("application/vnd.oci.image.layer.v1.tar", upper),
+    ]);
+    let fs = h.mount(true).await;
+    assert!(fs.read_only());
+    let etc = path_ino(&fs, "etc").await;
+    let names: Vec<_> = fs
+        .readdir(etc)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.2)
+        .collect();
+    assert_eq!(names, ["a", "c"]);
+    assert_eq!(read_all(&fs, "etc/a").await, b"lower a\n");
+    assert_eq!(read_all(&fs, "etc/c").await, b"upper c\n");
+    // `.oras/` answers even before the root is listed, and an unknown layer type fails alone.
+    let h = Harness::image_of(&[("application/vnd.oci.image.layer.v1.tar+zstd", b"?".to_vec())]);
+    let fs = h.mount(true).await;
+    assert!(path_ino_err(&fs, "etc").await == libc::EIO);
+    assert_eq!(read_all(&fs, ".oras/digest").await.len(), 72);
+}

@@ -37,7 +37,7 @@ pub fn merge(layers: &[Vec<Entry>]) -> (Vec<Merged>, Skipped) {
             let (dir, name) = split(&e.path);
             if name == OPAQUE {
                 remove_below(&mut tree, dir);
-            } else if let Some(hidden) = name.strip_prefix(WHITEOUT) {
+            } else if let Some(hidden) = name.strip_prefix(WHITEOUT).filter(|h| !h.is_empty()) {
                 remove_subtree(&mut tree, &join(dir, hidden));
             }
         }
@@ -265,6 +265,12 @@ mod tests {
         assert_eq!(b.layer, 0);
         assert!(matches!(b.entry.kind, EntryKind::File { size: 7, .. }));
         assert_eq!(skipped.dangling_links, 1);
+    }
+
+    #[test]
+    fn a_whiteout_without_a_name_hides_nothing() {
+        let (m, _) = merge(&[vec![file("a", 1)], vec![file(".wh.", 0)]]);
+        assert_eq!(paths(&m), vec![("a".into(), 0)]);
     }
 
     #[test]

@@ -147,6 +147,26 @@ pub fn check_contained(entries: &[Entry]) -> Result<(), FormatError> {
                         e.path
                     )));
                 }
+                // A target that goes through another symlink could leave by it (`l1 -> .`,
+                // `l2 -> l1/../..`): refused, as unpacking refuses it.
+                let mut lexical: Vec<&str> = dir.split('/').filter(|c| !c.is_empty()).collect();
+                let mut moved = false;
+                for c in target.split('/').filter(|c| !c.is_empty() && *c != ".") {
+                    // A symlink in the middle of the target is followed; at its end it is
+                    // only named (and checked on its own).
+                    if moved && links.contains(lexical.join("/").as_str()) {
+                        return Err(FormatError::new(format!(
+                            "{}: link to {target} leads through a symlink of the layer",
+                            e.path
+                        )));
+                    }
+                    if c == ".." {
+                        lexical.pop();
+                    } else {
+                        lexical.push(c);
+                    }
+                    moved = true;
+                }
                 links.insert(e.path.as_str());
             }
             _ => {}
@@ -207,8 +227,14 @@ mod tests {
     #[test]
     fn contained_layers_keep_their_links_inside() {
         assert!(check_contained(&[link("d/a", "b"), link("d/c", "../d/b")]).is_ok());
+        assert!(check_contained(&[link("d/a", "b"), link("d/c", "a")]).is_ok());
         assert!(check_contained(&[link("d/up", "../../x")]).is_err());
         assert!(check_contained(&[link("d/etc", "/etc")]).is_err());
+        let through = [link("t/l1", "."), link("t/l2", "l1/../..")];
+        assert!(check_contained(&through)
+            .unwrap_err()
+            .0
+            .contains("through a symlink"));
         let chain = [link("d/dot", "."), link("d/dot/dot/x", "../..")];
         assert!(check_contained(&chain)
             .unwrap_err()

@@ -457,7 +457,8 @@ pub fn unpack_directory(
         through_end_marker: None,
     };
     // Errors past the limit say so, whatever the tar reader made of the failed read.
-    let result = unpack_checked(&mut reader, staging.path(), &title, opts);
+    let seekable = desc.annotation(seekable::TOC_DIGEST_ANNOTATION).is_some();
+    let result = unpack_checked(&mut reader, staging.path(), &title, seekable, opts);
     if reader.over_limit() {
         return Err(Error::UnpackTooLarge {
             title,
@@ -501,6 +502,7 @@ fn unpack_checked<R: Read>(
     reader: &mut HashingReader<R>,
     staging: &Path,
     title: &str,
+    seekable: bool,
     opts: &FileStoreOptions,
 ) -> Result<()> {
     let bad = |reason: String| Error::UnsafePath {
@@ -526,11 +528,13 @@ fn unpack_checked<R: Read>(
                 .ctx(|| format!("reading the tar of {title}"))?
                 .into_owned();
             // A seekable layer's TOC is not part of the directory (ours is past the end
-            // marker and never seen here; other eStargz writers put it inside the tar).
-            if path
-                .components()
-                .filter(|c| matches!(c, Component::Normal(_)))
-                .eq(Path::new(seekable::TOC_NAME).components())
+            // marker and never seen here; other eStargz writers put it inside the tar). In
+            // any other layer a file of that name is the user's.
+            if seekable
+                && path
+                    .components()
+                    .filter(|c| matches!(c, Component::Normal(_)))
+                    .eq(Path::new(seekable::TOC_NAME).components())
             {
                 continue;
             }

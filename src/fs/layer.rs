@@ -30,6 +30,9 @@ const MAX_CHUNK: u64 = 64 << 20;
 /// An indexed read decompresses this much past the chunk asked for (the chunks that follow
 /// in the same file): one pass from a checkpoint serves a sequential reader for a while.
 const STREAM_READ_AHEAD: u64 = 8 << 20;
+/// The most compressed bytes one indexed read may fetch (checkpoints are 4 MiB apart in the
+/// indexes oras-fs builds; a published index with far fewer is refused here).
+const MAX_STREAM_FETCH: u64 = 64 << 20;
 
 /// What a layer holds, as the mount shows it.
 #[derive(Debug)]
@@ -45,6 +48,8 @@ pub struct LayerState {
     chunks: Mutex<Chunks>,
     /// The mounted manifest's seek-index referrer (`oras-fs index`): index blobs by layer.
     published: tokio::sync::OnceCell<HashMap<Digest, Descriptor>>,
+    /// Layers that could not be listed, and why.
+    failed: Mutex<HashMap<Digest, String>>,
 }
 
 impl Default for LayerState {
@@ -56,6 +61,7 @@ impl Default for LayerState {
                 bytes: 0,
             }),
             published: tokio::sync::OnceCell::new(),
+            failed: Mutex::new(HashMap::new()),
         }
     }
 }
@@ -87,10 +93,19 @@ impl Chunks {
 
 /// How a layer can be read lazily, if it can.
 pub fn lazy_format(desc: &Descriptor) -> Option<LazyFormat> {
-    if let Some(toc) = desc.annotation(seekable::TOC_DIGEST_ANNOTATION) {
-        return Some(LazyFormat::Seekable(toc.parse().ok()?));
+    // An annotation that is no digest makes the layer a plain gzip one, indexed from a
+    // verified download: nothing unverified is trusted either way.
+    if let Some(Ok(toc)) = desc
+        .annotation(seekable::TOC_DIGEST_ANNOTATION)
+        .map(str::parse::<Digest>)
+    {
+        return Some(LazyFormat::Seekable(toc));
     }
-    layer_index::wants_index(desc).then_some(LazyFormat::Gzip)
+    if layer_index::wants_index(desc) {
+        return Some(LazyFormat::Gzip);
+    }
+    // Uncompressed image layers are seekable as they are.
+    desc.media_type.ends_with(".tar").then_some(LazyFormat::Tar)
 }
 
 pub enum LazyFormat {
@@ -98,6 +113,8 @@ pub enum LazyFormat {
     Seekable(Digest),
     /// Any tar+gzip: a seek index says where to start decompressing.
     Gzip,
+    /// An uncompressed tar: files are byte ranges of the blob.
+    Tar,
 }
 
 impl OrasFs {
@@ -107,7 +124,28 @@ impl OrasFs {
         if let Some(l) = self.layers.listings.lock().unwrap().get(&desc.digest) {
             return Ok(l.clone());
         }
-        let listing = match lazy_format(desc) {
+        // A layer that failed stays failed for this mount: no new download on every `stat`.
+        if let Some(why) = self.layers.failed.lock().unwrap().get(&desc.digest) {
+            return Err(Errno::new(libc::EIO, why.clone()));
+        }
+        let listing = self.list(desc).await.inspect_err(|e| {
+            self.layers
+                .failed
+                .lock()
+                .unwrap()
+                .insert(desc.digest.clone(), e.to_string());
+        })?;
+        let listing = Arc::new(listing);
+        self.layers
+            .listings
+            .lock()
+            .unwrap()
+            .insert(desc.digest.clone(), listing.clone());
+        Ok(listing)
+    }
+
+    async fn list(&self, desc: &Descriptor) -> Result<Listing, Errno> {
+        Ok(match lazy_format(desc) {
             Some(LazyFormat::Seekable(toc)) => Listing {
                 entries: self.toc_entries(desc, &toc).await?,
                 index: None,
@@ -119,23 +157,38 @@ impl OrasFs {
                     index: Some(index),
                 }
             }
+            Some(LazyFormat::Tar) => Listing {
+                entries: self.tar_entries(desc).await?,
+                index: None,
+            },
             None => {
-                return Err(Errno::new(
-                    libc::EIO,
-                    format!(
-                        "layer {} ({}) is neither gzip nor seekable: its files cannot be listed",
-                        desc.digest, desc.media_type
-                    ),
-                ))
+                let what = format!(
+                    "layer {} ({}) is neither tar, gzip nor seekable: its files cannot be listed",
+                    desc.digest, desc.media_type
+                );
+                self.record_error(&what);
+                return Err(Errno::new(libc::EIO, what));
             }
-        };
-        let listing = Arc::new(listing);
-        self.layers
-            .listings
-            .lock()
-            .unwrap()
-            .insert(desc.digest.clone(), listing.clone());
-        Ok(listing)
+        })
+    }
+
+    /// The listing of an uncompressed tar layer, in one pass over the (cached, verified)
+    /// blob.
+    async fn tar_entries(&self, desc: &Descriptor) -> Result<Vec<Entry>, Errno> {
+        let blob = self.cache.materialize(desc).await?;
+        let listed = tokio::task::spawn_blocking(move || -> Result<Vec<Entry>, String> {
+            let file = std::fs::File::open(&blob).map_err(|e| e.to_string())?;
+            let reader = std::io::BufReader::with_capacity(1 << 20, file);
+            let max = gzindex::BuildOptions::default().max_entries;
+            gzindex::list_tar(reader, max).map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| Errno::new(libc::EIO, format!("listing {}: {e}", desc.digest)))?;
+        listed.map_err(|e| {
+            let what = format!("listing layer {}: {e}", desc.digest);
+            self.record_error(&what);
+            Errno::new(libc::EIO, what)
+        })
     }
 
     async fn toc_entries(&self, desc: &Descriptor, want: &Digest) -> Result<Vec<Entry>, Errno> {
@@ -179,9 +232,6 @@ impl OrasFs {
             }
         }
         if let Some(index) = self.published_index(desc).await {
-            if let Err(e) = write_atomically(&path, &index.to_bytes()) {
-                tracing::warn!("could not keep the index of {}: {e}", desc.digest);
-            }
             return Ok(Arc::new(index));
         }
         // Nothing is unpacked: the bound only stops a gzip bomb from costing hours of CPU.
@@ -245,6 +295,17 @@ impl OrasFs {
             })
             .await;
         let blob = published.get(&desc.digest)?;
+        // Kept by the index blob's digest, not the layer's: a later mount uses it only where
+        // the same referrer is found again, never as an index built here.
+        let path = self.index_path(&blob.digest);
+        if let Ok(index) = std::fs::read(&path).map(|b| gzindex::Index::from_bytes(&b)) {
+            match index {
+                Ok(i) if i.compressed_size() == desc.size => return Some(i),
+                _ => {
+                    let _ = std::fs::remove_file(&path);
+                }
+            }
+        }
         match layer_index::fetch(self.cache.source().as_ref(), blob, desc).await {
             Ok(index) => {
                 tracing::debug!(
@@ -252,6 +313,9 @@ impl OrasFs {
                     desc.digest,
                     blob.digest
                 );
+                if let Err(e) = write_atomically(&path, &index.to_bytes()) {
+                    tracing::warn!("could not keep the seek index {}: {e}", blob.digest);
+                }
                 Some(index)
             }
             Err(e) => {
@@ -317,11 +381,19 @@ impl OrasFs {
         match (&c.at, &file.index) {
             (ChunkAt::Member { offset, end }, _) => {
                 // The next chunk's members arrive in the background for a sequential reader.
-                let next = match file.chunks.get(i + 1).map(|n| &n.at) {
-                    Some(ChunkAt::Member { offset, end }) => *offset..*end,
+                let next = match file.chunks.get(i + 1) {
+                    Some(
+                        n @ Chunk {
+                            at: ChunkAt::Member { offset, end },
+                            ..
+                        },
+                    ) => *offset..(*end).min(offset + member_bound(n.len)),
                     _ => 0..0,
                 };
-                let compressed = self.cache.read(layer, *offset, end - offset, next).await?;
+                // Only the member's start is needed: a TOC cannot make a small file cost a
+                // large fetch by placing the next entry far away.
+                let len = (end - offset).min(member_bound(c.len));
+                let compressed = self.cache.read(layer, *offset, len, next).await?;
                 let data = gunzip_prefix(&compressed, c.len)
                     .map_err(|e| fail(format!("chunk at {offset}: {e}")))?;
                 check(&data, c).map_err(|e| fail(format!("chunk at {offset}: {e}")))?;
@@ -344,6 +416,15 @@ impl OrasFs {
                 }
                 let want = *offset..stream_end(&file.chunks[last]);
                 let (checkpoint, range) = index.compressed_range(want.clone());
+                if range.end - range.start > MAX_STREAM_FETCH {
+                    return Err(fail(format!(
+                        "the seek index needs {} compressed bytes for {} at {} (more than \
+                         {MAX_STREAM_FETCH}): its checkpoints are too far apart",
+                        range.end - range.start,
+                        want.end - want.start,
+                        want.start
+                    )));
+                }
                 let compressed = self
                     .cache
                     .read(layer, range.start, range.end - range.start, 0..0)
@@ -369,9 +450,21 @@ impl OrasFs {
                 }
                 mine.ok_or_else(|| fail("no chunk decompressed".into()))
             }
-            (ChunkAt::Stream { .. }, None) => Err(fail("an indexed chunk without an index".into())),
+            // An uncompressed tar: the chunk is a range of the blob.
+            (ChunkAt::Stream { offset }, None) => {
+                let data = self.cache.read(layer, *offset, c.len, 0..0).await?;
+                check(&data, c).map_err(|e| fail(format!("chunk at {offset}: {e}")))?;
+                self.layers.chunks.lock().unwrap().put(key(c), data.clone());
+                Ok(data)
+            }
         }
     }
+}
+
+/// The most compressed bytes a gzip member holding `len` bytes of data needs to yield them:
+/// deflate's worst case (stored blocks) plus headers, with room to spare.
+fn member_bound(len: u64) -> u64 {
+    len + len / 64 + (64 << 10)
 }
 
 fn chunk_key(c: &Chunk) -> u64 {

@@ -135,6 +135,20 @@ impl Harness {
         Self::with_manifest(target, Manifest::new(config, vec![layer]))
     }
 
+    /// A container image of `layers` (media type, bytes), bottom first.
+    pub fn image_of(layers: &[(&str, Vec<u8>)]) -> Harness {
+        let target = TestTarget::new();
+        let descs = layers
+            .iter()
+            .map(|(ty, data)| target.store().add(ty, data.clone()))
+            .collect();
+        let config = target.store().add(
+            "application/vnd.oci.image.config.v1+json",
+            &br#"{"rootfs":{"type":"layers","diff_ids":[]}}"#[..],
+        );
+        Self::with_manifest(target, Manifest::new(config, descs))
+    }
+
     fn with_manifest(target: TestTarget, manifest: Manifest) -> Harness {
         let bytes = Bytes::from(manifest.to_bytes());
         let base = Descriptor::of(manifest.media_type().to_string(), &bytes);

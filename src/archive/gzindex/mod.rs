@@ -21,7 +21,7 @@ use std::ops::Range;
 use self::inflate::{Inflater, Wrap};
 use crate::archive::{Entry, FormatError};
 
-pub use self::scan::build;
+pub use self::scan::{build, list_tar};
 
 /// The deflate window: a checkpoint inside a member needs the 32 KiB of output before it.
 pub const WINDOW_SIZE: usize = 32 * 1024;

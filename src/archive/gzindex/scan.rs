@@ -48,10 +48,13 @@ pub fn build(
 }
 
 /// Reads the tar headers from the scanner's output and hashes the files' data.
-fn read_listing<R: Read>(
-    scanner: &mut Scanner<R>,
-    max_entries: usize,
-) -> Result<Vec<Entry>, FormatError> {
+/// Lists an uncompressed tar (a `…layer.v1.tar` image layer) the same way: its files'
+/// pieces are `ChunkAt::Stream` offsets into the blob itself, each with its sha256.
+pub fn list_tar(reader: impl Read, max_entries: usize) -> Result<Vec<Entry>, FormatError> {
+    read_listing(reader, max_entries)
+}
+
+fn read_listing(scanner: impl Read, max_entries: usize) -> Result<Vec<Entry>, FormatError> {
     let tar_err = |e: io::Error| FormatError::new(format!("reading the tar: {e}"));
     let budget = Rc::new(HeaderBudget::default());
     let metered = Metered {
