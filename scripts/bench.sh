@@ -1133,7 +1133,7 @@ lazy_setup() {
     mkdir -p "$img/l3/etc" "$img/l3/usr/bin"
     { printf '%s\n' usr usr/lib usr/lib/x86_64-linux-gnu; host_files usr/lib/x86_64-linux-gnu "$IMG_LIB_B"; } >"$img/l1.list"
     { (cd / && find etc); printf '%s\n' usr usr/bin; host_files usr/bin "$IMG_BIN_B"; } >"$img/l2.list"
-    gone=$(sed -n 's|^usr/bin/||p' "$img/l2.list" | head -n1)
+    gone=$(sed -n 's|^usr/bin/||p; T; q' "$img/l2.list")
     [[ -n $gone ]] || die "lazy: no program for the whiteout"
     LAZY_OS_RELEASE="PRETTY_NAME=\"oras-fs bench image (layer 3 of 3)\""
     echo "$LAZY_OS_RELEASE" >"$img/l3/etc/os-release"
@@ -1371,7 +1371,8 @@ if layer:
     r = ratio(("lazy_seek_cat", "mount"), pull)
     row("seekable: the same `cat` (mount + read) vs `oras-fs pull` of the directory",
         spread("lazy_seek_cat", "mount", "wall", ts), f"pull: {spread(*pull, 'wall', ts)}",
-        f"{r:.3f}× (1/{1 / r:.0f})", "≤ 1/20 of pull", r <= 0.05)
+        f"{r:.3f}× (1/{1 / r:.0f}); the `cat` alone {ratio(('lazy_seek_cat', 'mount'), pull, 'read'):.3f}×",
+        "≤ 1/20 of pull", r <= 0.05)
     r = ratio(("lazy_seek_cp", "mount"), pull, "read")
     row("seekable: `cp -r` of the directory out of a fresh mount", spread("lazy_seek_cp", "mount", "read", ts),
         f"pull: {spread(*pull, 'wall', ts)}", f"{r:.2f}×", "≤ 1.3 × pull", r <= 1.3)
