@@ -5,6 +5,7 @@
 #   scripts/bench.sh [--smoke] [--runs N] [--big SIZE] [--huge SIZE]
 #                    [--small-count N] [--small-size SIZE] [--delay-ms MS] [--no-rtt]
 #                    [--fio-runtime S] [--creates N] [--sync-count N] [--only GROUPS]
+#                    [--lazy-size SIZE] [--lazy-files N] [--old-bin PATH]
 #                    [--drop-caches] [--bin PATH] [--out FILE]
 #
 #   --smoke        tiny sizes, 1 run, report to a temp file (CI: scripts/test.sh)
@@ -18,8 +19,15 @@
 #                  then removed with rm -rf (default 10000)             env BENCH_CREATES
 #   --sync-count N   4 KiB files written into a writable mount and synced, against
 #                  `oras-fs push` of the same files (default 2000)      env BENCH_SYNC_COUNT
+#   --lazy-size SIZE  total size of the directory of the lazy rows (default 1G)  env BENCH_LAZY_SIZE
+#   --lazy-files N    its number of files (default 2000)                      env BENCH_LAZY_FILES
+#   --old-bin PATH    an oras-fs from before seekable layers (it pushes plain tar.gz directory
+#                  layers): the plain side of the lazy push row; without it, that side is
+#                  `tar -czf` of the directory + `oras-fs push` of the file     env BENCH_OLD_BIN
 #   --only GROUPS  run only these workload groups (comma-separated): pull, push, mount, fio,
-#                  rtt, staging (the creates, rm -rf and small-file sync rows). The report
+#                  rtt, staging (the creates, rm -rf and small-file sync rows), lazy (issue
+#                  #14: a directory as a seekable layer and as a plain tar.gz, an image built
+#                  from this machine's files: ls -R, one-file reads, cp -r, index, push). The report
 #                  then goes to a temp file unless --out is given: BENCHMARKS.md's generated
 #                  region holds a full run.
 #   --drop-caches  drop the page cache before every timed command (needs root; slow)
@@ -54,7 +62,7 @@ MODE=full
 for a in "$@"; do [[ $a == --smoke ]] && MODE=smoke; done
 if [[ $MODE == smoke ]]; then
     RUNS=1 BIG=4M HUGE=8M SMALL_COUNT=16 SMALL_SIZE=4K FIO_RUNTIME=1 CMD_TIMEOUT=60
-    CREATES=200 SYNC_COUNT=100
+    CREATES=200 SYNC_COUNT=100 LAZY_SIZE=8M LAZY_FILES=40 IMG_LIB=4M IMG_BIN=1M
 else
     RUNS=${BENCH_RUNS:-3}
     BIG=${BENCH_BIG:-512M}
@@ -64,6 +72,12 @@ else
     FIO_RUNTIME=${BENCH_FIO_RUNTIME:-5}
     CREATES=${BENCH_CREATES:-10000}
     SYNC_COUNT=${BENCH_SYNC_COUNT:-2000}
+    LAZY_SIZE=${BENCH_LAZY_SIZE:-1G}
+    LAZY_FILES=${BENCH_LAZY_FILES:-2000}
+    # The image of the lazy rows: this much of /usr/lib/x86_64-linux-gnu (layer 1) and of
+    # /usr/bin (layer 2, with /etc).
+    IMG_LIB=${BENCH_IMAGE_LIB:-160M}
+    IMG_BIN=${BENCH_IMAGE_BIN:-40M}
     CMD_TIMEOUT=600
 fi
 DELAY_MS=${BENCH_DELAY_MS:-10}
@@ -71,6 +85,7 @@ RTT=1
 DROP=0
 REG_ON_DISK=0
 BIN=${ORAS_FS_BIN:-}
+OLD_BIN=${BENCH_OLD_BIN:-}
 OUT=""
 ONLY=""
 while (($#)); do
@@ -87,6 +102,9 @@ while (($#)); do
     --creates) CREATES=${2:?}; shift 2 ;;
     --sync-count) SYNC_COUNT=${2:?}; shift 2 ;;
     --only) ONLY=${2:?}; shift 2 ;;
+    --lazy-size) LAZY_SIZE=${2:?}; shift 2 ;;
+    --lazy-files) LAZY_FILES=${2:?}; shift 2 ;;
+    --old-bin) OLD_BIN=${2:?}; shift 2 ;;
     --drop-caches) DROP=1; shift ;;
     --registry-on-disk) REG_ON_DISK=1; shift ;;
     --bin) BIN=${2:?}; shift 2 ;;
@@ -112,6 +130,11 @@ to_bytes() {
 BIG_B=$(to_bytes "$BIG")
 HUGE_B=$(to_bytes "$HUGE")
 SMALL_B=$(to_bytes "$SMALL_SIZE")
+LAZY_B=$(to_bytes "$LAZY_SIZE")
+IMG_LIB_B=$(to_bytes "$IMG_LIB")
+IMG_BIN_B=$(to_bytes "$IMG_BIN")
+[[ $LAZY_FILES =~ ^[1-9][0-9]*$ ]] && ((LAZY_FILES >= 2)) || die "bad --lazy-files '$LAZY_FILES'"
+((LAZY_B >= (1 << 20) + LAZY_FILES)) || die "--lazy-size too small: one file of 1 MiB and a byte per other file"
 [[ $RUNS =~ ^[1-9][0-9]*$ ]] || die "bad --runs '$RUNS'"
 [[ $SMALL_COUNT =~ ^[1-9][0-9]*$ ]] || die "bad --small-count '$SMALL_COUNT'"
 # Creates go in 5 equal batches (creates/s at 5 tree sizes).
@@ -119,7 +142,7 @@ CREATE_BATCHES=5
 [[ $CREATES =~ ^[1-9][0-9]*$ ]] && ((CREATES % CREATE_BATCHES == 0)) ||
     die "bad --creates '$CREATES' (a positive multiple of $CREATE_BATCHES)"
 [[ $SYNC_COUNT =~ ^[1-9][0-9]*$ ]] || die "bad --sync-count '$SYNC_COUNT'"
-GROUPS_ALL=(pull push mount fio rtt staging)
+GROUPS_ALL=(pull push mount fio rtt staging lazy)
 if [[ -n $ONLY ]]; then
     IFS=, read -ra only_list <<<"$ONLY"
     for g in "${only_list[@]}"; do
@@ -445,6 +468,7 @@ meta NPROC "$(nproc)"
 meta MEM "$(awk '/^MemTotal:/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)"
 meta KERNEL "$(uname -sr)"
 meta CPU "$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)"
+meta SHA_EXT "$(grep -qw sha_ni /proc/cpuinfo && echo yes || echo no)"
 meta LOAD_BEFORE "$(cut -d' ' -f1-3 /proc/loadavg)"
 meta BIN "${BIN#"$REPO"/}"
 meta GIT "$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null)$(git -C "$REPO" diff --quiet HEAD -- src Cargo.toml Cargo.lock 2>/dev/null || echo ' + uncommitted changes in src/')"
@@ -465,6 +489,8 @@ meta CREATE_BATCHES "$CREATE_BATCHES"
 meta SYNC_COUNT "$SYNC_COUNT"
 meta SYNC_SIZE 4096
 meta ONLY "$ONLY"
+meta LAZY_SIZE "$LAZY_B"
+meta LAZY_FILES "$LAZY_FILES"
 meta MEMORY_CACHE $((64 << 20)) # oras-fs mount's default --memory-cache
 if ((HAVE_TIME)); then
     # shellcheck disable=SC2016 # Markdown backticks
@@ -497,6 +523,8 @@ say "$MODE run${ONLY:+ (only $ONLY)}, $RUNS run(s); big $BIG_B B, huge $HUGE_B B
 # small-file pushes for every tool alike and hides the clients' differences, which are what
 # is measured here. So the registry's storage is in memory when there is room.
 need=$((2 * (BIG_B + HUGE_B) + 256 * 1024 * 1024))
+# The lazy rows store the directory as a seekable layer and twice as a plain tar.gz, and an image.
+want lazy && need=$((need + 4 * LAZY_B + 2 * (IMG_LIB_B + IMG_BIN_B)))
 if ((!REG_ON_DISK)) && [[ -d /dev/shm && -w /dev/shm ]] &&
     (($(df -B1 --output=avail /dev/shm | tail -n1) > need)); then
     REG_BASE=/dev/shm/oras-fs-bench-$$
@@ -963,8 +991,433 @@ wl_fio_rand() {
     rm -rf "$CACHE" "$MNT"
 }
 
+# --- Lazy directory layers and images (issue #14) -----------------------------------------
+# Bytes of the registry log since offset $1 whose request URI matches the ERE $2 (a layer's
+# digest, or several joined with |): what one blob cost, apart from manifests and indexes.
+served_matching() {
+    served_since "$1" >/dev/null # waits for the log to settle
+    tail -c +"$(($1 + 1))" "$REG_LOG" | grep -E "\"http.request.uri\":\"[^\"]*($2)" |
+        grep -o '"http.response.written":[0-9]*' | awk -F: '{ s += $2 } END { print s + 0 }'
+}
+
+# First layer of a manifest: "digest size".
+first_layer() {
+    curl -sSf -H 'Accept: application/vnd.oci.image.manifest.v1+json' \
+        "http://$REG/v2/$1/manifests/$2" |
+        python3 -c 'import json,sys; l = json.load(sys.stdin)["layers"][0]; print(l["digest"], l["size"])'
+}
+
+skopeo_copy() { skopeo --insecure-policy copy --quiet --src-tls-verify=false --dest-tls-verify=false "$@"; }
+
+# lazy_tree DIR TOTAL COUNT: COUNT files of TOTAL bytes under DIR, in nested directories:
+# mib/m*.bin of exactly 1 MiB (up to 8), the rest of log-uniform sizes (~1/4000 to ~8x the
+# mean), alternately random (incompressible) and base64 text (compresses to ~3/4).
+lazy_tree() {
+    python3 - "$@" <<'PY'
+import base64, math, os, random, sys
+root, total, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+rng = random.Random(14)
+n_mib = max(1, min(8, total // (64 << 20), count // 2))
+rest, others = total - n_mib * (1 << 20), count - n_mib
+weights = [math.exp(rng.uniform(0, math.log(4096))) for _ in range(others)]
+sizes = [int(rest * w / sum(weights)) for w in weights]
+sizes[-1] += rest - sum(sizes)
+pool = min(64 << 20, max(sizes + [1 << 20]) * 2)
+rand = os.urandom(pool)
+text = base64.encodebytes(os.urandom(pool * 3 // 4))
+def put(path, data):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(data)
+for k in range(n_mib):
+    put(f"{root}/mib/m{k}.bin", os.urandom(1 << 20))
+for i, n in enumerate(sizes):
+    src = rand if i % 2 else text
+    off = rng.randrange(0, max(1, len(src) - n))
+    ext = "bin" if i % 2 else "txt"
+    put(f"{root}/d{i % 16:02}/s{i % 3}/f{i:04}.{ext}", src[off:off + n])
+print(n_mib)
+PY
+}
+
+# lazy_layout DIR MODE GZ...: an OCI image layout at DIR (tag v1) of the gzip layers GZ (hard
+# linked into it). MODE artifact:TITLE:TAR_DIGEST makes the directory layer oras-go and older
+# oras-fs push (unpack annotations); image:DIFF_ID,... an image with those diff_ids.
+lazy_layout() {
+    python3 - "$@" <<'PY'
+import hashlib, json, os, sys
+out, mode, files = sys.argv[1], sys.argv[2], sys.argv[3:]
+blobs = os.path.join(out, "blobs", "sha256")
+os.makedirs(blobs, exist_ok=True)
+def blob(mt, path=None, data=None):
+    h = hashlib.sha256()
+    if data is None:
+        with open(path, "rb") as f:
+            for b in iter(lambda: f.read(1 << 20), b""):
+                h.update(b)
+        size = os.path.getsize(path)
+    else:
+        h.update(data)
+        size = len(data)
+    dst = os.path.join(blobs, h.hexdigest())
+    if not os.path.exists(dst):
+        if data is None:
+            os.link(path, dst)
+        else:
+            with open(dst, "wb") as f:
+                f.write(data)
+    return {"mediaType": mt, "digest": "sha256:" + h.hexdigest(), "size": size}
+layers = [blob("application/vnd.oci.image.layer.v1.tar+gzip", path=f) for f in files]
+kind, _, arg = mode.partition(":")
+if kind == "artifact":
+    title, tar_digest = arg.split(":", 1)
+    layers[0]["annotations"] = {"org.opencontainers.image.title": title,
+                                "io.deis.oras.content.unpack": "true",
+                                "io.deis.oras.content.digest": tar_digest}
+    config = blob("application/vnd.oci.empty.v1+json", data=b"{}")
+else:
+    cfg = {"architecture": "amd64", "os": "linux", "config": {},
+           "rootfs": {"type": "layers", "diff_ids": arg.split(",")}}
+    config = blob("application/vnd.oci.image.config.v1+json", data=json.dumps(cfg).encode())
+manifest = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": config, "layers": layers}
+desc = blob(manifest["mediaType"], data=json.dumps(manifest).encode())
+desc["annotations"] = {"org.opencontainers.image.ref.name": "v1"}
+with open(os.path.join(out, "index.json"), "w") as f:
+    json.dump({"schemaVersion": 2, "manifests": [desc]}, f)
+with open(os.path.join(out, "oci-layout"), "w") as f:
+    f.write('{"imageLayoutVersion":"1.0.0"}')
+PY
+}
+
+# gz_layer TAR: TAR.gz (gzip -6, as GNU tar -z), TAR removed; prints the tar's sha256.
+gz_layer() {
+    local d
+    d=sha256:$(sha256sum "$1" | cut -d' ' -f1)
+    gzip -6 -n "$1"
+    echo "$d"
+}
+
+# A file list for tar: regular files and symlinks directly in /$1, sorted, skipping files
+# larger than a quarter of the budget, until $2 bytes.
+host_files() {
+    find "/$1" -maxdepth 1 \( -type f -o -type l \) -printf '%P\t%s\n' | sort |
+        awk -F'\t' -v dir="$1" -v max="$2" '$2 <= max / 4 && s < max { s += $2; print dir "/" $1 }'
+}
+
+LAZY=$WORK/lazy
+LAZY_MIB=1
+LAZY_OS_RELEASE=""
+IMG_LAYERS=""
+lazy_setup() {
+    say "lazy: generating a directory of $LAZY_FILES files, $LAZY_B B"
+    mkdir -p "$LAZY/src"
+    LAZY_MIB=$(lazy_tree "$LAZY/src/lazydir" "$LAZY_B" "$LAZY_FILES") || die "lazy: generating the tree"
+    local n
+    n=$(find "$LAZY/src/lazydir" -type f | wc -l)
+    ((n == LAZY_FILES)) || die "lazy: made $n files, wanted $LAZY_FILES"
+
+    # The same directory as a plain tar.gz layer (GNU tar), as oras-go and older oras-fs push it.
+    say "lazy: plain tar.gz layout"
+    tar -C "$LAZY/src" -cf "$LAZY/plain.tar" lazydir
+    local tar_digest
+    tar_digest=$(gz_layer "$LAZY/plain.tar")
+    lazy_layout "$LAZY/plain-layout" "artifact:lazydir:$tar_digest" "$LAZY/plain.tar.gz" ||
+        die "lazy: plain layout"
+    meta LAZY_PLAIN_GZ "$(stat -c %s "$LAZY/plain.tar.gz")"
+
+    # An image of this machine's files: layer 1 libraries, layer 2 /etc and programs, layer 3
+    # a new /etc/os-release and a whiteout of one program.
+    say "lazy: image layout ($IMG_LIB_B B of libraries, $IMG_BIN_B B of programs)"
+    local img=$LAZY/img d1 d2 d3 gone
+    mkdir -p "$img/l3/etc" "$img/l3/usr/bin"
+    { printf '%s\n' usr usr/lib usr/lib/x86_64-linux-gnu; host_files usr/lib/x86_64-linux-gnu "$IMG_LIB_B"; } >"$img/l1.list"
+    { (cd / && find etc); printf '%s\n' usr usr/bin; host_files usr/bin "$IMG_BIN_B"; } >"$img/l2.list"
+    gone=$(sed -n 's|^usr/bin/||p; T; q' "$img/l2.list")
+    [[ -n $gone ]] || die "lazy: no program for the whiteout"
+    LAZY_OS_RELEASE="PRETTY_NAME=\"oras-fs bench image (layer 3 of 3)\""
+    echo "$LAZY_OS_RELEASE" >"$img/l3/etc/os-release"
+    : >"$img/l3/usr/bin/.wh.$gone"
+    printf '%s\n' etc etc/os-release usr usr/bin "usr/bin/.wh.$gone" >"$img/l3.list"
+    local l rc
+    for l in 1 2 3; do
+        local from=/
+        [[ $l == 3 ]] && from=$img/l3
+        rc=0
+        # 1: a file changed as it was read (/etc of a live machine): the tar is still whole.
+        tar -C "$from" --no-recursion -cf "$img/l$l.tar" -T "$img/l$l.list" 2>"$img/tar.err" || rc=$?
+        ((rc <= 1)) || { cat "$img/tar.err" >&2; die "lazy: tar of image layer $l"; }
+    done
+    d1=$(gz_layer "$img/l1.tar") d2=$(gz_layer "$img/l2.tar") d3=$(gz_layer "$img/l3.tar")
+    lazy_layout "$img/layout" "image:$d1,$d2,$d3" "$img/l1.tar.gz" "$img/l2.tar.gz" "$img/l3.tar.gz" ||
+        die "lazy: image layout"
+    IMG_LAYERS=$(for l in 1 2 3; do sha256sum "$img/l$l.tar.gz" | cut -d' ' -f1; done | paste -sd'|')
+    meta LAZY_IMAGE_LAYERS "$(for l in 1 2 3; do stat -c %s "$img/l$l.tar.gz"; done | paste -sd' ')"
+    meta LAZY_IMAGE_FILES "$(cat "$img"/l[12].list | wc -l)"
+    meta LAZY_PUSH_PLAIN "$(if [[ -n $OLD_BIN ]]; then echo "old binary: $OLD_BIN ($("$OLD_BIN" --version 2>/dev/null | head -n1))"; else echo 'tar -czf of the directory + oras-fs push of the file'; fi)"
+}
+
+# in_mount WORKLOAD RUN REF LAYERS FUNC: a fresh mount (fresh cache) of REF, FUNC MNT in it.
+# Records wall (mount + FUNC), read (FUNC alone), bytes (all the registry sent) and
+# layer_bytes (what requests for the blobs matching the ERE LAYERS sent).
+in_mount() {
+    local w=$1 run=$2 ref=$3 layers=$4 f=$5 off t0 t1 t2
+    fresh_dirs
+    maybe_drop_caches
+    off=$(log_size)
+    t0=$(now_us)
+    do_mount "$ref" "$CACHE" "$MNT" --read-only
+    t1=$(now_us)
+    "$f" "$MNT" >"$WORK/last.out" 2>"$WORK/last.err" || fail "$w: $f in the mount of $ref"
+    t2=$(now_us)
+    record "$w" mount "$run" wall "$(secs $((t2 - t0)))"
+    record "$w" mount "$run" read "$(secs $((t2 - t1)))"
+    record "$w" mount "$run" cpu "$(cpu_of "$MOUNT_PID")"
+    record "$w" mount "$run" rss "$(hwm_of "$MOUNT_PID")"
+    do_unmount "$MNT" "$MOUNT_PID"
+    record "$w" mount "$run" bytes "$(served_since "$off")"
+    record "$w" mount "$run" layer_bytes "$(served_matching "$off" "$layers")"
+    rm -rf "$CACHE" "$MNT"
+}
+lazy_ls() { timeout -k 5 "$CMD_TIMEOUT" ls -R "$1" >/dev/null; }
+LAZY_FILE=""
+lazy_cat() { timeout -k 5 "$CMD_TIMEOUT" cat "$1/$LAZY_FILE" >"$WORK/lazy.cat"; }
+lazy_cp() { timeout -k 5 "$CMD_TIMEOUT" cp -r "$1/lazydir" "$LAZY/out"; }
+
+# pull of REF into a fresh directory, checked against the source tree.
+lazy_pull() {
+    local w=$1 run=$2 ref=$3
+    rm -rf "$LAZY/out"
+    mkdir "$LAZY/out"
+    timed "$w" oras-fs "$run" "$BIN" pull --no-tty -o "$LAZY/out" "$ref"
+    same_dir "$LAZY/src/lazydir" "$LAZY/out/lazydir" "$w"
+    rm -rf "$LAZY/out"
+}
+
+wl_lazy_push() {
+    local run=$1 t repo
+    for t in $(rotate "$run" seekable plain); do
+        repo=bench/lazy-push-$t-$run
+        case $t in
+        seekable)
+            timed lazy_push seekable "$run" env -C "$LAZY/src" "$BIN" push --no-tty "$REG/$repo:v1" lazydir
+            ;;
+        plain)
+            if [[ -n $OLD_BIN ]]; then
+                timed lazy_push plain "$run" env -C "$LAZY/src" "$OLD_BIN" push --no-tty "$REG/$repo:v1" lazydir
+            else
+                rm -f "$LAZY/push.tar.gz"
+                timed lazy_push plain "$run" bash -c 'tar -C "$1" -czf "$2/push.tar.gz" lazydir &&
+                    cd "$2" && "$3" push --no-tty "$4" push.tar.gz' _ "$LAZY/src" "$LAZY" "$BIN" "$REG/$repo:v1"
+            fi
+            ;;
+        esac
+        local _d size
+        read -r _d size < <(first_layer "$repo" v1) || fail "lazy_push/$t: no layer in $repo:v1"
+        record lazy_push "$t" "$run" layer_size "$size"
+    done
+}
+
+# Row 1: the seekable layer this run pushed (and its TOC).
+wl_lazy_seekable() {
+    local run=$1 ref=$REG/bench/lazy-push-seekable-$run:v1 digest size t
+    read -r digest size < <(first_layer "bench/lazy-push-seekable-$run" v1) ||
+        fail "lazy_seek: no layer in bench/lazy-push-seekable-$run:v1"
+    # The eStargz footer (last 51 bytes) holds the TOC's offset: TOC + footer = size - offset.
+    local toc_off
+    toc_off=$(curl -sSf -r -51 "http://$REG/v2/bench/lazy-push-seekable-$run/blobs/$digest" |
+        grep -ao '[0-9a-f]\{16\}STARGZ' | head -c 16) || fail "lazy: no eStargz footer in $digest"
+    record lazy_seek layer "$run" toc_bytes $((size - 16#$toc_off))
+    record lazy_seek layer "$run" layer_size "$size"
+    LAZY_FILE=lazydir/mib/m$((run % LAZY_MIB)).bin
+    for t in $(rotate "$run" pull ls cat cp); do
+        case $t in
+        pull) lazy_pull lazy_seek_pull "$run" "$ref" ;;
+        ls) in_mount lazy_seek_ls "$run" "$ref" "$digest" lazy_ls ;;
+        cat)
+            in_mount lazy_seek_cat "$run" "$ref" "$digest" lazy_cat
+            same_file "$LAZY/src/$LAZY_FILE" "$WORK/lazy.cat" lazy_seek_cat
+            ;;
+        cp)
+            rm -rf "$LAZY/out"
+            in_mount lazy_seek_cp "$run" "$ref" "$digest" lazy_cp
+            same_dir "$LAZY/src/lazydir" "$LAZY/out" lazy_seek_cp
+            rm -rf "$LAZY/out"
+            ;;
+        esac
+    done
+}
+
+# Row 2: the plain tar.gz, copied by skopeo to a fresh repository each run (an index is
+# attached to one manifest, and the first rows need none).
+wl_lazy_plain() {
+    local run=$1 repo=bench/lazy-plain-$run digest size t
+    local ref=$REG/$repo:v1
+    skopeo_copy "oci:$LAZY/plain-layout:v1" "docker://$ref" || fail "lazy: skopeo copy of the plain layout"
+    read -r digest size < <(first_layer "$repo" v1) || fail "lazy_plain: no layer in $repo:v1"
+    record lazy_plain layer "$run" layer_size "$size"
+    LAZY_FILE=lazydir/mib/m$((run % LAZY_MIB)).bin
+    for t in $(rotate "$run" pull cat); do
+        case $t in
+        pull) lazy_pull lazy_plain_pull "$run" "$ref" ;;
+        cat) in_mount lazy_plain_cat "$run" "$ref" "$digest" lazy_cat ;;
+        esac
+    done
+    same_file "$LAZY/src/$LAZY_FILE" "$WORK/lazy.cat" lazy_plain_cat
+    timed lazy_plain_index oras-fs "$run" "$BIN" index "$ref"
+    in_mount lazy_plain_cat_indexed "$run" "$ref" "$digest" lazy_cat
+    same_file "$LAZY/src/$LAZY_FILE" "$WORK/lazy.cat" lazy_plain_cat_indexed
+}
+
+lazy_img_cat() { timeout -k 5 "$CMD_TIMEOUT" cat "$1/etc/os-release" >"$WORK/lazy.cat"; }
+lazy_img_check() {
+    [[ $(<"$WORK/lazy.cat") == "$LAZY_OS_RELEASE" ]] || fail "$1: /etc/os-release is not layer 3's"
+}
+
+# Row 3: the image, copied to a fresh repository each run.
+wl_lazy_image() {
+    local run=$1 repo=bench/lazy-image-$run t
+    local ref=$REG/$repo:v1
+    skopeo_copy "oci:$LAZY/img/layout:v1" "docker://$ref" || fail "lazy: skopeo copy of the image layout"
+    for t in $(rotate "$run" skopeo ls cat); do
+        case $t in
+        skopeo)
+            rm -rf "$LAZY/imgdir"
+            timed lazy_img_copy skopeo "$run" skopeo --insecure-policy copy --quiet \
+                --src-tls-verify=false "docker://$ref" "dir:$LAZY/imgdir"
+            rm -rf "$LAZY/imgdir"
+            ;;
+        ls) in_mount lazy_img_ls "$run" "$ref" "$IMG_LAYERS" lazy_ls ;;
+        cat)
+            in_mount lazy_img_cat "$run" "$ref" "$IMG_LAYERS" lazy_img_cat
+            lazy_img_check lazy_img_cat
+            ;;
+        esac
+    done
+    # Workaround: `oras-fs index` packs its referrer with the empty config ({}) but does not
+    # push that blob, so the registry refuses the manifest in a repository without it (any
+    # image's; a directory artifact's has it).
+    printf '{}' >"$LAZY/empty.json"
+    "$BIN" blob push "$REG/$repo" "$LAZY/empty.json" >/dev/null 2>>"$WORK/seed.log" ||
+        fail "lazy: pushing the empty config blob to $repo"
+    timed lazy_img_index oras-fs "$run" "$BIN" index "$ref"
+    for t in $(rotate "$run" ls cat); do
+        case $t in
+        ls) in_mount lazy_img_ls_indexed "$run" "$ref" "$IMG_LAYERS" lazy_ls ;;
+        cat)
+            in_mount lazy_img_cat_indexed "$run" "$ref" "$IMG_LAYERS" lazy_img_cat
+            lazy_img_check lazy_img_cat_indexed
+            ;;
+        esac
+    done
+}
+
+# The lazy rows and their targets, as Markdown (report.py knows the other groups only).
+lazy_report() {
+    python3 - "$SAMPLES" "$META" <<'PY'
+import collections, statistics, sys
+data = collections.defaultdict(dict)
+for line in open(sys.argv[1]):
+    p = line.rstrip("\n").split("\t")
+    if len(p) == 5 and p[0].startswith("lazy_"):
+        try:
+            data[(p[0], p[1], p[3])][int(p[2])] = float(p[4])
+        except ValueError:
+            pass
+meta = dict(l.rstrip("\n").split("=", 1) for l in open(sys.argv[2]) if "=" in l)
+MIB = 1 << 20
+def v(w, t, m="wall"):
+    return data.get((w, t, m), {})
+def med(w, t, m="wall"):
+    x = list(v(w, t, m).values())
+    return statistics.median(x) if x else None
+def spread(w, t, m, f):
+    x = sorted(v(w, t, m).values())
+    if not x:
+        return "n/a"
+    s = f(statistics.median(x))
+    return s if len(x) == 1 else f"{s} ({f(x[0])}–{f(x[-1])})"
+def ts(x):
+    return f"{x * 1000:.0f} ms" if x < 1 else f"{x:.2f} s"
+def bs(x):
+    for u, n in (("GiB", 1 << 30), ("MiB", MIB), ("KiB", 1024)):
+        if x >= n:
+            return f"{x / n:.2f} {u}"
+    return f"{x:.0f} B"
+def ratio(a, b, m_a="wall", m_b="wall"):
+    ra, rb = v(*a, m_a), v(*b, m_b)
+    r = [ra[k] / rb[k] for k in sorted(ra) if k in rb and rb[k] > 0]
+    return statistics.median(r) if r else None
+rows = []
+missed = []
+def row(label, ours, peer, value, target, ok):
+    res = "info" if ok is None else ("**met**" if ok else "**missed**")
+    if ok is False:
+        missed.append(label)
+    rows.append(f"| {label} | {ours} | {peer} | {value} | {target} | {res} |")
+layer = med("lazy_seek", "layer", "layer_size")
+toc = med("lazy_seek", "layer", "toc_bytes")
+pull = ("lazy_seek_pull", "oras-fs")
+if layer:
+    b = med("lazy_seek_ls", "mount", "bytes")
+    row("seekable: `ls -R` of a fresh mount", spread("lazy_seek_ls", "mount", "wall", ts),
+        f"layer {bs(layer)}, TOC {bs(toc)}", f"{spread('lazy_seek_ls', 'mount', 'bytes', bs)} fetched = {100 * b / layer:.2f}% of the layer",
+        "≤ 1% of the layer", b <= 0.01 * layer)
+    lb = med("lazy_seek_cat", "mount", "layer_bytes")
+    row("seekable: `cat` of one 1 MiB file (fresh mount)", spread("lazy_seek_cat", "mount", "wall", ts),
+        f"all requests: {spread('lazy_seek_cat', 'mount', 'bytes', bs)}",
+        f"layer bytes {spread('lazy_seek_cat', 'mount', 'layer_bytes', bs)}",
+        f"≤ 2 MiB + TOC ({bs(2 * MIB + toc)})", lb <= 2 * MIB + toc)
+    r = ratio(("lazy_seek_cat", "mount"), pull)
+    row("seekable: the same `cat` (mount + read) vs `oras-fs pull` of the directory",
+        spread("lazy_seek_cat", "mount", "wall", ts), f"pull: {spread(*pull, 'wall', ts)}",
+        f"{r:.3f}× (1/{1 / r:.0f}); the `cat` alone {ratio(('lazy_seek_cat', 'mount'), pull, 'read'):.3f}×",
+        "≤ 1/20 of pull", r <= 0.05)
+    r = ratio(("lazy_seek_cp", "mount"), pull, "read")
+    row("seekable: `cp -r` of the directory out of a fresh mount", spread("lazy_seek_cp", "mount", "read", ts),
+        f"pull: {spread(*pull, 'wall', ts)}", f"{r:.2f}×", "≤ 1.3 × pull", r <= 1.3)
+pl = med("lazy_plain", "layer", "layer_size")
+if pl:
+    r = ratio(("lazy_plain_cat", "mount"), ("lazy_plain_pull", "oras-fs"))
+    row("plain tar.gz: first `cat` of one file (no index, fresh cache: whole layer + local index)",
+        spread("lazy_plain_cat", "mount", "wall", ts), f"pull: {spread('lazy_plain_pull', 'oras-fs', 'wall', ts)}",
+        f"{r:.2f}×; {spread('lazy_plain_cat', 'mount', 'layer_bytes', bs)} of a {bs(pl)} layer", "≤ 1.2 × pull", r <= 1.2)
+    row("plain tar.gz: `oras-fs index REF`", spread("lazy_plain_index", "oras-fs", "wall", ts),
+        f"pull: {spread('lazy_plain_pull', 'oras-fs', 'wall', ts)}",
+        f"{ratio(('lazy_plain_index', 'oras-fs'), ('lazy_plain_pull', 'oras-fs')):.2f}× of pull; {spread('lazy_plain_index', 'oras-fs', 'bytes', bs)} fetched", "", None)
+    lb = med("lazy_plain_cat_indexed", "mount", "layer_bytes")
+    row("plain tar.gz, indexed: `cat` of one 1 MiB file (fresh cache)", spread("lazy_plain_cat_indexed", "mount", "wall", ts),
+        f"all requests: {spread('lazy_plain_cat_indexed', 'mount', 'bytes', bs)}",
+        f"layer bytes {spread('lazy_plain_cat_indexed', 'mount', 'layer_bytes', bs)}",
+        "≤ 4 MiB span + the file (5 MiB)", lb <= 5 * MIB)
+if v("lazy_img_copy", "skopeo"):
+    sk = ("lazy_img_copy", "skopeo")
+    peer = f"skopeo copy to dir: {spread(*sk, 'wall', ts)}, {spread(*sk, 'bytes', bs)}"
+    for w, what in (("lazy_img_ls", "`ls -R /mnt`"), ("lazy_img_cat", "`cat /mnt/etc/os-release`"),
+                    ("lazy_img_ls_indexed", "indexed: `ls -R /mnt`"), ("lazy_img_cat_indexed", "indexed: `cat /mnt/etc/os-release`")):
+        r = ratio((w, "mount"), sk)
+        row(f"image (3 layers, {meta.get('LAZY_IMAGE_FILES', '?')} files): {what}, fresh cache", spread(w, "mount", "wall", ts), peer,
+            f"{r:.2f}× the time; {spread(w, 'mount', 'bytes', bs)} fetched", "", None)
+    row("image: `oras-fs index REF`", spread("lazy_img_index", "oras-fs", "wall", ts), peer,
+        f"{spread('lazy_img_index', 'oras-fs', 'bytes', bs)} fetched", "", None)
+if v("lazy_push", "seekable"):
+    r = ratio(("lazy_push", "seekable"), ("lazy_push", "plain"))
+    row("push of the directory: seekable vs plain tar.gz, time", spread("lazy_push", "seekable", "wall", ts),
+        f"plain ({meta.get('LAZY_PUSH_PLAIN', '?')}): {spread('lazy_push', 'plain', 'wall', ts)}", f"{r:.2f}×", "≤ 1.15×", r <= 1.15)
+    r = ratio(("lazy_push", "seekable"), ("lazy_push", "plain"), "layer_size", "layer_size")
+    row("… layer size", spread("lazy_push", "seekable", "layer_size", bs), f"plain: {spread('lazy_push', 'plain', 'layer_size', bs)}",
+        f"{r:.4f}×", "≤ 1.05×", r <= 1.05)
+print("| Row | oras-fs | Peer / context | Measured | Target | Result |")
+print("|---|---|---|---|---|---|")
+print("\n".join(rows))
+print()
+print("Missed: " + "; ".join(missed) + "." if missed else "All lazy targets met.")
+PY
+}
+
 # --- Run ----------------------------------------------------------------------------------
 step() { say "run $1/$RUNS: $2"; }
+want lazy && lazy_setup
 for ((run = 1; run <= RUNS; run++)); do
     if want pull; then
         step "$run" "pull"
@@ -995,6 +1448,13 @@ for ((run = 1; run <= RUNS; run++)); do
         wl_fio_seq "$run"
         wl_fio_rand "$run"
     fi
+    if want lazy; then
+        step "$run" "lazy directory layers and images"
+        wl_lazy_push "$run"
+        wl_lazy_seekable "$run"
+        wl_lazy_plain "$run"
+        wl_lazy_image "$run"
+    fi
     if ((RTT)); then
         step "$run" "$((2 * DELAY_MS)) ms RTT"
         wl_pull_small "$run" "$PROXY" "@rtt"
@@ -1009,4 +1469,18 @@ if [[ $MODE == smoke ]]; then
     cp "$SAMPLES" "${OUT%.md}.samples.tsv" 2>/dev/null || true
 fi
 python3 "$REPO/benches/report.py" "$SAMPLES" "$META" "$OUT" || die "report failed"
+if want lazy; then
+    {
+        echo "Lazy rows ($MODE run, $(date -u '+%Y-%m-%d %H:%M UTC'); $RUNS run(s); directory of $LAZY_FILES files, $LAZY_B B)."
+        echo "Machine: $(sed -n 's/^CPU=//p' "$META"), $(nproc) cores, SHA extensions $(sed -n 's/^SHA_EXT=//p' "$META"); load average before / after: $(sed -n 's/^LOAD_BEFORE=//p' "$META") / $(sed -n 's/^LOAD_AFTER=//p' "$META")."
+        echo
+        lazy_report
+        echo
+        echo '```env'
+        cat "$META"
+        echo '```'
+    } >"${OUT%.md}.lazy.md" || die "lazy report failed"
+    cat "${OUT%.md}.lazy.md" >&2
+    say "wrote ${OUT%.md}.lazy.md"
+fi
 say "wrote $OUT"
