@@ -1294,12 +1294,6 @@ wl_lazy_image() {
             ;;
         esac
     done
-    # Workaround: `oras-fs index` packs its referrer with the empty config ({}) but does not
-    # push that blob, so the registry refuses the manifest in a repository without it (any
-    # image's; a directory artifact's has it).
-    printf '{}' >"$LAZY/empty.json"
-    "$BIN" blob push "$REG/$repo" "$LAZY/empty.json" >/dev/null 2>>"$WORK/seed.log" ||
-        fail "lazy: pushing the empty config blob to $repo"
     timed lazy_img_index oras-fs "$run" "$BIN" index "$ref"
     for t in $(rotate "$run" ls cat); do
         case $t in
