@@ -50,6 +50,8 @@ pub struct LayerState {
     published: tokio::sync::OnceCell<HashMap<Digest, Descriptor>>,
     /// Layers that could not be listed, and why.
     failed: Mutex<HashMap<Digest, String>>,
+    /// Readers going through a seekable layer's files in order, by layer.
+    walks: Mutex<HashMap<Digest, Walk>>,
 }
 
 impl Default for LayerState {
@@ -62,7 +64,35 @@ impl Default for LayerState {
             }),
             published: tokio::sync::OnceCell::new(),
             failed: Mutex::new(HashMap::new()),
+            walks: Mutex::new(HashMap::new()),
         }
+    }
+}
+
+/// Where a reader of a layer's members is going: the end of the last member it fetched, and
+/// how far ahead to fetch while it keeps going on from there.
+#[derive(Clone, Copy, Default)]
+struct Walk {
+    end: u64,
+    window: u64,
+}
+
+/// The first read-ahead across files, doubled on every file read in order, up to the last.
+const WALK_WINDOW: (u64, u64) = (1 << 20, 16 << 20);
+
+impl LayerState {
+    /// Records a fetch of the member at `offset..end` of `layer`; returns how many bytes past
+    /// `end` to fetch in the background (0: the reader is not going through in order).
+    fn walk(&self, layer: &Digest, offset: u64, end: u64) -> u64 {
+        let mut walks = self.walks.lock().unwrap();
+        let w = walks.entry(layer.clone()).or_default();
+        w.window = if offset == w.end && w.end > 0 {
+            (w.window * 2).clamp(WALK_WINDOW.0, WALK_WINDOW.1)
+        } else {
+            0
+        };
+        w.end = end;
+        w.window
     }
 }
 
@@ -389,6 +419,14 @@ impl OrasFs {
                         },
                     ) => *offset..(*end).min(offset + member_bound(n.len)),
                     _ => 0..0,
+                };
+                // A reader going through the layer's files in order (`cp -r`, `tar c`, `grep
+                // -r`: the order they were packed in) gets the files after this one too.
+                let ahead = self.layers.walk(&layer.digest, *offset, *end);
+                let next = if ahead > 0 {
+                    *end..(*end + ahead).min(layer.size)
+                } else {
+                    next
                 };
                 // Only the member's start is needed: a TOC cannot make a small file cost a
                 // large fetch by placing the next entry far away.
