@@ -637,3 +637,36 @@ async fn an_image_of_gzip_and_plain_tar_layers_merges_with_whiteouts() {
     assert!(path_ino_err(&fs, "etc").await == libc::EIO);
     assert_eq!(read_all(&fs, ".oras/digest").await.len(), 72);
 }
+
+#[tokio::test]
+async fn reading_a_seekable_layers_files_in_order_fetches_ahead() {
+    let target = oras_fs::content::testing::TestTarget::new();
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    let mut noise = |n: usize| -> Vec<u8> {
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    };
+    let files: Vec<(String, Vec<u8>)> = (0..32)
+        .map(|i| (format!("f{i:02}"), noise(200_000)))
+        .collect();
+    let refs: Vec<(&str, Vec<u8>)> = files.iter().map(|(n, d)| (n.as_str(), d.clone())).collect();
+    let layer = seekable_layer(&target, "d", &refs, |_, _| {}, None);
+    let h = Harness::with_layers_and(target, vec![layer], &[]);
+    let fs = h.mount(true).await;
+    let _ = path_ino(&fs, "d/f00").await;
+    let listed = h.target.counts().calls(Op::FetchRange);
+    for (name, data) in &files {
+        assert_eq!(read_all(&fs, &format!("d/{name}")).await, *data);
+    }
+    let fetches = h.target.counts().calls(Op::FetchRange) - listed;
+    assert!(
+        fetches <= 12,
+        "{fetches} range requests for 32 files read in order"
+    );
+}
