@@ -151,7 +151,7 @@ pub struct OrasFs {
     /// The last error a user could not see (a failed fetch or push in the background).
     pub(super) last_error: Mutex<Option<String>>,
     /// Listings of layers and recently decompressed chunks of files inside them.
-    pub(super) layers: Arc<LayerState>,
+    pub(super) layers: LayerState,
 }
 
 impl OrasFs {
@@ -205,7 +205,7 @@ impl OrasFs {
             gid,
             notices,
             last_error: Mutex::new(None),
-            layers: Arc::new(LayerState::default()),
+            layers: LayerState::default(),
         })
     }
 

@@ -6,16 +6,15 @@
 
 use std::collections::HashMap;
 use std::io::Read;
-use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 
-use super::cache::{BlobCache, Errno};
+use super::cache::Errno;
 use super::filesystem::OrasFs;
 use super::tree::LayerFile;
-use crate::archive::{gzindex, seekable, Chunk, ChunkAt, Entry, EntryKind};
+use crate::archive::{gzindex, seekable, Chunk, ChunkAt, Entry};
 use crate::digest::Digest;
 use crate::layer_index;
 use crate::manifest::Descriptor;
@@ -53,8 +52,6 @@ pub struct LayerState {
     failed: Mutex<HashMap<Digest, String>>,
     /// Readers going through a seekable layer's files in order, by layer.
     walks: Mutex<HashMap<Digest, Walk>>,
-    /// Every chunk of a seekable layer, in blob order (for decoding ahead of a walk).
-    members: Mutex<HashMap<Digest, Arc<Vec<Chunk>>>>,
 }
 
 impl Default for LayerState {
@@ -68,7 +65,6 @@ impl Default for LayerState {
             published: tokio::sync::OnceCell::new(),
             failed: Mutex::new(HashMap::new()),
             walks: Mutex::new(HashMap::new()),
-            members: Mutex::new(HashMap::new()),
         }
     }
 }
@@ -79,8 +75,6 @@ impl Default for LayerState {
 struct Walk {
     end: u64,
     window: u64,
-    /// Members up to here were handed to the background decoder already.
-    decoded_to: u64,
 }
 
 /// The first read-ahead across files, doubled on every file read in order, up to the last.
@@ -89,66 +83,16 @@ const WALK_WINDOW: (u64, u64) = (1 << 20, 16 << 20);
 impl LayerState {
     /// Records a fetch of the member at `offset..end` of `layer`; returns how many bytes past
     /// `end` to fetch in the background (0: the reader is not going through in order).
-    /// Also returns the range of members to decode ahead (not handed out before).
-    fn walk(&self, layer: &Digest, offset: u64, end: u64) -> (u64, Range<u64>) {
+    fn walk(&self, layer: &Digest, offset: u64, end: u64) -> u64 {
         let mut walks = self.walks.lock().unwrap();
         let w = walks.entry(layer.clone()).or_default();
         w.window = if offset == w.end && w.end > 0 {
             (w.window * 2).clamp(WALK_WINDOW.0, WALK_WINDOW.1)
         } else {
-            w.decoded_to = 0;
             0
         };
         w.end = end;
-        let decode = w.decoded_to.max(end)..end + w.window;
-        w.decoded_to = w.decoded_to.max(decode.end);
-        (w.window, decode)
-    }
-
-    /// Decompresses and verifies, in the background, the members of `layer` that start in
-    /// `range` and are not in memory yet, so that a reader going through the files in order
-    /// finds them ready (decompression runs beside the reader's copying).
-    fn decode_ahead(
-        self: &Arc<Self>,
-        cache: &Arc<BlobCache>,
-        layer: &Arc<Descriptor>,
-        range: Range<u64>,
-    ) {
-        let Some(members) = self.members.lock().unwrap().get(&layer.digest).cloned() else {
-            return;
-        };
-        let first = members.partition_point(|c| chunk_key(c) < range.start);
-        let todo: Vec<Chunk> = members[first..]
-            .iter()
-            .take_while(|c| chunk_key(c) < range.end)
-            .filter(|c| {
-                let key = (layer.digest.clone(), chunk_key(c));
-                !self.chunks.lock().unwrap().lru.contains(&key)
-            })
-            .cloned()
-            .collect();
-        if todo.is_empty() {
-            return;
-        }
-        let (state, cache, layer) = (self.clone(), cache.clone(), layer.clone());
-        tokio::spawn(async move {
-            for c in todo {
-                let ChunkAt::Member { offset, end } = c.at else {
-                    continue;
-                };
-                let len = (end - offset).min(member_bound(c.len));
-                let Ok(compressed) = cache.read(&layer, offset, len, 0..0).await else {
-                    return; // The reader's own fetch will say why.
-                };
-                match gunzip_prefix(&compressed, c.len) {
-                    Ok(data) if check(&data, &c).is_ok() => {
-                        let key = (layer.digest.clone(), offset);
-                        state.chunks.lock().unwrap().put(key, data.into());
-                    }
-                    _ => return,
-                }
-            }
-        });
+        w.window
     }
 }
 
@@ -221,25 +165,6 @@ impl OrasFs {
                 .unwrap()
                 .insert(desc.digest.clone(), e.to_string());
         })?;
-        let mut members: Vec<Chunk> = listing
-            .entries
-            .iter()
-            .filter_map(|e| match &e.kind {
-                EntryKind::File { chunks, .. } => Some(chunks.iter()),
-                _ => None,
-            })
-            .flatten()
-            .filter(|c| matches!(c.at, ChunkAt::Member { .. }))
-            .cloned()
-            .collect();
-        if !members.is_empty() {
-            members.sort_by_key(chunk_key);
-            self.layers
-                .members
-                .lock()
-                .unwrap()
-                .insert(desc.digest.clone(), Arc::new(members));
-        }
         let listing = Arc::new(listing);
         self.layers
             .listings
@@ -497,10 +422,7 @@ impl OrasFs {
                 };
                 // A reader going through the layer's files in order (`cp -r`, `tar c`, `grep
                 // -r`: the order they were packed in) gets the files after this one too.
-                let (ahead, decode) = self.layers.walk(&layer.digest, *offset, *end);
-                if ahead > 0 {
-                    self.layers.decode_ahead(&self.cache, layer, decode);
-                }
+                let ahead = self.layers.walk(&layer.digest, *offset, *end);
                 let next = if ahead > 0 {
                     *end..(*end + ahead).min(layer.size)
                 } else {
