@@ -438,6 +438,9 @@ fn an_image_index_mounts_the_manifest_of_a_platform() {
         &format!("docker://{r}"),
     ]);
 
+    // Indexed for arm64, mounted for arm64: the mount finds the child's referrer.
+    let out = ok(&["index", &r, "--platform", "linux/arm64"]);
+    assert!(out.contains("Indexed 1 layer"), "{out}");
     let m = Mount::new(&r, &["--platform", "linux/arm64"]);
     assert_eq!(read_file(&m.join("etc/arch")), b"built for arm64\n");
     let notes = String::from_utf8(read_file(&m.join(".oras/notes"))).unwrap();

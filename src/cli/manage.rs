@@ -563,6 +563,10 @@ pub struct IndexArgs {
     /// Default: 32 times its compressed size, at least 256M.
     #[arg(long, value_name = "SIZE", value_parser = super::transfer::parse_unpack_limit)]
     pub max_unpacked_size: Option<UnpackLimit>,
+    /// Of an image index, index the manifest for this platform (default: this machine's),
+    /// the one a mount with the same --platform reads.
+    #[arg(long, value_name = "PLATFORM")]
+    pub platform: Option<oras_fs::manifest::Platform>,
     #[arg(long, value_enum, default_value_t)]
     pub format: Format,
     #[command(flatten)]
@@ -573,7 +577,9 @@ pub struct IndexArgs {
 /// them as one referrer, so that mounts anywhere read single files of those layers lazily.
 pub async fn index(a: IndexArgs) -> Result<()> {
     let o = a.target.open(&a.reference, false)?;
-    let (subject, _, manifest) = content::fetch_manifest(o.target.as_ref(), &o.reference()).await?;
+    let platform = a.platform.as_ref();
+    let (subject, _, manifest, _) =
+        content::fetch_platform_manifest(o.target.as_ref(), &o.reference(), platform).await?;
     let limit = a.max_unpacked_size.unwrap_or(UnpackLimit::Auto);
     let published = oras_fs::layer_index::publish(o.target.as_ref(), &subject, &manifest, |l| {
         limit.for_layer(l.size).unwrap_or(u64::MAX)
