@@ -453,23 +453,33 @@ impl OrasFs {
                     }
                 }
                 let want = *offset..stream_end(&file.chunks[last]);
-                let (checkpoint, range) = index.compressed_range(want.clone());
-                if range.end - range.start > MAX_STREAM_FETCH {
-                    return Err(fail(format!(
-                        "the seek index needs {} compressed bytes for {} at {} (more than \
-                         {MAX_STREAM_FETCH}): its checkpoints are too far apart",
-                        range.end - range.start,
-                        want.end - want.start,
-                        want.start
-                    )));
+                // Most likely enough; else everything up to the next checkpoint.
+                let (checkpoint, likely) = index.likely_range(want.clone());
+                let (_, safe) = index.compressed_range(want.clone());
+                let mut data = Err(String::new());
+                for range in [likely, safe.clone()] {
+                    if range.end - range.start > MAX_STREAM_FETCH {
+                        return Err(fail(format!(
+                            "the seek index needs {} compressed bytes for {} at {} (more than \
+                             {MAX_STREAM_FETCH}): its checkpoints are too far apart",
+                            range.end - range.start,
+                            want.end - want.start,
+                            want.start
+                        )));
+                    }
+                    let compressed = self
+                        .cache
+                        .read(layer, range.start, range.end - range.start, 0..0)
+                        .await?;
+                    data = index
+                        .extract(checkpoint, &compressed, want.clone())
+                        .map_err(|e| e.to_string());
+                    if data.is_ok() || range.end >= safe.end {
+                        break;
+                    }
                 }
-                let compressed = self
-                    .cache
-                    .read(layer, range.start, range.end - range.start, 0..0)
-                    .await?;
-                let data = index
-                    .extract(checkpoint, &compressed, want.clone())
-                    .map_err(|e| fail(format!("decompressing at {}: {e}", want.start)))?;
+                let data =
+                    data.map_err(|e| fail(format!("decompressing at {}: {e}", want.start)))?;
                 let mut mine = None;
                 for (j, cj) in file.chunks[i..=last].iter().enumerate() {
                     let ChunkAt::Stream { offset: o } = cj.at else {

@@ -141,6 +141,36 @@ impl Index {
         (id, from..to.max(from))
     }
 
+    /// Like [`Index::compressed_range`], but ending where the wanted bytes most likely end
+    /// (interpolated between the checkpoints around `uncompressed.end`, plus a margin for
+    /// deflate blocks) rather than at the next checkpoint: a read that crosses a checkpoint
+    /// then costs about one span and the bytes, not two spans. When the estimate falls short,
+    /// [`Index::extract`] fails and the caller fetches the rest up to `compressed_range`'s end.
+    pub fn likely_range(&self, uncompressed: Range<u64>) -> (usize, Range<u64>) {
+        const MARGIN: u64 = 256 * 1024;
+        let (id, safe) = self.compressed_range(uncompressed.clone());
+        let end = uncompressed.end.min(self.uncompressed_size);
+        let after = self.checkpoints.partition_point(|c| c.uncompressed <= end);
+        let (lo, hi) = match (
+            after.checked_sub(1).and_then(|i| self.checkpoints.get(i)),
+            self.checkpoints.get(after),
+        ) {
+            (Some(lo), Some(hi)) => (
+                (lo.uncompressed, lo.compressed_offset()),
+                (hi.uncompressed, hi.compressed_bits.div_ceil(8)),
+            ),
+            (Some(lo), None) => (
+                (lo.uncompressed, lo.compressed_offset()),
+                (self.uncompressed_size, self.compressed_size),
+            ),
+            _ => return (id, safe),
+        };
+        let span_u = (hi.0 - lo.0).max(1) as u128;
+        let span_c = hi.1.saturating_sub(lo.1) as u128;
+        let guess = lo.1 + (((end - lo.0) as u128 * span_c).div_ceil(span_u)) as u64 + MARGIN;
+        (id, safe.start..guess.clamp(safe.start, safe.end))
+    }
+
     /// Inflates `compressed` (the blob's bytes from `checkpoints()[checkpoint]`'s
     /// `compressed_offset()` on, as [`Index::compressed_range`] says) and returns exactly the
     /// `uncompressed` bytes.

@@ -118,6 +118,7 @@ fn ranges(size: u64, n: usize) -> Vec<Range<u64>> {
 fn check_extracts(index: &Index, gz: &[u8], full: &[u8]) {
     assert_eq!(index.uncompressed_size(), full.len() as u64);
     assert_eq!(index.compressed_size(), gz.len() as u64);
+    let mut likely_enough = 0;
     for r in ranges(full.len() as u64, 40) {
         let (id, c) = index.compressed_range(r.clone());
         assert_eq!(
@@ -132,7 +133,23 @@ fn check_extracts(index: &Index, gz: &[u8], full: &[u8]) {
             got == full[r.start as usize..r.end as usize],
             "bytes of {r:?}"
         );
+        // The likely range starts at the same checkpoint, ends no later, and gives the same
+        // bytes or an error, never others.
+        let (lid, l) = index.likely_range(r.clone());
+        assert_eq!((lid, l.start), (id, c.start));
+        assert!(l.end <= c.end, "{l:?} past {c:?}");
+        if let Ok(got) = index.extract(id, &gz[l.start as usize..l.end as usize], r.clone()) {
+            assert!(
+                got == full[r.start as usize..r.end as usize],
+                "likely bytes of {r:?}"
+            );
+            likely_enough += 1;
+        }
     }
+    assert!(
+        likely_enough * 2 >= 40,
+        "the likely range was enough {likely_enough} times of 40"
+    );
 }
 
 /// The listing matches what the tar crate reads, and each piece's digest verifies.
