@@ -568,11 +568,8 @@ impl OrasFs {
         title: Option<&str>,
     ) -> Result<Vec<LayerEntry>, Errno> {
         if title.is_some() {
-            archive::check_contained(&listing.entries).map_err(|e| {
-                let what = format!("directory layer {}: {e}", desc.digest);
-                self.record_error(&what);
-                Errno::new(libc::EIO, what)
-            })?;
+            archive::check_contained(&listing.entries)
+                .map_err(|e| self.eio(format!("directory layer {}: {e}", desc.digest)))?;
         }
         let (entries, _) = archive::merge::single(&listing.entries);
         let layer = Arc::new(view::untitled_copy(desc));

@@ -192,12 +192,10 @@ impl OrasFs {
                 index: None,
             },
             None => {
-                let what = format!(
+                return Err(self.eio(format!(
                     "layer {} ({}) is neither tar, gzip nor seekable: its files cannot be listed",
                     desc.digest, desc.media_type
-                );
-                self.record_error(&what);
-                return Err(Errno::new(libc::EIO, what));
+                )));
             }
         })
     }
@@ -214,19 +212,11 @@ impl OrasFs {
         })
         .await
         .map_err(|e| Errno::new(libc::EIO, format!("listing {}: {e}", desc.digest)))?;
-        listed.map_err(|e| {
-            let what = format!("listing layer {}: {e}", desc.digest);
-            self.record_error(&what);
-            Errno::new(libc::EIO, what)
-        })
+        listed.map_err(|e| self.eio(format!("listing layer {}: {e}", desc.digest)))
     }
 
     async fn toc_entries(&self, desc: &Descriptor, want: &Digest) -> Result<Vec<Entry>, Errno> {
-        let bad = |what: String| {
-            let what = format!("layer {}: {what}", desc.digest);
-            self.record_error(&what);
-            Errno::new(libc::EIO, what)
-        };
+        let bad = |what: String| self.eio(format!("layer {}: {what}", desc.digest));
         let footer_at = desc.size.saturating_sub(seekable::FOOTER_SIZE);
         let footer = self
             .cache
@@ -295,11 +285,7 @@ impl OrasFs {
             }
             Err(e) => return Err(e),
         };
-        let index = built.map_err(|e| {
-            let what = format!("indexing layer {}: {e}", desc.digest);
-            self.record_error(&what);
-            Errno::new(libc::EIO, what)
-        })?;
+        let index = built.map_err(|e| self.eio(format!("indexing layer {}: {e}", desc.digest)))?;
         if let Err(e) = write_atomically(&path, &index.to_bytes()) {
             tracing::warn!("could not keep the index of {}: {e}", desc.digest);
         }
@@ -396,11 +382,7 @@ impl OrasFs {
             return Ok(b);
         }
         let layer = &file.layer;
-        let fail = |what: String| {
-            let what = format!("layer {}: {what}", layer.digest);
-            self.record_error(&what);
-            Errno::new(libc::EIO, what)
-        };
+        let fail = |what: String| self.eio(format!("layer {}: {what}", layer.digest));
         if c.len > MAX_CHUNK {
             return Err(fail(format!(
                 "a chunk of {} bytes at {} of a file: over the {MAX_CHUNK}-byte bound of what is \

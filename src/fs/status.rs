@@ -5,6 +5,7 @@
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 
+use super::cache::Errno;
 use super::filesystem::OrasFs;
 use super::tree::{Ino, Kind, Source, Tree};
 use super::view;
@@ -46,6 +47,12 @@ impl OrasFs {
     /// Keeps an error for `oras-fs status` (the log may be unwritable, e.g. on a full disk).
     pub fn record_error(&self, error: impl std::fmt::Display) {
         *self.last_error.lock().unwrap() = Some(error.to_string());
+    }
+
+    /// `EIO` for a failure the user sees only as that errno: its reason goes to `status`.
+    pub(super) fn eio(&self, what: String) -> Errno {
+        self.record_error(&what);
+        Errno::new(libc::EIO, what)
     }
 
     /// Inodes with a handle open for writing.
