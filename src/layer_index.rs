@@ -51,21 +51,30 @@ pub async fn build(target: &dyn Target, layer: &Descriptor, limit: u64) -> Resul
     let size = layer.size;
     let digest = layer.digest.clone();
     tokio::task::spawn_blocking(move || {
-        let sync = tokio_util::io::SyncIoBridge::new(reader);
-        let opts = gzindex::BuildOptions {
-            span: SPAN,
-            max_uncompressed: limit,
-            ..Default::default()
-        };
-        gzindex::build(
-            std::io::BufReader::with_capacity(1 << 20, sync),
-            size,
-            &opts,
-        )
-        .map_err(|e| Error::Other(format!("indexing layer {digest}: {e}")))
+        index_of(tokio_util::io::SyncIoBridge::new(reader), size, limit)
+            .map_err(|e| Error::Other(format!("indexing layer {digest}: {e}")))
     })
     .await
     .map_err(|e| Error::Other(format!("indexing task failed: {e}")))?
+}
+
+/// The seek index of the tar+gzip blob `reader` yields (`size` compressed bytes), with
+/// checkpoints every [`SPAN`] and at most `limit` bytes uncompressed. Blocking.
+pub fn index_of(
+    reader: impl std::io::Read,
+    size: u64,
+    limit: u64,
+) -> std::result::Result<gzindex::Index, crate::archive::FormatError> {
+    let opts = gzindex::BuildOptions {
+        span: SPAN,
+        max_uncompressed: limit,
+        ..Default::default()
+    };
+    gzindex::build(
+        std::io::BufReader::with_capacity(1 << 20, reader),
+        size,
+        &opts,
+    )
 }
 
 /// Indexes every gzip layer of `manifest` (whose descriptor is `subject`) and pushes the

@@ -5,7 +5,7 @@
 //! to the cache.
 
 use std::collections::HashMap;
-use std::io::Read;
+use std::io::{BufReader, Read};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
@@ -204,15 +204,12 @@ impl OrasFs {
     /// blob.
     async fn tar_entries(&self, desc: &Descriptor) -> Result<Vec<Entry>, Errno> {
         let blob = self.cache.materialize(desc).await?;
-        let listed = tokio::task::spawn_blocking(move || -> Result<Vec<Entry>, String> {
-            let file = std::fs::File::open(&blob).map_err(|e| e.to_string())?;
-            let reader = std::io::BufReader::with_capacity(1 << 20, file);
-            let max = gzindex::BuildOptions::default().max_entries;
-            gzindex::list_tar(reader, max).map_err(|e| e.to_string())
+        let max = gzindex::BuildOptions::default().max_entries;
+        scan_file(blob, move |file| {
+            gzindex::list_tar(BufReader::with_capacity(1 << 20, file), max)
         })
         .await
-        .map_err(|e| Errno::new(libc::EIO, format!("listing {}: {e}", desc.digest)))?;
-        listed.map_err(|e| self.eio(format!("listing layer {}: {e}", desc.digest)))
+        .map_err(|e| self.eio(format!("listing layer {}: {e}", desc.digest)))
     }
 
     async fn toc_entries(&self, desc: &Descriptor, want: &Digest) -> Result<Vec<Entry>, Errno> {
@@ -263,18 +260,7 @@ impl OrasFs {
         let built = match self.cache.materialize(desc).await {
             Ok(blob) => {
                 let size = desc.size;
-                tokio::task::spawn_blocking(move || -> Result<gzindex::Index, String> {
-                    let file = std::fs::File::open(&blob).map_err(|e| e.to_string())?;
-                    let reader = std::io::BufReader::with_capacity(1 << 20, file);
-                    let opts = gzindex::BuildOptions {
-                        span: layer_index::SPAN,
-                        max_uncompressed: limit,
-                        ..Default::default()
-                    };
-                    gzindex::build(reader, size, &opts).map_err(|e| e.to_string())
-                })
-                .await
-                .map_err(|e| Errno::new(libc::EIO, format!("indexing {}: {e}", desc.digest)))?
+                scan_file(blob, move |file| layer_index::index_of(file, size, limit)).await
             }
             // Too large for the cache (or the disk is full): index it as it streams by, and
             // read its files by ranges, uncached, as any such blob.
@@ -489,6 +475,20 @@ impl OrasFs {
             }
         }
     }
+}
+
+/// Runs `scan` over the file at `path` on a blocking thread (listing or indexing a whole
+/// cached layer takes seconds of CPU).
+async fn scan_file<T: Send + 'static>(
+    path: PathBuf,
+    scan: impl FnOnce(std::fs::File) -> Result<T, crate::archive::FormatError> + Send + 'static,
+) -> Result<T, String> {
+    tokio::task::spawn_blocking(move || {
+        let file = std::fs::File::open(&path).map_err(|e| e.to_string())?;
+        scan(file).map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(|e| format!("the task failed: {e}"))?
 }
 
 /// The most compressed bytes a gzip member holding `len` bytes of data needs to yield them:
