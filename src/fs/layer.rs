@@ -123,8 +123,8 @@ impl Chunks {
 
 /// How a layer can be read lazily, if it can.
 pub fn lazy_format(desc: &Descriptor) -> Option<LazyFormat> {
-    // An annotation that is no digest makes the layer a plain gzip one, indexed from a
-    // verified download: nothing unverified is trusted either way.
+    // A layer whose TOC annotation is no digest claims a TOC it does not describe: neither
+    // seekable nor indexed (a directory layer is then unpacked whole, verified).
     if let Some(Ok(toc)) = desc
         .annotation(seekable::TOC_DIGEST_ANNOTATION)
         .map(str::parse::<Digest>)
@@ -515,11 +515,7 @@ fn check(data: &[u8], c: &Chunk) -> Result<(), String> {
     if data.len() as u64 != c.len {
         return Err(format!("{} bytes where the TOC says {}", data.len(), c.len));
     }
-    let got = Digest::of(data);
-    if got != c.digest {
-        return Err(format!("digest {got}, expected {}", c.digest));
-    }
-    Ok(())
+    c.digest.verify(data).map_err(|e| e.to_string())
 }
 
 /// The first `len` bytes a run of gzip members decompresses to (never more: a bomb behind a
