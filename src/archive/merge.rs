@@ -28,10 +28,11 @@ pub struct Skipped {
 /// with every parent directory present (implicit ones are `0o755`, owned by root). Hard links
 /// become entries of their own that share the target's data (a file's content is what
 /// matters to a reader; `stat` shows them as separate inodes).
-pub fn merge(layers: &[Vec<Entry>]) -> (Vec<Merged>, Skipped) {
+pub fn merge<L: AsRef<[Entry]>>(layers: &[L]) -> (Vec<Merged>, Skipped) {
     let mut tree: BTreeMap<String, Merged> = BTreeMap::new();
     let mut skipped = Skipped::default();
     for (layer, entries) in layers.iter().enumerate() {
+        let entries = entries.as_ref();
         // Whiteouts hide only what the layers below put there, so they apply first.
         for e in entries {
             let (dir, name) = split(&e.path);

@@ -516,8 +516,8 @@ impl OrasFs {
                 let listings =
                     futures_util::future::try_join_all(layers.iter().map(|l| self.listing(l)))
                         .await?;
-                let lists: Vec<Vec<archive::Entry>> =
-                    listings.iter().map(|l| l.entries.clone()).collect();
+                let lists: Vec<&[archive::Entry]> =
+                    listings.iter().map(|l| l.entries.as_slice()).collect();
                 let (merged, skipped) = archive::merge::merge(&lists);
                 if skipped.dangling_links > 0 {
                     tracing::warn!(
@@ -525,11 +525,13 @@ impl OrasFs {
                         skipped.dangling_links
                     );
                 }
+                let descs: Vec<Arc<Descriptor>> =
+                    layers.iter().map(|l| Arc::new(l.clone())).collect();
                 let files = merged
                     .into_iter()
                     .map(|m| {
                         let index = listings[m.layer].index.clone();
-                        (m.entry, Arc::new(layers[m.layer].clone()), index)
+                        (m.entry, descs[m.layer].clone(), index)
                     })
                     .collect();
                 Filled::Entries(files)
