@@ -516,8 +516,7 @@ impl OrasFs {
                 let listings =
                     futures_util::future::try_join_all(layers.iter().map(|l| self.listing(l)))
                         .await?;
-                let lists: Vec<&[archive::Entry]> =
-                    listings.iter().map(|l| l.entries.as_slice()).collect();
+                let lists: Vec<&[archive::Entry]> = listings.iter().map(|l| l.entries()).collect();
                 let (merged, skipped) = archive::merge::merge(&lists);
                 if skipped.dangling_links > 0 {
                     tracing::warn!(
@@ -530,7 +529,7 @@ impl OrasFs {
                 let files = merged
                     .into_iter()
                     .map(|m| {
-                        let index = listings[m.layer].index.clone();
+                        let index = listings[m.layer].index().cloned();
                         (m.entry, descs[m.layer].clone(), index)
                     })
                     .collect();
@@ -570,10 +569,10 @@ impl OrasFs {
         title: Option<&str>,
     ) -> Result<Vec<LayerEntry>, Errno> {
         if title.is_some() {
-            archive::check_contained(&listing.entries)
+            archive::check_contained(listing.entries())
                 .map_err(|e| self.eio(format!("directory layer {}: {e}", desc.digest)))?;
         }
-        let (entries, _) = archive::merge::single(&listing.entries);
+        let (entries, _) = archive::merge::single(listing.entries());
         let layer = Arc::new(view::untitled_copy(desc));
         let prefix = title.map(|t| format!("{}/", t.trim_end_matches('/')));
         let under_title = prefix
@@ -586,7 +585,7 @@ impl OrasFs {
                 if under_title {
                     e.path = e.path.strip_prefix(prefix.as_deref()?)?.to_string();
                 }
-                Some((e, layer.clone(), listing.index.clone()))
+                Some((e, layer.clone(), listing.index().cloned()))
             })
             .collect())
     }

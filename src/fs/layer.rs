@@ -34,12 +34,28 @@ const STREAM_READ_AHEAD: u64 = 8 << 20;
 /// indexes oras-fs builds; a published index with far fewer is refused here).
 const MAX_STREAM_FETCH: u64 = 64 << 20;
 
-/// What a layer holds, as the mount shows it.
+/// What a layer holds, as the mount shows it: its entries, or for an indexed layer its
+/// index (which lists the entries and says how to reach their chunks).
 #[derive(Debug)]
-pub struct Listing {
-    pub entries: Vec<Entry>,
-    /// For an indexed layer: how to reach its chunks.
-    pub index: Option<Arc<gzindex::Index>>,
+pub enum Listing {
+    Entries(Vec<Entry>),
+    Indexed(Arc<gzindex::Index>),
+}
+
+impl Listing {
+    pub fn entries(&self) -> &[Entry] {
+        match self {
+            Listing::Entries(e) => e,
+            Listing::Indexed(i) => i.entries(),
+        }
+    }
+
+    pub fn index(&self) -> Option<&Arc<gzindex::Index>> {
+        match self {
+            Listing::Indexed(i) => Some(i),
+            Listing::Entries(_) => None,
+        }
+    }
 }
 
 /// The mount's memory of layers: listings by layer digest, recently decompressed chunks.
@@ -176,21 +192,11 @@ impl OrasFs {
 
     async fn list(&self, desc: &Descriptor) -> Result<Listing, Errno> {
         Ok(match lazy_format(desc) {
-            Some(LazyFormat::Seekable(toc)) => Listing {
-                entries: self.toc_entries(desc, &toc).await?,
-                index: None,
-            },
-            Some(LazyFormat::Gzip) => {
-                let index = self.gzip_index(desc).await?;
-                Listing {
-                    entries: index.entries().to_vec(),
-                    index: Some(index),
-                }
+            Some(LazyFormat::Seekable(toc)) => {
+                Listing::Entries(self.toc_entries(desc, &toc).await?)
             }
-            Some(LazyFormat::Tar) => Listing {
-                entries: self.tar_entries(desc).await?,
-                index: None,
-            },
+            Some(LazyFormat::Gzip) => Listing::Indexed(self.gzip_index(desc).await?),
+            Some(LazyFormat::Tar) => Listing::Entries(self.tar_entries(desc).await?),
             None => {
                 return Err(self.eio(format!(
                     "layer {} ({}) is neither tar, gzip nor seekable: its files cannot be listed",
