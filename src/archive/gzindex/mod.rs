@@ -113,10 +113,6 @@ impl Index {
         &self.entries
     }
 
-    pub fn into_entries(self) -> Vec<Entry> {
-        self.entries
-    }
-
     /// Which checkpoint to start from, and which compressed bytes to fetch, to produce
     /// `uncompressed` (clamped to the stream): from the checkpoint at or before its start to
     /// the first checkpoint at or after its end, or to the end of the blob.
