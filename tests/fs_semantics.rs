@@ -500,15 +500,7 @@ fn first_member(entries: &[oras_fs::archive::Entry], path: &str) -> usize {
 async fn a_seekable_layer_lists_from_its_toc_and_reads_one_file_by_its_chunks() {
     let target = oras_fs::content::testing::TestTarget::new();
     // Incompressible, so that the layer is larger than what the cache fetches whole.
-    let mut x = 0x9e37_79b9_7f4a_7c15u64;
-    let big: Vec<u8> = (0..9 * MIB)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect();
+    let big = noise(0x9e37_79b9_7f4a_7c15, 9 * MIB);
     let files = vec![("big.bin", big.clone()), ("small.txt", b"small\n".to_vec())];
     let layer = seekable_layer(&target, "d", &files, |_, _| {}, None);
     let size = layer.size;
@@ -641,19 +633,8 @@ async fn an_image_of_gzip_and_plain_tar_layers_merges_with_whiteouts() {
 #[tokio::test]
 async fn reading_a_seekable_layers_files_in_order_fetches_ahead() {
     let target = oras_fs::content::testing::TestTarget::new();
-    let mut x = 0x2545_f491_4f6c_dd1du64;
-    let mut noise = |n: usize| -> Vec<u8> {
-        (0..n)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
-    };
     let files: Vec<(String, Vec<u8>)> = (0..32)
-        .map(|i| (format!("f{i:02}"), noise(200_000)))
+        .map(|i| (format!("f{i:02}"), noise(i + 1, 200_000)))
         .collect();
     let refs: Vec<(&str, Vec<u8>)> = files.iter().map(|(n, d)| (n.as_str(), d.clone())).collect();
     let layer = seekable_layer(&target, "d", &refs, |_, _| {}, None);

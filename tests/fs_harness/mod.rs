@@ -82,6 +82,19 @@ pub fn directory_layer(target: &TestTarget, title: &str, files: &[(&str, Vec<u8>
     d
 }
 
+/// Deterministic bytes that gzip cannot shrink (xorshift), for layers that must stay large.
+pub fn noise(seed: u64, n: usize) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
 /// Deterministic, non-repeating-ish bytes.
 pub fn pattern(n: usize) -> Vec<u8> {
     (0..n as u64)
