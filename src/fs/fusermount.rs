@@ -246,8 +246,8 @@ fn mount_entry(path: &Path) -> Option<MountEntry> {
     })
 }
 
-/// `/proc/mounts` escapes blanks and backslashes in paths as octal.
-fn mounts_escape(path: &Path) -> String {
+/// `path` as `/proc/mounts` writes it: blanks and backslashes escaped as octal.
+pub fn mounts_escape(path: &Path) -> String {
     let mut out = String::new();
     for c in path.to_string_lossy().chars() {
         match c {

@@ -16,24 +16,9 @@ pub const MOUNT_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long an explicit `oras-fs unmount` / `sync` run by a test may take.
 pub const CONTROL_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// `/proc/mounts` escapes blanks and backslashes in paths as octal.
-fn mounts_escape(path: &Path) -> String {
-    let mut out = String::new();
-    for c in path.to_string_lossy().chars() {
-        match c {
-            ' ' => out.push_str("\\040"),
-            '\t' => out.push_str("\\011"),
-            '\n' => out.push_str("\\012"),
-            '\\' => out.push_str("\\134"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
 /// Whether `path` (canonical: a dead FUSE mount cannot be canonicalized) is a mountpoint now.
 pub fn is_mounted(path: &Path) -> bool {
-    let want = mounts_escape(path);
+    let want = oras_fs::fs::fusermount::mounts_escape(path);
     std::fs::read_to_string("/proc/mounts")
         .map(|m| {
             m.lines()
@@ -44,7 +29,7 @@ pub fn is_mounted(path: &Path) -> bool {
 
 /// The `/proc/mounts` line of `path`, if mounted.
 pub fn mount_line(path: &Path) -> Option<String> {
-    let want = mounts_escape(path);
+    let want = oras_fs::fs::fusermount::mounts_escape(path);
     std::fs::read_to_string("/proc/mounts")
         .ok()?
         .lines()
