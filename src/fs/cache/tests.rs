@@ -101,12 +101,21 @@ impl Target for Source {
 }
 
 fn open(dir: &Path, source: &Arc<Source>, disk_limit: u64) -> Arc<BlobCache> {
+    open_with_memory(dir, source, disk_limit, 64 * MIB)
+}
+
+fn open_with_memory(
+    dir: &Path,
+    source: &Arc<Source>,
+    disk_limit: u64,
+    memory_limit: u64,
+) -> Arc<BlobCache> {
     BlobCache::new(
         source.clone(),
         CacheOptions {
             dir: dir.to_path_buf(),
             disk_limit,
-            memory_limit: 64 * MIB,
+            memory_limit,
         },
     )
     .unwrap()
@@ -242,15 +251,7 @@ async fn a_blob_larger_than_the_bound_is_read_and_verified_without_touching_the_
         "a sequential read verifies it"
     );
     // Random reads after eviction from memory fetch again.
-    let small = BlobCache::new(
-        source.clone(),
-        CacheOptions {
-            dir: dir.path().to_path_buf(),
-            disk_limit: 4 * MIB,
-            memory_limit: MIB,
-        },
-    )
-    .unwrap();
+    let small = open_with_memory(dir.path(), &source, 4 * MIB, MIB);
     for at in [15 * MIB, MIB, 19 * MIB + 5, 3] {
         let got = small
             .read(&desc, at, 300_000, at..at + 2 * MIB)
@@ -339,15 +340,7 @@ async fn a_block_of_a_verified_uncached_blob_fetched_again_is_checked() {
     let data = bytes_of(12, 12 * MIB);
     let desc = source.add(&data);
     // Memory for 4 blocks: everything read is fetched again later.
-    let cache = BlobCache::new(
-        source.clone(),
-        CacheOptions {
-            dir: dir.path().to_path_buf(),
-            disk_limit: 4 * MIB,
-            memory_limit: MIB,
-        },
-    )
-    .unwrap();
+    let cache = open_with_memory(dir.path(), &source, 4 * MIB, MIB);
     assert_eq!(read_all(&cache, &desc).await.unwrap(), data);
     assert!(
         cache.blobs.lock().unwrap()[&desc.digest]
