@@ -1122,16 +1122,7 @@ fn interop_python_sdk_pulls_what_oras_fs_pushes() {
     assert_ok(&push(&src, &r, &["blob.bin", "note.txt", "tree"]));
 
     let dest = tmp.path().join("py-out");
-    let out = interop(
-        tmp.path(),
-        [
-            "pull",
-            &r,
-            "--plain-http",
-            "--outdir",
-            dest.to_str().unwrap(),
-        ],
-    );
+    let out = sdk_pull(tmp.path(), &r, &dest);
     let v = json(assert_ok(&out).as_bytes());
     assert_eq!(v["files"].as_array().map(Vec::len), Some(3), "{v}");
     // The SDK untars our directory layer into the output directory.

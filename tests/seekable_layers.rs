@@ -129,16 +129,7 @@ fn the_python_sdk_and_tar_unpack_a_seekable_layer_to_the_same_tree() {
     let (_, r, src, _, blob) = pushed_directory(tmp.path(), "seek-py");
 
     let py_out = tmp.path().join("py-out");
-    let out = interop(
-        tmp.path(),
-        [
-            "pull",
-            &r,
-            "--plain-http",
-            "--outdir",
-            py_out.to_str().unwrap(),
-        ],
-    );
+    let out = sdk_pull(tmp.path(), &r, &py_out);
     assert_ok(&out);
     assert_eq!(list_dir(&py_out), ["data"]);
     assert_same_tree(&py_out, &src);

@@ -60,16 +60,7 @@ fn a_copied_file_is_pushed_at_unmount_and_the_python_sdk_pulls_it() {
 
     let out_dir = temp_dir();
     let pulled = out_dir.path().join("pulled");
-    let out = interop(
-        out_dir.path(),
-        [
-            "pull",
-            r.as_str(),
-            "--outdir",
-            pulled.to_str().unwrap(),
-            "--plain-http",
-        ],
-    );
+    let out = sdk_pull(out_dir.path(), &r, &pulled);
     assert_ok(&out);
     assert_eq!(
         tree(&pulled),

@@ -32,3 +32,9 @@ where
         .env("DOCKER_CONFIG", "/nonexistent/oras-fs-tests/docker-config");
     run(&mut cmd)
 }
+
+/// The Python SDK pulls `reference` into `out` over plain HTTP (run in `dir`); its output.
+pub fn sdk_pull(dir: &Path, reference: &str, out: &Path) -> Output {
+    let out = out.to_str().expect("a UTF-8 path");
+    interop(dir, ["pull", reference, "--plain-http", "--outdir", out])
+}
