@@ -445,6 +445,9 @@ fn an_image_index_mounts_the_manifest_of_a_platform() {
     assert_eq!(read_file(&m.join("etc/arch")), b"built for arm64\n");
     let notes = String::from_utf8(read_file(&m.join(".oras/notes"))).unwrap();
     assert!(notes.contains("image index"), "{notes}");
+    // Read-only: a push to the tag would replace the whole index with this one manifest.
+    let err = std::fs::write(m.join("NOTE.txt"), b"x").unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EROFS), "{err}");
     drop(m);
     if std::env::consts::ARCH == "x86_64" {
         let m = Mount::new(&r, &[]);
