@@ -192,13 +192,7 @@ impl BlobCache {
         } else {
             offset / BLOCK..(end - 1) / BLOCK + 1
         };
-        let mut pre =
-            prefetch.start.min(desc.size) / BLOCK..prefetch.end.min(desc.size).div_ceil(BLOCK);
-        if blob.uncached() {
-            // Prefetched blocks live in memory only: don't let them push out the ones read
-            // now.
-            pre.end = pre.end.min(need.end + (self.memory_slots / 4).max(1));
-        }
+        let pre = self.prefetch_blocks(&blob, prefetch, need.end);
         // A block of an uncached blob may fall out of memory between its arrival and this
         // read's copy of it: then it is fetched again.
         for _ in 0..3 {
@@ -225,6 +219,28 @@ impl BlobCache {
         }
         tracing::error!("reading {}: blocks keep falling out of memory", desc.digest);
         Err(libc::EIO.into())
+    }
+
+    /// Starts fetching `range` of a blob in the background (a reader expects to read it
+    /// soon; nothing waits for it here).
+    pub fn prefetch(self: &Arc<Self>, desc: &Descriptor, range: Range<u64>) -> Result<(), Errno> {
+        let blob = self.blob(desc)?;
+        let first = range.start.min(desc.size) / BLOCK;
+        let pre = self.prefetch_blocks(&blob, range, first);
+        drop(self.ensure(&blob, pre.start..pre.start, pre));
+        Ok(())
+    }
+
+    /// The blocks of `prefetch` to ask for, for a reader whose blocks end at `need_end`.
+    fn prefetch_blocks(&self, blob: &Blob, prefetch: Range<u64>, need_end: u64) -> Range<u64> {
+        let size = blob.desc.size;
+        let mut pre = prefetch.start.min(size) / BLOCK..prefetch.end.min(size).div_ceil(BLOCK);
+        if blob.uncached() {
+            // Prefetched blocks live in memory only: don't let them push out the ones read
+            // now.
+            pre.end = pre.end.min(need_end + (self.memory_slots / 4).max(1));
+        }
+        pre
     }
 
     /// Fetches every block of a blob and waits for its verification.
