@@ -665,3 +665,50 @@ async fn reading_a_seekable_layers_files_in_order_fetches_ahead_in_few_requests(
         layer.size
     );
 }
+
+#[tokio::test]
+async fn reading_a_directorys_files_in_order_fetches_the_next_ones_concurrently() {
+    let names: Vec<String> = (0..40).map(|i| format!("f{i:02}")).collect();
+    let files: Vec<(&str, Vec<u8>)> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            (
+                n.as_str(),
+                [n.as_bytes(), &noise(i as u64 + 1, 10_000)].concat(),
+            )
+        })
+        .collect();
+    let h = Harness::new(&files);
+    let fs = h.mount(true).await;
+    let fetches = || {
+        let c = h.target.counts();
+        c.calls(Op::Fetch) + c.calls(Op::FetchRange)
+    };
+    let base = fetches();
+    // Files opened out of order fetch only themselves.
+    for name in ["f30", "f10", "f20"] {
+        let _ = read_all(&fs, name).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(fetches() - base, 3, "out-of-order opens fetched ahead");
+    // Two files in order start a walk: the next ones arrive without being opened.
+    let _ = read_all(&fs, "f00").await;
+    let _ = read_all(&fs, "f01").await;
+    let mut waited = 0;
+    while fetches() - base < 5 + 4 && waited < 100 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        waited += 1;
+    }
+    assert!(
+        fetches() - base >= 5 + 4,
+        "no files fetched ahead of a reader going through the directory: {}",
+        fetches() - base
+    );
+    // Every file is right, and fetched once, whoever fetched it.
+    for (name, data) in &files {
+        assert_eq!(read_all(&fs, name).await, *data, "{name}");
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(fetches() - base, 40, "a file was fetched twice");
+}

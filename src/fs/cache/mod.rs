@@ -98,6 +98,9 @@ pub struct BlobCache {
     deadline_ms: AtomicU64,
     /// Bytes fetched from the source, for statistics and tests.
     pub fetched: AtomicU64,
+    /// Background fetches of whole files a tree walk reads next: at most this many at once,
+    /// as many as `pull` runs.
+    walk_permits: Arc<tokio::sync::Semaphore>,
 }
 
 impl BlobCache {
@@ -125,6 +128,9 @@ impl BlobCache {
             last_error: Mutex::new(None),
             deadline_ms: AtomicU64::new(read_deadline().as_millis() as u64),
             fetched: AtomicU64::new(0),
+            walk_permits: Arc::new(tokio::sync::Semaphore::new(
+                crate::oras::DEFAULT_CONCURRENCY,
+            )),
         });
         cache.enforce_disk_limit();
         Ok(cache)
@@ -229,6 +235,33 @@ impl BlobCache {
         let pre = self.prefetch_blocks(&blob, range, first);
         drop(self.ensure(&blob, pre.start..pre.start, pre));
         Ok(())
+    }
+
+    /// Fetches a whole small blob in the background (a tree walk will read it next), once a
+    /// walk permit is free; a reader that gets there first fetches it itself, and this then
+    /// finds it present or on its way.
+    pub fn prefetch_whole(self: &Arc<Self>, desc: &Descriptor) {
+        if self.is_verified(desc) {
+            return;
+        }
+        let (cache, desc) = (self.clone(), desc.clone());
+        tokio::spawn(async move {
+            let Ok(_permit) = cache.walk_permits.clone().acquire_owned().await else {
+                return;
+            };
+            let Ok(blob) = cache.blob(&desc) else {
+                return;
+            };
+            // Prefetched blocks of an uncached blob would push out the ones being read.
+            if blob.uncached() {
+                return;
+            }
+            for wait in cache.ensure(&blob, 0..blob.blocks, 0..0) {
+                if wait_block(wait, cache.deadline()).await.is_err() {
+                    return;
+                }
+            }
+        });
     }
 
     /// The blocks of `prefetch` to ask for, for a reader whose blocks end at `need_end`.
