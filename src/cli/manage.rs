@@ -147,14 +147,13 @@ pub enum ManifestCommand {
     /// Print (or save) a manifest.
     Fetch {
         reference: String,
-        /// Write to FILE instead of stdout.
+        /// Write to FILE instead of stdout. With --format json or go-template, the manifest
+        /// goes to FILE and the descriptor with the parsed manifest (`content`) to stdout.
         #[arg(short = 'o', long, value_name = "FILE")]
         output: Option<String>,
         /// Print the manifest's descriptor instead.
         #[arg(long)]
         descriptor: bool,
-        /// With json or go-template, the manifest goes to --output if given, and the
-        /// descriptor with the parsed manifest (`content`) to stdout.
         #[command(flatten)]
         format: FormatArgs,
         #[command(flatten)]
@@ -574,6 +573,7 @@ pub async fn attach(a: AttachArgs) -> Result<()> {
 }
 
 #[derive(Args, Debug)]
+#[command(after_help = "--format json prints {reference, indexed, referrer}.")]
 pub struct IndexArgs {
     /// What to index: registry/repo:tag|@digest (an artifact or a container image)
     pub reference: String,
@@ -585,7 +585,6 @@ pub struct IndexArgs {
     /// the one a mount with the same --platform reads.
     #[arg(long, value_name = "PLATFORM")]
     pub platform: Option<oras_fs::manifest::Platform>,
-    /// `json`: {reference, indexed, referrer}.
     #[command(flatten)]
     pub format: FormatArgs,
     #[command(flatten)]
@@ -624,13 +623,15 @@ pub async fn index(a: IndexArgs) -> Result<()> {
 }
 
 #[derive(Args, Debug)]
+#[command(
+    after_help = "--format json prints the subject with its `referrers`, each with its own `referrers`, as oras 1.3."
+)]
 pub struct DiscoverArgs {
     /// The subject: registry/repo:tag|@digest
     pub subject: String,
     /// Only referrers of this artifact type.
     #[arg(long)]
     pub artifact_type: Option<String>,
-    /// `json`: the subject with its `referrers`, each with its own `referrers`, as oras.
     #[command(flatten)]
     pub format: FormatArgs,
     #[command(flatten)]

@@ -498,10 +498,12 @@ pub async fn sync(args: SyncArgs) -> Result<()> {
 }
 
 #[derive(Args, Debug)]
+#[command(
+    after_help = "--format json prints an array of objects, one per mount, with snake_case fields."
+)]
 pub struct StatusArgs {
     /// Only the mount at this directory (default: every mount of this user).
     pub mountpoint: Option<PathBuf>,
-    /// `json`: an array of objects, one per mount, with snake_case fields.
     #[command(flatten)]
     pub format: FormatArgs,
 }
