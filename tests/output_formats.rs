@@ -369,20 +369,30 @@ fn go_templates_see_the_json_fields() {
         ]),
         "application/vnd.test.sbom 0"
     );
+    // oras calls discover's text output `tree`.
+    assert_eq!(
+        ok(&["discover", &r, "--format", "tree"]),
+        ok(&["discover", &r])
+    );
 }
 
 #[test]
 fn bad_format_flags_fail_before_any_request() {
     // No registry needed: the flags are checked before the reference is even opened.
-    let cases: [&[&str]; 5] = [
-        &["--format", "yaml"],
-        &["--format", "go-template"],
-        &["--format", "json", "--template", "{{.digest}}"],
-        &["--format", "go-template={{.digest"],
-        &["--format", "go-template={{nosuch .}}"],
+    let fetch: &[&str] = &["manifest", "fetch"];
+    let cases: [(&[&str], &[&str]); 8] = [
+        (fetch, &["--format", "yaml"]),
+        (fetch, &["--format", "tree"]),
+        (fetch, &["--format", "go-template"]),
+        (fetch, &["--format", "json", "--template", "{{.digest}}"]),
+        (fetch, &["--format", "go-template={{.digest"]),
+        (fetch, &["--format", "go-template={{nosuch .}}"]),
+        (fetch, &["--format", "json", "-o", "-"]),
+        (&["pull"], &["--format", "json", "-o", "-"]),
     ];
-    for flags in cases {
-        let mut args = vec!["manifest", "fetch", "127.0.0.1:9/none/such:v1"];
+    for (command, flags) in cases {
+        let mut args = command.to_vec();
+        args.push("127.0.0.1:9/none/such:v1");
         args.extend_from_slice(flags);
         let stderr = assert_fails(&oras_fs(&args), "--");
         assert!(

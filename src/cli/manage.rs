@@ -624,7 +624,7 @@ pub async fn index(a: IndexArgs) -> Result<()> {
 
 #[derive(Args, Debug)]
 #[command(
-    after_help = "--format json prints the subject with its `referrers`, each with its own `referrers`, as oras 1.3."
+    after_help = "--format tree (or text) prints the referrers as a tree; --format json prints the subject with its `referrers`, each with its own `referrers`, as oras 1.3."
 )]
 pub struct DiscoverArgs {
     /// The subject: registry/repo:tag|@digest
@@ -639,7 +639,7 @@ pub struct DiscoverArgs {
 }
 
 pub async fn discover(a: DiscoverArgs) -> Result<()> {
-    let output = a.format.output()?;
+    let output = a.format.output_named("tree")?;
     let o = a.target.open(&a.subject, false)?;
     let subject = o.target.resolve(&o.reference()).await?;
     let keep = |d: &Descriptor| {

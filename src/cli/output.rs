@@ -37,6 +37,12 @@ pub enum Output {
 impl FormatArgs {
     /// Checks the flags (and parses the template) before the command does any work.
     pub fn output(&self) -> Result<Output> {
+        self.output_named("text")
+    }
+
+    /// [`Self::output`] for a command whose text output oras calls `text_name` (discover's
+    /// `tree`); `text` is accepted too.
+    pub fn output_named(&self, text_name: &str) -> Result<Output> {
         let (kind, inline) = match self.format.split_once('=') {
             Some((k, t)) => (k, Some(t)),
             None => (self.format.as_str(), None),
@@ -55,10 +61,10 @@ impl FormatArgs {
             (_, _, Some(_)) => Err(Error::Usage(
                 "--template is used only with --format go-template".into(),
             )),
-            ("text", None, None) => Ok(Output::Text),
+            (k, None, None) if k == "text" || k == text_name => Ok(Output::Text),
             ("json", None, None) => Ok(Output::Json),
             _ => Err(Error::Usage(format!(
-                "unknown --format {:?}: use text, json, go-template or go-template=TEMPLATE",
+                "unknown --format {:?}: use {text_name}, json, go-template or go-template=TEMPLATE",
                 self.format
             ))),
         }

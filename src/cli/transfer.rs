@@ -293,6 +293,11 @@ pub(super) fn parse_unpack_limit(s: &str) -> std::result::Result<UnpackLimit, St
 
 pub async fn pull(args: PullArgs) -> Result<()> {
     let output = args.format.output()?;
+    if args.output.as_os_str() == "-" && !output.is_text() {
+        return Err(Error::Usage(
+            "-o - writes the file to stdout, where --format writes too: pull to a directory".into(),
+        ));
+    }
     let opened = args.target.open(&args.reference, false)?;
     if args.output.as_os_str() == "-" {
         return pull_to_stdout(&args, &opened).await;
@@ -379,14 +384,33 @@ pub async fn pull(args: PullArgs) -> Result<()> {
 /// Where a pulled layer landed, as oras reports it: absolute, and a directory's path ends
 /// with the separator.
 fn pulled_path(dir: &Path, layer: &Descriptor) -> String {
-    let mut path = dir
-        .join(layer.title().unwrap_or_default())
+    let mut path = lexically_clean(&dir.join(layer.title().unwrap_or_default()))
         .display()
         .to_string();
     if layer.is_directory() && !path.ends_with(std::path::MAIN_SEPARATOR) {
         path.push(std::path::MAIN_SEPARATOR);
     }
     path
+}
+
+/// `path` without `.` and `..` components, as Go's `filepath.Clean` (oras prints such paths);
+/// symbolic links are not followed.
+fn lexically_clean(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::ParentDir => {
+                // `/..` is `/`; a relative path keeps the `..` it cannot resolve.
+                if !out.pop() && !out.has_root() {
+                    out.push(c);
+                }
+            }
+            Component::CurDir => {}
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// `pull -o -`: streams the one file of an artifact to stdout. The digest is checked as the
@@ -426,4 +450,25 @@ async fn pull_to_stdout(args: &PullArgs, opened: &target::Opened) -> Result<()> 
     out.flush()
         .map_err(|e| Error::io(super::output::WRITING_STDOUT, e))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pulled_paths_are_cleaned_as_go_cleans_them() {
+        for (given, clean) in [
+            ("/a/./b/../c", "/a/c"),
+            ("/out/../../x", "/x"),
+            ("/out/dir/", "/out/dir"),
+            ("a/../../b", "../b"),
+        ] {
+            assert_eq!(
+                lexically_clean(Path::new(given)),
+                Path::new(clean),
+                "{given}"
+            );
+        }
+    }
 }
