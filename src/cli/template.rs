@@ -37,9 +37,13 @@ impl Template {
 }
 
 fn usage(source: &str, problem: &str) -> Error {
-    Error::Usage(format!(
-        "bad --template {source:?}: {problem} (Go text/template syntax, e.g. '{{{{.digest}}}}')"
-    ))
+    // The engine's one gap users meet (docs/DESIGN.md): say how to write it instead.
+    let hint = if problem.contains("else-if") {
+        "; write {{else}}{{if ...}}...{{end}} instead of {{else if ...}}"
+    } else {
+        " (Go text/template syntax, e.g. '{{.digest}}')"
+    };
+    Error::Usage(format!("bad --template {source:?}: {problem}{hint}"))
 }
 
 fn functions() -> FunctionRegistry {
@@ -136,10 +140,28 @@ mod tests {
     }
 
     #[test]
+    fn the_else_if_workaround_renders() {
+        let t = "{{if eq .n 1}}one{{else}}{{if eq .n 2}}two{{else}}many{{end}}{{end}}";
+        assert_eq!(render(t, &json!({"n": 2})), "two");
+        assert_eq!(render(t, &json!({"n": 3})), "many");
+    }
+
+    #[test]
     fn mistakes_are_usage_errors_before_any_work() {
-        for bad in ["{{.digest", "{{nosuchfunc .}}", "{{if .a}}x"] {
+        for bad in [
+            "{{.digest",
+            "{{nosuchfunc .}}",
+            "{{if .a}}x",
+            "{{if .a}}a{{else if .b}}b{{end}}",
+        ] {
             match Template::parse(bad) {
-                Err(Error::Usage(m)) => assert!(m.contains("--template"), "{m}"),
+                Err(Error::Usage(m)) => {
+                    assert!(m.contains("--template"), "{m}");
+                    assert!(
+                        !bad.contains("else if") || m.contains("{{else}}{{if"),
+                        "{m}"
+                    );
+                }
                 Err(e) => panic!("{bad}: {e}"),
                 Ok(_) => panic!("{bad} parsed"),
             }
