@@ -9,6 +9,7 @@ macro_rules! outln {
     };
 }
 
+pub mod fstab;
 mod manage;
 mod mount;
 pub mod output;

@@ -223,6 +223,13 @@ impl Decoded {
         let ChunkAt::Member { offset, end } = c.at else {
             return Err(DecodeError::Bad("not a gzip member".into()));
         };
+        if c.len > MAX_CHUNK {
+            return Err(DecodeError::Bad(format!(
+                "a chunk of {} bytes: over the {MAX_CHUNK}-byte bound of what is verified in \
+                 memory before it is served; `oras-fs pull` the layer instead",
+                c.len
+            )));
+        }
         let key = (layer.digest.clone(), offset);
         if let Some(b) = self.get(&key) {
             return Ok(b);
@@ -543,10 +550,12 @@ impl OrasFs {
             }
             fetch_ahead = ahead.fetch.start..ahead.fetch.end.min(layer.size);
         }
+        // The batch is asked for here, whoever decodes this chunk: a reader that joins the
+        // decoder ahead of it (or finds the chunk decoded) would otherwise never ask for it.
+        if !fetch_ahead.is_empty() {
+            let _ = self.cache.prefetch(layer, fetch_ahead);
+        }
         if let Some(b) = self.layers.decoded.get(&key(c)) {
-            if !fetch_ahead.is_empty() {
-                self.cache.prefetch(layer, fetch_ahead)?;
-            }
             return Ok(b);
         }
         let fail = |what: String| self.eio(format!("layer {}: {what}", layer.digest));
@@ -559,20 +568,16 @@ impl OrasFs {
         }
         match (&c.at, &file.index) {
             (ChunkAt::Member { offset, .. }, _) => {
-                // Else the next chunk's members arrive in the background for a sequential
-                // reader of this file.
-                let next = if fetch_ahead.is_empty() {
-                    match file.chunks.get(i + 1) {
-                        Some(
-                            n @ Chunk {
-                                at: ChunkAt::Member { offset, end },
-                                ..
-                            },
-                        ) => *offset..(*end).min(offset + member_bound(n.len)),
-                        _ => 0..0,
-                    }
-                } else {
-                    fetch_ahead
+                // The next chunk's members arrive in the background for a sequential reader
+                // of this file.
+                let next = match file.chunks.get(i + 1) {
+                    Some(
+                        n @ Chunk {
+                            at: ChunkAt::Member { offset, end },
+                            ..
+                        },
+                    ) => *offset..(*end).min(offset + member_bound(n.len)),
+                    _ => 0..0,
                 };
                 self.layers
                     .decoded
@@ -667,8 +672,22 @@ impl OrasFs {
             ChunkAt::Member { end, .. } => end,
             ChunkAt::Stream { .. } => 0,
         };
+        // A layer kept in memory only may lose what was fetched ahead: no decoding ahead.
+        if self.cache.is_uncached(layer) {
+            return;
+        }
         let from = members.partition_point(|c| chunk_key(c) < range.start);
-        let upto = members.partition_point(|c| member_end(c) <= range.end);
+        let mut upto = members.partition_point(|c| member_end(c) <= range.end);
+        // Decoded bytes, not compressed ones, must fit in what is kept, or text compressed
+        // 8x would push out what was decoded ahead before the reader gets there.
+        let mut decoded_bytes = 0;
+        for (k, c) in members[from..upto].iter().enumerate() {
+            decoded_bytes += c.len;
+            if decoded_bytes > CHUNKS_KEPT_BYTES / 4 {
+                upto = from + k;
+                break;
+            }
+        }
         if from >= upto {
             return;
         }

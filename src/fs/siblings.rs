@@ -17,8 +17,11 @@ use crate::manifest::Descriptor;
 
 /// Files fetched ahead: the first window, doubled on every step, up to the last.
 const FILES_AHEAD: (usize, usize) = (4, 64);
-/// Bytes of small files fetched ahead at most (they land on disk, in the cache).
+/// Bytes of small files fetched ahead at most (they land on disk, in the cache; with a small
+/// `--cache-size`, an eighth of it, so they are not evicted before they are read).
 const BYTES_AHEAD: u64 = 32 << 20;
+/// Directories whose walks are remembered; past this the memory starts over.
+const DIRS_KEPT: usize = 4096;
 
 /// Per directory: the last file opened, the window, and the last file asked for ahead.
 #[derive(Default)]
@@ -68,6 +71,9 @@ impl OrasFs {
                 .filter_map(|(n, &c)| Some((n, blob_of(tree, c)?)))
         };
         let mut dirs = self.siblings.dirs.lock().unwrap();
+        if dirs.len() >= DIRS_KEPT && !dirs.contains_key(&node.parent) {
+            dirs.clear();
+        }
         let w = dirs.entry(node.parent).or_default();
         if *name == w.last {
             return Vec::new();
@@ -91,6 +97,7 @@ impl OrasFs {
         if remaining > w.window / 2 {
             return Vec::new();
         }
+        let budget = BYTES_AHEAD.min(self.cache.disk_limit() / 8);
         let mut picked = Vec::new();
         let mut bytes = 0;
         for (n, d) in files_after(ahead_to.as_ref().unwrap_or(name)) {
@@ -100,7 +107,7 @@ impl OrasFs {
             // Large files are read with their own growing window; here they only count as
             // a step, so that the walk goes on past them.
             if d.size <= SMALL_BLOB {
-                if bytes + d.size > BYTES_AHEAD && !picked.is_empty() {
+                if bytes + d.size > budget && !picked.is_empty() {
                     break;
                 }
                 bytes += d.size;

@@ -237,6 +237,13 @@ impl BlobCache {
         Ok(())
     }
 
+    /// Whether a blob is kept in memory only (its disk copy failed or would not fit), so
+    /// that what is fetched ahead of a reader may be gone again before it gets there.
+    pub fn is_uncached(&self, desc: &Descriptor) -> bool {
+        let blobs = self.blobs.lock().unwrap();
+        blobs.get(&desc.digest).is_some_and(|b| b.uncached())
+    }
+
     /// Fetches a whole small blob in the background (a tree walk will read it next), once a
     /// walk permit is free; a reader that gets there first fetches it itself, and this then
     /// finds it present or on its way.
@@ -252,8 +259,9 @@ impl BlobCache {
             let Ok(blob) = cache.blob(&desc) else {
                 return;
             };
-            // Prefetched blocks of an uncached blob would push out the ones being read.
-            if blob.uncached() {
+            // Prefetched blocks of an uncached blob would push out the ones being read; a
+            // stored one (a reader got there first) needs nothing.
+            if blob.uncached() || blob.stored() {
                 return;
             }
             for wait in cache.ensure(&blob, 0..blob.blocks, 0..0) {
