@@ -9,6 +9,7 @@ macro_rules! outln {
     };
 }
 
+mod index;
 mod manage;
 mod mount;
 pub mod output;
