@@ -469,6 +469,15 @@ mod tests {
         }
         let child = serde_json::json!({"os": "linux", "architecture": "amd64"});
         assert_eq!(Platform::of(&child).unwrap().to_string(), "linux/amd64");
+        assert_eq!(p.dir_name(), "linux_arm64_v8_10.0");
+        assert_eq!(Platform::of(&p.to_value()), Some(p));
+        let config = br#"{"architecture":"arm","os":"linux","variant":"v7","rootfs":{}}"#;
+        assert_eq!(
+            Platform::of_config(config).unwrap().to_string(),
+            "linux/arm/v7"
+        );
+        assert_eq!(Platform::of_config(b"{}"), None);
+        assert_eq!(Platform::of_config(br#"{"os":"","architecture":""}"#), None);
     }
 
     #[test]
@@ -476,11 +485,17 @@ mod tests {
         let json = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.empty.v1+json","digest":"sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a","size":2,"x-extra":1},"layers":[],"future":true}"#;
         let m = Manifest::parse(json, None).unwrap();
         assert_eq!(m.to_bytes(), json.to_vec());
-        let idx = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[]}"#;
-        assert!(Manifest::parse(idx, None)
-            .unwrap_err()
-            .to_string()
-            .contains("index"));
+        let idx = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a","size":2,"platform":{"os":"linux","architecture":"arm64"}}]}"#;
+        let refused = Manifest::parse(idx, None).unwrap_err().to_string();
+        assert!(refused.contains("image index"), "{refused}");
+        assert!(
+            refused.contains("linux/arm64 sha256:44136fa355b3"),
+            "{refused}"
+        );
+        let index = Index::parse(idx).unwrap();
+        assert_eq!(index.to_bytes(), idx.to_vec());
+        assert!(index.find(&"linux/arm64".parse().unwrap()).is_some());
+        assert!(index.find(&"linux/amd64".parse().unwrap()).is_none());
         assert!(Manifest::parse(b"{", None).is_err());
         assert!(Manifest::parse(br#"{"schemaVersion":2}"#, None).is_err());
     }

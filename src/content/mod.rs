@@ -357,6 +357,12 @@ impl Fetched {
     pub fn is_index(&self) -> bool {
         crate::manifest::is_index(&self.bytes, Some(&self.descriptor.media_type))
     }
+
+    /// Parses the bytes as a manifest, errors naming `reference` (an index is refused with
+    /// the list of its children).
+    pub fn manifest(&self, reference: &str) -> Result<Manifest> {
+        parse_named_manifest(reference, &self.descriptor, &self.bytes)
+    }
 }
 
 /// Resolves `reference` and fetches what it names. With `platform`, an image index gives way
@@ -414,7 +420,7 @@ pub async fn fetch_platform_manifest(
     platform: Option<&Platform>,
 ) -> Result<(Descriptor, Bytes, Manifest, Option<Descriptor>)> {
     let f = fetch_platform_bytes(target, reference, platform).await?;
-    let manifest = parse_named_manifest(reference, &f.descriptor, &f.bytes)?;
+    let manifest = f.manifest(reference)?;
     Ok((f.descriptor, f.bytes, manifest, f.index))
 }
 
