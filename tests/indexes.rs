@@ -347,14 +347,14 @@ fn index_update_adds_removes_merges_and_annotates() {
         "v2",
     ]);
     assert!(out.contains("Digest: "), "{out}");
-    assert_eq!(children(&r), [arm.clone()]);
+    assert_eq!(children(&r), vec![arm.as_str()]);
     assert_eq!(resolve(&[&reference(&repo, "v2")]), resolve(&[&r]));
     let index: Value = json(ok(&["manifest", "fetch", &r]).as_bytes());
     assert_eq!(index["annotations"]["k"], "v");
     assert_eq!(index["manifests"][0]["platform"]["architecture"], "arm64");
 
     ok(&["manifest", "index", "update", &r, "--merge", "other"]);
-    assert_eq!(children(&r), [arm.clone(), s390.clone()]);
+    assert_eq!(children(&r), vec![arm.as_str(), s390.as_str()]);
 
     // -o -: the updated index on stdout, nothing pushed.
     let before = resolve(&[&r]);
