@@ -616,3 +616,92 @@ pub fn pack_index(manifests: Vec<Descriptor>, annotations: Annotations) -> (Desc
     let bytes = Bytes::from(index.to_bytes());
     (Descriptor::of(media_type::OCI_INDEX, &bytes), bytes)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::content::MemoryStore;
+    use crate::manifest::Platform;
+
+    /// Pushes a one-layer manifest whose config is `config` to `store`, tagged `tag`.
+    async fn push_child(store: &MemoryStore, tag: &str, config: &[u8]) -> Descriptor {
+        let config = store.add("application/vnd.example.config+json", config.to_vec());
+        let layer = store.add(media_type::DEFAULT_LAYER, tag.as_bytes().to_vec());
+        let opts = PackOptions {
+            config: Some(config),
+            reproducible: true,
+            ..Default::default()
+        };
+        let (desc, bytes) = pack_manifest(vec![layer], &opts);
+        store.push_manifest(&desc, bytes, Some(tag)).await.unwrap();
+        desc
+    }
+
+    #[tokio::test]
+    async fn an_index_is_built_chosen_from_by_platform_and_copied_whole() {
+        let src = MemoryStore::new();
+        let amd = push_child(&src, "amd", br#"{"os":"linux","architecture":"amd64"}"#).await;
+        let plain = push_child(&src, "plain", b"{}").await;
+        let entries = vec![
+            index_entry(&src, "amd").await.unwrap(),
+            index_entry(&src, plain.digest.as_str()).await.unwrap(),
+        ];
+        assert_eq!(
+            entries[0].platform,
+            Some(serde_json::json!({"architecture": "amd64", "os": "linux"}))
+        );
+        assert_eq!(entries[1].platform, None);
+        let (index, bytes) = pack_index(entries, Annotations::new());
+        src.push_manifest(&index, bytes.clone(), Some("v1"))
+            .await
+            .unwrap();
+
+        let amd64: Platform = "linux/amd64".parse().unwrap();
+        let f = content::fetch_platform_bytes(&src, "v1", Some(&amd64))
+            .await
+            .unwrap();
+        assert_eq!(
+            (f.descriptor.digest, f.index.map(|i| i.digest)),
+            (amd.digest.clone(), Some(index.digest.clone()))
+        );
+        assert!(content::fetch_platform_bytes(&src, "v1", None)
+            .await
+            .unwrap()
+            .is_index());
+        let arm: Platform = "linux/arm64".parse().unwrap();
+        let err = content::fetch_platform_bytes(&src, "v1", Some(&arm))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(&format!("linux/amd64 {}", amd.digest)),
+            "{err}"
+        );
+        assert!(
+            err.contains(&format!("(no platform) {}", plain.digest)),
+            "{err}"
+        );
+        let err = content::fetch_manifest(&src, "v1").await.unwrap_err();
+        assert!(err.to_string().contains("--platform"), "{err}");
+
+        let dst = MemoryStore::new();
+        copy_graph(
+            &src,
+            &dst,
+            &index,
+            bytes,
+            &["v1".into()],
+            &Default::default(),
+        )
+        .await
+        .unwrap();
+        let copied = content::fetch_platform_bytes(&dst, "v1", Some(&amd64))
+            .await
+            .unwrap();
+        let manifest = copied.manifest("v1").unwrap();
+        for blob in std::iter::once(&manifest.config).chain(&manifest.layers) {
+            assert!(dst.exists(blob).await.unwrap(), "{}", blob.digest);
+        }
+        assert!(dst.resolve(plain.digest.as_str()).await.is_ok());
+    }
+}
