@@ -10,6 +10,7 @@ macro_rules! outln {
 }
 
 pub mod fstab;
+mod index;
 mod manage;
 mod mount;
 pub mod output;
