@@ -209,8 +209,10 @@ pub async fn manifest(c: ManifestCommand) -> Result<()> {
             let o = target.open(&reference, false)?;
             let (desc, bytes) = manifest_of(&o, platform.as_ref()).await?;
             if descriptor {
-                outln!("{}", serde_json::to_string(&desc).expect("JSON"));
-                return Ok(());
+                // The descriptor as JSON is the text output; a format applies to it too.
+                return printer.print(&Described::new(&o.base, &desc), || {
+                    outln!("{}", serde_json::to_string(&desc).expect("JSON"))
+                });
             }
             if printer.is_text() {
                 return write_out(output.as_deref().unwrap_or("-"), &bytes);
