@@ -166,9 +166,13 @@ pub enum ManifestCommand {
         #[command(flatten)]
         target: TargetArgs,
     },
-    /// Delete a manifest.
+    /// Delete a manifest (asks on a terminal; scripts need --force).
+    #[command(visible_aliases = ["remove", "rm"])]
     Delete {
         reference: String,
+        /// Delete without asking; a missing manifest is not an error ("Missing REF").
+        #[arg(short = 'f', long)]
+        force: bool,
         #[command(flatten)]
         target: TargetArgs,
     },
@@ -251,9 +255,26 @@ pub async fn manifest(c: ManifestCommand) -> Result<()> {
             outln!("Pushed {}\nDigest: {}", reference, desc.digest);
             Ok(())
         }
-        ManifestCommand::Delete { reference, target } => {
+        ManifestCommand::Delete {
+            reference,
+            force,
+            target,
+        } => {
             let o = target.open(&reference, false)?;
-            let desc = o.target.resolve(&o.reference()).await?;
+            let desc = match o.target.resolve(&o.reference()).await {
+                Err(Error::NotFound { .. }) if force => {
+                    outln!("Missing {reference}");
+                    return Ok(());
+                }
+                r => r?,
+            };
+            let action = format!(
+                "delete the manifest \"{}\" and all tags associated with it",
+                desc.digest
+            );
+            if !super::confirm::confirm(&action, force)? {
+                return Ok(());
+            }
             if let Some(repo) = &o.repository {
                 repo.delete(&desc).await?;
             } else if let Some(layout) = &o.layout {
@@ -299,10 +320,14 @@ pub enum BlobCommand {
         #[command(flatten)]
         target: TargetArgs,
     },
-    /// Delete a blob.
+    /// Delete a blob (asks on a terminal; scripts need --force).
+    #[command(visible_aliases = ["remove", "rm"])]
     Delete {
         /// registry/repo@digest
         reference: String,
+        /// Delete without asking; a missing blob is not an error ("Missing REF").
+        #[arg(short = 'f', long)]
+        force: bool,
         #[command(flatten)]
         target: TargetArgs,
     },
@@ -409,9 +434,23 @@ pub async fn blob(c: BlobCommand) -> Result<()> {
             outln!("Digest: {}", desc.digest);
             Ok(())
         }
-        BlobCommand::Delete { reference, target } => {
+        BlobCommand::Delete {
+            reference,
+            force,
+            target,
+        } => {
             let o = target.open(&reference, false)?;
-            let desc = blob_descriptor(&o).await?;
+            let desc = match blob_descriptor(&o).await {
+                Err(Error::NotFound { .. }) if force => {
+                    outln!("Missing {reference}");
+                    return Ok(());
+                }
+                r => r?,
+            };
+            let action = format!("delete the blob \"{}\"", desc.digest);
+            if !super::confirm::confirm(&action, force)? {
+                return Ok(());
+            }
             if let Some(repo) = &o.repository {
                 repo.delete(&desc).await?;
             } else if let Some(layout) = &o.layout {

@@ -9,6 +9,7 @@ macro_rules! outln {
     };
 }
 
+mod confirm;
 mod manage;
 mod mount;
 pub mod output;
