@@ -206,11 +206,14 @@ pub struct Client {
 impl Client {
     pub fn new(host: &str, options: ClientOptions) -> Result<Arc<Client>> {
         let scheme = if options.plain_http { "http" } else { "https" };
-        let base =
-            Url::parse(&format!("{scheme}://{host}/")).map_err(|e| Error::InvalidReference {
+        // `host` names the registry (credentials, messages); `docker.io` is served elsewhere.
+        let endpoint = crate::reference::endpoint(host);
+        let base = Url::parse(&format!("{scheme}://{endpoint}/")).map_err(|e| {
+            Error::InvalidReference {
                 reference: host.to_string(),
                 reason: format!("not a registry host: {e}"),
-            })?;
+            }
+        })?;
         let tls = super::tls::client_config(options.insecure, &options.ca_files)?;
         let mut builder = reqwest::Client::builder()
             .use_preconfigured_tls(tls)
@@ -894,6 +897,18 @@ mod tests {
             .unwrap();
         assert_eq!(auth, Some(bearer_header("t")));
         assert!(server.join().unwrap().contains("Basic "));
+    }
+
+    #[test]
+    fn docker_hub_is_reached_at_its_api_host() {
+        let client = Client::new("docker.io", ClientOptions::default()).unwrap();
+        assert_eq!(client.host(), "docker.io");
+        assert_eq!(
+            client.url("library/alpine/manifests/3").as_str(),
+            "https://registry-1.docker.io/v2/library/alpine/manifests/3"
+        );
+        let client = Client::new("localhost:5000", ClientOptions::default()).unwrap();
+        assert_eq!(client.url("").as_str(), "https://localhost:5000/v2/");
     }
 
     #[test]
