@@ -101,3 +101,208 @@ fn delete_on_a_terminal_asks_first() {
     assert!(shown.contains(&format!("Deleted {digest}")), "{shown}");
     assert_fails(&oras_fs(["resolve", &tagged]), "not found");
 }
+
+#[test]
+fn headers_go_with_every_request() {
+    require_registry!();
+    let repo = unique_repo("flags-header");
+    let proxy = common::faults::FaultProxy::start(&registry());
+    let src = temp_dir();
+    write_file(&src.path().join("h.txt"), format!("h {repo}\n"));
+    let r = proxy.reference(&repo, "v1");
+    let headers = [
+        "-H",
+        "X-Flags-Test: one",
+        "--header",
+        "X-Flags-Test: two",
+        "-H",
+        "User-Agent: flags-agent/1",
+    ];
+    let mut args = vec!["push", r.as_str(), "h.txt", "--no-tty"];
+    args.extend(headers);
+    assert_ok(&oras_fs_in(src.path(), args));
+    let mut args = vec!["resolve", r.as_str()];
+    args.extend(headers);
+    ok(&args);
+    let seen = proxy.requests();
+    assert!(seen.len() >= 3, "{seen:?}");
+    for s in &seen {
+        assert_eq!(s.header("x-flags-test"), Some("one, two"), "{s:?}");
+        assert_eq!(s.header("user-agent"), Some("flags-agent/1"), "{s:?}");
+    }
+    assert_fails(
+        &oras_fs(["resolve", r.as_str(), "-H", "no colon"]),
+        "invalid header",
+    );
+}
+
+#[test]
+fn resolve_sends_a_name_to_an_address() {
+    require_registry!();
+    let repo = unique_repo("flags-resolve");
+    let port = registry().rsplit_once(':').unwrap().1.to_string();
+    let name = format!("flags-resolve.invalid:{port}");
+    let r = format!("{name}/{repo}:v1");
+    let map = format!("{name}:127.0.0.1");
+    let src = temp_dir();
+    write_file(&src.path().join("r.txt"), format!("r {repo}\n"));
+    let digest = push_files(
+        src.path(),
+        &r,
+        &["r.txt", "--plain-http", "--resolve", &map],
+    );
+    assert_eq!(
+        resolve(&[&reference(&repo, "v1")]),
+        digest,
+        "pushed to the registry behind the name"
+    );
+    assert_eq!(resolve(&[&r, "--plain-http", "--resolve", &map]), digest);
+    // Without it, the name does not resolve.
+    assert!(!oras_fs(["resolve", &r, "--plain-http"]).status.success());
+    assert_fails(
+        &oras_fs(["resolve", &r, "--plain-http", "--resolve", "x:1"]),
+        "host:port:address",
+    );
+}
+
+#[test]
+fn identity_tokens_from_flags_get_tokens_by_refresh_grant() {
+    require_registry!();
+    let repo = unique_repo("flags-identity-token");
+    let proxy = common::faults::FaultProxy::start_bearer_refresh(&registry(), "refresh-flag-1");
+    let r = proxy.reference(&repo, "v1");
+    let src = temp_dir();
+    write_file(&src.path().join("i.txt"), format!("i {repo}\n"));
+    let digest = push_files(
+        src.path(),
+        &r,
+        &["i.txt", "--identity-token", "refresh-flag-1"],
+    );
+    let out = oras_fs_stdin(
+        ["resolve", r.as_str(), "--identity-token-stdin"],
+        b"refresh-flag-1\n",
+    );
+    assert_eq!(assert_ok(&out).trim(), digest);
+    let tokens = proxy.token_requests();
+    assert!(!tokens.is_empty());
+    for t in &tokens {
+        assert!(
+            t.form.contains("grant_type=refresh_token") && t.form.contains("refresh-flag-1"),
+            "{t:?}"
+        );
+        assert!(t.authorization.is_none(), "{t:?}");
+    }
+    assert_fails(
+        &oras_fs(["resolve", r.as_str(), "--identity-token", "wrong"]),
+        "unauthorized",
+    );
+    // One kind of credential at a time.
+    assert_fails(
+        &oras_fs([
+            "resolve",
+            r.as_str(),
+            "--identity-token",
+            "t",
+            "-u",
+            "someone",
+        ]),
+        "cannot be used with",
+    );
+
+    // login stores it as docker does: an `identitytoken` entry.
+    let config = src.path().join("config.json");
+    let cfg = path_str(&config);
+    ok(&[
+        "login",
+        &proxy.addr,
+        "--identity-token",
+        "refresh-flag-1",
+        "--registry-config",
+        cfg,
+    ]);
+    let stored = json(&read_file(&config));
+    assert_eq!(
+        stored["auths"][&proxy.addr]["identitytoken"], "refresh-flag-1",
+        "{stored}"
+    );
+    assert_eq!(
+        ok(&["resolve", r.as_str(), "--registry-config", cfg]).trim(),
+        digest
+    );
+}
+
+/// Runs `oras-fs ARGS` on a pseudo-terminal, answering each `(prompt, answer)` once the prompt
+/// shows (so what the terminal echoes is what the program let it echo); what it showed.
+fn converse(args: &[&str], dialogue: &[(&str, &str)]) -> String {
+    const DRIVER: &str = r#"
+import os, pty, sys, json, time
+args, dialogue = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+pid, fd = pty.fork()
+if pid == 0:
+    os.execv(args[0], args)
+seen = b""
+def read_until(needle, deadline):
+    global seen
+    while needle.encode() not in seen and time.time() < deadline:
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:
+            return
+        if not chunk:
+            return
+        seen += chunk
+for prompt, answer in dialogue:
+    read_until(prompt, time.time() + 30)
+    time.sleep(0.3)  # as a person would: after the prompt, echo is off by then
+    os.write(fd, (answer + "\n").encode())
+read_until("EOF-never", time.time() + 30)
+os.waitpid(pid, 0)
+sys.stdout.write(seen.decode(errors="replace"))
+"#;
+    let mut argv = vec![bin()];
+    argv.extend(args);
+    let dialogue: Vec<[&str; 2]> = dialogue.iter().map(|(p, a)| [*p, *a]).collect();
+    let out = run(std::process::Command::new("python3")
+        .args([
+            "-c",
+            DRIVER,
+            &serde_json::to_string(&argv).unwrap(),
+            &serde_json::to_string(&dialogue).unwrap(),
+        ])
+        .env("DOCKER_CONFIG", "/nonexistent/oras-fs-tests/docker-config"));
+    assert_ok(&out)
+}
+
+#[test]
+fn login_asks_on_a_terminal() {
+    require_registry!();
+    let reg = ExtraRegistry::start("flags-login", &["--htpasswd", "tty-user:tty-pass"]);
+    let dir = temp_dir();
+    let config = dir.path().join("config.json");
+    let shown = converse(
+        &["login", &reg.host, "--registry-config", path_str(&config)],
+        &[("Username: ", "tty-user"), ("Password: ", "tty-pass")],
+    );
+    assert!(shown.contains("Username: tty-user"), "{shown}");
+    assert!(shown.contains("Password: "), "{shown}");
+    assert!(
+        !shown.contains("tty-pass"),
+        "the password was echoed: {shown}"
+    );
+    assert!(shown.contains("Login Succeeded"), "{shown}");
+    let stored = json(&read_file(&config));
+    assert!(stored["auths"][&reg.host]["auth"].is_string(), "{stored}");
+    // A wrong password is refused, and nothing is stored.
+    let other = dir.path().join("other.json");
+    let shown = converse(
+        &["login", &reg.host, "--registry-config", path_str(&other)],
+        &[("Username: ", "tty-user"), ("Password: ", "wrong")],
+    );
+    assert!(!shown.contains("Login Succeeded"), "{shown}");
+    assert!(!other.exists());
+    // Without a terminal there is nobody to ask.
+    assert_fails(
+        &oras_fs(["login", &reg.host, "--registry-config", path_str(&config)]),
+        "not a terminal",
+    );
+}

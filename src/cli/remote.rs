@@ -7,7 +7,9 @@ use std::time::Duration;
 use clap::Args;
 use oras_fs::auth::{self, Credential, CredentialSource};
 use oras_fs::reference::Reference;
-use oras_fs::registry::{Access, Client, ClientOptions, Repository, Request, SpeedLimit};
+use oras_fs::registry::{
+    header_map, Access, Client, ClientOptions, Repository, Request, ResolveOverride, SpeedLimit,
+};
 use oras_fs::{Error, Result};
 
 #[derive(Args, Debug, Clone, Default)]
@@ -33,21 +35,53 @@ pub struct RemoteArgs {
     /// Trust this CA certificate (PEM) too.
     #[arg(long, value_name = "FILE")]
     pub ca_file: Vec<PathBuf>,
+    /// Client certificate (PEM) for registries that require one (with --key-file).
+    #[arg(long, value_name = "FILE", requires = "key_file")]
+    pub cert_file: Option<PathBuf>,
+    /// Private key (PEM) of --cert-file.
+    #[arg(long, value_name = "FILE", requires = "cert_file")]
+    pub key_file: Option<PathBuf>,
+    /// Registry identity token (an OAuth2 refresh token; prefer --identity-token-stdin).
+    #[arg(long, value_name = "TOKEN", conflicts_with_all = ["username", "password", "password_stdin", "identity_token_stdin"])]
+    pub identity_token: Option<String>,
+    /// Read the identity token from stdin.
+    #[arg(long, conflicts_with_all = ["username", "password", "password_stdin"])]
+    pub identity_token_stdin: bool,
+    /// Add a header to every request, to the registry and its token service (repeatable).
+    #[arg(short = 'H', long = "header", value_name = "'NAME: VALUE'")]
+    pub headers: Vec<String>,
+    /// Connect to ADDRESS for HOST:PORT instead of asking DNS (repeatable); ADDRESS_PORT,
+    /// if given, must equal PORT.
+    #[arg(long, value_name = "HOST:PORT:ADDRESS[:ADDRESS_PORT]")]
+    pub resolve: Vec<ResolveOverride>,
+}
+
+/// Reads a secret piped to stdin, without its final newline.
+fn read_stdin_secret(what: &str) -> Result<String> {
+    let mut s = String::new();
+    std::io::stdin()
+        .read_to_string(&mut s)
+        .map_err(|e| Error::io(format!("reading the {what} from stdin"), e))?;
+    Ok(s.trim_end_matches(['\n', '\r']).to_string())
 }
 
 impl RemoteArgs {
     fn credential(&self) -> Result<Option<Credential>> {
+        if self.identity_token_stdin {
+            return Ok(Some(Credential::IdentityToken(read_stdin_secret(
+                "identity token",
+            )?)));
+        }
+        if let Some(t) = &self.identity_token {
+            return Ok(Some(Credential::IdentityToken(t.clone())));
+        }
         let password = if self.password_stdin {
             if self.password.is_some() {
                 return Err(Error::Usage(
                     "--password and --password-stdin are mutually exclusive".into(),
                 ));
             }
-            let mut s = String::new();
-            std::io::stdin()
-                .read_to_string(&mut s)
-                .map_err(|e| Error::io("reading the password from stdin", e))?;
-            Some(s.trim_end_matches(['\n', '\r']).to_string())
+            Some(read_stdin_secret("password")?)
         } else {
             self.password.clone()
         };
@@ -81,6 +115,9 @@ impl RemoteArgs {
             retry: Default::default(),
             timeout: Some(Duration::from_secs(30)),
             speed_limit: SpeedLimit::from_env()?,
+            headers: header_map(&self.headers)?,
+            client_cert: self.cert_file.clone().zip(self.key_file.clone()),
+            resolve: self.resolve.clone(),
         })
     }
 
@@ -101,16 +138,17 @@ pub async fn login(args: LoginArgs) -> Result<()> {
     let registry = args.registry.trim_end_matches('/').to_string();
     let local: Reference = format!("{registry}/x").parse()?;
     let mut options = args.remote.client_options(local.is_localhost())?;
-    let Some(credential) = options.credentials.explicit.clone() else {
-        let hint = if std::io::stdin().is_terminal() {
-            ""
-        } else {
-            " (stdin is not a terminal)"
-        };
-        return Err(Error::Usage(format!(
-            "login needs credentials{hint}: oras-fs login {registry} -u USER --password-stdin"
-        )));
+    let credential = match options.credentials.explicit.clone() {
+        Some(c) => c,
+        None if std::io::stdin().is_terminal() => prompt_credential()?,
+        None => {
+            return Err(Error::Usage(format!(
+                "login needs credentials (stdin is not a terminal): \
+                 oras-fs login {registry} -u USER --password-stdin"
+            )))
+        }
     };
+    options.credentials.explicit = Some(credential.clone());
     options.credentials.config_file = None;
     let client = Client::new(&registry, options)?;
     // GET /v2/ with the credentials proves them (and fetches a token where the registry uses them).
@@ -127,6 +165,28 @@ pub async fn login(args: LoginArgs) -> Result<()> {
     auth::store_credential(&path, &registry, &credential)?;
     outln!("Login Succeeded");
     Ok(())
+}
+
+/// Asks at the terminal, as oras does: a username, then its password (not echoed); no
+/// username means an identity token (not echoed).
+fn prompt_credential() -> Result<Credential> {
+    let tty = |e| Error::io("reading from the terminal", e);
+    eprint!("Username: ");
+    let mut username = String::new();
+    std::io::stdin().read_line(&mut username).map_err(tty)?;
+    let username = username.trim().to_string();
+    if username.is_empty() {
+        let token = rpassword::prompt_password("Token: ").map_err(tty)?;
+        if token.is_empty() {
+            return Err(Error::Usage("an identity token is required".into()));
+        }
+        return Ok(Credential::IdentityToken(token));
+    }
+    let password = rpassword::prompt_password("Password: ").map_err(tty)?;
+    if password.is_empty() {
+        return Err(Error::Usage("a password is required".into()));
+    }
+    Ok(Credential::Basic { username, password })
 }
 
 #[derive(Args, Debug)]

@@ -14,7 +14,9 @@ use reqwest::header::{
 };
 use reqwest::{Method, Response, StatusCode};
 
-pub use client::{Access, Client, ClientOptions, Request, RetryPolicy, SpeedLimit};
+pub use client::{
+    header_map, Access, Client, ClientOptions, Request, ResolveOverride, RetryPolicy, SpeedLimit,
+};
 
 use crate::content::{ByteStream, OpenContent, Target, Upload};
 use crate::digest::Digest;
