@@ -306,3 +306,55 @@ fn login_asks_on_a_terminal() {
         "not a terminal",
     );
 }
+
+#[test]
+fn client_certificates_for_registries_that_require_them() {
+    require_registry!();
+    let reg = ExtraRegistry::start("flags-mtls", &["--mtls"]);
+    let ca = reg.ca.clone().expect("a CA");
+    let ca = path_str(&ca);
+    let cert = &reg.vars["ORAS_FS_TEST_REGISTRY_CLIENT_CERT"];
+    let key = &reg.vars["ORAS_FS_TEST_REGISTRY_CLIENT_KEY"];
+    let repo = unique_repo("flags-mtls");
+    let r = reg.reference(&repo, "v1");
+    let src = temp_dir();
+    write_file(&src.path().join("m.txt"), format!("m {repo}\n"));
+    let tls = ["--ca-file", ca, "--cert-file", cert, "--key-file", key];
+    let mut args = vec!["m.txt"];
+    args.extend(tls);
+    let digest = push_files(src.path(), &r, &args);
+    let mut args = vec![r.as_str()];
+    args.extend(tls);
+    assert_eq!(resolve(&args), digest);
+    let out = temp_dir();
+    assert_ok(&pull(&r, out.path(), &tls));
+    assert_eq!(
+        read_file(&out.path().join("m.txt")),
+        format!("m {repo}\n").as_bytes()
+    );
+
+    // Without one, the error says what is missing (and is not retried for long).
+    let err = assert_fails(
+        &oras_fs(["resolve", r.as_str(), "--ca-file", ca]),
+        "--cert-file",
+    );
+    assert!(err.contains("client certificate"), "{err}");
+    // The two go together, and a key that is not one is named.
+    assert_fails(
+        &oras_fs(["resolve", r.as_str(), "--ca-file", ca, "--cert-file", cert]),
+        "--key-file",
+    );
+    assert_fails(
+        &oras_fs([
+            "resolve",
+            r.as_str(),
+            "--ca-file",
+            ca,
+            "--cert-file",
+            cert,
+            "--key-file",
+            ca,
+        ]),
+        "private key",
+    );
+}

@@ -589,6 +589,15 @@ impl Client {
             cause = c.source();
         }
         tracing::debug!("{text}");
+        if text.contains("alert: BadCertificate") || text.contains("alert: CertificateRequired") {
+            // The server refused the handshake over our (missing) client certificate.
+            let ours = if self.options.client_cert.is_some() {
+                "refused the client certificate of --cert-file"
+            } else {
+                "wants a client certificate: give --cert-file FILE --key-file FILE"
+            };
+            return Error::Tls(format!("{} {ours} ({})", self.host, innermost(&source)));
+        }
         if text.contains("certificate")
             || text.contains("InvalidCertificate")
             || text.contains("UnknownIssuer")
