@@ -358,3 +358,81 @@ fn client_certificates_for_registries_that_require_them() {
         "private key",
     );
 }
+
+/// `attach --artifact-type TYPE SUBJECT FILE` run in `dir`; the referrer's digest.
+#[track_caller]
+fn attach(dir: &std::path::Path, artifact_type: &str, subject: &str, file: &str) -> String {
+    let out = oras_fs_in(
+        dir,
+        ["attach", "--artifact-type", artifact_type, subject, file],
+    );
+    assert_ok(&out);
+    digest_of_stdout(&out)
+}
+
+#[test]
+fn listing_flags_last_exclude_digest_tags_full_reference_and_depth() {
+    require_registry!();
+    let repo = unique_repo("flags-listing");
+    let tmp = temp_dir();
+    write_file(&tmp.path().join("a.txt"), format!("a {repo}\n"));
+    write_file(&tmp.path().join("sig.txt"), format!("sig {repo}\n"));
+    write_file(&tmp.path().join("sbom.txt"), format!("sbom {repo}\n"));
+    let subject = push_files(tmp.path(), &reference(&repo, "t1,t2,t3"), &["a.txt"]);
+    let base = format!("{}/{repo}", registry());
+    let sig = attach(
+        tmp.path(),
+        "application/vnd.test.sig",
+        &reference(&repo, "t1"),
+        "sig.txt",
+    );
+    let sbom = attach(
+        tmp.path(),
+        "application/vnd.test.sbom",
+        &format!("{base}@{sig}"),
+        "sbom.txt",
+    );
+    let subject_tag = subject.replacen(':', "-", 1);
+
+    // Sorted: Distribution 2.8 lists tags in no particular order.
+    let lines = |args: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = ok(args).lines().map(str::to_string).collect();
+        v.sort();
+        v
+    };
+    let all = lines(&["repo", "tags", &base]);
+    assert!(all.contains(&subject_tag), "{all:?}");
+    assert_eq!(
+        lines(&["repo", "tags", &base, "--exclude-digest-tags"]),
+        ["t1", "t2", "t3"]
+    );
+    assert_eq!(
+        lines(&[
+            "repo",
+            "tags",
+            &base,
+            "--last",
+            "t1",
+            "--exclude-digest-tags"
+        ]),
+        ["t2", "t3"]
+    );
+    assert_eq!(
+        lines(&["repo", "show-tags", &base, "--last", "t3"]),
+        Vec::<String>::new()
+    );
+
+    assert_eq!(
+        ok(&["resolve", "-l", &reference(&repo, "t2")]).trim(),
+        format!("{base}@{subject}")
+    );
+    assert_eq!(
+        ok(&["resolve", "--full-reference", &format!("{base}@{sig}")]).trim(),
+        format!("{base}@{sig}")
+    );
+
+    let tree = ok(&["discover", &reference(&repo, "t1")]);
+    assert!(tree.contains(&sig) && tree.contains(&sbom), "{tree}");
+    let tree = ok(&["discover", "--depth", "1", &reference(&repo, "t1")]);
+    assert!(tree.contains(&sig) && !tree.contains(&sbom), "{tree}");
+}

@@ -132,13 +132,21 @@ pub async fn tag(a: TagArgs) -> Result<()> {
 #[derive(Args, Debug)]
 pub struct ResolveArgs {
     pub reference: String,
+    /// Print the full reference (registry/repo@digest) instead of the digest alone.
+    #[arg(short = 'l', long)]
+    pub full_reference: bool,
     #[command(flatten)]
     pub target: TargetArgs,
 }
 
 pub async fn resolve(a: ResolveArgs) -> Result<()> {
     let o = a.target.open(&a.reference, false)?;
-    outln!("{}", o.target.resolve(&o.reference()).await?.digest);
+    let digest = o.target.resolve(&o.reference()).await?.digest;
+    if a.full_reference {
+        outln!("{}@{digest}", o.base);
+    } else {
+        outln!("{digest}");
+    }
     Ok(())
 }
 
@@ -476,9 +484,16 @@ pub enum RepoCommand {
         remote: RemoteArgs,
     },
     /// List the tags of a repository.
+    #[command(visible_alias = "show-tags")]
     Tags {
         /// registry/repo (or a layout directory with --oci-layout)
         repository: String,
+        /// Start after this tag.
+        #[arg(long)]
+        last: Option<String>,
+        /// Leave out digest-like tags such as `sha256-<hex>` (the referrers tag schema's).
+        #[arg(long)]
+        exclude_digest_tags: bool,
         #[command(flatten)]
         target: TargetArgs,
     },
@@ -500,19 +515,40 @@ pub async fn repo(c: RepoCommand) -> Result<()> {
             }
             Ok(())
         }
-        RepoCommand::Tags { repository, target } => {
+        RepoCommand::Tags {
+            repository,
+            last,
+            exclude_digest_tags,
+            target,
+        } => {
             let o = target.open(&repository, false)?;
             let tags = match (&o.repository, &o.layout) {
-                (Some(r), _) => r.tags().await?,
-                (_, Some(l)) => l.tags()?,
+                (Some(r), _) => r.tags(last.as_deref()).await?,
+                (_, Some(l)) => {
+                    // A layout has no order of its own: sorted, as registries list them.
+                    let mut tags = l.tags()?;
+                    tags.sort();
+                    tags.retain(|t| last.as_ref().is_none_or(|l| t > l));
+                    tags
+                }
                 _ => Vec::new(),
             };
             for t in tags {
+                if exclude_digest_tags && is_digest_tag(&t) {
+                    continue;
+                }
                 outln!("{t}");
             }
             Ok(())
         }
     }
+}
+
+/// Whether a tag is a digest spelled with '-' (`sha256-<hex>`), as oras judges it.
+fn is_digest_tag(tag: &str) -> bool {
+    tag.replacen('-', ":", 1)
+        .parse::<oras_fs::digest::Digest>()
+        .is_ok()
 }
 
 #[derive(Args, Debug)]
@@ -653,6 +689,9 @@ pub struct DiscoverArgs {
     /// Only referrers of this artifact type.
     #[arg(long)]
     pub artifact_type: Option<String>,
+    /// How many levels of referrers to show (referrers of referrers...); 0: all.
+    #[arg(long, default_value_t = 0)]
+    pub depth: usize,
     #[arg(long, value_enum, default_value_t)]
     pub format: Format,
     #[command(flatten)]
@@ -684,20 +723,25 @@ pub async fn discover(a: DiscoverArgs) -> Result<()> {
         }
         Format::Text => {
             outln!("{}@{}", o.base, subject.digest);
-            print_tree(o.target.as_ref(), &subject, "", &keep).await?;
+            let depth = (a.depth > 0).then_some(a.depth);
+            print_tree(o.target.as_ref(), &subject, "", depth, &keep).await?;
         }
     }
     Ok(())
 }
 
-/// Prints the referrers of `subject` as a tree, recursively.
+/// Prints the referrers of `subject` as a tree, recursively, `depth` levels deep (`None`: all).
 fn print_tree<'a>(
     target: &'a dyn Target,
     subject: &'a Descriptor,
     indent: &'a str,
+    depth: Option<usize>,
     keep: &'a (dyn Fn(&Descriptor) -> bool + Sync),
 ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send + 'a>> {
     Box::pin(async move {
+        if depth == Some(0) {
+            return Ok(());
+        }
         let refs: Vec<Descriptor> = target
             .referrers(subject)
             .await?
@@ -713,7 +757,7 @@ fn print_tree<'a>(
                 r.digest
             );
             let child = format!("{indent}{}", if last { "    " } else { "│   " });
-            print_tree(target, r, &child, keep).await?;
+            print_tree(target, r, &child, depth.map(|d| d - 1), keep).await?;
         }
         Ok(())
     })

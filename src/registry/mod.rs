@@ -232,11 +232,19 @@ impl Repository {
         )))
     }
 
-    /// Lists the repository's tags, following `Link` pagination.
-    pub async fn tags(&self) -> Result<Vec<String>> {
-        let url = self.client.url(&format!("{}/tags/list", self.name));
+    /// Lists the repository's tags, following `Link` pagination; with `last`, only those after
+    /// it in lexical order (`?last=`, checked here too: Distribution 2.8 ignores it).
+    pub async fn tags(&self, last: Option<&str>) -> Result<Vec<String>> {
+        let mut url = self.client.url(&format!("{}/tags/list", self.name));
+        if let Some(l) = last {
+            url.query_pairs_mut().append_pair("last", l);
+        }
         let what = format!("tags of {}", self.name);
-        list_pages(&self.client, url, Some(&self.name), "tags", &what).await
+        let mut tags = list_pages(&self.client, url, Some(&self.name), "tags", &what).await?;
+        if let Some(l) = last {
+            tags.retain(|t| t.as_str() > l);
+        }
+        Ok(tags)
     }
 
     /// The size of a blob, by HEAD, as a descriptor of `media_type`.
