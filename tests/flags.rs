@@ -436,3 +436,81 @@ fn listing_flags_last_exclude_digest_tags_full_reference_and_depth() {
     let tree = ok(&["discover", "--depth", "1", &reference(&repo, "t1")]);
     assert!(tree.contains(&sig) && !tree.contains(&sbom), "{tree}");
 }
+
+#[test]
+fn copy_takes_credentials_for_each_side() {
+    require_registry!();
+    let src_reg = ExtraRegistry::start("flags-copy-src", &["--htpasswd", "src-user:src-pass"]);
+    let dst_reg = ExtraRegistry::start("flags-copy-dst", &["--htpasswd", "dst-user:dst-pass"]);
+    let repo = unique_repo("flags-copy");
+    let from = src_reg.reference(&repo, "v1");
+    let to = dst_reg.reference(&repo, "v1");
+    let src = temp_dir();
+    write_file(&src.path().join("c.txt"), format!("c {repo}\n"));
+    let digest = push_files(
+        src.path(),
+        &from,
+        &["c.txt", "-u", "src-user", "-p", "src-pass"],
+    );
+
+    // One set of credentials cannot serve both registries.
+    assert_fails(
+        &oras_fs([
+            "copy", &from, &to, "-u", "src-user", "-p", "src-pass", "--no-tty",
+        ]),
+        "authentication",
+    );
+    let out = oras_fs_stdin(
+        [
+            "copy",
+            &from,
+            &to,
+            "--from-username",
+            "src-user",
+            "--from-password-stdin",
+            "--to-username",
+            "dst-user",
+            "--to-password",
+            "dst-pass",
+            "--no-tty",
+        ],
+        b"src-pass\n",
+    );
+    assert_ok(&out);
+    assert_eq!(resolve(&[&to, "-u", "dst-user", "-p", "dst-pass"]), digest);
+    // Shared flags serve the side without its own.
+    let to2 = dst_reg.reference(&repo, "v2");
+    ok(&[
+        "cp",
+        &from,
+        &to2,
+        "-u",
+        "src-user",
+        "-p",
+        "src-pass",
+        "--to-username",
+        "dst-user",
+        "--to-password",
+        "dst-pass",
+        "--no-tty",
+    ]);
+    assert_eq!(resolve(&[&to2, "-u", "dst-user", "-p", "dst-pass"]), digest);
+    // Stdin can be read once only.
+    assert_fails(
+        &oras_fs_stdin(
+            [
+                "copy",
+                &from,
+                &to,
+                "--from-username",
+                "src-user",
+                "--from-password-stdin",
+                "--to-username",
+                "dst-user",
+                "--to-password-stdin",
+            ],
+            b"x\n",
+        ),
+        "only one flag may read stdin",
+    );
+}

@@ -16,7 +16,7 @@ use oras_fs::registry::Repository;
 use oras_fs::{Error, Result};
 
 use super::output::{Bars, Format};
-use super::remote::RemoteArgs;
+use super::remote::{copy_sides, FromRemoteArgs, RemoteArgs, ToRemoteArgs};
 use super::target::{self, Opened, TargetArgs};
 
 fn write_out(path: &str, data: &[u8]) -> Result<()> {
@@ -53,13 +53,19 @@ pub struct CopyArgs {
     pub concurrency: usize,
     #[arg(long)]
     pub no_tty: bool,
+    /// Remote flags for both sides (each side's --from-*/--to-* flags take precedence).
     #[command(flatten)]
     pub remote: RemoteArgs,
+    #[command(flatten)]
+    pub from_remote: FromRemoteArgs,
+    #[command(flatten)]
+    pub to_remote: ToRemoteArgs,
 }
 
 pub async fn copy(a: CopyArgs) -> Result<()> {
-    let src = target::open(&a.from, a.from_oci_layout, &a.remote, false)?;
-    let dst = target::open(&a.to, a.to_oci_layout, &a.remote, true)?;
+    let (from_remote, to_remote) = copy_sides(&a.remote, &a.from_remote, &a.to_remote)?;
+    let src = target::open(&a.from, a.from_oci_layout, &from_remote, false)?;
+    let dst = target::open(&a.to, a.to_oci_layout, &to_remote, true)?;
     let (desc, bytes) = manifest_of(&src).await?;
     let tags = if !dst.tags.is_empty() {
         dst.tags.clone()
