@@ -56,10 +56,11 @@ pub struct CopyArgs {
     /// Remote flags for both sides (each side's --from-*/--to-* flags take precedence).
     #[command(flatten)]
     pub remote: RemoteArgs,
+    // Boxed: they would make `copy` the one large variant of the command enum.
     #[command(flatten)]
-    pub from_remote: FromRemoteArgs,
+    pub from_remote: Box<FromRemoteArgs>,
     #[command(flatten)]
-    pub to_remote: ToRemoteArgs,
+    pub to_remote: Box<ToRemoteArgs>,
 }
 
 pub async fn copy(a: CopyArgs) -> Result<()> {
