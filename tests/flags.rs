@@ -514,3 +514,81 @@ fn copy_takes_credentials_for_each_side() {
         "only one flag may read stdin",
     );
 }
+
+#[test]
+fn push_image_spec_v1_0_and_pull_include_subject() {
+    require_registry!();
+    let repo = unique_repo("flags-image-spec");
+    let tmp = temp_dir();
+    write_file(&tmp.path().join("app.txt"), format!("app {repo}\n"));
+    write_file(&tmp.path().join("sig.txt"), format!("sig {repo}\n"));
+    let base = format!("{}/{repo}", registry());
+
+    // v1.0: no artifactType; the type is the config's media type, the config `{}`.
+    push_files(
+        tmp.path(),
+        &reference(&repo, "old"),
+        &[
+            "app.txt",
+            "--image-spec",
+            "v1.0",
+            "--artifact-type",
+            "application/vnd.test.old",
+        ],
+    );
+    let m = json(ok(&["manifest", "fetch", &reference(&repo, "old")]).as_bytes());
+    assert!(m.get("artifactType").is_none(), "{m}");
+    assert_eq!(m["config"]["mediaType"], "application/vnd.test.old", "{m}");
+    assert_eq!(m["config"]["size"], 2, "{m}");
+    push_files(
+        tmp.path(),
+        &reference(&repo, "plain"),
+        &["app.txt", "--image-spec", "v1.0"],
+    );
+    let m = json(ok(&["manifest", "fetch", &reference(&repo, "plain")]).as_bytes());
+    assert_eq!(
+        m["config"]["mediaType"], "application/vnd.unknown.config.v1+json",
+        "{m}"
+    );
+    assert_eq!(
+        pulled_tree(&reference(&repo, "plain"))["app.txt"],
+        format!("app {repo}\n").as_bytes()
+    );
+    assert_fails(
+        &oras_fs_in(
+            tmp.path(),
+            [
+                "push",
+                &reference(&repo, "bad"),
+                "app.txt",
+                "--image-spec",
+                "v1.0",
+                "--artifact-type",
+                "a/b",
+                "--config",
+                "sig.txt:c/d",
+            ],
+        ),
+        "--config FILE:TYPE",
+    );
+    // The default is v1.1.
+    push_files(tmp.path(), &reference(&repo, "v1"), &["app.txt"]);
+    let m = json(ok(&["manifest", "fetch", &reference(&repo, "v1")]).as_bytes());
+    assert_eq!(
+        m["artifactType"], "application/vnd.unknown.artifact.v1",
+        "{m}"
+    );
+
+    // --include-subject: the signature and what it signs.
+    let sig = attach(
+        tmp.path(),
+        "application/vnd.test.sig",
+        &reference(&repo, "v1"),
+        "sig.txt",
+    );
+    let at_sig = format!("{base}@{sig}");
+    let only = pulled_tree(&at_sig);
+    assert_eq!(only.keys().collect::<Vec<_>>(), ["sig.txt"]);
+    let both = pulled(&at_sig, &["--include-subject"]);
+    assert_eq!(both.keys().collect::<Vec<_>>(), ["app.txt", "sig.txt"]);
+}
