@@ -592,3 +592,75 @@ fn push_image_spec_v1_0_and_pull_include_subject() {
     let both = pulled(&at_sig, &["--include-subject"]);
     assert_eq!(both.keys().collect::<Vec<_>>(), ["app.txt", "sig.txt"]);
 }
+
+#[test]
+fn distribution_spec_forces_the_referrers_api_or_the_tag_schema() {
+    require_registry!();
+    let repo = unique_repo("flags-dist-spec");
+    let tmp = temp_dir();
+    write_file(&tmp.path().join("s.txt"), format!("s {repo}\n"));
+    write_file(&tmp.path().join("r.txt"), format!("r {repo}\n"));
+    write_file(&tmp.path().join("q.txt"), format!("q {repo}\n"));
+    let subject = push_files(tmp.path(), &reference(&repo, "v1"), &["s.txt"]);
+    let base = format!("{}/{repo}", registry());
+    let subject_tag = subject.replacen(':', "-", 1);
+    let tags = || ok(&["repo", "tags", &base]);
+
+    // Forcing the API on a registry without it: attach writes no tag-schema index ...
+    let out = oras_fs_in(
+        tmp.path(),
+        [
+            "attach",
+            "--artifact-type",
+            "application/vnd.test.api",
+            &reference(&repo, "v1"),
+            "r.txt",
+            "--distribution-spec",
+            "v1.1-referrers-api",
+        ],
+    );
+    assert_ok(&out);
+    assert!(!tags().contains(&subject_tag), "{}", tags());
+    // ... and discover says the API is missing instead of falling back.
+    assert_fails(
+        &oras_fs([
+            "discover",
+            &reference(&repo, "v1"),
+            "--distribution-spec",
+            "v1.1-referrers-api",
+        ]),
+        "no referrers API",
+    );
+
+    // Forcing the tag schema: the API is never asked (behind a proxy that would answer it).
+    let referrer = attach(
+        tmp.path(),
+        "application/vnd.test.tag",
+        &reference(&repo, "v1"),
+        "q.txt",
+    );
+    assert!(tags().contains(&subject_tag));
+    let proxy = common::faults::FaultProxy::start(&registry());
+    let via = proxy.reference(&repo, "v1");
+    let tree = ok(&[
+        "discover",
+        &via,
+        "--distribution-spec",
+        "v1.1-referrers-tag",
+    ]);
+    assert!(tree.contains(&referrer), "{tree}");
+    assert!(
+        proxy.matching("GET", "/referrers/").is_empty(),
+        "{:?}",
+        proxy.requests()
+    );
+    ok(&["discover", &via]);
+    assert!(
+        !proxy.matching("GET", "/referrers/").is_empty(),
+        "by default the API is asked"
+    );
+    assert_fails(
+        &oras_fs(["discover", &via, "--distribution-spec", "v1.2"]),
+        "v1.1-referrers-tag",
+    );
+}

@@ -8,7 +8,8 @@ use clap::Args;
 use oras_fs::auth::{self, Credential, CredentialSource};
 use oras_fs::reference::Reference;
 use oras_fs::registry::{
-    header_map, Access, Client, ClientOptions, Repository, Request, ResolveOverride, SpeedLimit,
+    header_map, Access, Client, ClientOptions, ReferrersCapability, Repository, Request,
+    ResolveOverride, SpeedLimit,
 };
 use oras_fs::{Error, Result};
 
@@ -54,6 +55,10 @@ pub struct RemoteArgs {
     /// if given, must equal PORT.
     #[arg(long, value_name = "HOST:PORT:ADDRESS[:ADDRESS_PORT]")]
     pub resolve: Vec<ResolveOverride>,
+    /// List and record referrers by the referrers API only (v1.1-referrers-api) or by the
+    /// tag schema only (v1.1-referrers-tag). Default: the API, else the tag schema.
+    #[arg(long, value_name = "SPEC")]
+    pub distribution_spec: Option<ReferrersCapability>,
 }
 
 /// Reads a secret piped to stdin, without its final newline.
@@ -161,6 +166,7 @@ macro_rules! side_remote_args {
                     },
                     headers: [shared.headers.clone(), self.headers.clone()].concat(),
                     resolve: [shared.resolve.clone(), self.resolve.clone()].concat(),
+                    distribution_spec: shared.distribution_spec,
                     username: cred.username,
                     password: cred.password,
                     password_stdin: cred.password_stdin,
@@ -280,6 +286,7 @@ impl RemoteArgs {
             headers: header_map(&self.headers)?,
             client_cert: self.cert_file.clone().zip(self.key_file.clone()),
             resolve: self.resolve.clone(),
+            referrers: self.distribution_spec.unwrap_or_default(),
         })
     }
 

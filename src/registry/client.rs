@@ -139,6 +139,35 @@ pub struct ClientOptions {
     pub client_cert: Option<(PathBuf, PathBuf)>,
     /// Addresses to connect to instead of asking DNS (`--resolve`).
     pub resolve: Vec<ResolveOverride>,
+    /// How referrers are listed and recorded (`--distribution-spec`).
+    pub referrers: ReferrersCapability,
+}
+
+/// How a registry lists referrers: `Auto` asks the referrers API and falls back to the tag
+/// schema (`sha256-<hex>` index) on 404, keeping that index when a pushed manifest's subject
+/// was not processed; `--distribution-spec` forces one of the two, as in oras.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ReferrersCapability {
+    #[default]
+    Auto,
+    /// `v1.1-referrers-api`: the API only; no tag-schema index is written.
+    Api,
+    /// `v1.1-referrers-tag`: the tag schema only; the API is never asked.
+    Tag,
+}
+
+impl std::str::FromStr for ReferrersCapability {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "v1.1-referrers-api" => Ok(ReferrersCapability::Api),
+            "v1.1-referrers-tag" => Ok(ReferrersCapability::Tag),
+            _ => Err(Error::Usage(format!(
+                "--distribution-spec {s:?}: expected v1.1-referrers-api or v1.1-referrers-tag"
+            ))),
+        }
+    }
 }
 
 /// `--resolve host:port:address[:address_port]`, as curl and oras take it: connections to
@@ -358,6 +387,10 @@ impl Client {
 
     pub fn speed_limit(&self) -> SpeedLimit {
         self.options.speed_limit
+    }
+
+    pub fn referrers_capability(&self) -> ReferrersCapability {
+        self.options.referrers
     }
 
     /// `https://host/v2/<path>`.

@@ -15,7 +15,8 @@ use reqwest::header::{
 use reqwest::{Method, Response, StatusCode};
 
 pub use client::{
-    header_map, Access, Client, ClientOptions, Request, ResolveOverride, RetryPolicy, SpeedLimit,
+    header_map, Access, Client, ClientOptions, ReferrersCapability, Request, ResolveOverride,
+    RetryPolicy, SpeedLimit,
 };
 
 use crate::content::{ByteStream, OpenContent, Target, Upload};
@@ -739,8 +740,13 @@ impl Target for Repository {
             None
         };
         let processed = self.put_manifest(desc, bytes, &target).await?;
+        let keep_index = match self.client.referrers_capability() {
+            ReferrersCapability::Auto => !processed,
+            ReferrersCapability::Api => false,
+            ReferrersCapability::Tag => true,
+        };
         if let Some(m) = subject {
-            if let (Some(subject), false) = (&m.subject, processed) {
+            if let (Some(subject), true) = (&m.subject, keep_index) {
                 // No referrers API: keep the tag-schema index up to date instead.
                 let mut referrer = desc.clone();
                 referrer.artifact_type = m
@@ -760,6 +766,14 @@ impl Target for Repository {
     }
 
     async fn referrers(&self, subject: &Descriptor) -> Result<Vec<Descriptor>> {
+        let capability = self.client.referrers_capability();
+        if capability == ReferrersCapability::Tag {
+            return Ok(self
+                .fallback_referrers(subject)
+                .await?
+                .map(|(_, i)| i.manifests)
+                .unwrap_or_default());
+        }
         let req = self
             .request(
                 Method::GET,
@@ -781,6 +795,17 @@ impl Target for Repository {
                 .client
                 .error_for(resp, &format!("referrers of {}", subject.digest))
                 .await);
+        }
+        if capability == ReferrersCapability::Api {
+            return Err(Error::Registry {
+                registry: self.client.host().to_string(),
+                what: format!("referrers of {}", subject.digest),
+                path: resp.url().path().to_string(),
+                status: 404,
+                detail: ": the registry has no referrers API (drop --distribution-spec \
+                         v1.1-referrers-api, or use v1.1-referrers-tag)"
+                    .into(),
+            });
         }
         Ok(self
             .fallback_referrers(subject)
