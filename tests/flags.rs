@@ -663,4 +663,26 @@ fn distribution_spec_forces_the_referrers_api_or_the_tag_schema() {
         &oras_fs(["discover", &via, "--distribution-spec", "v1.2"]),
         "v1.1-referrers-tag",
     );
+
+    // copy -r: per side, as oras's --to-distribution-spec.
+    let dst = unique_repo("flags-dist-spec-dst");
+    let dst_base = format!("{}/{dst}", registry());
+    ok(&[
+        "copy",
+        "-r",
+        &reference(&repo, "v1"),
+        &reference(&dst, "v1"),
+        "--no-tty",
+        "--to-distribution-spec",
+        "v1.1-referrers-api",
+    ]);
+    assert!(!ok(&["repo", "tags", &dst_base]).contains(&subject_tag));
+    ok(&[
+        "copy",
+        "-r",
+        &reference(&repo, "v1"),
+        &reference(&dst, "v1"),
+        "--no-tty",
+    ]);
+    assert!(ok(&["repo", "tags", &dst_base]).contains(&subject_tag));
 }

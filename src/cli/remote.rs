@@ -118,6 +118,11 @@ macro_rules! side_remote_args {
                   value_name = "HOST:PORT:ADDRESS[:ADDRESS_PORT]",
                   help = concat!("Connect to ADDRESS for HOST:PORT of the ", $who, " (repeatable)"))]
             pub resolve: Vec<ResolveOverride>,
+            #[arg(id = concat!($p, "_distribution_spec"), long = concat!($p, "-distribution-spec"),
+                  value_name = "SPEC",
+                  help = concat!("How referrers are listed and recorded at the ", $who,
+                                 " (v1.1-referrers-api or v1.1-referrers-tag)"))]
+            pub distribution_spec: Option<ReferrersCapability>,
         }
 
         impl $name {
@@ -166,7 +171,7 @@ macro_rules! side_remote_args {
                     },
                     headers: [shared.headers.clone(), self.headers.clone()].concat(),
                     resolve: [shared.resolve.clone(), self.resolve.clone()].concat(),
-                    distribution_spec: shared.distribution_spec,
+                    distribution_spec: self.distribution_spec.or(shared.distribution_spec),
                     username: cred.username,
                     password: cred.password,
                     password_stdin: cred.password_stdin,
