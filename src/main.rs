@@ -2,10 +2,23 @@
 
 mod cli;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 
 fn main() -> std::process::ExitCode {
-    let cli = cli::Cli::parse();
+    // `mount -t fuse.oras-fs` and fstab lines call `oras-fs SOURCE MOUNTPOINT -o OPTIONS`.
+    let command = cli::Cli::command();
+    let mut names: Vec<&str> = vec!["help"];
+    for sub in command.get_subcommands() {
+        names.push(sub.get_name());
+        names.extend(sub.get_all_aliases());
+    }
+    let cli = match cli::fstab::command_line(std::env::args_os().collect(), &names) {
+        Ok(args) => cli::Cli::parse_from(args),
+        Err(e) => {
+            eprintln!("Error: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
     let filter = if cli.debug {
         "oras_fs=debug,warn"
     } else {

@@ -43,15 +43,15 @@ fn referrers_tag(digest: &str) -> String {
     digest.replacen(':', "-", 1)
 }
 
-/// The digests listed by `discover --format json ARGS...`.
+/// The direct referrers listed by `discover --format json ARGS...`.
 #[track_caller]
 fn discovered(args: &[&str]) -> Vec<Value> {
     let mut all = vec!["discover", "--format", "json"];
     all.extend_from_slice(args);
     let v = json(ok(&all).as_bytes());
-    v["manifests"]
+    v["referrers"]
         .as_array()
-        .unwrap_or_else(|| panic!("no manifests array: {v}"))
+        .unwrap_or_else(|| panic!("no referrers array: {v}"))
         .clone()
 }
 
@@ -1113,7 +1113,7 @@ fn attach_and_discover_use_the_referrers_tag_schema_on_distribution() {
     );
     let v = json(assert_ok(&out).as_bytes());
     let sig = v["digest"].as_str().expect("digest").to_string();
-    assert_eq!(v["subject"], subject.as_str(), "{v}");
+    assert_eq!(v["artifactType"], "application/vnd.test.sig", "{v}");
     assert_eq!(
         digests_of(&discovered(&[&reference(&repo, "v1")])),
         BTreeSet::from([sbom.clone(), sig.clone()])

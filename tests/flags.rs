@@ -435,6 +435,17 @@ fn listing_flags_last_exclude_digest_tags_full_reference_and_depth() {
     assert!(tree.contains(&sig) && tree.contains(&sbom), "{tree}");
     let tree = ok(&["discover", "--depth", "1", &reference(&repo, "t1")]);
     assert!(tree.contains(&sig) && !tree.contains(&sbom), "{tree}");
+    let deep = ok(&["discover", "--format", "json", &reference(&repo, "t1")]);
+    assert!(deep.contains(&sig) && deep.contains(&sbom), "{deep}");
+    let one = ok(&[
+        "discover",
+        "--format",
+        "json",
+        "--depth",
+        "1",
+        &reference(&repo, "t1"),
+    ]);
+    assert!(one.contains(&sig) && !one.contains(&sbom), "{one}");
 }
 
 #[test]

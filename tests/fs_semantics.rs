@@ -631,23 +631,93 @@ async fn an_image_of_gzip_and_plain_tar_layers_merges_with_whiteouts() {
 }
 
 #[tokio::test]
-async fn reading_a_seekable_layers_files_in_order_fetches_ahead() {
+async fn reading_a_seekable_layers_files_in_order_fetches_ahead_in_few_requests() {
+    // Without latency the reader is ahead of the decoder; with it, the reader catches up
+    // with the decoder and joins its decodes, and must still ask for the next batch.
+    for delay in [None, Some(Duration::from_millis(5))] {
+        files_in_order_fetch_ahead_in_few_requests(delay).await;
+    }
+}
+
+async fn files_in_order_fetch_ahead_in_few_requests(delay: Option<Duration>) {
+    // 96 files of 200 kB (19 MB): past the largest read-ahead window, so the walk must keep
+    // going across files whose members were decoded ahead of the reader (cache hits).
     let target = oras_fs::content::testing::TestTarget::new();
-    let files: Vec<(String, Vec<u8>)> = (0..32)
+    let files: Vec<(String, Vec<u8>)> = (0..96)
         .map(|i| (format!("f{i:02}"), noise(i + 1, 200_000)))
         .collect();
     let refs: Vec<(&str, Vec<u8>)> = files.iter().map(|(n, d)| (n.as_str(), d.clone())).collect();
     let layer = seekable_layer(&target, "d", &refs, |_, _| {}, None);
-    let h = Harness::with_layers_and(target, vec![layer], &[]);
+    let h = Harness::with_layers_and(target, vec![layer.clone()], &[]);
     let fs = h.mount(true).await;
     let _ = path_ino(&fs, "d/f00").await;
-    let listed = h.target.counts().calls(Op::FetchRange);
+    h.target.delay_fetches(delay);
+    let (listed, listed_bytes) = (
+        h.target.counts().calls(Op::FetchRange),
+        h.target.counts().bytes_served,
+    );
     for (name, data) in &files {
         assert_eq!(read_all(&fs, &format!("d/{name}")).await, *data);
     }
     let fetches = h.target.counts().calls(Op::FetchRange) - listed;
+    let bytes = h.target.counts().bytes_served - listed_bytes;
+    // A window doubling from 1 MiB to 16 MiB, the rest asked for when half of it is used,
+    // at most 8 MiB a request: 11 requests, where sliding the window a file at a time took
+    // one or two per file.
     assert!(
         fetches <= 12,
-        "{fetches} range requests for 32 files read in order"
+        "{fetches} range requests for 96 files read in order (latency {delay:?})"
     );
+    assert!(
+        bytes <= layer.size + (1 << 20),
+        "{bytes} bytes fetched for a layer of {}",
+        layer.size
+    );
+}
+
+#[tokio::test]
+async fn reading_a_directorys_files_in_order_fetches_the_next_ones_concurrently() {
+    let names: Vec<String> = (0..40).map(|i| format!("f{i:02}")).collect();
+    let files: Vec<(&str, Vec<u8>)> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            (
+                n.as_str(),
+                [n.as_bytes(), &noise(i as u64 + 1, 10_000)].concat(),
+            )
+        })
+        .collect();
+    let h = Harness::new(&files);
+    let fs = h.mount(true).await;
+    let fetches = || {
+        let c = h.target.counts();
+        c.calls(Op::Fetch) + c.calls(Op::FetchRange)
+    };
+    let base = fetches();
+    // Files opened out of order fetch only themselves.
+    for name in ["f30", "f10", "f20"] {
+        let _ = read_all(&fs, name).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(fetches() - base, 3, "out-of-order opens fetched ahead");
+    // Two files in order start a walk: the next ones arrive without being opened.
+    let _ = read_all(&fs, "f00").await;
+    let _ = read_all(&fs, "f01").await;
+    let mut waited = 0;
+    while fetches() - base < 5 + 4 && waited < 100 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        waited += 1;
+    }
+    assert!(
+        fetches() - base >= 5 + 4,
+        "no files fetched ahead of a reader going through the directory: {}",
+        fetches() - base
+    );
+    // Every file is right, and fetched once, whoever fetched it.
+    for (name, data) in &files {
+        assert_eq!(read_all(&fs, name).await, *data, "{name}");
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(fetches() - base, 40, "a file was fetched twice");
 }

@@ -128,7 +128,7 @@ fn a_layout_written_by_skopeo_reads() {
         ])
         .as_bytes(),
     );
-    assert_eq!(discovered["manifests"], serde_json::json!([]));
+    assert_eq!(discovered["referrers"], serde_json::json!([]));
 
     // And back to a registry.
     let out = ok(&[

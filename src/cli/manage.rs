@@ -15,7 +15,7 @@ use oras_fs::reference::Reference;
 use oras_fs::registry::Repository;
 use oras_fs::{Error, Result};
 
-use super::output::{Bars, Format};
+use super::output::{Bars, Described, Fetched, FormatArgs, Referrers};
 use super::remote::{copy_sides, FromRemoteArgs, RemoteArgs, ToRemoteArgs};
 use super::target::{self, Opened, TargetArgs};
 
@@ -162,12 +162,15 @@ pub enum ManifestCommand {
     /// Print (or save) a manifest.
     Fetch {
         reference: String,
-        /// Write to FILE instead of stdout.
+        /// Write to FILE instead of stdout. With --format json or go-template, the manifest
+        /// goes to FILE and the descriptor with the parsed manifest (`content`) to stdout.
         #[arg(short = 'o', long, value_name = "FILE")]
         output: Option<String>,
         /// Print the manifest's descriptor instead.
         #[arg(long)]
         descriptor: bool,
+        #[command(flatten)]
+        format: FormatArgs,
         #[command(flatten)]
         target: TargetArgs,
     },
@@ -207,15 +210,32 @@ pub async fn manifest(c: ManifestCommand) -> Result<()> {
             reference,
             output,
             descriptor,
+            format,
             target,
         } => {
+            let printer = format.output()?;
+            if !printer.is_text() && output.as_deref() == Some("-") {
+                return Err(Error::Usage(
+                    "--output - and --format both write to stdout: give --output a file".into(),
+                ));
+            }
             let o = target.open(&reference, false)?;
             let (desc, bytes) = manifest_of(&o).await?;
             if descriptor {
                 outln!("{}", serde_json::to_string(&desc).expect("JSON"));
                 return Ok(());
             }
-            write_out(output.as_deref().unwrap_or("-"), &bytes)
+            if printer.is_text() {
+                return write_out(output.as_deref().unwrap_or("-"), &bytes);
+            }
+            if let Some(path) = &output {
+                write_out(path, &bytes)?;
+            }
+            let model = Fetched {
+                manifest: Described::new(&o.base, &desc),
+                content: serde_json::from_slice(&bytes).ok(),
+            };
+            printer.print(&model, || {})
         }
         ManifestCommand::Push {
             reference,
@@ -572,13 +592,14 @@ pub struct AttachArgs {
     /// Allow absolute paths and '..' in file names (they become titles as given).
     #[arg(long)]
     pub disable_path_validation: bool,
-    #[arg(long, value_enum, default_value_t)]
-    pub format: Format,
+    #[command(flatten)]
+    pub format: FormatArgs,
     #[command(flatten)]
     pub target: TargetArgs,
 }
 
 pub async fn attach(a: AttachArgs) -> Result<()> {
+    let output = a.format.output()?;
     let o = a.target.open(&a.subject, false)?;
     let subject = o.target.resolve(&o.reference()).await?;
     let store = FileStore::new(".", Default::default());
@@ -606,7 +627,7 @@ pub async fn attach(a: AttachArgs) -> Result<()> {
         subject: Some(subject.clone()),
         reproducible: false,
     };
-    let (desc, _) = oras::push(
+    let (mut desc, bytes) = oras::push(
         &store,
         &files,
         &pack,
@@ -615,29 +636,26 @@ pub async fn attach(a: AttachArgs) -> Result<()> {
         &CopyOptions::default(),
     )
     .await?;
-    match a.format {
-        Format::Json => outln!(
-            "{}",
-            serde_json::json!({"reference": format!("{}@{}", o.base, desc.digest), "digest": desc.digest, "subject": subject.digest})
-        ),
-        Format::Text => {
-            outln!(
-                "Attached to [{}] {}@{}",
-                if o.registry.is_some() {
-                    "registry"
-                } else {
-                    "oci-layout"
-                },
-                o.base,
-                subject.digest
-            );
-            outln!("Digest: {}", desc.digest);
-        }
-    }
-    Ok(())
+    let manifest = Manifest::parse(&bytes, None)?;
+    desc.artifact_type = manifest.artifact_type;
+    desc.annotations = manifest.annotations;
+    output.print(&Described::new(&o.base, &desc), || {
+        outln!(
+            "Attached to [{}] {}@{}",
+            if o.registry.is_some() {
+                "registry"
+            } else {
+                "oci-layout"
+            },
+            o.base,
+            subject.digest
+        );
+        outln!("Digest: {}", desc.digest);
+    })
 }
 
 #[derive(Args, Debug)]
+#[command(after_help = "--format json prints {reference, indexed, referrer}.")]
 pub struct IndexArgs {
     /// What to index: registry/repo:tag|@digest (an artifact or a container image)
     pub reference: String,
@@ -649,8 +667,8 @@ pub struct IndexArgs {
     /// the one a mount with the same --platform reads.
     #[arg(long, value_name = "PLATFORM")]
     pub platform: Option<oras_fs::manifest::Platform>,
-    #[arg(long, value_enum, default_value_t)]
-    pub format: Format,
+    #[command(flatten)]
+    pub format: FormatArgs,
     #[command(flatten)]
     pub target: TargetArgs,
 }
@@ -658,6 +676,7 @@ pub struct IndexArgs {
 /// Builds the seek indexes of a manifest's gzip layers (one streaming pass each) and attaches
 /// them as one referrer, so that mounts anywhere read single files of those layers lazily.
 pub async fn index(a: IndexArgs) -> Result<()> {
+    let output = a.format.output()?;
     let o = a.target.open(&a.reference, false)?;
     let platform = a.platform.as_ref();
     let (subject, _, manifest, _) =
@@ -668,28 +687,27 @@ pub async fn index(a: IndexArgs) -> Result<()> {
     })
     .await?;
     let reference = |d: &Descriptor| format!("{}@{}", o.base, d.digest);
-    match (a.format, published) {
-        (Format::Json, p) => outln!(
-            "{}",
-            serde_json::json!({
-                "reference": reference(&subject),
-                "indexed": p.as_ref().map_or(0, |(_, n)| *n),
-                "referrer": p.map(|(d, _)| reference(&d)),
-            })
-        ),
-        (Format::Text, None) => outln!(
+    let model = serde_json::json!({
+        "reference": reference(&subject),
+        "indexed": published.as_ref().map_or(0, |(_, n)| *n),
+        "referrer": published.as_ref().map(|(d, _)| reference(d)),
+    });
+    output.print(&model, || match &published {
+        None => outln!(
             "No layer of {} needs a seek index (none is tar+gzip without a TOC)",
             reference(&subject)
         ),
-        (Format::Text, Some((d, n))) => {
+        Some((d, n)) => {
             outln!("Indexed {n} layer(s) of {}", reference(&subject));
-            outln!("Referrer: {}", reference(&d));
+            outln!("Referrer: {}", reference(d));
         }
-    }
-    Ok(())
+    })
 }
 
 #[derive(Args, Debug)]
+#[command(
+    after_help = "--format tree (or text) prints the referrers as a tree; --format json prints the subject with its `referrers`, each with its own `referrers`, as oras 1.3."
+)]
 pub struct DiscoverArgs {
     /// The subject: registry/repo:tag|@digest
     pub subject: String,
@@ -699,13 +717,14 @@ pub struct DiscoverArgs {
     /// How many levels of referrers to show (referrers of referrers...); 0: all.
     #[arg(long, default_value_t = 0)]
     pub depth: usize,
-    #[arg(long, value_enum, default_value_t)]
-    pub format: Format,
+    #[command(flatten)]
+    pub format: FormatArgs,
     #[command(flatten)]
     pub target: TargetArgs,
 }
 
 pub async fn discover(a: DiscoverArgs) -> Result<()> {
+    let output = a.format.output_named("tree")?;
     let o = a.target.open(&a.subject, false)?;
     let subject = o.target.resolve(&o.reference()).await?;
     let keep = |d: &Descriptor| {
@@ -713,28 +732,39 @@ pub async fn discover(a: DiscoverArgs) -> Result<()> {
             .as_ref()
             .is_none_or(|t| d.artifact_type.as_ref() == Some(t))
     };
-    match a.format {
-        Format::Json => {
-            let refs: Vec<Descriptor> = o
-                .target
-                .referrers(&subject)
-                .await?
-                .into_iter()
-                .filter(keep)
-                .collect();
-            outln!(
-                "{}",
-                serde_json::to_string_pretty(&serde_json::json!({"manifests": refs}))
-                    .expect("JSON")
-            );
-        }
-        Format::Text => {
-            outln!("{}@{}", o.base, subject.digest);
-            let depth = (a.depth > 0).then_some(a.depth);
-            print_tree(o.target.as_ref(), &subject, "", depth, &keep).await?;
-        }
+    let depth = (a.depth > 0).then_some(a.depth);
+    if output.is_text() {
+        outln!("{}@{}", o.base, subject.digest);
+        return print_tree(o.target.as_ref(), &subject, "", depth, &keep).await;
     }
-    Ok(())
+    let model = referrer_tree(o.target.as_ref(), &o.base, &subject, depth, &keep).await?;
+    output.print(&model, || {})
+}
+
+/// `subject` with its referrers, recursively, `depth` levels deep (`None`: all) (the model
+/// of `discover --format json`).
+fn referrer_tree<'a>(
+    target: &'a dyn Target,
+    base: &'a str,
+    subject: &'a Descriptor,
+    depth: Option<usize>,
+    keep: &'a (dyn Fn(&Descriptor) -> bool + Sync),
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Referrers>> + Send + 'a>> {
+    Box::pin(async move {
+        let mut referrers = Vec::new();
+        if depth != Some(0) {
+            for r in target.referrers(subject).await? {
+                if keep(&r) {
+                    let below = depth.map(|d| d - 1);
+                    referrers.push(referrer_tree(target, base, &r, below, keep).await?);
+                }
+            }
+        }
+        Ok(Referrers {
+            subject: Described::new(base, subject),
+            referrers,
+        })
+    })
 }
 
 /// Prints the referrers of `subject` as a tree, recursively, `depth` levels deep (`None`: all).

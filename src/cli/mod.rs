@@ -10,12 +10,15 @@ macro_rules! outln {
 }
 
 mod confirm;
+pub mod fstab;
 mod manage;
 mod mount;
 pub mod output;
 mod remote;
 mod target;
+mod template;
 mod transfer;
+mod version;
 
 use clap::{Parser, Subcommand};
 
@@ -77,6 +80,8 @@ pub enum Command {
     Login(remote::LoginArgs),
     /// Remove stored credentials for a registry.
     Logout(remote::LogoutArgs),
+    /// Show the version, the Rust compiler it was built with, the platform and the git commit.
+    Version,
 }
 
 /// Runs a parsed command line; the error is printed by `main`.
@@ -99,5 +104,9 @@ pub async fn run(cli: Cli) -> oras_fs::Result<()> {
         Command::Index(a) => manage::index(a).await,
         Command::Login(a) => remote::login(a).await,
         Command::Logout(a) => remote::logout(a),
+        Command::Version => {
+            version::print();
+            Ok(())
+        }
     }
 }

@@ -17,7 +17,7 @@ use oras_fs::fs::staging::Staging;
 use oras_fs::oras::LayerFilter;
 use oras_fs::{Error, Result};
 
-use super::output::Format;
+use super::output::FormatArgs;
 use super::target::TargetArgs;
 
 /// Set in the environment of the background child of `mount`.
@@ -498,25 +498,24 @@ pub async fn sync(args: SyncArgs) -> Result<()> {
 }
 
 #[derive(Args, Debug)]
+#[command(
+    after_help = "--format json prints an array of objects, one per mount, with snake_case fields."
+)]
 pub struct StatusArgs {
     /// Only the mount at this directory (default: every mount of this user).
     pub mountpoint: Option<PathBuf>,
-    /// `json`: an array of objects, one per mount, with snake_case fields.
-    #[arg(long, value_enum, default_value_t)]
-    pub format: Format,
+    #[command(flatten)]
+    pub format: FormatArgs,
 }
 
 pub async fn status(args: StatusArgs) -> Result<()> {
+    let output = args.format.output()?;
     let mp = args.mountpoint.clone();
     let reports = tokio::task::spawn_blocking(move || control::statuses(mp.as_deref()))
         .await
         .expect("status task panicked")?;
-    if args.format == Format::Json {
-        outln!(
-            "{}",
-            serde_json::to_string_pretty(&reports).expect("JSON of a status")
-        );
-        return Ok(());
+    if !output.is_text() {
+        return output.print(&reports, || {});
     }
     if reports.is_empty() {
         outln!("No oras-fs mounts");

@@ -10,7 +10,7 @@ use oras_fs::manifest::{media_type, Annotations, Descriptor};
 use oras_fs::oras::{self, CopyOptions, FileLayer, LayerFilter, PackOptions};
 use oras_fs::{Error, Result};
 
-use super::output::{label, Bars, Format};
+use super::output::{label, Bars, Described, FormatArgs, Pulled, PulledFile, Pushed};
 use super::target::{self, TargetArgs};
 
 #[derive(Args, Debug)]
@@ -52,8 +52,8 @@ pub struct PushArgs {
     /// know only image manifests (the artifact type becomes the config's media type).
     #[arg(long, value_enum, default_value_t)]
     pub image_spec: ImageSpec,
-    #[arg(long, value_enum, default_value_t)]
-    pub format: Format,
+    #[command(flatten)]
+    pub format: FormatArgs,
     /// Don't draw progress bars.
     #[arg(long)]
     pub no_tty: bool,
@@ -124,6 +124,7 @@ fn read_annotation_file(path: &Path) -> Result<BTreeMap<String, Annotations>> {
 }
 
 pub async fn push(args: PushArgs) -> Result<()> {
+    let output = args.format.output()?;
     let opened = args.target.open(&args.reference, true)?;
     if opened.digest.is_some() {
         return Err(Error::Usage("push to a tag, not a digest".into()));
@@ -232,10 +233,9 @@ pub async fn push(args: PushArgs) -> Result<()> {
         subject: None,
         reproducible: args.reproducible,
     };
-    let quiet = args.format == Format::Json;
     let opts = CopyOptions {
         concurrency: args.concurrency,
-        progress: Arc::new(Bars::new("Uploading", args.no_tty, quiet)),
+        progress: Arc::new(Bars::new("Uploading", args.no_tty, !output.is_text())),
     };
     let (desc, bytes) =
         oras::push(&store, &files, &pack, opened.target.as_ref(), &tags, &opts).await?;
@@ -244,33 +244,28 @@ pub async fn push(args: PushArgs) -> Result<()> {
             .map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
     }
     let manifest = oras_fs::manifest::Manifest::parse(&bytes, None)?;
-    match args.format {
-        Format::Json => {
-            let v = serde_json::json!({
-                "reference": format!("{}@{}", opened.base, desc.digest),
-                "mediaType": desc.media_type,
-                "digest": desc.digest,
-                "size": desc.size,
-                "artifactType": manifest.artifact_type,
-                "tags": tags,
-                "annotations": manifest.annotations,
-            });
-            outln!("{}", serde_json::to_string_pretty(&v).expect("JSON"));
+    let mut pushed = desc.clone();
+    pushed.artifact_type = manifest.artifact_type.clone();
+    pushed.annotations = manifest.annotations.clone();
+    let model = Pushed {
+        manifest: Described::new(&opened.base, &pushed),
+        reference_as_tags: tags
+            .iter()
+            .map(|t| format!("{}:{t}", opened.base))
+            .collect(),
+    };
+    output.print(&model, || {
+        outln!(
+            "Pushed [{}] {}:{}",
+            kind(&opened),
+            opened.base,
+            tags.join(",")
+        );
+        if let Some(t) = &manifest.artifact_type {
+            outln!("ArtifactType: {t}");
         }
-        Format::Text => {
-            outln!(
-                "Pushed [{}] {}:{}",
-                kind(&opened),
-                opened.base,
-                tags.join(",")
-            );
-            if let Some(t) = &manifest.artifact_type {
-                outln!("ArtifactType: {t}");
-            }
-            outln!("Digest: {}", desc.digest);
-        }
-    }
-    Ok(())
+        outln!("Digest: {}", desc.digest);
+    })
 }
 
 fn kind(o: &target::Opened) -> &'static str {
@@ -314,8 +309,8 @@ pub struct PullArgs {
     /// recursively, into the same directory.
     #[arg(long)]
     pub include_subject: bool,
-    #[arg(long, value_enum, default_value_t)]
-    pub format: Format,
+    #[command(flatten)]
+    pub format: FormatArgs,
     /// Don't draw progress bars.
     #[arg(long)]
     pub no_tty: bool,
@@ -334,6 +329,12 @@ pub(super) fn parse_unpack_limit(s: &str) -> std::result::Result<UnpackLimit, St
 }
 
 pub async fn pull(args: PullArgs) -> Result<()> {
+    let output = args.format.output()?;
+    if args.output.as_os_str() == "-" && !output.is_text() {
+        return Err(Error::Usage(
+            "-o - writes the file to stdout, where --format writes too: pull to a directory".into(),
+        ));
+    }
     let opened = args.target.open(&args.reference, false)?;
     if args.output.as_os_str() == "-" {
         return pull_to_stdout(&args, &opened).await;
@@ -353,10 +354,9 @@ pub async fn pull(args: PullArgs) -> Result<()> {
         media_types: args.media_types.clone(),
         allow_all: args.allow_all,
     };
-    let quiet = args.format == Format::Json;
     let opts = CopyOptions {
         concurrency: args.concurrency,
-        progress: Arc::new(Bars::new("Downloading", args.no_tty, quiet)),
+        progress: Arc::new(Bars::new("Downloading", args.no_tty, !output.is_text())),
     };
     let mut report = oras::pull(
         opened.target.as_ref(),
@@ -396,56 +396,77 @@ pub async fn pull(args: PullArgs) -> Result<()> {
         .iter()
         .filter(|d| d.title().is_some())
         .collect();
-    match args.format {
-        Format::Json => {
-            let files: Vec<_> = report
-                .pulled
-                .iter()
-                .map(|d| {
-                    serde_json::json!({
-                        "path": args.output.join(d.title().unwrap_or_default()),
-                        "mediaType": d.media_type,
-                        "digest": d.digest,
-                        "size": d.size,
-                        "annotations": d.annotations,
-                    })
-                })
-                .collect();
-            let v = serde_json::json!({
-                "reference": format!("{}@{}", opened.base, report.manifest_descriptor.digest),
-                "files": files,
-                "skipped": titled_skipped.iter().map(|d| serde_json::json!({"title": d.title(), "mediaType": d.media_type})).collect::<Vec<_>>(),
-            });
-            outln!("{}", serde_json::to_string_pretty(&v).expect("JSON"));
-        }
-        Format::Text => {
-            if report.pulled.is_empty() && titled_skipped.is_empty() {
-                eprintln!("Warning: the artifact has no files (no layer has a title)");
+    if report.pulled.is_empty() && titled_skipped.is_empty() {
+        eprintln!("Warning: the artifact has no files (no layer has a title)");
+    }
+    if !titled_skipped.is_empty() {
+        let types: std::collections::BTreeSet<&str> = titled_skipped
+            .iter()
+            .map(|d| d.media_type.as_str())
+            .collect();
+        let names: Vec<String> = titled_skipped.iter().take(5).map(|d| label(d)).collect();
+        eprintln!(
+            "Skipped {} layer(s) of other media types ({}): {}{}\n  \
+             pull them with -t TYPE, or all with -a/--allow-all",
+            titled_skipped.len(),
+            types.into_iter().collect::<Vec<_>>().join(", "),
+            names.join(", "),
+            if titled_skipped.len() > 5 {
+                ", ..."
+            } else {
+                ""
             }
-            if !titled_skipped.is_empty() {
-                let types: std::collections::BTreeSet<&str> = titled_skipped
-                    .iter()
-                    .map(|d| d.media_type.as_str())
-                    .collect();
-                let names: Vec<String> = titled_skipped.iter().take(5).map(|d| label(d)).collect();
-                eprintln!(
-                    "Skipped {} layer(s) of other media types ({}): {}{}\n  \
-                     pull them with -t TYPE, or all with -a/--allow-all",
-                    titled_skipped.len(),
-                    types.into_iter().collect::<Vec<_>>().join(", "),
-                    names.join(", "),
-                    if titled_skipped.len() > 5 {
-                        ", ..."
-                    } else {
-                        ""
-                    }
-                );
+        );
+    }
+    let dir = std::path::absolute(&args.output)
+        .map_err(|e| Error::io(format!("finding {}", args.output.display()), e))?;
+    let model = Pulled {
+        reference: format!("{}@{}", opened.base, report.manifest_descriptor.digest),
+        files: report
+            .pulled
+            .iter()
+            .map(|d| PulledFile {
+                path: pulled_path(&dir, d),
+                layer: Described::new(&opened.base, d),
+            })
+            .collect(),
+    };
+    output.print(&model, || {
+        outln!("Pulled [{}] {}", kind(&opened), args.reference);
+        outln!("Digest: {}", report.manifest_descriptor.digest);
+    })
+}
+
+/// Where a pulled layer landed, as oras reports it: absolute, and a directory's path ends
+/// with the separator.
+fn pulled_path(dir: &Path, layer: &Descriptor) -> String {
+    let mut path = lexically_clean(&dir.join(layer.title().unwrap_or_default()))
+        .display()
+        .to_string();
+    if layer.is_directory() && !path.ends_with(std::path::MAIN_SEPARATOR) {
+        path.push(std::path::MAIN_SEPARATOR);
+    }
+    path
+}
+
+/// `path` without `.` and `..` components, as Go's `filepath.Clean` (oras prints such paths);
+/// symbolic links are not followed.
+fn lexically_clean(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::ParentDir => {
+                // `/..` is `/`; a relative path keeps the `..` it cannot resolve.
+                if !out.pop() && !out.has_root() {
+                    out.push(c);
+                }
             }
-            outln!("Pulled [{}] {}", kind(&opened), args.reference);
-            outln!("Digest: {}", report.manifest_descriptor.digest);
+            Component::CurDir => {}
+            c => out.push(c),
         }
     }
-    Ok(())
+    out
 }
 
 /// `pull -o -`: streams the one file of an artifact to stdout. The digest is checked as the
@@ -485,4 +506,25 @@ async fn pull_to_stdout(args: &PullArgs, opened: &target::Opened) -> Result<()> 
     out.flush()
         .map_err(|e| Error::io(super::output::WRITING_STDOUT, e))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pulled_paths_are_cleaned_as_go_cleans_them() {
+        for (given, clean) in [
+            ("/a/./b/../c", "/a/c"),
+            ("/out/../../x", "/x"),
+            ("/out/dir/", "/out/dir"),
+            ("a/../../b", "../b"),
+        ] {
+            assert_eq!(
+                lexically_clean(Path::new(given)),
+                Path::new(clean),
+                "{given}"
+            );
+        }
+    }
 }

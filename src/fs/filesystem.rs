@@ -17,6 +17,7 @@ use bytes::Bytes;
 use super::cache::{BlobCache, Errno};
 use super::handle::{Handle, INITIAL_WINDOW};
 use super::layer::{self, LayerState};
+use super::siblings::SiblingWalks;
 use super::staging::{Journal, Staging};
 pub use super::status::MountStatus;
 use super::tree::{Ino, Kind, Node, Pending, Source, Tree, ROOT};
@@ -152,6 +153,8 @@ pub struct OrasFs {
     pub(super) last_error: Mutex<Option<String>>,
     /// Listings of layers and recently decompressed chunks of files inside them.
     pub(super) layers: LayerState,
+    /// Readers going through directories of files that are blobs of their own.
+    pub(super) siblings: SiblingWalks,
 }
 
 impl OrasFs {
@@ -206,6 +209,7 @@ impl OrasFs {
             notices,
             last_error: Mutex::new(None),
             layers: LayerState::default(),
+            siblings: SiblingWalks::default(),
         })
     }
 
@@ -337,6 +341,9 @@ impl OrasFs {
             };
             (self.add_handle(ino, source.clone(), file, write), source)
         };
+        if !write && matches!(source, Source::Blob(_)) {
+            self.walk_siblings(ino);
+        }
         let keep_cache = self.read_only()
             && match &source {
                 Source::Blob(d) => self.cache.is_verified(d),

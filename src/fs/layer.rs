@@ -6,15 +6,16 @@
 
 use std::collections::HashMap;
 use std::io::{BufReader, Read};
+use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 
-use super::cache::Errno;
+use super::cache::{BlobCache, Errno};
 use super::filesystem::OrasFs;
 use super::tree::LayerFile;
-use crate::archive::{gzindex, seekable, Chunk, ChunkAt, Entry};
+use crate::archive::{gzindex, seekable, Chunk, ChunkAt, Entry, EntryKind};
 use crate::digest::Digest;
 use crate::layer_index;
 use crate::manifest::Descriptor;
@@ -61,7 +62,10 @@ impl Listing {
 /// The mount's memory of layers: listings by layer digest, recently decompressed chunks.
 pub struct LayerState {
     listings: Mutex<HashMap<Digest, Arc<Listing>>>,
-    chunks: Mutex<Chunks>,
+    decoded: Arc<Decoded>,
+    /// A seekable layer's gzip members in the order they are in the blob, for decoding
+    /// ahead of a reader going through them in that order.
+    members: Mutex<HashMap<Digest, Arc<Vec<Chunk>>>>,
     /// The mounted manifest's seek-index referrer (`oras-fs index`): index blobs by layer.
     published: tokio::sync::OnceCell<HashMap<Digest, Descriptor>>,
     /// Layers that could not be listed, and why.
@@ -74,10 +78,8 @@ impl Default for LayerState {
     fn default() -> Self {
         LayerState {
             listings: Mutex::new(HashMap::new()),
-            chunks: Mutex::new(Chunks {
-                lru: lru::LruCache::unbounded(),
-                bytes: 0,
-            }),
+            decoded: Arc::default(),
+            members: Mutex::new(HashMap::new()),
             published: tokio::sync::OnceCell::new(),
             failed: Mutex::new(HashMap::new()),
             walks: Mutex::new(HashMap::new()),
@@ -85,30 +87,186 @@ impl Default for LayerState {
     }
 }
 
-/// Where a reader of a layer's members is going: the end of the last member it fetched, and
-/// how far ahead to fetch while it keeps going on from there.
+/// Where a reader of a layer's members is going: the end of the last member it fetched, how
+/// far ahead to fetch while it keeps going on from there, and how far has been asked for
+/// (fetched, and decompressed).
 #[derive(Clone, Copy, Default)]
 struct Walk {
     end: u64,
     window: u64,
+    ahead_to: u64,
+    decoded_to: u64,
 }
 
 /// The first read-ahead across files, doubled on every file read in order, up to the last.
 const WALK_WINDOW: (u64, u64) = (1 << 20, 16 << 20);
+/// How far (compressed bytes) ahead of a reader going through a layer in order its members
+/// are decompressed and verified in the background, on another core.
+const DECODE_AHEAD: u64 = 8 << 20;
+
+/// What a reader's step through a layer starts in the background.
+struct Ahead {
+    fetch: Range<u64>,
+    decode: Range<u64>,
+}
 
 impl LayerState {
-    /// Records a fetch of the member at `offset..end` of `layer`; returns how many bytes past
-    /// `end` to fetch in the background (0: the reader is not going through in order).
-    fn walk(&self, layer: &Digest, offset: u64, end: u64) -> u64 {
+    /// Records a fetch of the member at `offset..end` of `layer`; says what to fetch and
+    /// decompress in the background (nothing when the reader is not going through in order,
+    /// or what it reads next is already on its way).
+    ///
+    /// Both are asked for in batches, a window at a time once half of the last one is
+    /// consumed (as the kernel's readahead does): sliding the window a file at a time would
+    /// send one small Range request per file, and each costs the registry more than its
+    /// bytes.
+    fn walk(&self, layer: &Digest, offset: u64, end: u64) -> Ahead {
         let mut walks = self.walks.lock().unwrap();
         let w = walks.entry(layer.clone()).or_default();
-        w.window = if offset == w.end && w.end > 0 {
-            (w.window * 2).clamp(WALK_WINDOW.0, WALK_WINDOW.1)
-        } else {
-            0
+        let mut ahead = Ahead {
+            fetch: 0..0,
+            decode: 0..0,
         };
+        if end == w.end {
+            // The same member again (the next 128 KiB of its chunk): no step.
+            return ahead;
+        }
+        let in_order = offset == w.end && w.end > 0;
         w.end = end;
-        w.window
+        if !in_order {
+            w.window = 0;
+            w.ahead_to = end;
+            w.decoded_to = end;
+            return ahead;
+        }
+        w.window = (w.window * 2).clamp(WALK_WINDOW.0, WALK_WINDOW.1);
+        if w.ahead_to.saturating_sub(end) <= w.window / 2 {
+            ahead.fetch = w.ahead_to.max(end)..end + w.window;
+            w.ahead_to = end + w.window;
+        }
+        // Never past what is being fetched: decoding must not send requests of its own.
+        let decode_to = (end + DECODE_AHEAD).min(w.ahead_to);
+        if w.decoded_to.saturating_sub(end) <= DECODE_AHEAD / 2 && decode_to > w.decoded_to {
+            ahead.decode = w.decoded_to.max(end)..decode_to;
+            w.decoded_to = decode_to;
+        }
+        ahead
+    }
+
+    /// The gzip members of a seekable layer in blob order.
+    fn members(&self, layer: &Digest) -> Option<Arc<Vec<Chunk>>> {
+        if let Some(m) = self.members.lock().unwrap().get(layer) {
+            return Some(m.clone());
+        }
+        let listing = self.listings.lock().unwrap().get(layer)?.clone();
+        let mut members: Vec<Chunk> = listing
+            .entries()
+            .iter()
+            .filter_map(|e| match &e.kind {
+                EntryKind::File { chunks, .. } => Some(chunks),
+                _ => None,
+            })
+            .flatten()
+            .filter(|c| matches!(c.at, ChunkAt::Member { .. }))
+            .cloned()
+            .collect();
+        members.sort_by_key(chunk_key);
+        let members = Arc::new(members);
+        self.members
+            .lock()
+            .unwrap()
+            .insert(layer.clone(), members.clone());
+        Some(members)
+    }
+}
+
+/// Decompressed, verified chunks: kept in memory a while, and decoded once however many
+/// readers (and the decoder ahead of them) ask at the same time.
+#[derive(Default)]
+struct Decoded {
+    kept: Mutex<Chunks>,
+    busy: Mutex<HashMap<ChunkKey, Arc<tokio::sync::OnceCell<Decode>>>>,
+}
+
+type ChunkKey = (Digest, u64);
+type Decode = Result<Bytes, DecodeError>;
+
+#[derive(Clone, Debug)]
+enum DecodeError {
+    /// The fetch failed (the cache has said why).
+    Fetch(Errno),
+    /// The bytes are not what the TOC says.
+    Bad(String),
+}
+
+impl Decoded {
+    fn get(&self, key: &ChunkKey) -> Option<Bytes> {
+        self.kept.lock().unwrap().get(key)
+    }
+
+    fn put(&self, key: ChunkKey, data: Bytes) {
+        self.kept.lock().unwrap().put(key, data)
+    }
+
+    /// A gzip member's chunk, verified: kept, or being decoded (then this waits for it), or
+    /// fetched and decoded now.
+    ///
+    /// Decoding runs in place, on whichever thread asks: a chunk is at most a few MiB (a few
+    /// ms), and handing each small file's member to a blocking thread measured slower (a
+    /// `cp -r` of 1,000 files: 1.4x a pull instead of 1.1x).
+    async fn member(
+        &self,
+        cache: &Arc<BlobCache>,
+        layer: &Arc<Descriptor>,
+        c: &Chunk,
+        prefetch: Range<u64>,
+    ) -> Decode {
+        let ChunkAt::Member { offset, end } = c.at else {
+            return Err(DecodeError::Bad("not a gzip member".into()));
+        };
+        if c.len > MAX_CHUNK {
+            return Err(DecodeError::Bad(format!(
+                "a chunk of {} bytes: over the {MAX_CHUNK}-byte bound of what is verified in \
+                 memory before it is served; `oras-fs pull` the layer instead",
+                c.len
+            )));
+        }
+        let key = (layer.digest.clone(), offset);
+        if let Some(b) = self.get(&key) {
+            return Ok(b);
+        }
+        let cell = self
+            .busy
+            .lock()
+            .unwrap()
+            .entry(key.clone())
+            .or_default()
+            .clone();
+        let decoded = cell
+            .get_or_init(|| async {
+                if let Some(b) = self.get(&key) {
+                    return Ok(b);
+                }
+                // Only the member's start is needed: a TOC cannot make a small file cost a
+                // large fetch by placing the next entry far away.
+                let len = (end - offset).min(member_bound(c.len));
+                let compressed = cache
+                    .read(layer, offset, len, prefetch)
+                    .await
+                    .map_err(DecodeError::Fetch)?;
+                let data = gunzip_prefix(&compressed, c.len).map_err(|e| e.to_string());
+                let data = data
+                    .and_then(|data| check(&data, c).map(|()| Bytes::from(data)))
+                    .map_err(DecodeError::Bad)?;
+                self.put(key.clone(), data.clone());
+                Ok(data)
+            })
+            .await
+            .clone();
+        let mut busy = self.busy.lock().unwrap();
+        if busy.get(&key).is_some_and(|b| Arc::ptr_eq(b, &cell)) {
+            busy.remove(&key);
+        }
+        decoded
     }
 }
 
@@ -116,6 +274,15 @@ impl LayerState {
 struct Chunks {
     lru: lru::LruCache<(Digest, u64), Bytes>,
     bytes: u64,
+}
+
+impl Default for Chunks {
+    fn default() -> Self {
+        Chunks {
+            lru: lru::LruCache::unbounded(),
+            bytes: 0,
+        }
+    }
 }
 
 impl Chunks {
@@ -370,10 +537,27 @@ impl OrasFs {
     async fn chunk(&self, file: &LayerFile, i: usize) -> Result<Bytes, Errno> {
         let key = |c: &Chunk| (file.layer.digest.clone(), chunk_key(c));
         let c = &file.chunks[i];
-        if let Some(b) = self.layers.chunks.lock().unwrap().get(&key(c)) {
+        let layer = &file.layer;
+        // A reader going through the layer's members in order (`cp -r`, `tar c`, `grep -r`
+        // read files in the order they were packed in) gets the members after this one
+        // fetched and decoded in the background; a step counts even when its chunk was
+        // decoded ahead, or the reader would seem to jump.
+        let mut fetch_ahead = 0..0;
+        if let ChunkAt::Member { offset, end } = c.at {
+            let ahead = self.layers.walk(&layer.digest, offset, end);
+            if !ahead.decode.is_empty() {
+                self.decode_ahead(layer, ahead.decode);
+            }
+            fetch_ahead = ahead.fetch.start..ahead.fetch.end.min(layer.size);
+        }
+        // The batch is asked for here, whoever decodes this chunk: a reader that joins the
+        // decoder ahead of it (or finds the chunk decoded) would otherwise never ask for it.
+        if !fetch_ahead.is_empty() {
+            let _ = self.cache.prefetch(layer, fetch_ahead);
+        }
+        if let Some(b) = self.layers.decoded.get(&key(c)) {
             return Ok(b);
         }
-        let layer = &file.layer;
         let fail = |what: String| self.eio(format!("layer {}: {what}", layer.digest));
         if c.len > MAX_CHUNK {
             return Err(fail(format!(
@@ -383,8 +567,9 @@ impl OrasFs {
             )));
         }
         match (&c.at, &file.index) {
-            (ChunkAt::Member { offset, end }, _) => {
-                // The next chunk's members arrive in the background for a sequential reader.
+            (ChunkAt::Member { offset, .. }, _) => {
+                // The next chunk's members arrive in the background for a sequential reader
+                // of this file.
                 let next = match file.chunks.get(i + 1) {
                     Some(
                         n @ Chunk {
@@ -394,24 +579,14 @@ impl OrasFs {
                     ) => *offset..(*end).min(offset + member_bound(n.len)),
                     _ => 0..0,
                 };
-                // A reader going through the layer's files in order (`cp -r`, `tar c`, `grep
-                // -r`: the order they were packed in) gets the files after this one too.
-                let ahead = self.layers.walk(&layer.digest, *offset, *end);
-                let next = if ahead > 0 {
-                    *end..(*end + ahead).min(layer.size)
-                } else {
-                    next
-                };
-                // Only the member's start is needed: a TOC cannot make a small file cost a
-                // large fetch by placing the next entry far away.
-                let len = (end - offset).min(member_bound(c.len));
-                let compressed = self.cache.read(layer, *offset, len, next).await?;
-                let data = gunzip_prefix(&compressed, c.len)
-                    .map_err(|e| fail(format!("chunk at {offset}: {e}")))?;
-                check(&data, c).map_err(|e| fail(format!("chunk at {offset}: {e}")))?;
-                let data = Bytes::from(data);
-                self.layers.chunks.lock().unwrap().put(key(c), data.clone());
-                Ok(data)
+                self.layers
+                    .decoded
+                    .member(&self.cache, layer, c, next)
+                    .await
+                    .map_err(|e| match e {
+                        DecodeError::Fetch(e) => e,
+                        DecodeError::Bad(what) => fail(format!("chunk at {offset}: {what}")),
+                    })
             }
             (ChunkAt::Stream { offset }, Some(index)) => {
                 // Decompress this chunk and the ones after it in the file, in one pass.
@@ -468,7 +643,7 @@ impl OrasFs {
                     if j == 0 {
                         mine = Some(piece.clone());
                     }
-                    self.layers.chunks.lock().unwrap().put(key(cj), piece);
+                    self.layers.decoded.put(key(cj), piece);
                 }
                 mine.ok_or_else(|| fail("no chunk decompressed".into()))
             }
@@ -476,10 +651,59 @@ impl OrasFs {
             (ChunkAt::Stream { offset }, None) => {
                 let data = self.cache.read(layer, *offset, c.len, 0..0).await?;
                 check(&data, c).map_err(|e| fail(format!("chunk at {offset}: {e}")))?;
-                self.layers.chunks.lock().unwrap().put(key(c), data.clone());
+                self.layers.decoded.put(key(c), data.clone());
                 Ok(data)
             }
         }
+    }
+}
+
+impl OrasFs {
+    /// Decodes, in the background, the members of `layer` that lie in `range` (the ones a
+    /// reader going through the layer in order reads next), so that their decompression and
+    /// verification run on another core while the reader copies what it has.
+    fn decode_ahead(&self, layer: &Arc<Descriptor>, range: Range<u64>) {
+        let Some(members) = self.layers.members(&layer.digest) else {
+            return;
+        };
+        // Only members wholly inside: one that runs past what is being fetched would send a
+        // request of its own.
+        let member_end = |c: &Chunk| match c.at {
+            ChunkAt::Member { end, .. } => end,
+            ChunkAt::Stream { .. } => 0,
+        };
+        // A layer kept in memory only may lose what was fetched ahead: no decoding ahead.
+        if self.cache.is_uncached(layer) {
+            return;
+        }
+        let from = members.partition_point(|c| chunk_key(c) < range.start);
+        let mut upto = members.partition_point(|c| member_end(c) <= range.end);
+        // Decoded bytes, not compressed ones, must fit in what is kept, or text compressed
+        // 8x would push out what was decoded ahead before the reader gets there.
+        let mut decoded_bytes = 0;
+        for (k, c) in members[from..upto].iter().enumerate() {
+            decoded_bytes += c.len;
+            if decoded_bytes > CHUNKS_KEPT_BYTES / 4 {
+                upto = from + k;
+                break;
+            }
+        }
+        if from >= upto {
+            return;
+        }
+        let (decoded, cache, layer) = (
+            self.layers.decoded.clone(),
+            self.cache.clone(),
+            layer.clone(),
+        );
+        tokio::spawn(async move {
+            for c in &members[from..upto] {
+                // A failure is the reader's to report, when (and if) it gets there.
+                if decoded.member(&cache, &layer, c, 0..0).await.is_err() {
+                    break;
+                }
+            }
+        });
     }
 }
 

@@ -5,8 +5,9 @@
 //!   verified chunks (the formats are in `crate::archive`);
 //! - [`cache`]: the block cache of remote blobs (memory LRU over a disk cache by digest);
 //! - [`filesystem`]: `OrasFs`, the POSIX semantics (docs/SEMANTICS.md), async, with the
-//!   reading calls; `write` the writing calls, `handle` open files and prefetch, `journaling`
-//!   how changes reach the journal, [`status`] what the mount tells its user;
+//!   reading calls; `write` the writing calls, `handle` open files and prefetch, `siblings`
+//!   prefetch for readers going through a directory's files, `journaling` how changes reach
+//!   the journal, [`status`] what the mount tells its user;
 //! - [`staging`]: the journal (an append-only log) and staged files of a writable mount;
 //! - [`sync`]: pushing a writable mount's changes as one manifest;
 //! - [`fuse`]: the fuser adapter, the only place that blocks on the async core;
@@ -26,6 +27,7 @@ mod journaling;
 mod layer;
 pub mod mount;
 pub mod paths;
+mod siblings;
 pub mod staging;
 pub mod status;
 pub mod sync;

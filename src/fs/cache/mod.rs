@@ -98,6 +98,9 @@ pub struct BlobCache {
     deadline_ms: AtomicU64,
     /// Bytes fetched from the source, for statistics and tests.
     pub fetched: AtomicU64,
+    /// Background fetches of whole files a tree walk reads next: at most this many at once,
+    /// as many as `pull` runs.
+    walk_permits: Arc<tokio::sync::Semaphore>,
 }
 
 impl BlobCache {
@@ -125,6 +128,9 @@ impl BlobCache {
             last_error: Mutex::new(None),
             deadline_ms: AtomicU64::new(read_deadline().as_millis() as u64),
             fetched: AtomicU64::new(0),
+            walk_permits: Arc::new(tokio::sync::Semaphore::new(
+                crate::oras::DEFAULT_CONCURRENCY,
+            )),
         });
         cache.enforce_disk_limit();
         Ok(cache)
@@ -192,13 +198,7 @@ impl BlobCache {
         } else {
             offset / BLOCK..(end - 1) / BLOCK + 1
         };
-        let mut pre =
-            prefetch.start.min(desc.size) / BLOCK..prefetch.end.min(desc.size).div_ceil(BLOCK);
-        if blob.uncached() {
-            // Prefetched blocks live in memory only: don't let them push out the ones read
-            // now.
-            pre.end = pre.end.min(need.end + (self.memory_slots / 4).max(1));
-        }
+        let pre = self.prefetch_blocks(&blob, prefetch, need.end);
         // A block of an uncached blob may fall out of memory between its arrival and this
         // read's copy of it: then it is fetched again.
         for _ in 0..3 {
@@ -225,6 +225,63 @@ impl BlobCache {
         }
         tracing::error!("reading {}: blocks keep falling out of memory", desc.digest);
         Err(libc::EIO.into())
+    }
+
+    /// Starts fetching `range` of a blob in the background (a reader expects to read it
+    /// soon; nothing waits for it here).
+    pub fn prefetch(self: &Arc<Self>, desc: &Descriptor, range: Range<u64>) -> Result<(), Errno> {
+        let blob = self.blob(desc)?;
+        let first = range.start.min(desc.size) / BLOCK;
+        let pre = self.prefetch_blocks(&blob, range, first);
+        drop(self.ensure(&blob, pre.start..pre.start, pre));
+        Ok(())
+    }
+
+    /// Whether a blob is kept in memory only (its disk copy failed or would not fit), so
+    /// that what is fetched ahead of a reader may be gone again before it gets there.
+    pub fn is_uncached(&self, desc: &Descriptor) -> bool {
+        let blobs = self.blobs.lock().unwrap();
+        blobs.get(&desc.digest).is_some_and(|b| b.uncached())
+    }
+
+    /// Fetches a whole small blob in the background (a tree walk will read it next), once a
+    /// walk permit is free; a reader that gets there first fetches it itself, and this then
+    /// finds it present or on its way.
+    pub fn prefetch_whole(self: &Arc<Self>, desc: &Descriptor) {
+        if self.is_verified(desc) {
+            return;
+        }
+        let (cache, desc) = (self.clone(), desc.clone());
+        tokio::spawn(async move {
+            let Ok(_permit) = cache.walk_permits.clone().acquire_owned().await else {
+                return;
+            };
+            let Ok(blob) = cache.blob(&desc) else {
+                return;
+            };
+            // Prefetched blocks of an uncached blob would push out the ones being read; a
+            // stored one (a reader got there first) needs nothing.
+            if blob.uncached() || blob.stored() {
+                return;
+            }
+            for wait in cache.ensure(&blob, 0..blob.blocks, 0..0) {
+                if wait_block(wait, cache.deadline()).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+
+    /// The blocks of `prefetch` to ask for, for a reader whose blocks end at `need_end`.
+    fn prefetch_blocks(&self, blob: &Blob, prefetch: Range<u64>, need_end: u64) -> Range<u64> {
+        let size = blob.desc.size;
+        let mut pre = prefetch.start.min(size) / BLOCK..prefetch.end.min(size).div_ceil(BLOCK);
+        if blob.uncached() {
+            // Prefetched blocks live in memory only: don't let them push out the ones read
+            // now.
+            pre.end = pre.end.min(need_end + (self.memory_slots / 4).max(1));
+        }
+        pre
     }
 
     /// Fetches every block of a blob and waits for its verification.
