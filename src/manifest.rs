@@ -181,10 +181,12 @@ impl Manifest {
             media_type::OCI_INDEX | media_type::DOCKER_MANIFEST_LIST
         ) || value.get("manifests").is_some()
         {
+            let children = serde_json::from_value::<Index>(value)
+                .map(|i| i.children_list())
+                .unwrap_or_else(|e| format!("its list of manifests cannot be read ({e})"));
             return Err(bad(format!(
                 "this is an image index (a list of manifests), not a manifest; choose one of \
-                 its manifests by digest (or with --platform where a command has it): {}",
-                index_children(&value)
+                 its manifests with --platform (or by digest): {children}"
             )));
         }
         let m: Manifest =
@@ -211,31 +213,6 @@ impl Manifest {
 
     pub fn annotation(&self, key: &str) -> Option<&str> {
         self.annotations.as_ref()?.get(key).map(String::as_str)
-    }
-}
-
-/// The children of an index, `os/arch[/variant] sha256:…` each, for messages.
-fn index_children(index: &serde_json::Value) -> String {
-    let children: Vec<String> = index
-        .get("manifests")
-        .and_then(|m| m.as_array())
-        .map(|m| {
-            m.iter()
-                .map(|c| {
-                    let platform = c
-                        .get("platform")
-                        .and_then(Platform::of)
-                        .map_or("(no platform)".to_string(), |p| p.to_string());
-                    let digest = c.get("digest").and_then(|d| d.as_str()).unwrap_or("?");
-                    format!("{platform} {digest}")
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    if children.is_empty() {
-        "it lists none".into()
-    } else {
-        children.join(", ")
     }
 }
 
@@ -277,6 +254,34 @@ impl Platform {
             variant: field("variant"),
             os_version: field("os.version"),
         })
+    }
+
+    /// The `platform` object of an index's child descriptor.
+    pub fn to_value(&self) -> serde_json::Value {
+        let mut v = serde_json::json!({"architecture": self.architecture, "os": self.os});
+        if let Some(os_version) = &self.os_version {
+            v["os.version"] = os_version.clone().into();
+        }
+        if let Some(variant) = &self.variant {
+            v["variant"] = variant.clone().into();
+        }
+        v
+    }
+
+    /// The platform an image config (its `os`, `architecture`, `variant`, `os.version`) names;
+    /// `None` for other configs (an artifact's `{}`), as oras decides.
+    pub fn of_config(config: &[u8]) -> Option<Platform> {
+        let value: serde_json::Value = serde_json::from_slice(config).ok()?;
+        Platform::of(&value).filter(|p| !p.os.is_empty() && !p.architecture.is_empty())
+    }
+
+    /// A directory name for this platform, as docker buildx names multi-platform local
+    /// output: `linux_amd64`, `linux_arm64_v8`, `windows_amd64_10.0.20348`.
+    pub fn dir_name(&self) -> String {
+        let mut parts = vec![self.os.as_str(), self.architecture.as_str()];
+        parts.extend(self.variant.as_deref());
+        parts.extend(self.os_version.as_deref());
+        parts.join("_").replace(['/', '\0'], "-")
     }
 
     /// Whether `other` (a child of an index) is this platform: what is not given here
@@ -343,7 +348,8 @@ pub fn is_index(bytes: &[u8], media_type: Option<&str>) -> bool {
     })
 }
 
-/// An image index: here, the list of referrers the tag schema keeps.
+/// An image index: a list of manifests (one per platform of an image, or the referrers the
+/// tag schema keeps).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Index {
@@ -366,6 +372,69 @@ impl Index {
             manifests: Vec::new(),
             annotations: None,
             extra: BTreeMap::new(),
+        }
+    }
+
+    /// Parses an image index received from somewhere untrusted (capped like a manifest).
+    pub fn parse(bytes: &[u8]) -> Result<Index> {
+        let bad = |reason: String| Error::InvalidManifest {
+            context: String::new(),
+            reason,
+        };
+        if bytes.len() as u64 > MAX_MANIFEST_SIZE {
+            return Err(bad(format!(
+                "{} bytes is over the 4 MiB limit",
+                bytes.len()
+            )));
+        }
+        let index: Index =
+            serde_json::from_slice(bytes).map_err(|e| bad(format!("not an image index: {e}")))?;
+        if index.schema_version != 2 {
+            return Err(bad(format!(
+                "schemaVersion {} (expected 2)",
+                index.schema_version
+            )));
+        }
+        Ok(index)
+    }
+
+    /// The canonical bytes we push: compact JSON in struct order.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("an index always serializes")
+    }
+
+    pub fn media_type(&self) -> &str {
+        self.media_type.as_deref().unwrap_or(media_type::OCI_INDEX)
+    }
+
+    /// Each child with the platform it declares, if any.
+    pub fn children(&self) -> impl Iterator<Item = (Option<Platform>, &Descriptor)> {
+        self.manifests
+            .iter()
+            .map(|c| (c.platform.as_ref().and_then(Platform::of), c))
+    }
+
+    /// The first child for `platform` (what is not given there matches anything).
+    pub fn find(&self, platform: &Platform) -> Option<&Descriptor> {
+        self.children()
+            .find(|(p, _)| p.as_ref().is_some_and(|p| platform.matches(p)))
+            .map(|(_, c)| c)
+    }
+
+    /// The children as messages list them: `os/arch[/variant] sha256:…, …` (the one place
+    /// that spells them, so every refusal of an index reads alike).
+    pub fn children_list(&self) -> String {
+        let listed: Vec<String> = self
+            .children()
+            .map(|(p, c)| {
+                let p = p.map_or("(no platform)".into(), |p| p.to_string());
+                format!("{p} {}", c.digest)
+            })
+            .collect();
+        if listed.is_empty() {
+            "it lists none".into()
+        } else {
+            listed.join(", ")
         }
     }
 }
@@ -400,6 +469,15 @@ mod tests {
         }
         let child = serde_json::json!({"os": "linux", "architecture": "amd64"});
         assert_eq!(Platform::of(&child).unwrap().to_string(), "linux/amd64");
+        assert_eq!(p.dir_name(), "linux_arm64_v8_10.0");
+        assert_eq!(Platform::of(&p.to_value()), Some(p));
+        let config = br#"{"architecture":"arm","os":"linux","variant":"v7","rootfs":{}}"#;
+        assert_eq!(
+            Platform::of_config(config).unwrap().to_string(),
+            "linux/arm/v7"
+        );
+        assert_eq!(Platform::of_config(b"{}"), None);
+        assert_eq!(Platform::of_config(br#"{"os":"","architecture":""}"#), None);
     }
 
     #[test]
@@ -407,11 +485,17 @@ mod tests {
         let json = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.empty.v1+json","digest":"sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a","size":2,"x-extra":1},"layers":[],"future":true}"#;
         let m = Manifest::parse(json, None).unwrap();
         assert_eq!(m.to_bytes(), json.to_vec());
-        let idx = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[]}"#;
-        assert!(Manifest::parse(idx, None)
-            .unwrap_err()
-            .to_string()
-            .contains("index"));
+        let idx = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a","size":2,"platform":{"os":"linux","architecture":"arm64"}}]}"#;
+        let refused = Manifest::parse(idx, None).unwrap_err().to_string();
+        assert!(refused.contains("image index"), "{refused}");
+        assert!(
+            refused.contains("linux/arm64 sha256:44136fa355b3"),
+            "{refused}"
+        );
+        let index = Index::parse(idx).unwrap();
+        assert_eq!(index.to_bytes(), idx.to_vec());
+        assert!(index.find(&"linux/arm64".parse().unwrap()).is_some());
+        assert!(index.find(&"linux/amd64".parse().unwrap()).is_none());
         assert!(Manifest::parse(b"{", None).is_err());
         assert!(Manifest::parse(br#"{"schemaVersion":2}"#, None).is_err());
     }

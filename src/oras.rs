@@ -10,7 +10,7 @@ use futures_util::{StreamExt, TryStreamExt};
 
 use crate::content::{self, ByteStream, FileStore, Target};
 use crate::error::{Error, Result};
-use crate::manifest::{annotation, media_type, Annotations, Descriptor, Manifest};
+use crate::manifest::{annotation, media_type, Annotations, Descriptor, Index, Manifest};
 
 /// The artifactType oras gives artifacts whose config is empty and whose type is unsaid.
 pub const UNKNOWN_ARTIFACT: &str = "application/vnd.unknown.artifact.v1";
@@ -105,7 +105,8 @@ pub async fn copy_blob(
 }
 
 /// Copies a manifest and the blobs it names (config and layers) from `src` to `dst`, blobs
-/// first, then the manifest, tagged with each of `tags` (or untagged if none).
+/// first, then the manifest, tagged with each of `tags` (or untagged if none). Of an image
+/// index, every child's graph is copied first (untagged), then the index.
 pub async fn copy_graph(
     src: &dyn Target,
     dst: &dyn Target,
@@ -114,6 +115,14 @@ pub async fn copy_graph(
     tags: &[String],
     opts: &CopyOptions,
 ) -> Result<()> {
+    if crate::manifest::is_index(&root_bytes, Some(&root.media_type)) {
+        let index = Index::parse(&root_bytes)?;
+        for child in &index.manifests {
+            let bytes = content::read_manifest(src, child).await?;
+            copy_child(src, dst, child, bytes, opts).await?;
+        }
+        return push_root(dst, root, root_bytes, tags).await;
+    }
     let manifest = Manifest::parse(&root_bytes, Some(&root.media_type))?;
     let mut seen = HashSet::new();
     let blobs: Vec<Descriptor> = std::iter::once(manifest.config.clone())
@@ -128,6 +137,44 @@ pub async fn copy_graph(
         .try_collect::<Vec<_>>()
         .await?;
     push_root(dst, root, root_bytes, tags).await
+}
+
+/// [`copy_graph`] of an index's child, untagged, boxed: an index may hold indexes.
+fn copy_child<'a>(
+    src: &'a dyn Target,
+    dst: &'a dyn Target,
+    child: &'a Descriptor,
+    bytes: Bytes,
+    opts: &'a CopyOptions,
+) -> futures_util::future::BoxFuture<'a, Result<()>> {
+    Box::pin(copy_graph(src, dst, child, bytes, &[], opts))
+}
+
+/// Copies the referrers of `root` (signatures, SBOMs, ...) and theirs, recursively, as
+/// `copy -r` does; of an image index, also those of every child. Returns how many were copied.
+pub async fn copy_referrers(
+    src: &dyn Target,
+    dst: &dyn Target,
+    root: &Descriptor,
+    root_bytes: &Bytes,
+    opts: &CopyOptions,
+) -> Result<usize> {
+    let mut subjects = vec![root.clone()];
+    if crate::manifest::is_index(root_bytes, Some(&root.media_type)) {
+        subjects.extend(Index::parse(root_bytes)?.manifests);
+    }
+    let mut copied = HashSet::new();
+    while let Some(subject) = subjects.pop() {
+        for r in src.referrers(&subject).await? {
+            if !copied.insert(r.digest.clone()) {
+                continue;
+            }
+            let bytes = content::read_manifest(src, &r).await?;
+            copy_graph(src, dst, &r, bytes, &[], opts).await?;
+            subjects.push(r);
+        }
+    }
+    Ok(copied.len())
 }
 
 /// Pushes a manifest whose blobs are in place, tagged with each of `tags` (or untagged).
@@ -526,4 +573,135 @@ pub async fn pull(
         pulled: taken,
         skipped,
     })
+}
+
+/// The entry of an image index for the manifest `reference` names in `target`: its plain
+/// descriptor (media type, digest, size), with the platform its config names when it is an
+/// image (an artifact's empty config names none), as `oras manifest index create` makes it.
+pub async fn index_entry(target: &dyn Target, reference: &str) -> Result<Descriptor> {
+    let desc = target.resolve(reference).await?;
+    if !desc.is_manifest() {
+        return Err(Error::Usage(format!(
+            "{reference} is not a manifest ({})",
+            desc.media_type
+        )));
+    }
+    let bytes = content::read_manifest(target, &desc).await?;
+    let mut entry = Descriptor::new(desc.media_type.clone(), desc.digest, desc.size);
+    if crate::manifest::is_index(&bytes, Some(&desc.media_type)) {
+        return Ok(entry);
+    }
+    let manifest = Manifest::parse(&bytes, Some(&desc.media_type)).map_err(|e| match e {
+        Error::InvalidManifest { reason, .. } => Error::InvalidManifest {
+            context: format!(" {reference}"),
+            reason,
+        },
+        e => e,
+    })?;
+    if manifest.config.size <= crate::manifest::MAX_MANIFEST_SIZE
+        && manifest.config.media_type != media_type::EMPTY
+    {
+        let config =
+            content::read_all(target, &manifest.config, crate::manifest::MAX_MANIFEST_SIZE).await?;
+        entry.platform = crate::manifest::Platform::of_config(&config).map(|p| p.to_value());
+    }
+    Ok(entry)
+}
+
+/// An OCI image index of `manifests`, as bytes to push.
+pub fn pack_index(manifests: Vec<Descriptor>, annotations: Annotations) -> (Descriptor, Bytes) {
+    let mut index = Index::new();
+    index.manifests = manifests;
+    index.annotations = (!annotations.is_empty()).then_some(annotations);
+    let bytes = Bytes::from(index.to_bytes());
+    (Descriptor::of(media_type::OCI_INDEX, &bytes), bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::content::MemoryStore;
+    use crate::manifest::Platform;
+
+    /// Pushes a one-layer manifest whose config is `config` to `store`, tagged `tag`.
+    async fn push_child(store: &MemoryStore, tag: &str, config: &[u8]) -> Descriptor {
+        let config = store.add("application/vnd.example.config+json", config.to_vec());
+        let layer = store.add(media_type::DEFAULT_LAYER, tag.as_bytes().to_vec());
+        let opts = PackOptions {
+            config: Some(config),
+            reproducible: true,
+            ..Default::default()
+        };
+        let (desc, bytes) = pack_manifest(vec![layer], &opts);
+        store.push_manifest(&desc, bytes, Some(tag)).await.unwrap();
+        desc
+    }
+
+    #[tokio::test]
+    async fn an_index_is_built_chosen_from_by_platform_and_copied_whole() {
+        let src = MemoryStore::new();
+        let amd = push_child(&src, "amd", br#"{"os":"linux","architecture":"amd64"}"#).await;
+        let plain = push_child(&src, "plain", b"{}").await;
+        let entries = vec![
+            index_entry(&src, "amd").await.unwrap(),
+            index_entry(&src, plain.digest.as_str()).await.unwrap(),
+        ];
+        assert_eq!(
+            entries[0].platform,
+            Some(serde_json::json!({"architecture": "amd64", "os": "linux"}))
+        );
+        assert_eq!(entries[1].platform, None);
+        let (index, bytes) = pack_index(entries, Annotations::new());
+        src.push_manifest(&index, bytes.clone(), Some("v1"))
+            .await
+            .unwrap();
+
+        let amd64: Platform = "linux/amd64".parse().unwrap();
+        let f = content::fetch_platform_bytes(&src, "v1", Some(&amd64))
+            .await
+            .unwrap();
+        assert_eq!(
+            (f.descriptor.digest, f.index.map(|i| i.digest)),
+            (amd.digest.clone(), Some(index.digest.clone()))
+        );
+        assert!(content::fetch_platform_bytes(&src, "v1", None)
+            .await
+            .unwrap()
+            .is_index());
+        let arm: Platform = "linux/arm64".parse().unwrap();
+        let err = content::fetch_platform_bytes(&src, "v1", Some(&arm))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(&format!("linux/amd64 {}", amd.digest)),
+            "{err}"
+        );
+        assert!(
+            err.contains(&format!("(no platform) {}", plain.digest)),
+            "{err}"
+        );
+        let err = content::fetch_manifest(&src, "v1").await.unwrap_err();
+        assert!(err.to_string().contains("--platform"), "{err}");
+
+        let dst = MemoryStore::new();
+        copy_graph(
+            &src,
+            &dst,
+            &index,
+            bytes,
+            &["v1".into()],
+            &Default::default(),
+        )
+        .await
+        .unwrap();
+        let copied = content::fetch_platform_bytes(&dst, "v1", Some(&amd64))
+            .await
+            .unwrap();
+        let manifest = copied.manifest("v1").unwrap();
+        for blob in std::iter::once(&manifest.config).chain(&manifest.layers) {
+            assert!(dst.exists(blob).await.unwrap(), "{}", blob.digest);
+        }
+        assert!(dst.resolve(plain.digest.as_str()).await.is_ok());
+    }
 }

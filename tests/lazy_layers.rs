@@ -393,7 +393,7 @@ fn an_image_mounts_as_its_merged_root_filesystem() {
 }
 
 #[test]
-fn an_image_index_mounts_the_manifest_of_a_platform() {
+fn an_image_index_mounts_the_manifest_of_a_platform_or_every_manifest() {
     require_registry!();
     let repo = unique_repo("lazy-platforms");
     let work = temp_dir();
@@ -449,10 +449,16 @@ fn an_image_index_mounts_the_manifest_of_a_platform() {
     let err = std::fs::write(m.join("NOTE.txt"), b"x").unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::EROFS), "{err}");
     drop(m);
-    if std::env::consts::ARCH == "x86_64" {
-        let m = Mount::new(&r, &[]);
-        assert_eq!(read_file(&m.join("etc/arch")), b"built for amd64\n");
+    // Without --platform: one read-only directory per child, each its image's root filesystem.
+    let m = Mount::new(&r, &[]);
+    assert_eq!(list_dir(m.path()), [".oras", "linux_amd64", "linux_arm64"]);
+    for arch in ["amd64", "arm64"] {
+        let file = m.join(format!("linux_{arch}/etc/arch"));
+        assert_eq!(read_file(&file), format!("built for {arch}\n").as_bytes());
     }
+    let err = std::fs::write(m.join("linux_amd64/NOTE.txt"), b"x").unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EROFS), "{err}");
+    drop(m);
     // A platform the index does not have: refused, naming those it has.
     let err = Mount::try_new(&r, None, &["--platform", "linux/s390x"])
         .err()

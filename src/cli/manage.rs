@@ -9,7 +9,7 @@ use clap::{Args, Subcommand};
 use futures_util::StreamExt;
 use oras_fs::content::file::UnpackLimit;
 use oras_fs::content::{self, FileStore, Target};
-use oras_fs::manifest::{media_type, Descriptor, Manifest, MAX_MANIFEST_SIZE};
+use oras_fs::manifest::{media_type, Descriptor, Manifest, Platform, MAX_MANIFEST_SIZE};
 use oras_fs::oras::{self, CopyOptions, PackOptions};
 use oras_fs::reference::Reference;
 use oras_fs::registry::Repository;
@@ -19,7 +19,7 @@ use super::output::{Bars, Described, Fetched, FormatArgs, Referrers};
 use super::remote::{copy_sides, FromRemoteArgs, RemoteArgs, ToRemoteArgs};
 use super::target::{self, Opened, TargetArgs};
 
-fn write_out(path: &str, data: &[u8]) -> Result<()> {
+pub(super) fn write_out(path: &str, data: &[u8]) -> Result<()> {
     if path == "-" {
         std::io::stdout()
             .write_all(data)
@@ -29,11 +29,20 @@ fn write_out(path: &str, data: &[u8]) -> Result<()> {
     }
 }
 
-/// Resolves and fetches (verified) the manifest an opened reference names.
-async fn manifest_of(o: &Opened) -> Result<(Descriptor, Bytes)> {
-    let desc = o.target.resolve(&o.reference()).await?;
-    let bytes = content::read_manifest(o.target.as_ref(), &desc).await?;
-    Ok((desc, bytes))
+/// Resolves and fetches (verified) the manifest an opened reference names; of an image index
+/// with `platform`, its child for that platform.
+async fn manifest_of(o: &Opened, platform: Option<&Platform>) -> Result<(Descriptor, Bytes)> {
+    let f = content::fetch_platform_bytes(o.target.as_ref(), &o.reference(), platform).await?;
+    Ok((f.descriptor, f.bytes))
+}
+
+/// What an opened reference resolves to; of an image index with `platform`, its child for
+/// that platform (without one, nothing is fetched).
+async fn subject_of(o: &Opened, platform: Option<&Platform>) -> Result<Descriptor> {
+    match platform {
+        Some(_) => Ok(manifest_of(o, platform).await?.0),
+        None => o.target.resolve(&o.reference()).await,
+    }
 }
 
 #[derive(Args, Debug)]
@@ -49,6 +58,10 @@ pub struct CopyArgs {
     pub from_oci_layout: bool,
     #[arg(long)]
     pub to_oci_layout: bool,
+    /// Of an image index, copy only the manifest for this platform: os/arch[/variant][:os_version]
+    /// (default: the whole index with every child).
+    #[arg(long, value_name = "PLATFORM")]
+    pub platform: Option<Platform>,
     #[arg(long, default_value_t = oras::DEFAULT_CONCURRENCY)]
     pub concurrency: usize,
     #[arg(long)]
@@ -67,7 +80,7 @@ pub async fn copy(a: CopyArgs) -> Result<()> {
     let (from_remote, to_remote) = copy_sides(&a.remote, &a.from_remote, &a.to_remote)?;
     let src = target::open(&a.from, a.from_oci_layout, &from_remote, false)?;
     let dst = target::open(&a.to, a.to_oci_layout, &to_remote, true)?;
-    let (desc, bytes) = manifest_of(&src).await?;
+    let (desc, bytes) = manifest_of(&src, a.platform.as_ref()).await?;
     let tags = if !dst.tags.is_empty() {
         dst.tags.clone()
     } else if src.digest.is_none() {
@@ -79,32 +92,10 @@ pub async fn copy(a: CopyArgs) -> Result<()> {
         concurrency: a.concurrency,
         progress: Arc::new(Bars::new("Copying", a.no_tty, false)),
     };
-    oras::copy_graph(
-        src.target.as_ref(),
-        dst.target.as_ref(),
-        &desc,
-        bytes,
-        &tags,
-        &opts,
-    )
-    .await?;
+    let (from, to) = (src.target.as_ref(), dst.target.as_ref());
+    oras::copy_graph(from, to, &desc, bytes.clone(), &tags, &opts).await?;
     if a.recursive {
-        let mut queue = vec![desc.clone()];
-        while let Some(subject) = queue.pop() {
-            for r in src.target.referrers(&subject).await? {
-                let rbytes = content::read_manifest(src.target.as_ref(), &r).await?;
-                oras::copy_graph(
-                    src.target.as_ref(),
-                    dst.target.as_ref(),
-                    &r,
-                    rbytes,
-                    &[],
-                    &opts,
-                )
-                .await?;
-                queue.push(r);
-            }
-        }
+        oras::copy_referrers(from, to, &desc, &bytes, &opts).await?;
     }
     outln!("Copied {} => {}", a.from, a.to);
     outln!("Digest: {}", desc.digest);
@@ -142,13 +133,17 @@ pub struct ResolveArgs {
     /// Print the full reference (registry/repo@digest) instead of the digest alone.
     #[arg(short = 'l', long)]
     pub full_reference: bool,
+    /// Of an image index, print the digest of the manifest for this platform:
+    /// os/arch[/variant][:os_version] (default: the index's own).
+    #[arg(long, value_name = "PLATFORM")]
+    pub platform: Option<Platform>,
     #[command(flatten)]
     pub target: TargetArgs,
 }
 
 pub async fn resolve(a: ResolveArgs) -> Result<()> {
     let o = a.target.open(&a.reference, false)?;
-    let digest = o.target.resolve(&o.reference()).await?.digest;
+    let digest = subject_of(&o, a.platform.as_ref()).await?.digest;
     if a.full_reference {
         outln!("{}@{digest}", o.base);
     } else {
@@ -169,6 +164,10 @@ pub enum ManifestCommand {
         /// Print the manifest's descriptor instead.
         #[arg(long)]
         descriptor: bool,
+        /// Of an image index, the manifest for this platform: os/arch[/variant][:os_version]
+        /// (default: the index itself).
+        #[arg(long, value_name = "PLATFORM")]
+        platform: Option<Platform>,
         #[command(flatten)]
         format: FormatArgs,
         #[command(flatten)]
@@ -199,9 +198,15 @@ pub enum ManifestCommand {
         reference: String,
         #[arg(short = 'o', long, value_name = "FILE")]
         output: Option<String>,
+        /// Of an image index, the config of the manifest for this platform.
+        #[arg(long, value_name = "PLATFORM")]
+        platform: Option<Platform>,
         #[command(flatten)]
         target: TargetArgs,
     },
+    /// Create or update image indexes (multi-platform images).
+    #[command(subcommand)]
+    Index(super::index::IndexCommand),
 }
 
 pub async fn manifest(c: ManifestCommand) -> Result<()> {
@@ -211,6 +216,7 @@ pub async fn manifest(c: ManifestCommand) -> Result<()> {
             output,
             descriptor,
             format,
+            platform,
             target,
         } => {
             let printer = format.output()?;
@@ -220,7 +226,7 @@ pub async fn manifest(c: ManifestCommand) -> Result<()> {
                 ));
             }
             let o = target.open(&reference, false)?;
-            let (desc, bytes) = manifest_of(&o).await?;
+            let (desc, bytes) = manifest_of(&o, platform.as_ref()).await?;
             if descriptor {
                 outln!("{}", serde_json::to_string(&desc).expect("JSON"));
                 return Ok(());
@@ -321,14 +327,20 @@ pub async fn manifest(c: ManifestCommand) -> Result<()> {
         ManifestCommand::FetchConfig {
             reference,
             output,
+            platform,
             target,
         } => {
             let o = target.open(&reference, false)?;
-            let (desc, bytes) = manifest_of(&o).await?;
-            let m = Manifest::parse(&bytes, Some(&desc.media_type))?;
+            let (_, _, m, _) = content::fetch_platform_manifest(
+                o.target.as_ref(),
+                &o.reference(),
+                platform.as_ref(),
+            )
+            .await?;
             let config = content::read_all(o.target.as_ref(), &m.config, MAX_MANIFEST_SIZE).await?;
             write_out(output.as_deref().unwrap_or("-"), &config)
         }
+        ManifestCommand::Index(c) => super::index::run(c).await,
     }
 }
 
@@ -592,6 +604,10 @@ pub struct AttachArgs {
     /// Allow absolute paths and '..' in file names (they become titles as given).
     #[arg(long)]
     pub disable_path_validation: bool,
+    /// Of an image index, attach to the manifest for this platform: os/arch[/variant][:os_version]
+    /// (default: to the index).
+    #[arg(long, value_name = "PLATFORM")]
+    pub platform: Option<Platform>,
     #[command(flatten)]
     pub format: FormatArgs,
     #[command(flatten)]
@@ -601,7 +617,7 @@ pub struct AttachArgs {
 pub async fn attach(a: AttachArgs) -> Result<()> {
     let output = a.format.output()?;
     let o = a.target.open(&a.subject, false)?;
-    let subject = o.target.resolve(&o.reference()).await?;
+    let subject = subject_of(&o, a.platform.as_ref()).await?;
     let store = FileStore::new(".", Default::default());
     let mut files = Vec::new();
     for f in &a.files {
@@ -666,7 +682,7 @@ pub struct IndexArgs {
     /// Of an image index, index the manifest for this platform (default: this machine's),
     /// the one a mount with the same --platform reads.
     #[arg(long, value_name = "PLATFORM")]
-    pub platform: Option<oras_fs::manifest::Platform>,
+    pub platform: Option<Platform>,
     #[command(flatten)]
     pub format: FormatArgs,
     #[command(flatten)]
@@ -678,9 +694,10 @@ pub struct IndexArgs {
 pub async fn index(a: IndexArgs) -> Result<()> {
     let output = a.format.output()?;
     let o = a.target.open(&a.reference, false)?;
-    let platform = a.platform.as_ref();
+    let platform = a.platform.clone().unwrap_or_else(Platform::host);
     let (subject, _, manifest, _) =
-        content::fetch_platform_manifest(o.target.as_ref(), &o.reference(), platform).await?;
+        content::fetch_platform_manifest(o.target.as_ref(), &o.reference(), Some(&platform))
+            .await?;
     let limit = a.max_unpacked_size.unwrap_or(UnpackLimit::Auto);
     let published = oras_fs::layer_index::publish(o.target.as_ref(), &subject, &manifest, |l| {
         limit.for_layer(l.size).unwrap_or(u64::MAX)
@@ -717,6 +734,10 @@ pub struct DiscoverArgs {
     /// How many levels of referrers to show (referrers of referrers...); 0: all.
     #[arg(long, default_value_t = 0)]
     pub depth: usize,
+    /// Of an image index, the referrers of the manifest for this platform:
+    /// os/arch[/variant][:os_version] (default: of the index).
+    #[arg(long, value_name = "PLATFORM")]
+    pub platform: Option<Platform>,
     #[command(flatten)]
     pub format: FormatArgs,
     #[command(flatten)]
@@ -726,7 +747,7 @@ pub struct DiscoverArgs {
 pub async fn discover(a: DiscoverArgs) -> Result<()> {
     let output = a.format.output_named("tree")?;
     let o = a.target.open(&a.subject, false)?;
-    let subject = o.target.resolve(&o.reference()).await?;
+    let subject = subject_of(&o, a.platform.as_ref()).await?;
     let keep = |d: &Descriptor| {
         a.artifact_type
             .as_ref()

@@ -11,6 +11,7 @@ macro_rules! outln {
 
 mod confirm;
 pub mod fstab;
+mod index;
 mod manage;
 mod mount;
 pub mod output;

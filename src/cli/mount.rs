@@ -62,7 +62,8 @@ pub struct MountArgs {
     #[arg(long)]
     pub layers: bool,
     /// Of an image index, mount the manifest for this platform: os/arch[/variant][:os_version]
-    /// (default: this machine's).
+    /// (default: every manifest, one read-only directory each: linux_amd64/, linux_arm64_v8/, or
+    /// sha256-<hex>/ for one without a platform).
     #[arg(long, value_name = "PLATFORM")]
     pub platform: Option<oras_fs::manifest::Platform>,
     #[command(flatten)]

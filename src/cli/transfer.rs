@@ -100,7 +100,7 @@ pub(super) fn title_for(path: &str, allow_any: bool) -> Result<String> {
     Ok(title)
 }
 
-fn parse_annotations(items: &[String]) -> Result<Annotations> {
+pub(super) fn parse_annotations(items: &[String]) -> Result<Annotations> {
     let mut out = BTreeMap::new();
     for item in items {
         let (k, v) = item
@@ -309,6 +309,10 @@ pub struct PullArgs {
     /// recursively, into the same directory.
     #[arg(long)]
     pub include_subject: bool,
+    /// Of an image index, pull the manifest for this platform: os/arch[/variant][:os_version]
+    /// (an index is refused without it, with the list of its platforms).
+    #[arg(long, value_name = "PLATFORM")]
+    pub platform: Option<oras_fs::manifest::Platform>,
     #[command(flatten)]
     pub format: FormatArgs,
     /// Don't draw progress bars.
@@ -316,6 +320,19 @@ pub struct PullArgs {
     pub no_tty: bool,
     #[command(flatten)]
     pub target: TargetArgs,
+}
+
+/// What a pull reads: the reference, or of an image index with `--platform`, the digest of
+/// its child for that platform.
+async fn pull_reference(args: &PullArgs, opened: &target::Opened) -> Result<String> {
+    let reference = opened.reference();
+    let Some(platform) = &args.platform else {
+        return Ok(reference);
+    };
+    let fetched =
+        oras_fs::content::fetch_platform_bytes(opened.target.as_ref(), &reference, Some(platform))
+            .await?;
+    Ok(fetched.descriptor.digest.to_string())
 }
 
 /// `--max-unpacked-size`: a size, or `unlimited`.
@@ -360,7 +377,7 @@ pub async fn pull(args: PullArgs) -> Result<()> {
     };
     let mut report = oras::pull(
         opened.target.as_ref(),
-        &opened.reference(),
+        &pull_reference(&args, &opened).await?,
         &store,
         &filter,
         &opts,
@@ -474,8 +491,9 @@ fn lexically_clean(path: &Path) -> PathBuf {
 async fn pull_to_stdout(args: &PullArgs, opened: &target::Opened) -> Result<()> {
     use futures_util::StreamExt;
     use std::io::Write;
+    let reference = pull_reference(args, opened).await?;
     let (_, _, manifest) =
-        oras_fs::content::fetch_manifest(opened.target.as_ref(), &opened.reference()).await?;
+        oras_fs::content::fetch_manifest(opened.target.as_ref(), &reference).await?;
     let filter = LayerFilter {
         media_types: args.media_types.clone(),
         allow_all: args.allow_all,

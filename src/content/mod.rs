@@ -340,61 +340,88 @@ async fn read_named_manifest(
 
 /// [`Manifest::parse`], its errors naming `reference` and its digest.
 fn parse_named_manifest(reference: &str, desc: &Descriptor, bytes: &[u8]) -> Result<Manifest> {
-    Manifest::parse(bytes, Some(&desc.media_type)).map_err(|e| match e {
+    Manifest::parse(bytes, Some(&desc.media_type)).map_err(|e| named(e, reference, desc))
+}
+
+/// A manifest (or image index) as fetched, and the index it was chosen from.
+#[derive(Clone, Debug)]
+pub struct Fetched {
+    pub descriptor: Descriptor,
+    /// Verified bytes, at most 4 MiB.
+    pub bytes: Bytes,
+    /// The image index `descriptor` was chosen from by platform, if any.
+    pub index: Option<Descriptor>,
+}
+
+impl Fetched {
+    pub fn is_index(&self) -> bool {
+        crate::manifest::is_index(&self.bytes, Some(&self.descriptor.media_type))
+    }
+
+    /// Parses the bytes as a manifest, errors naming `reference` (an index is refused with
+    /// the list of its children).
+    pub fn manifest(&self, reference: &str) -> Result<Manifest> {
+        parse_named_manifest(reference, &self.descriptor, &self.bytes)
+    }
+}
+
+/// Resolves `reference` and fetches what it names. With `platform`, an image index gives way
+/// to its child for that platform (an error listing the children if none matches); without,
+/// an index is returned as it is (as `oras resolve` and `oras manifest fetch` do). A manifest
+/// that is not an index is returned as it is either way.
+pub async fn fetch_platform_bytes(
+    target: &dyn Target,
+    reference: &str,
+    platform: Option<&Platform>,
+) -> Result<Fetched> {
+    let desc = target.resolve(reference).await?;
+    let bytes = read_named_manifest(target, reference, &desc).await?;
+    let fetched = Fetched {
+        descriptor: desc,
+        bytes,
+        index: None,
+    };
+    let Some(want) = platform.filter(|_| fetched.is_index()) else {
+        return Ok(fetched);
+    };
+    let index =
+        Index::parse(&fetched.bytes).map_err(|e| named(e, reference, &fetched.descriptor))?;
+    let Some(child) = index.find(want) else {
+        return Err(Error::Usage(format!(
+            "{reference} is an image index with no manifest for {want}; choose one with \
+             --platform: {}",
+            index.children_list()
+        )));
+    };
+    let bytes = read_named_manifest(target, child.digest.as_str(), child).await?;
+    Ok(Fetched {
+        descriptor: child.clone(),
+        bytes,
+        index: Some(fetched.descriptor),
+    })
+}
+
+/// An `InvalidManifest` error naming `reference` and its digest.
+fn named(e: Error, reference: &str, desc: &Descriptor) -> Error {
+    match e {
         Error::InvalidManifest { reason, .. } => Error::InvalidManifest {
             context: format!(" {} ({})", reference, desc.digest),
             reason,
         },
         e => e,
-    })
+    }
 }
 
-/// Like [`fetch_manifest`], but an image index resolves to its child for `platform` (the
-/// host's when `None`); the index's descriptor is returned beside it.
+/// Like [`fetch_manifest`], but of an image index, the child for `platform`; without one, an
+/// index is refused with the list of its children. The index's descriptor is returned beside.
 pub async fn fetch_platform_manifest(
     target: &dyn Target,
     reference: &str,
     platform: Option<&Platform>,
 ) -> Result<(Descriptor, Bytes, Manifest, Option<Descriptor>)> {
-    let desc = target.resolve(reference).await?;
-    let bytes = read_named_manifest(target, reference, &desc).await?;
-    if !crate::manifest::is_index(&bytes, Some(&desc.media_type)) {
-        let manifest = parse_named_manifest(reference, &desc, &bytes)?;
-        return Ok((desc, bytes, manifest, None));
-    }
-    let index: Index = serde_json::from_slice(&bytes).map_err(|e| Error::InvalidManifest {
-        context: format!(" {reference} ({})", desc.digest),
-        reason: format!("not an image index: {e}"),
-    })?;
-    let want = platform.cloned().unwrap_or_else(Platform::host);
-    let children: Vec<(Option<Platform>, &Descriptor)> = index
-        .manifests
-        .iter()
-        .map(|c| (c.platform.as_ref().and_then(Platform::of), c))
-        .collect();
-    let Some((_, child)) = children
-        .iter()
-        .find(|(p, _)| p.as_ref().is_some_and(|p| want.matches(p)))
-    else {
-        let listed: Vec<String> = children
-            .iter()
-            .map(|(p, c)| {
-                let p = p.as_ref().map_or("(no platform)".into(), |p| p.to_string());
-                format!("{p} {}", c.digest)
-            })
-            .collect();
-        return Err(Error::Usage(format!(
-            "{reference} is an image index with no manifest for {want}; choose one with \
-             --platform: {}",
-            if listed.is_empty() {
-                "it lists none".into()
-            } else {
-                listed.join(", ")
-            }
-        )));
-    };
-    let (d, b, m) = fetch_manifest(target, child.digest.as_str()).await?;
-    Ok((d, b, m, Some(desc)))
+    let f = fetch_platform_bytes(target, reference, platform).await?;
+    let manifest = f.manifest(reference)?;
+    Ok((f.descriptor, f.bytes, manifest, f.index))
 }
 
 /// A stream of one in-memory chunk.

@@ -14,20 +14,34 @@ use super::filesystem::{OrasFs, Snapshot, SyncOptions};
 use super::fuse::FuseAdapter;
 use super::fusermount::{self, unmount_with, VIA_FUSERMOUNT_ENV};
 use super::paths::{absolute, control_socket};
+use super::view;
 use crate::content::{self, Target};
 use crate::error::{Error, IoContext, Result};
-use crate::manifest::{Descriptor, Platform, MAX_MANIFEST_SIZE};
+use crate::manifest::{Descriptor, Index, Manifest, Platform, MAX_MANIFEST_SIZE};
 
-/// Resolves and fetches what a mount shows (of an image index, the manifest for `platform`,
-/// by default the host's).
+/// Resolves and fetches what a mount shows: a manifest; of an image index, the manifest for
+/// `platform`, or without one the index with every child manifest (fetched now, so that `ls`
+/// never waits on the network).
 pub async fn snapshot(
     target: &dyn Target,
     display_ref: &str,
     reference: &str,
     platform: Option<&Platform>,
 ) -> Result<Snapshot> {
-    let (descriptor, manifest_bytes, manifest, index) =
-        content::fetch_platform_manifest(target, reference, platform).await?;
+    let fetched = content::fetch_platform_bytes(target, reference, platform).await?;
+    if fetched.is_index() {
+        return index_snapshot(target, display_ref, fetched).await;
+    }
+    let manifest = fetched.manifest(reference)?;
+    manifest_snapshot(target, display_ref, fetched, manifest).await
+}
+
+async fn manifest_snapshot(
+    target: &dyn Target,
+    display_ref: &str,
+    fetched: content::Fetched,
+    manifest: Manifest,
+) -> Result<Snapshot> {
     let config_bytes = if manifest.config.size <= MAX_MANIFEST_SIZE {
         content::read_all(target, &manifest.config, MAX_MANIFEST_SIZE).await?
     } else {
@@ -35,11 +49,55 @@ pub async fn snapshot(
     };
     Ok(Snapshot {
         reference: display_ref.to_string(),
-        descriptor,
-        manifest_bytes,
+        descriptor: fetched.descriptor,
+        manifest_bytes: fetched.bytes,
         manifest,
         config_bytes,
-        index,
+        index: fetched.index,
+        children: Vec::new(),
+    })
+}
+
+/// An image index mounted whole: each child manifest as a snapshot of its own. Children that
+/// are indexes themselves are left out (a mount shows manifests).
+async fn index_snapshot(
+    target: &dyn Target,
+    display_ref: &str,
+    fetched: content::Fetched,
+) -> Result<Snapshot> {
+    let index = Index::parse(&fetched.bytes)?;
+    let names = view::child_dir_names(&index.manifests);
+    let mut children = Vec::new();
+    for (name, child) in names.into_iter().zip(&index.manifests) {
+        let child_ref = format!("{display_ref}@{}", child.digest);
+        let bytes = content::read_manifest(target, child).await?;
+        let child_fetched = content::Fetched {
+            descriptor: child.clone(),
+            bytes,
+            index: Some(fetched.descriptor.clone()),
+        };
+        if child_fetched.is_index() {
+            tracing::warn!("{child_ref} is an index inside an index: not shown");
+            continue;
+        }
+        let manifest = child_fetched.manifest(&child_ref)?;
+        let snapshot = manifest_snapshot(target, &child_ref, child_fetched, manifest).await?;
+        children.push((name, snapshot));
+    }
+    if children.is_empty() {
+        return Err(Error::Usage(format!(
+            "{display_ref} is an image index with no manifest to show: {}",
+            index.children_list()
+        )));
+    }
+    Ok(Snapshot {
+        reference: display_ref.to_string(),
+        descriptor: fetched.descriptor,
+        manifest_bytes: fetched.bytes,
+        manifest: Manifest::new(Descriptor::empty(), Vec::new()),
+        config_bytes: Bytes::new(),
+        index: None,
+        children,
     })
 }
 

@@ -15,17 +15,48 @@ use super::tree::{empty_dir, AddError, Ino, Kind, LayerFile, Pending, Source, Tr
 use crate::manifest::{annotation, media_type, Descriptor, Manifest};
 use crate::oras::LayerFilter;
 
-/// What is mounted: one manifest, resolved once.
+/// What is mounted: one manifest, or an image index with its manifests, resolved once.
 #[derive(Clone, Debug)]
 pub struct Snapshot {
     /// The reference as given (`registry/repo:tag`).
     pub reference: String,
+    /// The manifest's (or the index's) descriptor.
     pub descriptor: Descriptor,
     pub manifest_bytes: Bytes,
+    /// Of an index mounted whole, an empty manifest: what it shows is in `children`.
     pub manifest: Manifest,
     pub config_bytes: Bytes,
     /// The image index `manifest` was chosen from (by platform), if any.
     pub index: Option<Descriptor>,
+    /// Of an image index mounted whole (no `--platform`): each child manifest, by the name of
+    /// the directory that shows it (see [`child_dir_names`]).
+    pub children: Vec<(String, Snapshot)>,
+}
+
+/// The directory names of an index's children, as docker buildx names multi-platform output
+/// (`linux_amd64`, `linux_arm64_v8`); a child without a platform, or whose name another child
+/// also has (buildx's `unknown/unknown` attestations), is named by its digest (`sha256-<hex>`).
+pub fn child_dir_names(children: &[Descriptor]) -> Vec<String> {
+    let by_platform: Vec<Option<String>> = children
+        .iter()
+        .map(|c| {
+            c.platform
+                .as_ref()
+                .and_then(crate::manifest::Platform::of)
+                .map(|p| p.dir_name())
+                .filter(|n| !n.is_empty() && n != "." && n != ".." && n != ".oras")
+        })
+        .collect();
+    children
+        .iter()
+        .zip(&by_platform)
+        .map(|(c, name)| match name {
+            Some(n) if by_platform.iter().filter(|o| o.as_ref() == Some(n)).count() == 1 => {
+                n.clone()
+            }
+            _ => format!("{}-{}", c.digest.algorithm(), c.digest.hex()),
+        })
+        .collect()
 }
 
 /// The tree of a mount and what it leaves out.
@@ -69,6 +100,13 @@ fn is_rootfs_layer(media_type: &str) -> bool {
 /// Why a mount must not change what it shows, if it must not: a mount shows files, and a
 /// push of files would destroy what it does not understand.
 pub fn read_only_reason(snapshot: &Snapshot) -> Option<String> {
+    if !snapshot.children.is_empty() {
+        return Some(format!(
+            "mounted read-only: {} is an image index, shown as one directory per manifest \
+             (mount with --platform to see one of them alone)",
+            snapshot.reference
+        ));
+    }
     if let Some(index) = &snapshot.index {
         return Some(format!(
             "mounted read-only: {} is an image index ({}); this is its manifest {}, and a push \
@@ -164,6 +202,9 @@ fn build_image(snapshot: &Snapshot, rootfs: &[usize], apart: bool) -> View {
 /// Builds the view of a manifest. Layers the filter leaves out, untitled layers, and layers with
 /// unsafe or clashing titles are not shown (and not fatal: the rest stays readable).
 pub fn build(snapshot: &Snapshot, filter: &LayerFilter, read_only: bool, apart: bool) -> View {
+    if !snapshot.children.is_empty() {
+        return build_index(snapshot, filter, apart);
+    }
     if let Some(rootfs) = image_layers(&snapshot.manifest) {
         return build_image(snapshot, &rootfs, apart);
     }
@@ -229,6 +270,68 @@ pub fn build(snapshot: &Snapshot, filter: &LayerFilter, read_only: bool, apart: 
         tree,
         hidden,
         notices,
+    }
+}
+
+/// An image index's view: one read-only directory per child manifest, showing what a mount of
+/// that child shows (its files, or an image's root filesystem). Nothing is hidden from a sync:
+/// an index mount never syncs.
+fn build_index(snapshot: &Snapshot, filter: &LayerFilter, apart: bool) -> View {
+    let mut tree = Tree::new(created_time(&snapshot.manifest), dir_perm(true));
+    let mut notices = Vec::new();
+    for (name, child) in &snapshot.children {
+        let view = build(child, filter, true, apart);
+        let mtime = created_time(&child.manifest);
+        let Ok(dir) = tree.add_child(
+            ROOT,
+            OsStr::new(name),
+            empty_dir(),
+            0,
+            dir_perm(true),
+            mtime,
+        ) else {
+            notices.push(format!(
+                "manifest {} is not shown: the name {name:?} is taken",
+                child.descriptor.digest
+            ));
+            continue;
+        };
+        graft(&mut tree, dir, &view.tree, ROOT);
+        notices.extend(view.notices.iter().map(|n| format!("{name}: {n}")));
+    }
+    View {
+        tree,
+        hidden: Vec::new(),
+        notices,
+    }
+}
+
+/// Copies the nodes below `from` in `src` (and `from`'s pending contents) below `to`.
+fn graft(tree: &mut Tree, to: Ino, src: &Tree, from: Ino) {
+    if let (Some(Kind::Dir { pending: p, .. }), Some(Kind::Dir { pending, .. })) = (
+        src.get(from).map(|n| &n.kind),
+        tree.get_mut(to).map(|n| &mut n.kind),
+    ) {
+        pending.clone_from(p);
+    }
+    for n in src.children(from) {
+        let kind = match &n.kind {
+            Kind::Dir { pending, .. } => Kind::Dir {
+                children: Default::default(),
+                pending: pending.clone(),
+            },
+            k => k.clone(),
+        };
+        let Ok(ino) = tree.add_child(to, &n.name, kind, n.size, n.perm, n.mtime) else {
+            continue;
+        };
+        let copy = tree.get_mut(ino).expect("just added");
+        copy.layer.clone_from(&n.layer);
+        copy.frozen = n.frozen;
+        copy.owner = n.owner;
+        if n.is_dir() {
+            graft(tree, ino, src, n.ino);
+        }
     }
 }
 
@@ -588,6 +691,7 @@ mod tests {
             manifest,
             config_bytes: Bytes::from_static(b"{}"),
             index: None,
+            children: Vec::new(),
         }
     }
 
@@ -625,6 +729,66 @@ mod tests {
         assert!(notes.contains("1 layer(s) without a title"), "{notes}");
         assert!(notes.contains("unsafe title \"../x\""), "{notes}");
         assert!(read_only_reason(&s).is_none());
+    }
+
+    #[test]
+    fn index_children_are_named_by_platform_else_by_digest() {
+        let child = |data: &[u8], platform: Option<serde_json::Value>| {
+            let mut d = Descriptor::of(media_type::OCI_MANIFEST, data);
+            d.platform = platform;
+            d
+        };
+        let p = |os: &str, arch: &str, variant: Option<&str>| {
+            let mut v = serde_json::json!({"os": os, "architecture": arch});
+            if let Some(variant) = variant {
+                v["variant"] = variant.into();
+            }
+            Some(v)
+        };
+        let children = [
+            child(b"a", p("linux", "amd64", None)),
+            child(b"b", p("linux", "arm64", Some("v8"))),
+            child(b"c", None),
+            child(b"d", p("unknown", "unknown", None)),
+            child(b"e", p("unknown", "unknown", None)),
+        ];
+        let names = child_dir_names(&children);
+        assert_eq!(names[..2], ["linux_amd64", "linux_arm64_v8"]);
+        for (name, c) in names[2..].iter().zip(&children[2..]) {
+            assert_eq!(name, &format!("sha256-{}", c.digest.hex()));
+        }
+    }
+
+    #[test]
+    fn an_index_shows_each_child_in_its_own_read_only_directory() {
+        let mut index = snapshot(media_type::EMPTY, Vec::new());
+        let artifact = snapshot(
+            media_type::EMPTY,
+            vec![layer(Some("a.txt"), media_type::DEFAULT_LAYER)],
+        );
+        let image = snapshot(
+            "application/vnd.oci.image.config.v1+json",
+            vec![layer(None, "application/vnd.oci.image.layer.v1.tar+gzip")],
+        );
+        index.children = vec![("linux_amd64".into(), artifact), ("img".into(), image)];
+        assert!(read_only_reason(&index).unwrap().contains("image index"));
+        let v = build(&index, &LayerFilter::default(), false, false);
+        let top: Vec<_> = v
+            .tree
+            .children(ROOT)
+            .iter()
+            .map(|n| n.name.clone())
+            .collect();
+        assert_eq!(top, ["img", "linux_amd64"]);
+        let dir = v.tree.lookup(ROOT, OsStr::new("linux_amd64")).unwrap();
+        assert_eq!(dir.perm, 0o555);
+        let file = v.tree.lookup(dir.ino, OsStr::new("a.txt")).unwrap();
+        assert_eq!(file.perm, 0o444);
+        let img = v.tree.lookup(ROOT, OsStr::new("img")).unwrap();
+        assert!(matches!(
+            &img.kind,
+            Kind::Dir { pending: Some(p), .. } if matches!(**p, Pending::Image(_))
+        ));
     }
 
     #[test]

@@ -224,6 +224,7 @@ impl Harness {
             manifest,
             config_bytes,
             index: None,
+            children: Vec::new(),
         };
         let options = MountOptions {
             filter: LayerFilter::default(),
