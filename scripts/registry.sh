@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Starts/stops a throwaway CNCF Distribution registry on 127.0.0.1 for tests.
 #
-#   scripts/registry.sh start [--name NAME] [--htpasswd USER:PASS] [--tls]
+#   scripts/registry.sh start [--name NAME] [--htpasswd USER:PASS] [--tls] [--mtls]
 #   scripts/registry.sh stop  [--name NAME]
 #   scripts/registry.sh env   [--name NAME]
 #
@@ -124,23 +124,46 @@ EOF
     chmod 600 "$state/ca.key" "$state/server.key"
 }
 
-# Prints the HTTP status of GET URL (000 when unreachable).
+# A client certificate from the same CA, for --mtls (the registry then requires one).
+make_client_cert() {
+    local state=$1 log="$1/openssl.log"
+    cat >"$state/client.ext" <<'EOF'
+basicConstraints=critical,CA:FALSE
+keyUsage=critical,digitalSignature
+extendedKeyUsage=clientAuth
+EOF
+    openssl req -new -nodes -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 \
+        -keyout "$state/client.key" -out "$state/client.csr" \
+        -subj "/CN=oras-fs test client" >>"$log" 2>&1 ||
+        { cat "$log" >&2; die "openssl: client key/CSR failed"; }
+    openssl x509 -req -in "$state/client.csr" -CA "$state/ca.crt" -CAkey "$state/ca.key" \
+        -CAcreateserial -out "$state/client.crt" -days 30 -sha256 \
+        -extfile "$state/client.ext" >>"$log" 2>&1 ||
+        { cat "$log" >&2; die "openssl: signing client cert failed"; }
+    chmod 600 "$state/client.key"
+}
+
+# Prints the HTTP status of GET URL (000 when unreachable). CERT: a client
+# certificate (its key beside it, .key for .crt), for --mtls.
 http_status() {
-    local url=$1 ca=$2 user=$3 pass=$4
+    local url=$1 ca=$2 user=$3 pass=$4 cert=${5:-}
     if command -v curl >/dev/null 2>&1; then
         local args=(-s -o /dev/null -w '%{http_code}' --max-time 2)
         [[ -n $ca ]] && args+=(--cacert "$ca")
+        [[ -n $cert ]] && args+=(--cert "$cert" --key "${cert%.crt}.key")
         [[ -n $user ]] && args+=(-u "$user:$pass")
         curl "${args[@]}" "$url" 2>/dev/null || true
     else
         # No curl on some machines; python3 is always there.
-        URL=$url CA=$ca USER_=$user PASS_=$pass python3 - <<'EOF' 2>/dev/null || echo 000
+        URL=$url CA=$ca USER_=$user PASS_=$pass CERT=$cert python3 - <<'EOF' 2>/dev/null || echo 000
 import base64, os, ssl, urllib.error, urllib.request
 req = urllib.request.Request(os.environ["URL"])
 if os.environ["USER_"]:
     tok = base64.b64encode(f'{os.environ["USER_"]}:{os.environ["PASS_"]}'.encode()).decode()
     req.add_header("Authorization", "Basic " + tok)
 ctx = ssl.create_default_context(cafile=os.environ["CA"]) if os.environ["CA"] else None
+if ctx and os.environ["CERT"]:
+    ctx.load_cert_chain(os.environ["CERT"], os.environ["CERT"][:-4] + ".key")
 try:
     with urllib.request.urlopen(req, timeout=2, context=ctx) as r:
         print(r.status)
@@ -153,7 +176,7 @@ EOF
 }
 
 cmd_start() {
-    local name=main htpasswd_arg="" tls=0
+    local name=main htpasswd_arg="" tls=0 mtls=0
     while (($#)); do
         case $1 in
         --name) name=${2:?--name needs a value}; shift 2 ;;
@@ -161,6 +184,7 @@ cmd_start() {
         --htpasswd) htpasswd_arg=${2:?--htpasswd needs USER:PASS}; shift 2 ;;
         --htpasswd=*) htpasswd_arg=${1#*=}; shift ;;
         --tls) tls=1; shift ;;
+        --mtls) tls=1; mtls=1; shift ;;
         *) usage ;;
         esac
     done
@@ -191,12 +215,16 @@ cmd_start() {
     secret=$(python3 -c 'import secrets; print(secrets.token_hex(32))') ||
         die "python3 failed to make a secret"
 
-    local scheme=http ca=""
+    local scheme=http ca="" client_cert=""
     if ((tls)); then
         command -v openssl >/dev/null 2>&1 || die "openssl not installed (run scripts/setup.sh)"
         make_tls "$state"
         scheme=https
         ca="$state/ca.crt"
+    fi
+    if ((mtls)); then
+        make_client_cert "$state"
+        client_cert="$state/client.crt"
     fi
     if [[ -n $user ]]; then
         command -v htpasswd >/dev/null 2>&1 || die "htpasswd not installed (run scripts/setup.sh)"
@@ -223,6 +251,10 @@ cmd_start() {
             echo "  tls:"
             echo "    certificate: \"$state/server.crt\""
             echo "    key: \"$state/server.key\""
+            if ((mtls)); then
+                echo "    clientcas:"
+                echo "      - \"$ca\""
+            fi
         fi
         if [[ -n $user ]]; then
             echo "auth:"
@@ -265,7 +297,7 @@ cmd_start() {
     local url="$scheme://127.0.0.1:$port/v2/" code=000
     local deadline=$((SECONDS + 10))
     while ((SECONDS < deadline)); do
-        code=$(http_status "$url" "$ca" "" "")
+        code=$(http_status "$url" "$ca" "" "" "$client_cert")
         if [[ $code == 200 || ($code == 401 && -n $user) ]]; then
             break
         fi
@@ -293,6 +325,10 @@ cmd_start() {
         printf 'export ORAS_FS_TEST_REGISTRY_PID=%q\n' "$pid"
         if [[ -n $ca ]]; then
             printf 'export ORAS_FS_TEST_REGISTRY_CA=%q\n' "$ca"
+        fi
+        if [[ -n $client_cert ]]; then
+            printf 'export ORAS_FS_TEST_REGISTRY_CLIENT_CERT=%q\n' "$client_cert"
+            printf 'export ORAS_FS_TEST_REGISTRY_CLIENT_KEY=%q\n' "$state/client.key"
         fi
         if [[ -n $user ]]; then
             printf 'export ORAS_FS_TEST_REGISTRY_USER=%q\n' "$user"

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 
 use crate::error::{Error, IoContext, Result};
+use crate::reference::credential_key;
 
 /// What we authenticate with at one registry.
 #[derive(Clone, PartialEq, Eq)]
@@ -49,10 +50,20 @@ pub struct CredentialSource {
 impl CredentialSource {
     /// The credential for `registry` (host[:port]), if any is configured.
     /// Runs credential helpers, so call it off the async runtime (`spawn_blocking`).
+    /// Docker Hub (`docker.io`) is looked up under `https://index.docker.io/v1/` first, where
+    /// docker and oras store it, then under the name given.
     pub fn lookup(&self, registry: &str) -> Result<Option<Credential>> {
         if let Some(c) = &self.explicit {
             return Ok(Some(c.clone()));
         }
+        let key = credential_key(registry);
+        match self.lookup_key(key)? {
+            None if key != registry => self.lookup_key(registry),
+            found => Ok(found),
+        }
+    }
+
+    fn lookup_key(&self, registry: &str) -> Result<Option<Credential>> {
         let path = self.config_path();
         let Ok(file) = std::fs::File::open(&path) else {
             return Ok(None);
@@ -154,8 +165,9 @@ fn run_helper(helper: &str, verb: &str, input: &[u8]) -> Result<()> {
 }
 
 /// Stores `credential` for `registry` as `docker login` does: in the credential helper the
-/// config names, else base64 in `auths`.
+/// config names, else base64 in `auths`; Docker Hub's under `https://index.docker.io/v1/`.
 pub fn store_credential(config_path: &Path, registry: &str, credential: &Credential) -> Result<()> {
+    let registry = credential_key(registry);
     let mut config = read_config(config_path)?;
     let (username, secret) = match credential {
         Credential::Basic { username, password } => (username.as_str(), password.as_str()),
@@ -187,6 +199,7 @@ pub fn store_credential(config_path: &Path, registry: &str, credential: &Credent
 
 /// Removes stored credentials for `registry`. Returns whether there were any.
 pub fn remove_credential(config_path: &Path, registry: &str) -> Result<bool> {
+    let registry = credential_key(registry);
     let mut config = read_config(config_path)?;
     if let Some(helper) = helper_for(&config, registry) {
         run_helper(&helper, "erase", registry.as_bytes())?;
@@ -347,6 +360,46 @@ mod tests {
             .contains("\"other\""));
         assert!(remove_credential(&path, "reg.example:5000").unwrap());
         assert_eq!(source.lookup("reg.example:5000").unwrap(), None);
+    }
+
+    #[test]
+    fn docker_hub_credentials_are_found_as_docker_stores_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.json");
+        let source = CredentialSource {
+            explicit: None,
+            config_file: Some(path.clone()),
+        };
+        let basic = |u: &str| Credential::Basic {
+            username: u.into(),
+            password: "p".into(),
+        };
+        // What `docker login` writes.
+        let auth = base64::engine::general_purpose::STANDARD.encode("hub:p");
+        std::fs::write(
+            &path,
+            format!(r#"{{"auths":{{"https://index.docker.io/v1/":{{"auth":"{auth}"}}}}}}"#),
+        )
+        .unwrap();
+        for name in ["docker.io", "index.docker.io", "registry-1.docker.io"] {
+            assert_eq!(source.lookup(name).unwrap(), Some(basic("hub")), "{name}");
+        }
+        assert_eq!(source.lookup("ghcr.io").unwrap(), None);
+        // An entry keyed `docker.io` (written by hand or by other tools) is found too.
+        std::fs::write(
+            &path,
+            format!(r#"{{"auths":{{"docker.io":{{"auth":"{auth}"}}}}}}"#),
+        )
+        .unwrap();
+        assert_eq!(source.lookup("docker.io").unwrap(), Some(basic("hub")));
+        // Our own login stores where docker looks, and logout removes it.
+        std::fs::remove_file(&path).unwrap();
+        store_credential(&path, "docker.io", &basic("me")).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains("https://index.docker.io/v1/"), "{text}");
+        assert_eq!(source.lookup("docker.io").unwrap(), Some(basic("me")));
+        assert!(remove_credential(&path, "docker.io").unwrap());
+        assert_eq!(source.lookup("docker.io").unwrap(), None);
     }
 
     #[test]

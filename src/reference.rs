@@ -1,7 +1,9 @@
 //! Artifact references: `registry[:port]/repository[:tag][@digest]`, as the oras CLI takes them.
 //!
 //! The registry part is never guessed (no implicit docker.io): the first path component is
-//! always the registry host, as in the oras CLI.
+//! always the registry host, as in the oras CLI. Docker Hub, named explicitly, behaves as in the
+//! docker CLI: `docker.io/alpine` is `docker.io/library/alpine`, served by
+//! `registry-1.docker.io`, with credentials stored under `https://index.docker.io/v1/`.
 
 use std::fmt;
 use std::str::FromStr;
@@ -49,6 +51,38 @@ impl Reference {
     pub fn is_localhost(&self) -> bool {
         let host = host_of(&self.registry);
         host == "localhost" || host == "127.0.0.1" || host == "[::1]" || host == "::1"
+    }
+}
+
+/// The name users give Docker Hub.
+pub const DOCKER_HUB: &str = "docker.io";
+/// Where Docker Hub's registry API is served.
+pub const DOCKER_HUB_ENDPOINT: &str = "registry-1.docker.io";
+/// The key of Docker Hub's credentials in the Docker config (and its credential helpers).
+pub const DOCKER_HUB_CREDENTIAL_KEY: &str = "https://index.docker.io/v1/";
+
+fn is_docker_hub(registry: &str) -> bool {
+    matches!(
+        registry,
+        DOCKER_HUB | "index.docker.io" | DOCKER_HUB_ENDPOINT
+    )
+}
+
+/// The `host[:port]` to connect to for a registry name: Docker Hub's API host for `docker.io`.
+pub fn endpoint(registry: &str) -> &str {
+    if is_docker_hub(registry) {
+        DOCKER_HUB_ENDPOINT
+    } else {
+        registry
+    }
+}
+
+/// The key a registry's credentials are stored under, as docker and oras store them.
+pub fn credential_key(registry: &str) -> &str {
+    if is_docker_hub(registry) {
+        DOCKER_HUB_CREDENTIAL_KEY
+    } else {
+        registry
     }
 }
 
@@ -168,9 +202,15 @@ impl FromStr for Reference {
         if let Some(t) = tag {
             validate_tag(t).map_err(|r| invalid(s, r))?;
         }
+        // Docker Hub keeps official images under `library/`, as the docker CLI assumes.
+        let repository = if is_docker_hub(registry) && !repository.contains('/') {
+            format!("library/{repository}")
+        } else {
+            repository.to_string()
+        };
         Ok(Reference {
             registry: registry.to_string(),
-            repository: repository.to_string(),
+            repository,
             tag: tag.map(str::to_string),
             digest,
         })
@@ -209,6 +249,32 @@ mod tests {
         let r: Reference = "127.0.0.1:80/x".parse().unwrap();
         assert_eq!(r.target(), "latest");
         assert_eq!(r.to_string(), "127.0.0.1:80/x");
+    }
+
+    #[test]
+    fn docker_hub_as_the_docker_cli_names_it() {
+        for (given, repository) in [
+            ("docker.io/library/alpine:3", "library/alpine"),
+            ("docker.io/alpine:3", "library/alpine"),
+            ("index.docker.io/alpine:3", "library/alpine"),
+            ("docker.io/someone/tool:3", "someone/tool"),
+        ] {
+            let r: Reference = given.parse().unwrap();
+            assert_eq!(r.repository, repository, "{given}");
+            assert_eq!(endpoint(&r.registry), "registry-1.docker.io", "{given}");
+            assert_eq!(
+                credential_key(&r.registry),
+                "https://index.docker.io/v1/",
+                "{given}"
+            );
+        }
+        let r: Reference = "docker.io/alpine".parse().unwrap();
+        assert_eq!(r.to_string(), "docker.io/library/alpine");
+        // Other registries keep one-component names as given.
+        let r: Reference = "ghcr.io/alpine".parse().unwrap();
+        assert_eq!(r.repository, "alpine");
+        assert_eq!(endpoint("ghcr.io"), "ghcr.io");
+        assert_eq!(credential_key("localhost:5000"), "localhost:5000");
     }
 
     #[test]

@@ -736,7 +736,7 @@ fn manifest_delete_then_resolve_fails() {
     let keep = push_files(tmp.path(), &reference(&repo, "keep"), &["keep.txt"]);
     let gone = push_files(tmp.path(), &reference(&repo, "gone"), &["gone.txt"]);
 
-    let out = ok(&["manifest", "delete", &reference(&repo, "gone")]);
+    let out = ok(&["manifest", "delete", "-f", &reference(&repo, "gone")]);
     assert!(out.contains(&format!("Deleted {gone}")), "{out}");
     assert_fails(
         &oras_fs(["resolve", &reference(&repo, "gone")]),
@@ -758,6 +758,7 @@ fn manifest_delete_then_resolve_fails() {
     ok(&[
         "manifest",
         "delete",
+        "--force",
         &format!("{}/{repo}@{keep}", registry()),
     ]);
     assert_fails(
@@ -887,7 +888,7 @@ fn blob_push_fetch_and_delete() {
         "digest",
     );
 
-    let out = ok(&["blob", "delete", &bref]);
+    let out = ok(&["blob", "delete", "-f", &bref]);
     assert!(out.contains(&format!("Deleted {digest}")), "{out}");
     let gone = tmp.path().join("gone.bin");
     assert_fails(

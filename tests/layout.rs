@@ -354,7 +354,13 @@ fn index_json_stays_valid_through_pushes_tags_and_deletes() {
         ("y", &d2),
         ("pushed", &d2),
     ]);
-    let out = ok(&["manifest", "delete", "--oci-layout", &at(&layout, "v1")]);
+    let out = ok(&[
+        "manifest",
+        "delete",
+        "-f",
+        "--oci-layout",
+        &at(&layout, "v1"),
+    ]);
     assert!(out.contains(&format!("Deleted {d3}")), "{out}");
     check_tags(&[("v2", &d2), ("two", &d2), ("y", &d2), ("pushed", &d2)]);
     assert_fails(
@@ -395,7 +401,7 @@ fn index_json_stays_valid_through_pushes_tags_and_deletes() {
     );
     assert_ok(&out);
     assert_eq!(read_file(&layout_blob(&layout, &sd)), data);
-    ok(&["blob", "delete", "--oci-layout", &bref]);
+    ok(&["blob", "delete", "-f", "--oci-layout", &bref]);
     assert!(!layout_blob(&layout, &bd).exists());
     assert_fails(
         &oras_fs(["blob", "fetch", "--oci-layout", &bref, "-o", "-"]),

@@ -16,7 +16,7 @@ use oras_fs::registry::Repository;
 use oras_fs::{Error, Result};
 
 use super::output::{Bars, Described, Fetched, FormatArgs, Referrers};
-use super::remote::RemoteArgs;
+use super::remote::{copy_sides, FromRemoteArgs, RemoteArgs, ToRemoteArgs};
 use super::target::{self, Opened, TargetArgs};
 
 pub(super) fn write_out(path: &str, data: &[u8]) -> Result<()> {
@@ -66,13 +66,20 @@ pub struct CopyArgs {
     pub concurrency: usize,
     #[arg(long)]
     pub no_tty: bool,
+    /// Remote flags for both sides (each side's --from-*/--to-* flags take precedence).
     #[command(flatten)]
     pub remote: RemoteArgs,
+    // Boxed: they would make `copy` the one large variant of the command enum.
+    #[command(flatten)]
+    pub from_remote: Box<FromRemoteArgs>,
+    #[command(flatten)]
+    pub to_remote: Box<ToRemoteArgs>,
 }
 
 pub async fn copy(a: CopyArgs) -> Result<()> {
-    let src = target::open(&a.from, a.from_oci_layout, &a.remote, false)?;
-    let dst = target::open(&a.to, a.to_oci_layout, &a.remote, true)?;
+    let (from_remote, to_remote) = copy_sides(&a.remote, &a.from_remote, &a.to_remote)?;
+    let src = target::open(&a.from, a.from_oci_layout, &from_remote, false)?;
+    let dst = target::open(&a.to, a.to_oci_layout, &to_remote, true)?;
     let (desc, bytes) = manifest_of(&src, a.platform.as_ref()).await?;
     let tags = if !dst.tags.is_empty() {
         dst.tags.clone()
@@ -123,6 +130,9 @@ pub async fn tag(a: TagArgs) -> Result<()> {
 #[derive(Args, Debug)]
 pub struct ResolveArgs {
     pub reference: String,
+    /// Print the full reference (registry/repo@digest) instead of the digest alone.
+    #[arg(short = 'l', long)]
+    pub full_reference: bool,
     /// Of an image index, print the digest of the manifest for this platform:
     /// os/arch[/variant][:os_version] (default: the index's own).
     #[arg(long, value_name = "PLATFORM")]
@@ -133,7 +143,12 @@ pub struct ResolveArgs {
 
 pub async fn resolve(a: ResolveArgs) -> Result<()> {
     let o = a.target.open(&a.reference, false)?;
-    outln!("{}", subject_of(&o, a.platform.as_ref()).await?.digest);
+    let digest = subject_of(&o, a.platform.as_ref()).await?.digest;
+    if a.full_reference {
+        outln!("{}@{digest}", o.base);
+    } else {
+        outln!("{digest}");
+    }
     Ok(())
 }
 
@@ -168,9 +183,13 @@ pub enum ManifestCommand {
         #[command(flatten)]
         target: TargetArgs,
     },
-    /// Delete a manifest.
+    /// Delete a manifest (asks on a terminal; scripts need --force).
+    #[command(visible_aliases = ["remove", "rm"])]
     Delete {
         reference: String,
+        /// Delete without asking; a missing manifest is not an error ("Missing REF").
+        #[arg(short = 'f', long)]
+        force: bool,
         #[command(flatten)]
         target: TargetArgs,
     },
@@ -279,9 +298,26 @@ pub async fn manifest(c: ManifestCommand) -> Result<()> {
             outln!("Pushed {}\nDigest: {}", reference, desc.digest);
             Ok(())
         }
-        ManifestCommand::Delete { reference, target } => {
+        ManifestCommand::Delete {
+            reference,
+            force,
+            target,
+        } => {
             let o = target.open(&reference, false)?;
-            let desc = o.target.resolve(&o.reference()).await?;
+            let desc = match o.target.resolve(&o.reference()).await {
+                Err(Error::NotFound { .. }) if force => {
+                    outln!("Missing {reference}");
+                    return Ok(());
+                }
+                r => r?,
+            };
+            let action = format!(
+                "delete the manifest \"{}\" and all tags associated with it",
+                desc.digest
+            );
+            if !super::confirm::confirm(&action, force)? {
+                return Ok(());
+            }
             if let Some(repo) = &o.repository {
                 repo.delete(&desc).await?;
             } else if let Some(layout) = &o.layout {
@@ -333,10 +369,14 @@ pub enum BlobCommand {
         #[command(flatten)]
         target: TargetArgs,
     },
-    /// Delete a blob.
+    /// Delete a blob (asks on a terminal; scripts need --force).
+    #[command(visible_aliases = ["remove", "rm"])]
     Delete {
         /// registry/repo@digest
         reference: String,
+        /// Delete without asking; a missing blob is not an error ("Missing REF").
+        #[arg(short = 'f', long)]
+        force: bool,
         #[command(flatten)]
         target: TargetArgs,
     },
@@ -443,9 +483,23 @@ pub async fn blob(c: BlobCommand) -> Result<()> {
             outln!("Digest: {}", desc.digest);
             Ok(())
         }
-        BlobCommand::Delete { reference, target } => {
+        BlobCommand::Delete {
+            reference,
+            force,
+            target,
+        } => {
             let o = target.open(&reference, false)?;
-            let desc = blob_descriptor(&o).await?;
+            let desc = match blob_descriptor(&o).await {
+                Err(Error::NotFound { .. }) if force => {
+                    outln!("Missing {reference}");
+                    return Ok(());
+                }
+                r => r?,
+            };
+            let action = format!("delete the blob \"{}\"", desc.digest);
+            if !super::confirm::confirm(&action, force)? {
+                return Ok(());
+            }
             if let Some(repo) = &o.repository {
                 repo.delete(&desc).await?;
             } else if let Some(layout) = &o.layout {
@@ -471,9 +525,16 @@ pub enum RepoCommand {
         remote: RemoteArgs,
     },
     /// List the tags of a repository.
+    #[command(visible_alias = "show-tags")]
     Tags {
         /// registry/repo (or a layout directory with --oci-layout)
         repository: String,
+        /// Start after this tag.
+        #[arg(long)]
+        last: Option<String>,
+        /// Leave out digest-like tags such as `sha256-<hex>` (the referrers tag schema's).
+        #[arg(long)]
+        exclude_digest_tags: bool,
         #[command(flatten)]
         target: TargetArgs,
     },
@@ -495,19 +556,40 @@ pub async fn repo(c: RepoCommand) -> Result<()> {
             }
             Ok(())
         }
-        RepoCommand::Tags { repository, target } => {
+        RepoCommand::Tags {
+            repository,
+            last,
+            exclude_digest_tags,
+            target,
+        } => {
             let o = target.open(&repository, false)?;
             let tags = match (&o.repository, &o.layout) {
-                (Some(r), _) => r.tags().await?,
-                (_, Some(l)) => l.tags()?,
+                (Some(r), _) => r.tags(last.as_deref()).await?,
+                (_, Some(l)) => {
+                    // A layout has no order of its own: sorted, as registries list them.
+                    let mut tags = l.tags()?;
+                    tags.sort();
+                    tags.retain(|t| last.as_ref().is_none_or(|l| t > l));
+                    tags
+                }
                 _ => Vec::new(),
             };
             for t in tags {
+                if exclude_digest_tags && is_digest_tag(&t) {
+                    continue;
+                }
                 outln!("{t}");
             }
             Ok(())
         }
     }
+}
+
+/// Whether a tag is a digest spelled with '-' (`sha256-<hex>`), as oras judges it.
+fn is_digest_tag(tag: &str) -> bool {
+    tag.replacen('-', ":", 1)
+        .parse::<oras_fs::digest::Digest>()
+        .is_ok()
 }
 
 #[derive(Args, Debug)]
@@ -651,6 +733,9 @@ pub struct DiscoverArgs {
     /// Only referrers of this artifact type.
     #[arg(long)]
     pub artifact_type: Option<String>,
+    /// How many levels of referrers to show (referrers of referrers...); 0: all.
+    #[arg(long, default_value_t = 0)]
+    pub depth: usize,
     /// Of an image index, the referrers of the manifest for this platform:
     /// os/arch[/variant][:os_version] (default: of the index).
     #[arg(long, value_name = "PLATFORM")]
@@ -670,26 +755,32 @@ pub async fn discover(a: DiscoverArgs) -> Result<()> {
             .as_ref()
             .is_none_or(|t| d.artifact_type.as_ref() == Some(t))
     };
+    let depth = (a.depth > 0).then_some(a.depth);
     if output.is_text() {
         outln!("{}@{}", o.base, subject.digest);
-        return print_tree(o.target.as_ref(), &subject, "", &keep).await;
+        return print_tree(o.target.as_ref(), &subject, "", depth, &keep).await;
     }
-    let model = referrer_tree(o.target.as_ref(), &o.base, &subject, &keep).await?;
+    let model = referrer_tree(o.target.as_ref(), &o.base, &subject, depth, &keep).await?;
     output.print(&model, || {})
 }
 
-/// `subject` with its referrers, recursively (the model of `discover --format json`).
+/// `subject` with its referrers, recursively, `depth` levels deep (`None`: all) (the model
+/// of `discover --format json`).
 fn referrer_tree<'a>(
     target: &'a dyn Target,
     base: &'a str,
     subject: &'a Descriptor,
+    depth: Option<usize>,
     keep: &'a (dyn Fn(&Descriptor) -> bool + Sync),
 ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Referrers>> + Send + 'a>> {
     Box::pin(async move {
         let mut referrers = Vec::new();
-        for r in target.referrers(subject).await? {
-            if keep(&r) {
-                referrers.push(referrer_tree(target, base, &r, keep).await?);
+        if depth != Some(0) {
+            for r in target.referrers(subject).await? {
+                if keep(&r) {
+                    let below = depth.map(|d| d - 1);
+                    referrers.push(referrer_tree(target, base, &r, below, keep).await?);
+                }
             }
         }
         Ok(Referrers {
@@ -699,14 +790,18 @@ fn referrer_tree<'a>(
     })
 }
 
-/// Prints the referrers of `subject` as a tree, recursively.
+/// Prints the referrers of `subject` as a tree, recursively, `depth` levels deep (`None`: all).
 fn print_tree<'a>(
     target: &'a dyn Target,
     subject: &'a Descriptor,
     indent: &'a str,
+    depth: Option<usize>,
     keep: &'a (dyn Fn(&Descriptor) -> bool + Sync),
 ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send + 'a>> {
     Box::pin(async move {
+        if depth == Some(0) {
+            return Ok(());
+        }
         let refs: Vec<Descriptor> = target
             .referrers(subject)
             .await?
@@ -722,7 +817,7 @@ fn print_tree<'a>(
                 r.digest
             );
             let child = format!("{indent}{}", if last { "    " } else { "│   " });
-            print_tree(target, r, &child, keep).await?;
+            print_tree(target, r, &child, depth.map(|d| d - 1), keep).await?;
         }
         Ok(())
     })

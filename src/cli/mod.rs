@@ -9,6 +9,7 @@ macro_rules! outln {
     };
 }
 
+mod confirm;
 pub mod fstab;
 mod index;
 mod manage;

@@ -48,6 +48,10 @@ pub struct PushArgs {
     /// No `created` timestamp unless given, and fixed tar metadata: same inputs, same digest.
     #[arg(long)]
     pub reproducible: bool,
+    /// Manifest format: v1.1 (artifactType and an empty config), or v1.0 for registries that
+    /// know only image manifests (the artifact type becomes the config's media type).
+    #[arg(long, value_enum, default_value_t)]
+    pub image_spec: ImageSpec,
     #[command(flatten)]
     pub format: FormatArgs,
     /// Don't draw progress bars.
@@ -55,6 +59,15 @@ pub struct PushArgs {
     pub no_tty: bool,
     #[command(flatten)]
     pub target: TargetArgs,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ImageSpec {
+    #[value(name = "v1.0")]
+    V1_0,
+    #[default]
+    #[value(name = "v1.1")]
+    V1_1,
 }
 
 /// `FILE[:TYPE]`, split on the last ':' (media types contain no ':').
@@ -193,8 +206,28 @@ pub async fn push(args: PushArgs) -> Result<()> {
         }
         None => None,
     };
+    let (artifact_type, config) = match (args.image_spec, config) {
+        (ImageSpec::V1_1, config) => (args.artifact_type.clone(), config),
+        // Image-spec 1.0 has no artifactType: as oras, the type is the config's media type,
+        // and the config is `{}` unless given.
+        (ImageSpec::V1_0, Some(_)) if args.artifact_type.is_some() => {
+            return Err(Error::Usage(
+                "with --image-spec v1.0 the artifact type is the config's media type: \
+                 give it as --config FILE:TYPE instead of --artifact-type"
+                    .into(),
+            ))
+        }
+        (ImageSpec::V1_0, Some(config)) => (None, Some(config)),
+        (ImageSpec::V1_0, None) => {
+            let ty = args
+                .artifact_type
+                .as_deref()
+                .unwrap_or(media_type::UNKNOWN_CONFIG);
+            (None, Some(store.add_bytes(ty, &b"{}"[..])))
+        }
+    };
     let pack = PackOptions {
-        artifact_type: args.artifact_type.clone(),
+        artifact_type,
         config,
         annotations: manifest_annotations,
         subject: None,
@@ -272,6 +305,10 @@ pub struct PullArgs {
     /// Blobs downloaded at once.
     #[arg(long, default_value_t = oras::DEFAULT_CONCURRENCY)]
     pub concurrency: usize,
+    /// Also pull the subject of the artifact (e.g. what a signature signs), and its subject,
+    /// recursively, into the same directory.
+    #[arg(long)]
+    pub include_subject: bool,
     /// Of an image index, pull the manifest for this platform: os/arch[/variant][:os_version]
     /// (an index is refused without it, with the list of its platforms).
     #[arg(long, value_name = "PLATFORM")]
@@ -338,7 +375,7 @@ pub async fn pull(args: PullArgs) -> Result<()> {
         concurrency: args.concurrency,
         progress: Arc::new(Bars::new("Downloading", args.no_tty, !output.is_text())),
     };
-    let report = oras::pull(
+    let mut report = oras::pull(
         opened.target.as_ref(),
         &pull_reference(&args, &opened).await?,
         &store,
@@ -346,6 +383,25 @@ pub async fn pull(args: PullArgs) -> Result<()> {
         &opts,
     )
     .await?;
+    if args.include_subject {
+        let mut seen = std::collections::HashSet::from([report.manifest_descriptor.digest.clone()]);
+        let mut next = report.manifest.subject.clone();
+        // A cycle of subjects cannot be made with digests, but a registry could lie: stop at
+        // any manifest seen before.
+        while let Some(subject) = next.filter(|s| seen.insert(s.digest.clone())) {
+            let sub = oras::pull(
+                opened.target.as_ref(),
+                subject.digest.as_str(),
+                &store,
+                &filter,
+                &opts,
+            )
+            .await?;
+            report.pulled.extend(sub.pulled);
+            report.skipped.extend(sub.skipped);
+            next = sub.manifest.subject;
+        }
+    }
     if let Some(path) = &args.config {
         let config = report.manifest.config.clone();
         let data = oras_fs::content::read_all(opened.target.as_ref(), &config, 64 << 20).await?;

@@ -131,6 +131,123 @@ pub struct ClientOptions {
     pub timeout: Option<Duration>,
     /// When a download attempt is too slow to go on with.
     pub speed_limit: SpeedLimit,
+    /// Headers sent with every request (`-H`): to the registry and to its token service, as
+    /// oras sends them.
+    pub headers: HeaderMap,
+    /// A client certificate and its private key (PEM files), for registries that require
+    /// mutual TLS.
+    pub client_cert: Option<(PathBuf, PathBuf)>,
+    /// Addresses to connect to instead of asking DNS (`--resolve`).
+    pub resolve: Vec<ResolveOverride>,
+    /// How referrers are listed and recorded (`--distribution-spec`).
+    pub referrers: ReferrersCapability,
+}
+
+/// How a registry lists referrers: `Auto` asks the referrers API and falls back to the tag
+/// schema (`sha256-<hex>` index) on 404, keeping that index when a pushed manifest's subject
+/// was not processed; `--distribution-spec` forces one of the two, as in oras.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ReferrersCapability {
+    #[default]
+    Auto,
+    /// `v1.1-referrers-api`: the API only; no tag-schema index is written.
+    Api,
+    /// `v1.1-referrers-tag`: the tag schema only; the API is never asked.
+    Tag,
+}
+
+impl std::str::FromStr for ReferrersCapability {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "v1.1-referrers-api" => Ok(ReferrersCapability::Api),
+            "v1.1-referrers-tag" => Ok(ReferrersCapability::Tag),
+            _ => Err(Error::Usage(format!(
+                "--distribution-spec {s:?}: expected v1.1-referrers-api or v1.1-referrers-tag"
+            ))),
+        }
+    }
+}
+
+/// `--resolve host:port:address[:address_port]`, as curl and oras take it: connections to
+/// `host:port` go to `address` instead.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ResolveOverride {
+    pub host: String,
+    pub port: u16,
+    pub address: std::net::IpAddr,
+}
+
+impl std::str::FromStr for ResolveOverride {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        let bad = |why: &str| {
+            Error::Usage(format!(
+                "--resolve {s:?}: {why} (expected host:port:address[:address_port])"
+            ))
+        };
+        let parts: Vec<&str> = s.splitn(4, ':').collect();
+        let [host, port, address, rest @ ..] = parts.as_slice() else {
+            return Err(bad("too few parts"));
+        };
+        if host.is_empty() {
+            return Err(bad("no host"));
+        }
+        let port: u16 = port.parse().map_err(|_| bad("the port is not a number"))?;
+        let address = address
+            .parse()
+            .map_err(|_| bad("the address is not an IP address"))?;
+        if let Some(p) = rest.first() {
+            let other: u16 = p
+                .parse()
+                .map_err(|_| bad("the address port is not a number"))?;
+            // The HTTP client connects to the URL's port, so a different one cannot be kept.
+            if other != port {
+                return Err(bad("a different address port is not supported"));
+            }
+        }
+        Ok(ResolveOverride {
+            host: host.to_string(),
+            port,
+            address,
+        })
+    }
+}
+
+/// Parses `-H "Name: value"`.
+pub fn parse_header(s: &str) -> Result<(reqwest::header::HeaderName, HeaderValue)> {
+    let bad = |why: String| {
+        Error::Usage(format!(
+            "invalid header {s:?}: {why} (expected \"Name: value\")"
+        ))
+    };
+    let (name, value) = s.split_once(':').ok_or_else(|| bad("no ':'".into()))?;
+    let name = reqwest::header::HeaderName::from_bytes(name.trim().as_bytes())
+        .map_err(|e| bad(e.to_string()))?;
+    let value = HeaderValue::from_str(value.trim()).map_err(|e| bad(e.to_string()))?;
+    Ok((name, value))
+}
+
+/// `-H` values as one header map. A name given twice gets its values joined with ", " (one
+/// field, as HTTP allows), since the client's default headers keep one value per name.
+pub fn header_map(items: &[String]) -> Result<HeaderMap> {
+    let mut map = HeaderMap::new();
+    for item in items {
+        let (name, value) = parse_header(item)?;
+        let value = match map.get(&name) {
+            Some(old) => {
+                let mut joined = old.as_bytes().to_vec();
+                joined.extend_from_slice(b", ");
+                joined.extend_from_slice(value.as_bytes());
+                HeaderValue::from_bytes(&joined).expect("joined valid header values")
+            }
+            None => value,
+        };
+        map.insert(name, value);
+    }
+    Ok(map)
 }
 
 /// What a request needs the token to allow.
@@ -206,12 +323,19 @@ pub struct Client {
 impl Client {
     pub fn new(host: &str, options: ClientOptions) -> Result<Arc<Client>> {
         let scheme = if options.plain_http { "http" } else { "https" };
-        let base =
-            Url::parse(&format!("{scheme}://{host}/")).map_err(|e| Error::InvalidReference {
+        // `host` names the registry (credentials, messages); `docker.io` is served elsewhere.
+        let endpoint = crate::reference::endpoint(host);
+        let base = Url::parse(&format!("{scheme}://{endpoint}/")).map_err(|e| {
+            Error::InvalidReference {
                 reference: host.to_string(),
                 reason: format!("not a registry host: {e}"),
-            })?;
-        let tls = super::tls::client_config(options.insecure, &options.ca_files)?;
+            }
+        })?;
+        let tls = super::tls::client_config(
+            options.insecure,
+            &options.ca_files,
+            options.client_cert.as_ref(),
+        )?;
         let mut builder = reqwest::Client::builder()
             .use_preconfigured_tls(tls)
             .user_agent(concat!("oras-fs/", env!("CARGO_PKG_VERSION")))
@@ -223,6 +347,19 @@ impl Client {
         // carry registry credentials there.
         if let Some(t) = options.timeout {
             builder = builder.connect_timeout(t).read_timeout(t);
+        }
+        if !options.headers.is_empty() {
+            // After `user_agent`: a `-H User-Agent:` replaces ours.
+            builder = builder.default_headers(options.headers.clone());
+        }
+        let port = base.port_or_known_default();
+        for r in &options.resolve {
+            // An override for this host at another port is not for this registry (the client
+            // keys overrides by name only). Others may be the token service's host.
+            if base.host_str() == Some(r.host.as_str()) && port != Some(r.port) {
+                continue;
+            }
+            builder = builder.resolve(&r.host, std::net::SocketAddr::new(r.address, r.port));
         }
         let http = builder
             .build()
@@ -250,6 +387,10 @@ impl Client {
 
     pub fn speed_limit(&self) -> SpeedLimit {
         self.options.speed_limit
+    }
+
+    pub fn referrers_capability(&self) -> ReferrersCapability {
+        self.options.referrers
     }
 
     /// `https://host/v2/<path>`.
@@ -481,6 +622,15 @@ impl Client {
             cause = c.source();
         }
         tracing::debug!("{text}");
+        if text.contains("alert: BadCertificate") || text.contains("alert: CertificateRequired") {
+            // The server refused the handshake over our (missing) client certificate.
+            let ours = if self.options.client_cert.is_some() {
+                "refused the client certificate of --cert-file"
+            } else {
+                "wants a client certificate: give --cert-file FILE --key-file FILE"
+            };
+            return Error::Tls(format!("{} {ours} ({})", self.host, innermost(&source)));
+        }
         if text.contains("certificate")
             || text.contains("InvalidCertificate")
             || text.contains("UnknownIssuer")
@@ -894,6 +1044,104 @@ mod tests {
             .unwrap();
         assert_eq!(auth, Some(bearer_header("t")));
         assert!(server.join().unwrap().contains("Basic "));
+    }
+
+    #[test]
+    fn resolve_overrides_parse_as_oras_takes_them() {
+        let r: ResolveOverride = "reg.example:5000:127.0.0.1".parse().unwrap();
+        assert_eq!(
+            (r.host.as_str(), r.port, r.address.to_string()),
+            ("reg.example", 5000, "127.0.0.1".into())
+        );
+        assert!("reg.example:443:10.0.0.1:443"
+            .parse::<ResolveOverride>()
+            .is_ok());
+        for (bad, why) in [
+            ("reg.example:5000", "too few"),
+            ("reg.example:x:127.0.0.1", "port"),
+            ("reg.example:5000:not-an-ip", "IP address"),
+            ("reg.example:5000:127.0.0.1:6000", "not supported"),
+            (":5000:127.0.0.1", "no host"),
+        ] {
+            let e = bad.parse::<ResolveOverride>().unwrap_err().to_string();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn headers_parse_and_repeat() {
+        let map = header_map(&["X-One: a".into(), "x-one:b ".into(), "X-Two:".into()]).unwrap();
+        assert_eq!(map.get("x-one").unwrap(), "a, b");
+        assert_eq!(map.get("x-two").unwrap(), "");
+        for bad in ["no colon", ": empty name", "bad name: x"] {
+            let e = header_map(&[bad.into()]).unwrap_err().to_string();
+            assert!(e.contains("invalid header"), "{bad}: {e}");
+        }
+    }
+
+    /// `-H` headers go to the registry and to its token service (as oras sends them), and
+    /// `--resolve` sends a name that does not exist to a listener of ours.
+    #[tokio::test]
+    async fn headers_and_resolve_reach_the_registry_and_its_token_service() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = std::thread::spawn(move || {
+            let mut heads = Vec::new();
+            for _ in 0..2 {
+                heads.push(token_server(listener.try_clone().unwrap()).join().unwrap());
+            }
+            heads
+        });
+        let options = ClientOptions {
+            plain_http: true,
+            headers: header_map(&["X-Test: yes".into(), "User-Agent: mine".into()]).unwrap(),
+            resolve: vec![format!("reg.invalid:{port}:127.0.0.1").parse().unwrap()],
+            retry: RetryPolicy {
+                attempts: 1,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let client = Client::new(&format!("reg.invalid:{port}"), options).unwrap();
+        let req = Request::new(Method::GET, client.url(""), None, Access::Pull);
+        client.send(&req).await.unwrap();
+        client
+            .learn(Some(Challenge::Bearer {
+                realm: format!("http://reg.invalid:{port}/token"),
+                service: None,
+                scope: None,
+                error: None,
+            }))
+            .await
+            .unwrap();
+        client
+            .authorization(Some("repository:a:pull"), true)
+            .await
+            .unwrap();
+        let heads = server.join().unwrap();
+        assert!(heads[0].starts_with("GET /v2/ "), "{}", heads[0]);
+        assert!(heads[1].starts_with("GET /token?"), "{}", heads[1]);
+        for head in heads {
+            let head = head.to_ascii_lowercase();
+            assert!(head.contains("\r\nx-test: yes\r\n"), "{head}");
+            assert!(head.contains("\r\nuser-agent: mine\r\n"), "{head}");
+            assert!(
+                head.contains(&format!("\r\nhost: reg.invalid:{port}\r\n")),
+                "{head}"
+            );
+        }
+    }
+
+    #[test]
+    fn docker_hub_is_reached_at_its_api_host() {
+        let client = Client::new("docker.io", ClientOptions::default()).unwrap();
+        assert_eq!(client.host(), "docker.io");
+        assert_eq!(
+            client.url("library/alpine/manifests/3").as_str(),
+            "https://registry-1.docker.io/v2/library/alpine/manifests/3"
+        );
+        let client = Client::new("localhost:5000", ClientOptions::default()).unwrap();
+        assert_eq!(client.url("").as_str(), "https://localhost:5000/v2/");
     }
 
     #[test]

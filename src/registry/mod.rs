@@ -14,7 +14,10 @@ use reqwest::header::{
 };
 use reqwest::{Method, Response, StatusCode};
 
-pub use client::{Access, Client, ClientOptions, Request, RetryPolicy, SpeedLimit};
+pub use client::{
+    header_map, Access, Client, ClientOptions, ReferrersCapability, Request, ResolveOverride,
+    RetryPolicy, SpeedLimit,
+};
 
 use crate::content::{ByteStream, OpenContent, Target, Upload};
 use crate::digest::Digest;
@@ -230,11 +233,19 @@ impl Repository {
         )))
     }
 
-    /// Lists the repository's tags, following `Link` pagination.
-    pub async fn tags(&self) -> Result<Vec<String>> {
-        let url = self.client.url(&format!("{}/tags/list", self.name));
+    /// Lists the repository's tags, following `Link` pagination; with `last`, only those after
+    /// it in lexical order (`?last=`, checked here too: Distribution 2.8 ignores it).
+    pub async fn tags(&self, last: Option<&str>) -> Result<Vec<String>> {
+        let mut url = self.client.url(&format!("{}/tags/list", self.name));
+        if let Some(l) = last {
+            url.query_pairs_mut().append_pair("last", l);
+        }
         let what = format!("tags of {}", self.name);
-        list_pages(&self.client, url, Some(&self.name), "tags", &what).await
+        let mut tags = list_pages(&self.client, url, Some(&self.name), "tags", &what).await?;
+        if let Some(l) = last {
+            tags.retain(|t| t.as_str() > l);
+        }
+        Ok(tags)
     }
 
     /// The size of a blob, by HEAD, as a descriptor of `media_type`.
@@ -729,8 +740,13 @@ impl Target for Repository {
             None
         };
         let processed = self.put_manifest(desc, bytes, &target).await?;
+        let keep_index = match self.client.referrers_capability() {
+            ReferrersCapability::Auto => !processed,
+            ReferrersCapability::Api => false,
+            ReferrersCapability::Tag => true,
+        };
         if let Some(m) = subject {
-            if let (Some(subject), false) = (&m.subject, processed) {
+            if let (Some(subject), true) = (&m.subject, keep_index) {
                 // No referrers API: keep the tag-schema index up to date instead.
                 let mut referrer = desc.clone();
                 referrer.artifact_type = m
@@ -750,6 +766,14 @@ impl Target for Repository {
     }
 
     async fn referrers(&self, subject: &Descriptor) -> Result<Vec<Descriptor>> {
+        let capability = self.client.referrers_capability();
+        if capability == ReferrersCapability::Tag {
+            return Ok(self
+                .fallback_referrers(subject)
+                .await?
+                .map(|(_, i)| i.manifests)
+                .unwrap_or_default());
+        }
         let req = self
             .request(
                 Method::GET,
@@ -771,6 +795,17 @@ impl Target for Repository {
                 .client
                 .error_for(resp, &format!("referrers of {}", subject.digest))
                 .await);
+        }
+        if capability == ReferrersCapability::Api {
+            return Err(Error::Registry {
+                registry: self.client.host().to_string(),
+                what: format!("referrers of {}", subject.digest),
+                path: resp.url().path().to_string(),
+                status: 404,
+                detail: ": the registry has no referrers API (drop --distribution-spec \
+                         v1.1-referrers-api, or use v1.1-referrers-tag)"
+                    .into(),
+            });
         }
         Ok(self
             .fallback_referrers(subject)

@@ -1,17 +1,24 @@
-//! TLS settings: the system's trust store plus `--ca-file`, or no verification with `--insecure`.
+//! TLS settings: the system's trust store plus `--ca-file`, or no verification with `--insecure`;
+//! a client certificate (`--cert-file`, `--key-file`) for registries that require one.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
 
 use crate::error::{Error, Result};
 
-pub fn client_config(insecure: bool, ca_files: &[PathBuf]) -> Result<ClientConfig> {
+/// `client_cert`: a certificate chain and its private key (PEM files) to present to registries
+/// that require client certificates (mutual TLS).
+pub fn client_config(
+    insecure: bool,
+    ca_files: &[PathBuf],
+    client_cert: Option<&(PathBuf, PathBuf)>,
+) -> Result<ClientConfig> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
@@ -37,12 +44,53 @@ pub fn client_config(insecure: bool, ca_files: &[PathBuf]) -> Result<ClientConfi
                 .map_err(|e| Error::Tls(format!("cannot load trusted certificates: {e}")))?,
         )
     };
-    let mut config = builder
+    let builder = builder
         .dangerous()
-        .with_custom_certificate_verifier(verifier)
-        .with_no_client_auth();
+        .with_custom_certificate_verifier(verifier);
+    let mut config = match client_cert {
+        None => builder.with_no_client_auth(),
+        Some((cert, key)) => {
+            let (chain, private_key) = load_client_cert(cert, key)?;
+            builder
+                .with_client_auth_cert(chain, private_key)
+                .map_err(|e| {
+                    Error::Tls(format!(
+                        "client certificate {} and key {} do not go together: {e}",
+                        cert.display(),
+                        key.display()
+                    ))
+                })?
+        }
+    };
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(config)
+}
+
+fn load_client_cert(
+    cert: &Path,
+    key: &Path,
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)> {
+    let chain = CertificateDer::pem_file_iter(cert)
+        .and_then(|it| it.collect::<std::result::Result<Vec<_>, _>>())
+        .map_err(|e| {
+            Error::Tls(format!(
+                "cannot read client certificate {}: {e}",
+                cert.display()
+            ))
+        })?;
+    if chain.is_empty() {
+        return Err(Error::Tls(format!(
+            "client certificate file {} holds no PEM certificate",
+            cert.display()
+        )));
+    }
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| {
+        Error::Tls(format!(
+            "cannot read a private key (PEM) from {}: {e}",
+            key.display()
+        ))
+    })?;
+    Ok((chain, key))
 }
 
 /// `--insecure`: any certificate is accepted, but handshake signatures are still checked.
