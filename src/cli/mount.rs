@@ -264,10 +264,11 @@ fn detach_stderr(cache_dir: &std::path::Path) {
     }
 }
 
-/// Removes `-p X`, `-pX`, `--password X` and `--password=X` from an argument list.
-fn without_password(args: Vec<String>) -> (Vec<String>, Option<String>) {
+/// Removes `-p X`, `-pX`, `--password X`, `--password=X` and `--identity-token[=]X` from an
+/// argument list; returns the secret with the stdin flag that passes it instead.
+fn without_secret(args: Vec<String>) -> (Vec<String>, Option<(&'static str, String)>) {
     let mut out = Vec::new();
-    let mut password = None;
+    let mut secret = None;
     let mut it = args.into_iter();
     while let Some(a) = it.next() {
         if a == "--" {
@@ -275,20 +276,26 @@ fn without_password(args: Vec<String>) -> (Vec<String>, Option<String>) {
             out.extend(it.by_ref());
             break;
         }
+        let password = |s: String| ("--password-stdin", s);
+        let token = |s: String| ("--identity-token-stdin", s);
         if a == "-p" || a == "--password" {
-            password = it.next();
+            secret = it.next().map(password);
         } else if let Some(p) = a.strip_prefix("--password=") {
-            password = Some(p.to_string());
+            secret = Some(password(p.to_string()));
+        } else if a == "--identity-token" {
+            secret = it.next().map(token);
+        } else if let Some(t) = a.strip_prefix("--identity-token=") {
+            secret = Some(token(t.to_string()));
         } else if let Some(p) = a
             .strip_prefix("-p")
             .filter(|p| !p.is_empty() && !a.starts_with("--"))
         {
-            password = Some(p.to_string());
+            secret = Some(password(p.to_string()));
         } else {
             out.push(a);
         }
     }
-    (out, password)
+    (out, secret)
 }
 
 /// Runs this command again as a background child (no fork after the async runtime started)
@@ -296,16 +303,19 @@ fn without_password(args: Vec<String>) -> (Vec<String>, Option<String>) {
 fn spawn_background() -> Result<()> {
     let exe =
         std::env::current_exe().map_err(|e| Error::io("finding the oras-fs executable", e))?;
-    // A password given with -p moves to the child's stdin: a long-lived process must not
-    // show it in its command line.
-    let (args, flag_password) = without_password(std::env::args().skip(1).collect());
-    let password_stdin = flag_password.is_some() || args.iter().any(|a| a == "--password-stdin");
-    let args = match &flag_password {
-        Some(_) => args
-            .into_iter()
-            .chain(["--password-stdin".to_string()])
-            .collect(),
-        None => args,
+    // A password (-p) or identity token given as a flag moves to the child's stdin: a
+    // long-lived process must not show it in its command line.
+    let (args, flag_secret) = without_secret(std::env::args().skip(1).collect());
+    let password_stdin = flag_secret.is_some()
+        || args
+            .iter()
+            .any(|a| a == "--password-stdin" || a == "--identity-token-stdin");
+    let (args, flag_password) = match flag_secret {
+        Some((stdin_flag, secret)) => (
+            args.into_iter().chain([stdin_flag.to_string()]).collect(),
+            Some(secret),
+        ),
+        None => (args, None),
     };
     let mut cmd = Command::new(exe);
     cmd.args(&args)
@@ -592,4 +602,47 @@ async fn request(
     tokio::task::spawn_blocking(move || control::control(&mp, &req))
         .await
         .expect("control task panicked")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::without_secret;
+
+    #[test]
+    fn secrets_leave_the_command_line_for_stdin() {
+        let args = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        for (line, flag, secret) in [
+            (
+                &["mount", "r:v1", "/m", "-p", "pw"][..],
+                "--password-stdin",
+                "pw",
+            ),
+            (
+                &["mount", "-ppw", "r:v1", "/m"][..],
+                "--password-stdin",
+                "pw",
+            ),
+            (
+                &["mount", "--password=pw", "r:v1", "/m"][..],
+                "--password-stdin",
+                "pw",
+            ),
+            (
+                &["mount", "--identity-token", "tok", "r:v1", "/m"][..],
+                "--identity-token-stdin",
+                "tok",
+            ),
+            (
+                &["mount", "--identity-token=tok", "r:v1", "/m"][..],
+                "--identity-token-stdin",
+                "tok",
+            ),
+        ] {
+            let (rest, got) = without_secret(args(line));
+            assert_eq!(rest, args(&["mount", "r:v1", "/m"]), "{line:?}");
+            assert_eq!(got, Some((flag, secret.to_string())), "{line:?}");
+        }
+        let (rest, got) = without_secret(args(&["mount", "r:v1", "/m", "--", "-p"]));
+        assert_eq!((rest.len(), got), (5, None));
+    }
 }
