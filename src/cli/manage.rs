@@ -733,7 +733,8 @@ pub struct DiscoverArgs {
     /// Only referrers of this artifact type.
     #[arg(long)]
     pub artifact_type: Option<String>,
-    /// How many levels of referrers to show (referrers of referrers...); 0: all.
+    /// How many levels of referrers to show (referrers of referrers...); 0: all (at most
+    /// 64: a registry that lists a referrer among its own referrers cannot make it loop).
     #[arg(long, default_value_t = 0)]
     pub depth: usize,
     /// Of an image index, the referrers of the manifest for this platform:
@@ -755,7 +756,9 @@ pub async fn discover(a: DiscoverArgs) -> Result<()> {
             .as_ref()
             .is_none_or(|t| d.artifact_type.as_ref() == Some(t))
     };
-    let depth = (a.depth > 0).then_some(a.depth);
+    // Referrer lists come from the registry: a lying one could make the graph a loop.
+    const MAX_DEPTH: usize = 64;
+    let depth = Some(if a.depth > 0 { a.depth } else { MAX_DEPTH });
     if output.is_text() {
         outln!("{}@{}", o.base, subject.digest);
         return print_tree(o.target.as_ref(), &subject, "", depth, &keep).await;
