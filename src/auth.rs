@@ -197,21 +197,31 @@ pub fn store_credential(config_path: &Path, registry: &str, credential: &Credent
     write_config(config_path, &config)
 }
 
-/// Removes stored credentials for `registry`. Returns whether there were any.
+/// Removes stored credentials for `registry`. Returns whether there were any. Docker Hub's
+/// are removed under both its keys (`https://index.docker.io/v1/` and the name as given, which
+/// older versions wrote), since a lookup falls back from one to the other.
 pub fn remove_credential(config_path: &Path, registry: &str) -> Result<bool> {
-    let registry = credential_key(registry);
-    let mut config = read_config(config_path)?;
-    if let Some(helper) = helper_for(&config, registry) {
-        run_helper(&helper, "erase", registry.as_bytes())?;
-        return Ok(true);
+    let mut removed = false;
+    let mut keys = vec![credential_key(registry)];
+    if keys[0] != registry {
+        keys.push(registry);
     }
-    let removed = config
-        .get_mut("auths")
-        .and_then(|a| a.as_object_mut())
-        .and_then(|a| a.remove(registry))
-        .is_some();
-    if removed {
-        write_config(config_path, &config)?;
+    for key in keys {
+        let mut config = read_config(config_path)?;
+        if let Some(helper) = helper_for(&config, key) {
+            run_helper(&helper, "erase", key.as_bytes())?;
+            removed = true;
+            continue;
+        }
+        let here = config
+            .get_mut("auths")
+            .and_then(|a| a.as_object_mut())
+            .and_then(|a| a.remove(key))
+            .is_some();
+        if here {
+            write_config(config_path, &config)?;
+            removed = true;
+        }
     }
     Ok(removed)
 }
@@ -398,6 +408,14 @@ mod tests {
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(text.contains("https://index.docker.io/v1/"), "{text}");
         assert_eq!(source.lookup("docker.io").unwrap(), Some(basic("me")));
+        assert!(remove_credential(&path, "docker.io").unwrap());
+        assert_eq!(source.lookup("docker.io").unwrap(), None);
+        // Logout also removes an entry under the plain name, which lookup would still find.
+        std::fs::write(
+            &path,
+            format!(r#"{{"auths":{{"docker.io":{{"auth":"{auth}"}}}}}}"#),
+        )
+        .unwrap();
         assert!(remove_credential(&path, "docker.io").unwrap());
         assert_eq!(source.lookup("docker.io").unwrap(), None);
     }

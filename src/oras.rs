@@ -117,7 +117,14 @@ pub async fn copy_graph(
 ) -> Result<()> {
     if crate::manifest::is_index(&root_bytes, Some(&root.media_type)) {
         let index = Index::parse(&root_bytes)?;
-        for child in &index.manifests {
+        // A child listed twice is copied once (an index that repeats its children at every
+        // level would otherwise cost its width to the power of its depth).
+        let mut copied = HashSet::new();
+        for child in index
+            .manifests
+            .iter()
+            .filter(|c| copied.insert(c.digest.clone()))
+        {
             let bytes = content::read_manifest(src, child).await?;
             copy_child(src, dst, child, bytes, opts).await?;
         }

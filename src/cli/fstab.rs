@@ -75,9 +75,17 @@ pub fn command_line(args: Vec<OsString>, subcommands: &[&str]) -> Result<Vec<OsS
         .first()
         .and_then(|a| std::path::Path::new(a).file_name())
         .is_some_and(|n| n.to_string_lossy().starts_with("mount."));
+    // Not a command, and more than a typo's worth of evidence: mount options, or a
+    // mountpoint that is a directory (`oras-fs pul REF` must stay clap's "did you mean").
     let first = args.get(1).map(|a| a.to_string_lossy().into_owned());
     let looks_like_helper = match &first {
-        Some(f) => !f.starts_with('-') && !subcommands.contains(&f.as_str()) && args.len() >= 3,
+        Some(f) => {
+            !f.starts_with('-')
+                && !subcommands.contains(&f.as_str())
+                && args.len() >= 3
+                && (args.iter().any(|a| a.to_string_lossy().starts_with("-o"))
+                    || std::path::Path::new(&args[2]).is_dir())
+        }
         None => false,
     };
     if !called_as_helper && !looks_like_helper {
@@ -184,6 +192,9 @@ mod tests {
             vec!["oras-fs", "--debug", "pull", "r:v1"],
             vec!["oras-fs", "help"],
             vec!["oras-fs"],
+            // A typo stays an error of clap's, not a mount of `pul` at a reference.
+            vec!["oras-fs", "pul", "localhost:5000/a:v1"],
+            vec!["oras-fs", "pul", "localhost:5000/a:v1", "out"],
         ] {
             let args = os(&line);
             let sub = [SUB, &["help"]].concat();

@@ -751,20 +751,32 @@ pub async fn discover(a: DiscoverArgs) -> Result<()> {
     let output = a.format.output_named("tree")?;
     let o = a.target.open(&a.subject, false)?;
     let subject = subject_of(&o, a.platform.as_ref()).await?;
+    // Referrer lists come from the registry: a lying one could make the graph a loop, or
+    // list the same referrers again at every level.
+    const MAX_DEPTH: usize = 64;
+    const MAX_REFERRERS: usize = 10_000;
+    let shown = std::sync::atomic::AtomicUsize::new(0);
     let keep = |d: &Descriptor| {
         a.artifact_type
             .as_ref()
             .is_none_or(|t| d.artifact_type.as_ref() == Some(t))
+            && shown.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < MAX_REFERRERS
     };
-    // Referrer lists come from the registry: a lying one could make the graph a loop.
-    const MAX_DEPTH: usize = 64;
     let depth = Some(if a.depth > 0 { a.depth } else { MAX_DEPTH });
     if output.is_text() {
         outln!("{}@{}", o.base, subject.digest);
-        return print_tree(o.target.as_ref(), &subject, "", depth, &keep).await;
+        print_tree(o.target.as_ref(), &subject, "", depth, &keep).await?;
+    } else {
+        let model = referrer_tree(o.target.as_ref(), &o.base, &subject, depth, &keep).await?;
+        output.print(&model, || {})?;
     }
-    let model = referrer_tree(o.target.as_ref(), &o.base, &subject, depth, &keep).await?;
-    output.print(&model, || {})
+    if shown.into_inner() > MAX_REFERRERS {
+        eprintln!(
+            "Warning: stopped after {MAX_REFERRERS} referrers; the registry lists more (or the \
+             same ones again): narrow with --artifact-type or --depth"
+        );
+    }
+    Ok(())
 }
 
 /// `subject` with its referrers, recursively, `depth` levels deep (`None`: all) (the model

@@ -290,7 +290,8 @@ fn without_secret(args: Vec<String>) -> (Vec<String>, Option<(&'static str, Stri
             .strip_prefix("-p")
             .filter(|p| !p.is_empty() && !a.starts_with("--"))
         {
-            secret = Some(password(p.to_string()));
+            // `-p=pw` is `pw` to clap.
+            secret = Some(password(p.strip_prefix('=').unwrap_or(p).to_string()));
         } else {
             out.push(a);
         }
