@@ -218,9 +218,11 @@ impl std::str::FromStr for ResolveOverride {
 
 /// Parses `-H "Name: value"`.
 pub fn parse_header(s: &str) -> Result<(reqwest::header::HeaderName, HeaderValue)> {
+    // Only the name is echoed: the value may be a token.
+    let named = s.split_once(':').map_or("", |(n, _)| n.trim());
     let bad = |why: String| {
         Error::Usage(format!(
-            "invalid header {s:?}: {why} (expected \"Name: value\")"
+            "invalid header {named:?} (-H): {why} (expected \"Name: value\")"
         ))
     };
     let (name, value) = s.split_once(':').ok_or_else(|| bad("no ':'".into()))?;
@@ -1077,6 +1079,11 @@ mod tests {
             let e = header_map(&[bad.into()]).unwrap_err().to_string();
             assert!(e.contains("invalid header"), "{bad}: {e}");
         }
+        // A bad value is not echoed: it may be a token.
+        let e = header_map(&["Authorization: Bearer sec\u{7f}ret".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("\"Authorization\"") && !e.contains("sec"), "{e}");
     }
 
     /// `-H` headers go to the registry and to its token service (as oras sends them), and
