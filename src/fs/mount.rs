@@ -66,6 +66,15 @@ async fn index_snapshot(
     fetched: content::Fetched,
 ) -> Result<Snapshot> {
     let index = Index::parse(&fetched.bytes)?;
+    // Every child's manifest and config is fetched and kept for the mount's lifetime.
+    const MAX_CHILDREN: usize = 256;
+    if index.manifests.len() > MAX_CHILDREN {
+        return Err(Error::Usage(format!(
+            "{display_ref} is an image index of {} manifests, more than the {MAX_CHILDREN} a \
+             mount shows side by side: mount one with --platform, or by digest",
+            index.manifests.len()
+        )));
+    }
     let names = view::child_dir_names(&index.manifests);
     let mut children = Vec::new();
     for (name, child) in names.into_iter().zip(&index.manifests) {
