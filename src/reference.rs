@@ -202,12 +202,14 @@ impl FromStr for Reference {
         if let Some(t) = tag {
             validate_tag(t).map_err(|r| invalid(s, r))?;
         }
-        // Docker Hub keeps official images under `library/`, as the docker CLI assumes.
-        let repository = if is_docker_hub(registry) && !repository.contains('/') {
-            format!("library/{repository}")
-        } else {
-            repository.to_string()
-        };
+        // Docker Hub keeps official images under `library/`, as the docker CLI assumes for
+        // `docker.io` (and `index.docker.io`), not for the API host named directly.
+        let repository =
+            if matches!(registry, DOCKER_HUB | "index.docker.io") && !repository.contains('/') {
+                format!("library/{repository}")
+            } else {
+                repository.to_string()
+            };
         Ok(Reference {
             registry: registry.to_string(),
             repository,
@@ -270,6 +272,9 @@ mod tests {
         }
         let r: Reference = "docker.io/alpine".parse().unwrap();
         assert_eq!(r.to_string(), "docker.io/library/alpine");
+        // The API host named directly is taken as given, as docker does.
+        let r: Reference = "registry-1.docker.io/alpine".parse().unwrap();
+        assert_eq!(r.repository, "alpine");
         // Other registries keep one-component names as given.
         let r: Reference = "ghcr.io/alpine".parse().unwrap();
         assert_eq!(r.repository, "alpine");
