@@ -300,6 +300,25 @@ fn login_asks_on_a_terminal() {
     );
     assert!(!shown.contains("Login Succeeded"), "{shown}");
     assert!(!other.exists());
+    // `-u USER` alone asks for the password only.
+    let third = dir.path().join("third.json");
+    let shown = converse(
+        &[
+            "login",
+            &reg.host,
+            "-u",
+            "tty-user",
+            "--registry-config",
+            path_str(&third),
+        ],
+        &[("Password: ", "tty-pass")],
+    );
+    assert!(!shown.contains("Username: "), "{shown}");
+    assert!(
+        !shown.contains("tty-pass"),
+        "the password was echoed: {shown}"
+    );
+    assert!(shown.contains("Login Succeeded"), "{shown}");
     // Without a terminal there is nobody to ask.
     assert_fails(
         &oras_fs(["login", &reg.host, "--registry-config", path_str(&config)]),

@@ -311,7 +311,17 @@ pub struct LoginArgs {
 pub async fn login(args: LoginArgs) -> Result<()> {
     let registry = args.registry.trim_end_matches('/').to_string();
     let local: Reference = format!("{registry}/x").parse()?;
-    let mut options = args.remote.client_options(local.is_localhost())?;
+    let mut remote = args.remote.clone();
+    // `-u USER` alone at a terminal: ask for the password only, as oras does.
+    if remote.username.is_some()
+        && remote.password.is_none()
+        && !remote.password_stdin
+        && std::io::stdin().is_terminal()
+    {
+        let tty = |e| Error::io("reading from the terminal", e);
+        remote.password = Some(rpassword::prompt_password("Password: ").map_err(tty)?);
+    }
+    let mut options = remote.client_options(local.is_localhost())?;
     let credential = match options.credentials.explicit.clone() {
         Some(c) => c,
         None if std::io::stdin().is_terminal() => prompt_credential()?,
