@@ -299,6 +299,30 @@ fn without_secret(args: Vec<String>) -> (Vec<String>, Option<(&'static str, Stri
     (out, secret)
 }
 
+/// Removes `-H X`, `-HX`, `--header X` and `--header=X` from an argument list; returns the
+/// headers (values that may be tokens), for the child's environment.
+fn without_headers(args: Vec<String>) -> (Vec<String>, Vec<String>) {
+    let (mut out, mut headers) = (Vec::new(), Vec::new());
+    let mut it = args.into_iter();
+    while let Some(a) = it.next() {
+        if a == "--" {
+            out.push(a);
+            out.extend(it.by_ref());
+            break;
+        }
+        if a == "-H" || a == "--header" {
+            headers.extend(it.next());
+        } else if let Some(h) = a.strip_prefix("--header=") {
+            headers.push(h.to_string());
+        } else if let Some(h) = a.strip_prefix("-H").filter(|h| !h.is_empty()) {
+            headers.push(h.strip_prefix('=').unwrap_or(h).to_string());
+        } else {
+            out.push(a);
+        }
+    }
+    (out, headers)
+}
+
 /// Runs this command again as a background child (no fork after the async runtime started)
 /// and returns once it reports the mount usable, or fails with its error.
 fn spawn_background() -> Result<()> {
@@ -307,6 +331,7 @@ fn spawn_background() -> Result<()> {
     // A password (-p) or identity token given as a flag moves to the child's stdin: a
     // long-lived process must not show it in its command line.
     let (args, flag_secret) = without_secret(std::env::args().skip(1).collect());
+    let (args, headers) = without_headers(args);
     let password_stdin = flag_secret.is_some()
         || args
             .iter()
@@ -319,6 +344,9 @@ fn spawn_background() -> Result<()> {
         None => (args, None),
     };
     let mut cmd = Command::new(exe);
+    if !headers.is_empty() {
+        cmd.env(super::remote::HEADERS_ENV, headers.join("\n"));
+    }
     cmd.args(&args)
         .env(DAEMON_ENV, "1")
         .stdin(if password_stdin {
@@ -607,7 +635,7 @@ async fn request(
 
 #[cfg(test)]
 mod tests {
-    use super::without_secret;
+    use super::{without_headers, without_secret};
 
     #[test]
     fn secrets_leave_the_command_line_for_stdin() {
@@ -645,5 +673,23 @@ mod tests {
         }
         let (rest, got) = without_secret(args(&["mount", "r:v1", "/m", "--", "-p"]));
         assert_eq!((rest.len(), got), (5, None));
+    }
+
+    #[test]
+    fn headers_leave_the_command_line_for_the_environment() {
+        let args = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let (rest, headers) = without_headers(args(&[
+            "mount",
+            "-H",
+            "A: 1",
+            "r:v1",
+            "--header=B: 2",
+            "/m",
+            "-HC: 3",
+            "--header",
+            "D: 4",
+        ]));
+        assert_eq!(rest, args(&["mount", "r:v1", "/m"]));
+        assert_eq!(headers, args(&["A: 1", "B: 2", "C: 3", "D: 4"]));
     }
 }

@@ -13,6 +13,17 @@ use oras_fs::registry::{
 };
 use oras_fs::{Error, Result};
 
+/// Where `mount` hands its `-H` headers to its background process: values may be tokens,
+/// and a long-lived process's command line is readable by every user (its environment is not).
+pub const HEADERS_ENV: &str = "ORAS_FS_MOUNT_HEADERS";
+
+/// The `-H` headers a background mount process got from the `mount` that started it.
+fn inherited_headers() -> Vec<String> {
+    std::env::var(HEADERS_ENV)
+        .map(|h| h.lines().map(str::to_string).collect())
+        .unwrap_or_default()
+}
+
 #[derive(Args, Debug, Clone, Default)]
 pub struct RemoteArgs {
     /// Registry username.
@@ -288,7 +299,7 @@ impl RemoteArgs {
             retry: Default::default(),
             timeout: Some(Duration::from_secs(30)),
             speed_limit: SpeedLimit::from_env()?,
-            headers: header_map(&self.headers)?,
+            headers: header_map(&[self.headers.clone(), inherited_headers()].concat())?,
             client_cert: self.cert_file.clone().zip(self.key_file.clone()),
             resolve: self.resolve.clone(),
             referrers: self.distribution_spec.unwrap_or_default(),
