@@ -138,14 +138,20 @@ fn headers_go_with_every_request() {
     // (readable by every user): they may be tokens.
     let before = proxy.requests().len();
     let m = Mount::new(&r, &headers);
-    assert_eq!(read_file(&m.join("h.txt")), format!("h {repo}\n").as_bytes());
+    assert_eq!(
+        read_file(&m.join("h.txt")),
+        format!("h {repo}\n").as_bytes()
+    );
     let cmdline = std::fs::read(format!("/proc/{}/cmdline", m.daemon_pid())).unwrap();
     assert!(
         !String::from_utf8_lossy(&cmdline).contains("X-Flags-Test"),
         "a header in the mount's command line"
     );
     let seen = proxy.requests();
-    assert!(seen.len() > before, "the mount sent nothing through the proxy");
+    assert!(
+        seen.len() > before,
+        "the mount sent nothing through the proxy"
+    );
     for s in &seen[before..] {
         assert_eq!(s.header("x-flags-test"), Some("one, two"), "{s:?}");
     }

@@ -375,6 +375,21 @@ fn index_update_adds_removes_merges_and_annotates() {
         "is not in the index",
     );
     assert_fails(
+        &oras_fs(["manifest", "index", "update", &r]),
+        "nothing to update",
+    );
+    // A digest given twice is removed once (not refused the second time).
+    let printed = ok(&[
+        "manifest", "index", "update", &r, "--remove", &arm, "--remove", &arm, "-o", "-",
+    ]);
+    assert_eq!(
+        json(printed.as_bytes())["manifests"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_fails(
         &oras_fs([
             "manifest",
             "index",

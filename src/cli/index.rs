@@ -130,8 +130,21 @@ async fn update(a: UpdateArgs) -> Result<()> {
     let out = a.format.output()?;
     let status = Status::new(&out, a.output.as_deref());
     let reference = o.reference();
+    if a.add.is_empty()
+        && a.remove.is_empty()
+        && a.merge.is_empty()
+        && a.annotations.is_empty()
+        && a.tags.is_empty()
+    {
+        return Err(Error::Usage(format!(
+            "nothing to update in {reference}: give --add, --remove, --merge, --annotation or \
+             --tag"
+        )));
+    }
     let (_, mut index) = fetch_index(&o, &reference, &status).await?;
-    for digest in &a.remove {
+    // A digest given twice is removed once.
+    let mut removing = std::collections::HashSet::new();
+    for digest in a.remove.iter().filter(|d| removing.insert(*d)) {
         let before = index.manifests.len();
         index.manifests.retain(|m| &m.digest != digest);
         if index.manifests.len() == before {
