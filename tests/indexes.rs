@@ -242,6 +242,31 @@ fn attach_discover_and_copy_r_reach_the_referrers_of_each_child() {
         !of_index.contains("application/vnd.example.sbom"),
         "{of_index}"
     );
+    // A referrer of the index itself pulls with --include-subject: the index holds no files,
+    // and the pull says so instead of failing.
+    write_file(&work.path().join("sig.txt"), "signed\n");
+    let out = oras_fs_in(
+        work.path(),
+        [
+            "attach",
+            "--artifact-type",
+            "application/vnd.example.sig",
+            &r,
+            "sig.txt",
+            "--format",
+            "go-template={{.digest}}",
+        ],
+    );
+    let sig = assert_ok(&out);
+    let pulled_dir = temp_dir();
+    let sig_ref = format!("{}@{}", registry_reference_base(&repo), sig.trim());
+    let out = pull(&sig_ref, pulled_dir.path(), &["--include-subject"]);
+    assert_ok(&out);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("is an image index"),
+        "{out:?}"
+    );
+    assert_eq!(read_file(&pulled_dir.path().join("sig.txt")), b"signed\n");
 
     let dst = unique_repo("index-referrers-copy");
     ok(&["copy", "-r", &r, &reference(&dst, "v1"), "--no-tty"]);

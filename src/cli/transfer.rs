@@ -389,6 +389,16 @@ pub async fn pull(args: PullArgs) -> Result<()> {
         // A cycle of subjects cannot be made with digests, but a registry could lie: stop at
         // any manifest seen before.
         while let Some(subject) = next.filter(|s| seen.insert(s.digest.clone())) {
+            // A signature of a multi-platform tag has an index for subject: it holds no files
+            // of its own, and which child's files to pull is for --platform on a pull of it.
+            if oras_fs::manifest::is_index(b"", Some(&subject.media_type)) {
+                eprintln!(
+                    "Note: the subject {} is an image index; its files are not pulled (pull it \
+                     with --platform)",
+                    subject.digest
+                );
+                break;
+            }
             let sub = oras::pull(
                 opened.target.as_ref(),
                 subject.digest.as_str(),
