@@ -188,18 +188,34 @@ impl std::str::FromStr for ResolveOverride {
                 "--resolve {s:?}: {why} (expected host:port:address[:address_port])"
             ))
         };
-        let parts: Vec<&str> = s.splitn(4, ':').collect();
-        let [host, port, address, rest @ ..] = parts.as_slice() else {
+        let parts: Vec<&str> = s.splitn(3, ':').collect();
+        let [host, port, rest] = parts.as_slice() else {
             return Err(bad("too few parts"));
         };
         if host.is_empty() {
             return Err(bad("no host"));
         }
         let port: u16 = port.parse().map_err(|_| bad("the port is not a number"))?;
+        // ADDRESS[:ADDRESS_PORT], an IPv6 address in brackets ([::1]:443) or bare (::1).
+        let (address, address_port) = match rest.strip_prefix('[') {
+            Some(r) => match r.split_once(']') {
+                Some((a, "")) => (a, None),
+                Some((a, p)) => (
+                    a,
+                    Some(p.strip_prefix(':').ok_or_else(|| bad("text after ]"))?),
+                ),
+                None => return Err(bad("no ] after [")),
+            },
+            None if rest.parse::<std::net::IpAddr>().is_ok() => (*rest, None),
+            None => match rest.rsplit_once(':') {
+                Some((a, p)) => (a, Some(p)),
+                None => (*rest, None),
+            },
+        };
         let address = address
             .parse()
             .map_err(|_| bad("the address is not an IP address"))?;
-        if let Some(p) = rest.first() {
+        if let Some(p) = address_port {
             let other: u16 = p
                 .parse()
                 .map_err(|_| bad("the address port is not a number"))?;
@@ -1058,12 +1074,23 @@ mod tests {
         assert!("reg.example:443:10.0.0.1:443"
             .parse::<ResolveOverride>()
             .is_ok());
+        // IPv6, bare or in brackets (with a port after them).
+        for v6 in [
+            "reg.example:443:::1",
+            "reg.example:443:[::1]",
+            "reg.example:443:[::1]:443",
+        ] {
+            let r: ResolveOverride = v6.parse().unwrap();
+            assert_eq!(r.address.to_string(), "::1", "{v6}");
+        }
         for (bad, why) in [
             ("reg.example:5000", "too few"),
             ("reg.example:x:127.0.0.1", "port"),
             ("reg.example:5000:not-an-ip", "IP address"),
             ("reg.example:5000:127.0.0.1:6000", "not supported"),
             (":5000:127.0.0.1", "no host"),
+            ("reg.example:443:[::1", "no ]"),
+            ("reg.example:443:[::1]:6000", "not supported"),
         ] {
             let e = bad.parse::<ResolveOverride>().unwrap_err().to_string();
             assert!(e.contains(why), "{bad}: {e}");
