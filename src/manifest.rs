@@ -159,18 +159,9 @@ impl Manifest {
     /// Parses and checks a manifest received from somewhere untrusted.
     /// `media_type` is what the registry said it is (Content-Type), if anything.
     pub fn parse(bytes: &[u8], media_type: Option<&str>) -> Result<Manifest> {
-        let bad = |reason: String| Error::InvalidManifest {
-            context: String::new(),
-            reason,
-        };
-        if bytes.len() as u64 > MAX_MANIFEST_SIZE {
-            return Err(bad(format!(
-                "{} bytes is over the 4 MiB limit",
-                bytes.len()
-            )));
-        }
+        check_size(bytes)?;
         let value: serde_json::Value =
-            serde_json::from_slice(bytes).map_err(|e| bad(format!("not JSON: {e}")))?;
+            serde_json::from_slice(bytes).map_err(|e| invalid(format!("not JSON: {e}")))?;
         let declared = value
             .get("mediaType")
             .and_then(|v| v.as_str())
@@ -184,19 +175,14 @@ impl Manifest {
             let children = serde_json::from_value::<Index>(value)
                 .map(|i| i.children_list())
                 .unwrap_or_else(|e| format!("its list of manifests cannot be read ({e})"));
-            return Err(bad(format!(
+            return Err(invalid(format!(
                 "this is an image index (a list of manifests), not a manifest; choose one of \
                  its manifests with --platform (or by digest): {children}"
             )));
         }
-        let m: Manifest =
-            serde_json::from_value(value).map_err(|e| bad(format!("not an OCI manifest: {e}")))?;
-        if m.schema_version != 2 {
-            return Err(bad(format!(
-                "schemaVersion {} (expected 2)",
-                m.schema_version
-            )));
-        }
+        let m: Manifest = serde_json::from_value(value)
+            .map_err(|e| invalid(format!("not an OCI manifest: {e}")))?;
+        check_schema_version(m.schema_version)?;
         Ok(m)
     }
 
@@ -334,6 +320,32 @@ impl std::fmt::Display for Platform {
     }
 }
 
+/// A manifest or index that cannot be used, and why (the caller adds which one).
+fn invalid(reason: String) -> Error {
+    Error::InvalidManifest {
+        context: String::new(),
+        reason,
+    }
+}
+
+/// Manifests and indexes alike are capped before they are parsed.
+fn check_size(bytes: &[u8]) -> Result<()> {
+    if bytes.len() as u64 > MAX_MANIFEST_SIZE {
+        return Err(invalid(format!(
+            "{} bytes is over the 4 MiB limit",
+            bytes.len()
+        )));
+    }
+    Ok(())
+}
+
+fn check_schema_version(version: u32) -> Result<()> {
+    if version != 2 {
+        return Err(invalid(format!("schemaVersion {version} (expected 2)")));
+    }
+    Ok(())
+}
+
 /// Whether manifest bytes are an image index.
 pub fn is_index(bytes: &[u8], media_type: Option<&str>) -> bool {
     matches!(
@@ -377,24 +389,10 @@ impl Index {
 
     /// Parses an image index received from somewhere untrusted (capped like a manifest).
     pub fn parse(bytes: &[u8]) -> Result<Index> {
-        let bad = |reason: String| Error::InvalidManifest {
-            context: String::new(),
-            reason,
-        };
-        if bytes.len() as u64 > MAX_MANIFEST_SIZE {
-            return Err(bad(format!(
-                "{} bytes is over the 4 MiB limit",
-                bytes.len()
-            )));
-        }
-        let index: Index =
-            serde_json::from_slice(bytes).map_err(|e| bad(format!("not an image index: {e}")))?;
-        if index.schema_version != 2 {
-            return Err(bad(format!(
-                "schemaVersion {} (expected 2)",
-                index.schema_version
-            )));
-        }
+        check_size(bytes)?;
+        let index: Index = serde_json::from_slice(bytes)
+            .map_err(|e| invalid(format!("not an image index: {e}")))?;
+        check_schema_version(index.schema_version)?;
         Ok(index)
     }
 

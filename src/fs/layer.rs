@@ -223,13 +223,7 @@ impl Decoded {
         let ChunkAt::Member { offset, end } = c.at else {
             return Err(DecodeError::Bad("not a gzip member".into()));
         };
-        if c.len > MAX_CHUNK {
-            return Err(DecodeError::Bad(format!(
-                "a chunk of {} bytes: over the {MAX_CHUNK}-byte bound of what is verified in \
-                 memory before it is served; `oras-fs pull` the layer instead",
-                c.len
-            )));
-        }
+        within_bound(c).map_err(DecodeError::Bad)?;
         let key = (layer.digest.clone(), offset);
         if let Some(b) = self.get(&key) {
             return Ok(b);
@@ -559,13 +553,7 @@ impl OrasFs {
             return Ok(b);
         }
         let fail = |what: String| self.eio(format!("layer {}: {what}", layer.digest));
-        if c.len > MAX_CHUNK {
-            return Err(fail(format!(
-                "a chunk of {} bytes at {} of a file: over the {MAX_CHUNK}-byte bound of what is \
-                 verified in memory before it is served; `oras-fs pull` the layer instead",
-                c.len, c.file_offset
-            )));
-        }
+        within_bound(c).map_err(fail)?;
         match (&c.at, &file.index) {
             (ChunkAt::Member { offset, .. }, _) => {
                 // The next chunk's members arrive in the background for a sequential reader
@@ -739,6 +727,19 @@ fn stream_end(c: &Chunk) -> u64 {
         ChunkAt::Stream { offset } => offset + c.len,
         ChunkAt::Member { .. } => 0,
     }
+}
+
+/// Refuses a chunk over [`MAX_CHUNK`] (on every path that decodes one: a reader's, and the
+/// decoder's ahead of it), before a byte of it is fetched.
+fn within_bound(c: &Chunk) -> Result<(), String> {
+    if c.len > MAX_CHUNK {
+        return Err(format!(
+            "a chunk of {} bytes at {} of a file: over the {MAX_CHUNK}-byte bound of what is \
+             verified in memory before it is served; `oras-fs pull` the layer instead",
+            c.len, c.file_offset
+        ));
+    }
+    Ok(())
 }
 
 fn check(data: &[u8], c: &Chunk) -> Result<(), String> {
