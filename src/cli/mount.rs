@@ -264,45 +264,23 @@ fn detach_stderr(cache_dir: &std::path::Path) {
     }
 }
 
-/// Removes `-p X`, `-pX`, `--password X`, `--password=X` and `--identity-token[=]X` from an
-/// argument list; returns the secret with the stdin flag that passes it instead.
-fn without_secret(args: Vec<String>) -> (Vec<String>, Option<(&'static str, String)>) {
-    let mut out = Vec::new();
-    let mut secret = None;
-    let mut it = args.into_iter();
-    while let Some(a) = it.next() {
-        if a == "--" {
-            out.push(a);
-            out.extend(it.by_ref());
-            break;
-        }
-        let password = |s: String| ("--password-stdin", s);
-        let token = |s: String| ("--identity-token-stdin", s);
-        if a == "-p" || a == "--password" {
-            secret = it.next().map(password);
-        } else if let Some(p) = a.strip_prefix("--password=") {
-            secret = Some(password(p.to_string()));
-        } else if a == "--identity-token" {
-            secret = it.next().map(token);
-        } else if let Some(t) = a.strip_prefix("--identity-token=") {
-            secret = Some(token(t.to_string()));
-        } else if let Some(p) = a
-            .strip_prefix("-p")
-            .filter(|p| !p.is_empty() && !a.starts_with("--"))
-        {
-            // `-p=pw` is `pw` to clap.
-            secret = Some(password(p.strip_prefix('=').unwrap_or(p).to_string()));
-        } else {
-            out.push(a);
-        }
-    }
-    (out, secret)
-}
+/// The flags whose values must not stay in a long-lived process's command line (readable by
+/// every user): `(short, long)`.
+const HIDDEN_FLAGS: [(Option<char>, &str); 3] = [
+    (Some('p'), "password"),
+    (None, "identity-token"),
+    (Some('H'), "header"),
+];
 
-/// Removes `-H X`, `-HX`, `--header X` and `--header=X` from an argument list; returns the
-/// headers (values that may be tokens), for the child's environment.
-fn without_headers(args: Vec<String>) -> (Vec<String>, Vec<String>) {
-    let (mut out, mut headers) = (Vec::new(), Vec::new());
+/// Takes the values of [`HIDDEN_FLAGS`] (`-p X`, `-pX`, `-p=X`, `--password X`,
+/// `--password=X`, and so on) out of an argument list, in one pass so that a value is never
+/// read as a flag, up to `--`. Returns the rest, the secret with the stdin flag that passes it
+/// instead, and the headers (for the child's environment).
+fn background_args(
+    args: Vec<String>,
+) -> (Vec<String>, Option<(&'static str, String)>, Vec<String>) {
+    let mut out = Vec::new();
+    let mut values: [Vec<String>; 3] = Default::default();
     let mut it = args.into_iter();
     while let Some(a) = it.next() {
         if a == "--" {
@@ -310,17 +288,34 @@ fn without_headers(args: Vec<String>) -> (Vec<String>, Vec<String>) {
             out.extend(it.by_ref());
             break;
         }
-        if a == "-H" || a == "--header" {
-            headers.extend(it.next());
-        } else if let Some(h) = a.strip_prefix("--header=") {
-            headers.push(h.to_string());
-        } else if let Some(h) = a.strip_prefix("-H").filter(|h| !h.is_empty()) {
-            headers.push(h.strip_prefix('=').unwrap_or(h).to_string());
-        } else {
-            out.push(a);
+        let found = HIDDEN_FLAGS
+            .iter()
+            .enumerate()
+            .find_map(|(i, (short, long))| {
+                let long = format!("--{long}");
+                if a == long || short.is_some_and(|c| a == format!("-{c}")) {
+                    return Some((i, None));
+                }
+                if let Some(v) = a.strip_prefix(&format!("{long}=")) {
+                    return Some((i, Some(v.to_string())));
+                }
+                let v = a
+                    .strip_prefix(&format!("-{}", (*short)?))
+                    .filter(|v| !v.is_empty() && !a.starts_with("--"))?;
+                // `-p=pw` is `pw` to clap.
+                Some((i, Some(v.strip_prefix('=').unwrap_or(v).to_string())))
+            });
+        match found {
+            Some((i, Some(v))) => values[i].push(v),
+            Some((i, None)) => values[i].extend(it.next()),
+            None => out.push(a),
         }
     }
-    (out, headers)
+    let [passwords, tokens, headers] = values;
+    // clap has refused a password beside an identity token before this runs.
+    let secret = (passwords.last().map(|p| ("--password-stdin", p.clone())))
+        .or_else(|| tokens.last().map(|t| ("--identity-token-stdin", t.clone())));
+    (out, secret, headers)
 }
 
 /// Runs this command again as a background child (no fork after the async runtime started)
@@ -330,8 +325,7 @@ fn spawn_background() -> Result<()> {
         std::env::current_exe().map_err(|e| Error::io("finding the oras-fs executable", e))?;
     // A password (-p) or identity token given as a flag moves to the child's stdin: a
     // long-lived process must not show it in its command line.
-    let (args, flag_secret) = without_secret(std::env::args().skip(1).collect());
-    let (args, headers) = without_headers(args);
+    let (args, flag_secret, headers) = background_args(std::env::args().skip(1).collect());
     let password_stdin = flag_secret.is_some()
         || args
             .iter()
@@ -635,7 +629,7 @@ async fn request(
 
 #[cfg(test)]
 mod tests {
-    use super::{without_headers, without_secret};
+    use super::background_args;
 
     #[test]
     fn secrets_leave_the_command_line_for_stdin() {
@@ -667,18 +661,18 @@ mod tests {
                 "tok",
             ),
         ] {
-            let (rest, got) = without_secret(args(line));
+            let (rest, got, _) = background_args(args(line));
             assert_eq!(rest, args(&["mount", "r:v1", "/m"]), "{line:?}");
             assert_eq!(got, Some((flag, secret.to_string())), "{line:?}");
         }
-        let (rest, got) = without_secret(args(&["mount", "r:v1", "/m", "--", "-p"]));
+        let (rest, got, _) = background_args(args(&["mount", "r:v1", "/m", "--", "-p"]));
         assert_eq!((rest.len(), got), (5, None));
     }
 
     #[test]
     fn headers_leave_the_command_line_for_the_environment() {
         let args = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        let (rest, headers) = without_headers(args(&[
+        let (rest, _, headers) = background_args(args(&[
             "mount",
             "-H",
             "A: 1",
