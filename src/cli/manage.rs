@@ -762,14 +762,12 @@ pub async fn discover(a: DiscoverArgs) -> Result<()> {
             .is_none_or(|t| d.artifact_type.as_ref() == Some(t))
             && shown.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < MAX_REFERRERS
     };
-    let depth = Some(if a.depth > 0 { a.depth } else { MAX_DEPTH });
-    if output.is_text() {
-        outln!("{}@{}", o.base, subject.digest);
-        print_tree(o.target.as_ref(), &subject, "", depth, &keep).await?;
-    } else {
-        let model = referrer_tree(o.target.as_ref(), &o.base, &subject, depth, &keep).await?;
-        output.print(&model, || {})?;
-    }
+    let depth = if a.depth > 0 { a.depth } else { MAX_DEPTH };
+    let model = referrer_tree(o.target.as_ref(), &o.base, &subject, depth, &keep).await?;
+    output.print(&model, || {
+        outln!("{}", model.subject.reference);
+        print_tree(&model.referrers, "");
+    })?;
     if shown.into_inner() > MAX_REFERRERS {
         eprintln!(
             "Warning: stopped after {MAX_REFERRERS} referrers; the registry lists more (or the \
@@ -779,22 +777,21 @@ pub async fn discover(a: DiscoverArgs) -> Result<()> {
     Ok(())
 }
 
-/// `subject` with its referrers, recursively, `depth` levels deep (`None`: all) (the model
-/// of `discover --format json`).
+/// `subject` with its referrers, recursively, `depth` levels deep (the model both of
+/// `discover --format json` and of its tree).
 fn referrer_tree<'a>(
     target: &'a dyn Target,
     base: &'a str,
     subject: &'a Descriptor,
-    depth: Option<usize>,
+    depth: usize,
     keep: &'a (dyn Fn(&Descriptor) -> bool + Sync),
 ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Referrers>> + Send + 'a>> {
     Box::pin(async move {
         let mut referrers = Vec::new();
-        if depth != Some(0) {
+        if depth > 0 {
             for r in target.referrers(subject).await? {
                 if keep(&r) {
-                    let below = depth.map(|d| d - 1);
-                    referrers.push(referrer_tree(target, base, &r, below, keep).await?);
+                    referrers.push(referrer_tree(target, base, &r, depth - 1, keep).await?);
                 }
             }
         }
@@ -805,35 +802,20 @@ fn referrer_tree<'a>(
     })
 }
 
-/// Prints the referrers of `subject` as a tree, recursively, `depth` levels deep (`None`: all).
-fn print_tree<'a>(
-    target: &'a dyn Target,
-    subject: &'a Descriptor,
-    indent: &'a str,
-    depth: Option<usize>,
-    keep: &'a (dyn Fn(&Descriptor) -> bool + Sync),
-) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send + 'a>> {
-    Box::pin(async move {
-        if depth == Some(0) {
-            return Ok(());
-        }
-        let refs: Vec<Descriptor> = target
-            .referrers(subject)
-            .await?
-            .into_iter()
-            .filter(|d| keep(d))
-            .collect();
-        for (i, r) in refs.iter().enumerate() {
-            let last = i + 1 == refs.len();
-            outln!(
-                "{indent}{} {}  {}",
-                if last { "└──" } else { "├──" },
-                r.artifact_type.as_deref().unwrap_or("(no artifact type)"),
-                r.digest
-            );
-            let child = format!("{indent}{}", if last { "    " } else { "│   " });
-            print_tree(target, r, &child, depth.map(|d| d - 1), keep).await?;
-        }
-        Ok(())
-    })
+/// Prints referrers as a tree (`discover`'s text output), each with its own below it.
+fn print_tree(referrers: &[Referrers], indent: &str) {
+    for (i, r) in referrers.iter().enumerate() {
+        let last = i + 1 == referrers.len();
+        outln!(
+            "{indent}{} {}  {}",
+            if last { "└──" } else { "├──" },
+            r.subject
+                .artifact_type
+                .as_deref()
+                .unwrap_or("(no artifact type)"),
+            r.subject.digest
+        );
+        let child = format!("{indent}{}", if last { "    " } else { "│   " });
+        print_tree(&r.referrers, &child);
+    }
 }
