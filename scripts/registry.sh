@@ -113,34 +113,34 @@ subjectAltName=IP:127.0.0.1,DNS:localhost
 subjectKeyIdentifier=hash
 authorityKeyIdentifier=keyid,issuer
 EOF
+    sign_leaf "$state" server "/CN=127.0.0.1"
+    chmod 600 "$state/ca.key"
+}
+
+# sign_leaf STATE NAME SUBJECT: a key and a certificate from the CA of STATE, with the
+# extensions of STATE/NAME.ext, as STATE/NAME.key and STATE/NAME.crt.
+sign_leaf() {
+    local state=$1 name=$2 subject=$3 log="$1/openssl.log"
     openssl req -new -nodes -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 \
-        -keyout "$state/server.key" -out "$state/server.csr" \
-        -subj "/CN=127.0.0.1" >>"$log" 2>&1 ||
-        { cat "$log" >&2; die "openssl: server key/CSR failed"; }
-    openssl x509 -req -in "$state/server.csr" -CA "$state/ca.crt" -CAkey "$state/ca.key" \
-        -CAcreateserial -out "$state/server.crt" -days 30 -sha256 \
-        -extfile "$state/server.ext" >>"$log" 2>&1 ||
-        { cat "$log" >&2; die "openssl: signing server cert failed"; }
-    chmod 600 "$state/ca.key" "$state/server.key"
+        -keyout "$state/$name.key" -out "$state/$name.csr" \
+        -subj "$subject" >>"$log" 2>&1 ||
+        { cat "$log" >&2; die "openssl: $name key/CSR failed"; }
+    openssl x509 -req -in "$state/$name.csr" -CA "$state/ca.crt" -CAkey "$state/ca.key" \
+        -CAcreateserial -out "$state/$name.crt" -days 30 -sha256 \
+        -extfile "$state/$name.ext" >>"$log" 2>&1 ||
+        { cat "$log" >&2; die "openssl: signing $name cert failed"; }
+    chmod 600 "$state/$name.key"
 }
 
 # A client certificate from the same CA, for --mtls (the registry then requires one).
 make_client_cert() {
-    local state=$1 log="$1/openssl.log"
+    local state=$1
     cat >"$state/client.ext" <<'EOF'
 basicConstraints=critical,CA:FALSE
 keyUsage=critical,digitalSignature
 extendedKeyUsage=clientAuth
 EOF
-    openssl req -new -nodes -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 \
-        -keyout "$state/client.key" -out "$state/client.csr" \
-        -subj "/CN=oras-fs test client" >>"$log" 2>&1 ||
-        { cat "$log" >&2; die "openssl: client key/CSR failed"; }
-    openssl x509 -req -in "$state/client.csr" -CA "$state/ca.crt" -CAkey "$state/ca.key" \
-        -CAcreateserial -out "$state/client.crt" -days 30 -sha256 \
-        -extfile "$state/client.ext" >>"$log" 2>&1 ||
-        { cat "$log" >&2; die "openssl: signing client cert failed"; }
-    chmod 600 "$state/client.key"
+    sign_leaf "$state" client "/CN=oras-fs test client"
 }
 
 # Prints the HTTP status of GET URL (000 when unreachable). CERT: a client
