@@ -58,6 +58,12 @@ pub struct CopyArgs {
     pub from_oci_layout: bool,
     #[arg(long)]
     pub to_oci_layout: bool,
+    /// The source is the OCI layout (directory or .tar) at PATH; FROM is only a tag or digest.
+    #[arg(long, value_name = "PATH")]
+    pub from_oci_layout_path: Option<String>,
+    /// The destination is the OCI layout directory at PATH; TO is only tags (or empty).
+    #[arg(long, value_name = "PATH")]
+    pub to_oci_layout_path: Option<String>,
     /// Of an image index, copy only the manifest for this platform: os/arch[/variant][:os_version]
     /// (default: the whole index with every child).
     #[arg(long, value_name = "PLATFORM")]
@@ -78,8 +84,14 @@ pub struct CopyArgs {
 
 pub async fn copy(a: CopyArgs) -> Result<()> {
     let (from_remote, to_remote) = copy_sides(&a.remote, &a.from_remote, &a.to_remote)?;
-    let src = target::open(&a.from, a.from_oci_layout, &from_remote, false)?;
-    let dst = target::open(&a.to, a.to_oci_layout, &to_remote, true)?;
+    let from = target::Place::from_flags(
+        a.from_oci_layout,
+        a.from_oci_layout_path.as_deref(),
+        "from-",
+    )?;
+    let to = target::Place::from_flags(a.to_oci_layout, a.to_oci_layout_path.as_deref(), "to-")?;
+    let src = target::open(&a.from, from, &from_remote, false)?;
+    let dst = target::open(&a.to, to, &to_remote, true)?;
     let (desc, bytes) = manifest_of(&src, a.platform.as_ref()).await?;
     let tags = if !dst.tags.is_empty() {
         dst.tags.clone()

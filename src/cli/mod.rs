@@ -9,6 +9,7 @@ macro_rules! outln {
     };
 }
 
+mod backup;
 mod confirm;
 pub mod fstab;
 mod index;
@@ -74,6 +75,10 @@ pub enum Command {
     Attach(manage::AttachArgs),
     /// Show the artifacts that refer to a subject.
     Discover(manage::DiscoverArgs),
+    /// Back up a repository's tags (and their referrers) into an OCI layout directory or .tar.
+    Backup(backup::BackupArgs),
+    /// Restore tags (and their referrers) from an OCI layout directory or .tar into a repository.
+    Restore(backup::RestoreArgs),
     /// Attach seek indexes of an artifact's or image's tar+gzip layers, so that mounts read
     /// single files of them without downloading whole layers.
     Index(manage::IndexArgs),
@@ -102,6 +107,8 @@ pub async fn run(cli: Cli) -> oras_fs::Result<()> {
         Command::Repo(c) => manage::repo(c).await,
         Command::Attach(a) => manage::attach(a).await,
         Command::Discover(a) => manage::discover(a).await,
+        Command::Backup(a) => backup::backup(a).await,
+        Command::Restore(a) => backup::restore(a).await,
         Command::Index(a) => manage::index(a).await,
         Command::Login(a) => remote::login(a).await,
         Command::Logout(a) => remote::logout(a),

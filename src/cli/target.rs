@@ -1,6 +1,7 @@
 //! Turning a command-line reference into a [`Target`]: a registry repository
 //! (`registry/repo[:tag[,tag]][@digest]`) or, with `--oci-layout`, an OCI image layout directory
-//! (`DIR[:tag[,tag]][@digest]`).
+//! or `.tar` archive (`PATH[:tag[,tag]][@digest]`); with `--oci-layout-path PATH` the reference
+//! is only the `tag[,tag]` or digest, so a path with ':' or '@' in it needs no escaping.
 
 use std::sync::Arc;
 
@@ -83,32 +84,96 @@ pub fn validate_tag(tag: &str) -> Result<()> {
     Ok(())
 }
 
+/// Which kind of place a reference names, from `--oci-layout` / `--oci-layout-path` (or their
+/// `--from-`/`--to-` forms).
+#[derive(Clone, Copy, Debug, Default)]
+pub enum Place<'a> {
+    #[default]
+    Registry,
+    /// The reference is `PATH[:tags][@digest]`.
+    Layout,
+    /// The layout is at this path; the reference is only `tags` or a digest.
+    LayoutAt(&'a str),
+}
+
+impl<'a> Place<'a> {
+    /// From the two flags; giving both is refused (as oras does).
+    pub fn from_flags(oci_layout: bool, path: Option<&'a str>, prefix: &str) -> Result<Self> {
+        match (oci_layout, path) {
+            (true, Some(_)) => Err(Error::Usage(format!(
+                "--{prefix}oci-layout-path already says the target is an OCI layout: give \
+                 either it or --{prefix}oci-layout, not both"
+            ))),
+            (true, None) => Ok(Place::Layout),
+            (false, Some(p)) => Ok(Place::LayoutAt(p)),
+            (false, None) => Ok(Place::Registry),
+        }
+    }
+}
+
 /// Where a command's reference points: a registry (with the remote flags), or with
-/// `--oci-layout` an OCI image layout directory. Flattened into every command that takes one.
+/// `--oci-layout`/`--oci-layout-path` an OCI image layout (a directory, or a `.tar` archive
+/// read in place). Flattened into every command that takes one.
 #[derive(clap::Args, Clone, Debug)]
 pub struct TargetArgs {
-    /// The reference is an OCI image layout directory: DIR[:tag|@digest] (no registry needed).
+    /// The reference is an OCI image layout: PATH[:tag|@digest], PATH a directory or a .tar
+    /// archive (read-only) (no registry needed).
     #[arg(long)]
     pub oci_layout: bool,
+    /// The OCI image layout (directory or .tar archive) is at PATH; the reference is then
+    /// only a tag (or tags, comma-separated) or a digest.
+    #[arg(long, value_name = "PATH")]
+    pub oci_layout_path: Option<String>,
     #[command(flatten)]
     pub remote: RemoteArgs,
 }
 
 impl TargetArgs {
-    /// Opens the target `spec` names. `create`: a missing layout directory is made.
+    /// Opens the target `spec` names. `create`: a missing layout directory is made (and an
+    /// archive, which is read-only, is refused).
     pub fn open(&self, spec: &str, create: bool) -> Result<Opened> {
-        open(spec, self.oci_layout, &self.remote, create)
+        let place = Place::from_flags(self.oci_layout, self.oci_layout_path.as_deref(), "")?;
+        open(spec, place, &self.remote, create)
     }
 }
 
+/// Splits what follows `--oci-layout-path`: a digest (`sha256:…`, or `@sha256:…`), else tags
+/// (`t1,t2`), else nothing.
+fn split_layout_reference(spec: &str) -> Result<(Vec<String>, Option<Digest>)> {
+    let bare = spec.strip_prefix('@').unwrap_or(spec);
+    if bare.contains(':') {
+        let d = bare
+            .parse::<Digest>()
+            .map_err(|_| Error::InvalidReference {
+                reference: spec.to_string(),
+                reason: "with --oci-layout-path the reference is a tag or a digest \
+                         (sha256:<hex>), not a path"
+                    .into(),
+            })?;
+        return Ok((Vec::new(), Some(d)));
+    }
+    let tags = spec
+        .split(',')
+        .filter(|t| !t.is_empty())
+        .map(str::to_string)
+        .collect();
+    Ok((tags, None))
+}
+
 /// Opens the target a reference names. `create`: a missing layout directory is made.
-pub fn open(spec: &str, oci_layout: bool, remote: &RemoteArgs, create: bool) -> Result<Opened> {
-    let (base, tags, digest) = split(spec)?;
-    if oci_layout {
+pub fn open(spec: &str, place: Place<'_>, remote: &RemoteArgs, create: bool) -> Result<Opened> {
+    let (base, tags, digest) = match place {
+        Place::LayoutAt(path) => {
+            let (tags, digest) = split_layout_reference(spec)?;
+            (path.to_string(), tags, digest)
+        }
+        _ => split(spec)?,
+    };
+    if !matches!(place, Place::Registry) {
         if base.is_empty() {
             return Err(Error::InvalidReference {
                 reference: spec.into(),
-                reason: "missing the layout directory".into(),
+                reason: "missing the layout's path".into(),
             });
         }
         for t in &tags {
@@ -180,5 +245,25 @@ mod tests {
         assert_eq!((b.as_str(), t.len(), d.is_some()), ("dir", 0, true));
         let (b, t, _) = split("localhost:5000/x").unwrap();
         assert_eq!((b.as_str(), t.len()), ("localhost:5000/x", 0));
+    }
+
+    #[test]
+    fn a_layout_path_leaves_only_tags_or_a_digest() {
+        let d = format!("sha256:{}", "a".repeat(64));
+        assert_eq!(
+            split_layout_reference(&d).unwrap(),
+            (vec![], Some(d.parse().unwrap()))
+        );
+        assert_eq!(
+            split_layout_reference(&format!("@{d}")).unwrap().1,
+            Some(d.parse().unwrap())
+        );
+        assert_eq!(
+            split_layout_reference("v1,v2").unwrap(),
+            (vec!["v1".to_string(), "v2".to_string()], None)
+        );
+        assert_eq!(split_layout_reference("").unwrap(), (vec![], None));
+        assert!(split_layout_reference("dir:v1").is_err());
+        assert!(Place::from_flags(true, Some("x"), "from-").is_err());
     }
 }

@@ -1,7 +1,8 @@
 //! An OCI image layout directory (`oci-layout`, `index.json`, `blobs/<alg>/<hex>`) as a
 //! [`Target`]: the local store when no registry is at hand. Tags are the
 //! `org.opencontainers.image.ref.name` annotations of `index.json`, which is replaced atomically.
-//! Layouts written by other tools (skopeo, oras) read as they are.
+//! Layouts written by other tools (skopeo, oras) read as they are. A layout packed in a `.tar`
+//! archive reads in place (see [`super::layout_tar`]) and refuses every write.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -10,6 +11,7 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 use bytes::Bytes;
 
+use super::layout_tar::TarIndex;
 use super::{ByteStream, Target};
 use crate::digest::Digest;
 use crate::error::{Error, IoContext, Result};
@@ -18,8 +20,27 @@ use crate::manifest::{media_type, Descriptor, MAX_MANIFEST_SIZE};
 /// The annotation that names a manifest in `index.json`.
 pub const REF_NAME: &str = "org.opencontainers.image.ref.name";
 
+/// The most of an archive's `index.json` read into memory (it lists manifests, not content).
+const MAX_INDEX_JSON: u64 = 64 << 20;
+
+/// Whether a path names a tar archive (`.tar`, any case, as oras judges it).
+pub fn is_tar_name(path: &Path) -> bool {
+    path.extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("tar"))
+}
+
+fn read_only_archive(path: &Path) -> Error {
+    Error::Usage(format!(
+        "{} is an OCI layout tar archive, which is read-only: write into a layout directory \
+         instead (`oras-fs backup -o FILE.tar` makes a new archive from a registry)",
+        path.display()
+    ))
+}
+
 pub struct OciLayout {
     root: PathBuf,
+    /// Set when the layout is a `.tar` archive: read in place, read-only.
+    archive: Option<TarIndex>,
     /// Serializes read-modify-write of `index.json` within this process (with [`Self::lock`]
     /// across processes).
     index_lock: Mutex<()>,
@@ -44,9 +65,20 @@ struct Index {
 }
 
 impl OciLayout {
-    /// Opens a layout directory, creating it (with `oci-layout` and an empty index) if needed.
+    /// Opens a layout directory, creating it (with `oci-layout` and an empty index) if needed,
+    /// or a layout `.tar` archive (a regular file), which is read-only: with `create` (the
+    /// caller means to write) an archive is refused.
     pub fn open(root: impl Into<PathBuf>, create: bool) -> Result<OciLayout> {
         let root = root.into();
+        if root.is_file() {
+            if create {
+                return Err(read_only_archive(&root));
+            }
+            return Self::open_archive(root);
+        }
+        if create && !root.exists() && is_tar_name(&root) {
+            return Err(read_only_archive(&root));
+        }
         let marker = root.join("oci-layout");
         if !marker.exists() {
             if !create {
@@ -62,6 +94,7 @@ impl OciLayout {
         }
         let layout = OciLayout {
             root,
+            archive: None,
             index_lock: Mutex::new(()),
         };
         if !layout.root.join("index.json").exists() {
@@ -74,8 +107,69 @@ impl OciLayout {
         Ok(layout)
     }
 
+    fn open_archive(root: PathBuf) -> Result<OciLayout> {
+        let archive = TarIndex::open(&root)?;
+        for needed in ["oci-layout", "index.json"] {
+            if archive.get(needed).is_none() {
+                return Err(Error::NotFound {
+                    what: "OCI layout",
+                    name: format!("{} (a tar archive with no {needed} in it)", root.display()),
+                });
+            }
+        }
+        Ok(OciLayout {
+            root,
+            archive: Some(archive),
+            index_lock: Mutex::new(()),
+        })
+    }
+
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// Whether this layout is a `.tar` archive (read-only).
+    pub fn is_archive(&self) -> bool {
+        self.archive.is_some()
+    }
+
+    /// Refuses a write to an archive.
+    fn writable(&self) -> Result<()> {
+        match self.archive {
+            Some(_) => Err(read_only_archive(&self.root)),
+            None => Ok(()),
+        }
+    }
+
+    /// A blob's path inside the layout.
+    fn blob_name(digest: &Digest) -> String {
+        format!("blobs/{}/{}", digest.algorithm(), digest.hex())
+    }
+
+    /// Reads a whole blob of at most [`MAX_MANIFEST_SIZE`] bytes (a manifest); `None` if it
+    /// is missing. Unverified: callers hash what they keep.
+    fn read_small_blob(&self, digest: &Digest) -> Result<Option<Vec<u8>>> {
+        if let Some(a) = &self.archive {
+            return a.read_small(&Self::blob_name(digest), MAX_MANIFEST_SIZE);
+        }
+        let path = self.blob_path(digest);
+        let file = match std::fs::File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Error::io(format!("opening {}", path.display()), e)),
+        };
+        let mut bytes = Vec::new();
+        use std::io::Read;
+        file.take(MAX_MANIFEST_SIZE + 1)
+            .read_to_end(&mut bytes)
+            .ctx(|| format!("reading {}", path.display()))?;
+        if bytes.len() as u64 > MAX_MANIFEST_SIZE {
+            return Err(Error::InvalidManifest {
+                context: format!(" {digest}"),
+                reason: "over the 4 MiB limit".into(),
+            });
+        }
+        Ok(Some(bytes))
     }
 
     /// Locks `index.json` for a read-modify-write, against this process's threads and other
@@ -108,7 +202,12 @@ impl OciLayout {
 
     fn read_index(&self) -> Result<Index> {
         let path = self.root.join("index.json");
-        let bytes = std::fs::read(&path).ctx(|| format!("reading {}", path.display()))?;
+        let bytes = match &self.archive {
+            Some(a) => a
+                .read_small("index.json", MAX_INDEX_JSON)?
+                .unwrap_or_default(),
+            None => std::fs::read(&path).ctx(|| format!("reading {}", path.display()))?,
+        };
         serde_json::from_slice(&bytes).map_err(|e| Error::InvalidManifest {
             context: format!(" {}", path.display()),
             reason: e.to_string(),
@@ -157,6 +256,7 @@ impl OciLayout {
 
     /// Removes a manifest (every entry of its digest) from `index.json`.
     pub fn unlist(&self, digest: &Digest) -> Result<()> {
+        self.writable()?;
         let _g = self.lock()?;
         let mut index = self.read_index()?;
         index.manifests.retain(|m| &m.digest != digest);
@@ -165,6 +265,7 @@ impl OciLayout {
 
     /// Deletes a blob file.
     pub fn delete_blob(&self, digest: &Digest) -> Result<()> {
+        self.writable()?;
         std::fs::remove_file(self.blob_path(digest)).ctx(|| format!("deleting {digest}"))
     }
 }
@@ -172,6 +273,9 @@ impl OciLayout {
 #[async_trait]
 impl Target for OciLayout {
     async fn stat(&self, digest: &Digest) -> Result<Option<u64>> {
+        if let Some(a) = &self.archive {
+            return Ok(a.get(&Self::blob_name(digest)).map(|m| m.size));
+        }
         match tokio::fs::metadata(self.blob_path(digest)).await {
             Ok(m) => Ok(Some(m.len())),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
@@ -183,7 +287,10 @@ impl Target for OciLayout {
     }
 
     fn name(&self) -> String {
-        format!("OCI layout {}", self.root.display())
+        match self.archive {
+            Some(_) => format!("OCI layout archive {}", self.root.display()),
+            None => format!("OCI layout {}", self.root.display()),
+        }
     }
 
     async fn resolve(&self, reference: &str) -> Result<Descriptor> {
@@ -195,18 +302,10 @@ impl Target for OciLayout {
                 return Ok(m);
             }
             // Not listed: read the blob and take its media type from it.
-            let bytes = tokio::fs::read(self.blob_path(&d))
-                .await
-                .map_err(|_| Error::NotFound {
-                    what: "manifest",
-                    name: format!("{}@{d}", self.root.display()),
-                })?;
-            if bytes.len() as u64 > MAX_MANIFEST_SIZE {
-                return Err(Error::InvalidManifest {
-                    context: format!(" {d}"),
-                    reason: "over the 4 MiB limit".into(),
-                });
-            }
+            let bytes = self.read_small_blob(&d)?.ok_or_else(|| Error::NotFound {
+                what: "manifest",
+                name: format!("{}@{d}", self.root.display()),
+            })?;
             let mt = serde_json::from_slice::<serde_json::Value>(&bytes)
                 .ok()
                 .and_then(|v| v.get("mediaType")?.as_str().map(str::to_string))
@@ -230,6 +329,9 @@ impl Target for OciLayout {
     }
 
     async fn fetch(&self, desc: &Descriptor) -> Result<ByteStream> {
+        if self.archive.is_some() {
+            return self.fetch_range(desc, 0, u64::MAX).await;
+        }
         let path = self.blob_path(&desc.digest);
         let file = tokio::fs::File::open(&path)
             .await
@@ -241,16 +343,29 @@ impl Target for OciLayout {
     }
 
     async fn fetch_range(&self, desc: &Descriptor, offset: u64, len: u64) -> Result<ByteStream> {
+        if let Some(a) = &self.archive {
+            let m = a
+                .get(&Self::blob_name(&desc.digest))
+                .ok_or_else(|| Error::NotFound {
+                    what: "blob",
+                    name: format!("{} in {}", desc.digest, self.root.display()),
+                })?;
+            return a.range(m, offset, len).await;
+        }
         super::file_range_stream(&self.blob_path(&desc.digest), offset, len).await
     }
 
     async fn exists(&self, desc: &Descriptor) -> Result<bool> {
+        if let Some(a) = &self.archive {
+            return Ok(a.get(&Self::blob_name(&desc.digest)).is_some());
+        }
         Ok(tokio::fs::metadata(self.blob_path(&desc.digest))
             .await
             .is_ok())
     }
 
     async fn push(&self, desc: &Descriptor, content: ByteStream) -> Result<()> {
+        self.writable()?;
         let dest = self.blob_path(&desc.digest);
         let dir = dest.parent().expect("blobs/<alg>").to_path_buf();
         tokio::fs::create_dir_all(&dir)
@@ -277,6 +392,7 @@ impl Target for OciLayout {
     }
 
     async fn tag(&self, desc: &Descriptor, tag: &str) -> Result<()> {
+        self.writable()?;
         if !self.exists(desc).await? {
             return Err(Error::NotFound {
                 what: "manifest",
@@ -300,7 +416,7 @@ impl Target for OciLayout {
     async fn referrers(&self, subject: &Descriptor) -> Result<Vec<Descriptor>> {
         let mut out = Vec::new();
         for m in self.manifests()? {
-            let Ok(bytes) = std::fs::read(self.blob_path(&m.digest)) else {
+            let Ok(Some(bytes)) = self.read_small_blob(&m.digest) else {
                 continue;
             };
             if let Ok(man) = crate::manifest::Manifest::parse(&bytes, Some(&m.media_type)) {

@@ -8,6 +8,7 @@
 
 pub mod file;
 pub mod layout;
+pub mod layout_tar;
 pub mod memory;
 mod overlay;
 pub mod testing;
