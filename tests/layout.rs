@@ -612,3 +612,217 @@ fn a_layout_mounts_without_a_registry_and_unmount_writes_back() {
     );
     drop(mount);
 }
+
+// --- Layouts in .tar archives and --oci-layout-path -------------------------------------------
+
+/// Backs up `repo:tag` into the archive `tar`.
+fn backup_to_tar(repo: &str, tag: &str, tar: &Path) {
+    ok(&[
+        "backup",
+        "-o",
+        path_str(tar),
+        &reference(repo, tag),
+        "--no-tty",
+    ]);
+}
+
+#[test]
+fn a_tar_layout_reads_in_place() {
+    require_registry!();
+    let repo = unique_repo("tar-src");
+    let digest = push_contents(
+        &reference(&repo, "v1"),
+        &[
+            ("a.txt", format!("tar {repo}\n").as_bytes()),
+            ("big.bin", &random_bytes(&repo, (2 << 20) + 7)),
+        ],
+    );
+    let dirs = temp_dir();
+    let tar = dirs.path().join("l.tar");
+    backup_to_tar(&repo, "v1", &tar);
+    let tar_ref = at(&tar, "v1");
+    let want = pulled_tree(&reference(&repo, "v1"));
+
+    // Read commands take the archive where they take a layout directory...
+    assert_eq!(resolve(&["--oci-layout", &tar_ref]), digest);
+    assert_eq!(pulled(&tar_ref, &["--oci-layout"]), want);
+    let manifest = ok(&["manifest", "fetch", "--oci-layout", &tar_ref]);
+    assert_eq!(sha256_bytes(manifest.as_bytes()), digest);
+    assert_eq!(
+        ok(&["repo", "tags", "--oci-layout", path_str(&tar)]).trim(),
+        "v1"
+    );
+    // ...and --oci-layout-path, the reference being only the tag or the digest.
+    assert_eq!(
+        resolve(&["--oci-layout-path", path_str(&tar), "v1"]),
+        digest
+    );
+    assert_eq!(
+        pulled(&digest, &["--oci-layout-path", path_str(&tar)]),
+        want
+    );
+
+    // copy out of it, by either flag, verified at the destination.
+    let back = unique_repo("tar-back");
+    ok(&[
+        "copy",
+        "--from-oci-layout",
+        &tar_ref,
+        &reference(&back, "v1"),
+        "--no-tty",
+    ]);
+    ok(&[
+        "copy",
+        "--from-oci-layout-path",
+        path_str(&tar),
+        "v1",
+        &reference(&back, "v2"),
+        "--no-tty",
+    ]);
+    for tag in ["v1", "v2"] {
+        assert_eq!(pulled_tree(&reference(&back, tag)), want, "{tag}");
+    }
+    // Into a layout directory named by --to-oci-layout-path.
+    let dir = dirs.path().join("dir");
+    ok(&[
+        "copy",
+        "--from-oci-layout",
+        &tar_ref,
+        "--to-oci-layout-path",
+        path_str(&dir),
+        "v3",
+        "--no-tty",
+    ]);
+    let (tags, _) = checked_index(&dir);
+    assert_eq!(tags.get("v3"), Some(&digest));
+
+    // Both flags at once are refused, as oras does.
+    assert_fails(
+        &oras_fs([
+            "resolve",
+            "--oci-layout",
+            "--oci-layout-path",
+            path_str(&tar),
+            "v1",
+        ]),
+        "not both",
+    );
+}
+
+#[test]
+fn writing_into_a_tar_layout_is_refused() {
+    require_registry!();
+    let repo = unique_repo("tar-ro");
+    push_contents(
+        &reference(&repo, "v1"),
+        &[("a.txt", format!("ro {repo}\n").as_bytes())],
+    );
+    let dirs = temp_dir();
+    let tar = dirs.path().join("ro.tar");
+    backup_to_tar(&repo, "v1", &tar);
+    let before = read_file(&tar);
+    write_file(&dirs.path().join("new.txt"), "new\n");
+
+    let refusals: Vec<Vec<String>> = vec![
+        vec![
+            "push".into(),
+            "--oci-layout".into(),
+            at(&tar, "v2"),
+            "new.txt".into(),
+        ],
+        vec![
+            "tag".into(),
+            "--oci-layout".into(),
+            at(&tar, "v1"),
+            "v9".into(),
+        ],
+        vec![
+            "copy".into(),
+            reference(&repo, "v1"),
+            "--to-oci-layout".into(),
+            at(&tar, "v2"),
+        ],
+        vec![
+            "push".into(),
+            "--oci-layout-path".into(),
+            path_str(&tar).into(),
+            "v2".into(),
+            "new.txt".into(),
+        ],
+        // A new .tar is not made into a directory either.
+        vec![
+            "copy".into(),
+            reference(&repo, "v1"),
+            "--to-oci-layout".into(),
+            at(&dirs.path().join("fresh.tar"), "v1"),
+        ],
+    ];
+    for args in refusals {
+        let out = oras_fs_in(dirs.path(), &args);
+        assert_fails(&out, "read-only");
+    }
+    assert_eq!(read_file(&tar), before, "the archive is unchanged");
+    assert!(!dirs.path().join("fresh.tar").exists());
+}
+
+#[test]
+fn a_tar_with_a_hostile_entry_is_refused() {
+    require_registry!();
+    let dirs = temp_dir();
+    for (name, needle) in [("../escape", ".."), ("/abs/blob", "absolute")] {
+        let mut b = tar::Builder::new(Vec::new());
+        for (n, data) in [
+            ("oci-layout", &b"{}"[..]),
+            ("index.json", b"{\"schemaVersion\":2}"),
+            (name, b"x"),
+        ] {
+            let mut h = tar::Header::new_gnu();
+            h.as_gnu_mut().unwrap().name[..n.len()].copy_from_slice(n.as_bytes());
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            h.set_entry_type(tar::EntryType::Regular);
+            h.set_cksum();
+            b.append(&h, data).unwrap();
+        }
+        let tar = dirs.path().join("hostile.tar");
+        write_file(&tar, b.into_inner().unwrap());
+        let err = assert_fails(
+            &oras_fs(["repo", "tags", "--oci-layout", path_str(&tar)]),
+            needle,
+        );
+        assert!(err.contains(name), "{err}");
+    }
+}
+
+#[test]
+fn skopeo_and_oras_fs_share_oci_archives() {
+    require_registry!();
+    let repo = unique_repo("tar-skopeo");
+    let tmp = temp_dir();
+    write_file(&tmp.path().join("data.bin"), random_bytes(&repo, 1 << 20));
+    let digest = push_files(tmp.path(), &reference(&repo, "v1"), &["data.bin"]);
+
+    // skopeo writes an oci-archive; oras-fs reads it in place.
+    let theirs = tmp.path().join("skopeo.tar");
+    skopeo_ok(&[
+        "copy",
+        "--src-tls-verify=false",
+        &format!("docker://{}", reference(&repo, "v1")),
+        &format!("oci-archive:{}", at(&theirs, "v1")),
+    ]);
+    assert_eq!(resolve(&["--oci-layout", &at(&theirs, "v1")]), digest);
+    assert_eq!(
+        pulled(&at(&theirs, "v1"), &["--oci-layout"]),
+        pulled_tree(&reference(&repo, "v1"))
+    );
+
+    // oras-fs writes one (backup); skopeo reads it.
+    let ours = tmp.path().join("ours.tar");
+    backup_to_tar(&repo, "v1", &ours);
+    let raw = skopeo_ok(&[
+        "inspect",
+        "--raw",
+        &format!("oci-archive:{}", at(&ours, "v1")),
+    ]);
+    assert_eq!(sha256_bytes(&raw), digest);
+}
