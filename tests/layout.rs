@@ -826,3 +826,21 @@ fn skopeo_and_oras_fs_share_oci_archives() {
     ]);
     assert_eq!(sha256_bytes(&raw), digest);
 }
+
+#[test]
+fn a_tar_layout_mounts_read_only() {
+    require_registry!();
+    let repo = unique_repo("tar-mount");
+    push_contents(&reference(&repo, "v1"), &[("a.txt", b"in the archive\n")]);
+    let dirs = temp_dir();
+    let tar = dirs.path().join("m.tar");
+    backup_to_tar(&repo, "v1", &tar);
+    let before = read_file(&tar);
+
+    let mount = LayoutMount::new(&at(&tar, "v1"));
+    assert_eq!(read_file(&mount.mnt.join("a.txt")), b"in the archive\n");
+    let err = std::fs::write(mount.mnt.join("new.txt"), "x").expect_err("a read-only mount");
+    assert_eq!(err.raw_os_error(), Some(libc::EROFS), "{err}");
+    assert_ok(&mount.unmount());
+    assert_eq!(read_file(&tar), before);
+}

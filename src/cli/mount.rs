@@ -105,12 +105,15 @@ pub async fn mount(args: MountArgs) -> Result<()> {
     control::wait_for_previous(&args.mountpoint)?;
     let opened = args.target.open(&args.reference, false)?;
     let target = opened.target.clone();
-    let writable = !args.read_only && opened.digest.is_none();
+    // A layout .tar cannot be written (see content::layout_tar): mount it read-only too.
+    let archive = opened.layout.as_ref().is_some_and(|l| l.is_archive());
+    let writable = !args.read_only && opened.digest.is_none() && !archive;
     if !args.read_only && !writable {
-        eprintln!(
-            "Note: {} names a digest, which cannot change: mounted read-only",
-            args.reference
-        );
+        let why = match archive {
+            true => "is an OCI layout archive, which is read-only",
+            false => "names a digest, which cannot change",
+        };
+        eprintln!("Note: {} {why}: mounted read-only", args.reference);
     }
     let cache_dir = args
         .cache_dir
