@@ -757,10 +757,41 @@ fn writing_into_a_tar_layout_is_refused() {
             at(&dirs.path().join("fresh.tar"), "v1"),
         ],
     ];
-    for args in refusals {
+    // Deletes too (the digests are the manifest's and its layer's).
+    let digest = resolve(&["--oci-layout", &at(&tar, "v1")]);
+    let manifest = json(ok(&["manifest", "fetch", "--oci-layout", &at(&tar, "v1")]).as_bytes());
+    let layer = manifest["layers"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let tar_path = path_str(&tar).to_string();
+    let deletes: Vec<Vec<String>> = vec![
+        vec![
+            "manifest".into(),
+            "delete".into(),
+            "--oci-layout".into(),
+            format!("{tar_path}@{digest}"),
+            "-f".into(),
+        ],
+        vec![
+            "blob".into(),
+            "delete".into(),
+            "--oci-layout".into(),
+            format!("{tar_path}@{layer}"),
+            "-f".into(),
+        ],
+    ];
+    for args in refusals.into_iter().chain(deletes) {
         let out = oras_fs_in(dirs.path(), &args);
         assert_fails(&out, "read-only");
     }
+    // Something that is not a tar at all says so.
+    let junk = dirs.path().join("junk.tar");
+    write_file(&junk, random_bytes("junk", 4096));
+    assert_fails(
+        &oras_fs(["resolve", "--oci-layout", &at(&junk, "v1")]),
+        "not a readable tar archive",
+    );
     assert_eq!(read_file(&tar), before, "the archive is unchanged");
     assert!(!dirs.path().join("fresh.tar").exists());
 }
