@@ -1,7 +1,10 @@
 //! OCI image layouts (`--oci-layout`, `--from-oci-layout`, `--to-oci-layout`) and interop with
 //! skopeo: layouts skopeo writes read, layouts oras-fs writes are accepted by skopeo, and
 //! `index.json` stays valid through pushes, tags and deletes. A layout also mounts (writable)
-//! without any registry. Run with `scripts/test.sh`; needs skopeo (`scripts/setup.sh`).
+//! without any registry. Layout `.tar` archives read in place (pull, copy, resolve, manifest
+//! fetch, repo tags, mount read-only; also by `--oci-layout-path`), refuse every write and any
+//! hostile entry, and are shared with skopeo's `oci-archive:`. Run with `scripts/test.sh`;
+//! needs skopeo (`scripts/setup.sh`).
 
 mod common;
 
