@@ -1134,6 +1134,44 @@ fn registry_error_detail(body: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn options(plain_http: bool, http1_only: bool) -> ClientOptions {
+        ClientOptions {
+            plain_http,
+            http1_only,
+            insecure: true,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn only_big_transfers_take_an_http1_connection_of_their_own() {
+        let c = Client::new("registry.example", options(false, false)).unwrap();
+        let bulk = c
+            .bulk
+            .as_ref()
+            .expect("a TLS registry gets an HTTP/1.1 client");
+        assert!(std::ptr::eq(c.http_for(None), &c.http));
+        assert!(std::ptr::eq(c.http_for(Some(BULK_MIN - 1)), &c.http));
+        assert!(std::ptr::eq(c.http_for(Some(BULK_MIN)), bulk));
+        // Forced HTTP/1.1, or plain HTTP: one client, nothing to choose.
+        assert!(Client::new("registry.example", options(false, true))
+            .unwrap()
+            .bulk
+            .is_none());
+        assert!(Client::new("localhost:5000", options(true, false))
+            .unwrap()
+            .bulk
+            .is_none());
+    }
+
+    #[tokio::test]
+    async fn without_http2_as_many_transfers_run_as_asked() {
+        // No request is sent: plain HTTP never multiplexes.
+        let c = Client::new("localhost:5000", options(true, false)).unwrap();
+        assert_eq!(c.transfers_at_once(16).await, 16);
+        assert!(!c.multiplexes());
+    }
     use std::io::{Read, Write};
 
     fn with_password(insecure: bool) -> ClientOptions {

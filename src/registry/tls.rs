@@ -148,3 +148,14 @@ impl ServerCertVerifier for AcceptAnyCert {
         self.0.signature_verification_algorithms.supported_schemes()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn alpn_offers_http2_first_unless_http1_only() {
+        let both = super::client_config(true, &[], None, false).unwrap();
+        assert_eq!(both.alpn_protocols, [b"h2".to_vec(), b"http/1.1".to_vec()]);
+        let h1 = super::client_config(true, &[], None, true).unwrap();
+        assert_eq!(h1.alpn_protocols, [b"http/1.1".to_vec()]);
+    }
+}
