@@ -17,8 +17,10 @@ def main(argv):
         print(__doc__, file=sys.stderr)
         return 2
     op, registry, reference = argv[1:4]
-    # Plain HTTP: the benchmark registry (or the latency proxy) is on 127.0.0.1.
-    client = oras.client.OrasClient(hostname=registry, insecure=True)
+    # Plain HTTP: the benchmark registry (or the latency proxy) is on 127.0.0.1. ORAS_PY_HTTPS=1:
+    # HTTPS (the TLS rows), trusting the CA in REQUESTS_CA_BUNDLE.
+    https = os.environ.get("ORAS_PY_HTTPS") == "1"
+    client = oras.client.OrasClient(hostname=registry, insecure=not https)
     logging.getLogger("oras").setLevel(logging.WARNING)
     if op == "pull" and len(argv) == 5:
         files = client.pull(target=reference, outdir=argv[4])

@@ -27,7 +27,9 @@
 #   --only GROUPS  run only these workload groups (comma-separated): pull, push, mount, fio,
 #                  rtt, staging (the creates, rm -rf and small-file sync rows), lazy (issue
 #                  #14: a directory as a seekable layer and as a plain tar.gz, an image built
-#                  from this machine's files: ls -R, one-file reads, cp -r, index, push). The report
+#                  from this machine's files: ls -R, one-file reads, cp -r, index, push), tls
+#                  (issue #16: a TLS registry, HTTP/1.1 against HTTP/2, on loopback and at 20 and
+#                  50 ms RTT; rows in OUT's .tls.md). The report
 #                  then goes to a temp file unless --out is given: BENCHMARKS.md's generated
 #                  region holds a full run.
 #   --drop-caches  drop the page cache before every timed command (needs root; slow)
@@ -142,7 +144,7 @@ CREATE_BATCHES=5
 [[ $CREATES =~ ^[1-9][0-9]*$ ]] && ((CREATES % CREATE_BATCHES == 0)) ||
     die "bad --creates '$CREATES' (a positive multiple of $CREATE_BATCHES)"
 [[ $SYNC_COUNT =~ ^[1-9][0-9]*$ ]] || die "bad --sync-count '$SYNC_COUNT'"
-GROUPS_ALL=(pull push mount fio rtt staging lazy)
+GROUPS_ALL=(pull push mount fio rtt staging lazy tls)
 if [[ -n $ONLY ]]; then
     IFS=, read -ra only_list <<<"$ONLY"
     for g in "${only_list[@]}"; do
@@ -219,6 +221,7 @@ REG_BASE=""
 SHM_WORK=""
 PROXY_PID=""
 MOUNTS=()
+TLS_NAME="" TLS_STATE="" TLS_PROXY_PIDS=()
 DAEMONS=()
 
 is_mounted() {
@@ -254,6 +257,14 @@ cleanup() {
         wait "$PROXY_PID" 2>/dev/null
     fi
     "$REPO/scripts/registry.sh" stop --name "$REG_NAME" >/dev/null 2>&1
+    for p in "${TLS_PROXY_PIDS[@]}"; do
+        kill -TERM "$p" 2>/dev/null
+        wait "$p" 2>/dev/null
+    done
+    if [[ -n $TLS_NAME ]]; then
+        "$REPO/scripts/registry.sh" stop --name "$TLS_NAME" >/dev/null 2>&1
+        [[ -n $TLS_STATE && ${TLS_STATE##*/} == "$TLS_NAME" && -d $TLS_STATE ]] && rm -rf "$TLS_STATE"
+    fi
     # Only the state directory of the registry this script named (never anything else).
     [[ -n $REG_STATE && ${REG_STATE##*/} == "$REG_NAME" && -d $REG_STATE ]] && rm -rf "$REG_STATE"
     [[ -n $REG_BASE ]] && rmdir "$REG_BASE" 2>/dev/null
@@ -517,6 +528,8 @@ meta PY_IMPORT "$(printf '%s\n' "${py_import[@]}" | sort -n | sed -n 2p | awk '{
 # The big, huge and small files serve every group but staging.
 NEED_FILES=0
 for g in pull push mount fio rtt; do want "$g" && NEED_FILES=1; done
+# The TLS group has RTT rows of its own (unless --no-rtt).
+TLS_RTT=$RTT
 want rtt || RTT=0
 say "$MODE run${ONLY:+ (only $ONLY)}, $RUNS run(s); big $BIG_B B, huge $HUGE_B B, $SMALL_COUNT x $SMALL_B B; $CREATES creates, $SYNC_COUNT x 4 KiB synced; binary $BIN"
 # Distribution fsyncs every blob and link file it writes: on a disk that sets the pace of
@@ -1410,8 +1423,265 @@ PY
 }
 
 # --- Run ----------------------------------------------------------------------------------
+# --- TLS group (issue #16): HTTP/2 against HTTP/1.1 over TLS, on loopback and at RTT --------
+# A second registry serves TLS with a certificate made at run time (registry.sh --tls); it
+# speaks HTTP/2 to clients that offer it. Its rows go to ${OUT%.md}.tls.md. The proxies in
+# front of it count the connections each tool opens.
+TLS_NAME="$REG_NAME-tls"
+TLS_SAMPLES=$WORK/tls-samples.tsv
+TLS_PROXY_PIDS=()
+# tls_timed: `timed` against the TLS registry's log and CPU, into the TLS samples.
+tls_timed() {
+    local REG_LOG=$TLS_LOG REG_PID=$TLS_PID SAMPLES=$TLS_SAMPLES
+    timed "$@"
+}
+tls_record() {
+    local SAMPLES=$TLS_SAMPLES
+    record "$@"
+}
+# proxy_conns PID STATS: connections the proxy has accepted so far.
+proxy_conns() {
+    rm -f "$2"
+    kill -USR1 "$1" 2>/dev/null || { echo 0; return; }
+    local i
+    for ((i = 0; i < 100; i++)); do
+        [[ -s $2 ]] && break
+        sleep 0.02
+    done
+    python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["connections"])' "$2" 2>/dev/null || echo 0
+}
+# tls_proxy DELAY_MS NAME: a latency proxy in front of the TLS registry; sets P_HOST, P_PID.
+tls_proxy() {
+    python3 "$REPO/scripts/latency_proxy.py" --listen 127.0.0.1:0 --target "$TLS_REG" \
+        --delay-ms "$1" --stats "$WORK/$2.stats" >"$WORK/$2.port" 2>"$WORK/$2.err" &
+    P_PID=$!
+    TLS_PROXY_PIDS+=("$P_PID")
+    local i
+    for ((i = 0; i < 100; i++)); do
+        [[ -s $WORK/$2.port ]] && break
+        sleep 0.05
+    done
+    P_HOST=127.0.0.1:$(head -n1 "$WORK/$2.port")
+    [[ $P_HOST =~ :[0-9]+$ ]] || { cat "$WORK/$2.err" >&2; die "TLS latency proxy did not start"; }
+}
+# tls_curl_config EP: a curl config fetching every small blob to its title under $OUTD.
+tls_curl_config() {
+    local d title
+    while read -r d title; do
+        printf 'url = "https://%s/v2/tls/small/blobs/%s"\noutput = "%s/%s"\n' "$1" "$d" "$OUTD" "$title"
+    done <"$WORK/tls-small.layers"
+}
+tls_setup() {
+    say "TLS group: starting a TLS registry"
+    local env
+    env=$("$REPO/scripts/registry.sh" start --name "$TLS_NAME" --tls 2>"$WORK/tls-start.err") ||
+        { cat "$WORK/tls-start.err" >&2; die "could not start the TLS registry"; }
+    TLS_REG=$(sed -n "s/^export ORAS_FS_TEST_REGISTRY=//p" <<<"$env")
+    TLS_LOG=$(sed -n "s/^export ORAS_FS_TEST_REGISTRY_LOG=//p" <<<"$env")
+    TLS_PID=$(sed -n "s/^export ORAS_FS_TEST_REGISTRY_PID=//p" <<<"$env")
+    TLS_CA=$(sed -n "s/^export ORAS_FS_TEST_REGISTRY_CA=//p" <<<"$env")
+    TLS_STATE=$(dirname "$(sed -n "s/^export ORAS_FS_TEST_REGISTRY_DIR=//p" <<<"$env")")
+    [[ -n $TLS_REG && -f $TLS_CA ]] || die "TLS registry: no address or CA"
+    [[ -f $DATA/big ]] || head -c "$BIG_B" /dev/urandom >"$DATA/big"
+    if [[ ! -d $DATA/small ]]; then
+        split_into "$DATA/small" "$SMALL_COUNT" "$SMALL_B"
+        mapfile -t SMALL_FILES < <(cd "$DATA/small" && ls)
+    fi
+    seed "$DATA" "$TLS_REG/tls/big:v1" big --ca-file "$TLS_CA" ||
+        die "seeding TLS big: $(tail -n3 "$WORK/seed.log")"
+    seed "$DATA/small" "$TLS_REG/tls/small:v1" "${SMALL_FILES[@]}" --ca-file "$TLS_CA" ||
+        die "seeding TLS small: $(tail -n3 "$WORK/seed.log")"
+    tls_layers tls/small v1 >"$WORK/tls-small.layers"
+    TLS_BIG_DIGEST=$(tls_layers tls/big v1 | awk '{ print $1 }')
+    [[ $TLS_BIG_DIGEST == sha256:* ]] || die "no digest for tls/big"
+    TLS_RTTS=()
+    if ((TLS_RTT)); then
+        tls_proxy 10 tls-rtt20
+        TLS_P20=$P_HOST TLS_P20_PID=$P_PID
+        tls_proxy 25 tls-rtt50
+        TLS_P50=$P_HOST TLS_P50_PID=$P_PID
+    fi
+    meta TLS_NOTE "TLS rows: Distribution with a certificate made at run time (scripts/registry.sh --tls), which serves HTTP/2 to clients that offer it (ALPN). oras-fs-h1 is oras-fs with ORAS_FS_HTTP1=1; oras-fs-h2 is the default; curl-h2 is curl --http2 --parallel --parallel-max 64 of the same blobs, the protocol's limit; RTT rows go through scripts/latency_proxy.py (10 and 25 ms each way), which also counts the connections each tool opens."
+}
+tls_layers() {
+    curl -sSf --cacert "$TLS_CA" -H 'Accept: application/vnd.oci.image.manifest.v1+json' \
+        "https://$TLS_REG/v2/$1/manifests/$2" |
+        python3 -c 'import json,sys
+for l in json.load(sys.stdin)["layers"]:
+    print(l["digest"], (l.get("annotations") or {}).get("org.opencontainers.image.title", ""))'
+}
+# tls_conns_since W T RUN PROXY_PID STATS C0: records the connections a command opened.
+tls_conns_since() {
+    [[ -n $4 ]] || return 0
+    tls_record "$1" "$2" "$3" conns $(($(proxy_conns "$4" "$5") - $6))
+}
+
+# wl_tls_pull_small RUN EP SFX [PROXY_PID STATS]
+wl_tls_pull_small() {
+    local run=$1 ep=$2 sfx=$3 ppid=${4:-} pstats=${5:-} t c0=0 w
+    w="tls_pull_small$sfx"
+    for t in $(rotate "$run" oras-fs-h1 oras-fs-h2 python curl-h2); do
+        fresh_out
+        [[ -n $ppid ]] && c0=$(proxy_conns "$ppid" "$pstats")
+        case $t in
+        oras-fs-h1) tls_timed "$w" "$t" "$run" env ORAS_FS_HTTP1=1 "$BIN" pull --no-tty --ca-file "$TLS_CA" "$ep/tls/small:v1" -o "$OUTD" ;;
+        oras-fs-h2) tls_timed "$w" "$t" "$run" "$BIN" pull --no-tty --ca-file "$TLS_CA" "$ep/tls/small:v1" -o "$OUTD" ;;
+        python) tls_timed "$w" "$t" "$run" env ORAS_PY_HTTPS=1 REQUESTS_CA_BUNDLE="$TLS_CA" "$PY" "$REPO/benches/oras_py.py" pull "$ep" "$ep/tls/small:v1" "$OUTD" ;;
+        curl-h2)
+            tls_curl_config "$ep" >"$WORK/tls-curl.cfg"
+            tls_timed "$w" "$t" "$run" curl -sSf --http2 --parallel --parallel-max 64 --cacert "$TLS_CA" -K "$WORK/tls-curl.cfg"
+            ;;
+        esac
+        tls_conns_since "$w" "$t" "$run" "$ppid" "$pstats" "$c0"
+        same_dir "$DATA/small" "$OUTD" "$w/$t"
+    done
+    rm -rf "$OUTD"
+}
+
+# wl_tls_push_small RUN EP SFX [PROXY_PID STATS]
+wl_tls_push_small() {
+    local run=$1 ep=$2 sfx=$3 ppid=${4:-} pstats=${5:-} t c0=0 w repo n
+    w="tls_push_small$sfx"
+    for t in $(rotate "$run" oras-fs-h1 oras-fs-h2 python); do
+        repo="tls/push-small-$t-$run${sfx:+-${sfx#@}}"
+        [[ -n $ppid ]] && c0=$(proxy_conns "$ppid" "$pstats")
+        case $t in
+        oras-fs-h1) tls_timed "$w" "$t" "$run" env -C "$DATA/small" ORAS_FS_HTTP1=1 "$BIN" push --no-tty --ca-file "$TLS_CA" "$ep/$repo:v1" "${SMALL_FILES[@]}" ;;
+        oras-fs-h2) tls_timed "$w" "$t" "$run" env -C "$DATA/small" "$BIN" push --no-tty --ca-file "$TLS_CA" "$ep/$repo:v1" "${SMALL_FILES[@]}" ;;
+        python) tls_timed "$w" "$t" "$run" env ORAS_PY_HTTPS=1 REQUESTS_CA_BUNDLE="$TLS_CA" "$PY" "$REPO/benches/oras_py.py" push "$ep" "$ep/$repo:v1" "$DATA/small" "${SMALL_FILES[@]}" ;;
+        esac
+        tls_conns_since "$w" "$t" "$run" "$ppid" "$pstats" "$c0"
+        n=$(tls_layers "$repo" v1 | grep -c .) || fail "$w/$t: no manifest $repo:v1"
+        ((n == SMALL_COUNT)) || fail "$w/$t: $repo:v1 has $n layers, expected $SMALL_COUNT"
+    done
+}
+
+wl_tls_pull_big() {
+    local run=$1 t w=tls_pull_big url="https://$TLS_REG/v2/tls/big/blobs/$TLS_BIG_DIGEST"
+    for t in $(rotate "$run" oras-fs-h1 oras-fs-h2 curl-h1 curl-h2 sha256); do
+        fresh_out
+        case $t in
+        oras-fs-h1) tls_timed "$w" "$t" "$run" env ORAS_FS_HTTP1=1 "$BIN" pull --no-tty --ca-file "$TLS_CA" "$TLS_REG/tls/big:v1" -o "$OUTD" ;;
+        oras-fs-h2) tls_timed "$w" "$t" "$run" "$BIN" pull --no-tty --ca-file "$TLS_CA" "$TLS_REG/tls/big:v1" -o "$OUTD" ;;
+        curl-h1) tls_timed "$w" "$t" "$run" curl -sSf --http1.1 --cacert "$TLS_CA" -o "$OUTD/big" "$url" ;;
+        curl-h2) tls_timed "$w" "$t" "$run" curl -sSf --http2 --cacert "$TLS_CA" -o "$OUTD/big" "$url" ;;
+        sha256) tls_timed "$w" "$t" "$run" openssl dgst -sha256 "$DATA/big" ;;
+        esac
+        [[ $t == sha256 ]] || same_file "$DATA/big" "$OUTD/big" "$w/$t"
+    done
+    rm -rf "$OUTD"
+}
+
+# Time to the first byte of a fresh mount, from `mount` returning; and the connections the
+# first read opened (0: it used the one the mount resolved the manifest on).
+wl_tls_mount_ttfb() {
+    local run=$1 ep=$2 sfx=$3 ppid=$4 pstats=$5 t t1 t2 c1 w h1
+    w="tls_mount_ttfb$sfx"
+    for t in $(rotate "$run" oras-fs-h1 oras-fs-h2); do
+        h1=0
+        [[ $t == oras-fs-h1 ]] && h1=1
+        fresh_dirs
+        ORAS_FS_HTTP1=$h1 do_mount "$ep/tls/big:v1" "$CACHE" "$MNT" --read-only --ca-file "$TLS_CA"
+        c1=$(proxy_conns "$ppid" "$pstats")
+        t1=$(now_us)
+        timeout -k 5 "$CMD_TIMEOUT" head -c 1 "$MNT/big" >"$WORK/1b" || fail "$w: head from the mount"
+        t2=$(now_us)
+        tls_conns_since "$w" "$t" "$run" "$ppid" "$pstats" "$c1"
+        do_unmount "$MNT" "$MOUNT_PID"
+        tls_record "$w" "$t" "$run" wall "$(secs $((t2 - t1)))"
+        head -c 1 "$DATA/big" | cmp -s - "$WORK/1b" || fail "$w: wrong first byte"
+        rm -rf "$CACHE" "$MNT"
+    done
+}
+
+wl_tls() {
+    local run=$1
+    wl_tls_pull_small "$run" "$TLS_REG" ""
+    wl_tls_push_small "$run" "$TLS_REG" ""
+    wl_tls_pull_big "$run"
+    if ((TLS_RTT)); then
+        wl_tls_pull_small "$run" "$TLS_P20" "@rtt20" "$TLS_P20_PID" "$WORK/tls-rtt20.stats"
+        wl_tls_push_small "$run" "$TLS_P20" "@rtt20" "$TLS_P20_PID" "$WORK/tls-rtt20.stats"
+        wl_tls_pull_small "$run" "$TLS_P50" "@rtt50" "$TLS_P50_PID" "$WORK/tls-rtt50.stats"
+        wl_tls_push_small "$run" "$TLS_P50" "@rtt50" "$TLS_P50_PID" "$WORK/tls-rtt50.stats"
+        wl_tls_mount_ttfb "$run" "$TLS_P50" "@rtt50" "$TLS_P50_PID" "$WORK/tls-rtt50.stats"
+    fi
+}
+
+# The TLS table: medians (min-max) of wall seconds and connections per tool, and the targets.
+tls_report() {
+    python3 - "$TLS_SAMPLES" <<'EOF'
+import collections, statistics, sys
+s = collections.defaultdict(list)
+for line in open(sys.argv[1]):
+    w, t, _run, metric, v = line.rstrip("\n").split("\t")
+    try:
+        s[(w, t, metric)].append(float(v))
+    except ValueError:
+        pass
+def med(w, t, m="wall"):
+    v = s.get((w, t, m))
+    return statistics.median(v) if v else None
+def cell(w, t):
+    v = s.get((w, t, "wall"))
+    if not v:
+        return "–"
+    txt = f"{statistics.median(v):.2f} s"
+    if len(v) > 1:
+        txt += f" ({min(v):.2f}–{max(v):.2f})"
+    c = s.get((w, t, "conns"))
+    if c:
+        txt += f", {statistics.median(c):.0f} conn"
+    return txt
+tools = ["oras-fs-h1", "oras-fs-h2", "python", "curl-h1", "curl-h2", "sha256"]
+rows = [
+    ("tls_pull_small", "pull small files, loopback", None),
+    ("tls_push_small", "push small files, loopback", None),
+    ("tls_pull_big", "pull 1 big file, loopback", "big"),
+    ("tls_pull_small@rtt20", "pull small files, 20 ms RTT", None),
+    ("tls_push_small@rtt20", "push small files, 20 ms RTT", None),
+    ("tls_pull_small@rtt50", "pull small files, 50 ms RTT", "pull50"),
+    ("tls_push_small@rtt50", "push small files, 50 ms RTT", "push50"),
+    ("tls_mount_ttfb@rtt50", "mount: first byte after `mount` returns, 50 ms RTT", "ttfb"),
+]
+print("| workload | " + " | ".join(tools) + " | target | result |")
+print("| --- |" + " --- |" * (len(tools) + 2))
+for w, label, target in rows:
+    if not any(k[0] == w for k in s):
+        continue
+    h2 = med(w, "oras-fs-h2")
+    goal, res = "", ""
+    if target == "pull50":
+        curl = med(w, "curl-h2")
+        conns = med(w, "oras-fs-h2", "conns")
+        goal = "oras-fs-h2 ≤ 1.15 × curl-h2, ≤ 2 connections"
+        if h2 and curl:
+            ok = h2 <= 1.15 * curl and (conns or 0) <= 2
+            res = f"{h2 / curl:.2f}×, {conns:.0f} conn: {'**met**' if ok else '**missed**'}"
+    elif target == "push50":
+        goal = "oras-fs-h2 ≥ 1.5× faster than 2.5 s (≤ 1.67 s)"
+        if h2:
+            res = f"{2.5 / h2:.2f}× faster: {'**met**' if h2 <= 2.5 / 1.5 else '**missed**'}"
+    elif target == "big":
+        curls = [c for c in (med(w, "curl-h1"), med(w, "curl-h2")) if c]
+        sha = med(w, "sha256")
+        goal = "oras-fs-h2 ≤ 1.1 × max(fastest curl, sha256)"
+        if h2 and curls and sha:
+            limit = max(min(curls), sha)
+            res = f"{h2 / limit:.2f}× of {limit:.2f} s: {'**met**' if h2 <= 1.1 * limit else '**missed**'}"
+    elif target == "ttfb":
+        goal = "≤ 3 RTT (150 ms), no new connection"
+        conns = med(w, "oras-fs-h2", "conns")
+        if h2 is not None:
+            ok = h2 <= 0.150 and (conns or 0) == 0
+            res = f"{h2 * 1000:.0f} ms, {conns or 0:.0f} new conn: {'**met**' if ok else '**missed**'}"
+    print(f"| {label} | " + " | ".join(cell(w, t) for t in tools) + f" | {goal} | {res} |")
+EOF
+}
+
 step() { say "run $1/$RUNS: $2"; }
 want lazy && lazy_setup
+want tls && tls_setup
 for ((run = 1; run <= RUNS; run++)); do
     if want pull; then
         step "$run" "pull"
@@ -1456,6 +1726,10 @@ for ((run = 1; run <= RUNS; run++)); do
         wl_mount_rand4k "$run" "$PROXY" "@rtt"
         wl_mount_ttfb "$run" "$PROXY" "@rtt"
     fi
+    if want tls; then
+        step "$run" "TLS: HTTP/1.1 and HTTP/2"
+        wl_tls "$run"
+    fi
 done
 
 meta LOAD_AFTER "$(cut -d' ' -f1-3 /proc/loadavg)"
@@ -1476,5 +1750,17 @@ if want lazy; then
     } >"${OUT%.md}.lazy.md" || die "lazy report failed"
     cat "${OUT%.md}.lazy.md" >&2
     say "wrote ${OUT%.md}.lazy.md"
+fi
+if want tls; then
+    {
+        echo "TLS rows ($MODE run, $(date -u '+%Y-%m-%d %H:%M UTC'); $RUNS run(s); $SMALL_COUNT x $SMALL_B B small files, $BIG_B B big file)."
+        echo "Machine: $(sed -n 's/^CPU=//p' "$META"), $(nproc) cores, SHA extensions $(sed -n 's/^SHA_EXT=//p' "$META"); load average before / after: $(sed -n 's/^LOAD_BEFORE=//p' "$META") / $(sed -n 's/^LOAD_AFTER=//p' "$META")."
+        echo
+        tls_report
+        echo
+        echo "$(sed -n 's/^TLS_NOTE=//p' "$META")"
+    } >"${OUT%.md}.tls.md" || die "TLS report failed"
+    cat "${OUT%.md}.tls.md" >&2
+    say "wrote ${OUT%.md}.tls.md"
 fi
 say "wrote $OUT"

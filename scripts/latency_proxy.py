@@ -20,7 +20,11 @@ the proxy completes at once, so bytes the client sends are held until at least
 accept + 3 x delay. --no-handshake turns that off.
 
 With --stats FILE, it writes {"connections": N, "bytes_up": N, "bytes_down": N} there
-at exit (and on SIGUSR1): bytes_down is what the target sent to clients.
+at exit (and on SIGUSR1): bytes_down is what the target sent to clients. "connections"
+counts the client connections accepted: how many a client opened (HTTP/2 uses one).
+
+With --tls-cert/--tls-key, it terminates TLS itself and offers only HTTP/1.1 in ALPN (a
+TLS server without HTTP/2, for fallback tests), and speaks plain TCP to the target.
 """
 
 import argparse
@@ -30,6 +34,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import sys
 
 CHUNK = 256 * 1024
@@ -180,7 +185,14 @@ async def main():
     )
     p.add_argument("--no-handshake", dest="handshake", action="store_false")
     p.add_argument("--stats", help="write byte counts (JSON) here at exit")
+    p.add_argument("--tls-cert", help="serve TLS (HTTP/1.1 only in ALPN) with this PEM cert")
+    p.add_argument("--tls-key", help="the private key (PEM) of --tls-cert")
     args = p.parse_args()
+    tls = None
+    if args.tls_cert:
+        tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        tls.load_cert_chain(args.tls_cert, args.tls_key)
+        tls.set_alpn_protocols(["http/1.1"])
     args.target_host, args.target_port = args.target
     stats = Stats()
 
@@ -190,6 +202,7 @@ async def main():
         args.listen[1],
         limit=CHUNK,
         backlog=512,
+        ssl=tls,
     )
     port = server.sockets[0].getsockname()[1]
     print(port, flush=True)

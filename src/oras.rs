@@ -139,8 +139,10 @@ pub async fn copy_graph(
     // The futures are made first: a lazy `map` over borrowed items inside the stream makes the
     // whole future fail rustc's `Send` proof, so a caller could not spawn it.
     let copies: Vec<_> = blobs.iter().map(|d| copy_blob(src, dst, d, opts)).collect();
+    let at_once = (src.transfers_at_once(opts.concurrency).await)
+        .max(dst.transfers_at_once(opts.concurrency).await);
     futures_util::stream::iter(copies)
-        .buffer_unordered(opts.concurrency.max(1))
+        .buffer_unordered(at_once.max(1))
         .try_collect::<Vec<_>>()
         .await?;
     push_root(dst, root, root_bytes, tags).await
@@ -262,6 +264,7 @@ pub async fn push(
     tags: &[String],
     opts: &CopyOptions,
 ) -> Result<(Descriptor, Bytes)> {
+    let at_once = dst.transfers_at_once(opts.concurrency).await;
     let layers: Vec<Descriptor> = futures_util::stream::iter(files.iter().map(|f| async move {
         let mut desc =
             send_file(store, dst, &f.title, f.media_type.as_deref(), &f.path, opts).await?;
@@ -270,7 +273,7 @@ pub async fn push(
         }
         Ok::<_, Error>(desc)
     }))
-    .buffered(opts.concurrency.max(1))
+    .buffered(at_once.max(1))
     .try_collect()
     .await?;
     let (desc, bytes) = pack_manifest(layers, pack);
@@ -564,13 +567,14 @@ pub async fn pull(
             }
         }
     }
+    let at_once = src.transfers_at_once(opts.concurrency).await;
     for batch in [downloads, copies] {
         futures_util::stream::iter(
             batch
                 .into_iter()
                 .map(|(layer, copy_of)| pull_one(src, dst, layer, copy_of, opts)),
         )
-        .buffer_unordered(opts.concurrency.max(1))
+        .buffer_unordered(at_once.max(1))
         .try_collect::<Vec<_>>()
         .await?;
     }

@@ -8,8 +8,8 @@ use clap::Args;
 use oras_fs::auth::{self, Credential, CredentialSource};
 use oras_fs::reference::Reference;
 use oras_fs::registry::{
-    header_map, Access, Client, ClientOptions, ReferrersCapability, Repository, Request,
-    ResolveOverride, SpeedLimit,
+    header_map, http1_forced_by_env, Access, Client, ClientOptions, ReferrersCapability,
+    Repository, Request, ResolveOverride, SpeedLimit,
 };
 use oras_fs::{Error, Result};
 
@@ -70,6 +70,10 @@ pub struct RemoteArgs {
     /// tag schema only (v1.1-referrers-tag). Default: the API, else the tag schema.
     #[arg(long, value_name = "SPEC")]
     pub distribution_spec: Option<ReferrersCapability>,
+    /// Speak HTTP/1.1 only (as curl's --http1.1). Without it, HTTPS registries are offered
+    /// HTTP/2 and fall back to HTTP/1.1. Also ORAS_FS_HTTP1=1.
+    #[arg(long = "http1.1")]
+    pub http1_1: bool,
 }
 
 /// Reads a secret piped to stdin, without its final newline.
@@ -183,6 +187,7 @@ macro_rules! side_remote_args {
                     headers: [shared.headers.clone(), self.headers.clone()].concat(),
                     resolve: [shared.resolve.clone(), self.resolve.clone()].concat(),
                     distribution_spec: self.distribution_spec.or(shared.distribution_spec),
+                    http1_1: shared.http1_1,
                     username: cred.username,
                     password: cred.password,
                     password_stdin: cred.password_stdin,
@@ -303,6 +308,7 @@ impl RemoteArgs {
             client_cert: self.cert_file.clone().zip(self.key_file.clone()),
             resolve: self.resolve.clone(),
             referrers: self.distribution_spec.unwrap_or_default(),
+            http1_only: self.http1_1 || http1_forced_by_env()?,
         })
     }
 

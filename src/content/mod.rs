@@ -230,6 +230,13 @@ pub trait Target: Send + Sync {
         )))
     }
 
+    /// How many blob transfers to run at once when `requested` were asked for: a registry
+    /// that multiplexes requests over one HTTP/2 connection takes more, since they cost no
+    /// connection each.
+    async fn transfers_at_once(&self, requested: usize) -> usize {
+        requested
+    }
+
     /// Starts an upload of a blob whose digest is given only at its end, so that hashing a
     /// large file can run alongside the upload. `None`: this target needs the digest first.
     async fn begin_upload(&self) -> Result<Option<Box<dyn Upload>>> {

@@ -15,8 +15,8 @@ use reqwest::header::{
 use reqwest::{Method, Response, StatusCode};
 
 pub use client::{
-    header_map, Access, Client, ClientOptions, ReferrersCapability, Request, ResolveOverride,
-    RetryPolicy, SpeedLimit,
+    header_map, http1_forced_by_env, Access, Client, ClientOptions, ReferrersCapability, Request,
+    ResolveOverride, RetryPolicy, SpeedLimit, HTTP1_ENV,
 };
 
 use crate::content::{ByteStream, OpenContent, Target, Upload};
@@ -97,6 +97,7 @@ impl Repository {
         if offset > 0 || end < desc.size {
             req = req.header(RANGE, &format!("bytes={offset}-{}", end - 1));
         }
+        let req = req.size(end - offset);
         let resp = self.client.send(&req).await?;
         match resp.status() {
             StatusCode::PARTIAL_CONTENT => {
@@ -712,6 +713,10 @@ impl Target for Repository {
         };
         self.put_upload(url, desc, content().await?).await?;
         Ok(false)
+    }
+
+    async fn transfers_at_once(&self, requested: usize) -> usize {
+        self.client.transfers_at_once(requested).await
     }
 
     async fn begin_upload(&self) -> Result<Option<Box<dyn Upload>>> {

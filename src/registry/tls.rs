@@ -13,11 +13,14 @@ use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
 use crate::error::{Error, Result};
 
 /// `client_cert`: a certificate chain and its private key (PEM files) to present to registries
-/// that require client certificates (mutual TLS).
+/// that require client certificates (mutual TLS). `http1_only`: offer only HTTP/1.1 in ALPN;
+/// otherwise h2 first, so a registry that speaks HTTP/2 multiplexes every transfer over one
+/// connection, and one that does not answers with HTTP/1.1.
 pub fn client_config(
     insecure: bool,
     ca_files: &[PathBuf],
     client_cert: Option<&(PathBuf, PathBuf)>,
+    http1_only: bool,
 ) -> Result<ClientConfig> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ClientConfig::builder_with_provider(provider.clone())
@@ -62,7 +65,11 @@ pub fn client_config(
                 })?
         }
     };
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.alpn_protocols = if http1_only {
+        vec![b"http/1.1".to_vec()]
+    } else {
+        vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+    };
     Ok(config)
 }
 
@@ -139,5 +146,16 @@ impl ServerCertVerifier for AcceptAnyCert {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn alpn_offers_http2_first_unless_http1_only() {
+        let both = super::client_config(true, &[], None, false).unwrap();
+        assert_eq!(both.alpn_protocols, [b"h2".to_vec(), b"http/1.1".to_vec()]);
+        let h1 = super::client_config(true, &[], None, true).unwrap();
+        assert_eq!(h1.alpn_protocols, [b"http/1.1".to_vec()]);
     }
 }
