@@ -1,8 +1,10 @@
-//! An open file: where its reads go, and the detector that grows a sequential reader's
-//! prefetch window (as mountpoint-s3's prefetcher does).
+//! An open file: where its reads go, and the detector that sizes what a read fetches: a
+//! sequential reader gets a growing prefetch window (as mountpoint-s3's prefetcher does), a
+//! random reader small aligned fetches that grow only while its misses stay close together.
 
 use std::sync::Arc;
 
+use super::cache::BLOCK;
 use super::tree::{Ino, Source};
 
 /// First prefetch window of a sequential reader; it doubles up to `MAX_WINDOW`.
@@ -10,8 +12,12 @@ pub(super) const INITIAL_WINDOW: u64 = 1024 * 1024;
 const MAX_WINDOW: u64 = 32 * 1024 * 1024;
 /// Reads this close to the previous one still count as sequential (the kernel reorders).
 const SEQUENTIAL_SLACK: u64 = 1024 * 1024;
+/// A non-sequential read this close to the previous one shows locality (a reader working
+/// through one region, e.g. a database page cluster): its fetch doubles, up to `MAX_HOP`.
+const NEAR: u64 = 8 * 1024 * 1024;
+const MAX_HOP: u64 = 1024 * 1024;
 
-/// Per-open-file state: where reads go, and the sequential-read detector.
+/// Per-open-file state: where reads go, and the access-pattern detector.
 pub(super) struct Handle {
     pub(super) ino: Ino,
     pub(super) source: Source,
@@ -19,23 +25,49 @@ pub(super) struct Handle {
     /// opened on the first write (copy-on-write), not at open.
     pub(super) file: Option<Arc<std::fs::File>>,
     pub(super) writable: bool,
-    pub(super) last_end: u64,
-    pub(super) frontier: u64,
-    pub(super) window: u64,
+    pub(super) pattern: Pattern,
 }
 
-impl Handle {
-    /// The byte range to prefetch after a read of `offset..offset+len`, growing the window
-    /// while the reader stays sequential (as mountpoint-s3's prefetcher does).
+/// What a handle's reads looked like so far.
+pub(super) struct Pattern {
+    last_end: u64,
+    frontier: u64,
+    window: u64,
+    /// What a non-sequential read fetches: one block, doubled while misses stay near.
+    hop: u64,
+}
+
+impl Default for Pattern {
+    fn default() -> Pattern {
+        Pattern {
+            last_end: 0,
+            frontier: 0,
+            window: INITIAL_WINDOW,
+            hop: BLOCK,
+        }
+    }
+}
+
+impl Pattern {
+    /// The byte range to fetch along with a read of `offset..offset+len`: ahead of a
+    /// sequential reader, a window that grows while it stays sequential; around a random
+    /// read, the aligned `hop` holding it (one block unless recent misses were near).
     pub(super) fn prefetch(&mut self, offset: u64, len: u64, size: u64) -> std::ops::Range<u64> {
         let end = offset + len;
         let sequential = offset + SEQUENTIAL_SLACK >= self.last_end
             && offset <= self.last_end + SEQUENTIAL_SLACK;
         if !sequential {
+            let near = offset.abs_diff(self.last_end) <= NEAR;
+            self.hop = if near {
+                (self.hop * 2).min(MAX_HOP)
+            } else {
+                BLOCK
+            };
             self.window = INITIAL_WINDOW;
             self.last_end = end;
             self.frontier = end;
-            return 0..0;
+            let start = offset / self.hop * self.hop;
+            return start.min(size)..(start + self.hop).max(end).min(size);
         }
         self.last_end = self.last_end.max(end);
         if end + self.window / 2 < self.frontier || self.frontier >= size {
@@ -46,5 +78,54 @@ impl Handle {
         self.frontier = stop;
         self.window = (self.window * 2).min(MAX_WINDOW);
         start..stop
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GIB: u64 = 1 << 30;
+    const MIB: u64 = 1 << 20;
+
+    #[test]
+    fn far_random_reads_fetch_one_aligned_block() {
+        let mut p = Pattern::default();
+        p.prefetch(0, 4096, GIB);
+        for at in [700 * MIB + 5000, 3 * MIB + 70_000, 900 * MIB, 100 * MIB + 1] {
+            let r = p.prefetch(at, 4096, GIB);
+            assert_eq!(r, at / BLOCK * BLOCK..at / BLOCK * BLOCK + BLOCK, "at {at}");
+        }
+    }
+
+    #[test]
+    fn near_misses_double_the_fetch_up_to_a_bound() {
+        let mut p = Pattern::default();
+        p.prefetch(500 * MIB, 4096, GIB);
+        let mut lens = Vec::new();
+        for i in 1..8 {
+            let r = p.prefetch(500 * MIB + i * 3 * MIB, 4096, GIB);
+            lens.push(r.end - r.start);
+        }
+        assert_eq!(lens[0], 2 * BLOCK);
+        assert!(lens.windows(2).all(|w| w[1] >= w[0]));
+        assert_eq!(*lens.last().unwrap(), MAX_HOP);
+        // A far miss starts again from one block.
+        let r = p.prefetch(10 * MIB, 4096, GIB);
+        assert_eq!(r.end - r.start, BLOCK);
+    }
+
+    #[test]
+    fn sequential_reads_grow_the_window() {
+        let mut p = Pattern::default();
+        let mut fetched = Vec::new();
+        for i in 0..64 {
+            let r = p.prefetch(i * 128 * 1024, 128 * 1024, GIB);
+            if !r.is_empty() {
+                fetched.push(r.end - r.start);
+            }
+        }
+        assert_eq!(fetched[0], INITIAL_WINDOW);
+        assert!(fetched.windows(2).all(|w| w[1] == 2 * w[0]), "{fetched:?}");
     }
 }
