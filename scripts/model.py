@@ -8,7 +8,8 @@ tensors), and a loader that mmaps one and reads tensors as a model loader does.
       (q, k, v, o: d x d) and MLP (gate, up, down: d x 11d/4) matrices and two norms, F16.
   model.py load PATH [--fraction F --seed N]
       mmaps PATH and reads every byte of the tensors: all of them in file order, or (with
-      --fraction) that fraction of them picked at random, in random order. Prints one JSON
+      --fraction) that fraction of them picked at random (holding that fraction of the
+      bytes, within 1%), in random order. Prints one JSON
       line: tensors, bytes read, seconds, and a CRC of what was read (equal CRCs: equal
       bytes, so a mount's load can be checked against the same load of a pulled file).
 """
@@ -64,6 +65,19 @@ def make(path, size, seed):
             left -= n
 
 
+def pick(tensors, fraction, rng):
+    """`fraction` of the tensors at random, in random order; drawn again (up to 1,000 times)
+    until they also hold that fraction of the bytes within 1%, so that one large tensor
+    drawn or missed does not make the run a different workload."""
+    k = max(1, round(len(tensors) * fraction))
+    total = sum(e - b for b, e in tensors)
+    for _ in range(1000):
+        picked = rng.sample(tensors, k)
+        if abs(sum(e - b for b, e in picked) / total - fraction) <= 0.01:
+            break
+    return picked
+
+
 def load(path, fraction, seed):
     t0 = time.monotonic()
     with open(path, "rb") as f:
@@ -76,8 +90,7 @@ def load(path, fraction, seed):
         base = 8 + n
         tensors = sorted((v["data_offsets"] for k, v in header.items() if k != "__metadata__"))
         if fraction is not None:
-            k = max(1, round(len(tensors) * fraction))
-            tensors = random.Random(seed).sample(tensors, k)
+            tensors = pick(tensors, fraction, random.Random(seed))
         crc, read = 0, 0
         view = memoryview(mm)
         for b, e in tensors:

@@ -760,7 +760,7 @@ async fn random_4k_reads_fetch_at_most_64_kib_each() {
 }
 
 #[tokio::test]
-async fn sequential_reads_still_grow_the_window() {
+async fn sequential_reads_still_fetch_a_growing_window_ahead() {
     let big = pattern(16 * MIB);
     let h = Harness::new(&[("big.bin", big.clone())]);
     let fs = h.mount(true).await;
@@ -773,9 +773,10 @@ async fn sequential_reads_still_grow_the_window() {
         assert_eq!(&got[..], &big[at..at + step]);
     }
     let c = h.target.counts();
-    // Windows of 1, 2, 4, 8 MiB...: a handful of requests, not one per read (128).
+    // Ahead of the reader, half of what it has read (at least 1 MiB), asked for once half
+    // of that is used: a few requests (14), not one per read (128).
     assert!(
-        c.calls(Op::FetchRange) - base <= 8,
+        c.calls(Op::FetchRange) - base <= 16,
         "{} range requests for 16 MiB read in order",
         c.calls(Op::FetchRange) - base
     );
