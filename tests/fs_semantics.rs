@@ -805,3 +805,27 @@ async fn misses_close_together_grow_the_fetch() {
     assert!(fetched.windows(2).all(|w| w[1] >= w[0]), "{fetched:?}");
     assert_eq!(*fetched.last().unwrap(), MIB as u64, "{fetched:?}");
 }
+
+#[tokio::test]
+async fn a_reader_that_stops_leaves_at_most_half_as_much_again_fetched() {
+    // A model loader reads one tensor through, then jumps to another.
+    let big = pattern(64 * MIB);
+    let h = Harness::new(&[("big.bin", big.clone())]);
+    let fs = h.mount(true).await;
+    let ino = path_ino(&fs, "big.bin").await;
+    let o = fs.open(ino, false, false).await.unwrap();
+    let before = served_after_settling(&h).await;
+    let (from, len, step) = (8 * MIB, 16 * MIB, 128 * 1024);
+    for at in (from..from + len).step_by(step) {
+        let got = fs.read(o.fh, at as u64, step as u32).await.unwrap();
+        assert_eq!(&got[..], &big[at..at + step]);
+    }
+    let at = 50 * MIB as u64;
+    let got = fs.read(o.fh, at, 4096).await.unwrap();
+    assert_eq!(&got[..], &big[at as usize..at as usize + 4096]);
+    let fetched = served_after_settling(&h).await - before;
+    assert!(
+        fetched <= (len + len / 2) as u64 + BLOCK,
+        "{fetched} bytes fetched for {len} read in order and 4 KiB elsewhere"
+    );
+}
