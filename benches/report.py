@@ -303,6 +303,42 @@ class Report:
                       spread(iops, lambda x: f"{x:.0f} IOPS"),
                       ratio="p99 latency " + spread([x / 1e6 for x in p99], fmt_time)
                       + "; registry sent " + spread(amp, fmt_bytes))
+        self.random_reads(H, at)
+
+    def random_reads(self, H, at):
+        """Issue #16: fio randread at the RTT, and a model file mmapped from a mount."""
+        m = self.meta
+        w = "fio_rand@rtt"
+        iops = self.values(w, "mount", "iops")
+        if iops:
+            amp = self.paired((w, "mount", "bytes"), (w, "mount", "read_bytes"),
+                              lambda s, r: s / r if r else None)
+            self.info(f"fio randread, bs=4k, {H}, cold mount{at}, "
+                      f"{m.get('FIO_RTT_RUNTIME', '?')} s",
+                      spread(iops, lambda x: f"{x:.0f} IOPS"),
+                      ratio="p99 latency " + spread(
+                          [x / 1e6 for x in self.values(w, "mount", "p99_us")], fmt_time)
+                      + "; registry sent " + spread(self.values(w, "mount", "bytes"), fmt_bytes)
+                      + " (" + spread(amp, fmt_x) + " the bytes read)",
+                      target="registry bytes ≤ 16× bytes read",
+                      result=self.judge(statistics.median(amp) if amp else None,
+                                        lambda x: x <= 16, "fio randread at RTT: bytes"))
+        size = int(m.get("MODEL_FILE") or 0)
+        for kind, label, bound, target in (
+                ("random", "10% of the tensors at random", 0.2, "≤ 1/5 of pull then load"),
+                ("all", "all tensors in file order", 1.1, "≤ 1.1 × pull then load")):
+            w = f"model_{kind}" + ("@rtt" if at else "")
+            name = f"model load (mmap) from a mount, {label}, {fmt_bytes(size)} file{at}"
+            self.compare(name, (w, "mount"), (w, "pull"), "pull, then the same load", "ratio",
+                         bound, target)
+            fetched = self.values(w, "mount", "bytes")
+            if kind == "random" and fetched and size:
+                touched = self.values(w, "mount", "touched")
+                self.info("… bytes the registry served for it", spread(fetched, fmt_bytes),
+                          ratio="tensors read: " + spread(touched, fmt_bytes),
+                          target="≤ 15% of the file",
+                          result=self.judge(statistics.median(fetched) / size,
+                                            lambda x: x <= 0.15, "model random load: bytes"))
 
     def staging(self):
         m = self.meta

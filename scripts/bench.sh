@@ -6,6 +6,7 @@
 #                    [--small-count N] [--small-size SIZE] [--delay-ms MS] [--no-rtt]
 #                    [--fio-runtime S] [--creates N] [--sync-count N] [--only GROUPS]
 #                    [--lazy-size SIZE] [--lazy-files N] [--old-bin PATH]
+#                    [--model-size SIZE] [--fio-rtt-runtime S]
 #                    [--drop-caches] [--bin PATH] [--out FILE]
 #
 #   --smoke        tiny sizes, 1 run, report to a temp file (CI: scripts/test.sh)
@@ -15,6 +16,8 @@
 #   --small-count N / --small-size SIZE  (256 / 64K)      env BENCH_SMALL_COUNT/_SIZE
 #   --delay-ms MS  one-way delay of the latency proxy (10 = 20 ms RTT); --no-rtt skips it
 #   --fio-runtime S  seconds of the fio randread job (default 5)
+#   --fio-rtt-runtime S  seconds of the same job at the injected RTT (default 30)
+#   --model-size SIZE  the safetensors-layout file of the model rows (default 2G)  env BENCH_MODEL_SIZE
 #   --creates N    empty files created in one directory of a writable mount, in 5 batches,
 #                  then removed with rm -rf (default 10000)             env BENCH_CREATES
 #   --sync-count N   4 KiB files written into a writable mount and synced, against
@@ -29,7 +32,9 @@
 #                  #14: a directory as a seekable layer and as a plain tar.gz, an image built
 #                  from this machine's files: ls -R, one-file reads, cp -r, index, push), tls
 #                  (issue #16: a TLS registry, HTTP/1.1 against HTTP/2, on loopback and at 20 and
-#                  50 ms RTT; rows in OUT's .tls.md). The report
+#                  50 ms RTT; rows in OUT's .tls.md), model
+#                  (a model file mmapped from a mount at the RTT: 10% of its tensors at random,
+#                  then all in order, against pull then the same load). The report
 #                  then goes to a temp file unless --out is given: BENCHMARKS.md's generated
 #                  region holds a full run.
 #   --drop-caches  drop the page cache before every timed command (needs root; slow)
@@ -64,6 +69,7 @@ MODE=full
 for a in "$@"; do [[ $a == --smoke ]] && MODE=smoke; done
 if [[ $MODE == smoke ]]; then
     RUNS=1 BIG=4M HUGE=8M SMALL_COUNT=16 SMALL_SIZE=4K FIO_RUNTIME=1 CMD_TIMEOUT=60
+    FIO_RTT_RUNTIME=1 MODEL=8M
     CREATES=200 SYNC_COUNT=100 LAZY_SIZE=8M LAZY_FILES=40 IMG_LIB=4M IMG_BIN=1M
 else
     RUNS=${BENCH_RUNS:-3}
@@ -72,6 +78,8 @@ else
     SMALL_COUNT=${BENCH_SMALL_COUNT:-256}
     SMALL_SIZE=${BENCH_SMALL_SIZE:-64K}
     FIO_RUNTIME=${BENCH_FIO_RUNTIME:-5}
+    FIO_RTT_RUNTIME=${BENCH_FIO_RTT_RUNTIME:-30}
+    MODEL=${BENCH_MODEL_SIZE:-2G}
     CREATES=${BENCH_CREATES:-10000}
     SYNC_COUNT=${BENCH_SYNC_COUNT:-2000}
     LAZY_SIZE=${BENCH_LAZY_SIZE:-1G}
@@ -101,6 +109,8 @@ while (($#)); do
     --delay-ms) DELAY_MS=${2:?}; shift 2 ;;
     --no-rtt) RTT=0; shift ;;
     --fio-runtime) FIO_RUNTIME=${2:?}; shift 2 ;;
+    --fio-rtt-runtime) FIO_RTT_RUNTIME=${2:?}; shift 2 ;;
+    --model-size) MODEL=${2:?}; shift 2 ;;
     --creates) CREATES=${2:?}; shift 2 ;;
     --sync-count) SYNC_COUNT=${2:?}; shift 2 ;;
     --only) ONLY=${2:?}; shift 2 ;;
@@ -135,6 +145,7 @@ SMALL_B=$(to_bytes "$SMALL_SIZE")
 LAZY_B=$(to_bytes "$LAZY_SIZE")
 IMG_LIB_B=$(to_bytes "$IMG_LIB")
 IMG_BIN_B=$(to_bytes "$IMG_BIN")
+MODEL_B=$(to_bytes "$MODEL")
 [[ $LAZY_FILES =~ ^[1-9][0-9]*$ ]] && ((LAZY_FILES >= 2)) || die "bad --lazy-files '$LAZY_FILES'"
 ((LAZY_B >= (1 << 20) + LAZY_FILES)) || die "--lazy-size too small: one file of 1 MiB and a byte per other file"
 [[ $RUNS =~ ^[1-9][0-9]*$ ]] || die "bad --runs '$RUNS'"
@@ -144,7 +155,7 @@ CREATE_BATCHES=5
 [[ $CREATES =~ ^[1-9][0-9]*$ ]] && ((CREATES % CREATE_BATCHES == 0)) ||
     die "bad --creates '$CREATES' (a positive multiple of $CREATE_BATCHES)"
 [[ $SYNC_COUNT =~ ^[1-9][0-9]*$ ]] || die "bad --sync-count '$SYNC_COUNT'"
-GROUPS_ALL=(pull push mount fio rtt staging lazy tls)
+GROUPS_ALL=(pull push mount fio rtt staging lazy tls model)
 if [[ -n $ONLY ]]; then
     IFS=, read -ra only_list <<<"$ONLY"
     for g in "${only_list[@]}"; do
@@ -495,6 +506,7 @@ meta HUGE "$HUGE_B"
 meta SMALL_COUNT "$SMALL_COUNT"
 meta SMALL_SIZE "$SMALL_B"
 meta FIO_RUNTIME "$FIO_RUNTIME"
+meta FIO_RTT_RUNTIME "$FIO_RTT_RUNTIME"
 meta CREATES "$CREATES"
 meta CREATE_BATCHES "$CREATE_BATCHES"
 meta SYNC_COUNT "$SYNC_COUNT"
@@ -530,7 +542,8 @@ NEED_FILES=0
 for g in pull push mount fio rtt; do want "$g" && NEED_FILES=1; done
 # The TLS group has RTT rows of its own (unless --no-rtt).
 TLS_RTT=$RTT
-want rtt || RTT=0
+# The fio and model groups have rows at the RTT too.
+want rtt || want fio || want model || RTT=0
 say "$MODE run${ONLY:+ (only $ONLY)}, $RUNS run(s); big $BIG_B B, huge $HUGE_B B, $SMALL_COUNT x $SMALL_B B; $CREATES creates, $SYNC_COUNT x 4 KiB synced; binary $BIN"
 # Distribution fsyncs every blob and link file it writes: on a disk that sets the pace of
 # small-file pushes for every tool alike and hides the clients' differences, which are what
@@ -538,6 +551,7 @@ say "$MODE run${ONLY:+ (only $ONLY)}, $RUNS run(s); big $BIG_B B, huge $HUGE_B B
 need=$((2 * (BIG_B + HUGE_B) + 256 * 1024 * 1024))
 # The lazy rows store the directory as a seekable layer and twice as a plain tar.gz, and an image.
 want lazy && need=$((need + 4 * LAZY_B + 2 * (IMG_LIB_B + IMG_BIN_B)))
+want model && need=$((need + MODEL_B))
 if ((!REG_ON_DISK)) && [[ -d /dev/shm && -w /dev/shm ]] &&
     (($(df -B1 --output=avail /dev/shm | tail -n1) > need)); then
     REG_BASE=/dev/shm/oras-fs-bench-$$
@@ -602,6 +616,15 @@ if ((NEED_FILES)); then
         die "seeding small: $(tail -n3 "$WORK/seed.log")"
     BIG_DIGEST=$(layers_of bench/big v1 | awk '{ print $1 }')
     [[ $BIG_DIGEST == sha256:* ]] || die "no digest for bench/big"
+fi
+if want model; then
+    say "model: a safetensors-layout file of about $MODEL_B B"
+    mkdir -p "$DATA/model"
+    python3 "$REPO/scripts/model.py" make "$DATA/model/model.safetensors" --size "$MODEL_B" ||
+        die "model: making the file"
+    seed "$DATA/model" "$REG/bench/model:v1" model.safetensors ||
+        die "seeding model: $(tail -n3 "$WORK/seed.log")"
+    meta MODEL_FILE "$(stat -c %s "$DATA/model/model.safetensors")"
 fi
 if want staging; then
     split_into "$DATA/sync4k" "$SYNC_COUNT" 4096
@@ -984,24 +1007,83 @@ wl_fio_seq() {
     rm -rf "$CACHE" "$MNT"
 }
 
+# wl_fio_rand RUN ENDPOINT SUFFIX SECONDS
 wl_fio_rand() {
-    local run=$1 off bw iops p50 p99 io
+    local run=$1 ep=$2 sfx=$3 secs=$4 off bw iops p50 p99 io
+    local w="fio_rand$sfx"
     fresh_dirs
-    do_mount "$REG/bench/huge:v1" "$CACHE" "$MNT" --read-only
+    do_mount "$ep/bench/huge:v1" "$CACHE" "$MNT" --read-only
     maybe_drop_caches
     off=$(log_size)
     timeout -k 5 "$CMD_TIMEOUT" fio --name=rand --filename="$MNT/huge" --rw=randread --bs=4k \
         --size="$HUGE_B" --readonly --ioengine=psync --norandommap --randseed="$run" \
-        --runtime="$FIO_RUNTIME" --time_based --output-format=json \
-        --output="$WORK/fio.json" >"$WORK/last.out" 2>"$WORK/last.err" || fail "fio randread on the mount"
+        --runtime="$secs" --time_based --output-format=json \
+        --output="$WORK/fio.json" >"$WORK/last.out" 2>"$WORK/last.err" || fail "$w on the mount"
     read -r bw iops p50 p99 io < <(fio_json "$WORK/fio.json")
-    record fio_rand mount "$run" iops "$iops"
-    record fio_rand mount "$run" p50_us "$p50"
-    record fio_rand mount "$run" p99_us "$p99"
-    record fio_rand mount "$run" bytes "$(served_since "$off")"
+    record "$w" mount "$run" iops "$iops"
+    record "$w" mount "$run" p50_us "$p50"
+    record "$w" mount "$run" p99_us "$p99"
+    record "$w" mount "$run" read_bytes "$io"
+    record "$w" mount "$run" bytes "$(served_since "$off")"
     do_unmount "$MNT" "$MOUNT_PID"
-    ((io > 0)) || fail "fio randread read nothing"
+    ((io > 0)) || fail "$w read nothing"
     rm -rf "$CACHE" "$MNT"
+}
+
+# --- Model loading: mmap of a safetensors-layout file (issue #16) ---------------------------
+# model_load WORKLOAD TOOL RUN FILE ARGS...: scripts/model.py load; records its figures and
+# keeps its CRC in $WORK/model.<workload>.<tool>.
+model_load() {
+    local w=$1 t=$2 run=$3 f=$4 out n b secs crc
+    shift 4
+    out=$(timeout -k 5 "$CMD_TIMEOUT" python3 "$REPO/scripts/model.py" load "$f" "$@" \
+        2>"$WORK/last.err") || fail "$w/$t: loading $f: $(tail -n3 "$WORK/last.err")"
+    read -r n b secs crc < <(python3 -c 'import json, sys
+j = json.loads(sys.argv[1]); print(j["tensors"], j["bytes"], j["seconds"], j["crc"])' "$out")
+    record "$w" "$t" "$run" load "$secs"
+    record "$w" "$t" "$run" touched "$b"
+    echo "$crc" >"$WORK/model.$w.$t"
+}
+
+# wl_model RUN ENDPOINT SUFFIX: per load (10% of the tensors at random, seeded by the run; all
+# in file order), a fresh mount and the load from it, against pull then the same load.
+wl_model() {
+    local run=$1 ep=$2 sfx=$3 kind t w off t0 t1 t2 args
+    local ref=$ep/bench/model:v1
+    for kind in random all; do
+        w="model_$kind$sfx"
+        args=()
+        [[ $kind == random ]] && args=(--fraction 0.1 --seed "$run")
+        for t in $(rotate "$run" mount pull); do
+            fresh_dirs
+            maybe_drop_caches
+            off=$(log_size)
+            t0=$(now_us)
+            case $t in
+            mount)
+                do_mount "$ref" "$CACHE" "$MNT" --read-only
+                t1=$(now_us)
+                model_load "$w" mount "$run" "$MNT/model.safetensors" "${args[@]}"
+                t2=$(now_us)
+                do_unmount "$MNT" "$MOUNT_PID"
+                ;;
+            pull)
+                fresh_out
+                timeout -k 5 "$CMD_TIMEOUT" "$BIN" pull --no-tty -o "$OUTD" "$ref" \
+                    >"$WORK/last.out" 2>"$WORK/last.err" || fail "$w: pull of $ref"
+                t1=$(now_us)
+                model_load "$w" pull "$run" "$OUTD/model.safetensors" "${args[@]}"
+                t2=$(now_us)
+                rm -rf "$OUTD"
+                ;;
+            esac
+            record "$w" "$t" "$run" wall "$(secs $((t2 - t0)))"
+            record "$w" "$t" "$run" bytes "$(served_since "$off")"
+            rm -rf "$CACHE" "$MNT"
+        done
+        cmp -s "$WORK/model.$w.mount" "$WORK/model.$w.pull" ||
+            fail "$w: the mount's tensors differ from the pulled file's"
+    done
 }
 
 # --- Lazy directory layers and images (issue #14) -----------------------------------------
@@ -1710,7 +1792,8 @@ for ((run = 1; run <= RUNS; run++)); do
     if ((HAVE_FIO)) && want fio; then
         step "$run" "fio"
         wl_fio_seq "$run"
-        wl_fio_rand "$run"
+        wl_fio_rand "$run" "$REG" "" "$FIO_RUNTIME"
+        if ((RTT)); then wl_fio_rand "$run" "$PROXY" "@rtt" "$FIO_RTT_RUNTIME"; fi
     fi
     if want lazy; then
         step "$run" "lazy directory layers and images"
@@ -1719,7 +1802,11 @@ for ((run = 1; run <= RUNS; run++)); do
         wl_lazy_plain "$run"
         wl_lazy_image "$run"
     fi
-    if ((RTT)); then
+    if want model; then
+        step "$run" "model: mmap 10% of the tensors at random, then all in order"
+        wl_model "$run" "${PROXY:-$REG}" "${PROXY:+@rtt}"
+    fi
+    if want rtt && ((RTT)); then
         step "$run" "$((2 * DELAY_MS)) ms RTT"
         wl_pull_small "$run" "$PROXY" "@rtt"
         wl_push_small "$run" "$PROXY" "@rtt"

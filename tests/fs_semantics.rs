@@ -721,3 +721,111 @@ async fn reading_a_directorys_files_in_order_fetches_the_next_ones_concurrently(
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(fetches() - base, 40, "a file was fetched twice");
 }
+
+/// Bytes the target has served so far, once background fetches have settled.
+async fn served_after_settling(h: &Harness) -> u64 {
+    let mut last = h.target.counts().bytes_served;
+    loop {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let now = h.target.counts().bytes_served;
+        if now == last {
+            return now;
+        }
+        last = now;
+    }
+}
+
+#[tokio::test]
+async fn random_4k_reads_fetch_at_most_64_kib_each() {
+    let big = pattern(64 * MIB);
+    let h = Harness::new(&[("big.bin", big.clone())]);
+    let fs = h.mount(true).await;
+    let ino = path_ino(&fs, "big.bin").await;
+    let o = fs.open(ino, false, false).await.unwrap();
+    let mut before = served_after_settling(&h).await;
+    // Each read lands tens of MiB from the one before: no locality, no sequence. Aligned to
+    // 4 KiB as fio's are (one straddling two blocks would need both).
+    for i in 1..=24u64 {
+        let at = (i * 37 * MIB as u64 + i * 4096) % (64 * MIB as u64);
+        let got = fs.read(o.fh, at, 4096).await.unwrap();
+        assert_eq!(&got[..], &big[at as usize..at as usize + 4096], "at {at}");
+        let now = served_after_settling(&h).await;
+        assert!(
+            now - before <= 64 * 1024,
+            "a 4 KiB read at {at} fetched {} bytes",
+            now - before
+        );
+        before = now;
+    }
+}
+
+#[tokio::test]
+async fn sequential_reads_still_fetch_a_growing_window_ahead() {
+    let big = pattern(16 * MIB);
+    let h = Harness::new(&[("big.bin", big.clone())]);
+    let fs = h.mount(true).await;
+    let ino = path_ino(&fs, "big.bin").await;
+    let o = fs.open(ino, false, false).await.unwrap();
+    let base = h.target.counts().calls(Op::FetchRange);
+    let step = 128 * 1024;
+    for at in (0..16 * MIB).step_by(step) {
+        let got = fs.read(o.fh, at as u64, step as u32).await.unwrap();
+        assert_eq!(&got[..], &big[at..at + step]);
+    }
+    let c = h.target.counts();
+    // Ahead of the reader, half of what it has read (at least 1 MiB), asked for once half
+    // of that is used: a few requests (14), not one per read (128).
+    assert!(
+        c.calls(Op::FetchRange) - base <= 16,
+        "{} range requests for 16 MiB read in order",
+        c.calls(Op::FetchRange) - base
+    );
+    assert!(served_after_settling(&h).await <= 16 * MIB as u64 + 64 * 1024);
+}
+
+#[tokio::test]
+async fn misses_close_together_grow_the_fetch() {
+    let big = pattern(64 * MIB);
+    let h = Harness::new(&[("big.bin", big.clone())]);
+    let fs = h.mount(true).await;
+    let ino = path_ino(&fs, "big.bin").await;
+    let o = fs.open(ino, false, false).await.unwrap();
+    let mut before = served_after_settling(&h).await;
+    let mut fetched = Vec::new();
+    // 3 MiB apart: too far to be a sequence, close enough to be one region.
+    for i in 0..8u64 {
+        let at = 20 * MIB as u64 + i * 3 * MIB as u64 + 5000;
+        let got = fs.read(o.fh, at, 4096).await.unwrap();
+        assert_eq!(&got[..], &big[at as usize..at as usize + 4096]);
+        let now = served_after_settling(&h).await;
+        fetched.push(now - before);
+        before = now;
+    }
+    assert_eq!(fetched[0], BLOCK, "{fetched:?}");
+    assert!(fetched.windows(2).all(|w| w[1] >= w[0]), "{fetched:?}");
+    assert_eq!(*fetched.last().unwrap(), MIB as u64, "{fetched:?}");
+}
+
+#[tokio::test]
+async fn a_reader_that_stops_leaves_at_most_half_as_much_again_fetched() {
+    // A model loader reads one tensor through, then jumps to another.
+    let big = pattern(64 * MIB);
+    let h = Harness::new(&[("big.bin", big.clone())]);
+    let fs = h.mount(true).await;
+    let ino = path_ino(&fs, "big.bin").await;
+    let o = fs.open(ino, false, false).await.unwrap();
+    let before = served_after_settling(&h).await;
+    let (from, len, step) = (8 * MIB, 16 * MIB, 128 * 1024);
+    for at in (from..from + len).step_by(step) {
+        let got = fs.read(o.fh, at as u64, step as u32).await.unwrap();
+        assert_eq!(&got[..], &big[at..at + step]);
+    }
+    let at = 50 * MIB as u64;
+    let got = fs.read(o.fh, at, 4096).await.unwrap();
+    assert_eq!(&got[..], &big[at as usize..at as usize + 4096]);
+    let fetched = served_after_settling(&h).await - before;
+    assert!(
+        fetched <= (len + len / 2) as u64 + BLOCK,
+        "{fetched} bytes fetched for {len} read in order and 4 KiB elsewhere"
+    );
+}

@@ -15,7 +15,7 @@ use std::time::SystemTime;
 use bytes::Bytes;
 
 use super::cache::{BlobCache, Errno};
-use super::handle::{Handle, INITIAL_WINDOW};
+use super::handle::{Handle, Pattern};
 use super::layer::{self, LayerState};
 use super::siblings::SiblingWalks;
 use super::staging::{Journal, Staging};
@@ -382,9 +382,7 @@ impl OrasFs {
                 source,
                 file,
                 writable,
-                last_end: 0,
-                frontier: 0,
-                window: INITIAL_WINDOW,
+                pattern: Pattern::default(),
             },
         );
         fh
@@ -425,7 +423,7 @@ impl OrasFs {
             let mut handles = self.handles.lock().unwrap();
             let h = handles.get_mut(&fh).ok_or(Errno::from(libc::EBADF))?;
             let pre = match &h.source {
-                Source::Blob(d) => h.prefetch(offset, size as u64, d.size),
+                Source::Blob(d) => h.pattern.prefetch(offset, size as u64, d.size),
                 _ => 0..0,
             };
             (h.ino, h.writable, h.source.clone(), h.file.clone(), pre)

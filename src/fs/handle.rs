@@ -1,17 +1,27 @@
-//! An open file: where its reads go, and the detector that grows a sequential reader's
-//! prefetch window (as mountpoint-s3's prefetcher does).
+//! An open file: where its reads go, and the detector that sizes what a read fetches: a
+//! sequential reader gets a window ahead that grows with what it has read in order (as
+//! mountpoint-s3's prefetcher grows one), a random reader small aligned fetches that grow only
+//! while its misses stay close together.
 
 use std::sync::Arc;
 
+use super::cache::BLOCK;
 use super::tree::{Ino, Source};
 
-/// First prefetch window of a sequential reader; it doubles up to `MAX_WINDOW`.
+/// What is fetched ahead of a sequential reader: half of what it has read in order since its
+/// last jump, within these bounds. Half, not a doubling window: a reader that stops (the end
+/// of a tensor read through mmap, then a jump to another) leaves at most half as much again
+/// fetched for nothing.
 pub(super) const INITIAL_WINDOW: u64 = 1024 * 1024;
 const MAX_WINDOW: u64 = 32 * 1024 * 1024;
 /// Reads this close to the previous one still count as sequential (the kernel reorders).
 const SEQUENTIAL_SLACK: u64 = 1024 * 1024;
+/// A non-sequential read this close to the previous one shows locality (a reader working
+/// through one region, e.g. a database page cluster): its fetch doubles, up to `MAX_HOP`.
+const NEAR: u64 = 8 * 1024 * 1024;
+const MAX_HOP: u64 = 1024 * 1024;
 
-/// Per-open-file state: where reads go, and the sequential-read detector.
+/// Per-open-file state: where reads go, and the access-pattern detector.
 pub(super) struct Handle {
     pub(super) ino: Ino,
     pub(super) source: Source,
@@ -19,32 +29,120 @@ pub(super) struct Handle {
     /// opened on the first write (copy-on-write), not at open.
     pub(super) file: Option<Arc<std::fs::File>>,
     pub(super) writable: bool,
-    pub(super) last_end: u64,
-    pub(super) frontier: u64,
-    pub(super) window: u64,
+    pub(super) pattern: Pattern,
 }
 
-impl Handle {
-    /// The byte range to prefetch after a read of `offset..offset+len`, growing the window
-    /// while the reader stays sequential (as mountpoint-s3's prefetcher does).
+/// What a handle's reads looked like so far.
+pub(super) struct Pattern {
+    last_end: u64,
+    /// Where the current sequential run started (its last jump).
+    run_start: u64,
+    frontier: u64,
+    /// What a non-sequential read fetches: one block, doubled while misses stay near.
+    hop: u64,
+}
+
+impl Default for Pattern {
+    fn default() -> Pattern {
+        Pattern {
+            last_end: 0,
+            run_start: 0,
+            frontier: 0,
+            hop: BLOCK,
+        }
+    }
+}
+
+impl Pattern {
+    /// The byte range to fetch along with a read of `offset..offset+len`: ahead of a
+    /// sequential reader, half of what it has read in order, asked for in batches once half
+    /// of that is consumed; around a random read, the aligned `hop` holding it (one block
+    /// unless recent misses were near).
     pub(super) fn prefetch(&mut self, offset: u64, len: u64, size: u64) -> std::ops::Range<u64> {
         let end = offset + len;
         let sequential = offset + SEQUENTIAL_SLACK >= self.last_end
             && offset <= self.last_end + SEQUENTIAL_SLACK;
         if !sequential {
-            self.window = INITIAL_WINDOW;
+            let near = offset.abs_diff(self.last_end) <= NEAR;
+            self.hop = if near {
+                (self.hop * 2).min(MAX_HOP)
+            } else {
+                BLOCK
+            };
             self.last_end = end;
+            self.run_start = offset;
             self.frontier = end;
-            return 0..0;
+            let start = offset / self.hop * self.hop;
+            return start.min(size)..(start + self.hop).max(end).min(size);
         }
         self.last_end = self.last_end.max(end);
-        if end + self.window / 2 < self.frontier || self.frontier >= size {
+        let ahead = (end.saturating_sub(self.run_start) / 2).clamp(INITIAL_WINDOW, MAX_WINDOW);
+        if self.frontier.saturating_sub(end) > ahead / 2 || self.frontier >= size {
             return 0..0;
         }
         let start = self.frontier.max(end);
-        let stop = (start + self.window).min(size);
+        let stop = (end + ahead).min(size);
         self.frontier = stop;
-        self.window = (self.window * 2).min(MAX_WINDOW);
         start..stop
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GIB: u64 = 1 << 30;
+    const MIB: u64 = 1 << 20;
+
+    #[test]
+    fn far_random_reads_fetch_one_aligned_block() {
+        let mut p = Pattern::default();
+        p.prefetch(0, 4096, GIB);
+        for at in [700 * MIB + 5000, 3 * MIB + 70_000, 900 * MIB, 100 * MIB + 1] {
+            let r = p.prefetch(at, 4096, GIB);
+            assert_eq!(r, at / BLOCK * BLOCK..at / BLOCK * BLOCK + BLOCK, "at {at}");
+        }
+    }
+
+    #[test]
+    fn near_misses_double_the_fetch_up_to_a_bound() {
+        let mut p = Pattern::default();
+        p.prefetch(500 * MIB, 4096, GIB);
+        let mut lens = Vec::new();
+        for i in 1..8 {
+            let r = p.prefetch(500 * MIB + i * 3 * MIB, 4096, GIB);
+            lens.push(r.end - r.start);
+        }
+        assert_eq!(lens[0], 2 * BLOCK);
+        assert!(lens.windows(2).all(|w| w[1] >= w[0]));
+        assert_eq!(*lens.last().unwrap(), MAX_HOP);
+        // A far miss starts again from one block.
+        let r = p.prefetch(10 * MIB, 4096, GIB);
+        assert_eq!(r.end - r.start, BLOCK);
+    }
+
+    #[test]
+    fn sequential_reads_fetch_half_as_much_again_ahead() {
+        let mut p = Pattern::default();
+        let step = 128 * 1024;
+        let mut batches = 0;
+        let mut longest = 0;
+        for i in 0..512 {
+            let end = (i + 1) * step;
+            let r = p.prefetch(i * step, step, GIB);
+            if !r.is_empty() {
+                batches += 1;
+                longest = longest.max(r.end - r.start);
+            }
+            // Never more than half again what was read (or the first window) ahead.
+            assert!(
+                p.frontier - end <= (end / 2).max(INITIAL_WINDOW),
+                "at {end}"
+            );
+        }
+        // 64 MiB read: the window has grown to its bound, in few batches.
+        assert!(p.frontier - 64 * MIB >= MAX_WINDOW / 2);
+        assert!(longest >= MAX_WINDOW / 4, "{longest}");
+        assert!(batches <= 24, "{batches} batches");
     }
 }

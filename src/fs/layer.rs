@@ -100,6 +100,8 @@ struct Walk {
 
 /// The first read-ahead across files, doubled on every file read in order, up to the last.
 const WALK_WINDOW: (u64, u64) = (1 << 20, 16 << 20);
+/// The end of a seekable layer fetched with its footer, for the TOC before it.
+const TOC_GUESS: u64 = 256 * 1024;
 /// How far (compressed bytes) ahead of a reader going through a layer in order its members
 /// are decompressed and verified in the background, on another core.
 const DECODE_AHEAD: u64 = 8 << 20;
@@ -382,9 +384,12 @@ impl OrasFs {
     async fn toc_entries(&self, desc: &Descriptor, want: &Digest) -> Result<Vec<Entry>, Errno> {
         let bad = |what: String| self.eio(format!("layer {}: {what}", desc.digest));
         let footer_at = desc.size.saturating_sub(seekable::FOOTER_SIZE);
+        // The footer's request brings the layer's last 256 KiB, where the TOC usually is:
+        // one Range request for both, as when cache blocks were that large.
+        let tail = desc.size.saturating_sub(TOC_GUESS)..desc.size;
         let footer = self
             .cache
-            .read(desc, footer_at, seekable::FOOTER_SIZE, 0..0)
+            .read(desc, footer_at, seekable::FOOTER_SIZE, tail)
             .await?;
         let toc = seekable::locate_toc(&footer, desc.size).map_err(|e| bad(e.to_string()))?;
         if toc.end - toc.start > MAX_TOC {
