@@ -107,7 +107,10 @@ pub async fn copy_blob(
         });
         match dst.push_missing(desc, mount_from.as_deref(), open).await {
             Err(e)
-                if (e.is_transient() || matches!(e, Error::Unauthorized { .. })) && attempt < 2 =>
+                if (e.is_transient()
+                    || e.is_too_large()
+                    || matches!(e, Error::Unauthorized { .. }))
+                    && attempt < 2 =>
             {
                 tracing::warn!("{e}; sending {} again", desc.digest);
                 attempt += 1;
@@ -336,7 +339,7 @@ pub async fn send_file(
 /// Whether a failed upload is worth sending again the usual way (a streaming upload cannot
 /// replay its body, so its transient failures and auth challenges end up here).
 fn send_again(e: &Error) -> bool {
-    e.is_transient() || matches!(e, Error::Unauthorized { .. })
+    e.is_transient() || e.is_too_large() || matches!(e, Error::Unauthorized { .. })
 }
 
 /// The upload half of [`send_file`] for a large file; `None` if `dst` needs digests first (or

@@ -70,6 +70,11 @@ pub struct RemoteArgs {
     /// tag schema only (v1.1-referrers-tag). Default: the API, else the tag schema.
     #[arg(long, value_name = "SPEC")]
     pub distribution_spec: Option<ReferrersCapability>,
+    /// Upload blobs in chunks of SIZE (e.g. 16M; one PATCH each, resumed after a dropped
+    /// connection) instead of one request per blob. Without it, a blob the registry refuses
+    /// as too large (413) is sent again in 16M chunks.
+    #[arg(long, value_name = "SIZE", value_parser = super::mount::parse_size)]
+    pub chunk_size: Option<u64>,
 }
 
 /// Reads a secret piped to stdin, without its final newline.
@@ -183,6 +188,7 @@ macro_rules! side_remote_args {
                     headers: [shared.headers.clone(), self.headers.clone()].concat(),
                     resolve: [shared.resolve.clone(), self.resolve.clone()].concat(),
                     distribution_spec: self.distribution_spec.or(shared.distribution_spec),
+                    chunk_size: shared.chunk_size,
                     username: cred.username,
                     password: cred.password,
                     password_stdin: cred.password_stdin,
@@ -303,6 +309,7 @@ impl RemoteArgs {
             client_cert: self.cert_file.clone().zip(self.key_file.clone()),
             resolve: self.resolve.clone(),
             referrers: self.distribution_spec.unwrap_or_default(),
+            chunk_size: self.chunk_size,
         })
     }
 

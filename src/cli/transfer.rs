@@ -322,7 +322,8 @@ pub struct PullArgs {
     #[arg(long, value_name = "SIZE", default_value = "10G", value_parser = super::mount::parse_size)]
     pub cache_size: u64,
     /// Neither read nor fill the blob cache (also when ORAS_FS_NO_CACHE=1).
-    #[arg(long, env = "ORAS_FS_NO_CACHE", hide_env = true)]
+    #[arg(long, env = "ORAS_FS_NO_CACHE", hide_env = true,
+          value_parser = clap::builder::BoolishValueParser::new())]
     pub no_cache: bool,
     #[command(flatten)]
     pub format: FormatArgs,

@@ -141,6 +141,9 @@ pub struct ClientOptions {
     pub resolve: Vec<ResolveOverride>,
     /// How referrers are listed and recorded (`--distribution-spec`).
     pub referrers: ReferrersCapability,
+    /// Upload blobs in `PATCH` chunks of this many bytes (`--chunk-size`) instead of one
+    /// request each; without it, chunks are used only once the registry answers 413.
+    pub chunk_size: Option<u64>,
 }
 
 /// How a registry lists referrers: `Auto` asks the referrers API and falls back to the tag
@@ -409,6 +412,10 @@ impl Client {
 
     pub fn referrers_capability(&self) -> ReferrersCapability {
         self.options.referrers
+    }
+
+    pub fn chunk_size(&self) -> Option<u64> {
+        self.options.chunk_size
     }
 
     /// `https://host/v2/<path>`.
