@@ -167,3 +167,31 @@ fn a_blob_larger_than_the_bound_is_not_cached() {
         Vec::<String>::new()
     );
 }
+
+#[test]
+fn a_mount_reads_what_a_pull_cached_without_downloading_it() {
+    require_registry!();
+    let repo = unique_repo("pull-cache-mount");
+    let (reference, data, digest) = push_file_and_dir(&repo);
+    let cache = temp_dir();
+    assert_ok(&pull_cached(
+        &reference,
+        temp_dir().path(),
+        &["--cache-dir", path_str(cache.path())],
+    ));
+    let log = registry_log();
+    let before = log_offset(&log);
+    let mount = Mount::with_cache_dir(&reference, cache.path(), &["--read-only"]);
+    assert_eq!(
+        read_file(&mount.join("big.bin")),
+        data,
+        "{}",
+        mount.daemon_log()
+    );
+    // (The mount reads the config, which a pull does not.)
+    let gets: Vec<_> = blob_gets_since(&log, before, &repo)
+        .into_iter()
+        .filter(|g| g.uri.contains(&digest))
+        .collect();
+    assert!(gets.is_empty(), "the mount downloaded the file: {gets:?}");
+}

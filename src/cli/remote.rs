@@ -73,8 +73,16 @@ pub struct RemoteArgs {
     /// Upload blobs in chunks of SIZE (e.g. 16M; one PATCH each, resumed after a dropped
     /// connection) instead of one request per blob. Without it, a blob the registry refuses
     /// as too large (413) is sent again in 16M chunks.
-    #[arg(long, value_name = "SIZE", value_parser = super::mount::parse_size)]
+    #[arg(long, value_name = "SIZE", value_parser = parse_chunk_size)]
     pub chunk_size: Option<u64>,
+}
+
+/// `--chunk-size`: a size above zero.
+fn parse_chunk_size(s: &str) -> std::result::Result<u64, String> {
+    match super::mount::parse_size(s)? {
+        0 => Err("a chunk holds at least one byte (e.g. 16M)".into()),
+        n => Ok(n),
+    }
 }
 
 /// Reads a secret piped to stdin, without its final newline.
