@@ -171,6 +171,10 @@ struct FakeState {
     log: Vec<Logged>,
     /// Drop the first PATCH from this offset after this many body bytes, keeping them.
     drop_patch: Option<(u64, usize)>,
+    /// `OCI-Chunk-Min-Length` announced with each session.
+    min_chunk: Option<usize>,
+    /// PATCHes shorter than `min_chunk`.
+    short_chunks: usize,
 }
 
 /// Just enough of the distribution upload protocol for a push: sessions, chunks (kept even
@@ -182,11 +186,12 @@ struct FakeRegistry {
 }
 
 impl FakeRegistry {
-    fn start(drop_patch: Option<(u64, usize)>) -> FakeRegistry {
+    fn start(drop_patch: Option<(u64, usize)>, min_chunk: Option<usize>) -> FakeRegistry {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let state = Arc::new(Mutex::new(FakeState {
             drop_patch,
+            min_chunk,
             ..Default::default()
         }));
         let s = state.clone();
@@ -268,7 +273,11 @@ fn serve(conn: TcpStream, state: &Mutex<FakeState>) {
         ("POST", Some(_)) => {
             let id = format!("u{}", st.uploads.len());
             st.uploads.insert(id.clone(), Vec::new());
-            respond(&mut out, 202, &[("Location", location(&id, 0))]);
+            let mut headers = vec![("Location", location(&id, 0))];
+            if let Some(m) = st.min_chunk {
+                headers.push(("OCI-Chunk-Min-Length", m.to_string()));
+            }
+            respond(&mut out, 202, &headers);
         }
         ("PATCH", Some(id)) => {
             let have = st.uploads.get(id).map_or(0, Vec::len) as u64;
@@ -276,9 +285,15 @@ fn serve(conn: TcpStream, state: &Mutex<FakeState>) {
                 respond(&mut out, 416, &[]);
                 return;
             }
+            let short = st.min_chunk.is_some_and(|m| body.len() < m);
             let data = st.uploads.get_mut(id).unwrap();
             data.extend_from_slice(&body);
             let last = data.len().saturating_sub(1);
+            // Only a session's last chunk may be short; the fake cannot know which is last,
+            // so it records short ones for the test to judge.
+            if short {
+                st.short_chunks += 1;
+            }
             if drop_after.is_some() {
                 st.drop_patch = None;
                 // Kept, never answered: the connection drops mid-body.
@@ -356,7 +371,7 @@ fn a_chunk_dropped_mid_way_resumes_from_what_the_registry_has() {
     let src = temp_dir();
     write_file(&src.path().join("data.bin"), &data);
     // The second chunk (1 MiB..2 MiB) drops after 300 KiB reached the registry.
-    let fake = FakeRegistry::start(Some((MIB as u64, 300 * 1024)));
+    let fake = FakeRegistry::start(Some((MIB as u64, 300 * 1024)), None);
     let reference = format!("{}/resume:v1", fake.addr);
     let out = push(src.path(), &reference, &["data.bin", "--chunk-size", "1M"]);
     assert_ok(&out);
@@ -396,4 +411,30 @@ fn a_chunk_dropped_mid_way_resumes_from_what_the_registry_has() {
         .count();
     // The data blob's session and the config's (asked for by mount), no second one.
     assert_eq!(sessions, 2, "{:#?}", st.log);
+}
+
+#[test]
+fn chunks_are_no_shorter_than_the_registry_asks() {
+    require_registry!();
+    let data = random_bytes("chunked-min", 5 * MIB);
+    let src = temp_dir();
+    write_file(&src.path().join("data.bin"), &data);
+    let fake = FakeRegistry::start(None, Some(2 * MIB));
+    let reference = format!("{}/min:v1", fake.addr);
+    assert_ok(&push(
+        src.path(),
+        &reference,
+        &["data.bin", "--chunk-size", "1M"],
+    ));
+    let st = fake.state.lock().unwrap();
+    assert_eq!(st.blobs.get(&sha256_bytes(&data)), Some(&data));
+    let sizes: Vec<usize> = st
+        .log
+        .iter()
+        .filter(|l| l.method == "PATCH" && l.received != 2)
+        .map(|l| l.received)
+        .collect();
+    // 2 MiB chunks, the last one short; and the config's one short chunk.
+    assert_eq!(sizes, vec![2 * MIB, 2 * MIB, MIB], "{:#?}", st.log);
+    assert_eq!(st.short_chunks, 2);
 }

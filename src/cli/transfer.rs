@@ -319,7 +319,7 @@ pub struct PullArgs {
     #[arg(long, value_name = "DIR")]
     pub cache_dir: Option<PathBuf>,
     /// Bound of the blob cache; least recently used blobs go first (as for mounts).
-    #[arg(long, value_name = "SIZE", default_value = "10G", value_parser = super::mount::parse_size)]
+    #[arg(long, value_name = "SIZE", default_value = super::mount::DEFAULT_CACHE_SIZE, value_parser = super::mount::parse_size)]
     pub cache_size: u64,
     /// Neither read nor fill the blob cache (also when ORAS_FS_NO_CACHE=1).
     #[arg(long, env = "ORAS_FS_NO_CACHE", hide_env = true,

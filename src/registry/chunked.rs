@@ -32,6 +32,15 @@ impl Repository {
         Some(self.chunk_size.load(Ordering::Relaxed)).filter(|&c| c > 0)
     }
 
+    /// Keeps the `OCI-Chunk-Min-Length` an upload answer announces (sessions and chunks).
+    pub(super) fn learn_chunk_min(&self, resp: &Response) {
+        if let Some(m) =
+            header(resp, "oci-chunk-min-length").and_then(|v| v.trim().parse::<u64>().ok())
+        {
+            self.chunk_min.store(m, Ordering::Relaxed);
+        }
+    }
+
     /// Turns a 413 answer to a whole-blob request into an error that has the blob sent again
     /// (`copy_blob` retries it), in chunks from now on for this repository.
     pub(super) async fn too_large(&self, answer: Result<Response>) -> Result<Response> {
@@ -69,11 +78,11 @@ impl Repository {
         // What the registry has; the chunk in hand is bytes `start..start + data.len()`.
         let mut at = 0u64;
         let (mut start, mut data) = (0u64, Bytes::new());
-        let mut min = 0u64;
         let mut failures = 0u32;
         while at < size {
             let end = start + data.len() as u64;
             if at >= end {
+                let min = self.chunk_min.load(Ordering::Relaxed);
                 let want = chunk.max(min).min(MAX_CHUNK).min(size - at);
                 data = match take(&mut content, &mut carry, want, at).await {
                     Ok(d) => d,
@@ -100,11 +109,7 @@ impl Repository {
                         Ok(u) => u,
                         Err(e) => return (session, Err(e)),
                     };
-                    if let Some(m) = header(&resp, "oci-chunk-min-length")
-                        .and_then(|v| v.trim().parse::<u64>().ok())
-                    {
-                        min = m;
-                    }
+                    self.learn_chunk_min(&resp);
                     at = end;
                     failures = 0;
                     continue;

@@ -47,6 +47,8 @@ pub struct Repository {
     /// Bytes per upload chunk; 0: one request per blob. Set by `--chunk-size`, or once the
     /// registry refused a blob as too large (shared by clones: one push learns it once).
     chunk_size: Arc<std::sync::atomic::AtomicU64>,
+    /// The registry's `OCI-Chunk-Min-Length`, as its last upload session announced it.
+    chunk_min: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Repository {
@@ -56,6 +58,7 @@ impl Repository {
             client,
             name: name.into(),
             chunk_size: Arc::new(chunk.into()),
+            chunk_min: Arc::new(0.into()),
         }
     }
 
@@ -292,6 +295,7 @@ impl Repository {
         match resp.status() {
             StatusCode::CREATED if mount.is_some() => Ok(None),
             StatusCode::ACCEPTED => {
+                self.learn_chunk_min(&resp);
                 let location = resp
                     .headers()
                     .get(LOCATION)
