@@ -59,7 +59,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         media_types: vec![HELLO_TYPE.to_string()],
         allow_all: false,
     };
-    let report = oras::pull(&repo, &tag, &files, &filter, &CopyOptions::default()).await?;
+    let report = oras::pull(&repo, &tag, &files, &filter, None, &CopyOptions::default()).await?;
     for layer in &report.pulled {
         let title = layer.title().unwrap_or_default();
         let text = std::fs::read_to_string(dir.path().join(title))?;

@@ -222,6 +222,9 @@ DATA=$WORK/data
 mkdir -p "$DATA" "$WORK/xdg"
 # The mount daemon logs under $XDG_CACHE_HOME/oras-fs/logs: keep it in the scratch dir.
 export XDG_CACHE_HOME=$WORK/xdg
+# Pulls measure the network, as every peer's do: not copies out of the blob cache that the
+# previous run filled.
+export ORAS_FS_NO_CACHE=1
 SAMPLES=$WORK/samples.tsv
 META=$WORK/meta.env
 : >"$SAMPLES"

@@ -144,6 +144,11 @@ impl Error {
     }
 
     /// Whether the same request may succeed if tried again (network faults, 429, 5xx).
+    /// A registry refused a request as too large (413): a blob is sent again in chunks.
+    pub fn is_too_large(&self) -> bool {
+        matches!(self, Error::Registry { status: 413, .. })
+    }
+
     pub fn is_transient(&self) -> bool {
         match self {
             Error::Connect { .. } | Error::Transfer { .. } => true,

@@ -40,6 +40,22 @@ fn counting(desc: &Descriptor, stream: ByteStream, progress: Arc<dyn Progress>) 
     }))
 }
 
+/// A local store of blobs by digest (a mount's disk cache, `fs::cache::DiskBlobs`) that
+/// [`pull`] reads before the source and adds what it downloads to.
+pub trait BlobStash: Send + Sync {
+    /// The kept copy of a blob, opened (so eviction cannot take it meanwhile), with its path
+    /// for messages. Unverified: the caller checks every byte as it copies.
+    fn open(&self, desc: &Descriptor) -> Option<(std::fs::File, PathBuf)>;
+    /// The copy `open` gave (`file`) did not match `desc`: drop it.
+    fn reject(&self, desc: &Descriptor, file: &std::fs::File);
+    /// Passes `content` through, keeping a copy of it; the future (awaited once the stream is
+    /// consumed or dropped) adds the copy if it was the whole blob and matched its digest.
+    fn keep(&self, desc: &Descriptor, content: ByteStream) -> (ByteStream, Kept);
+}
+
+/// What [`BlobStash::keep`] finishes with.
+pub type Kept = futures_util::future::BoxFuture<'static, ()>;
+
 /// Options of [`copy_graph`].
 #[derive(Clone)]
 pub struct CopyOptions {
@@ -91,7 +107,10 @@ pub async fn copy_blob(
         });
         match dst.push_missing(desc, mount_from.as_deref(), open).await {
             Err(e)
-                if (e.is_transient() || matches!(e, Error::Unauthorized { .. })) && attempt < 2 =>
+                if (e.is_transient()
+                    || e.is_too_large()
+                    || matches!(e, Error::Unauthorized { .. }))
+                    && attempt < 2 =>
             {
                 tracing::warn!("{e}; sending {} again", desc.digest);
                 attempt += 1;
@@ -323,7 +342,7 @@ pub async fn send_file(
 /// Whether a failed upload is worth sending again the usual way (a streaming upload cannot
 /// replay its body, so its transient failures and auth challenges end up here).
 fn send_again(e: &Error) -> bool {
-    e.is_transient() || matches!(e, Error::Unauthorized { .. })
+    e.is_transient() || e.is_too_large() || matches!(e, Error::Unauthorized { .. })
 }
 
 /// The upload half of [`send_file`] for a large file; `None` if `dst` needs digests first (or
@@ -484,29 +503,67 @@ impl LayerFilter {
     }
 }
 
-/// Writes one layer into `dst`: downloaded from `src`, or copied from the file of
-/// `copy_of`, a layer with the same digest already in place.
+/// Writes one layer into `dst`: copied from the file of `copy_of` (a layer with the same
+/// digest already in place), else from `stash`, else downloaded from `src` (and added to
+/// `stash`). Local copies are verified as downloads are; a stashed copy that does not match
+/// is dropped and the layer downloaded.
 async fn pull_one(
     src: &dyn Target,
     dst: &FileStore,
     layer: &Descriptor,
     copy_of: Option<&Descriptor>,
+    stash: Option<&Arc<dyn BlobStash>>,
     opts: &CopyOptions,
 ) -> Result<()> {
     use crate::error::IoContext;
     opts.progress.start(layer);
-    let content = match copy_of {
-        None => src.fetch(layer).await?,
-        Some(first) => {
-            let path = dst.path_for(first.title().unwrap_or_default())?;
-            let file = tokio::fs::File::open(&path)
-                .await
-                .ctx(|| format!("opening {}", path.display()))?;
-            content::file_stream(file, path)
+    if let Some(first) = copy_of {
+        let path = dst.path_for(first.title().unwrap_or_default())?;
+        let file = tokio::fs::File::open(&path)
+            .await
+            .ctx(|| format!("opening {}", path.display()))?;
+        let content = counting(
+            layer,
+            content::file_stream(file, path),
+            opts.progress.clone(),
+        );
+        dst.push(layer, content).await?;
+        opts.progress.finish(layer, false);
+        return Ok(());
+    }
+    if let Some((file, path)) = stash.and_then(|s| s.open(layer)) {
+        let kept = file
+            .try_clone()
+            .ctx(|| format!("opening {}", path.display()))?;
+        let content = content::file_stream(tokio::fs::File::from_std(file), path.clone());
+        match dst
+            .push(layer, counting(layer, content, opts.progress.clone()))
+            .await
+        {
+            Ok(()) => {
+                opts.progress.finish(layer, false);
+                return Ok(());
+            }
+            Err(e @ (Error::DigestMismatch { .. } | Error::SizeMismatch { .. })) => {
+                tracing::warn!(
+                    "{}: {e}; dropped from the cache, downloading",
+                    path.display()
+                );
+                stash.expect("opened from it").reject(layer, &kept);
+            }
+            Err(e) => return Err(e),
         }
-    };
-    dst.push(layer, counting(layer, content, opts.progress.clone()))
-        .await?;
+    }
+    let content = counting(layer, src.fetch(layer).await?, opts.progress.clone());
+    match stash {
+        Some(stash) => {
+            let (content, kept) = stash.keep(layer, content);
+            let pushed = dst.push(layer, content).await;
+            kept.await;
+            pushed?;
+        }
+        None => dst.push(layer, content).await?,
+    }
     opts.progress.finish(layer, false);
     Ok(())
 }
@@ -537,12 +594,14 @@ pub struct PullReport {
 }
 
 /// Pulls the layers of `reference` that `filter` takes into `dst`, concurrently. Each file
-/// appears only once its digest matched.
+/// appears only once its digest matched. With a `stash`, layers kept there are copied from
+/// it instead of downloaded, and downloaded ones are added to it.
 pub async fn pull(
     src: &dyn Target,
     reference: &str,
     dst: &FileStore,
     filter: &LayerFilter,
+    stash: Option<&Arc<dyn BlobStash>>,
     opts: &CopyOptions,
 ) -> Result<PullReport> {
     let (desc, _bytes, manifest) = content::fetch_manifest(src, reference).await?;
@@ -572,7 +631,7 @@ pub async fn pull(
         futures_util::stream::iter(
             batch
                 .into_iter()
-                .map(|(layer, copy_of)| pull_one(src, dst, layer, copy_of, opts)),
+                .map(|(layer, copy_of)| pull_one(src, dst, layer, copy_of, stash, opts)),
         )
         .buffer_unordered(at_once.max(1))
         .try_collect::<Vec<_>>()

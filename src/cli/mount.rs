@@ -50,7 +50,7 @@ pub struct MountArgs {
     #[arg(long, value_name = "DIR")]
     pub cache_dir: Option<PathBuf>,
     /// Bound of the disk cache (e.g. 10G, 512M).
-    #[arg(long, value_name = "SIZE", default_value = "10G", value_parser = parse_size)]
+    #[arg(long, value_name = "SIZE", default_value = DEFAULT_CACHE_SIZE, value_parser = parse_size)]
     pub cache_size: u64,
     /// Bound of the in-memory block cache.
     #[arg(long, value_name = "SIZE", default_value = "64M", value_parser = parse_size)]
@@ -69,6 +69,9 @@ pub struct MountArgs {
     #[command(flatten)]
     pub target: TargetArgs,
 }
+
+/// The default bound of the blob cache, for mounts and pulls alike.
+pub const DEFAULT_CACHE_SIZE: &str = "10G";
 
 /// `10G`, `512M`, `64k` or plain bytes (binary multiples).
 pub fn parse_size(s: &str) -> std::result::Result<u64, String> {

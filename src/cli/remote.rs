@@ -74,6 +74,19 @@ pub struct RemoteArgs {
     /// HTTP/2 and fall back to HTTP/1.1. Also ORAS_FS_HTTP1=1.
     #[arg(long = "http1.1")]
     pub http1_1: bool,
+    /// Upload blobs in chunks of SIZE (e.g. 16M; one PATCH each, resumed after a dropped
+    /// connection) instead of one request per blob. Without it, a blob the registry refuses
+    /// as too large (413) is sent again in 16M chunks.
+    #[arg(long, value_name = "SIZE", value_parser = parse_chunk_size)]
+    pub chunk_size: Option<u64>,
+}
+
+/// `--chunk-size`: a size above zero.
+fn parse_chunk_size(s: &str) -> std::result::Result<u64, String> {
+    match super::mount::parse_size(s)? {
+        0 => Err("a chunk holds at least one byte (e.g. 16M)".into()),
+        n => Ok(n),
+    }
 }
 
 /// Reads a secret piped to stdin, without its final newline.
@@ -188,6 +201,7 @@ macro_rules! side_remote_args {
                     resolve: [shared.resolve.clone(), self.resolve.clone()].concat(),
                     distribution_spec: self.distribution_spec.or(shared.distribution_spec),
                     http1_1: shared.http1_1,
+                    chunk_size: shared.chunk_size,
                     username: cred.username,
                     password: cred.password,
                     password_stdin: cred.password_stdin,
@@ -309,6 +323,7 @@ impl RemoteArgs {
             resolve: self.resolve.clone(),
             referrers: self.distribution_spec.unwrap_or_default(),
             http1_only: self.http1_1 || http1_forced_by_env()?,
+            chunk_size: self.chunk_size,
         })
     }
 

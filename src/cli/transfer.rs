@@ -6,8 +6,9 @@ use std::sync::Arc;
 
 use clap::Args;
 use oras_fs::content::file::{FileStore, FileStoreOptions, UnpackLimit};
+use oras_fs::fs::cache::DiskBlobs;
 use oras_fs::manifest::{media_type, Annotations, Descriptor};
-use oras_fs::oras::{self, CopyOptions, FileLayer, LayerFilter, PackOptions};
+use oras_fs::oras::{self, BlobStash, CopyOptions, FileLayer, LayerFilter, PackOptions};
 use oras_fs::{Error, Result};
 
 use super::output::{label, Bars, Described, FormatArgs, Pulled, PulledFile, Pushed};
@@ -313,6 +314,17 @@ pub struct PullArgs {
     /// (an index is refused without it, with the list of its platforms).
     #[arg(long, value_name = "PLATFORM")]
     pub platform: Option<oras_fs::manifest::Platform>,
+    /// Blob cache shared with mounts (default: ~/.cache/oras-fs): layers found there are
+    /// copied (and verified) instead of downloaded, and downloaded layers are added to it.
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// Bound of the blob cache; least recently used blobs go first (as for mounts).
+    #[arg(long, value_name = "SIZE", default_value = super::mount::DEFAULT_CACHE_SIZE, value_parser = super::mount::parse_size)]
+    pub cache_size: u64,
+    /// Neither read nor fill the blob cache (also when ORAS_FS_NO_CACHE=1).
+    #[arg(long, env = "ORAS_FS_NO_CACHE", hide_env = true,
+          value_parser = clap::builder::BoolishValueParser::new())]
+    pub no_cache: bool,
     #[command(flatten)]
     pub format: FormatArgs,
     /// Don't draw progress bars.
@@ -320,6 +332,31 @@ pub struct PullArgs {
     pub no_tty: bool,
     #[command(flatten)]
     pub target: TargetArgs,
+}
+
+/// The blob cache a pull from a registry reads and fills, unless `--no-cache`. A default
+/// cache that cannot be opened is skipped with a warning; one asked for is an error.
+fn pull_cache(args: &PullArgs, opened: &target::Opened) -> Result<Option<Arc<dyn BlobStash>>> {
+    // An OCI layout is local already.
+    if args.no_cache || opened.registry.is_none() {
+        return Ok(None);
+    }
+    let dir = args
+        .cache_dir
+        .clone()
+        .unwrap_or_else(oras_fs::fs::paths::default_cache_dir);
+    match DiskBlobs::open(&dir, args.cache_size) {
+        Ok(blobs) => Ok(Some(Arc::new(blobs))),
+        Err(e) if args.cache_dir.is_none() => {
+            eprintln!(
+                "Warning: not using the blob cache {}: {e} (pick one with --cache-dir, or \
+                 --no-cache)",
+                dir.display()
+            );
+            Ok(None)
+        }
+        Err(e) => Err(Error::io(format!("opening the cache {}", dir.display()), e)),
+    }
 }
 
 /// What a pull reads: the reference, or of an image index with `--platform`, the digest of
@@ -375,11 +412,13 @@ pub async fn pull(args: PullArgs) -> Result<()> {
         concurrency: args.concurrency,
         progress: Arc::new(Bars::new("Downloading", args.no_tty, !output.is_text())),
     };
+    let stash = pull_cache(&args, &opened)?;
     let mut report = oras::pull(
         opened.target.as_ref(),
         &pull_reference(&args, &opened).await?,
         &store,
         &filter,
+        stash.as_ref(),
         &opts,
     )
     .await?;
@@ -404,6 +443,7 @@ pub async fn pull(args: PullArgs) -> Result<()> {
                 subject.digest.as_str(),
                 &store,
                 &filter,
+                stash.as_ref(),
                 &opts,
             )
             .await?;

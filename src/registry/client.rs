@@ -143,6 +143,9 @@ pub struct ClientOptions {
     pub resolve: Vec<ResolveOverride>,
     /// How referrers are listed and recorded (`--distribution-spec`).
     pub referrers: ReferrersCapability,
+    /// Upload blobs in `PATCH` chunks of this many bytes (`--chunk-size`) instead of one
+    /// request each; without it, chunks are used only once the registry answers 413.
+    pub chunk_size: Option<u64>,
     /// Speak HTTP/1.1 only, never HTTP/2 (`--http1.1`, `ORAS_FS_HTTP1=1`): for comparisons,
     /// and for registries or proxies whose HTTP/2 is broken.
     pub http1_only: bool,
@@ -501,6 +504,10 @@ impl Client {
 
     pub fn referrers_capability(&self) -> ReferrersCapability {
         self.options.referrers
+    }
+
+    pub fn chunk_size(&self) -> Option<u64> {
+        self.options.chunk_size
     }
 
     /// `https://host/v2/<path>`.

@@ -1,5 +1,6 @@
 //! A remote repository as a [`Target`], speaking the OCI distribution protocol.
 
+mod chunked;
 pub mod client;
 mod tls;
 
@@ -43,13 +44,21 @@ const RESUME_PROGRESS: u64 = 8 << 20;
 pub struct Repository {
     client: Arc<Client>,
     name: String,
+    /// Bytes per upload chunk; 0: one request per blob. Set by `--chunk-size`, or once the
+    /// registry refused a blob as too large (shared by clones: one push learns it once).
+    chunk_size: Arc<std::sync::atomic::AtomicU64>,
+    /// The registry's `OCI-Chunk-Min-Length`, as its last upload session announced it.
+    chunk_min: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Repository {
     pub fn new(client: Arc<Client>, name: impl Into<String>) -> Self {
+        let chunk = client.chunk_size().unwrap_or(0);
         Repository {
             client,
             name: name.into(),
+            chunk_size: Arc::new(chunk.into()),
+            chunk_min: Arc::new(0.into()),
         }
     }
 
@@ -287,6 +296,7 @@ impl Repository {
         match resp.status() {
             StatusCode::CREATED if mount.is_some() => Ok(None),
             StatusCode::ACCEPTED => {
+                self.learn_chunk_min(&resp);
                 let location = resp
                     .headers()
                     .get(LOCATION)
@@ -336,12 +346,22 @@ impl Repository {
     }
 
     /// Uploads a blob into a session: one streaming PUT of the whole content.
+    /// Uploads a blob into a session: one streaming PUT of the whole content, or chunks (see
+    /// `chunked`) and an empty PUT that commits them.
     async fn put_upload(
         &self,
         url: reqwest::Url,
         desc: &Descriptor,
         content: ByteStream,
     ) -> Result<()> {
+        if let Some(chunk) = self.chunking() {
+            let (session, sent) = self.send_chunks(url, content, desc.size, chunk).await;
+            let answer = match sent {
+                Ok(()) => self.commit_upload(session.clone(), desc).await,
+                Err(e) => Err(e),
+            };
+            return self.settle_commit(session, desc, answer).await;
+        }
         let answer = self
             .send_upload(
                 Method::PUT,
@@ -351,7 +371,17 @@ impl Repository {
                 desc.size,
             )
             .await;
+        let answer = self.too_large(answer).await;
         self.settle_commit(url, desc, answer).await
+    }
+
+    /// Commits what an upload session received as `desc` (an empty `PUT ?digest=`).
+    async fn commit_upload(&self, session: reqwest::Url, desc: &Descriptor) -> Result<Response> {
+        let mut url = session;
+        url.query_pairs_mut()
+            .append_pair("digest", desc.digest.as_str());
+        let req = Request::new(Method::PUT, url, Some(&self.name), Access::Push).body(Bytes::new());
+        self.client.send(&req).await
     }
 
     /// Judges the answer to a commit (`PUT ?digest=`) of the upload `session`. A failed commit
@@ -836,10 +866,16 @@ struct RegistryUpload {
 impl Upload for RegistryUpload {
     async fn send(&mut self, content: ByteStream, size: u64) -> Result<()> {
         let url = self.url.clone().expect("not committed yet");
+        if let Some(chunk) = self.repo.chunking() {
+            let (session, sent) = self.repo.send_chunks(url, content, size, chunk).await;
+            self.url = Some(session);
+            return sent;
+        }
         let resp = self
             .repo
             .send_upload(Method::PATCH, url, None, content, size)
-            .await?;
+            .await;
+        let resp = self.repo.too_large(resp).await?;
         if resp.status() != StatusCode::ACCEPTED {
             return Err(self.repo.client.error_for(resp, "upload").await);
         }
@@ -851,12 +887,7 @@ impl Upload for RegistryUpload {
 
     async fn commit(mut self: Box<Self>, desc: &Descriptor) -> Result<()> {
         let session = self.url.take().expect("committed once");
-        let mut url = session.clone();
-        url.query_pairs_mut()
-            .append_pair("digest", desc.digest.as_str());
-        let req =
-            Request::new(Method::PUT, url, Some(&self.repo.name), Access::Push).body(Bytes::new());
-        let answer = self.repo.client.send(&req).await;
+        let answer = self.repo.commit_upload(session.clone(), desc).await;
         self.repo.settle_commit(session, desc, answer).await
     }
 

@@ -27,6 +27,8 @@ where
     let mut cmd = Command::new(bin());
     cmd.args(args)
         .env("DOCKER_CONFIG", "/nonexistent/oras-fs-tests/docker-config")
+        // Pulls read the registry, not the user's blob cache (tests/pull_cache.rs turns it on).
+        .env("ORAS_FS_NO_CACHE", "1")
         .env_remove("ORAS_FS_LOG")
         .env_remove("RUST_LOG");
     cmd

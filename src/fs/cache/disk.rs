@@ -56,16 +56,13 @@ static PRIVATE: AtomicU64 = AtomicU64::new(0);
 /// Opens the partial file of a blob for filling: the shared one if no other process fills it,
 /// else a private one. Either way this process holds its lock until the file is closed.
 pub(super) fn open_partial(shared: &Path, size: u64) -> io::Result<(File, Partial)> {
-    let open = |path: &Path, truncate: bool| {
-        private_options()
+    for _ in 0..3 {
+        let file = private_options()
             .read(true)
             .write(true)
             .create(true)
-            .truncate(truncate)
-            .open(path)
-    };
-    for _ in 0..3 {
-        let file = open(shared, false)?;
+            .truncate(false)
+            .open(shared)?;
         if !try_lock(&file)? {
             break;
         }
@@ -82,10 +79,21 @@ pub(super) fn open_partial(shared: &Path, size: u64) -> io::Result<(File, Partia
             ));
         }
     }
+    open_private(shared, size)
+}
+
+/// Opens a new private partial file of a blob (next to its shared one), locked by this
+/// process: eviction spares it while in use and deletes it once unlocked (after a crash).
+pub(super) fn open_private(shared: &Path, size: u64) -> io::Result<(File, Partial)> {
     let name = shared.file_name().unwrap_or_default().to_string_lossy();
     let n = PRIVATE.fetch_add(1, Ordering::Relaxed);
     let path = shared.with_file_name(format!("{name}.{}-{n}", std::process::id()));
-    let file = open(&path, true)?;
+    let file = private_options()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)?;
     try_lock(&file)?;
     file.set_len(size)?;
     Ok((

@@ -18,13 +18,17 @@
 //! Here: the cache and its entry points (`read`, `materialize`, `copy_to`). One blob's state
 //! and bitmap, and reading its bytes: `blob`. Range requests and blocks landing: `fetch`.
 //! Hashing, publishing and poisoning: `verify`. Writing within the disk bound and eviction:
-//! `store`. The cache directory shared by processes: `disk`.
+//! `store`. The cache directory shared by processes: `disk`. Its complete blobs as `pull`
+//! reads and fills them: `stash`.
 
 mod blob;
 mod disk;
 mod fetch;
+mod stash;
 mod store;
 mod verify;
+
+pub use stash::DiskBlobs;
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
