@@ -492,18 +492,30 @@ async fn pull_one(
 ) -> Result<()> {
     use crate::error::IoContext;
     opts.progress.start(layer);
-    let content = match copy_of {
-        None => src.fetch(layer).await?,
-        Some(first) => {
-            let path = dst.path_for(first.title().unwrap_or_default())?;
-            let file = tokio::fs::File::open(&path)
-                .await
-                .ctx(|| format!("opening {}", path.display()))?;
-            content::file_stream(file, path)
+    let mut retried = false;
+    loop {
+        let content = match copy_of {
+            None => src.fetch(layer).await?,
+            Some(first) => {
+                let path = dst.path_for(first.title().unwrap_or_default())?;
+                let file = tokio::fs::File::open(&path)
+                    .await
+                    .ctx(|| format!("opening {}", path.display()))?;
+                content::file_stream(file, path)
+            }
+        };
+        match dst
+            .push(layer, counting(layer, content, opts.progress.clone()))
+            .await
+        {
+            // The mirror is passed over now: the next fetch goes to the next endpoint.
+            Err(e @ Error::MirrorCorrupt { .. }) if !retried => {
+                tracing::warn!("{e}; fetching {} again", layer.digest);
+                retried = true;
+            }
+            r => break r?,
         }
-    };
-    dst.push(layer, counting(layer, content, opts.progress.clone()))
-        .await?;
+    }
     opts.progress.finish(layer, false);
     Ok(())
 }
