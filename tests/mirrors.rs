@@ -58,8 +58,8 @@ fn pulls_and_mounts_go_through_a_pull_through_mirror_and_go_on_when_the_origin_s
     write_file(&src.join("small.txt"), "through the mirror\n");
     let reference = origin.reference(&repo, "v1");
 
-    // Pushes go to the origin even with a mirror configured (a pull-through cache refuses
-    // them anyway).
+    // Pushes go to the origin even with a mirror configured (Distribution documents pushes to
+    // a pull-through cache as unsupported).
     let mirror_before = log_offset(&mirror.log);
     push_files(
         &src,
@@ -92,7 +92,17 @@ fn pulls_and_mounts_go_through_a_pull_through_mirror_and_go_on_when_the_origin_s
     let mirror_blobs = blob_reads(&mirror.log, mirror_before, &repo);
     assert!(!mirror_blobs.is_empty(), "no blob read at the mirror");
 
-    // The second pull reads no blob at the origin: the mirror has them all.
+    // The second pull reads no blob at the origin: the mirror has them all, once it has
+    // finished storing what it streamed (it writes its cache as it answers).
+    let cached = [sha256_bytes(&big), sha256_bytes(b"through the mirror\n")];
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !cached.iter().all(|d| blob_path(&mirror.dir, d).exists()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the mirror did not cache the blobs"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
     let origin_before = log_offset(&origin.log);
     let out = temp_dir();
     pull_to(&reference, out.path(), &["--registries-conf", conf_arg]);
@@ -180,6 +190,26 @@ fn a_mirror_that_serves_corrupt_bytes_is_passed_over_for_the_origin() {
         )),
         "{stderr}"
     );
+
+    // A copy (to another registry: within one, blobs are mounted, not read) gets the same:
+    // the corrupt blob is sent again, from the origin.
+    let other = ExtraRegistry::start("mirror-copy-dest", &[]);
+    let dest = other.reference(&repo, "v1");
+    let copied = oras_fs([
+        "copy",
+        reference.as_str(),
+        dest.as_str(),
+        "--registries-conf",
+        path_str(&conf),
+    ]);
+    assert_ok(&copied);
+    let stderr = stderr_of(&copied);
+    assert!(
+        stderr.contains("digest mismatch") && stderr.contains("again"),
+        "{}",
+        describe(&copied)
+    );
+    assert_eq!(pulled_tree(&dest)["data.bin"], data);
 }
 
 #[test]

@@ -508,53 +508,58 @@ fn connect(location: &Location, base: &ClientOptions, origin: &str) -> Result<Ve
     Ok(out)
 }
 
-/// Hashes a whole blob as it streams from mirror `m`; on a mismatch the stream ends in the
-/// error, and `m` is marked corrupt.
+/// Hashes a whole blob as it streams from mirror `m`, and holds its last chunk until the
+/// digest matched: on a mismatch the stream ends in the error instead, and `m` is marked
+/// corrupt. (A consumer that knows the length, such as an upload body, may stop polling after
+/// the last byte: the error must come before it.)
 fn distrust_if_corrupt(m: &Mirror, desc: &Descriptor, stream: ByteStream) -> ByteStream {
     struct State {
         stream: ByteStream,
         verifier: Option<Verifier>,
+        left: u64,
         corrupt: Arc<AtomicBool>,
         mirror: String,
     }
     let state = State {
         stream,
         verifier: Some(Verifier::new(&desc.digest, desc.size)),
+        left: desc.size,
         corrupt: m.corrupt.clone(),
         mirror: m.repo.endpoint(),
-    };
-    let flag = |s: &State, e: Error| -> Error {
-        s.corrupt.store(true, Ordering::Relaxed);
-        Error::MirrorCorrupt {
-            mirror: s.mirror.clone(),
-            source: Box::new(e),
-        }
     };
     Box::pin(futures_util::stream::unfold(
         state,
         move |mut s| async move {
             let verifier = s.verifier.as_mut()?;
-            match s.stream.next().await {
-                Some(Ok(chunk)) => match verifier.update(&chunk) {
-                    Ok(()) => Some((Ok::<Bytes, Error>(chunk), s)),
-                    Err(e) => {
-                        s.verifier = None;
-                        let e = flag(&s, e);
-                        Some((Err(e), s))
-                    }
-                },
-                Some(Err(e)) => Some((Err(e), s)),
-                None => {
-                    let v = s.verifier.take().expect("checked above");
-                    match v.finish() {
-                        Ok(()) => None,
-                        Err(e) => {
-                            let e = flag(&s, e);
-                            Some((Err(e), s))
+            let checked = match s.stream.next().await {
+                Some(Ok(chunk)) => {
+                    s.left = s.left.saturating_sub(chunk.len() as u64);
+                    match verifier.update(&chunk) {
+                        Ok(()) if s.left > 0 => return Some((Ok(chunk), s)),
+                        Ok(()) => {
+                            let v = s.verifier.take().expect("checked above");
+                            v.finish().map(|()| chunk)
                         }
+                        Err(e) => Err(e),
                     }
                 }
-            }
+                Some(Err(e)) => return Some((Err(e), s)),
+                None => s
+                    .verifier
+                    .take()
+                    .expect("checked above")
+                    .finish()
+                    .map(|()| Bytes::new()),
+            };
+            let item = checked.map_err(|e| {
+                s.verifier = None;
+                s.corrupt.store(true, Ordering::Relaxed);
+                Error::MirrorCorrupt {
+                    mirror: s.mirror.clone(),
+                    source: Box::new(e),
+                }
+            });
+            Some((item, s))
         },
     ))
 }
@@ -659,6 +664,45 @@ mod tests {
         assert!(e.contains("neither prefix nor location"), "{e}");
         let e = err("[[registry]]\nprefix = \"*.a.example\"\nlocation = \"b\"\n");
         assert!(e.contains("wildcard"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_corrupt_blob_from_a_mirror_ends_in_an_error_before_its_last_byte() {
+        let mirror = || Mirror {
+            repo: Repository::new(
+                super::super::Client::new("mirror.invalid", ClientOptions::default()).unwrap(),
+                "r",
+            ),
+            pull: PullFromMirror::All,
+            corrupt: Arc::default(),
+        };
+        let desc = Descriptor::of("application/octet-stream", b"hello world");
+        let chunks = |a: &'static [u8], b: &'static [u8]| -> ByteStream {
+            Box::pin(futures_util::stream::iter([
+                Ok(Bytes::from_static(a)),
+                Ok(Bytes::from_static(b)),
+            ]))
+        };
+        let good = mirror();
+        let got: Vec<_> = distrust_if_corrupt(&good, &desc, chunks(b"hello ", b"world"))
+            .collect()
+            .await;
+        let got: Vec<u8> = got.into_iter().flat_map(|c| c.unwrap().to_vec()).collect();
+        assert_eq!(got, b"hello world");
+        assert!(!good.corrupt.load(Ordering::Relaxed));
+
+        let bad = mirror();
+        let got: Vec<_> = distrust_if_corrupt(&bad, &desc, chunks(b"hello ", b"wxrld"))
+            .collect()
+            .await;
+        assert_eq!(
+            got.len(),
+            2,
+            "the corrupt last chunk is replaced by the error"
+        );
+        assert_eq!(got[0].as_ref().unwrap(), &b"hello "[..]);
+        assert!(matches!(got[1], Err(Error::MirrorCorrupt { .. })));
+        assert!(bad.corrupt.load(Ordering::Relaxed));
     }
 
     #[test]
