@@ -281,13 +281,14 @@ impl Repository {
         conf: Option<&RegistriesConf>,
     ) -> Result<Repository> {
         let rule = match conf {
-            Some(c) => c.rule_for(&reference.registry, &reference.repository)?,
+            Some(c) => c
+                .rule_for(&reference.registry, &reference.repository)?
+                .map(|r| (c, r)),
             None => None,
         };
-        let Some(rule) = rule else {
+        let Some((conf, rule)) = rule else {
             return Repository::for_reference(reference, options);
         };
-        let conf = conf.expect("a rule comes from a file");
         if rule.blocked {
             return Err(Error::Usage(format!(
                 "{}/{} is blocked by {} (blocked = true)",
@@ -313,12 +314,13 @@ impl Repository {
                 });
             }
         }
-        let mut primary = if as_written {
+        // An insecure primary location is tried over TLS with any certificate, then over
+        // plain HTTP, like a mirror; writes to it only get the first.
+        let mut primary = if as_written && !rule.primary.insecure {
             vec![origin.clone()]
         } else {
             connect(&rule.primary, &options, &reference.registry)?
         };
-        // An insecure primary location is tried over TLS first, like a mirror.
         let last = primary.pop().expect("at least one connection");
         endpoints.extend(primary.into_iter().map(|repo| Mirror {
             repo,
@@ -399,7 +401,9 @@ impl Repository {
         &self,
         desc: &Descriptor,
     ) -> Result<ByteStream> {
-        let reads = self.reads.as_ref().expect("called with endpoints");
+        let Some(reads) = &self.reads else {
+            return self.fetch_manifest(desc).await;
+        };
         let what = format!("manifest {}", desc.digest);
         for m in reads
             .mirrors
