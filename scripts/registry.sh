@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Starts/stops a throwaway CNCF Distribution registry on 127.0.0.1 for tests.
 #
-#   scripts/registry.sh start [--name NAME] [--htpasswd USER:PASS] [--tls] [--mtls]
+#   scripts/registry.sh start [--name NAME] [--htpasswd USER:PASS] [--tls] [--mtls] [--proxy URL]
 #   scripts/registry.sh stop  [--name NAME]
 #   scripts/registry.sh env   [--name NAME]
 #
+# --proxy URL makes it a pull-through cache (a mirror) of the registry at URL.
 # `start` prints `export VAR=value` lines (also saved in STATE/env), so a
 # caller can do:  env_lines=$(scripts/registry.sh start) && eval "$env_lines"
 # Everything else goes to stderr so that stdout stays eval-able.
@@ -20,7 +21,7 @@ die() {
 }
 
 usage() {
-    sed -n '2,8p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+    sed -n '2,9p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
     exit 2
 }
 
@@ -176,7 +177,7 @@ EOF
 }
 
 cmd_start() {
-    local name=main htpasswd_arg="" tls=0 mtls=0
+    local name=main htpasswd_arg="" tls=0 mtls=0 proxy=""
     while (($#)); do
         case $1 in
         --name) name=${2:?--name needs a value}; shift 2 ;;
@@ -185,6 +186,8 @@ cmd_start() {
         --htpasswd=*) htpasswd_arg=${1#*=}; shift ;;
         --tls) tls=1; shift ;;
         --mtls) tls=1; mtls=1; shift ;;
+        --proxy) proxy=${2:?--proxy needs a URL}; shift 2 ;;
+        --proxy=*) proxy=${1#*=}; shift ;;
         *) usage ;;
         esac
     done
@@ -261,6 +264,10 @@ cmd_start() {
             echo "  htpasswd:"
             echo "    realm: oras-fs-test"
             echo "    path: \"$state/htpasswd\""
+        fi
+        if [[ -n $proxy ]]; then
+            echo "proxy:"
+            echo "  remoteurl: \"$proxy\""
         fi
         echo "health:"
         echo "  storagedriver:"

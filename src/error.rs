@@ -128,6 +128,9 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    #[error("mirror {mirror} served corrupt bytes ({source}); it is passed over from now on")]
+    MirrorCorrupt { mirror: String, source: Box<Error> },
+
     #[error("{0}")]
     Usage(String),
 
@@ -151,7 +154,7 @@ impl Error {
 
     pub fn is_transient(&self) -> bool {
         match self {
-            Error::Connect { .. } | Error::Transfer { .. } => true,
+            Error::Connect { .. } | Error::Transfer { .. } | Error::MirrorCorrupt { .. } => true,
             Error::Registry { status, .. } => *status == 429 || *status >= 500,
             _ => false,
         }

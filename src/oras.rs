@@ -554,15 +554,26 @@ async fn pull_one(
             Err(e) => return Err(e),
         }
     }
-    let content = counting(layer, src.fetch(layer).await?, opts.progress.clone());
-    match stash {
-        Some(stash) => {
-            let (content, kept) = stash.keep(layer, content);
-            let pushed = dst.push(layer, content).await;
-            kept.await;
-            pushed?;
+    let mut retried = false;
+    loop {
+        let content = counting(layer, src.fetch(layer).await?, opts.progress.clone());
+        let pushed = match stash {
+            Some(stash) => {
+                let (content, kept) = stash.keep(layer, content);
+                let pushed = dst.push(layer, content).await;
+                kept.await;
+                pushed
+            }
+            None => dst.push(layer, content).await,
+        };
+        match pushed {
+            // The mirror is passed over now: the next fetch goes to the next endpoint.
+            Err(e @ Error::MirrorCorrupt { .. }) if !retried => {
+                tracing::warn!("{e}; fetching {} again", layer.digest);
+                retried = true;
+            }
+            r => break r?,
         }
-        None => dst.push(layer, content).await?,
     }
     opts.progress.finish(layer, false);
     Ok(())

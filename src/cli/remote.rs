@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::Args;
 use oras_fs::auth::{self, Credential, CredentialSource};
 use oras_fs::reference::Reference;
+use oras_fs::registry::mirrors::RegistriesConf;
 use oras_fs::registry::{
     header_map, http1_forced_by_env, Access, Client, ClientOptions, ReferrersCapability,
     Repository, Request, ResolveOverride, SpeedLimit,
@@ -70,6 +71,10 @@ pub struct RemoteArgs {
     /// tag schema only (v1.1-referrers-tag). Default: the API, else the tag schema.
     #[arg(long, value_name = "SPEC")]
     pub distribution_spec: Option<ReferrersCapability>,
+    /// Registry mirrors and locations for reads (containers' registries.conf, v2). Default:
+    /// ~/.config/containers/registries.conf, else /etc/containers/registries.conf.
+    #[arg(long, value_name = "FILE")]
+    pub registries_conf: Option<PathBuf>,
     /// Speak HTTP/1.1 only (as curl's --http1.1). Without it, HTTPS registries are offered
     /// HTTP/2 and fall back to HTTP/1.1. Also ORAS_FS_HTTP1=1.
     #[arg(long = "http1.1")]
@@ -202,6 +207,7 @@ macro_rules! side_remote_args {
                     distribution_spec: self.distribution_spec.or(shared.distribution_spec),
                     http1_1: shared.http1_1,
                     chunk_size: shared.chunk_size,
+                    registries_conf: shared.registries_conf.clone(),
                     username: cred.username,
                     password: cred.password,
                     password_stdin: cred.password_stdin,
@@ -328,7 +334,9 @@ impl RemoteArgs {
     }
 
     pub fn repository(&self, reference: &Reference) -> Result<Repository> {
-        Repository::for_reference(reference, self.client_options(reference.is_localhost())?)
+        let conf = RegistriesConf::load(self.registries_conf.as_deref())?;
+        let options = self.client_options(reference.is_localhost())?;
+        Repository::open(reference, options, conf.as_ref())
     }
 }
 

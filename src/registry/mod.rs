@@ -2,6 +2,7 @@
 
 mod chunked;
 pub mod client;
+pub mod mirrors;
 mod tls;
 
 use std::sync::Arc;
@@ -25,6 +26,7 @@ use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::manifest::{media_type, Descriptor, Index, Manifest, MAX_MANIFEST_SIZE};
 use crate::reference::Reference;
+use mirrors::Lookup;
 
 /// Blobs up to this size are asked for with a mount request that also opens their upload
 /// (see `push_missing`); a registry that ignores mounts re-sends at most this much per blob.
@@ -49,6 +51,8 @@ pub struct Repository {
     chunk_size: Arc<std::sync::atomic::AtomicU64>,
     /// The registry's `OCI-Chunk-Min-Length`, as its last upload session announced it.
     chunk_min: Arc<std::sync::atomic::AtomicU64>,
+    /// Where reads go when `registries.conf` names mirrors or another location; `None`: here.
+    reads: Option<Arc<mirrors::Reads>>,
 }
 
 impl Repository {
@@ -59,6 +63,7 @@ impl Repository {
             name: name.into(),
             chunk_size: Arc::new(chunk.into()),
             chunk_min: Arc::new(0.into()),
+            reads: None,
         }
     }
 
@@ -246,6 +251,15 @@ impl Repository {
     /// Lists the repository's tags, following `Link` pagination; with `last`, only those after
     /// it in lexical order (`?last=`, checked here too: Distribution 2.8 ignores it).
     pub async fn tags(&self, last: Option<&str>) -> Result<Vec<String>> {
+        let last = last.map(str::to_string);
+        self.read(Lookup::Tag, &format!("tags of {}", self.name), |r| {
+            let last = last.clone();
+            Box::pin(async move { r.tags_here(last.as_deref()).await })
+        })
+        .await
+    }
+
+    async fn tags_here(&self, last: Option<&str>) -> Result<Vec<String>> {
         let mut url = self.client.url(&format!("{}/tags/list", self.name));
         if let Some(l) = last {
             url.query_pairs_mut().append_pair("last", l);
@@ -549,6 +563,9 @@ impl Target for Repository {
     }
 
     async fn resolve(&self, reference: &str) -> Result<Descriptor> {
+        if self.reads.is_some() {
+            return self.resolve_by_endpoints(reference).await;
+        }
         let req = self
             .request(
                 Method::HEAD,
@@ -627,10 +644,13 @@ impl Target for Repository {
         if desc.size == 0 {
             return Ok(crate::content::once(Bytes::new()));
         }
-        self.download(desc, 0, desc.size).await
+        self.read_blob(desc, 0, desc.size).await
     }
 
     async fn fetch_manifest(&self, desc: &Descriptor) -> Result<ByteStream> {
+        if self.reads.is_some() {
+            return self.fetch_manifest_by_endpoints(desc).await;
+        }
         let req = self
             .request(
                 Method::GET,
@@ -657,7 +677,7 @@ impl Target for Repository {
         if offset >= end {
             return Ok(crate::content::once(Bytes::new()));
         }
-        self.download(desc, offset, end).await
+        self.read_blob(desc, offset, end).await
     }
 
     async fn exists(&self, desc: &Descriptor) -> Result<bool> {
@@ -801,6 +821,16 @@ impl Target for Repository {
     }
 
     async fn referrers(&self, subject: &Descriptor) -> Result<Vec<Descriptor>> {
+        if self.reads.is_some() {
+            let subject = subject.clone();
+            let what = format!("referrers of {}", subject.digest);
+            return self
+                .read(Lookup::Tag, &what, |r| {
+                    let subject = subject.clone();
+                    Box::pin(async move { r.referrers(&subject).await })
+                })
+                .await;
+        }
         let capability = self.client.referrers_capability();
         if capability == ReferrersCapability::Tag {
             return Ok(self
