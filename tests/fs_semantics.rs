@@ -910,6 +910,7 @@ mod browsing {
         assert!(fs.getattr(v2).is_err(), "a deleted tag's directory is gone");
         assert_eq!(read_all(fs, "v1/a.txt").await, b"new!\n");
         assert_eq!(&fs.read(open.fh, 0, 100).await.unwrap()[..], b"old\n");
+        assert_eq!(fs.getattr(old).unwrap().size, 4);
         fs.release(open.fh);
         // A refresh with nothing changed touches nothing.
         t.reset_counts();
@@ -978,6 +979,8 @@ mod browsing {
         assert_eq!(read_all(&fs, "a.txt").await, b"new!\n");
         assert_eq!(read_all(&fs, "b.txt").await, b"b");
         assert_eq!(&fs.read(open.fh, 0, 100).await.unwrap()[..], b"old\n");
+        // The kernel still asks for an open file's attributes (its size checks, fstat).
+        assert_eq!(fs.getattr(old).unwrap().size, 4);
         let status = fs.status();
         assert_eq!(status.digest, moved.digest.to_string());
         assert!(

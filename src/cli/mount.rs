@@ -89,14 +89,17 @@ fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
     Ok(d)
 }
 
-/// What a mount without a tag or digest shows: a whole registry or repository.
+/// What a mount without a tag or digest shows: a whole registry or repository (whose name
+/// `mount_many` takes from the parsed reference).
 fn browse_scope(args: &MountArgs) -> Option<Scope> {
     if args.target.oci_layout {
         return None;
     }
-    let r = args.reference.trim_end_matches('/');
+    let r = args.reference.as_str();
     if !r.contains('/') {
-        return Some(Scope::Registry);
+        // A host, as docker tells one from a name: `localhost`, or with a dot or a port.
+        let host = r == "localhost" || r.contains('.') || r.contains(':');
+        return host.then_some(Scope::Registry);
     }
     let last = &r[r.rfind('/').map_or(0, |i| i + 1)..];
     (!last.contains(':') && !r.contains('@')).then(|| Scope::Repository(String::new()))
@@ -117,7 +120,7 @@ async fn mount_many(args: MountArgs, scope: Scope) -> Result<()> {
     }
     let (client, scope) = match scope {
         Scope::Registry => {
-            let host = args.reference.trim_end_matches('/');
+            let host = args.reference.as_str();
             let probe: oras_fs::reference::Reference = format!("{host}/x").parse()?;
             let options = args.target.remote.client_options(probe.is_localhost())?;
             (
@@ -126,9 +129,7 @@ async fn mount_many(args: MountArgs, scope: Scope) -> Result<()> {
             )
         }
         Scope::Repository(_) => {
-            let opened = args
-                .target
-                .open(args.reference.trim_end_matches('/'), false)?;
+            let opened = args.target.open(&args.reference, false)?;
             let repo = opened.repository.expect("a registry reference");
             let name = repo.repository().to_string();
             (repo.client().clone(), Scope::Repository(name))

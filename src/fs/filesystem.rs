@@ -248,6 +248,7 @@ impl OrasFs {
 
     pub fn getattr(&self, ino: Ino) -> Result<Attr, Errno> {
         self.with_node(ino, |n| self.attr_of(n))
+            .or_else(|e| self.detached_attr(ino).ok_or(e))
     }
 
     pub async fn lookup(&self, parent: Ino, name: &OsStr) -> Result<Attr, Errno> {

@@ -9,7 +9,7 @@
 //! catalog) again and re-resolves the tags already loaded; a moved tag's directory gets the
 //! new manifest's files, while open files keep their old blobs (a handle holds its source).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -18,7 +18,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use super::cache::Errno;
-use super::filesystem::{OrasFs, Snapshot};
+use super::filesystem::{Attr, OrasFs, Snapshot};
 use super::tree::{Ino, Kind, Pending, Tree, ROOT};
 use super::view;
 use crate::content::{ByteStream, Target};
@@ -200,6 +200,9 @@ pub(super) struct Browsing {
     loading: tokio::sync::Mutex<()>,
     /// Set on a tag mount that follows its tag.
     follows: bool,
+    /// Files still open when a refresh took them out of the tree: the kernel asks for their
+    /// attributes (its size checks, `fstat`) until they are closed.
+    detached: Mutex<HashMap<Ino, Attr>>,
 }
 
 /// What the kernel must forget after a refresh changed the tree (see `fuse` and
@@ -287,6 +290,7 @@ impl OrasFs {
             dirs: Mutex::new(HashMap::from([(ROOT, root)])),
             loading: tokio::sync::Mutex::new(()),
             follows: false,
+            detached: Mutex::default(),
         });
         let mut inv = Vec::new();
         match &scope {
@@ -340,6 +344,7 @@ impl OrasFs {
             dirs: Mutex::new(HashMap::from([(ROOT, Dir::Manifest(shown))])),
             loading: tokio::sync::Mutex::new(()),
             follows: true,
+            detached: Mutex::default(),
         });
         Ok(self)
     }
@@ -454,6 +459,8 @@ impl OrasFs {
             return inv;
         };
         let _one = b.loading.lock().await;
+        let open = self.open_inos();
+        b.detached.lock().unwrap().retain(|i, _| open.contains(i));
         let dirs: Vec<(Ino, Dir)> = b
             .dirs
             .lock()
@@ -505,6 +512,53 @@ impl OrasFs {
             }
         }
         inv
+    }
+
+    /// The attributes of a file a refresh took away while it was open.
+    pub(super) fn detached_attr(&self, ino: Ino) -> Option<Attr> {
+        let b = self.browsing.as_ref()?;
+        b.detached.lock().unwrap().get(&ino).cloned()
+    }
+
+    fn open_inos(&self) -> HashSet<Ino> {
+        self.handles
+            .lock()
+            .unwrap()
+            .values()
+            .map(|h| h.ino)
+            .collect()
+    }
+
+    /// Keeps the attributes of the open files below `dir` (or `dir` itself), which is about
+    /// to leave the tree.
+    fn detach_open(&self, tree: &Tree, dir: Ino, or_dir_itself: bool) {
+        let b = self.browsing.as_ref().expect("browsing");
+        let mut detached = b.detached.lock().unwrap();
+        for ino in self.open_inos() {
+            if (ino != dir || or_dir_itself) && tree.is_within(ino, dir) {
+                if let Some(n) = tree.get(ino) {
+                    detached.insert(ino, self.attr_of(n));
+                }
+            }
+        }
+    }
+
+    /// Removes a directory and what is below it, with their states.
+    fn remove_dir(
+        &self,
+        tree: &mut Tree,
+        dirs: &mut HashMap<Ino, Dir>,
+        ino: Ino,
+        inv: &mut Vec<Invalidation>,
+    ) {
+        let Some(n) = tree.get(ino) else { return };
+        inv.push(Invalidation::Entry {
+            parent: n.parent,
+            name: n.name.clone(),
+        });
+        self.detach_open(tree, ino, true);
+        dirs.retain(|&i, _| !tree.is_within(i, ino));
+        tree.remove(ino);
     }
 
     fn refresh_failed(&self, what: String) {
@@ -588,6 +642,7 @@ impl OrasFs {
             .map(|n| (n.ino, n.name.clone()))
             .collect();
         let replacing = !gone.is_empty();
+        self.detach_open(&tree, ino, false);
         for (child, name) in gone {
             tree.remove(child);
             inv.push(Invalidation::Entry { parent: ino, name });
@@ -688,7 +743,7 @@ impl OrasFs {
             if now.contains(repo.as_str()) || now.iter().any(|r| r.starts_with(&below)) {
                 continue;
             }
-            remove_dir(&mut tree, &mut dirs, ino, inv);
+            self.remove_dir(&mut tree, &mut dirs, ino, inv);
         }
     }
 
@@ -714,7 +769,7 @@ impl OrasFs {
             .collect();
         for (ino, name) in &shown {
             if !name.to_str().is_some_and(|n| now.contains(n)) {
-                remove_dir(&mut tree, &mut dirs, *ino, inv);
+                self.remove_dir(&mut tree, &mut dirs, *ino, inv);
             }
         }
         let mut added = false;
@@ -752,20 +807,4 @@ impl OrasFs {
 fn path_ino(tree: &Tree, path: &str) -> Option<Ino> {
     path.split('/')
         .try_fold(ROOT, |at, c| tree.lookup(at, OsStr::new(c)).map(|n| n.ino))
-}
-
-/// Removes a directory and what is below it, with their states.
-fn remove_dir(
-    tree: &mut Tree,
-    dirs: &mut HashMap<Ino, Dir>,
-    ino: Ino,
-    inv: &mut Vec<Invalidation>,
-) {
-    let Some(n) = tree.get(ino) else { return };
-    inv.push(Invalidation::Entry {
-        parent: n.parent,
-        name: n.name.clone(),
-    });
-    dirs.retain(|&i, _| !tree.is_within(i, ino));
-    tree.remove(ino);
 }
