@@ -10,6 +10,7 @@ use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use common::faults::{Fault, FaultProxy, Rule};
 use common::*;
 
 /// Polls `check` until it holds; panics with `what` after `limit`.
@@ -118,4 +119,33 @@ fn a_registry_mount_shows_repositories_by_path() {
         || m.join(&later).is_dir(),
     );
     assert_eq!(read(&m.join(format!("{later}/t/b.txt"))), b"later\n");
+}
+
+#[test]
+fn a_registry_without_a_catalog_is_refused_and_a_tag_that_cannot_load_is_an_empty_dir() {
+    require_registry!();
+    let repo = unique_repo("repo-faults");
+    push_contents(&reference(&repo, "good"), &[("a.txt", b"good\n")]);
+    push_contents(&reference(&repo, "broken"), &[("b.txt", b"unseen\n")]);
+    let proxy = FaultProxy::start(&registry());
+    proxy.add(Rule::new("GET", "/v2/_catalog", Fault::Status(404, None)));
+    proxy.add(Rule::new(
+        "*",
+        "/manifests/broken",
+        Fault::Status(404, None),
+    ));
+    let host = proxy.origin().trim_start_matches("http://").to_string();
+
+    let refused = Mount::try_new(&host, None, &[]).err().expect("refused");
+    let err = String::from_utf8_lossy(&refused.stderr).to_string();
+    assert!(err.contains("Mount one repository instead"), "{err}");
+
+    let m = Mount::new(&format!("{host}/{repo}"), &[]);
+    assert_eq!(list_dir(m.path()), ["broken", "good"]);
+    assert_eq!(list_dir(&m.join("broken")), Vec::<String>::new());
+    let e = std::fs::metadata(m.join("broken/b.txt")).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}");
+    assert_eq!(read(&m.join("good/a.txt")), b"good\n");
+    let status = assert_ok(&oras_fs(["status".as_ref(), m.path().as_os_str()]));
+    assert!(status.contains(":broken is shown empty"), "{status}");
 }
