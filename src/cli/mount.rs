@@ -89,9 +89,14 @@ fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
     Ok(d)
 }
 
-/// What a mount without a tag or digest shows: a whole registry or repository (whose name
-/// `mount_many` takes from the parsed reference).
-fn browse_scope(args: &MountArgs) -> Option<Scope> {
+/// What a mount without a tag or digest shows.
+#[derive(Clone, Copy)]
+enum Whole {
+    Registry,
+    Repository,
+}
+
+fn whole(args: &MountArgs) -> Option<Whole> {
     if args.target.oci_layout {
         return None;
     }
@@ -99,14 +104,14 @@ fn browse_scope(args: &MountArgs) -> Option<Scope> {
     if !r.contains('/') {
         // A host, as docker tells one from a name: `localhost`, or with a dot or a port.
         let host = r == "localhost" || r.contains('.') || r.contains(':');
-        return host.then_some(Scope::Registry);
+        return host.then_some(Whole::Registry);
     }
     let last = &r[r.rfind('/').map_or(0, |i| i + 1)..];
-    (!last.contains(':') && !r.contains('@')).then(|| Scope::Repository(String::new()))
+    (!last.contains(':') && !r.contains('@')).then_some(Whole::Repository)
 }
 
 /// Mounts a whole repository or registry, read-only (see `oras_fs::fs::repository`).
-async fn mount_many(args: MountArgs, scope: Scope) -> Result<()> {
+async fn mount_many(args: MountArgs, whole: Whole) -> Result<()> {
     if args.follow {
         return Err(Error::Usage(
             "--follow is for a mount of one tag: a repository or registry mount follows its              tags by itself (every --refresh)"
@@ -118,8 +123,8 @@ async fn mount_many(args: MountArgs, scope: Scope) -> Result<()> {
             "--platform is for a mount of one image index: mount REPOSITORY:TAG".into(),
         ));
     }
-    let (client, scope) = match scope {
-        Scope::Registry => {
+    let (client, scope) = match whole {
+        Whole::Registry => {
             let host = args.reference.as_str();
             let probe: oras_fs::reference::Reference = format!("{host}/x").parse()?;
             let options = args.target.remote.client_options(probe.is_localhost())?;
@@ -128,7 +133,7 @@ async fn mount_many(args: MountArgs, scope: Scope) -> Result<()> {
                 Scope::Registry,
             )
         }
-        Scope::Repository(_) => {
+        Whole::Repository => {
             let opened = args.target.open(&args.reference, false)?;
             let repo = opened.repository.expect("a registry reference");
             let name = repo.repository().to_string();
@@ -236,8 +241,8 @@ pub async fn mount(args: MountArgs) -> Result<()> {
     paths::private_runtime_dir(true)?;
     clear_dead_mount(&args.mountpoint)?;
     control::wait_for_previous(&args.mountpoint)?;
-    if let Some(scope) = browse_scope(&args) {
-        return mount_many(args, scope).await;
+    if let Some(w) = whole(&args) {
+        return mount_many(args, w).await;
     }
     let opened = args.target.open(&args.reference, false)?;
     if args.follow && opened.digest.is_some() {
