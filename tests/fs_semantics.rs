@@ -829,3 +829,276 @@ async fn a_reader_that_stops_leaves_at_most_half_as_much_again_fetched() {
         "{fetched} bytes fetched for {len} read in order and 4 KiB elsewhere"
     );
 }
+
+// ---- Repository and registry mounts, --follow (docs/SEMANTICS.md) ----------------------
+
+mod browsing {
+    use std::ffi::OsStr;
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    use oras_fs::content::testing::{Op, TestTarget};
+    use oras_fs::content::Target;
+    use oras_fs::fs::cache::{BlobCache, CacheOptions};
+    use oras_fs::fs::filesystem::{MountOptions, OrasFs};
+    use oras_fs::fs::repository::{Browse, Invalidation, Router, Scope};
+    use oras_fs::fs::tree::ROOT;
+    use oras_fs::manifest::{annotation, media_type, Descriptor, Manifest};
+    use oras_fs::oras::LayerFilter;
+
+    use super::fs_harness::{path_ino, read_all, Harness};
+
+    /// A registry of repositories that all live in one test store, with tag lists set by
+    /// the test (the store does not list its tags).
+    struct TestBrowse {
+        target: TestTarget,
+        repositories: Vec<String>,
+        tags: Mutex<Vec<String>>,
+    }
+
+    #[async_trait::async_trait]
+    impl Browse for TestBrowse {
+        async fn repositories(&self) -> oras_fs::Result<Vec<String>> {
+            Ok(self.repositories.clone())
+        }
+        async fn tags(&self, _repository: &str) -> oras_fs::Result<Vec<String>> {
+            Ok(self.tags.lock().unwrap().clone())
+        }
+        fn target(&self, _repository: &str) -> Arc<dyn Target> {
+            Arc::new(self.target.clone())
+        }
+        fn display(&self, repository: &str) -> String {
+            format!("test.invalid/{repository}")
+        }
+    }
+
+    /// Tags `tag` as an artifact of `files`.
+    async fn push_tag(t: &TestTarget, tag: &str, files: &[(&str, &[u8])]) -> Descriptor {
+        let layers = files
+            .iter()
+            .map(|(name, data)| {
+                let mut d = t.store().add(media_type::DEFAULT_LAYER, data.to_vec());
+                d.set_annotation(annotation::TITLE, *name);
+                d
+            })
+            .collect();
+        let config = t.store().add(media_type::EMPTY, &b"{}"[..]);
+        let m = Manifest::new(config, layers);
+        let bytes = Bytes::from(m.to_bytes());
+        let d = Descriptor::of(m.media_type().to_string(), &bytes);
+        t.store().push_manifest(&d, bytes, Some(tag)).await.unwrap();
+        d
+    }
+
+    struct Mounted {
+        fs: OrasFs,
+        browse: Arc<TestBrowse>,
+        _dir: tempfile::TempDir,
+    }
+
+    async fn mount(t: &TestTarget, scope: Scope, repositories: &[&str], tags: &[&str]) -> Mounted {
+        let dir = tempfile::tempdir().unwrap();
+        let router = Arc::new(Router::default());
+        let cache = BlobCache::new(
+            router.clone(),
+            CacheOptions {
+                dir: dir.path().join("cache"),
+                disk_limit: 1 << 30,
+                memory_limit: 16 << 20,
+            },
+        )
+        .unwrap();
+        let browse = Arc::new(TestBrowse {
+            target: t.clone(),
+            repositories: repositories.iter().map(|s| s.to_string()).collect(),
+            tags: Mutex::new(tags.iter().map(|s| s.to_string()).collect()),
+        });
+        let options = MountOptions {
+            filter: LayerFilter::default(),
+            read_only: false,
+            layers_apart: false,
+        };
+        let fs = OrasFs::browsing(
+            cache,
+            router,
+            browse.clone(),
+            scope,
+            options,
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap();
+        t.reset_counts();
+        Mounted {
+            fs,
+            browse,
+            _dir: dir,
+        }
+    }
+
+    async fn names(fs: &OrasFs, path: &str) -> Vec<String> {
+        let ino = path_ino(fs, path).await;
+        fs.readdir(ino)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.2.to_string_lossy().into_owned())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_repository_mount_lists_tags_and_fetches_a_tags_manifest_once_on_first_access() {
+        let t = TestTarget::new();
+        push_tag(&t, "v1", &[("a.txt", b"one\n")]).await;
+        push_tag(&t, "v2", &[("b.txt", b"two\n")]).await;
+        let m = mount(&t, Scope::Repository("repo".into()), &[], &["v1", "v2"]).await;
+        let fs = &m.fs;
+        assert_eq!(names(fs, "").await, ["v1", "v2"]);
+        // `ls` and `stat` of the tag directories fetch nothing.
+        let v1 = fs.lookup(ROOT, OsStr::new("v1")).await.unwrap();
+        fs.getattr(v1.ino).unwrap();
+        assert_eq!(t.counts().calls(Op::Resolve), 0);
+        assert_eq!(t.counts().calls(Op::Fetch), 0);
+        assert_eq!(names(fs, "v1").await, ["a.txt"]);
+        assert_eq!(read_all(fs, "v1/a.txt").await, b"one\n");
+        assert_eq!(names(fs, "v1").await, ["a.txt"]);
+        assert_eq!(t.counts().calls(Op::Resolve), 1, "v1 resolved once");
+        // v2 is still not loaded; a read-only view of it.
+        assert_eq!(read_all(fs, "v2/b.txt").await, b"two\n");
+        assert_eq!(t.counts().calls(Op::Resolve), 2);
+        let b = path_ino(fs, "v2/b.txt").await;
+        assert_eq!(fs.getattr(b).unwrap().perm, 0o444);
+        assert_eq!(fs.open(b, true, false).await.unwrap_err(), libc::EROFS);
+        assert!(fs.read_only());
+        assert!(fs.notices()[0].contains("read-only"), "{:?}", fs.notices());
+        assert_eq!(fs.status().digest, "");
+    }
+
+    #[tokio::test]
+    async fn a_digest_directory_is_found_by_lookup_and_never_listed() {
+        let t = TestTarget::new();
+        let d = push_tag(&t, "v1", &[("a.txt", b"one\n")]).await;
+        let m = mount(&t, Scope::Repository("repo".into()), &[], &["v1"]).await;
+        let name = format!("@{}", d.digest);
+        assert_eq!(read_all(&m.fs, &format!("{name}/a.txt")).await, b"one\n");
+        assert_eq!(names(&m.fs, "").await, ["v1"]);
+        let bad = "@sha256:nothex";
+        assert_eq!(
+            m.fs.lookup(ROOT, OsStr::new(bad)).await.unwrap_err(),
+            libc::ENOENT
+        );
+    }
+
+    #[tokio::test]
+    async fn a_refresh_adds_and_removes_tags_and_shows_a_moved_tag_while_open_files_keep_their_blobs(
+    ) {
+        let t = TestTarget::new();
+        push_tag(&t, "v1", &[("a.txt", b"old\n")]).await;
+        push_tag(&t, "v2", &[("b.txt", b"two\n")]).await;
+        let m = mount(&t, Scope::Repository("repo".into()), &[], &["v1", "v2"]).await;
+        let fs = &m.fs;
+        let old = path_ino(fs, "v1/a.txt").await;
+        let open = fs.open(old, false, false).await.unwrap();
+        let v2 = path_ino(fs, "v2").await;
+
+        push_tag(&t, "v1", &[("a.txt", b"new!\n")]).await;
+        push_tag(&t, "v3", &[("c.txt", b"three\n")]).await;
+        *m.browse.tags.lock().unwrap() = vec!["v1".into(), "v3".into()];
+        let changes = fs.refresh().await;
+        assert!(changes.contains(&Invalidation::Entry {
+            parent: ROOT,
+            name: "v2".into()
+        }));
+        assert!(changes.contains(&Invalidation::Entry {
+            parent: path_ino(fs, "v1").await,
+            name: "a.txt".into()
+        }));
+        assert_eq!(names(fs, "").await, ["v1", "v3"]);
+        assert!(fs.getattr(v2).is_err(), "a deleted tag's directory is gone");
+        assert_eq!(read_all(fs, "v1/a.txt").await, b"new!\n");
+        assert_eq!(&fs.read(open.fh, 0, 100).await.unwrap()[..], b"old\n");
+        assert_eq!(fs.getattr(old).unwrap().size, 4);
+        fs.release(open.fh);
+        // A refresh with nothing changed touches nothing.
+        t.reset_counts();
+        assert!(fs.refresh().await.is_empty());
+        assert_eq!(t.counts().calls(Op::Fetch), 0, "{:?}", t.counts());
+        assert_eq!(t.counts().calls(Op::Resolve), 1, "only v1 is loaded");
+    }
+
+    #[tokio::test]
+    async fn a_tag_that_cannot_be_loaded_is_an_empty_directory_with_the_reason_in_status() {
+        let t = TestTarget::new();
+        push_tag(&t, "v1", &[("a.txt", b"one\n")]).await;
+        let m = mount(&t, Scope::Repository("repo".into()), &[], &["ghost", "v1"]).await;
+        let ghost = path_ino(&m.fs, "ghost").await;
+        assert!(m.fs.readdir(ghost).await.unwrap().is_empty());
+        assert_eq!(
+            m.fs.lookup(ghost, OsStr::new("x")).await.unwrap_err(),
+            libc::EIO
+        );
+        let status = m.fs.status();
+        assert!(
+            status.notices.iter().any(|n| n.contains("repo:ghost")),
+            "{status:?}"
+        );
+        assert!(status.last_error.unwrap().contains("ghost"));
+        assert_eq!(read_all(&m.fs, "v1/a.txt").await, b"one\n");
+        // Pushed later: the next refresh shows it.
+        push_tag(&t, "ghost", &[("g.txt", b"boo\n")]).await;
+        m.fs.refresh().await;
+        assert_eq!(read_all(&m.fs, "ghost/g.txt").await, b"boo\n");
+    }
+
+    #[tokio::test]
+    async fn a_registry_mount_shows_repositories_by_path_from_the_catalog() {
+        let t = TestTarget::new();
+        push_tag(&t, "v1", &[("a.txt", b"one\n")]).await;
+        let m = mount(&t, Scope::Registry, &["a", "a/b", "c/d"], &["v1"]).await;
+        let fs = &m.fs;
+        assert_eq!(names(fs, "").await, ["a", "c"]);
+        assert_eq!(t.counts().calls(Op::Resolve), 0);
+        assert_eq!(names(fs, "a").await, ["b", "v1"]);
+        assert_eq!(names(fs, "c").await, ["d"]);
+        assert_eq!(read_all(fs, "a/b/v1/a.txt").await, b"one\n");
+        assert_eq!(read_all(fs, "c/d/v1/a.txt").await, b"one\n");
+    }
+
+    #[tokio::test]
+    async fn a_followed_tag_shows_its_new_manifest_and_open_files_keep_their_blobs() {
+        let h = Harness::new(&[("a.txt", b"old\n".to_vec())]);
+        let writable = Arc::try_unwrap(h.mount(false).await).ok().unwrap();
+        let target: Arc<dyn Target> = Arc::new(h.target.clone());
+        let refused = writable.following(target.clone(), "v1", Duration::from_secs(1));
+        assert!(refused.err().unwrap().to_string().contains("--read-only"));
+
+        let fs = Arc::try_unwrap(h.mount(true).await).ok().unwrap();
+        let fs = fs.following(target, "v1", Duration::from_secs(1)).unwrap();
+        let old = path_ino(&fs, "a.txt").await;
+        let open = fs.open(old, false, false).await.unwrap();
+        assert!(fs.refresh().await.is_empty(), "the tag did not move");
+        let moved = push_tag(&h.target, "v1", &[("a.txt", b"new!\n"), ("b.txt", b"b")]).await;
+        let changes = fs.refresh().await;
+        assert!(changes.contains(&Invalidation::Entry {
+            parent: ROOT,
+            name: "a.txt".into()
+        }));
+        assert_eq!(read_all(&fs, "a.txt").await, b"new!\n");
+        assert_eq!(read_all(&fs, "b.txt").await, b"b");
+        assert_eq!(&fs.read(open.fh, 0, 100).await.unwrap()[..], b"old\n");
+        // The kernel still asks for an open file's attributes (its size checks, fstat).
+        assert_eq!(fs.getattr(old).unwrap().size, 4);
+        let status = fs.status();
+        assert_eq!(status.digest, moved.digest.to_string());
+        assert!(
+            status.notices.iter().any(|n| n.contains("moved 1 time")),
+            "{status:?}"
+        );
+        let digest = read_all(&fs, ".oras/digest").await;
+        assert_eq!(
+            String::from_utf8(digest).unwrap().trim(),
+            moved.digest.to_string()
+        );
+    }
+}

@@ -20,6 +20,7 @@ const VALUED: &[(&str, &str)] = &[
     ("write_media_type", "--write-media-type"),
     ("registry_config", "--registry-config"),
     ("ca_file", "--ca-file"),
+    ("refresh", "--refresh"),
 ];
 
 /// Mount options without a value, and the flag each one is.
@@ -28,6 +29,7 @@ const FLAGS: &[(&str, &str)] = &[
     ("allow_other", "--allow-other"),
     ("allow_all", "--allow-all"),
     ("layers", "--layers"),
+    ("follow", "--follow"),
     ("plain_http", "--plain-http"),
     ("insecure", "--insecure"),
     ("oci_layout", "--oci-layout"),
@@ -249,6 +251,24 @@ mod tests {
                 "/m",
                 "--platform",
                 "linux/arm64"
+            ])
+        );
+        let follows = command_line(
+            os(&["oras-fs", "r:v1", "/m", "-o", "ro,follow,refresh=30s"]),
+            SUB,
+        )
+        .unwrap();
+        assert_eq!(
+            follows,
+            os(&[
+                "oras-fs",
+                "mount",
+                "r:v1",
+                "/m",
+                "--read-only",
+                "--follow",
+                "--refresh",
+                "30s"
             ])
         );
     }

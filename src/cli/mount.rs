@@ -13,6 +13,7 @@ use oras_fs::fs::filesystem::{MountOptions, OrasFs, Writer};
 use oras_fs::fs::fusermount;
 use oras_fs::fs::mount::{self, MountConfig, MountEvent};
 use oras_fs::fs::paths;
+use oras_fs::fs::repository::{RegistryBrowse, Router, Scope};
 use oras_fs::fs::staging::Staging;
 use oras_fs::oras::LayerFilter;
 use oras_fs::{Error, Result};
@@ -27,7 +28,9 @@ const READY: &str = "oras-fs: ready";
 
 #[derive(Args, Debug)]
 pub struct MountArgs {
-    /// What to mount: registry/repository[:tag|@digest]
+    /// What to mount: registry/repository[:tag|@digest]; registry/repository alone mounts the
+    /// whole repository (one directory per tag), and a registry alone every repository of its
+    /// catalog. Both are read-only and refresh their listings (see --refresh).
     pub reference: String,
     /// An empty directory to mount on.
     pub mountpoint: PathBuf,
@@ -66,12 +69,147 @@ pub struct MountArgs {
     /// sha256-<hex>/ for one without a platform).
     #[arg(long, value_name = "PLATFORM")]
     pub platform: Option<oras_fs::manifest::Platform>,
+    /// Follow the tag: resolve it again every --refresh, and when it moved show the new
+    /// manifest's files (open files keep reading the old ones). Needs --read-only.
+    #[arg(long)]
+    pub follow: bool,
+    /// How often a repository or registry mount lists its tags (and catalog) again, and a
+    /// --follow mount resolves its tag (e.g. 60s, 5m).
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+    pub refresh: Duration,
     #[command(flatten)]
     pub target: TargetArgs,
 }
 
 /// The default bound of the blob cache, for mounts and pulls alike.
 pub const DEFAULT_CACHE_SIZE: &str = "10G";
+fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e} (e.g. 30s, 5m)"))?;
+    if d.is_zero() {
+        return Err("the interval must be longer than zero".into());
+    }
+    Ok(d)
+}
+
+/// What a mount without a tag or digest shows.
+#[derive(Clone, Copy)]
+enum Whole {
+    Registry,
+    Repository,
+}
+
+fn whole(args: &MountArgs) -> Option<Whole> {
+    if args.target.oci_layout {
+        return None;
+    }
+    let r = args.reference.as_str();
+    if !r.contains('/') {
+        // A host, as docker tells one from a name: `localhost`, or with a dot or a port.
+        let host = r == "localhost" || r.contains('.') || r.contains(':');
+        return host.then_some(Whole::Registry);
+    }
+    let last = &r[r.rfind('/').map_or(0, |i| i + 1)..];
+    (!last.contains(':') && !r.contains('@')).then_some(Whole::Repository)
+}
+
+/// Mounts a whole repository or registry, read-only (see `oras_fs::fs::repository`).
+async fn mount_many(args: MountArgs, whole: Whole) -> Result<()> {
+    if args.follow {
+        return Err(Error::Usage(
+            "--follow is for a mount of one tag: a repository or registry mount follows its \
+             tags by itself (every --refresh)"
+                .into(),
+        ));
+    }
+    if args.platform.is_some() {
+        return Err(Error::Usage(
+            "--platform is for a mount of one image index: mount REPOSITORY:TAG".into(),
+        ));
+    }
+    let (client, scope) = match whole {
+        Whole::Registry => {
+            let host = args.reference.as_str();
+            let probe: oras_fs::reference::Reference = format!("{host}/x").parse()?;
+            let options = args.target.remote.client_options(probe.is_localhost())?;
+            (
+                oras_fs::registry::Client::new(host, options)?,
+                Scope::Registry,
+            )
+        }
+        Whole::Repository => {
+            let opened = args.target.open(&args.reference, false)?;
+            let repo = opened.repository.expect("a registry reference");
+            let name = repo.repository().to_string();
+            (repo.client().clone(), Scope::Repository(name))
+        }
+    };
+    let router = Arc::new(Router::default());
+    let cache_dir = args
+        .cache_dir
+        .clone()
+        .unwrap_or_else(paths::default_cache_dir);
+    let cache = mount::open_cache(cache_options(&args, &cache_dir), router.clone())?;
+    let fs = OrasFs::browsing(
+        cache,
+        router,
+        Arc::new(RegistryBrowse::new(client)),
+        scope,
+        mount_options(&args, true),
+        args.refresh,
+    )
+    .await?;
+    let mounted = format!(
+        "Mounted {} on {} read-only",
+        args.reference,
+        args.mountpoint.display()
+    );
+    serve(Arc::new(fs), &args, mounted, cache_dir).await
+}
+
+fn cache_options(args: &MountArgs, cache_dir: &std::path::Path) -> CacheOptions {
+    CacheOptions {
+        dir: cache_dir.to_path_buf(),
+        disk_limit: args.cache_size,
+        memory_limit: args.memory_cache,
+    }
+}
+
+fn mount_options(args: &MountArgs, read_only: bool) -> MountOptions {
+    MountOptions {
+        filter: LayerFilter {
+            media_types: args.media_types.clone(),
+            allow_all: args.allow_all,
+        },
+        read_only,
+        layers_apart: args.layers,
+    }
+}
+
+/// Serves a mount until it ends, saying what happens on the way.
+async fn serve(
+    fs: Arc<OrasFs>,
+    args: &MountArgs,
+    mounted: String,
+    cache_dir: PathBuf,
+) -> Result<()> {
+    let at = args.target.clone();
+    let push_to: PushToResolver = Box::new(move |r: &str| {
+        let o = at.open(r, true)?;
+        Ok((o.target.clone(), o.reference()))
+    });
+    let config = MountConfig {
+        mountpoint: args.mountpoint.clone(),
+        allow_other: args.allow_other,
+    };
+    for notice in fs.notices() {
+        eprintln!("Note: {notice}");
+    }
+    tune_allocator();
+    mount::serve(fs, config, push_to, move |event| {
+        show(event, &mounted, &cache_dir)
+    })
+    .await
+}
 
 /// `10G`, `512M`, `64k` or plain bytes (binary multiples).
 pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
@@ -106,7 +244,23 @@ pub async fn mount(args: MountArgs) -> Result<()> {
     paths::private_runtime_dir(true)?;
     clear_dead_mount(&args.mountpoint)?;
     control::wait_for_previous(&args.mountpoint)?;
+    if let Some(w) = whole(&args) {
+        return mount_many(args, w).await;
+    }
     let opened = args.target.open(&args.reference, false)?;
+    if args.follow && opened.digest.is_some() {
+        return Err(Error::Usage(format!(
+            "--follow follows a tag, and {} names a digest, which never moves",
+            args.reference
+        )));
+    }
+    if args.follow && !args.read_only {
+        return Err(Error::Usage(
+            "--follow needs --read-only: a writable mount pushes its changes to the tag, and \
+             following the tag could replace them unseen"
+                .into(),
+        ));
+    }
     let target = opened.target.clone();
     // A layout .tar cannot be written (see content::layout_tar): mount it read-only too.
     let archive = opened.layout.as_ref().is_some_and(|l| l.is_archive());
@@ -122,14 +276,7 @@ pub async fn mount(args: MountArgs) -> Result<()> {
         .cache_dir
         .clone()
         .unwrap_or_else(paths::default_cache_dir);
-    let cache = mount::open_cache(
-        CacheOptions {
-            dir: cache_dir.clone(),
-            disk_limit: args.cache_size,
-            memory_limit: args.memory_cache,
-        },
-        target.clone(),
-    )?;
+    let cache = mount::open_cache(cache_options(&args, &cache_dir), target.clone())?;
     let canonical = opened.canonical();
     let (writer, journal) = if writable {
         let staging = Staging::open(&cache_dir, &canonical)?;
@@ -167,43 +314,24 @@ pub async fn mount(args: MountArgs) -> Result<()> {
             .await?
         }
     };
-    let options = MountOptions {
-        filter: LayerFilter {
-            media_types: args.media_types.clone(),
-            allow_all: args.allow_all,
-        },
-        read_only: !writable,
-        layers_apart: args.layers,
-    };
+    let options = mount_options(&args, !writable);
     let digest = snapshot.descriptor.digest.clone();
-    let fs = Arc::new(OrasFs::new(cache, snapshot, options, writer, journal)?);
-    let at = args.target.clone();
-    let push_to: PushToResolver = Box::new(move |r: &str| {
-        let o = at.open(r, true)?;
-        Ok((o.target.clone(), o.reference()))
-    });
-    let config = MountConfig {
-        mountpoint: args.mountpoint.clone(),
-        allow_other: args.allow_other,
-    };
+    let mut fs = OrasFs::new(cache, snapshot, options, writer, journal)?;
+    if args.follow {
+        fs = fs.following(target.clone(), &opened.reference(), args.refresh)?;
+    }
+    let fs = Arc::new(fs);
     let mode = if fs.read_only() {
         "read-only"
     } else {
         "read-write"
     };
-    for notice in fs.notices() {
-        eprintln!("Note: {notice}");
-    }
     let mounted = format!(
         "Mounted {} ({digest}) on {} {mode}",
         args.reference,
         args.mountpoint.display()
     );
-    tune_allocator();
-    mount::serve(fs, config, push_to, move |event| {
-        show(event, &mounted, &cache_dir)
-    })
-    .await
+    serve(fs, &args, mounted, cache_dir).await
 }
 
 /// Tells the user what the mount process reports (the library prints nothing).
@@ -567,7 +695,9 @@ pub async fn status(args: StatusArgs) -> Result<()> {
         let m = &r.mount;
         outln!("{}", r.mountpoint);
         outln!("  reference:  {}", m.reference);
-        outln!("  digest:     {}", m.digest);
+        if !m.digest.is_empty() {
+            outln!("  digest:     {}", m.digest);
+        }
         outln!(
             "  mode:       {}",
             if m.read_only {

@@ -155,6 +155,8 @@ pub struct OrasFs {
     pub(super) layers: LayerState,
     /// Readers going through directories of files that are blobs of their own.
     pub(super) siblings: SiblingWalks,
+    /// A repository or registry mount, or a tag mount that follows its tag (`repository`).
+    pub(super) browsing: Option<super::repository::Browsing>,
 }
 
 impl OrasFs {
@@ -210,6 +212,7 @@ impl OrasFs {
             last_error: Mutex::new(None),
             layers: LayerState::default(),
             siblings: SiblingWalks::default(),
+            browsing: None,
         })
     }
 
@@ -245,6 +248,7 @@ impl OrasFs {
 
     pub fn getattr(&self, ino: Ino) -> Result<Attr, Errno> {
         self.with_node(ino, |n| self.attr_of(n))
+            .or_else(|e| self.detached_attr(ino).ok_or(e))
     }
 
     pub async fn lookup(&self, parent: Ino, name: &OsStr) -> Result<Attr, Errno> {
@@ -259,6 +263,8 @@ impl OrasFs {
             return Ok(attr);
         }
         self.expand(parent).await?;
+        self.check_loaded(parent)?;
+        self.add_digest_dir(parent, name);
         let tree = self.tree.read().unwrap();
         tree.lookup(parent, name)
             .map(|n| self.attr_of(n))
@@ -279,6 +285,7 @@ impl OrasFs {
         Ok(tree
             .children(ino)
             .into_iter()
+            .filter(|n| !n.unlisted)
             .map(|n| (n.ino, self.attr_of(n).kind, n.name.clone()))
             .collect())
     }
@@ -500,6 +507,11 @@ impl OrasFs {
             return Ok(());
         };
         let filled = match &pending {
+            Pending::Tags | Pending::Manifest => {
+                self.load_browsed(ino).await?;
+                // A tag's image shows its root filesystem: its layers are listed now too.
+                return Box::pin(self.expand(ino)).await;
+            }
             Pending::Layer(desc) if layer::lazy_format(desc).is_some() => {
                 match self.listing(desc).await {
                     Ok(l) => Filled::Entries(self.layer_entries(desc, &l, desc.title())?),

@@ -16,6 +16,7 @@ use fuser::{
 use super::cache::read_deadline;
 use super::error::Errno;
 use super::filesystem::{Attr, FileKind, OrasFs, RenameHow, SetAttr};
+use super::repository::Invalidation;
 
 /// The only place that blocks on the filesystem's async calls: fuser calls in on its own
 /// threads, outside the runtime. Reads are spawned instead, so a slow blob holds no thread.
@@ -28,13 +29,29 @@ pub struct FuseAdapter {
 
 impl FuseAdapter {
     pub fn new(fs: Arc<OrasFs>, runtime: tokio::runtime::Handle) -> Self {
-        // A read-only snapshot never changes: let the kernel cache it for long.
-        let ttl = if fs.read_only() {
+        // A read-only snapshot never changes: let the kernel cache it for long. A refreshing
+        // mount (a repository, `--follow`) tells the kernel what changed (`notify`); the short
+        // TTL bounds how long a name it could not reach stays cached.
+        let ttl = if fs.read_only() && fs.refresh_interval().is_none() {
             Duration::from_secs(3600)
         } else {
             Duration::from_secs(1)
         };
         FuseAdapter { fs, runtime, ttl }
+    }
+}
+
+/// Tells the kernel to forget what a refresh changed (names and attributes it may cache for
+/// the TTL). Failures only mean the kernel had nothing cached.
+pub fn notify(notifier: &fuser::Notifier, changes: &[Invalidation]) {
+    for c in changes {
+        let r = match c {
+            Invalidation::Entry { parent, name } => notifier.inval_entry(INodeNo(*parent), name),
+            Invalidation::Inode(ino) => notifier.inval_inode(INodeNo(*ino), 0, 0),
+        };
+        if let Err(e) = r {
+            tracing::debug!("invalidating {c:?}: {e}");
+        }
     }
 }
 

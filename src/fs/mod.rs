@@ -11,6 +11,8 @@
 //! - [`staging`]: the journal (an append-only log) and staged files of a writable mount;
 //! - [`sync`]: pushing a writable mount's changes as one manifest;
 //! - [`fuse`]: the fuser adapter, the only place that blocks on the async core;
+//! - [`repository`]: mounts of a whole repository or registry, and tag mounts that follow
+//!   their tag: listing, loading on first access, refresh;
 //! - [`mount`]: the session's lifecycle (serve, signals, unmount, the final push);
 //! - [`control`]: the control socket protocol, server and client;
 //! - [`paths`]: the default cache directory and the private runtime directory;
@@ -27,6 +29,7 @@ mod journaling;
 mod layer;
 pub mod mount;
 pub mod paths;
+pub mod repository;
 mod siblings;
 pub mod staging;
 pub mod status;

@@ -151,10 +151,14 @@ pub async fn serve(
     let session = start_session(&fs, &config, &fuse_config(&fs, &config))?;
     let mountpoint = absolute(&config.mountpoint);
     let mut stops = control::serve_control(listener, fs.clone(), push_to, mountpoint);
+    let refresher = start_refresh(&fs, &session);
     on_event(MountEvent::Ready);
 
     let mut signals = Signals::install()?;
     let why = wait_for_end(&session, &mut signals, &mut stops).await;
+    if let Some(r) = refresher {
+        r.abort();
+    }
     // The control request already synced; otherwise push what is pending now. The control
     // socket stays until then, so a new mount here waits for this push (see `listen`).
     let mut synced = match &why {
@@ -191,6 +195,32 @@ pub async fn serve(
         std::mem::forget(session);
     }
     synced
+}
+
+/// Refreshes a repository mount's listings (or a followed tag) every interval, and tells the
+/// kernel what changed.
+fn start_refresh(
+    fs: &Arc<OrasFs>,
+    session: &fuser::BackgroundSession,
+) -> Option<tokio::task::JoinHandle<()>> {
+    let every = fs.refresh_interval()?;
+    let (fs, notifier) = (fs.clone(), session.notifier());
+    Some(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let changes = fs.refresh().await;
+            if changes.is_empty() {
+                continue;
+            }
+            let notifier = notifier.clone();
+            // Writes to /dev/fuse, which may wait on the kernel: off the runtime's threads.
+            let _ =
+                tokio::task::spawn_blocking(move || super::fuse::notify(&notifier, &changes)).await;
+        }
+    }))
 }
 
 fn check_mountpoint(mountpoint: &Path) -> Result<()> {

@@ -34,6 +34,7 @@ impl OrasFs {
     /// [`OrasFs::notices`] for a caller that holds the tree.
     pub(super) fn notices_in(&self, tree: &Tree) -> Vec<String> {
         let mut out = self.notices.clone();
+        out.extend(self.browsing_notices());
         out.extend(
             tree.nodes()
                 .filter(|n| n.incomplete)
@@ -123,7 +124,12 @@ impl OrasFs {
         let snap = self.snapshot();
         MountStatus {
             reference: snap.reference,
-            digest: snap.descriptor.digest.to_string(),
+            // A repository or registry mount shows no one manifest.
+            digest: if self.shows_many() {
+                String::new()
+            } else {
+                snap.descriptor.digest.to_string()
+            },
             read_only: self.read_only(),
             notices: self.notices(),
             pending: self.pending_changes(),

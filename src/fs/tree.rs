@@ -46,6 +46,10 @@ pub enum Pending {
     Image(Vec<Descriptor>),
     /// One layer of an image on its own (the side-by-side view).
     Rootfs(Descriptor),
+    /// A repository's tags, one directory each (a registry mount; see `repository`).
+    Tags,
+    /// What a tag (or `@digest`) of a repository shows, loaded on first access.
+    Manifest,
 }
 
 #[derive(Clone, Debug)]
@@ -84,6 +88,8 @@ pub struct Node {
     pub incomplete: bool,
     /// Owner as recorded in a layer's tar (`None`: the mounting user).
     pub owner: Option<(u32, u32)>,
+    /// Found by lookup but not listed (a repository mount's `@sha256:<hex>` directories).
+    pub unlisted: bool,
 }
 
 impl Node {
@@ -129,6 +135,7 @@ impl Tree {
             origin: None,
             incomplete: false,
             owner: None,
+            unlisted: false,
         };
         Tree {
             nodes: HashMap::from([(ROOT, root)]),
@@ -201,6 +208,7 @@ impl Tree {
                 origin: None,
                 incomplete: false,
                 owner: None,
+                unlisted: false,
             },
         );
         Ok(ino)

@@ -280,7 +280,6 @@ fn build_index(snapshot: &Snapshot, filter: &LayerFilter, apart: bool) -> View {
     let mut tree = Tree::new(created_time(&snapshot.manifest), dir_perm(true));
     let mut notices = Vec::new();
     for (name, child) in &snapshot.children {
-        let view = build(child, filter, true, apart);
         let mtime = created_time(&child.manifest);
         let Ok(dir) = tree.add_child(
             ROOT,
@@ -296,14 +295,31 @@ fn build_index(snapshot: &Snapshot, filter: &LayerFilter, apart: bool) -> View {
             ));
             continue;
         };
-        graft(&mut tree, dir, &view.tree, ROOT);
-        notices.extend(view.notices.iter().map(|n| format!("{name}: {n}")));
+        let shown = show_in(&mut tree, dir, child, filter, apart);
+        notices.extend(shown.iter().map(|n| format!("{name}: {n}")));
     }
     View {
         tree,
         hidden: Vec::new(),
         notices,
     }
+}
+
+/// Shows what a read-only mount of `snapshot` shows below the (empty) directory `dir`, dated
+/// as the manifest: an index's child, a repository mount's tag. Returns the view's notices.
+pub fn show_in(
+    tree: &mut Tree,
+    dir: Ino,
+    snapshot: &Snapshot,
+    filter: &LayerFilter,
+    apart: bool,
+) -> Vec<String> {
+    let view = build(snapshot, filter, true, apart);
+    graft(tree, dir, &view.tree, ROOT);
+    if let Some(n) = tree.get_mut(dir) {
+        n.mtime = created_time(&snapshot.manifest);
+    }
+    view.notices
 }
 
 /// Copies the nodes below `from` in `src` (and `from`'s pending contents) below `to`.
