@@ -21,6 +21,9 @@ const VALUED: &[(&str, &str)] = &[
     ("registry_config", "--registry-config"),
     ("ca_file", "--ca-file"),
     ("refresh", "--refresh"),
+    ("registries_conf", "--registries-conf"),
+    ("oci_layout_path", "--oci-layout-path"),
+    ("chunk_size", "--chunk-size"),
 ];
 
 /// Mount options without a value, and the flag each one is.
@@ -34,6 +37,7 @@ const FLAGS: &[(&str, &str)] = &[
     ("insecure", "--insecure"),
     ("oci_layout", "--oci-layout"),
     ("debug", "--debug"),
+    ("http1_1", "--http1.1"),
 ];
 
 /// Options for mount(8) itself, or that every FUSE mount has anyway (`nosuid,nodev`):
@@ -285,5 +289,25 @@ mod tests {
             assert!(e.to_string().contains(says), "{opts}: {e}");
         }
         assert!(command_line(os(&["mount.fuse.oras-fs", "r:v1"]), SUB).is_err());
+    }
+    #[test]
+    fn every_option_names_a_flag_of_mount() {
+        use clap::CommandFactory;
+        let cli = crate::cli::Cli::command();
+        let mount = cli.find_subcommand("mount").expect("a mount command");
+        let longs: Vec<String> = mount
+            .get_arguments()
+            .filter_map(|a| a.get_long().map(|l| format!("--{l}")))
+            .chain(
+                cli.get_arguments()
+                    .filter_map(|a| a.get_long().map(|l| format!("--{l}"))),
+            )
+            .collect();
+        for (option, flag) in VALUED.iter().chain(FLAGS) {
+            assert!(
+                longs.iter().any(|l| l == flag),
+                "{option}: mount has no {flag}"
+            );
+        }
     }
 }
