@@ -91,3 +91,59 @@ fn fstab_lines_and_mount_t_mount_and_umount_unmounts() {
     );
     assert!(!is_mounted(&mnt));
 }
+
+/// Ends a foreground mount whatever happened in the test: the process, then the mountpoint.
+struct Foreground(std::process::Child, std::path::PathBuf);
+
+impl Drop for Foreground {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+        if is_mounted(&self.1) {
+            let _ = fusermount_lazy(&self.1);
+        }
+    }
+}
+
+/// A systemd `Type=notify` service (README) runs `mount --foreground`: systemd hears
+/// `READY=1` on its NOTIFY_SOCKET once the files can be read, and its SIGTERM at stop
+/// unmounts and ends the process cleanly.
+#[test]
+fn a_foreground_mount_tells_systemd_when_it_is_ready_and_ends_on_sigterm() {
+    require_registry!();
+    let reference = reference(&unique_repo("notify"), "v1");
+    push_contents(&reference, &[("hello.txt", b"hi from a service\n")]);
+    let tmp = temp_dir();
+    let (mnt, socket) = (tmp.path().join("mnt"), tmp.path().join("notify.sock"));
+    std::fs::create_dir(&mnt).unwrap();
+    let listener = std::os::unix::net::UnixDatagram::bind(&socket).unwrap();
+    listener
+        .set_read_timeout(Some(std::time::Duration::from_secs(60)))
+        .unwrap();
+    let child = oras_fs_cmd([
+        "mount",
+        "--foreground",
+        "--cache-dir",
+        path_str(&tmp.path().join("cache")),
+        &reference,
+        path_str(&mnt),
+    ])
+    .env("NOTIFY_SOCKET", &socket)
+    .stderr(std::process::Stdio::null())
+    .spawn()
+    .unwrap();
+    let mut mounted = Foreground(child, mnt.clone());
+    let mut message = [0u8; 512];
+    let n = listener
+        .recv(&mut message)
+        .expect("READY=1 within a minute");
+    let message = String::from_utf8_lossy(&message[..n]).into_owned();
+    assert!(message.lines().any(|l| l == "READY=1"), "{message:?}");
+    // Ready means mounted: no wait, no retry.
+    assert_eq!(read_file(&mnt.join("hello.txt")), b"hi from a service\n");
+    // SAFETY: kill has no memory preconditions; the pid is our child's.
+    unsafe { libc::kill(mounted.0.id() as libc::pid_t, libc::SIGTERM) };
+    let status = mounted.0.wait().unwrap();
+    assert!(status.success(), "{status}");
+    assert!(!is_mounted(&mnt), "still mounted after SIGTERM");
+}

@@ -34,7 +34,8 @@ pub struct MountArgs {
     pub reference: String,
     /// An empty directory to mount on.
     pub mountpoint: PathBuf,
-    /// Stay in the foreground, logging to stderr.
+    /// Stay in the foreground, logging to stderr; tells systemd when mounted (READY=1 on
+    /// NOTIFY_SOCKET) for `Type=notify` services.
     #[arg(short = 'f', long)]
     pub foreground: bool,
     /// Show layers of this media type (repeatable); default as `pull`.
@@ -342,6 +343,12 @@ fn show(event: MountEvent, mounted: &str, cache_dir: &std::path::Path) {
             if std::env::var_os(DAEMON_ENV).is_some() {
                 eprintln!("{READY}");
                 detach_stderr(cache_dir);
+            } else {
+                // A systemd `Type=notify` service (`--foreground`) is started once it is
+                // mounted; without NOTIFY_SOCKET this does nothing.
+                if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
+                    tracing::warn!("telling systemd the mount is ready: {e}");
+                }
             }
         }
         // The daemon's stderr is its log, which may be on a full disk: never panic on it.
