@@ -891,6 +891,27 @@ mod browsing {
         d
     }
 
+    /// Tags `tag` as a container image of one plain tar layer of `files`.
+    async fn push_image(t: &TestTarget, tag: &str, files: &[(&str, &[u8])]) -> Descriptor {
+        let layer = t.store().add(
+            "application/vnd.oci.image.layer.v1.tar",
+            super::tar_of(files),
+        );
+        let config = t.store().add(
+            "application/vnd.oci.image.config.v1+json",
+            &br#"{"rootfs":{"type":"layers","diff_ids":[]}}"#[..],
+        );
+        let m = Manifest::new(config, vec![layer]);
+        let bytes = Bytes::from(m.to_bytes());
+        let d = Descriptor::of(m.media_type().to_string(), &bytes);
+        t.store().push_manifest(&d, bytes, Some(tag)).await.unwrap();
+        d
+    }
+
+    fn fetches(t: &TestTarget) -> u64 {
+        t.counts().calls(Op::Fetch) + t.counts().calls(Op::FetchRange)
+    }
+
     struct Mounted {
         fs: OrasFs,
         browse: Arc<TestBrowse>,
@@ -973,6 +994,45 @@ mod browsing {
         assert!(fs.read_only());
         assert!(fs.notices()[0].contains("read-only"), "{:?}", fs.notices());
         assert_eq!(fs.status().digest, "");
+    }
+
+    #[tokio::test]
+    async fn two_first_looks_into_one_image_tag_at_once_both_see_its_files() {
+        let t = TestTarget::new();
+        push_image(&t, "v1", &[("etc/", b""), ("etc/a", b"a\n")]).await;
+        let m = mount(&t, Scope::Repository("repo".into()), &[], &["v1"]).await;
+        let v1 = path_ino(&m.fs, "v1").await;
+        t.delay_fetches(Some(Duration::from_millis(100)));
+        let (listed, etc) = tokio::join!(m.fs.readdir(v1), m.fs.lookup(v1, OsStr::new("etc")));
+        let listed: Vec<_> = listed.unwrap().into_iter().map(|e| e.2).collect();
+        assert_eq!(listed, ["etc"]);
+        assert_eq!(etc.unwrap().kind, oras_fs::fs::filesystem::FileKind::Dir);
+        assert_eq!(read_all(&m.fs, "v1/etc/a").await, b"a\n");
+    }
+
+    #[tokio::test]
+    async fn a_refresh_during_a_first_listing_shows_only_the_new_image() {
+        let t = TestTarget::new();
+        push_image(&t, "v1", &[("old", b"old\n")]).await;
+        let m = mount(&t, Scope::Repository("repo".into()), &[], &["v1"]).await;
+        let v1 = path_ino(&m.fs, "v1").await;
+        t.delay_fetches(Some(Duration::from_secs(1)));
+        let listing = m.fs.readdir(v1);
+        tokio::pin!(listing);
+        // Manifest, config, then the layer: once the layer is asked for, the old image is
+        // being listed.
+        while fetches(&t) < 3 {
+            tokio::select! {
+                r = &mut listing => panic!("listed before the layer was fetched: {r:?}"),
+                _ = tokio::time::sleep(Duration::from_millis(10)) => {}
+            }
+        }
+        t.delay_fetches(None);
+        push_image(&t, "v1", &[("new", b"new\n")]).await;
+        m.fs.refresh().await;
+        let listed: Vec<_> = listing.await.unwrap().into_iter().map(|e| e.2).collect();
+        assert_eq!(listed, ["new"]);
+        assert_eq!(read_all(&m.fs, "v1/new").await, b"new\n");
     }
 
     #[tokio::test]

@@ -99,7 +99,8 @@ enum Whole {
 }
 
 fn whole(args: &MountArgs) -> Option<Whole> {
-    if args.target.oci_layout {
+    // A layout names its tag or digest alone (`v1.0`, `sha256:<hex>`): never a registry.
+    if args.target.oci_layout || args.target.oci_layout_path.is_some() {
         return None;
     }
     let r = args.reference.as_str();
@@ -766,6 +767,31 @@ async fn request(
 #[cfg(test)]
 mod tests {
     use super::background_args;
+
+    #[test]
+    fn a_layout_reference_is_never_taken_for_a_registry_or_repository() {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            mount: super::MountArgs,
+        }
+        let whole = |v: &[&str]| {
+            let cli = <Cli as clap::Parser>::try_parse_from(v).unwrap();
+            super::whole(&cli.mount).map(|w| matches!(w, super::Whole::Registry))
+        };
+        let hex = "a".repeat(64);
+        let digest = format!("sha256:{hex}");
+        for r in ["v1.0", digest.as_str(), "localhost"] {
+            assert_eq!(whole(&["m", "--oci-layout-path", "img.tar", r, "/m"]), None);
+            assert_eq!(whole(&["m", "--oci-layout", r, "/m"]), None);
+        }
+        assert_eq!(
+            whole(&["m", "v1.0", "/m"]),
+            Some(true),
+            "a host, as docker sees it"
+        );
+        assert_eq!(whole(&["m", "r.io/a/b", "/m"]), Some(false));
+    }
 
     #[test]
     fn secrets_leave_the_command_line_for_stdin() {

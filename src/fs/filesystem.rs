@@ -555,12 +555,19 @@ impl OrasFs {
         };
         let mut tree = self.tree.write().unwrap();
         if let Some(Node {
-            kind: Kind::Dir { pending, .. },
+            kind: Kind::Dir { pending: now, .. },
             ..
         }) = tree.get_mut(ino)
         {
-            if pending.take().is_none() {
-                return Ok(()); // Another thread got here first.
+            match now.as_deref() {
+                None => return Ok(()), // Another thread got here first.
+                Some(p) if *p != pending => {
+                    // A refresh showed another manifest here while this one was listed:
+                    // what was listed is stale, list what is there now.
+                    drop(tree);
+                    return Box::pin(self.expand(ino)).await;
+                }
+                Some(_) => *now = None,
             }
         }
         match filled {

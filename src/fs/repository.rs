@@ -387,8 +387,11 @@ impl OrasFs {
                 let mut inv = Vec::new();
                 self.show(ino, loaded, &mut inv);
             }
-            // Loaded meanwhile, or a pending kind this mount does not know: nothing to wait for.
-            _ => self.take_pending(ino),
+            // A tag or repository this mount no longer knows: nothing to load.
+            (Some(Pending::Tags | Pending::Manifest), _) => self.take_pending(ino),
+            // Loaded meanwhile: an image's root filesystem (`Pending::Image`) is listed by
+            // the caller, so it stays.
+            _ => {}
         }
         Ok(())
     }
@@ -608,11 +611,15 @@ impl OrasFs {
         }
     }
 
+    /// Clears a repository's or tag's pending load (and nothing else, such as the
+    /// `Pending::Image` a load put there).
     fn take_pending(&self, ino: Ino) {
         if let Some(Kind::Dir { pending, .. }) =
             self.tree.write().unwrap().get_mut(ino).map(|n| &mut n.kind)
         {
-            pending.take();
+            if matches!(pending.as_deref(), Some(Pending::Tags | Pending::Manifest)) {
+                pending.take();
+            }
         }
     }
 
