@@ -264,7 +264,7 @@ impl OrasFs {
         }
         self.expand(parent).await?;
         self.check_loaded(parent)?;
-        self.add_digest_dir(parent, name);
+        self.add_digest_dir(parent, name).await?;
         let tree = self.tree.read().unwrap();
         tree.lookup(parent, name)
             .map(|n| self.attr_of(n))
