@@ -1115,6 +1115,39 @@ mod browsing {
     }
 
     #[tokio::test]
+    async fn a_first_look_into_a_tag_does_not_wait_for_a_refresh() {
+        let t = TestTarget::new();
+        for tag in ["v1", "v2", "v3"] {
+            push_tag(&t, tag, &[("a.txt", b"one\n")]).await;
+        }
+        let m = mount(
+            &t,
+            Scope::Repository("repo".into()),
+            &[],
+            &["v1", "v2", "v3"],
+        )
+        .await;
+        names(&m.fs, "v1").await;
+        names(&m.fs, "v3").await;
+        push_tag(&t, "v1", &[("a.txt", b"moved\n")]).await;
+        push_tag(&t, "v3", &[("a.txt", b"moved\n")]).await;
+        let v2 = path_ino(&m.fs, "v2").await;
+        // The refresh fetches two moved tags (4 delays); v2's first look needs 2.
+        t.delay_fetches(Some(Duration::from_millis(300)));
+        let refresh = m.fs.refresh();
+        tokio::pin!(refresh);
+        // The refresh is polled first, as one already running would be.
+        tokio::select! {
+            biased;
+            _ = &mut refresh => panic!("the first look waited for the whole refresh"),
+            listed = m.fs.readdir(v2) => assert_eq!(listed.unwrap().len(), 1),
+        }
+        refresh.await;
+        t.delay_fetches(None);
+        assert_eq!(read_all(&m.fs, "v3/a.txt").await, b"moved\n");
+    }
+
+    #[tokio::test]
     async fn a_tag_that_cannot_be_loaded_is_an_empty_directory_with_the_reason_in_status() {
         let t = TestTarget::new();
         push_tag(&t, "v1", &[("a.txt", b"one\n")]).await;

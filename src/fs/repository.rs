@@ -106,8 +106,11 @@ impl Browse for RegistryBrowse {
 #[derive(Default)]
 pub struct Router {
     /// Most recent first, at most `ROUTES_PER_BLOB`, one per repository.
-    by_digest: Mutex<HashMap<Digest, Vec<(String, Arc<dyn Target>)>>>,
+    by_digest: Mutex<HashMap<Digest, Routes>>,
 }
+
+/// Where a blob can be fetched: (repository, its target), most recent first.
+type Routes = Vec<(String, Arc<dyn Target>)>;
 
 const ROUTES_PER_BLOB: usize = 4;
 
@@ -230,7 +233,7 @@ struct Shown {
     /// The tag or digest resolved.
     reference: String,
     /// Of an image index, the platform whose manifest is shown (`--follow --platform`).
-    platform: Option<Platform>,
+    platform: Option<Box<Platform>>,
     /// A tag, which may move (a digest never does).
     movable: bool,
     /// What `reference` resolved to when last loaded (an index chosen from by platform, not
@@ -387,7 +390,7 @@ impl OrasFs {
             repository: snap.reference.clone(),
             display: snap.reference.clone(),
             reference: reference.to_string(),
-            platform,
+            platform: platform.map(Box::new),
             movable: true,
             digest: Some(resolved_digest(&snap).clone()),
             failed: None,
@@ -724,7 +727,7 @@ impl OrasFs {
             shown.target.as_ref(),
             &shown.display,
             &shown.reference,
-            shown.platform.as_ref(),
+            shown.platform.as_deref(),
         )
         .await
     }
