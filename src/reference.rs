@@ -101,7 +101,8 @@ fn invalid(reference: &str, reason: impl Into<String>) -> Error {
     }
 }
 
-fn validate_tag(tag: &str) -> std::result::Result<(), String> {
+/// Checks a tag against the distribution-spec grammar (`[A-Za-z0-9_][A-Za-z0-9._-]{0,127}`).
+pub fn validate_tag(tag: &str) -> std::result::Result<(), String> {
     let ok_first = tag
         .chars()
         .next()

@@ -113,6 +113,16 @@ fn backup_and_restore_round_trip_through_a_directory_and_a_tar() {
         "{:?}",
         leftovers(out.path())
     );
+    // The mode a new file gets (0666 minus the umask), not a temporary file's 0600.
+    let umask = std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("Umask:"))
+        .map(|m| u32::from_str_radix(m.trim(), 8).unwrap())
+        .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&tar).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o666 & !umask, "{mode:o}");
     for layout in [&dir, &tar] {
         let t = tags(&["--oci-layout", path_str(layout)]);
         assert!(t.contains("v1") && t.contains("v2"), "{t:?}");
@@ -259,6 +269,14 @@ fn a_failed_backup_leaves_no_archive() {
         ]),
         "is a directory",
     );
+    // An existing file not ending in .tar is not taken for a layout directory or an archive.
+    let file = out.path().join("notes.txt");
+    std::fs::write(&file, "keep me").unwrap();
+    assert_fails(
+        &oras_fs(["backup", "-o", path_str(&file), &reference(&repo, "v1")]),
+        "is a file, not a layout directory",
+    );
+    assert_eq!(std::fs::read(&file).unwrap(), b"keep me");
 }
 
 #[test]

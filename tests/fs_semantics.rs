@@ -855,6 +855,8 @@ mod browsing {
         target: TestTarget,
         repositories: Vec<String>,
         tags: Mutex<Vec<String>>,
+        /// Repositories with a store of their own, not `target`.
+        own: Mutex<std::collections::HashMap<String, TestTarget>>,
     }
 
     #[async_trait::async_trait]
@@ -865,8 +867,9 @@ mod browsing {
         async fn tags(&self, _repository: &str) -> oras_fs::Result<Vec<String>> {
             Ok(self.tags.lock().unwrap().clone())
         }
-        fn target(&self, _repository: &str) -> Arc<dyn Target> {
-            Arc::new(self.target.clone())
+        fn target(&self, repository: &str) -> oras_fs::Result<Arc<dyn Target>> {
+            let own = self.own.lock().unwrap().get(repository).cloned();
+            Ok(Arc::new(own.unwrap_or_else(|| self.target.clone())))
         }
         fn display(&self, repository: &str) -> String {
             format!("test.invalid/{repository}")
@@ -891,6 +894,27 @@ mod browsing {
         d
     }
 
+    /// Tags `tag` as a container image of one plain tar layer of `files`.
+    async fn push_image(t: &TestTarget, tag: &str, files: &[(&str, &[u8])]) -> Descriptor {
+        let layer = t.store().add(
+            "application/vnd.oci.image.layer.v1.tar",
+            super::tar_of(files),
+        );
+        let config = t.store().add(
+            "application/vnd.oci.image.config.v1+json",
+            &br#"{"rootfs":{"type":"layers","diff_ids":[]}}"#[..],
+        );
+        let m = Manifest::new(config, vec![layer]);
+        let bytes = Bytes::from(m.to_bytes());
+        let d = Descriptor::of(m.media_type().to_string(), &bytes);
+        t.store().push_manifest(&d, bytes, Some(tag)).await.unwrap();
+        d
+    }
+
+    fn fetches(t: &TestTarget) -> u64 {
+        t.counts().calls(Op::Fetch) + t.counts().calls(Op::FetchRange)
+    }
+
     struct Mounted {
         fs: OrasFs,
         browse: Arc<TestBrowse>,
@@ -913,6 +937,7 @@ mod browsing {
             target: t.clone(),
             repositories: repositories.iter().map(|s| s.to_string()).collect(),
             tags: Mutex::new(tags.iter().map(|s| s.to_string()).collect()),
+            own: Mutex::default(),
         });
         let options = MountOptions {
             filter: LayerFilter::default(),
@@ -976,6 +1001,45 @@ mod browsing {
     }
 
     #[tokio::test]
+    async fn two_first_looks_into_one_image_tag_at_once_both_see_its_files() {
+        let t = TestTarget::new();
+        push_image(&t, "v1", &[("etc/", b""), ("etc/a", b"a\n")]).await;
+        let m = mount(&t, Scope::Repository("repo".into()), &[], &["v1"]).await;
+        let v1 = path_ino(&m.fs, "v1").await;
+        t.delay_fetches(Some(Duration::from_millis(100)));
+        let (listed, etc) = tokio::join!(m.fs.readdir(v1), m.fs.lookup(v1, OsStr::new("etc")));
+        let listed: Vec<_> = listed.unwrap().into_iter().map(|e| e.2).collect();
+        assert_eq!(listed, ["etc"]);
+        assert_eq!(etc.unwrap().kind, oras_fs::fs::filesystem::FileKind::Dir);
+        assert_eq!(read_all(&m.fs, "v1/etc/a").await, b"a\n");
+    }
+
+    #[tokio::test]
+    async fn a_refresh_during_a_first_listing_shows_only_the_new_image() {
+        let t = TestTarget::new();
+        push_image(&t, "v1", &[("old", b"old\n")]).await;
+        let m = mount(&t, Scope::Repository("repo".into()), &[], &["v1"]).await;
+        let v1 = path_ino(&m.fs, "v1").await;
+        t.delay_fetches(Some(Duration::from_secs(1)));
+        let listing = m.fs.readdir(v1);
+        tokio::pin!(listing);
+        // Manifest, config, then the layer: once the layer is asked for, the old image is
+        // being listed.
+        while fetches(&t) < 3 {
+            tokio::select! {
+                r = &mut listing => panic!("listed before the layer was fetched: {r:?}"),
+                _ = tokio::time::sleep(Duration::from_millis(10)) => {}
+            }
+        }
+        t.delay_fetches(None);
+        push_image(&t, "v1", &[("new", b"new\n")]).await;
+        m.fs.refresh().await;
+        let listed: Vec<_> = listing.await.unwrap().into_iter().map(|e| e.2).collect();
+        assert_eq!(listed, ["new"]);
+        assert_eq!(read_all(&m.fs, "v1/new").await, b"new\n");
+    }
+
+    #[tokio::test]
     async fn a_digest_directory_is_found_by_lookup_and_never_listed() {
         let t = TestTarget::new();
         let d = push_tag(&t, "v1", &[("a.txt", b"one\n")]).await;
@@ -988,6 +1052,29 @@ mod browsing {
             m.fs.lookup(ROOT, OsStr::new(bad)).await.unwrap_err(),
             libc::ENOENT
         );
+        // A digest the repository does not have is looked for, and leaves nothing behind.
+        let missing = format!("@sha256:{}", "0".repeat(64));
+        t.reset_counts();
+        assert_eq!(
+            m.fs.lookup(ROOT, OsStr::new(&missing)).await.unwrap_err(),
+            libc::ENOENT
+        );
+        assert_eq!(t.counts().calls(Op::Resolve), 1);
+        assert_eq!(
+            m.fs.lookup(ROOT, OsStr::new(&missing)).await.unwrap_err(),
+            libc::ENOENT
+        );
+        assert_eq!(t.counts().calls(Op::Resolve), 2, "not remembered as found");
+        assert_eq!(read_all(&m.fs, &format!("{name}/a.txt")).await, b"one\n");
+    }
+
+    #[tokio::test]
+    async fn tags_the_kernel_would_refuse_are_not_shown() {
+        let t = TestTarget::new();
+        push_tag(&t, "ok", &[("a.txt", b"one\n")]).await;
+        let tags = ["", "a/b", ".", "..", "-x", "ok", &"x".repeat(129)];
+        let m = mount(&t, Scope::Repository("repo".into()), &[], &tags).await;
+        assert_eq!(names(&m.fs, "").await, ["ok"]);
     }
 
     #[tokio::test]
@@ -1025,6 +1112,39 @@ mod browsing {
         assert!(fs.refresh().await.is_empty());
         assert_eq!(t.counts().calls(Op::Fetch), 0, "{:?}", t.counts());
         assert_eq!(t.counts().calls(Op::Resolve), 1, "only v1 is loaded");
+    }
+
+    #[tokio::test]
+    async fn a_first_look_into_a_tag_does_not_wait_for_a_refresh() {
+        let t = TestTarget::new();
+        for tag in ["v1", "v2", "v3"] {
+            push_tag(&t, tag, &[("a.txt", b"one\n")]).await;
+        }
+        let m = mount(
+            &t,
+            Scope::Repository("repo".into()),
+            &[],
+            &["v1", "v2", "v3"],
+        )
+        .await;
+        names(&m.fs, "v1").await;
+        names(&m.fs, "v3").await;
+        push_tag(&t, "v1", &[("a.txt", b"moved\n")]).await;
+        push_tag(&t, "v3", &[("a.txt", b"moved\n")]).await;
+        let v2 = path_ino(&m.fs, "v2").await;
+        // The refresh fetches two moved tags (4 delays); v2's first look needs 2.
+        t.delay_fetches(Some(Duration::from_millis(300)));
+        let refresh = m.fs.refresh();
+        tokio::pin!(refresh);
+        // The refresh is polled first, as one already running would be.
+        tokio::select! {
+            biased;
+            _ = &mut refresh => panic!("the first look waited for the whole refresh"),
+            listed = m.fs.readdir(v2) => assert_eq!(listed.unwrap().len(), 1),
+        }
+        refresh.await;
+        t.delay_fetches(None);
+        assert_eq!(read_all(&m.fs, "v3/a.txt").await, b"moved\n");
     }
 
     #[tokio::test]
@@ -1066,15 +1186,88 @@ mod browsing {
     }
 
     #[tokio::test]
+    async fn a_blob_shared_by_repositories_is_read_from_another_when_one_fails() {
+        let shared = TestTarget::new();
+        let m = mount(&shared, Scope::Registry, &["a", "b"], &["v1"]).await;
+        let (a, b) = (TestTarget::new(), TestTarget::new());
+        push_tag(&a, "v1", &[("x.txt", b"same\n")]).await;
+        push_tag(&b, "v1", &[("x.txt", b"same\n"), ("y", b"y")]).await;
+        m.browse
+            .own
+            .lock()
+            .unwrap()
+            .extend([("a".to_string(), a.clone()), ("b".to_string(), b.clone())]);
+        assert_eq!(names(&m.fs, "a/v1").await, ["x.txt"]);
+        assert_eq!(names(&m.fs, "b/v1").await, ["x.txt", "y"]);
+        // b named the blob last, and b is gone now: a still has it.
+        b.fail_next(Op::Fetch, 1000);
+        b.fail_next(Op::FetchRange, 1000);
+        assert_eq!(read_all(&m.fs, "b/v1/x.txt").await, b"same\n");
+        assert!(b.counts().calls(Op::Fetch) + b.counts().calls(Op::FetchRange) > 0);
+    }
+
+    /// Tags `tag` as an index of one linux/amd64 artifact of `files`.
+    async fn push_platform_index(t: &TestTarget, tag: &str, files: &[(&str, &[u8])]) {
+        let mut child = push_tag(t, &format!("{tag}-amd64"), files).await;
+        child.platform = Some(serde_json::json!({"os": "linux", "architecture": "amd64"}));
+        let mut index = oras_fs::manifest::Index::new();
+        index.manifests.push(child);
+        let bytes = Bytes::from(index.to_bytes());
+        let d = Descriptor::of(index.media_type().to_string(), &bytes);
+        t.store().push_manifest(&d, bytes, Some(tag)).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_followed_index_keeps_showing_its_platforms_manifest_after_refreshes() {
+        let t = TestTarget::new();
+        push_platform_index(&t, "v1", &[("a.txt", b"old\n")]).await;
+        let dir = tempfile::tempdir().unwrap();
+        let target: Arc<dyn Target> = Arc::new(t.clone());
+        let cache = BlobCache::new(
+            target.clone(),
+            CacheOptions {
+                dir: dir.path().join("cache"),
+                disk_limit: 1 << 30,
+                memory_limit: 16 << 20,
+            },
+        )
+        .unwrap();
+        let platform: oras_fs::manifest::Platform = "linux/amd64".parse().unwrap();
+        let snap = oras_fs::fs::mount::snapshot(&t, "test/repo:v1", "v1", Some(&platform))
+            .await
+            .unwrap();
+        let options = MountOptions {
+            filter: LayerFilter::default(),
+            read_only: true,
+            layers_apart: false,
+        };
+        let fs = OrasFs::new(cache, snap, options, None, None)
+            .unwrap()
+            .following(target, "v1", Some(platform), Duration::from_secs(1))
+            .unwrap();
+        t.reset_counts();
+        assert!(fs.refresh().await.is_empty(), "the tag did not move");
+        assert_eq!(t.counts().calls(Op::Fetch), 0, "{:?}", t.counts());
+        assert_eq!(read_all(&fs, "a.txt").await, b"old\n");
+        push_platform_index(&t, "v1", &[("a.txt", b"new!\n")]).await;
+        assert!(!fs.refresh().await.is_empty());
+        assert_eq!(read_all(&fs, "a.txt").await, b"new!\n");
+        assert!(fs.lookup(ROOT, OsStr::new("linux_amd64")).await.is_err());
+        assert!(fs.refresh().await.is_empty(), "the tag did not move again");
+    }
+
+    #[tokio::test]
     async fn a_followed_tag_shows_its_new_manifest_and_open_files_keep_their_blobs() {
         let h = Harness::new(&[("a.txt", b"old\n".to_vec())]);
         let writable = Arc::try_unwrap(h.mount(false).await).ok().unwrap();
         let target: Arc<dyn Target> = Arc::new(h.target.clone());
-        let refused = writable.following(target.clone(), "v1", Duration::from_secs(1));
+        let refused = writable.following(target.clone(), "v1", None, Duration::from_secs(1));
         assert!(refused.err().unwrap().to_string().contains("--read-only"));
 
         let fs = Arc::try_unwrap(h.mount(true).await).ok().unwrap();
-        let fs = fs.following(target, "v1", Duration::from_secs(1)).unwrap();
+        let fs = fs
+            .following(target, "v1", None, Duration::from_secs(1))
+            .unwrap();
         let old = path_ino(&fs, "a.txt").await;
         let open = fs.open(old, false, false).await.unwrap();
         assert!(fs.refresh().await.is_empty(), "the tag did not move");
@@ -1094,6 +1287,11 @@ mod browsing {
         assert!(
             status.notices.iter().any(|n| n.contains("moved 1 time")),
             "{status:?}"
+        );
+        let meta = path_ino(&fs, ".oras/digest").await;
+        assert!(
+            changes.contains(&Invalidation::Inode(meta)),
+            "the kernel keeps .oras/ files cached: it must be told"
         );
         let digest = read_all(&fs, ".oras/digest").await;
         assert_eq!(

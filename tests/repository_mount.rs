@@ -74,7 +74,10 @@ fn a_followed_tag_shows_its_new_files_while_an_open_file_keeps_the_old_ones() {
     open.read_to_string(&mut first).unwrap();
     assert_eq!(first, "old content\n");
 
+    // Read before the move: the kernel keeps `.oras/` pages, and must be told they changed.
+    let before = read(&m.join(".oras/digest"));
     let moved = push_contents(&r, &[("a.txt", b"new content!\n"), ("b.txt", b"b\n")]);
+    assert_ne!(String::from_utf8(before).unwrap().trim(), moved);
     eventually(
         "the mount shows the moved tag",
         Duration::from_secs(20),
@@ -148,4 +151,29 @@ fn a_registry_without_a_catalog_is_refused_and_a_tag_that_cannot_load_is_an_empt
     assert_eq!(read(&m.join("good/a.txt")), b"good\n");
     let status = assert_ok(&oras_fs(["status".as_ref(), m.path().as_os_str()]));
     assert!(status.contains(":broken is shown empty"), "{status}");
+}
+
+#[test]
+fn registries_conf_blocks_a_repository_mount() {
+    require_registry!();
+    let repo = unique_repo("repo-blocked");
+    push_contents(&reference(&repo, "v1"), &[("a.txt", b"a\n")]);
+    let dir = temp_dir();
+    let conf = dir.path().join("registries.conf");
+    write_file(
+        &conf,
+        format!(
+            "[[registry]]\nprefix = \"{}/{repo}\"\nblocked = true\n",
+            registry()
+        ),
+    );
+    let refused = Mount::try_new(
+        &format!("{}/{repo}", registry()),
+        None,
+        &["--registries-conf", path_str(&conf)],
+    )
+    .err()
+    .expect("refused");
+    let err = String::from_utf8_lossy(&refused.stderr).to_string();
+    assert!(err.contains("is blocked by"), "{err}");
 }

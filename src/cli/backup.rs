@@ -4,13 +4,13 @@
 //! registry repository and an [`OciLayout`]; an archive is written from a layout directory
 //! made beside it, then renamed into place.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
 use clap::Args;
 use oras_fs::content::layout::is_tar_name;
-use oras_fs::content::layout_tar::write_archive;
+use oras_fs::content::layout_tar::{parent_dir, write_archive};
 use oras_fs::content::{self, OciLayout, Target};
 use oras_fs::manifest::{Descriptor, Index};
 use oras_fs::oras::{self, CopyOptions};
@@ -107,12 +107,20 @@ pub async fn backup(a: BackupArgs) -> Result<()> {
             a.output.display()
         )));
     }
-    // A tar is made from a layout directory beside it (same filesystem, removed on any exit).
+    if !to_tar && a.output.exists() && !a.output.is_dir() {
+        return Err(Error::Usage(format!(
+            "{} is a file, not a layout directory: name a new directory to back up into, or \
+             a file ending in .tar to back up into a tar archive",
+            a.output.display()
+        )));
+    }
+    // A tar is made from a layout directory beside it (same filesystem, removed on any error;
+    // a killed backup leaves it, `.oras-fs-backup-*`, and `.oras-fs-partial-*` behind).
     let work = match to_tar {
         true => Some(
             tempfile::Builder::new()
                 .prefix(".oras-fs-backup-")
-                .tempdir_in(parent_of(&a.output))
+                .tempdir_in(parent_dir(&a.output))
                 .map_err(|e| {
                     Error::io(
                         format!("creating a directory beside {}", a.output.display()),
@@ -305,11 +313,4 @@ async fn count_referrers(src: &dyn Target, root: &Descriptor, bytes: &[u8]) -> R
 /// An error of one tag's copy, naming the tag.
 fn failed(what: &str, tag: &str, e: Error) -> Error {
     Error::Other(format!("failed to {what} tag {tag:?}: {e}"))
-}
-
-fn parent_of(path: &Path) -> &Path {
-    match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    }
 }

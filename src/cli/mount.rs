@@ -16,6 +16,8 @@ use oras_fs::fs::paths;
 use oras_fs::fs::repository::{RegistryBrowse, Router, Scope};
 use oras_fs::fs::staging::Staging;
 use oras_fs::oras::LayerFilter;
+use oras_fs::registry::mirrors::RegistriesConf;
+use oras_fs::registry::Repository;
 use oras_fs::{Error, Result};
 
 use super::output::FormatArgs;
@@ -100,7 +102,8 @@ enum Whole {
 }
 
 fn whole(args: &MountArgs) -> Option<Whole> {
-    if args.target.oci_layout {
+    // A layout names its tag or digest alone (`v1.0`, `sha256:<hex>`): never a registry.
+    if args.target.oci_layout || args.target.oci_layout_path.is_some() {
         return None;
     }
     let r = args.reference.as_str();
@@ -127,23 +130,23 @@ async fn mount_many(args: MountArgs, whole: Whole) -> Result<()> {
             "--platform is for a mount of one image index: mount REPOSITORY:TAG".into(),
         ));
     }
-    let (client, scope) = match whole {
-        Whole::Registry => {
-            let host = args.reference.as_str();
-            let probe: oras_fs::reference::Reference = format!("{host}/x").parse()?;
-            let options = args.target.remote.client_options(probe.is_localhost())?;
-            (
-                oras_fs::registry::Client::new(host, options)?,
-                Scope::Registry,
-            )
-        }
+    let remote = &args.target.remote;
+    // Repositories open as every command opens them: with registries.conf's mirrors and
+    // blocks (a blocked one fails when it is listed or looked into).
+    let conf = RegistriesConf::load(remote.registries_conf.as_deref())?;
+    let (host, scope) = match whole {
+        Whole::Registry => (args.reference.clone(), Scope::Registry),
         Whole::Repository => {
-            let opened = args.target.open(&args.reference, false)?;
-            let repo = opened.repository.expect("a registry reference");
-            let name = repo.repository().to_string();
-            (repo.client().clone(), Scope::Repository(name))
+            let r: oras_fs::reference::Reference = args.reference.parse()?;
+            let options = remote.client_options(r.is_localhost())?;
+            // Refused here, not at each tag, if registries.conf blocks it.
+            drop(Repository::open(&r, options, conf.as_ref())?);
+            (r.registry, Scope::Repository(r.repository))
         }
     };
+    let probe: oras_fs::reference::Reference = format!("{host}/x").parse()?;
+    let options = remote.client_options(probe.is_localhost())?;
+    let client = oras_fs::registry::Client::new(&host, options.clone())?;
     let router = Arc::new(Router::default());
     let cache_dir = args
         .cache_dir
@@ -153,7 +156,7 @@ async fn mount_many(args: MountArgs, whole: Whole) -> Result<()> {
     let fs = OrasFs::browsing(
         cache,
         router,
-        Arc::new(RegistryBrowse::new(client)),
+        Arc::new(RegistryBrowse::new(client, options, conf)),
         scope,
         mount_options(&args, true),
         args.refresh,
@@ -319,7 +322,12 @@ pub async fn mount(args: MountArgs) -> Result<()> {
     let digest = snapshot.descriptor.digest.clone();
     let mut fs = OrasFs::new(cache, snapshot, options, writer, journal)?;
     if args.follow {
-        fs = fs.following(target.clone(), &opened.reference(), args.refresh)?;
+        fs = fs.following(
+            target.clone(),
+            &opened.reference(),
+            args.platform.clone(),
+            args.refresh,
+        )?;
     }
     let fs = Arc::new(fs);
     let mode = if fs.read_only() {
@@ -773,6 +781,31 @@ async fn request(
 #[cfg(test)]
 mod tests {
     use super::background_args;
+
+    #[test]
+    fn a_layout_reference_is_never_taken_for_a_registry_or_repository() {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            mount: super::MountArgs,
+        }
+        let whole = |v: &[&str]| {
+            let cli = <Cli as clap::Parser>::try_parse_from(v).unwrap();
+            super::whole(&cli.mount).map(|w| matches!(w, super::Whole::Registry))
+        };
+        let hex = "a".repeat(64);
+        let digest = format!("sha256:{hex}");
+        for r in ["v1.0", digest.as_str(), "localhost"] {
+            assert_eq!(whole(&["m", "--oci-layout-path", "img.tar", r, "/m"]), None);
+            assert_eq!(whole(&["m", "--oci-layout", r, "/m"]), None);
+        }
+        assert_eq!(
+            whole(&["m", "v1.0", "/m"]),
+            Some(true),
+            "a host, as docker sees it"
+        );
+        assert_eq!(whole(&["m", "r.io/a/b", "/m"]), Some(false));
+    }
 
     #[test]
     fn secrets_leave_the_command_line_for_stdin() {

@@ -159,10 +159,7 @@ fn normalise(path: &Path) -> std::result::Result<String, &'static str> {
 /// in a fixed order (`oci-layout`, `index.json`, then `blobs/` sorted) with normalised headers,
 /// so the same layout gives the same bytes. Blob files are streamed, never held whole.
 pub fn write_archive(dir: &Path, dest: &Path) -> Result<u64> {
-    let parent = match dest.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
+    let parent = parent_dir(dest);
     let tmp = tempfile::Builder::new()
         .prefix(".oras-fs-partial-")
         .tempfile_in(parent)
@@ -203,9 +200,36 @@ pub fn write_archive(dir: &Path, dest: &Path) -> Result<u64> {
         .sync_all()
         .ctx(writing)?;
     let size = tmp.as_file().metadata().ctx(writing)?.len();
+    // A temporary file is 0600; the archive gets the mode any new file would.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = 0o666 & !umask();
+    tmp.as_file()
+        .set_permissions(std::fs::Permissions::from_mode(mode))
+        .ctx(writing)?;
     tmp.persist(dest)
         .map_err(|e| Error::io(format!("renaming into {}", dest.display()), e.error))?;
     Ok(size)
+}
+
+/// The directory `path` is in (`.` for a bare file name): where a file is made to be
+/// renamed onto it.
+pub fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+/// The process's umask, read without changing it (`umask(2)` can only set it, and setting
+/// it races with other threads creating files); 022 where /proc does not say.
+fn umask() -> u32 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            let line = s.lines().find(|l| l.starts_with("Umask:"))?;
+            u32::from_str_radix(line["Umask:".len()..].trim(), 8).ok()
+        })
+        .unwrap_or(0o022)
 }
 
 fn sorted_dir(dir: &Path) -> Result<Vec<String>> {

@@ -264,7 +264,7 @@ impl OrasFs {
         }
         self.expand(parent).await?;
         self.check_loaded(parent)?;
-        self.add_digest_dir(parent, name);
+        self.add_digest_dir(parent, name).await?;
         let tree = self.tree.read().unwrap();
         tree.lookup(parent, name)
             .map(|n| self.attr_of(n))
@@ -553,27 +553,45 @@ impl OrasFs {
                 Filled::Entries(files)
             }
         };
-        let mut tree = self.tree.write().unwrap();
-        if let Some(Node {
-            kind: Kind::Dir { pending, .. },
-            ..
-        }) = tree.get_mut(ino)
-        {
-            if pending.take().is_none() {
-                return Ok(()); // Another thread got here first.
+        let stale = {
+            let mut tree = self.tree.write().unwrap();
+            let now = match tree.get_mut(ino) {
+                Some(Node {
+                    kind: Kind::Dir { pending: now, .. },
+                    ..
+                }) => now,
+                _ => return Ok(()),
+            };
+            match now.as_deref() {
+                None => return Ok(()), // Another thread got here first.
+                // A refresh showed another manifest here while this one was listed.
+                Some(p) if *p != pending => true,
+                Some(_) => {
+                    *now = None;
+                    self.fill(&mut tree, ino, &pending, filled);
+                    false
+                }
             }
+        };
+        if stale {
+            // What was listed is gone: list what is there now.
+            return Box::pin(self.expand(ino)).await;
         }
+        Ok(())
+    }
+
+    /// Puts what `expand` listed for `pending` into the directory `ino`.
+    fn fill(&self, tree: &mut Tree, ino: Ino, pending: &Pending, filled: Filled) {
         match filled {
-            Filled::Dir(dir) => view::add_local_tree(&mut tree, ino, &dir, self.options.read_only),
+            Filled::Dir(dir) => view::add_local_tree(tree, ino, &dir, self.options.read_only),
             Filled::Entries(files) => {
                 let owners = !matches!(pending, Pending::Layer(_));
-                let skipped = view::add_entries(&mut tree, ino, files, owners);
+                let skipped = view::add_entries(tree, ino, files, owners);
                 if skipped > 0 {
                     tracing::warn!("{skipped} entries of {} are not shown", tree.path_of(ino));
                 }
             }
         }
-        Ok(())
     }
 
     /// A layer's entries as the mount shows them: below `title/` for an artifact's directory

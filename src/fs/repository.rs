@@ -24,11 +24,10 @@ use super::view;
 use crate::content::{ByteStream, Target};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
-use crate::manifest::{Descriptor, Manifest};
-use crate::registry::{Client, Repository};
-
-/// The default `--refresh` interval.
-pub const DEFAULT_REFRESH: Duration = Duration::from_secs(60);
+use crate::manifest::{Descriptor, Manifest, Platform};
+use crate::reference::Reference;
+use crate::registry::mirrors::RegistriesConf;
+use crate::registry::{Client, ClientOptions, Repository};
 
 /// Where a repository or registry mount lists what it shows.
 #[async_trait]
@@ -37,20 +36,47 @@ pub trait Browse: Send + Sync {
     async fn repositories(&self) -> Result<Vec<String>>;
     /// A repository's tags (`tags/list`).
     async fn tags(&self, repository: &str) -> Result<Vec<String>>;
-    /// A repository, to resolve tags and fetch manifests and blobs from.
-    fn target(&self, repository: &str) -> Arc<dyn Target>;
+    /// A repository, to resolve tags and fetch manifests and blobs from (refused, for one
+    /// that registries.conf blocks).
+    fn target(&self, repository: &str) -> Result<Arc<dyn Target>>;
     /// How the user names a repository (`registry/repo`).
     fn display(&self, repository: &str) -> String;
 }
 
-/// A registry, spoken to over the distribution protocol.
+/// A registry, spoken to over the distribution protocol. Each repository is opened as the
+/// other commands open it: with the mirrors, locations and blocks of registries.conf.
 pub struct RegistryBrowse {
+    /// The registry itself: its catalog.
     client: Arc<Client>,
+    options: ClientOptions,
+    conf: Option<RegistriesConf>,
+    /// Opened once each: one client (connections, tokens) per repository.
+    opened: Mutex<HashMap<String, Arc<Repository>>>,
 }
 
 impl RegistryBrowse {
-    pub fn new(client: Arc<Client>) -> Self {
-        RegistryBrowse { client }
+    /// `client` lists the catalog; repositories are opened with `options` and `conf`.
+    pub fn new(client: Arc<Client>, options: ClientOptions, conf: Option<RegistriesConf>) -> Self {
+        RegistryBrowse {
+            client,
+            options,
+            conf,
+            opened: Mutex::default(),
+        }
+    }
+
+    fn open(&self, repository: &str) -> Result<Arc<Repository>> {
+        if let Some(r) = self.opened.lock().unwrap().get(repository) {
+            return Ok(r.clone());
+        }
+        let reference: Reference = self.display(repository).parse()?;
+        let repo = Arc::new(Repository::open(
+            &reference,
+            self.options.clone(),
+            self.conf.as_ref(),
+        )?);
+        let mut opened = self.opened.lock().unwrap();
+        Ok(opened.entry(repository.to_string()).or_insert(repo).clone())
     }
 }
 
@@ -61,13 +87,11 @@ impl Browse for RegistryBrowse {
     }
 
     async fn tags(&self, repository: &str) -> Result<Vec<String>> {
-        Repository::new(self.client.clone(), repository)
-            .tags(None)
-            .await
+        self.open(repository)?.tags(None).await
     }
 
-    fn target(&self, repository: &str) -> Arc<dyn Target> {
-        Arc::new(Repository::new(self.client.clone(), repository))
+    fn target(&self, repository: &str) -> Result<Arc<dyn Target>> {
+        Ok(self.open(repository)?)
     }
 
     fn display(&self, repository: &str) -> String {
@@ -77,20 +101,30 @@ impl Browse for RegistryBrowse {
 
 /// The block cache's source in a repository or registry mount: each blob comes from a
 /// repository whose manifest, loaded by the mount, names it (the cache has one source).
-/// Read-only: such a mount never pushes.
+/// A blob shared by repositories is fetched from the one that named it last, then from the
+/// others (one may have been deleted since). Read-only: such a mount never pushes.
 #[derive(Default)]
 pub struct Router {
-    by_digest: Mutex<HashMap<Digest, Arc<dyn Target>>>,
+    /// Most recent first, at most `ROUTES_PER_BLOB`, one per repository.
+    by_digest: Mutex<HashMap<Digest, Routes>>,
 }
 
+/// Where a blob can be fetched: (repository, its target), most recent first.
+type Routes = Vec<(String, Arc<dyn Target>)>;
+
+const ROUTES_PER_BLOB: usize = 4;
+
 impl Router {
-    /// Blobs of `snapshot` (its layers and config, and its children's) come from `target`.
-    fn learn(&self, snapshot: &Snapshot, target: &Arc<dyn Target>) {
+    /// Blobs of `snapshot` (its layers and config, and its children's) come from `target`,
+    /// the repository `repository`.
+    fn learn(&self, snapshot: &Snapshot, repository: &str, target: &Arc<dyn Target>) {
         let mut map = self.by_digest.lock().unwrap();
         let mut add = |m: &Manifest| {
             for d in m.layers.iter().chain([&m.config]) {
-                map.entry(d.digest.clone())
-                    .or_insert_with(|| target.clone());
+                let routes = map.entry(d.digest.clone()).or_default();
+                routes.retain(|(r, _)| r != repository);
+                routes.insert(0, (repository.to_string(), target.clone()));
+                routes.truncate(ROUTES_PER_BLOB);
             }
         };
         add(&snapshot.manifest);
@@ -99,12 +133,12 @@ impl Router {
         }
     }
 
-    fn route(&self, desc: &Descriptor) -> Result<Arc<dyn Target>> {
+    fn routes(&self, desc: &Descriptor) -> Result<Vec<Arc<dyn Target>>> {
         self.by_digest
             .lock()
             .unwrap()
             .get(&desc.digest)
-            .cloned()
+            .map(|routes| routes.iter().map(|(_, t)| t.clone()).collect())
             .ok_or_else(|| Error::Other(format!("no loaded manifest names blob {}", desc.digest)))
     }
 }
@@ -126,18 +160,34 @@ impl Target for Router {
     }
 
     async fn fetch(&self, desc: &Descriptor) -> Result<ByteStream> {
-        self.route(desc)?.fetch(desc).await
+        let mut last = None;
+        for t in self.routes(desc)? {
+            match t.fetch(desc).await {
+                Ok(s) => return Ok(s),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.expect("a route is never empty"))
     }
 
     async fn fetch_range(&self, desc: &Descriptor, offset: u64, len: u64) -> Result<ByteStream> {
-        self.route(desc)?.fetch_range(desc, offset, len).await
+        let mut last = None;
+        for t in self.routes(desc)? {
+            match t.fetch_range(desc, offset, len).await {
+                Ok(s) => return Ok(s),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.expect("a route is never empty"))
     }
 
     async fn exists(&self, desc: &Descriptor) -> Result<bool> {
-        match self.route(desc) {
-            Ok(t) => t.exists(desc).await,
-            Err(_) => Ok(false),
+        for t in self.routes(desc).unwrap_or_default() {
+            if let Ok(true) = t.exists(desc).await {
+                return Ok(true);
+            }
         }
+        Ok(false)
     }
 
     async fn push(&self, _: &Descriptor, _: ByteStream) -> Result<()> {
@@ -176,13 +226,18 @@ enum Dir {
 #[derive(Clone)]
 struct Shown {
     target: Arc<dyn Target>,
+    /// The repository `target` stands for (`registry/repo`): blobs are routed by it.
+    repository: String,
     /// `registry/repo:tag` (or `@digest`), for messages and status.
     display: String,
     /// The tag or digest resolved.
     reference: String,
+    /// Of an image index, the platform whose manifest is shown (`--follow --platform`).
+    platform: Option<Box<Platform>>,
     /// A tag, which may move (a digest never does).
     movable: bool,
-    /// The manifest (or index) shown, once loaded.
+    /// What `reference` resolved to when last loaded (an index chosen from by platform, not
+    /// the manifest chosen, so that a refresh compares like with like).
     digest: Option<Digest>,
     /// Why it could not be loaded (the directory is empty).
     failed: Option<String>,
@@ -313,11 +368,13 @@ impl OrasFs {
     }
 
     /// Makes a read-only tag mount follow its tag: every `refresh`, `reference` is resolved
-    /// again on `target`, and when it moved the mount shows the new manifest.
+    /// again on `target`, and when it moved the mount shows the new manifest (for
+    /// `platform`, as mounted, if it is an index).
     pub fn following(
         mut self,
         target: Arc<dyn Target>,
         reference: &str,
+        platform: Option<Platform>,
         refresh: Duration,
     ) -> Result<OrasFs> {
         if !self.read_only() {
@@ -330,10 +387,12 @@ impl OrasFs {
         let snap = self.snapshot();
         let shown = Shown {
             target,
+            repository: snap.reference.clone(),
             display: snap.reference.clone(),
             reference: reference.to_string(),
+            platform: platform.map(Box::new),
             movable: true,
-            digest: Some(snap.descriptor.digest.clone()),
+            digest: Some(resolved_digest(&snap).clone()),
             failed: None,
             moves: 0,
         };
@@ -387,8 +446,11 @@ impl OrasFs {
                 let mut inv = Vec::new();
                 self.show(ino, loaded, &mut inv);
             }
-            // Loaded meanwhile, or a pending kind this mount does not know: nothing to wait for.
-            _ => self.take_pending(ino),
+            // A tag or repository this mount no longer knows: nothing to load.
+            (Some(Pending::Tags | Pending::Manifest), _) => self.take_pending(ino),
+            // Loaded meanwhile: an image's root filesystem (`Pending::Image`) is listed by
+            // the caller, so it stays.
+            _ => {}
         }
         Ok(())
     }
@@ -407,34 +469,54 @@ impl OrasFs {
     }
 
     /// A lookup of `@sha256:<hex>` in a repository's directory: a directory showing that
-    /// manifest, found but never listed.
-    pub(super) fn add_digest_dir(&self, parent: Ino, name: &OsStr) {
-        let Some(b) = &self.browsing else { return };
+    /// manifest, found but never listed. The digest is resolved first (one request): one
+    /// the repository does not have is `ENOENT` and leaves nothing behind, so that a scan of
+    /// made-up names does not grow the tree.
+    pub(super) async fn add_digest_dir(
+        &self,
+        parent: Ino,
+        name: &OsStr,
+    ) -> std::result::Result<(), Errno> {
+        let Some(b) = &self.browsing else {
+            return Ok(());
+        };
         let Some(digest) = name
             .to_str()
             .and_then(|n| n.strip_prefix('@'))
             .and_then(|d| d.parse::<Digest>().ok())
         else {
-            return;
+            return Ok(());
         };
-        let mut tree = self.tree.write().unwrap();
-        if tree.lookup(parent, name).is_some() {
-            return;
+        if self.tree.read().unwrap().lookup(parent, name).is_some() {
+            return Ok(());
         }
-        let mut dirs = b.dirs.lock().unwrap();
-        let Some(Dir::Repository { name: repo, .. }) = dirs.get(&parent) else {
-            return;
+        let Some(Dir::Repository { name: repo, .. }) = b.dirs.lock().unwrap().get(&parent).cloned()
+        else {
+            return Ok(());
         };
         let browse = b.browse.as_ref().expect("a repository mount lists");
+        let target = browse.target(&repo).map_err(|e| self.eio(e.to_string()))?;
         let shown = Shown {
-            target: browse.target(repo),
-            display: format!("{}@{digest}", browse.display(repo)),
+            target,
+            repository: browse.display(&repo),
+            display: format!("{}@{digest}", browse.display(&repo)),
             reference: digest.to_string(),
+            platform: None,
             movable: false,
             digest: None,
             failed: None,
             moves: 0,
         };
+        match shown.target.resolve(&shown.reference).await {
+            Ok(_) => {}
+            Err(Error::NotFound { .. }) => return Err(Errno::from(libc::ENOENT)),
+            Err(e) => return Err(self.eio(format!("resolving {}: {e}", shown.display))),
+        }
+        let mut tree = self.tree.write().unwrap();
+        let mut dirs = b.dirs.lock().unwrap();
+        if tree.lookup(parent, name).is_some() || !dirs.contains_key(&parent) {
+            return Ok(()); // Added meanwhile, or its repository is gone.
+        }
         let mtime = SystemTime::now();
         if let Ok(ino) = tree.add_child(
             parent,
@@ -447,20 +529,19 @@ impl OrasFs {
             tree.get_mut(ino).expect("just added").unlisted = true;
             dirs.insert(ino, Dir::Manifest(shown));
         }
+        Ok(())
     }
 
     /// Lists again what may have changed: the catalog, the tags of listed repositories, and
     /// the tags already loaded (resolved again; a moved one shows its new manifest). Returns
     /// what the kernel must forget. Failures are logged and kept for `status`; what was
-    /// shown stays.
+    /// shown stays. The network is asked first, without the load lock (a first look into a
+    /// tag does not wait for a whole refresh); the answers are applied under it.
     pub async fn refresh(&self) -> Vec<Invalidation> {
         let mut inv = Vec::new();
         let Some(b) = &self.browsing else {
             return inv;
         };
-        let _one = b.loading.lock().await;
-        let open = self.open_inos();
-        b.detached.lock().unwrap().retain(|i, _| open.contains(i));
         let dirs: Vec<(Ino, Dir)> = b
             .dirs
             .lock()
@@ -468,26 +549,20 @@ impl OrasFs {
             .iter()
             .map(|(i, d)| (*i, d.clone()))
             .collect();
+        let mut catalog = None;
+        let mut tag_lists = Vec::new();
         if let Some(browse) = &b.browse {
             if dirs.iter().any(|(_, d)| matches!(d, Dir::Registry)) {
-                match browse.repositories().await {
-                    Ok(repos) => self.apply_catalog(repos, &mut inv),
-                    Err(e) => self.refresh_failed(format!("listing the repositories: {e}")),
-                }
+                catalog = Some(browse.repositories().await);
             }
             for (ino, d) in &dirs {
                 let Dir::Repository { name, listed: true } = d else {
                     continue;
                 };
-                match browse.tags(name).await {
-                    Ok(tags) => self.apply_tags(*ino, tags, &mut inv),
-                    Err(e) => self.refresh_failed(format!(
-                        "listing the tags of {}: {e}",
-                        browse.display(name)
-                    )),
-                }
+                tag_lists.push((*ino, name.clone(), browse.tags(name).await));
             }
         }
+        let mut moved = Vec::new();
         for (ino, d) in dirs {
             let Dir::Manifest(shown) = d else { continue };
             if !shown.movable || (shown.digest.is_none() && shown.failed.is_none()) {
@@ -498,17 +573,43 @@ impl OrasFs {
             }
             match shown.target.resolve(&shown.reference).await {
                 Ok(d) if Some(&d.digest) == shown.digest.as_ref() => {}
-                Ok(_) => {
-                    let loaded = self.fetch_shown(&shown).await;
-                    // A moved tag that cannot be loaded keeps showing what it showed.
-                    if loaded.is_ok() || shown.digest.is_none() {
-                        self.show(ino, loaded, &mut inv);
-                    } else if let Err(e) = loaded {
-                        self.refresh_failed(format!("{} moved: {e}", shown.display));
-                    }
-                }
+                Ok(_) => moved.push((ino, self.fetch_shown(&shown).await, shown)),
                 Err(e) if shown.failed.is_some() => tracing::debug!("{}: {e}", shown.display),
                 Err(e) => self.refresh_failed(format!("resolving {}: {e}", shown.display)),
+            }
+        }
+
+        let _one = b.loading.lock().await;
+        let open = self.open_inos();
+        b.detached.lock().unwrap().retain(|i, _| open.contains(i));
+        match catalog {
+            Some(Ok(repos)) => self.apply_catalog(repos, &mut inv),
+            Some(Err(e)) => self.refresh_failed(format!("listing the repositories: {e}")),
+            None => {}
+        }
+        let browse = b.browse.as_ref();
+        for (ino, name, tags) in tag_lists {
+            match tags {
+                Ok(tags) => self.apply_tags(ino, tags, &mut inv),
+                Err(e) => self.refresh_failed(format!(
+                    "listing the tags of {}: {e}",
+                    browse.map_or_else(|| name.clone(), |br| br.display(&name))
+                )),
+            }
+        }
+        for (ino, loaded, was) in moved {
+            let now = match b.dirs.lock().unwrap().get(&ino) {
+                Some(Dir::Manifest(s)) => (s.digest.clone(), s.failed.is_some()),
+                _ => continue, // gone meanwhile
+            };
+            if now != (was.digest.clone(), was.failed.is_some()) {
+                continue; // another refresh showed something newer meanwhile
+            }
+            // A moved tag that cannot be loaded keeps showing what it showed.
+            if loaded.is_ok() || was.digest.is_none() {
+                self.show(ino, loaded, &mut inv);
+            } else if let Err(e) = loaded {
+                self.refresh_failed(format!("{} moved: {e}", was.display));
             }
         }
         inv
@@ -608,11 +709,15 @@ impl OrasFs {
         }
     }
 
+    /// Clears a repository's or tag's pending load (and nothing else, such as the
+    /// `Pending::Image` a load put there).
     fn take_pending(&self, ino: Ino) {
         if let Some(Kind::Dir { pending, .. }) =
             self.tree.write().unwrap().get_mut(ino).map(|n| &mut n.kind)
         {
-            pending.take();
+            if matches!(pending.as_deref(), Some(Pending::Tags | Pending::Manifest)) {
+                pending.take();
+            }
         }
     }
 
@@ -622,7 +727,7 @@ impl OrasFs {
             shown.target.as_ref(),
             &shown.display,
             &shown.reference,
-            None,
+            shown.platform.as_deref(),
         )
         .await
     }
@@ -667,18 +772,19 @@ impl OrasFs {
                     tracing::info!("{}: {n}", shown.display);
                 }
                 if let Some(r) = &b.router {
-                    r.learn(&snap, &shown.target);
+                    r.learn(&snap, &shown.repository, &shown.target);
                 }
                 if shown.digest.is_some() && replacing {
                     shown.moves += 1;
                     tracing::info!("{} moved to {}", shown.display, snap.descriptor.digest);
                 }
-                shown.digest = Some(snap.descriptor.digest.clone());
+                shown.digest = Some(resolved_digest(&snap).clone());
                 shown.failed = None;
                 if ino == ROOT {
                     // A followed tag: `.oras/` and `status` describe the new manifest.
                     let notices = self.notices.clone();
-                    view::refresh_meta_dir(&mut tree, &snap, &notices);
+                    let changed = view::refresh_meta_dir(&mut tree, &snap, &notices);
+                    inv.extend(changed.into_iter().map(Invalidation::Inode));
                     *self.snapshot.write().unwrap() = snap;
                 }
             }
@@ -759,7 +865,18 @@ impl OrasFs {
         };
         *listed = true;
         let repo = repo.clone();
-        let now: BTreeSet<&str> = tags.iter().map(String::as_str).collect();
+        // A name the kernel would refuse ("", "a/b", "..") would fail the whole listing.
+        let now: BTreeSet<&str> = tags
+            .iter()
+            .map(String::as_str)
+            .filter(|t| match crate::reference::validate_tag(t) {
+                Ok(()) => true,
+                Err(why) => {
+                    tracing::warn!("a tag of {repo} is not shown: {why}");
+                    false
+                }
+            })
+            .collect();
         let shown: Vec<(Ino, OsString)> = tree
             .children(dir)
             .iter()
@@ -777,6 +894,13 @@ impl OrasFs {
             if shown.iter().any(|(_, n)| n == tag) {
                 continue;
             }
+            let target = match browse.target(&repo) {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::warn!("tag {tag} of {repo} is not shown: {e}");
+                    continue;
+                }
+            };
             let kind = pending_dir(Pending::Manifest);
             let mtime = SystemTime::now();
             let Ok(ino) = tree.add_child(dir, OsStr::new(tag), kind, 0, DIR_PERM, mtime) else {
@@ -787,9 +911,11 @@ impl OrasFs {
             dirs.insert(
                 ino,
                 Dir::Manifest(Shown {
-                    target: browse.target(&repo),
+                    target,
+                    repository: browse.display(&repo),
                     display: format!("{}:{tag}", browse.display(&repo)),
                     reference: tag.to_string(),
+                    platform: None,
                     movable: true,
                     digest: None,
                     failed: None,
@@ -801,6 +927,11 @@ impl OrasFs {
             inv.push(Invalidation::Inode(dir));
         }
     }
+}
+
+/// What the reference of `snap` resolved to: the index it was chosen from, if any.
+fn resolved_digest(snap: &Snapshot) -> &Digest {
+    &snap.index.as_ref().unwrap_or(&snap.descriptor).digest
 }
 
 /// The inode at a `/`-separated path from the root.

@@ -37,8 +37,9 @@ pub struct LayerFile {
     pub index: Option<std::sync::Arc<crate::archive::gzindex::Index>>,
 }
 
-/// What a directory shows once it is first looked into.
-#[derive(Clone, Debug)]
+/// What a directory shows once it is first looked into. Compared when filled: a refresh may
+/// have put another in its place meanwhile (see `OrasFs::expand`).
+#[derive(Clone, Debug, PartialEq)]
 pub enum Pending {
     /// A directory layer of an artifact: its entries below the title.
     Layer(Descriptor),

@@ -555,10 +555,13 @@ fn meta_files(snapshot: &Snapshot, notices: &[String]) -> [(&'static str, Bytes)
     ]
 }
 
-/// After a push (or a change of notices), the `.oras/` files describe the new state.
-pub fn refresh_meta_dir(tree: &mut Tree, snapshot: &Snapshot, notices: &[String]) {
+/// After a push (or a change of notices), the `.oras/` files describe the new state. Returns
+/// the files changed: a read-only mount opens them with the kernel's cache kept, which must
+/// be told (see `repository`).
+pub fn refresh_meta_dir(tree: &mut Tree, snapshot: &Snapshot, notices: &[String]) -> Vec<Ino> {
+    let mut changed = Vec::new();
     let Some(meta) = tree.lookup(ROOT, OsStr::new(".oras")).map(|n| n.ino) else {
-        return;
+        return changed;
     };
     for (name, data) in meta_files(snapshot, notices) {
         let Some(ino) = tree.lookup(meta, OsStr::new(name)).map(|n| n.ino) else {
@@ -573,7 +576,9 @@ pub fn refresh_meta_dir(tree: &mut Tree, snapshot: &Snapshot, notices: &[String]
         n.size = data.len() as u64;
         n.kind = Kind::File(Source::Inline(data));
         n.mtime = SystemTime::now();
+        changed.push(ino);
     }
+    changed
 }
 
 /// Adds a layer's entries (parents before children, paths relative to `parent`) below
