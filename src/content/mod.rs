@@ -168,6 +168,13 @@ pub trait Target: Send + Sync {
     /// Resolves a tag or digest to the descriptor of its manifest.
     async fn resolve(&self, reference: &str) -> Result<Descriptor>;
 
+    /// Resolves a tag or digest where writes go, for a caller about to write on the strength
+    /// of the answer (move or delete a tag, guard against a moved one). A registry repository
+    /// with mirrors asks its origin: a mirror may hold a stale copy of the tag.
+    async fn resolve_for_write(&self, reference: &str) -> Result<Descriptor> {
+        self.resolve(reference).await
+    }
+
     /// Fetches a blob or manifest from its start.
     async fn fetch(&self, desc: &Descriptor) -> Result<ByteStream>;
 

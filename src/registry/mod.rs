@@ -75,6 +75,15 @@ impl Repository {
         ))
     }
 
+    /// The same repository without mirrors: where writes go, and where a read that decides a
+    /// write (the tag about to move) must look.
+    pub fn origin(&self) -> Repository {
+        Repository {
+            reads: None,
+            ..self.clone()
+        }
+    }
+
     pub fn client(&self) -> &Arc<Client> {
         &self.client
     }
@@ -454,7 +463,8 @@ impl Repository {
         subject: &Descriptor,
         referrer: Descriptor,
     ) -> Result<()> {
-        let mut index = match self.fallback_referrers(subject).await? {
+        // The index is rewritten from what the origin holds: a mirror's copy may be stale.
+        let mut index = match self.origin().fallback_referrers(subject).await? {
             Some((_, index)) => index,
             None => Index::new(),
         };
@@ -638,6 +648,10 @@ impl Target for Repository {
                 Ok(d)
             }
         }
+    }
+
+    async fn resolve_for_write(&self, reference: &str) -> Result<Descriptor> {
+        self.origin().resolve(reference).await
     }
 
     async fn fetch(&self, desc: &Descriptor) -> Result<ByteStream> {
