@@ -18,7 +18,7 @@ use reqwest::{Method, Response, StatusCode};
 
 pub use client::{
     header_map, http1_forced_by_env, Access, Client, ClientOptions, ReferrersCapability, Request,
-    ResolveOverride, RetryPolicy, SpeedLimit, HTTP1_ENV,
+    ResolveOverride, RetryPolicy, SpeedLimit, BULK_MIN, HTTP1_ENV,
 };
 
 use crate::content::{ByteStream, OpenContent, Target, Upload};
