@@ -8,7 +8,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures_util::{StreamExt, TryStreamExt};
 
-use crate::content::{self, ByteStream, FileStore, Target};
+use crate::content::{self, ByteStream, FileStore, Target, Way};
 use crate::error::{Error, Result};
 use crate::manifest::{annotation, media_type, Annotations, Descriptor, Index, Manifest};
 
@@ -185,8 +185,8 @@ pub async fn copy_graph(
         .collect();
     // The smaller side's number: more than an HTTP/1.1 side takes would each open a
     // connection there.
-    let at_once = (src.transfers_at_once(opts.concurrency).await)
-        .min(dst.transfers_at_once(opts.concurrency).await);
+    let at_once = (src.transfers_at_once(Way::Read, opts.concurrency).await)
+        .min(dst.transfers_at_once(Way::Write, opts.concurrency).await);
     futures_util::stream::iter(copies)
         .buffer_unordered(at_once.max(1))
         .try_collect::<Vec<_>>()
@@ -310,7 +310,7 @@ pub async fn push(
     tags: &[String],
     opts: &CopyOptions,
 ) -> Result<(Descriptor, Bytes)> {
-    let at_once = dst.transfers_at_once(opts.concurrency).await;
+    let at_once = dst.transfers_at_once(Way::Write, opts.concurrency).await;
     let big = BigTransfers::new(opts.concurrency);
     let big = &big;
     let layers: Vec<Descriptor> = futures_util::stream::iter(files.iter().map(|f| async move {
@@ -671,7 +671,7 @@ pub async fn pull(
             }
         }
     }
-    let at_once = src.transfers_at_once(opts.concurrency).await;
+    let at_once = src.transfers_at_once(Way::Read, opts.concurrency).await;
     let big = BigTransfers::new(opts.concurrency);
     let big = &big;
     for batch in [downloads, copies] {

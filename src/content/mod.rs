@@ -237,10 +237,10 @@ pub trait Target: Send + Sync {
         )))
     }
 
-    /// How many blob transfers to run at once when `requested` were asked for: a registry
-    /// that multiplexes requests over one HTTP/2 connection takes more, since they cost no
-    /// connection each.
-    async fn transfers_at_once(&self, requested: usize) -> usize {
+    /// How many blob transfers `way` (reads from here or writes to here) to run at once when
+    /// `requested` were asked for: a registry that multiplexes requests over one HTTP/2
+    /// connection takes more, since they cost no connection each.
+    async fn transfers_at_once(&self, _way: Way, requested: usize) -> usize {
         requested
     }
 
@@ -249,6 +249,14 @@ pub trait Target: Send + Sync {
     async fn begin_upload(&self) -> Result<Option<Box<dyn Upload>>> {
         Ok(None)
     }
+}
+
+/// Which way transfers go, as seen from a target: they may go to different endpoints (a
+/// registry with mirrors reads from a mirror and writes to its origin).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Way {
+    Read,
+    Write,
 }
 
 /// Opens a blob's content when a transfer turns out to need it.

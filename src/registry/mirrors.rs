@@ -270,6 +270,22 @@ pub(super) struct Reads {
     primary: Repository,
 }
 
+impl Reads {
+    /// The endpoint a blob read tries first.
+    pub(super) fn first_blob_endpoint(&self) -> &Repository {
+        self.blob_mirrors()
+            .next()
+            .map_or(&self.primary, |m| &m.repo)
+    }
+
+    /// The mirrors that serve blobs: by digest, and not caught serving corrupt bytes.
+    fn blob_mirrors(&self) -> impl Iterator<Item = &Mirror> {
+        self.mirrors
+            .iter()
+            .filter(|m| m.pull.serves(Lookup::Digest) && !m.corrupt.load(Ordering::Relaxed))
+    }
+}
+
 impl Repository {
     /// Opens the repository `reference` names, at the client `options` give, with the mirrors
     /// and location `conf` gives its reads. A mirror's client keeps the transport options
@@ -453,11 +469,7 @@ impl Repository {
             ));
         }
         let what = format!("{} bytes {start}..{end}", desc.digest);
-        let usable = reads
-            .mirrors
-            .iter()
-            .filter(|m| m.pull.serves(Lookup::Digest) && !m.corrupt.load(Ordering::Relaxed));
-        for m in usable {
+        for m in reads.blob_mirrors() {
             match m.repo.download(desc, start, end).await {
                 Ok(stream) => {
                     tracing::debug!("{what}: from mirror {}", m.repo.endpoint());
@@ -721,5 +733,23 @@ mod tests {
             e.contains("blocked") && e.contains("/test/registries.conf"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn reads_size_their_concurrency_at_the_first_blob_mirror_and_writes_at_the_origin() {
+        let c = conf(concat!(
+            "[[registry]]\nprefix = \"origin.example\"\n",
+            "[[registry.mirror]]\nlocation = \"tags.example\"\npull-from-mirror = \"tag-only\"\n",
+            "[[registry.mirror]]\nlocation = \"blobs.example\"\n",
+        ));
+        let r: Reference = "origin.example/x:1".parse().unwrap();
+        let repo = Repository::open(&r, ClientOptions::default(), Some(&c)).unwrap();
+        let reads = repo.reads.as_ref().unwrap();
+        assert_eq!(reads.first_blob_endpoint().client.host(), "blobs.example");
+        // Caught serving corrupt bytes: the next one (here the origin) is asked.
+        reads.mirrors[1].corrupt.store(true, Ordering::Relaxed);
+        assert_eq!(reads.first_blob_endpoint().client.host(), "origin.example");
+        assert_eq!(repo.origin().client.host(), "origin.example");
+        assert!(repo.origin().reads.is_none());
     }
 }

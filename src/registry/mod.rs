@@ -21,7 +21,7 @@ pub use client::{
     ResolveOverride, RetryPolicy, SpeedLimit, BULK_MIN, HTTP1_ENV,
 };
 
-use crate::content::{ByteStream, OpenContent, Target, Upload};
+use crate::content::{ByteStream, OpenContent, Target, Upload, Way};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::manifest::{media_type, Descriptor, Index, Manifest, MAX_MANIFEST_SIZE};
@@ -842,8 +842,13 @@ impl Target for Repository {
         Ok(false)
     }
 
-    async fn transfers_at_once(&self, requested: usize) -> usize {
-        self.client.transfers_at_once(requested).await
+    async fn transfers_at_once(&self, way: Way, requested: usize) -> usize {
+        // Asked of where the transfers go: reads may never touch the origin (it may be down).
+        let at = match (way, &self.reads) {
+            (Way::Read, Some(reads)) => reads.first_blob_endpoint(),
+            _ => self,
+        };
+        at.client.transfers_at_once(requested).await
     }
 
     async fn begin_upload(&self) -> Result<Option<Box<dyn Upload>>> {
