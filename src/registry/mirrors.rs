@@ -587,6 +587,7 @@ fn distrust_if_corrupt(m: &Mirror, desc: &Descriptor, stream: ByteStream) -> Byt
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::registry::RetryPolicy;
 
     fn conf(text: &str) -> RegistriesConf {
         RegistriesConf::parse(Path::new("/test/registries.conf"), text).unwrap()
@@ -762,9 +763,14 @@ mod tests {
         // Port 1 on loopback: connections are refused at once.
         let c = conf("[[registry]]\nprefix = \"localhost:1\"\n[[registry.mirror]]\nlocation = \"127.0.0.1:1/m\"\n");
         let r: Reference = "localhost:1/x:1".parse().unwrap();
-        let mut options = ClientOptions::default();
-        options.plain_http = true;
-        options.retry.attempts = 1;
+        let options = ClientOptions {
+            plain_http: true,
+            retry: RetryPolicy {
+                attempts: 1,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
         let repo = Repository::open(&r, options, Some(&c)).unwrap();
         let e = repo.resolve("1").await.unwrap_err().to_string();
         assert!(
