@@ -9,8 +9,8 @@ use oras_fs::auth::{self, Credential, CredentialSource};
 use oras_fs::reference::Reference;
 use oras_fs::registry::mirrors::RegistriesConf;
 use oras_fs::registry::{
-    header_map, http1_forced_by_env, Access, Client, ClientOptions, ReferrersCapability,
-    Repository, Request, ResolveOverride, SpeedLimit,
+    header_map, Access, Client, ClientOptions, ReferrersCapability, Repository, Request,
+    ResolveOverride, SpeedLimit,
 };
 use oras_fs::{Error, Result};
 
@@ -76,8 +76,10 @@ pub struct RemoteArgs {
     #[arg(long, value_name = "FILE")]
     pub registries_conf: Option<PathBuf>,
     /// Speak HTTP/1.1 only (as curl's --http1.1). Without it, HTTPS registries are offered
-    /// HTTP/2 and fall back to HTTP/1.1. Also ORAS_FS_HTTP1=1.
-    #[arg(long = "http1.1")]
+    /// HTTP/2 and fall back to HTTP/1.1. Also ORAS_FS_HTTP1=1 (which a mount's background
+    /// process inherits).
+    #[arg(long = "http1.1", env = "ORAS_FS_HTTP1", hide_env = true,
+          value_parser = clap::builder::BoolishValueParser::new())]
     pub http1_1: bool,
     /// Upload blobs in chunks of SIZE (e.g. 16M; one PATCH each, resumed after a dropped
     /// connection) instead of one request per blob. Without it, a blob the registry refuses
@@ -328,7 +330,7 @@ impl RemoteArgs {
             client_cert: self.cert_file.clone().zip(self.key_file.clone()),
             resolve: self.resolve.clone(),
             referrers: self.distribution_spec.unwrap_or_default(),
-            http1_only: self.http1_1 || http1_forced_by_env()?,
+            http1_only: self.http1_1,
             chunk_size: self.chunk_size,
         })
     }

@@ -86,6 +86,8 @@ impl Repository {
         // The chunk in hand's share of `CHUNK_MEMORY`.
         let mut held = None;
         let mut failures = 0u32;
+        // The chunk in hand was refused once for an expired token (401): sent again once.
+        let mut reauthed = false;
         while at < size {
             let end = start + data.len() as u64;
             if at >= end {
@@ -123,6 +125,7 @@ impl Repository {
                     self.learn_chunk_min(&resp);
                     at = end;
                     failures = 0;
+                    reauthed = false;
                     continue;
                 }
                 Ok(resp) if resp.status() == StatusCode::PAYLOAD_TOO_LARGE => {
@@ -147,6 +150,13 @@ impl Repository {
                     return (session, Err(e));
                 }
                 Err(e) if e.is_transient() => e,
+                // A token that expired mid-upload (`send_stream` forgot it): the chunk is in
+                // hand, so it goes again with a new token instead of the whole blob.
+                Err(e @ Error::Unauthorized { .. }) if !reauthed => {
+                    tracing::debug!("{e}; sending the chunk again with a new token");
+                    reauthed = true;
+                    continue;
+                }
                 Err(e) => return (session, Err(e)),
             };
             // Resume from what the registry has, after the usual back-off.

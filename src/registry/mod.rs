@@ -17,8 +17,8 @@ use reqwest::header::{
 use reqwest::{Method, Response, StatusCode};
 
 pub use client::{
-    header_map, http1_forced_by_env, Access, Client, ClientOptions, ReferrersCapability, Request,
-    ResolveOverride, RetryPolicy, SpeedLimit, BULK_MIN, HTTP1_ENV,
+    header_map, Access, Client, ClientOptions, ReferrersCapability, Request, ResolveOverride,
+    RetryPolicy, SpeedLimit, BULK_MIN,
 };
 
 use crate::content::{ByteStream, OpenContent, Target, Upload, Way};
@@ -368,7 +368,6 @@ impl Repository {
             .await
     }
 
-    /// Uploads a blob into a session: one streaming PUT of the whole content.
     /// Uploads a blob into a session: one streaming PUT of the whole content, or chunks (see
     /// `chunked`) and an empty PUT that commits them.
     async fn put_upload(
