@@ -318,7 +318,8 @@ pub struct PullArgs {
     /// copied (and verified) instead of downloaded, and downloaded layers are added to it.
     #[arg(long, value_name = "DIR")]
     pub cache_dir: Option<PathBuf>,
-    /// Bound of the blob cache; least recently used blobs go first (as for mounts).
+    /// Bound of the blob cache: a download is kept only if it fits beside what the cache
+    /// holds (a pull evicts nothing; mounts evict to their own bounds).
     #[arg(long, value_name = "SIZE", default_value = super::mount::DEFAULT_CACHE_SIZE, value_parser = super::mount::parse_size)]
     pub cache_size: u64,
     /// Neither read nor fill the blob cache (also when ORAS_FS_NO_CACHE=1).
