@@ -146,18 +146,35 @@ impl Error {
         }
     }
 
-    /// Whether the same request may succeed if tried again (network faults, 429, 5xx).
     /// A registry refused a request as too large (413): a blob is sent again in chunks.
     pub fn is_too_large(&self) -> bool {
         matches!(self, Error::Registry { status: 413, .. })
     }
 
+    /// Whether the same request may succeed if tried again (network faults, 429, 5xx).
     pub fn is_transient(&self) -> bool {
         match self {
             Error::Connect { .. } | Error::Transfer { .. } | Error::MirrorCorrupt { .. } => true,
             Error::Registry { status, .. } => *status == 429 || *status >= 500,
             _ => false,
         }
+    }
+}
+
+impl Error {
+    /// The error with `(note)` added to its message, of the same kind (callers match on
+    /// kinds: a retry on `Unauthorized`, `--force` on `NotFound`). Kinds with no free text
+    /// (`NotFound`, mismatches) stay as they are.
+    pub fn with_note(mut self, note: &str) -> Self {
+        let text = match &mut self {
+            Error::Registry { detail, .. } | Error::Unauthorized { detail, .. } => detail,
+            Error::Connect { hint, .. } => hint,
+            Error::Forbidden { what } => what,
+            Error::Protocol(s) | Error::Other(s) | Error::Tls(s) | Error::Credentials(s) => s,
+            _ => return self,
+        };
+        text.push_str(&format!(" ({note})"));
+        self
     }
 }
 

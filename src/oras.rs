@@ -8,7 +8,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures_util::{StreamExt, TryStreamExt};
 
-use crate::content::{self, ByteStream, FileStore, Target};
+use crate::content::{self, ByteStream, FileStore, Target, Way};
 use crate::error::{Error, Result};
 use crate::manifest::{annotation, media_type, Annotations, Descriptor, Index, Manifest};
 
@@ -17,6 +17,26 @@ pub const UNKNOWN_ARTIFACT: &str = "application/vnd.unknown.artifact.v1";
 
 /// Default number of blobs moved at once.
 pub const DEFAULT_CONCURRENCY: usize = 16;
+
+/// Bounds the big transfers of one operation to `--concurrency` while small ones may run
+/// `transfers_at_once` (4× that over HTTP/2): a blob of `BULK_MIN` bytes or more goes on an
+/// HTTP/1.1 connection of its own (see `registry::BULK_MIN`), so only small ones are
+/// multiplexed. Unknown sizes count as big.
+struct BigTransfers(tokio::sync::Semaphore);
+
+impl BigTransfers {
+    fn new(concurrency: usize) -> Self {
+        BigTransfers(tokio::sync::Semaphore::new(concurrency.max(1)))
+    }
+
+    async fn run<T>(&self, size: Option<u64>, transfer: impl std::future::Future<Output = T>) -> T {
+        let _slot = match size {
+            Some(n) if n < crate::registry::BULK_MIN => None,
+            _ => Some(self.0.acquire().await.expect("never closed")),
+        };
+        transfer.await
+    }
+}
 
 /// Hears about transfers, e.g. to draw progress bars.
 pub trait Progress: Send + Sync {
@@ -157,9 +177,16 @@ pub async fn copy_graph(
         .collect();
     // The futures are made first: a lazy `map` over borrowed items inside the stream makes the
     // whole future fail rustc's `Send` proof, so a caller could not spawn it.
-    let copies: Vec<_> = blobs.iter().map(|d| copy_blob(src, dst, d, opts)).collect();
-    let at_once = (src.transfers_at_once(opts.concurrency).await)
-        .max(dst.transfers_at_once(opts.concurrency).await);
+    let big = BigTransfers::new(opts.concurrency);
+    let big = &big;
+    let copies: Vec<_> = blobs
+        .iter()
+        .map(|d| big.run(Some(d.size), copy_blob(src, dst, d, opts)))
+        .collect();
+    // The smaller side's number: more than an HTTP/1.1 side takes would each open a
+    // connection there.
+    let at_once = (src.transfers_at_once(Way::Read, opts.concurrency).await)
+        .min(dst.transfers_at_once(Way::Write, opts.concurrency).await);
     futures_util::stream::iter(copies)
         .buffer_unordered(at_once.max(1))
         .try_collect::<Vec<_>>()
@@ -283,10 +310,17 @@ pub async fn push(
     tags: &[String],
     opts: &CopyOptions,
 ) -> Result<(Descriptor, Bytes)> {
-    let at_once = dst.transfers_at_once(opts.concurrency).await;
+    let at_once = dst.transfers_at_once(Way::Write, opts.concurrency).await;
+    let big = BigTransfers::new(opts.concurrency);
+    let big = &big;
     let layers: Vec<Descriptor> = futures_util::stream::iter(files.iter().map(|f| async move {
-        let mut desc =
-            send_file(store, dst, &f.title, f.media_type.as_deref(), &f.path, opts).await?;
+        // A directory's size is known only once it is packed: it counts as big.
+        let size = std::fs::metadata(&f.path)
+            .ok()
+            .filter(|m| m.is_file())
+            .map(|m| m.len());
+        let send = send_file(store, dst, &f.title, f.media_type.as_deref(), &f.path, opts);
+        let mut desc = big.run(size, send).await?;
         for (k, v) in &f.annotations {
             desc.set_annotation(k, v.clone());
         }
@@ -637,13 +671,16 @@ pub async fn pull(
             }
         }
     }
-    let at_once = src.transfers_at_once(opts.concurrency).await;
+    let at_once = src.transfers_at_once(Way::Read, opts.concurrency).await;
+    let big = BigTransfers::new(opts.concurrency);
+    let big = &big;
     for batch in [downloads, copies] {
-        futures_util::stream::iter(
-            batch
-                .into_iter()
-                .map(|(layer, copy_of)| pull_one(src, dst, layer, copy_of, stash, opts)),
-        )
+        futures_util::stream::iter(batch.into_iter().map(|(layer, copy_of)| {
+            big.run(
+                Some(layer.size),
+                pull_one(src, dst, layer, copy_of, stash, opts),
+            )
+        }))
         .buffer_unordered(at_once.max(1))
         .try_collect::<Vec<_>>()
         .await?;
@@ -703,6 +740,33 @@ mod tests {
     use super::*;
     use crate::content::MemoryStore;
     use crate::manifest::Platform;
+
+    /// The most transfers of `size` bytes in flight when 64 run at once under `BigTransfers`
+    /// of 4.
+    async fn most_in_flight(size: Option<u64>) -> usize {
+        use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+        let big = BigTransfers::new(4);
+        let (now, most) = (AtomicUsize::new(0), AtomicUsize::new(0));
+        futures_util::stream::iter(0..64)
+            .map(|_| {
+                big.run(size, async {
+                    most.fetch_max(now.fetch_add(1, SeqCst) + 1, SeqCst);
+                    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                    now.fetch_sub(1, SeqCst);
+                })
+            })
+            .buffer_unordered(64)
+            .collect::<Vec<_>>()
+            .await;
+        most.load(SeqCst)
+    }
+
+    #[tokio::test]
+    async fn big_or_unsized_transfers_are_bounded_by_the_concurrency_small_ones_are_not() {
+        assert_eq!(most_in_flight(Some(crate::registry::BULK_MIN)).await, 4);
+        assert_eq!(most_in_flight(None).await, 4);
+        assert_eq!(most_in_flight(Some(1000)).await, 64);
+    }
 
     /// Pushes a one-layer manifest whose config is `config` to `store`, tagged `tag`.
     async fn push_child(store: &MemoryStore, tag: &str, config: &[u8]) -> Descriptor {

@@ -94,6 +94,43 @@ fn push_refused_once(name: &str, size: usize, method: &str, needle: Option<&str>
 }
 
 #[test]
+fn a_chunk_refused_with_401_is_sent_again_not_the_whole_blob() {
+    require_registry!();
+    let repo = unique_repo("chunked-401");
+    let src = temp_dir();
+    let data = random_bytes(&repo, 3 * MIB);
+    write_file(&src.path().join("data.bin"), &data);
+    let proxy = FaultProxy::start(&registry());
+    // The second chunk is refused, as when a token expires mid-upload.
+    proxy.add(
+        Rule::new("PATCH", "/blobs/uploads/", Fault::Status(401, None))
+            .skip(1)
+            .once(),
+    );
+    let reference = proxy.reference(&repo, "v1");
+    let out = push(src.path(), &reference, &["data.bin", "--chunk-size", "1M"]);
+    assert_ok(&out);
+    let sent: Vec<(u16, Option<u64>)> = patches(&proxy)
+        .iter()
+        .filter(|p| p.body_received > 2 || p.status == 401)
+        .map(|p| (p.status, range_start(p)))
+        .collect();
+    let m = MIB as u64;
+    assert_eq!(
+        sent,
+        vec![
+            (202, Some(0)),
+            (401, Some(m)),
+            (202, Some(m)),
+            (202, Some(2 * m))
+        ]
+    );
+    let out = temp_dir();
+    pull_to(&reference, out.path(), &[]);
+    assert_eq!(read_file(&out.path().join("data.bin")), data);
+}
+
+#[test]
 fn a_blob_refused_as_too_large_is_sent_again_in_chunks() {
     require_registry!();
     // A whole-blob PUT refused: then one 16 MiB chunk holds the 3 MiB file.

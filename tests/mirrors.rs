@@ -248,3 +248,76 @@ fn a_malformed_or_blocking_registries_conf_is_refused_clearly() {
     );
     assert_fails(&missing, "/nonexistent/registries.conf");
 }
+
+/// `attach --artifact-type T SUBJECT FILE` in `dir` (with `args`); the referrer's digest.
+#[track_caller]
+fn attach(dir: &Path, subject: &str, file: &str, args: &[&str]) -> String {
+    let mut all = vec![
+        "attach",
+        "--artifact-type",
+        "application/vnd.test",
+        subject,
+        file,
+    ];
+    all.extend_from_slice(args);
+    let out = oras_fs_in(dir, all);
+    assert_ok(&out);
+    digest_of_stdout(&out)
+}
+
+#[test]
+fn writes_resolve_tags_at_the_origin_not_at_a_stale_mirror() {
+    require_registry!();
+    let repo = unique_repo("mirror-stale");
+    let origin = reference(&repo, "v1");
+    // The "mirror" is a plain registry holding an older v1 (and an older referrers index).
+    let stale = ExtraRegistry::start("mirror-stale", &[]);
+    let work = temp_dir();
+    write_file(&work.path().join("a.txt"), "a referrer\n");
+    let subject = push_contents(&origin, &[("f.txt", b"new")]);
+    let first = attach(work.path(), &origin, "a.txt", &[]);
+    let index_tag = subject.replacen(':', "-", 1);
+    ok(&[
+        "copy",
+        &reference(&repo, &index_tag),
+        &stale.reference(&repo, &index_tag),
+    ]);
+    let second = attach(work.path(), &origin, "a.txt", &["--annotation", "n=2"]);
+    let old = push_contents(&stale.reference(&repo, "v1"), &[("f.txt", b"old")]);
+    assert_ne!(old, subject);
+    let conf = registries_conf(work.path(), &registry(), &[&stale.host]);
+    let with_conf = ["--registries-conf", path_str(&conf)];
+    // Reads go to the mirror (that is what makes it stale here).
+    let mut args = vec![origin.as_str()];
+    args.extend_from_slice(&with_conf);
+    assert_eq!(resolve(&args), old);
+
+    // `tag` points the new tag at what the origin's v1 names.
+    ok(&["tag", &origin, "v2", "--registries-conf", path_str(&conf)]);
+    assert_eq!(resolve(&[&reference(&repo, "v2")]), subject);
+
+    // `attach` adds to the origin's referrers index, not to the mirror's stale copy.
+    let subject_ref = format!("{}/{repo}@{subject}", registry());
+    let third = attach(
+        work.path(),
+        &subject_ref,
+        "a.txt",
+        &["--annotation", "n=3", "--registries-conf", path_str(&conf)],
+    );
+    let listed = ok(&["discover", "--format", "json", &subject_ref]);
+    for d in [&first, &second, &third] {
+        assert!(listed.contains(d.as_str()), "{d} missing from {listed}");
+    }
+
+    // `manifest delete` deletes what the origin's tag names, not the mirror's digest.
+    let out = oras_fs([
+        "manifest",
+        "delete",
+        "--force",
+        origin.as_str(),
+        "--registries-conf",
+        path_str(&conf),
+    ]);
+    assert_ok(&out);
+    assert!(stdout_of(&out).contains(&subject), "{}", describe(&out));
+}

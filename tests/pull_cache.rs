@@ -149,6 +149,45 @@ fn no_cache_neither_reads_nor_fills_it() {
 }
 
 #[test]
+fn a_pull_with_a_smaller_bound_evicts_nothing_it_did_not_put_there() {
+    require_registry!();
+    let repo = unique_repo("pull-cache-noevict");
+    let first = random_bytes(&format!("{repo}-1"), 300 * 1024);
+    let second = random_bytes(&format!("{repo}-2"), 300 * 1024);
+    let (one, two) = (reference(&repo, "one"), reference(&repo, "two"));
+    push_contents(&one, &[("one.bin", &first)]);
+    push_contents(&two, &[("two.bin", &second)]);
+    let cache = temp_dir();
+    let dir = ["--cache-dir", path_str(cache.path())];
+    // What a mount with a larger bound (or a pull with one) put there.
+    let out = temp_dir();
+    assert_ok(&pull_cached(
+        &one,
+        out.path(),
+        &[&dir[..], &["--cache-size", "10M"]].concat(),
+    ));
+    assert!(cached_blob(cache.path(), &sha256_bytes(&first)).exists());
+    // A pull whose bound cannot hold both keeps the old blob and does not cache its own.
+    let out = temp_dir();
+    assert_ok(&pull_cached(
+        &two,
+        out.path(),
+        &[&dir[..], &["--cache-size", "400K"]].concat(),
+    ));
+    assert_eq!(read_file(&out.path().join("two.bin")), second);
+    assert!(cached_blob(cache.path(), &sha256_bytes(&first)).exists());
+    assert!(!cached_blob(cache.path(), &sha256_bytes(&second)).exists());
+    // With room, it is cached.
+    let out = temp_dir();
+    assert_ok(&pull_cached(
+        &two,
+        out.path(),
+        &[&dir[..], &["--cache-size", "10M"]].concat(),
+    ));
+    assert!(cached_blob(cache.path(), &sha256_bytes(&second)).exists());
+}
+
+#[test]
 fn a_blob_larger_than_the_bound_is_not_cached() {
     require_registry!();
     let repo = unique_repo("pull-cache-bound");

@@ -131,7 +131,7 @@ pub async fn tag(a: TagArgs) -> Result<()> {
     for t in &a.tags {
         target::validate_tag(t)?;
     }
-    let desc = o.target.resolve(&o.reference()).await?;
+    let desc = o.target.resolve_for_write(&o.reference()).await?;
     for t in &a.tags {
         o.target.tag(&desc, t).await?;
         outln!("Tagged {t}");
@@ -316,7 +316,7 @@ pub async fn manifest(c: ManifestCommand) -> Result<()> {
             target,
         } => {
             let o = target.open(&reference, false)?;
-            let desc = match o.target.resolve(&o.reference()).await {
+            let desc = match o.target.resolve_for_write(&o.reference()).await {
                 Err(Error::NotFound { .. }) if force => {
                     outln!("Missing {reference}");
                     return Ok(());

@@ -9,8 +9,8 @@ use oras_fs::auth::{self, Credential, CredentialSource};
 use oras_fs::reference::Reference;
 use oras_fs::registry::mirrors::RegistriesConf;
 use oras_fs::registry::{
-    header_map, http1_forced_by_env, Access, Client, ClientOptions, ReferrersCapability,
-    Repository, Request, ResolveOverride, SpeedLimit,
+    header_map, Access, Client, ClientOptions, ReferrersCapability, Repository, Request,
+    ResolveOverride, SpeedLimit,
 };
 use oras_fs::{Error, Result};
 
@@ -76,7 +76,8 @@ pub struct RemoteArgs {
     #[arg(long, value_name = "FILE")]
     pub registries_conf: Option<PathBuf>,
     /// Speak HTTP/1.1 only (as curl's --http1.1). Without it, HTTPS registries are offered
-    /// HTTP/2 and fall back to HTTP/1.1. Also ORAS_FS_HTTP1=1.
+    /// HTTP/2 and fall back to HTTP/1.1. Also ORAS_FS_HTTP1=1 (which a mount's background
+    /// process inherits).
     #[arg(long = "http1.1")]
     pub http1_1: bool,
     /// Upload blobs in chunks of SIZE (e.g. 16M; one PATCH each, resumed after a dropped
@@ -328,7 +329,7 @@ impl RemoteArgs {
             client_cert: self.cert_file.clone().zip(self.key_file.clone()),
             resolve: self.resolve.clone(),
             referrers: self.distribution_spec.unwrap_or_default(),
-            http1_only: self.http1_1 || http1_forced_by_env()?,
+            http1_only: self.http1_1 || env_flag("ORAS_FS_HTTP1")?,
             chunk_size: self.chunk_size,
         })
     }
@@ -432,4 +433,20 @@ pub fn logout(args: LogoutArgs) -> Result<()> {
         eprintln!("Not logged in to {}", args.registry);
     }
     Ok(())
+}
+
+/// Whether the boolean environment variable `name` is on: `1`, `true`, `yes`, `on` (any case);
+/// unset, empty, `0`, `false`, `no`, `off`: off. Anything else is an error that names it. The
+/// one parser of the `ORAS_FS_*` switches.
+pub(super) fn env_flag(name: &str) -> Result<bool> {
+    let Ok(v) = std::env::var(name) else {
+        return Ok(false);
+    };
+    match v.trim().to_ascii_lowercase().as_str() {
+        "" | "0" | "false" | "no" | "off" => Ok(false),
+        "1" | "true" | "yes" | "on" => Ok(true),
+        _ => Err(Error::Usage(format!(
+            "{name}={v:?}: expected 1 (on) or 0 (off)"
+        ))),
+    }
 }

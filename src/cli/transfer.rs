@@ -318,12 +318,12 @@ pub struct PullArgs {
     /// copied (and verified) instead of downloaded, and downloaded layers are added to it.
     #[arg(long, value_name = "DIR")]
     pub cache_dir: Option<PathBuf>,
-    /// Bound of the blob cache; least recently used blobs go first (as for mounts).
+    /// Bound of the blob cache: a download is kept only if it fits beside what the cache
+    /// holds (a pull evicts nothing; mounts evict to their own bounds).
     #[arg(long, value_name = "SIZE", default_value = super::mount::DEFAULT_CACHE_SIZE, value_parser = super::mount::parse_size)]
     pub cache_size: u64,
     /// Neither read nor fill the blob cache (also when ORAS_FS_NO_CACHE=1).
-    #[arg(long, env = "ORAS_FS_NO_CACHE", hide_env = true,
-          value_parser = clap::builder::BoolishValueParser::new())]
+    #[arg(long)]
     pub no_cache: bool,
     #[command(flatten)]
     pub format: FormatArgs,
@@ -338,7 +338,7 @@ pub struct PullArgs {
 /// cache that cannot be opened is skipped with a warning; one asked for is an error.
 fn pull_cache(args: &PullArgs, opened: &target::Opened) -> Result<Option<Arc<dyn BlobStash>>> {
     // An OCI layout is local already.
-    if args.no_cache || opened.registry.is_none() {
+    if args.no_cache || super::remote::env_flag("ORAS_FS_NO_CACHE")? || opened.registry.is_none() {
         return Ok(None);
     }
     let dir = args

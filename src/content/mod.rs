@@ -168,6 +168,13 @@ pub trait Target: Send + Sync {
     /// Resolves a tag or digest to the descriptor of its manifest.
     async fn resolve(&self, reference: &str) -> Result<Descriptor>;
 
+    /// Resolves a tag or digest where writes go, for a caller about to write on the strength
+    /// of the answer (move or delete a tag, guard against a moved one). A registry repository
+    /// with mirrors asks its origin: a mirror may hold a stale copy of the tag.
+    async fn resolve_for_write(&self, reference: &str) -> Result<Descriptor> {
+        self.resolve(reference).await
+    }
+
     /// Fetches a blob or manifest from its start.
     async fn fetch(&self, desc: &Descriptor) -> Result<ByteStream>;
 
@@ -230,10 +237,10 @@ pub trait Target: Send + Sync {
         )))
     }
 
-    /// How many blob transfers to run at once when `requested` were asked for: a registry
-    /// that multiplexes requests over one HTTP/2 connection takes more, since they cost no
-    /// connection each.
-    async fn transfers_at_once(&self, requested: usize) -> usize {
+    /// How many blob transfers `way` (reads from here or writes to here) to run at once when
+    /// `requested` were asked for: a registry that multiplexes requests over one HTTP/2
+    /// connection takes more, since they cost no connection each.
+    async fn transfers_at_once(&self, _way: Way, requested: usize) -> usize {
         requested
     }
 
@@ -242,6 +249,14 @@ pub trait Target: Send + Sync {
     async fn begin_upload(&self) -> Result<Option<Box<dyn Upload>>> {
         Ok(None)
     }
+}
+
+/// Which way transfers go, as seen from a target: they may go to different endpoints (a
+/// registry with mirrors reads from a mirror and writes to its origin).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Way {
+    Read,
+    Write,
 }
 
 /// Opens a blob's content when a transfer turns out to need it.

@@ -95,7 +95,8 @@ struct Pushed {
 
 /// Refuses to overwrite a tag that someone else moved since it was mounted.
 async fn check_not_moved(w: &Writer, base: &super::view::Snapshot) -> Result<()> {
-    let current = match w.target.resolve(&w.tag).await {
+    // At the origin: a mirror's copy of the tag may be stale.
+    let current = match w.target.resolve_for_write(&w.tag).await {
         Ok(d) => Some(d.digest),
         Err(Error::NotFound { .. }) => None,
         Err(e) => return Err(e),

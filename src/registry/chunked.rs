@@ -7,7 +7,7 @@
 //! `PATCH` (a dropped connection, a 5xx) is resumed from the offset the registry reports
 //! (`GET` of the session, its `Range`) without reading the content again: the bytes still to
 //! send are in hand, and whoever hashes the content (the caller) saw each byte once. Memory is
-//! one chunk per upload.
+//! one chunk per upload, and at most `CHUNK_MEMORY` (256 MiB) for all uploads together.
 
 use std::sync::atomic::Ordering;
 
@@ -25,6 +25,11 @@ use crate::error::{Error, Result};
 pub const DEFAULT_CHUNK: u64 = 16 << 20;
 /// The largest chunk held in memory, whatever the flag or a registry's minimum says.
 const MAX_CHUNK: u64 = 256 << 20;
+/// What the chunks of all uploads in the process may hold at once, in KiB: an upload waits for
+/// room before it reads its next chunk, so `--concurrency` × `--chunk-size` cannot exhaust
+/// memory. At least `MAX_CHUNK`, so that any one chunk fits.
+const CHUNK_MEMORY_KIB: usize = (MAX_CHUNK >> 10) as usize;
+static CHUNK_MEMORY: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(CHUNK_MEMORY_KIB);
 
 impl Repository {
     /// Bytes per chunk, if uploads go in chunks.
@@ -78,12 +83,20 @@ impl Repository {
         // What the registry has; the chunk in hand is bytes `start..start + data.len()`.
         let mut at = 0u64;
         let (mut start, mut data) = (0u64, Bytes::new());
+        // The chunk in hand's share of `CHUNK_MEMORY`.
+        let mut held = None;
         let mut failures = 0u32;
+        // The chunk in hand was refused once for an expired token (401): sent again once.
+        let mut reauthed = false;
         while at < size {
             let end = start + data.len() as u64;
             if at >= end {
                 let min = self.chunk_min.load(Ordering::Relaxed);
                 let want = chunk.max(min).min(MAX_CHUNK).min(size - at);
+                // The last chunk's room is given back first: an upload never waits holding some.
+                drop((std::mem::take(&mut data), held.take()));
+                let kib = want.div_ceil(1024) as u32;
+                held = Some(CHUNK_MEMORY.acquire_many(kib).await.expect("never closed"));
                 data = match take(&mut content, &mut carry, want, at).await {
                     Ok(d) => d,
                     Err(e) => return (session, Err(e)),
@@ -112,6 +125,7 @@ impl Repository {
                     self.learn_chunk_min(&resp);
                     at = end;
                     failures = 0;
+                    reauthed = false;
                     continue;
                 }
                 Ok(resp) if resp.status() == StatusCode::PAYLOAD_TOO_LARGE => {
@@ -136,6 +150,13 @@ impl Repository {
                     return (session, Err(e));
                 }
                 Err(e) if e.is_transient() => e,
+                // A token that expired mid-upload (`send_stream` forgot it): the chunk is in
+                // hand, so it goes again with a new token instead of the whole blob.
+                Err(e @ Error::Unauthorized { .. }) if !reauthed => {
+                    tracing::debug!("{e}; sending the chunk again with a new token");
+                    reauthed = true;
+                    continue;
+                }
                 Err(e) => return (session, Err(e)),
             };
             // Resume from what the registry has, after the usual back-off.

@@ -151,25 +151,6 @@ pub struct ClientOptions {
     pub http1_only: bool,
 }
 
-/// `ORAS_FS_HTTP1=1` forces HTTP/1.1 where no flag reaches: a mount's background process
-/// inherits it, and scripts can set it once.
-pub const HTTP1_ENV: &str = "ORAS_FS_HTTP1";
-
-/// Whether `ORAS_FS_HTTP1` asks for HTTP/1.1 only (`1`/`true`/`yes`; `0`/`false`/`no` or
-/// unset: no).
-pub fn http1_forced_by_env() -> Result<bool> {
-    let Ok(v) = std::env::var(HTTP1_ENV) else {
-        return Ok(false);
-    };
-    match v.trim().to_ascii_lowercase().as_str() {
-        "" | "0" | "false" | "no" => Ok(false),
-        "1" | "true" | "yes" => Ok(true),
-        _ => Err(Error::Usage(format!(
-            "{HTTP1_ENV}={v:?}: expected 1 (HTTP/1.1 only) or 0"
-        ))),
-    }
-}
-
 /// How a registry lists referrers: `Auto` asks the referrers API and falls back to the tag
 /// schema (`sha256-<hex>` index) on 404, keeping that index when a pushed manifest's subject
 /// was not processed; `--distribution-spec` forces one of the two, as in oras.

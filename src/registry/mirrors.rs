@@ -270,6 +270,22 @@ pub(super) struct Reads {
     primary: Repository,
 }
 
+impl Reads {
+    /// The endpoint a blob read tries first.
+    pub(super) fn first_blob_endpoint(&self) -> &Repository {
+        self.blob_mirrors()
+            .next()
+            .map_or(&self.primary, |m| &m.repo)
+    }
+
+    /// The mirrors that serve blobs: by digest, and not caught serving corrupt bytes.
+    fn blob_mirrors(&self) -> impl Iterator<Item = &Mirror> {
+        self.mirrors
+            .iter()
+            .filter(|m| m.pull.serves(Lookup::Digest) && !m.corrupt.load(Ordering::Relaxed))
+    }
+}
+
 impl Repository {
     /// Opens the repository `reference` names, at the client `options` give, with the mirrors
     /// and location `conf` gives its reads. A mirror's client keeps the transport options
@@ -351,9 +367,8 @@ impl Repository {
         format!("{}{}", self.client.url(""), self.name)
     }
 
-    /// Runs the read `op` at each endpoint that serves `lookup` until one succeeds: the
-    /// mirrors in order (skipping those that failed), then the primary location, whose error
-    /// is the one returned. `what` names the read in debug messages.
+    /// Runs the read `op` at each endpoint that serves `lookup` until one succeeds (see
+    /// [`Reads::first`]).
     pub(super) async fn read<T: Send + 'static>(
         &self,
         lookup: Lookup,
@@ -363,21 +378,8 @@ impl Repository {
         let Some(reads) = &self.reads else {
             return op(self.clone()).await;
         };
-        for m in reads.mirrors.iter().filter(|m| m.pull.serves(lookup)) {
-            match op(m.repo.clone()).await {
-                Ok(v) => {
-                    tracing::debug!("{what}: from mirror {}", m.repo.endpoint());
-                    return Ok(v);
-                }
-                Err(e) => tracing::debug!(
-                    "{what}: mirror {} failed ({e}); trying the next endpoint",
-                    m.repo.endpoint()
-                ),
-            }
-        }
-        let v = op(reads.primary.clone()).await?;
-        tracing::debug!("{what}: from {}", reads.primary.endpoint());
-        Ok(v)
+        let mirrors = reads.mirrors.iter().filter(|m| m.pull.serves(lookup));
+        Ok(reads.first(mirrors, what, op).await?.0)
     }
 
     /// Resolves `reference` at the endpoints: a digest at those that serve digests, a tag at
@@ -395,38 +397,24 @@ impl Repository {
         .await
     }
 
-    /// A manifest's bytes, read whole (at most 4 MiB) and verified at a mirror, so that a
-    /// mirror serving the wrong bytes is passed over; streamed from the primary location.
+    /// A manifest's bytes, read whole (at most 4 MiB) and verified, so that a mirror serving
+    /// the wrong bytes is passed over.
     pub(super) async fn fetch_manifest_by_endpoints(
         &self,
         desc: &Descriptor,
     ) -> Result<ByteStream> {
-        let Some(reads) = &self.reads else {
-            return self.fetch_manifest(desc).await;
-        };
         let what = format!("manifest {}", desc.digest);
-        for m in reads
-            .mirrors
-            .iter()
-            .filter(|m| m.pull.serves(Lookup::Digest))
-        {
-            let got = match m.repo.fetch_manifest(desc).await {
-                Ok(s) => crate::content::collect(desc, s, MAX_MANIFEST_SIZE).await,
-                Err(e) => Err(e),
-            };
-            match got {
-                Ok(bytes) => {
-                    tracing::debug!("{what}: from mirror {}", m.repo.endpoint());
-                    return Ok(crate::content::once(bytes));
-                }
-                Err(e) => tracing::debug!(
-                    "{what}: mirror {} failed ({e}); trying the next endpoint",
-                    m.repo.endpoint()
-                ),
-            }
-        }
-        tracing::debug!("{what}: from {}", reads.primary.endpoint());
-        reads.primary.fetch_manifest(desc).await
+        let owned = desc.clone();
+        let bytes = self
+            .read(Lookup::Digest, &what, |r| {
+                let desc = owned.clone();
+                Box::pin(async move {
+                    let stream = r.fetch_manifest(&desc).await?;
+                    crate::content::collect(&desc, stream, MAX_MANIFEST_SIZE).await
+                })
+            })
+            .await?;
+        Ok(crate::content::once(bytes))
     }
 
     /// Bytes `start..end` of a blob, from the first endpoint that answers. A whole blob from a
@@ -453,27 +441,55 @@ impl Repository {
             ));
         }
         let what = format!("{} bytes {start}..{end}", desc.digest);
-        let usable = reads
-            .mirrors
-            .iter()
-            .filter(|m| m.pull.serves(Lookup::Digest) && !m.corrupt.load(Ordering::Relaxed));
-        for m in usable {
-            match m.repo.download(desc, start, end).await {
-                Ok(stream) => {
+        let owned = desc.clone();
+        let (stream, from) = reads
+            .first(reads.blob_mirrors(), &what, |r| {
+                let desc = owned.clone();
+                Box::pin(async move { r.download(&desc, start, end).await })
+            })
+            .await?;
+        match from {
+            Some(m) if start == 0 && end == desc.size => Ok(distrust_if_corrupt(m, desc, stream)),
+            _ => Ok(stream),
+        }
+    }
+}
+
+impl Reads {
+    /// Runs the read `op` at each of `mirrors` until one succeeds, then at the primary
+    /// location; returns what it read and the mirror that served it (`None`: the primary).
+    /// The primary's error is the one returned, naming the mirrors that failed before it.
+    /// `what` names the read in messages.
+    async fn first<'m, T: Send + 'static>(
+        &'m self,
+        mirrors: impl Iterator<Item = &'m Mirror>,
+        what: &str,
+        op: impl Fn(Repository) -> BoxFuture<'static, Result<T>>,
+    ) -> Result<(T, Option<&'m Mirror>)> {
+        let mut failed = Vec::new();
+        for m in mirrors {
+            match op(m.repo.clone()).await {
+                Ok(v) => {
                     tracing::debug!("{what}: from mirror {}", m.repo.endpoint());
-                    if start == 0 && end == desc.size {
-                        return Ok(distrust_if_corrupt(m, desc, stream));
-                    }
-                    return Ok(stream);
+                    return Ok((v, Some(m)));
                 }
-                Err(e) => tracing::debug!(
-                    "{what}: mirror {} failed ({e}); trying the next endpoint",
-                    m.repo.endpoint()
-                ),
+                Err(e) => {
+                    tracing::debug!(
+                        "{what}: mirror {} failed ({e}); trying the next endpoint",
+                        m.repo.endpoint()
+                    );
+                    failed.push(format!("{}: {e}", m.repo.endpoint()));
+                }
             }
         }
-        tracing::debug!("{what}: from {}", reads.primary.endpoint());
-        reads.primary.download(desc, start, end).await
+        match op(self.primary.clone()).await {
+            Ok(v) => {
+                tracing::debug!("{what}: from {}", self.primary.endpoint());
+                Ok((v, None))
+            }
+            Err(e) if failed.is_empty() => Err(e),
+            Err(e) => Err(e.with_note(&format!("mirrors tried: {}", failed.join("; ")))),
+        }
     }
 }
 
@@ -571,6 +587,7 @@ fn distrust_if_corrupt(m: &Mirror, desc: &Descriptor, stream: ByteStream) -> Byt
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::registry::RetryPolicy;
 
     fn conf(text: &str) -> RegistriesConf {
         RegistriesConf::parse(Path::new("/test/registries.conf"), text).unwrap()
@@ -719,6 +736,48 @@ mod tests {
             .to_string();
         assert!(
             e.contains("blocked") && e.contains("/test/registries.conf"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn reads_size_their_concurrency_at_the_first_blob_mirror_and_writes_at_the_origin() {
+        let c = conf(concat!(
+            "[[registry]]\nprefix = \"origin.example\"\n",
+            "[[registry.mirror]]\nlocation = \"tags.example\"\npull-from-mirror = \"tag-only\"\n",
+            "[[registry.mirror]]\nlocation = \"blobs.example\"\n",
+        ));
+        let r: Reference = "origin.example/x:1".parse().unwrap();
+        let repo = Repository::open(&r, ClientOptions::default(), Some(&c)).unwrap();
+        let reads = repo.reads.as_ref().unwrap();
+        assert_eq!(reads.first_blob_endpoint().client.host(), "blobs.example");
+        // Caught serving corrupt bytes: the next one (here the origin) is asked.
+        reads.mirrors[1].corrupt.store(true, Ordering::Relaxed);
+        assert_eq!(reads.first_blob_endpoint().client.host(), "origin.example");
+        assert_eq!(repo.origin().client.host(), "origin.example");
+        assert!(repo.origin().reads.is_none());
+    }
+
+    #[tokio::test]
+    async fn when_every_endpoint_fails_the_error_names_the_mirrors_tried() {
+        // Port 1 on loopback: connections are refused at once.
+        let c = conf("[[registry]]\nprefix = \"localhost:1\"\n[[registry.mirror]]\nlocation = \"127.0.0.1:1/m\"\n");
+        let r: Reference = "localhost:1/x:1".parse().unwrap();
+        let options = ClientOptions {
+            plain_http: true,
+            retry: RetryPolicy {
+                attempts: 1,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let repo = Repository::open(&r, options, Some(&c)).unwrap();
+        let e = repo.resolve("1").await.unwrap_err().to_string();
+        assert!(
+            e.contains("cannot reach localhost:1")
+                && e.contains(
+                    "(mirrors tried: http://127.0.0.1:1/v2/m/x: cannot reach 127.0.0.1:1"
+                ),
             "{e}"
         );
     }

@@ -17,11 +17,11 @@ use reqwest::header::{
 use reqwest::{Method, Response, StatusCode};
 
 pub use client::{
-    header_map, http1_forced_by_env, Access, Client, ClientOptions, ReferrersCapability, Request,
-    ResolveOverride, RetryPolicy, SpeedLimit, HTTP1_ENV,
+    header_map, Access, Client, ClientOptions, ReferrersCapability, Request, ResolveOverride,
+    RetryPolicy, SpeedLimit, BULK_MIN,
 };
 
-use crate::content::{ByteStream, OpenContent, Target, Upload};
+use crate::content::{ByteStream, OpenContent, Target, Upload, Way};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::manifest::{media_type, Descriptor, Index, Manifest, MAX_MANIFEST_SIZE};
@@ -73,6 +73,15 @@ impl Repository {
             Client::new(&reference.registry, options)?,
             reference.repository.clone(),
         ))
+    }
+
+    /// The same repository without mirrors: where writes go, and where a read that decides a
+    /// write (the tag about to move) must look.
+    pub fn origin(&self) -> Repository {
+        Repository {
+            reads: None,
+            ..self.clone()
+        }
     }
 
     pub fn client(&self) -> &Arc<Client> {
@@ -359,7 +368,6 @@ impl Repository {
             .await
     }
 
-    /// Uploads a blob into a session: one streaming PUT of the whole content.
     /// Uploads a blob into a session: one streaming PUT of the whole content, or chunks (see
     /// `chunked`) and an empty PUT that commits them.
     async fn put_upload(
@@ -454,7 +462,8 @@ impl Repository {
         subject: &Descriptor,
         referrer: Descriptor,
     ) -> Result<()> {
-        let mut index = match self.fallback_referrers(subject).await? {
+        // The index is rewritten from what the origin holds: a mirror's copy may be stale.
+        let mut index = match self.origin().fallback_referrers(subject).await? {
             Some((_, index)) => index,
             None => Index::new(),
         };
@@ -517,13 +526,14 @@ async fn list_pages(
     what: &str,
 ) -> Result<Vec<String>> {
     let mut out = Vec::new();
+    let mut pages = Pages::new(client.url(""));
     loop {
         let req = Request::new(Method::GET, url.clone(), scope, Access::Pull);
         let resp = client.send(&req).await?;
         if !resp.status().is_success() {
             return Err(client.error_for(resp, what).await);
         }
-        let next = next_link(&resp).map(|l| url.join(&l));
+        let link = next_link(&resp);
         let body = client::read_capped(resp, 16 << 20)
             .await
             .map_err(|e| client.connect_error(e))?;
@@ -533,10 +543,72 @@ async fn list_pages(
         let items = page.remove(field).unwrap_or_default();
         let items: Option<Vec<String>> = serde_json::from_value(items).map_err(not_json)?;
         out.extend(items.unwrap_or_default());
-        match next {
-            Some(Ok(u)) => url = u,
-            _ => return Ok(out),
+        match pages.next(&url, link.as_deref(), out.len(), what)? {
+            Some(u) => url = u,
+            None => return Ok(out),
         }
+    }
+}
+
+/// Most pages one listing follows, and most names it collects: a registry that paginates
+/// forever ends in an error rather than in memory exhaustion.
+const MAX_PAGES: usize = 100_000;
+const MAX_NAMES: usize = 1_000_000;
+
+/// The pages a listing has read, to vet where its `Link` sends it next.
+struct Pages {
+    /// The registry's base URL: the next page must be on its origin (the request carries the
+    /// registry's credentials).
+    base: reqwest::Url,
+    seen: std::collections::HashSet<reqwest::Url>,
+}
+
+impl Pages {
+    fn new(base: reqwest::Url) -> Self {
+        Pages {
+            base,
+            seen: Default::default(),
+        }
+    }
+
+    /// The page after `current` (which `link`, its `rel="next"`, points to) once `names` were
+    /// collected; `None` at the end. Refuses another origin, a page already read (a loop) and
+    /// a listing past the caps.
+    fn next(
+        &mut self,
+        current: &reqwest::Url,
+        link: Option<&str>,
+        names: usize,
+        what: &str,
+    ) -> Result<Option<reqwest::Url>> {
+        self.seen.insert(current.clone());
+        let Some(link) = link else {
+            return Ok(None);
+        };
+        let Ok(next) = current.join(link) else {
+            tracing::debug!("{what}: ignoring a next link that is not a URL: {link:?}");
+            return Ok(None);
+        };
+        if next.origin() != self.base.origin() {
+            return Err(Error::Protocol(format!(
+                "{what}: the registry's next page is on another origin ({}); refusing to send \
+                 credentials there",
+                client::redact(&next)
+            )));
+        }
+        if self.seen.contains(&next) {
+            return Err(Error::Protocol(format!(
+                "{what}: the registry's next page is one already read ({}): its pagination loops",
+                client::redact(&next)
+            )));
+        }
+        if self.seen.len() >= MAX_PAGES || names >= MAX_NAMES {
+            return Err(Error::Protocol(format!(
+                "{what}: more than {MAX_PAGES} pages or {MAX_NAMES} names; stopped (pass --last \
+                 to list from a later name)"
+            )));
+        }
+        Ok(Some(next))
     }
 }
 
@@ -638,6 +710,10 @@ impl Target for Repository {
                 Ok(d)
             }
         }
+    }
+
+    async fn resolve_for_write(&self, reference: &str) -> Result<Descriptor> {
+        self.origin().resolve(reference).await
     }
 
     async fn fetch(&self, desc: &Descriptor) -> Result<ByteStream> {
@@ -765,8 +841,13 @@ impl Target for Repository {
         Ok(false)
     }
 
-    async fn transfers_at_once(&self, requested: usize) -> usize {
-        self.client.transfers_at_once(requested).await
+    async fn transfers_at_once(&self, way: Way, requested: usize) -> usize {
+        // Asked of where the transfers go: reads may never touch the origin (it may be down).
+        let at = match (way, &self.reads) {
+            (Way::Read, Some(reads)) => reads.first_blob_endpoint(),
+            _ => self,
+        };
+        at.client.transfers_at_once(requested).await
     }
 
     async fn begin_upload(&self) -> Result<Option<Box<dyn Upload>>> {
@@ -1008,4 +1089,68 @@ fn next_link(resp: &Response) -> Option<String> {
                 .to_string()
         })
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn url(s: &str) -> reqwest::Url {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn pagination_follows_relative_links_and_refuses_other_origins_loops_and_floods() {
+        let base = url("https://reg.example/v2/");
+        let first = url("https://reg.example/v2/r/tags/list");
+        let mut pages = Pages::new(base.clone());
+        let next = pages
+            .next(&first, Some("/v2/r/tags/list?last=a&n=1"), 1, "tags")
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            next.as_str(),
+            "https://reg.example/v2/r/tags/list?last=a&n=1"
+        );
+        assert!(pages.next(&next, None, 2, "tags").unwrap().is_none());
+
+        // Another origin (host, scheme or port) would get the registry's credentials.
+        for evil in [
+            "https://evil.example/x",
+            "http://reg.example/v2/r/tags/list?last=b",
+            "https://reg.example:444/v2/r/tags/list?last=b",
+        ] {
+            let err = Pages::new(base.clone())
+                .next(&first, Some(evil), 1, "tags of r")
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("another origin"), "{evil}: {err}");
+        }
+
+        // A page that points to itself, or back to an earlier one, loops.
+        let mut pages = Pages::new(base.clone());
+        let err = pages
+            .next(&first, Some("/v2/r/tags/list"), 1, "tags of r")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("loops"), "{err}");
+        let mut pages = Pages::new(base.clone());
+        let second = pages
+            .next(&first, Some("?last=a"), 1, "t")
+            .unwrap()
+            .unwrap();
+        let err = pages.next(&second, Some("list"), 2, "t").unwrap_err();
+        assert!(err.to_string().contains("loops"), "{err}");
+
+        // Past the caps.
+        let err = Pages::new(base.clone())
+            .next(&first, Some("?last=z"), MAX_NAMES, "t")
+            .unwrap_err();
+        assert!(err.to_string().contains("--last"), "{err}");
+        let mut pages = Pages::new(base);
+        pages.seen = (0..MAX_PAGES)
+            .map(|i| url(&format!("https://reg.example/v2/r/tags/list?last={i}")))
+            .collect();
+        assert!(pages.next(&first, Some("?last=new"), 5, "t").is_err());
+    }
 }

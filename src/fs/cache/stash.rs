@@ -3,10 +3,13 @@
 //!
 //! A pull reads a kept blob through its usual digest check, and adds a download by writing a
 //! private partial file beside it (locked, so eviction spares it) while the bytes pass by,
-//! hashing them; it is published (renamed into `blobs/`) only if they match the digest.
+//! hashing them; it is published (renamed into `blobs/`) only if they match the digest. A pull
+//! never evicts (see [`DiskBlobs`]).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use futures_util::{FutureExt, StreamExt};
@@ -22,11 +25,15 @@ use crate::oras::{BlobStash, Kept};
 /// download rather than filling memory.
 const QUEUE: usize = 16;
 
-/// Complete blobs of a cache directory, bounded as mounts bound it.
+/// Complete blobs of a cache directory. A pull never evicts: a mount sharing the directory
+/// may have a larger bound, and its complete blobs are not the pull's to drop. So a download
+/// is kept only if it fits under the pull's own bound as the cache stands.
 pub struct DiskBlobs {
     dir: PathBuf,
     /// Bound of the disk cache (`--cache-size`).
     limit: u64,
+    /// Bytes of this pull's downloads being written (their files are sparse until then).
+    reserved: Arc<AtomicU64>,
 }
 
 impl DiskBlobs {
@@ -37,6 +44,7 @@ impl DiskBlobs {
         Ok(DiskBlobs {
             dir: dir.to_path_buf(),
             limit,
+            reserved: Arc::default(),
         })
     }
 
@@ -73,23 +81,35 @@ impl BlobStash for DiskBlobs {
     }
 
     fn keep(&self, desc: &Descriptor, content: ByteStream) -> (ByteStream, Kept) {
-        if desc.size > self.limit.saturating_sub(BOUND_SLACK) {
+        let (blobs, partials) = (
+            self.dir.join("blobs/sha256"),
+            self.dir.join("partial/sha256"),
+        );
+        let room = self.limit.saturating_sub(BOUND_SLACK);
+        // Reserved first, then checked: concurrent downloads of one pull cannot both fit.
+        let reserved = self.reserved.fetch_add(desc.size, Ordering::SeqCst) + desc.size;
+        let used = disk::usage_of(&blobs) + disk::usage_of(&partials);
+        if used.saturating_add(reserved) > room {
+            self.reserved.fetch_sub(desc.size, Ordering::SeqCst);
+            tracing::debug!(
+                "not caching {}: it does not fit in --cache-size {} beside what the cache \
+                 holds, and a pull evicts nothing",
+                desc.digest,
+                self.limit
+            );
             return (content, futures_util::future::ready(()).boxed());
         }
         let (file, partial) = match disk::open_private(&self.partial(&desc.digest), desc.size) {
             Ok(opened) => opened,
             Err(e) => {
+                self.reserved.fetch_sub(desc.size, Ordering::SeqCst);
                 tracing::warn!("not caching {}: {e}", desc.digest);
                 return (content, futures_util::future::ready(()).boxed());
             }
         };
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(QUEUE);
         let (desc, complete) = (desc.clone(), self.complete(&desc.digest));
-        let (blobs, partials, limit) = (
-            self.dir.join("blobs/sha256"),
-            self.dir.join("partial/sha256"),
-            self.limit,
-        );
+        let reservation = self.reserved.clone();
         let writer = tokio::task::spawn_blocking(move || {
             let mut out = std::io::BufWriter::with_capacity(1 << 20, &file);
             let mut verifier = Verifier::new(&desc.digest, desc.size);
@@ -114,15 +134,15 @@ impl BlobStash for DiskBlobs {
             match done
                 .and_then(|()| disk::publish(&file, &partial, &complete).map_err(|e| e.to_string()))
             {
-                Ok(()) => {
-                    disk::evict(&blobs, &partials, limit);
-                }
+                // Published: its blocks now count in `blobs/`.
+                Ok(()) => {}
                 Err(e) => {
                     // An interrupted or failed download: nothing to keep.
                     tracing::debug!("not caching {}: {e}", desc.digest);
                     disk::discard(&file, &partial);
                 }
             }
+            reservation.fetch_sub(desc.size, Ordering::SeqCst);
         });
         // The copy gets each chunk before the puller does; a closed queue (the writer gave
         // up) never stops the pull.
