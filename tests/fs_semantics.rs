@@ -43,18 +43,14 @@ async fn ls_and_stat_fetch_nothing() {
 
 #[tokio::test]
 async fn a_small_random_read_of_a_large_file_fetches_one_block() {
-    let big = pattern(16 * MIB);
-    let h = Harness::new(&[("big.bin", big.clone())]);
-    let fs = h.mount(true).await;
-    let ino = path_ino(&fs, "big.bin").await;
-    let o = fs.open(ino, false, false).await.unwrap();
+    let (big, h, fs, fh) = one_open_file(16 * MIB).await;
     let at = 9 * MIB as u64 + 12_345;
-    let got = fs.read(o.fh, at, 4096).await.unwrap();
+    let got = fs.read(fh, at, 4096).await.unwrap();
     assert_eq!(&got[..], &big[at as usize..at as usize + 4096]);
     assert_eq!(h.target.counts().bytes_served, BLOCK);
     assert_eq!(h.target.counts().calls(Op::FetchRange), 1);
     // Read again: from the cache.
-    fs.read(o.fh, at, 4096).await.unwrap();
+    fs.read(fh, at, 4096).await.unwrap();
     assert_eq!(h.target.counts().calls(Op::FetchRange), 1);
 }
 
@@ -737,17 +733,13 @@ async fn served_after_settling(h: &Harness) -> u64 {
 
 #[tokio::test]
 async fn random_4k_reads_fetch_at_most_64_kib_each() {
-    let big = pattern(64 * MIB);
-    let h = Harness::new(&[("big.bin", big.clone())]);
-    let fs = h.mount(true).await;
-    let ino = path_ino(&fs, "big.bin").await;
-    let o = fs.open(ino, false, false).await.unwrap();
+    let (big, h, fs, fh) = one_open_file(64 * MIB).await;
     let mut before = served_after_settling(&h).await;
     // Each read lands tens of MiB from the one before: no locality, no sequence. Aligned to
     // 4 KiB as fio's are (one straddling two blocks would need both).
     for i in 1..=24u64 {
         let at = (i * 37 * MIB as u64 + i * 4096) % (64 * MIB as u64);
-        let got = fs.read(o.fh, at, 4096).await.unwrap();
+        let got = fs.read(fh, at, 4096).await.unwrap();
         assert_eq!(&got[..], &big[at as usize..at as usize + 4096], "at {at}");
         let now = served_after_settling(&h).await;
         assert!(
@@ -761,15 +753,11 @@ async fn random_4k_reads_fetch_at_most_64_kib_each() {
 
 #[tokio::test]
 async fn sequential_reads_still_fetch_a_growing_window_ahead() {
-    let big = pattern(16 * MIB);
-    let h = Harness::new(&[("big.bin", big.clone())]);
-    let fs = h.mount(true).await;
-    let ino = path_ino(&fs, "big.bin").await;
-    let o = fs.open(ino, false, false).await.unwrap();
+    let (big, h, fs, fh) = one_open_file(16 * MIB).await;
     let base = h.target.counts().calls(Op::FetchRange);
     let step = 128 * 1024;
     for at in (0..16 * MIB).step_by(step) {
-        let got = fs.read(o.fh, at as u64, step as u32).await.unwrap();
+        let got = fs.read(fh, at as u64, step as u32).await.unwrap();
         assert_eq!(&got[..], &big[at..at + step]);
     }
     let c = h.target.counts();
@@ -785,17 +773,13 @@ async fn sequential_reads_still_fetch_a_growing_window_ahead() {
 
 #[tokio::test]
 async fn misses_close_together_grow_the_fetch() {
-    let big = pattern(64 * MIB);
-    let h = Harness::new(&[("big.bin", big.clone())]);
-    let fs = h.mount(true).await;
-    let ino = path_ino(&fs, "big.bin").await;
-    let o = fs.open(ino, false, false).await.unwrap();
+    let (big, h, fs, fh) = one_open_file(64 * MIB).await;
     let mut before = served_after_settling(&h).await;
     let mut fetched = Vec::new();
     // 3 MiB apart: too far to be a sequence, close enough to be one region.
     for i in 0..8u64 {
         let at = 20 * MIB as u64 + i * 3 * MIB as u64 + 5000;
-        let got = fs.read(o.fh, at, 4096).await.unwrap();
+        let got = fs.read(fh, at, 4096).await.unwrap();
         assert_eq!(&got[..], &big[at as usize..at as usize + 4096]);
         let now = served_after_settling(&h).await;
         fetched.push(now - before);
@@ -809,19 +793,15 @@ async fn misses_close_together_grow_the_fetch() {
 #[tokio::test]
 async fn a_reader_that_stops_leaves_at_most_half_as_much_again_fetched() {
     // A model loader reads one tensor through, then jumps to another.
-    let big = pattern(64 * MIB);
-    let h = Harness::new(&[("big.bin", big.clone())]);
-    let fs = h.mount(true).await;
-    let ino = path_ino(&fs, "big.bin").await;
-    let o = fs.open(ino, false, false).await.unwrap();
+    let (big, h, fs, fh) = one_open_file(64 * MIB).await;
     let before = served_after_settling(&h).await;
     let (from, len, step) = (8 * MIB, 16 * MIB, 128 * 1024);
     for at in (from..from + len).step_by(step) {
-        let got = fs.read(o.fh, at as u64, step as u32).await.unwrap();
+        let got = fs.read(fh, at as u64, step as u32).await.unwrap();
         assert_eq!(&got[..], &big[at..at + step]);
     }
     let at = 50 * MIB as u64;
-    let got = fs.read(o.fh, at, 4096).await.unwrap();
+    let got = fs.read(fh, at, 4096).await.unwrap();
     assert_eq!(&got[..], &big[at as usize..at as usize + 4096]);
     let fetched = served_after_settling(&h).await - before;
     assert!(

@@ -290,6 +290,17 @@ impl Harness {
     }
 }
 
+/// One read-only mount of a single file `big.bin` of `len` patterned bytes, open for reading:
+/// its bytes, the harness (for its counters), the filesystem and the file handle.
+pub async fn one_open_file(len: usize) -> (Vec<u8>, Harness, Arc<OrasFs>, u64) {
+    let big = pattern(len);
+    let h = Harness::new(&[("big.bin", big.clone())]);
+    let fs = h.mount(true).await;
+    let ino = path_ino(&fs, "big.bin").await;
+    let fh = fs.open(ino, false, false).await.expect("open big.bin").fh;
+    (big, h, fs, fh)
+}
+
 /// The inode at `path` (`a/b.txt`), looked up from the root.
 pub async fn path_ino(fs: &OrasFs, path: &str) -> Ino {
     match try_path_ino(fs, path).await {
