@@ -798,6 +798,23 @@ impl Client {
                 innermost(&source)
             ));
         }
+        // Over TLS 1.3 a server checks the client certificate after our side of the handshake
+        // is done: its alert can reach us only as a closed connection (always so over HTTP/2,
+        // whose connection task swallows it), so name that cause too.
+        let closed = [
+            "channel closed",
+            "connection closed",
+            "broken pipe",
+            "stream closed",
+        ];
+        let hint = if !self.options.plain_http
+            && self.options.client_cert.is_none()
+            && closed.iter().any(|c| text.contains(c))
+        {
+            "; if the registry requires a client certificate, give --cert-file FILE --key-file FILE"
+        } else {
+            hint
+        };
         if source.is_connect() || source.is_timeout() || source.is_request() {
             Error::Connect {
                 registry: self.host.clone(),
