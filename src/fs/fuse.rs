@@ -2,6 +2,7 @@
 //! answered from tokio tasks, so a slow blob never blocks other requests.
 
 use std::ffi::OsStr;
+use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -175,7 +176,7 @@ impl Filesystem for FuseAdapter {
         reply: ReplyData,
     ) {
         let fs = self.fs.clone();
-        self.runtime.spawn(async move {
+        let mut read = Box::pin(async move {
             // fuser cannot interrupt a request: bound it, so a killed reader is never stuck
             // for longer than this.
             let deadline = read_deadline();
@@ -187,6 +188,15 @@ impl Filesystem for FuseAdapter {
                 }
             }
         });
+        // Most reads find their blocks at hand (fetched ahead): answered here on the FUSE
+        // thread, they skip two thread hops, which measured a quarter of the mount's CPU on a
+        // sequential read. A read that has to wait moves to the runtime, which polls it again.
+        let _runtime = self.runtime.enter();
+        let waker = futures_util::task::noop_waker();
+        let mut cx = std::task::Context::from_waker(&waker);
+        if read.as_mut().poll(&mut cx).is_pending() {
+            self.runtime.spawn(read);
+        }
     }
 
     fn release(
