@@ -45,17 +45,33 @@ enum Landing {
         hasher: Box<Digester>,
         held: Vec<Bytes>,
     },
-    /// Each block is stored and published as it arrives; one stores while the next arrives.
+    /// Blocks are stored and published as they arrive: one batch stores on a blocking thread
+    /// while the next gathers (`queued`, from block `first`), so a fast stream costs a thread
+    /// hop per batch, not per block (the hops measured more CPU than the copies).
     Streamed {
         storing: Option<JoinHandle<Result<(), FetchError>>>,
+        first: u64,
+        queued: Vec<Bytes>,
     },
 }
 
+/// The most blocks a batch gathers while the one before is stored: bounds what a slow disk
+/// holds in memory per request.
+const MAX_BATCH: usize = 16;
+
 impl Landing {
-    /// Waits for the block being stored, if any.
+    fn streamed() -> Landing {
+        Landing::Streamed {
+            storing: None,
+            first: 0,
+            queued: Vec::new(),
+        }
+    }
+
+    /// Waits for the batch being stored, if any.
     async fn settle(&mut self) -> Result<(), FetchError> {
         match self {
-            Landing::Streamed { storing } => match storing.take() {
+            Landing::Streamed { storing, .. } => match storing.take() {
                 Some(prev) => prev.await.unwrap_or(Err(FetchError::Panicked)),
                 None => Ok(()),
             },
@@ -202,6 +218,7 @@ impl BlobCache {
         let size = blob.desc.size;
         let start = run.start * BLOCK;
         let end = (run.end * BLOCK).min(size);
+        tracing::trace!("fetching {} {start}..{end}", blob.desc.digest);
         let stream = self
             .source
             .fetch_range(&blob.desc, start, end - start)
@@ -218,7 +235,7 @@ impl BlobCache {
                 held: Vec::new(),
             }
         } else {
-            Landing::Streamed { storing: None }
+            Landing::streamed()
         };
         let received = self
             .receive(blob, run.clone(), stream, &mut landing, fill)
@@ -277,7 +294,15 @@ impl BlobCache {
                 next += 1;
             }
         };
-        let settled = landing.settle().await;
+        let settled = match received {
+            // What gathered behind the last batch is stored too, even after a failure: the
+            // block map keeps every block that landed.
+            Ok(()) | Err(FetchError::Source(_)) => match self.flush(blob, landing, fill).await {
+                Ok(()) => landing.settle().await,
+                flushed => flushed,
+            },
+            Err(_) => landing.settle().await,
+        };
         received.and(settled)?;
         if next < run.end {
             return Err(FetchError::Source(format!(
@@ -287,8 +312,8 @@ impl BlobCache {
         Ok(())
     }
 
-    /// Hands on block `b` as it arrives: held for the whole-blob check, or stored (once the
-    /// block before it is) while the next arrives.
+    /// Hands on block `b` as it arrives: held for the whole-blob check, or queued to be
+    /// stored, in order, once the batch before it is.
     async fn land(
         self: &Arc<Self>,
         blob: &Arc<Blob>,
@@ -297,43 +322,80 @@ impl BlobCache {
         landing: &mut Landing,
         fill: &Arc<watch::Sender<Fill>>,
     ) -> Result<(), FetchError> {
-        // Blocks land in order: the one before must be in first.
-        landing.settle().await?;
         match landing {
             Landing::Whole { hasher, held } => {
                 hasher.update(&data);
                 held.push(data);
+                Ok(())
             }
-            Landing::Streamed { storing } => {
-                let (cache, blob, fill) = (self.clone(), blob.clone(), fill.clone());
-                *storing = Some(tokio::task::spawn_blocking(move || {
-                    cache.take_block(&blob, b, data, &fill)
-                }));
+            Landing::Streamed {
+                storing,
+                first,
+                queued,
+            } => {
+                if queued.is_empty() {
+                    *first = b;
+                }
+                queued.push(data);
+                let busy = storing.as_ref().is_some_and(|s| !s.is_finished());
+                if busy && queued.len() < MAX_BATCH {
+                    return Ok(());
+                }
+                self.flush(blob, landing, fill).await
             }
         }
+    }
+
+    /// Waits for the batch being stored, then starts storing what has gathered.
+    async fn flush(
+        self: &Arc<Self>,
+        blob: &Arc<Blob>,
+        landing: &mut Landing,
+        fill: &Arc<watch::Sender<Fill>>,
+    ) -> Result<(), FetchError> {
+        landing.settle().await?;
+        let Landing::Streamed {
+            storing,
+            first,
+            queued,
+        } = landing
+        else {
+            return Ok(());
+        };
+        if queued.is_empty() {
+            return Ok(());
+        }
+        let (cache, blob, fill) = (self.clone(), blob.clone(), fill.clone());
+        let (b, batch) = (*first, std::mem::take(queued));
+        *storing = Some(tokio::task::spawn_blocking(move || {
+            cache.take_blocks(&blob, b, batch, &fill)
+        }));
         Ok(())
     }
 
-    /// Checks, stores and publishes one block of a streamed run, and starts hashing it. A
-    /// block that cannot be stored is still served, from memory.
-    fn take_block(
+    /// Checks, stores and publishes a batch of blocks of a streamed run (from block `first`),
+    /// and starts hashing them. A block that cannot be stored is still served, from memory.
+    fn take_blocks(
         self: &Arc<Self>,
         blob: &Arc<Blob>,
-        b: u64,
-        data: Bytes,
+        first: u64,
+        batch: Vec<Bytes>,
         fill: &watch::Sender<Fill>,
     ) -> Result<(), FetchError> {
-        if let Err(why) = check_sum(blob, b, &data) {
-            self.poison(blob, &why);
-            return Err(FetchError::Poisoned);
+        for (b, data) in (first..).zip(batch) {
+            if let Err(why) = check_sum(blob, b, &data) {
+                self.poison(blob, &why);
+                return Err(FetchError::Poisoned);
+            }
+            let stored = self.store_block(blob, b, &data);
+            let stored = stored.map_err(|why| self.not_stored(blob, why)).is_ok();
+            self.publish_block(blob, b, data, stored, fill);
         }
-        let stored = self.store_block(blob, b, &data);
-        let stored = stored.map_err(|why| self.not_stored(blob, why)).is_ok();
-        self.publish_block(blob, b, data.clone(), stored, fill);
         // Hashing, the slowest stage, runs as a task of its own so it never delays the next
-        // block; its errors poison the blob, which every later read sees.
+        // batch; it takes the blocks just published from memory. Its errors poison the blob,
+        // which every later read sees.
         let (cache, blob) = (self.clone(), blob.clone());
-        tokio::task::spawn_blocking(move || cache.advance_hash(&blob, Some((b, &data))));
+        tokio::task::spawn_blocking(move || cache.advance_hash(&blob, None));
         Ok(())
     }
 
