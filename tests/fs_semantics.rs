@@ -810,6 +810,73 @@ async fn a_reader_that_stops_leaves_at_most_half_as_much_again_fetched() {
     );
 }
 
+/// A safetensors file: its 8-byte header length, a JSON header, then tensors of these sizes;
+/// returns the bytes and where each tensor lies in them.
+fn safetensors_file(sizes: &[usize]) -> (Vec<u8>, Vec<std::ops::Range<usize>>) {
+    let mut header = String::from("{\"__metadata__\":{\"format\":\"pt\"}");
+    let mut at = 0;
+    for (i, n) in sizes.iter().enumerate() {
+        header += &format!(
+            ",\"t{i}\":{{\"dtype\":\"U8\",\"shape\":[{n}],\"data_offsets\":[{at},{}]}}",
+            at + n
+        );
+        at += n;
+    }
+    header += "}";
+    while header.len() % 8 != 0 {
+        header.push(' ');
+    }
+    let base = 8 + header.len();
+    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+    bytes.extend_from_slice(header.as_bytes());
+    bytes.extend_from_slice(&pattern(at));
+    let mut ranges = Vec::new();
+    let mut b = base;
+    for n in sizes {
+        ranges.push(b..b + n);
+        b += n;
+    }
+    (bytes, ranges)
+}
+
+#[tokio::test]
+async fn a_jump_into_a_tensor_fetches_the_whole_tensor_and_nothing_past_it() {
+    let (bytes, tensors) = safetensors_file(&[3 * MIB, 12 * MIB + 4096, 5 * MIB, 6 * MIB]);
+    let h = Harness::new(&[("model.safetensors", bytes.clone())]);
+    let fs = h.mount(true).await;
+    let ino = path_ino(&fs, "model.safetensors").await;
+    let fh = fs.open(ino, false, false).await.unwrap().fh;
+    // A loader reads the header, then tensors picked at random, each through, as mmap does:
+    // the kernel's read-around starts a little before the page asked for, and its readahead
+    // runs a little past the end.
+    let step = 128 * 1024;
+    let _ = fs.read(fh, 0, step as u32).await.unwrap();
+    for t in [&tensors[1], &tensors[3], &tensors[0]] {
+        let before = served_after_settling(&h).await;
+        let requests = h.target.counts().calls(Op::FetchRange);
+        let mut at = t.start.saturating_sub(64 * 1024);
+        while at < (t.end + 64 * 1024).min(bytes.len()) {
+            let n = step.min(bytes.len() - at);
+            let got = fs.read(fh, at as u64, n as u32).await.unwrap();
+            assert_eq!(&got[..], &bytes[at..at + n], "at {at}");
+            at += n;
+        }
+        let fetched = served_after_settling(&h).await - before;
+        let requests = h.target.counts().calls(Op::FetchRange) - requests;
+        let len = (t.end - t.start) as u64;
+        // The tensor in requests of at most 8 MiB, plus the blocks the reads around it touch
+        // (the window alone would have fetched MiBs past its end).
+        assert!(
+            requests <= len.div_ceil(8 * MIB as u64) + 3,
+            "{requests} requests for a tensor of {len} bytes"
+        );
+        assert!(
+            fetched <= len + 8 * BLOCK,
+            "{fetched} bytes fetched for a tensor of {len} bytes"
+        );
+    }
+}
+
 // ---- Repository and registry mounts, --follow (docs/SEMANTICS.md) ----------------------
 
 mod browsing {

@@ -15,11 +15,12 @@ use std::time::SystemTime;
 use bytes::Bytes;
 
 use super::cache::{BlobCache, Errno};
-use super::handle::{Handle, Pattern};
+use super::handle::{Handle, Pattern, TensorHint};
 use super::layer::{self, LayerState};
 use super::siblings::SiblingWalks;
 use super::staging::{Journal, Staging};
 pub use super::status::MountStatus;
+use super::tensors;
 use super::tree::{Ino, Kind, Node, Pending, Source, Tree, ROOT};
 use super::view;
 pub use super::view::Snapshot;
@@ -346,7 +347,13 @@ impl OrasFs {
                 )),
                 _ => None,
             };
-            (self.add_handle(ino, source.clone(), file, write), source)
+            let fh = self.add_handle(ino, source.clone(), file, write);
+            if !write && matches!(source, Source::Blob(_)) && tensors::is_candidate(&node.name) {
+                if let Some(h) = self.handles.lock().unwrap().get_mut(&fh) {
+                    h.tensors = TensorHint::Unread;
+                }
+            }
+            (fh, source)
         };
         if !write && matches!(source, Source::Blob(_)) {
             self.walk_siblings(ino);
@@ -390,6 +397,7 @@ impl OrasFs {
                 file,
                 writable,
                 pattern: Pattern::default(),
+                tensors: TensorHint::None,
             },
         );
         fh
@@ -426,11 +434,17 @@ impl OrasFs {
     /// Reads from an open file: cached blocks, else Range requests (with prefetch when the
     /// reader is sequential).
     pub async fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Bytes, Errno> {
+        if offset >= 8 {
+            self.read_tensor_extents(fh).await;
+        }
         let (ino, writable, mut source, mut file, prefetch) = {
             let mut handles = self.handles.lock().unwrap();
             let h = handles.get_mut(&fh).ok_or(Errno::from(libc::EBADF))?;
             let pre = match &h.source {
-                Source::Blob(d) => h.pattern.prefetch(offset, size as u64, d.size),
+                Source::Blob(d) => {
+                    let tensors = h.tensors.extents();
+                    h.pattern.prefetch(offset, size as u64, d.size, tensors)
+                }
                 _ => 0..0,
             };
             (h.ino, h.writable, h.source.clone(), h.file.clone(), pre)
@@ -445,7 +459,10 @@ impl OrasFs {
             }
         }
         match (source, file) {
-            (Source::Blob(desc), _) => self.cache.read(&desc, offset, size as u64, prefetch).await,
+            (Source::Blob(desc), _) => {
+                tracing::trace!("read {offset}+{size}, fetch ahead {prefetch:?}");
+                self.cache.read(&desc, offset, size as u64, prefetch).await
+            }
             (Source::Layer(f), _) => self.read_layer_file(&f, offset, size as u64).await,
             (Source::Inline(b), _) => {
                 let start = (offset as usize).min(b.len());

@@ -6,6 +6,7 @@
 use std::sync::Arc;
 
 use super::cache::BLOCK;
+use super::tensors::Extents;
 use super::tree::{Ino, Source};
 
 /// What is fetched ahead of a sequential reader: half of what it has read in order since its
@@ -20,6 +21,12 @@ const SEQUENTIAL_SLACK: u64 = 1024 * 1024;
 /// through one region, e.g. a database page cluster): its fetch doubles, up to `MAX_HOP`.
 const NEAR: u64 = 8 * 1024 * 1024;
 const MAX_HOP: u64 = 1024 * 1024;
+/// A jump into a known tensor fetches the rest of it at once, up to this much (the window
+/// goes on from there if the reader does).
+const MAX_TENSOR_FETCH: u64 = 64 * 1024 * 1024;
+/// How far past a tensor's end the kernel's readahead (128 KiB on a FUSE mount) may read
+/// for a reader that stops there.
+const PAST_TENSOR: u64 = 256 * 1024;
 
 /// Per-open-file state: where reads go, and the access-pattern detector.
 pub(super) struct Handle {
@@ -30,6 +37,26 @@ pub(super) struct Handle {
     pub(super) file: Option<Arc<std::fs::File>>,
     pub(super) writable: bool,
     pub(super) pattern: Pattern,
+    pub(super) tensors: TensorHint,
+}
+
+/// What a handle knows of where its file's tensors lie (`fs::tensors`).
+pub(super) enum TensorHint {
+    /// Not a model file, or its header gave nothing.
+    None,
+    /// A model file whose header is read at the first read past its length field.
+    Unread,
+    Loading,
+    Known(Arc<Extents>),
+}
+
+impl TensorHint {
+    pub(super) fn extents(&self) -> Option<&Extents> {
+        match self {
+            TensorHint::Known(e) => Some(e),
+            _ => None,
+        }
+    }
 }
 
 /// What a handle's reads looked like so far.
@@ -40,6 +67,9 @@ pub(super) struct Pattern {
     frontier: u64,
     /// What a non-sequential read fetches: one block, doubled while misses stay near.
     hop: u64,
+    /// The end of the tensor the last jump landed in: the window stops there unless the
+    /// reader goes on past it (then it is reading in file order).
+    tensor_end: Option<u64>,
 }
 
 impl Default for Pattern {
@@ -49,6 +79,7 @@ impl Default for Pattern {
             run_start: 0,
             frontier: 0,
             hop: BLOCK,
+            tensor_end: None,
         }
     }
 }
@@ -57,8 +88,15 @@ impl Pattern {
     /// The byte range to fetch along with a read of `offset..offset+len`: ahead of a
     /// sequential reader, half of what it has read in order, asked for in batches once half
     /// of that is consumed; around a random read, the aligned `hop` holding it (one block
-    /// unless recent misses were near).
-    pub(super) fn prefetch(&mut self, offset: u64, len: u64, size: u64) -> std::ops::Range<u64> {
+    /// unless recent misses were near), or with `tensors` known, the rest of the tensor it
+    /// jumped into.
+    pub(super) fn prefetch(
+        &mut self,
+        offset: u64,
+        len: u64,
+        size: u64,
+        tensors: Option<&Extents>,
+    ) -> std::ops::Range<u64> {
         let end = offset + len;
         let sequential = offset + SEQUENTIAL_SLACK >= self.last_end
             && offset <= self.last_end + SEQUENTIAL_SLACK;
@@ -72,16 +110,29 @@ impl Pattern {
             self.last_end = end;
             self.run_start = offset;
             self.frontier = end;
+            self.tensor_end = tensors.and_then(|t| t.end_of_last_overlapping(offset..end));
+            if let Some(tensor_end) = self.tensor_end {
+                let start = offset / BLOCK * BLOCK;
+                let stop = tensor_end.min(offset + MAX_TENSOR_FETCH).max(end).min(size);
+                self.frontier = stop;
+                return start..stop;
+            }
             let start = offset / self.hop * self.hop;
             return start.min(size)..(start + self.hop).max(end).min(size);
         }
         self.last_end = self.last_end.max(end);
+        // The kernel's readahead runs a little past the end of a tensor the reader finishes;
+        // only a read starting further on shows a reader going on in file order.
+        if self.tensor_end.is_some_and(|t| offset > t + PAST_TENSOR) {
+            self.tensor_end = None;
+        }
+        let limit = self.tensor_end.unwrap_or(size).min(size);
         let ahead = (end.saturating_sub(self.run_start) / 2).clamp(INITIAL_WINDOW, MAX_WINDOW);
-        if self.frontier.saturating_sub(end) > ahead / 2 || self.frontier >= size {
+        if self.frontier.saturating_sub(end) > ahead / 2 || self.frontier >= limit {
             return 0..0;
         }
         let start = self.frontier.max(end);
-        let stop = (end + ahead).min(size);
+        let stop = (end + ahead).min(limit);
         self.frontier = stop;
         start..stop
     }
@@ -97,9 +148,9 @@ mod tests {
     #[test]
     fn far_random_reads_fetch_one_aligned_block() {
         let mut p = Pattern::default();
-        p.prefetch(0, 4096, GIB);
+        p.prefetch(0, 4096, GIB, None);
         for at in [700 * MIB + 5000, 3 * MIB + 70_000, 900 * MIB, 100 * MIB + 1] {
-            let r = p.prefetch(at, 4096, GIB);
+            let r = p.prefetch(at, 4096, GIB, None);
             assert_eq!(r, at / BLOCK * BLOCK..at / BLOCK * BLOCK + BLOCK, "at {at}");
         }
     }
@@ -107,17 +158,17 @@ mod tests {
     #[test]
     fn near_misses_double_the_fetch_up_to_a_bound() {
         let mut p = Pattern::default();
-        p.prefetch(500 * MIB, 4096, GIB);
+        p.prefetch(500 * MIB, 4096, GIB, None);
         let mut lens = Vec::new();
         for i in 1..8 {
-            let r = p.prefetch(500 * MIB + i * 3 * MIB, 4096, GIB);
+            let r = p.prefetch(500 * MIB + i * 3 * MIB, 4096, GIB, None);
             lens.push(r.end - r.start);
         }
         assert_eq!(lens[0], 2 * BLOCK);
         assert!(lens.windows(2).all(|w| w[1] >= w[0]));
         assert_eq!(*lens.last().unwrap(), MAX_HOP);
         // A far miss starts again from one block.
-        let r = p.prefetch(10 * MIB, 4096, GIB);
+        let r = p.prefetch(10 * MIB, 4096, GIB, None);
         assert_eq!(r.end - r.start, BLOCK);
     }
 
@@ -129,7 +180,7 @@ mod tests {
         let mut longest = 0;
         for i in 0..512 {
             let end = (i + 1) * step;
-            let r = p.prefetch(i * step, step, GIB);
+            let r = p.prefetch(i * step, step, GIB, None);
             if !r.is_empty() {
                 batches += 1;
                 longest = longest.max(r.end - r.start);

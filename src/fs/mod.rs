@@ -6,7 +6,8 @@
 //! - [`cache`]: the block cache of remote blobs (memory LRU over a disk cache by digest);
 //! - [`filesystem`]: `OrasFs`, the POSIX semantics (docs/SEMANTICS.md), async, with the
 //!   reading calls; `write` the writing calls, `handle` open files and prefetch, `siblings`
-//!   prefetch for readers going through a directory's files, `journaling` how changes reach
+//!   prefetch for readers going through a directory's files, `tensors` whole-tensor fetches
+//!   for model files, `journaling` how changes reach
 //!   the journal, [`status`] what the mount tells its user;
 //! - [`staging`]: the journal (an append-only log) and staged files of a writable mount;
 //! - [`sync`]: pushing a writable mount's changes as one manifest;
@@ -34,6 +35,7 @@ mod siblings;
 pub mod staging;
 pub mod status;
 pub mod sync;
+mod tensors;
 pub mod tree;
 pub mod view;
 mod write;
