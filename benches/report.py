@@ -304,6 +304,7 @@ class Report:
                       ratio="p99 latency " + spread([x / 1e6 for x in p99], fmt_time)
                       + "; registry sent " + spread(amp, fmt_bytes))
         self.random_reads(H, at)
+        self.tree_walks(at)
 
     def random_reads(self, H, at):
         """Issue #16: fio randread at the RTT, and a model file mmapped from a mount."""
@@ -339,6 +340,42 @@ class Report:
                           target="≤ 15% of the file",
                           result=self.judge(statistics.median(fetched) / size,
                                             lambda x: x <= 0.15, "model random load: bytes"))
+
+    def tree_walks(self, at):
+        """Issue #16: a directory of small files, one layer each, walked through a fresh
+        mount, against `oras-fs pull` of the same artifact."""
+        m = self.meta
+        n = int(m.get("TREE_COUNT") or 0)
+        if not n:
+            return
+        files = f"{n:,} files of {human_size(int(m['TREE_SIZE']))}"
+        for sfx, where in (("", ""), ("@rtt", at)):
+            pull = ("tree_pull" + sfx, "oras-fs")
+            if not self.values(*pull):
+                continue
+            self.info(f"oras-fs pull of {files}, one layer each{where}",
+                      spread(self.values(*pull), fmt_time),
+                      ratio=self.requests(*pull))
+            for walk, what in (("cat", "`cat DIR/*`"), ("cp", "`cp -r DIR dest`"),
+                               ("grep", "`grep -r PATTERN DIR`")):
+                w = (f"tree_{walk}{sfx}", "mount")
+                self.compare(f"{what} of {files} through a fresh mount{where}",
+                             (*w, "read"), pull, "oras-fs pull", "ratio", 1.2,
+                             "≤ 1.2 × oras-fs pull")
+                both = self.paired(w, pull, lambda a, b: a / b if b > 0 else None)
+                if both:
+                    self.info("… with the mount itself (mount + walk)",
+                              spread(self.values(*w), fmt_time),
+                              ratio=spread(both, lambda x: f"{x:.2f}×") + " of pull; "
+                              + self.requests(*w))
+
+    def requests(self, w, t):
+        """`registry: N requests, B` for a workload, or ''."""
+        r, b = self.values(w, t, "requests"), self.values(w, t, "bytes")
+        if not r:
+            return ""
+        return (f"registry: {spread(r, lambda x: f'{x:,.0f}')} requests, "
+                f"{spread(b, fmt_bytes)}")
 
     def staging(self):
         m = self.meta
