@@ -99,6 +99,8 @@ pub struct BlobCache {
     /// Bytes on disk as last counted, plus blocks written since: when a write would cross
     /// the bound, the cache evicts, and stops storing that blob if that is not enough.
     usage: AtomicU64,
+    /// `usage` as the last count of the directory found it (see `recount_if_due`).
+    counted: AtomicU64,
     last_error: Mutex<Option<String>>,
     /// See [`read_deadline`]; in milliseconds, settable for tests.
     deadline_ms: AtomicU64,
@@ -131,6 +133,7 @@ impl BlobCache {
             poisoned: Mutex::new(HashSet::new()),
             next_id: AtomicU64::new(1),
             usage: AtomicU64::new(0),
+            counted: AtomicU64::new(0),
             last_error: Mutex::new(None),
             deadline_ms: AtomicU64::new(read_deadline().as_millis() as u64),
             fetched: AtomicU64::new(0),
