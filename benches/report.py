@@ -324,6 +324,26 @@ class Report:
                       target="registry bytes ≤ 16× bytes read",
                       result=self.judge(statistics.median(amp) if amp else None,
                                         lambda x: x <= 16, "fio randread at RTT: bytes"))
+        # The same job with reads in flight at once (issue #16's "≥ 3× today's IOPS"; today:
+        # 37 IOPS at iodepth 1, which waits one round trip per cold read).
+        for sfx, how in (("_jobs8", "8 jobs (`--numjobs=8`)"),):
+            w = f"fio_rand{sfx}@rtt"
+            iops = self.values(w, "mount", "iops")
+            if not iops:
+                continue
+            amp = self.paired((w, "mount", "bytes"), (w, "mount", "read_bytes"),
+                              lambda s, r: s / r if r else None)
+            vs1 = self.paired((w, "mount", "iops"), ("fio_rand@rtt", "mount", "iops"),
+                              lambda a, b: a / b if b else None)
+            ok = statistics.median(iops) >= 3 * 37 and amp and statistics.median(amp) <= 16
+            self.info(f"… the same job, {how}", spread(iops, lambda x: f"{x:.0f} IOPS"),
+                      ratio=spread(vs1, fmt_x) + " the iodepth-1 row; p99 latency " + spread(
+                          [x / 1e6 for x in self.values(w, "mount", "p99_us")], fmt_time)
+                      + "; registry sent " + spread(self.values(w, "mount", "bytes"), fmt_bytes)
+                      + " (" + spread(amp, fmt_x) + " the bytes read)",
+                      target="≥ 3 × 37 IOPS (issue #16's baseline); bytes ≤ 16× read",
+                      result=self.judge(1 if ok else 0, lambda x: x == 1,
+                                        f"fio randread at RTT, {how}"))
         size = int(m.get("MODEL_FILE") or 0)
         for kind, label, bound, target in (
                 ("random", "10% of the tensors at random", 0.2, "≤ 1/5 of pull then load"),

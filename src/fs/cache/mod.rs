@@ -44,7 +44,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use lru::LruCache;
 
-use crate::content::{ByteStream, Target};
+use crate::content::{ByteStream, Target, Way};
 use crate::digest::Digest;
 use crate::fs::paths::{private_dir, private_options};
 use crate::manifest::Descriptor;
@@ -107,8 +107,8 @@ pub struct BlobCache {
     /// Bytes fetched from the source, for statistics and tests.
     pub fetched: AtomicU64,
     /// Background fetches of whole files a tree walk reads next: at most this many at once,
-    /// as many as `pull` runs.
-    walk_permits: Arc<tokio::sync::Semaphore>,
+    /// as many as `pull` runs from the source (more over HTTP/2); set by the first of them.
+    walk_permits: tokio::sync::OnceCell<(Arc<tokio::sync::Semaphore>, usize)>,
 }
 
 impl BlobCache {
@@ -137,9 +137,7 @@ impl BlobCache {
             last_error: Mutex::new(None),
             deadline_ms: AtomicU64::new(read_deadline().as_millis() as u64),
             fetched: AtomicU64::new(0),
-            walk_permits: Arc::new(tokio::sync::Semaphore::new(
-                crate::oras::DEFAULT_CONCURRENCY,
-            )),
+            walk_permits: tokio::sync::OnceCell::new(),
         });
         cache.enforce_disk_limit();
         Ok(cache)
@@ -262,7 +260,17 @@ impl BlobCache {
         }
         let (cache, desc) = (self.clone(), desc.clone());
         tokio::spawn(async move {
-            let Ok(_permit) = cache.walk_permits.clone().acquire_owned().await else {
+            let (permits, _) = cache
+                .walk_permits
+                .get_or_init(|| async {
+                    let n = (cache.source)
+                        .transfers_at_once(Way::Read, crate::oras::DEFAULT_CONCURRENCY)
+                        .await
+                        .max(1);
+                    (Arc::new(tokio::sync::Semaphore::new(n)), n)
+                })
+                .await;
+            let Ok(_permit) = permits.clone().acquire_owned().await else {
                 return;
             };
             let Ok(blob) = cache.blob(&desc) else {
@@ -279,6 +287,13 @@ impl BlobCache {
                 }
             }
         });
+    }
+
+    /// How many whole files a tree walk fetches at once (see `prefetch_whole`).
+    pub fn walk_width(&self) -> usize {
+        self.walk_permits
+            .get()
+            .map_or(crate::oras::DEFAULT_CONCURRENCY, |p| p.1)
     }
 
     /// The blocks of `prefetch` to ask for, for a reader whose blocks end at `need_end`.
