@@ -7,6 +7,7 @@
 #                    [--fio-runtime S] [--creates N] [--sync-count N] [--only GROUPS]
 #                    [--lazy-size SIZE] [--lazy-files N] [--old-bin PATH]
 #                    [--model-size SIZE] [--fio-rtt-runtime S]
+#                    [--tree-count N] [--tree-size SIZE]
 #                    [--drop-caches] [--bin PATH] [--out FILE]
 #
 #   --smoke        tiny sizes, 1 run, report to a temp file (CI: scripts/test.sh)
@@ -18,6 +19,8 @@
 #   --fio-runtime S  seconds of the fio randread job (default 5)
 #   --fio-rtt-runtime S  seconds of the same job at the injected RTT (default 30)
 #   --model-size SIZE  the safetensors-layout file of the model rows (default 2G)  env BENCH_MODEL_SIZE
+#   --tree-count N / --tree-size SIZE  the tree rows' files, one layer each, in one
+#                  directory (5000 / 4K)                               env BENCH_TREE_COUNT/_SIZE
 #   --creates N    empty files created in one directory of a writable mount, in 5 batches,
 #                  then removed with rm -rf (default 10000)             env BENCH_CREATES
 #   --sync-count N   4 KiB files written into a writable mount and synced, against
@@ -34,7 +37,9 @@
 #                  (issue #16: a TLS registry, HTTP/1.1 against HTTP/2, on loopback and at 20 and
 #                  50 ms RTT; rows in OUT's .tls.md), model
 #                  (a model file mmapped from a mount at the RTT: 10% of its tensors at random,
-#                  then all in order, against pull then the same load). The report
+#                  then all in order, against pull then the same load), tree (a directory
+#                  of small files, one layer each, walked through a fresh mount by `cat DIR/*`,
+#                  `cp -r` and `grep -r`, on loopback and at the RTT, against pull). The report
 #                  then goes to a temp file unless --out is given: BENCHMARKS.md's generated
 #                  region holds a full run.
 #   --drop-caches  drop the page cache before every timed command (needs root; slow)
@@ -69,7 +74,7 @@ MODE=full
 for a in "$@"; do [[ $a == --smoke ]] && MODE=smoke; done
 if [[ $MODE == smoke ]]; then
     RUNS=1 BIG=4M HUGE=8M SMALL_COUNT=16 SMALL_SIZE=4K FIO_RUNTIME=1 CMD_TIMEOUT=60
-    FIO_RTT_RUNTIME=1 MODEL=8M
+    FIO_RTT_RUNTIME=1 MODEL=8M TREE_COUNT=40 TREE_SIZE=4K
     CREATES=200 SYNC_COUNT=100 LAZY_SIZE=8M LAZY_FILES=40 IMG_LIB=4M IMG_BIN=1M
 else
     RUNS=${BENCH_RUNS:-3}
@@ -80,6 +85,8 @@ else
     FIO_RUNTIME=${BENCH_FIO_RUNTIME:-5}
     FIO_RTT_RUNTIME=${BENCH_FIO_RTT_RUNTIME:-30}
     MODEL=${BENCH_MODEL_SIZE:-2G}
+    TREE_COUNT=${BENCH_TREE_COUNT:-5000}
+    TREE_SIZE=${BENCH_TREE_SIZE:-4K}
     CREATES=${BENCH_CREATES:-10000}
     SYNC_COUNT=${BENCH_SYNC_COUNT:-2000}
     LAZY_SIZE=${BENCH_LAZY_SIZE:-1G}
@@ -111,6 +118,8 @@ while (($#)); do
     --fio-runtime) FIO_RUNTIME=${2:?}; shift 2 ;;
     --fio-rtt-runtime) FIO_RTT_RUNTIME=${2:?}; shift 2 ;;
     --model-size) MODEL=${2:?}; shift 2 ;;
+    --tree-count) TREE_COUNT=${2:?}; shift 2 ;;
+    --tree-size) TREE_SIZE=${2:?}; shift 2 ;;
     --creates) CREATES=${2:?}; shift 2 ;;
     --sync-count) SYNC_COUNT=${2:?}; shift 2 ;;
     --only) ONLY=${2:?}; shift 2 ;;
@@ -146,6 +155,9 @@ LAZY_B=$(to_bytes "$LAZY_SIZE")
 IMG_LIB_B=$(to_bytes "$IMG_LIB")
 IMG_BIN_B=$(to_bytes "$IMG_BIN")
 MODEL_B=$(to_bytes "$MODEL")
+TREE_B=$(to_bytes "$TREE_SIZE")
+[[ $TREE_COUNT =~ ^[1-9][0-9]*$ ]] || die "bad --tree-count '$TREE_COUNT'"
+((TREE_B > 0)) || die "bad --tree-size '$TREE_SIZE'"
 [[ $LAZY_FILES =~ ^[1-9][0-9]*$ ]] && ((LAZY_FILES >= 2)) || die "bad --lazy-files '$LAZY_FILES'"
 ((LAZY_B >= (1 << 20) + LAZY_FILES)) || die "--lazy-size too small: one file of 1 MiB and a byte per other file"
 [[ $RUNS =~ ^[1-9][0-9]*$ ]] || die "bad --runs '$RUNS'"
@@ -155,7 +167,7 @@ CREATE_BATCHES=5
 [[ $CREATES =~ ^[1-9][0-9]*$ ]] && ((CREATES % CREATE_BATCHES == 0)) ||
     die "bad --creates '$CREATES' (a positive multiple of $CREATE_BATCHES)"
 [[ $SYNC_COUNT =~ ^[1-9][0-9]*$ ]] || die "bad --sync-count '$SYNC_COUNT'"
-GROUPS_ALL=(pull push mount fio rtt staging lazy tls model)
+GROUPS_ALL=(pull push mount fio rtt staging lazy tls model tree)
 if [[ -n $ONLY ]]; then
     IFS=, read -ra only_list <<<"$ONLY"
     for g in "${only_list[@]}"; do
@@ -517,6 +529,8 @@ meta SYNC_SIZE 4096
 meta ONLY "$ONLY"
 meta LAZY_SIZE "$LAZY_B"
 meta LAZY_FILES "$LAZY_FILES"
+meta TREE_COUNT "$TREE_COUNT"
+meta TREE_SIZE "$TREE_B"
 meta MEMORY_CACHE $((64 << 20)) # oras-fs mount's default --memory-cache
 if ((HAVE_TIME)); then
     # shellcheck disable=SC2016 # Markdown backticks
@@ -545,8 +559,8 @@ NEED_FILES=0
 for g in pull push mount fio rtt; do want "$g" && NEED_FILES=1; done
 # The TLS group has RTT rows of its own (unless --no-rtt).
 TLS_RTT=$RTT
-# The fio and model groups have rows at the RTT too.
-want rtt || want fio || want model || RTT=0
+# The fio, model and tree groups have rows at the RTT too.
+want rtt || want fio || want model || want tree || RTT=0
 say "$MODE run${ONLY:+ (only $ONLY)}, $RUNS run(s); big $BIG_B B, huge $HUGE_B B, $SMALL_COUNT x $SMALL_B B; $CREATES creates, $SYNC_COUNT x 4 KiB synced; binary $BIN"
 # Distribution fsyncs every blob and link file it writes: on a disk that sets the pace of
 # small-file pushes for every tool alike and hides the clients' differences, which are what
@@ -555,6 +569,7 @@ need=$((2 * (BIG_B + HUGE_B) + 256 * 1024 * 1024))
 # The lazy rows store the directory as a seekable layer and twice as a plain tar.gz, and an image.
 want lazy && need=$((need + 4 * LAZY_B + 2 * (IMG_LIB_B + IMG_BIN_B)))
 want model && need=$((need + MODEL_B))
+want tree && need=$((need + TREE_COUNT * TREE_B))
 if ((!REG_ON_DISK)) && [[ -d /dev/shm && -w /dev/shm ]] &&
     (($(df -B1 --output=avail /dev/shm | tail -n1) > need)); then
     REG_BASE=/dev/shm/oras-fs-bench-$$
@@ -628,6 +643,35 @@ if want model; then
     seed "$DATA/model" "$REG/bench/model:v1" model.safetensors ||
         die "seeding model: $(tail -n3 "$WORK/seed.log")"
     meta MODEL_FILE "$(stat -c %s "$DATA/model/model.safetensors")"
+fi
+TREE_NEEDLE=oras-fs-tree-needle
+if want tree; then
+    say "tree: $TREE_COUNT files of $TREE_B B in one directory, one layer each"
+    ((TREE_B > ${#TREE_NEEDLE})) || die "--tree-size must be more than ${#TREE_NEEDLE} bytes"
+    # Text (base64 lines), so grep reads every file whole; every 50th file starts with the
+    # needle line grep looks for (base64 has no '-', so it is found nowhere else).
+    TREE_NEEDLES=$(python3 - "$DATA/tree/dir" "$TREE_COUNT" "$TREE_B" "$TREE_NEEDLE" <<'PY'
+import base64, os, sys
+d, count, size, needle = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+os.makedirs(d)
+digits = max(4, len(str(count - 1)))
+n = 0
+for i in range(count):
+    data = base64.encodebytes(os.urandom(size))[:size]
+    if i % 50 == 0:
+        data = (needle + "\n").encode() + data[len(needle) + 1:]
+        n += 1
+    with open(os.path.join(d, f"f{i:0{digits}}"), "wb") as f:
+        f.write(data)
+print(n)
+PY
+    ) || die "tree: generating the files"
+    mapfile -t TREE_FILES < <(cd "$DATA/tree" && find dir -type f | sort)
+    ((${#TREE_FILES[@]} == TREE_COUNT)) || die "tree: made ${#TREE_FILES[@]} files, wanted $TREE_COUNT"
+    seed "$DATA/tree" "$REG/bench/tree:v1" "${TREE_FILES[@]}" ||
+        die "seeding tree: $(tail -n3 "$WORK/seed.log")"
+    meta TREE_MANIFEST "$(curl -sSf -H 'Accept: application/vnd.oci.image.manifest.v1+json' \
+        "http://$REG/v2/bench/tree/manifests/v1" | wc -c)"
 fi
 if want staging; then
     split_into "$DATA/sync4k" "$SYNC_COUNT" 4096
@@ -1010,17 +1054,18 @@ wl_fio_seq() {
     rm -rf "$CACHE" "$MNT"
 }
 
-# wl_fio_rand RUN ENDPOINT SUFFIX SECONDS
+# wl_fio_rand RUN ENDPOINT SUFFIX SECONDS [FIO_ARGS...]
 wl_fio_rand() {
     local run=$1 ep=$2 sfx=$3 secs=$4 off bw iops p50 p99 io
     local w="fio_rand$sfx"
+    shift 4
     fresh_dirs
     do_mount "$ep/bench/huge:v1" "$CACHE" "$MNT" --read-only
     maybe_drop_caches
     off=$(log_size)
     timeout -k 5 "$CMD_TIMEOUT" fio --name=rand --filename="$MNT/huge" --rw=randread --bs=4k \
         --size="$HUGE_B" --readonly --ioengine=psync --norandommap --randseed="$run" \
-        --runtime="$secs" --time_based --output-format=json \
+        --runtime="$secs" --time_based --output-format=json "$@" \
         --output="$WORK/fio.json" >"$WORK/last.out" 2>"$WORK/last.err" || fail "$w on the mount"
     read -r bw iops p50 p99 io < <(fio_json "$WORK/fio.json")
     record "$w" mount "$run" iops "$iops"
@@ -1031,6 +1076,52 @@ wl_fio_rand() {
     do_unmount "$MNT" "$MOUNT_PID"
     ((io > 0)) || fail "$w read nothing"
     rm -rf "$CACHE" "$MNT"
+}
+
+# --- Tree walks (issue #16): a directory of small files, one layer each -------------------
+# Registry requests (responses logged) since log offset $1.
+requests_since() {
+    served_since "$1" >/dev/null # waits for the log to settle
+    tail -c +"$(($1 + 1))" "$REG_LOG" | grep -c '"msg":"response completed"'
+}
+# The walks, in the orders their tools read: `cat DIR/*` in the glob's order (LC_ALL=C: byte
+# order, as readdir's), `grep -r` in readdir order, `cp -r` in inode order (GNU cp sorts a
+# directory's entries by inode number before copying them).
+tree_cat() { timeout -k 5 "$CMD_TIMEOUT" cat "$1"/dir/* >/dev/null; }
+tree_cp() { timeout -k 5 "$CMD_TIMEOUT" cp -r "$1/dir" "$WORK/tree-out"; }
+tree_grep() { timeout -k 5 "$CMD_TIMEOUT" grep -r "$TREE_NEEDLE" "$1/dir"; }
+
+# wl_tree RUN ENDPOINT SUFFIX: each walk on a fresh mount with a fresh --cache-dir, against
+# `oras-fs pull` of the same artifact (ORAS_FS_NO_CACHE: it downloads every file), in a
+# rotating order.
+wl_tree() {
+    local run=$1 ep=$2 sfx=$3 t off n
+    local ref=$ep/bench/tree:v1
+    for t in $(rotate "$run" pull cat cp grep); do
+        off=$(log_size)
+        case $t in
+        pull)
+            fresh_out
+            timed "tree_pull$sfx" oras-fs "$run" "$BIN" pull --no-tty -o "$OUTD" "$ref"
+            same_dir "$DATA/tree/dir" "$OUTD/dir" "tree_pull$sfx"
+            rm -rf "$OUTD"
+            ;;
+        cat) in_mount "tree_cat$sfx" "$run" "$ref" /blobs/ tree_cat ;;
+        cp)
+            rm -rf "$WORK/tree-out"
+            in_mount "tree_cp$sfx" "$run" "$ref" /blobs/ tree_cp
+            same_dir "$DATA/tree/dir" "$WORK/tree-out" "tree_cp$sfx"
+            rm -rf "$WORK/tree-out"
+            ;;
+        grep)
+            in_mount "tree_grep$sfx" "$run" "$ref" /blobs/ tree_grep
+            n=$(grep -c "$TREE_NEEDLE" "$WORK/last.out")
+            ((n == TREE_NEEDLES)) || fail "tree_grep$sfx: $n lines found, expected $TREE_NEEDLES"
+            ;;
+        esac
+        [[ $t == pull ]] && n=oras-fs || n=mount
+        record "tree_$t$sfx" "$n" "$run" requests "$(requests_since "$off")"
+    done
 }
 
 # --- Model loading: mmap of a safetensors-layout file (issue #16) ---------------------------
@@ -1796,7 +1887,16 @@ for ((run = 1; run <= RUNS; run++)); do
         step "$run" "fio"
         wl_fio_seq "$run"
         wl_fio_rand "$run" "$REG" "" "$FIO_RUNTIME"
-        if ((RTT)); then wl_fio_rand "$run" "$PROXY" "@rtt" "$FIO_RTT_RUNTIME"; fi
+        if ((RTT)); then
+            wl_fio_rand "$run" "$PROXY" "@rtt" "$FIO_RTT_RUNTIME"
+            # The same job with reads in flight at once: at iodepth 1 every cold read waits
+            # one round trip (1/RTT = 50 IOPS at most). 8 processes each blocked in pread put
+            # 8 FUSE reads in flight. `--ioengine=io_uring --iodepth=16` does too, but less
+            # well: FUSE has no non-blocking buffered read, so io_uring hands each read to an
+            # io-wq worker thread, at most 4 per CPU (8 here); measured under load: 76 IOPS
+            # against 107 for 8 jobs (and 18 at iodepth 1) in the same run.
+            wl_fio_rand "$run" "$PROXY" "_jobs8@rtt" "$FIO_RTT_RUNTIME" --numjobs=8 --group_reporting
+        fi
     fi
     if want lazy; then
         step "$run" "lazy directory layers and images"
@@ -1804,6 +1904,11 @@ for ((run = 1; run <= RUNS; run++)); do
         wl_lazy_seekable "$run"
         wl_lazy_plain "$run"
         wl_lazy_image "$run"
+    fi
+    if want tree; then
+        step "$run" "tree: $TREE_COUNT files walked by cat, cp -r and grep -r, against pull"
+        wl_tree "$run" "$REG" ""
+        if ((RTT)); then wl_tree "$run" "$PROXY" "@rtt"; fi
     fi
     if want model; then
         step "$run" "model: mmap 10% of the tensors at random, then all in order"

@@ -718,6 +718,41 @@ async fn reading_a_directorys_files_in_order_fetches_the_next_ones_concurrently(
     assert_eq!(fetches() - base, 40, "a file was fetched twice");
 }
 
+#[tokio::test]
+async fn a_walk_fetches_as_many_files_at_once_as_the_target_takes() {
+    // 16: what `pull` runs over HTTP/1.1; 64: what a registry over HTTP/2 takes.
+    for at_once in [16, 64] {
+        let names: Vec<String> = (0..300).map(|i| format!("f{i:03}")).collect();
+        let files: Vec<(&str, Vec<u8>)> = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                let data = [n.as_bytes(), &noise(i as u64 + 1, 1_000)].concat();
+                (n.as_str(), data)
+            })
+            .collect();
+        let h = Harness::new(&files);
+        h.target.set_transfers_at_once(at_once);
+        let fs = h.mount(true).await;
+        h.target.delay_fetches(Some(Duration::from_millis(50)));
+        for (name, data) in &files {
+            assert_eq!(read_all(&fs, name).await, *data, "{name}");
+        }
+        let most = h.target.most_fetches_at_once();
+        // The reader's own fetch (of the first files, before the walk is seen) may add one.
+        assert!(
+            most > at_once * 3 / 4 && most <= at_once + 1,
+            "{most} fetches at once for a target that takes {at_once}"
+        );
+        let c = h.target.counts();
+        assert_eq!(
+            c.calls(Op::Fetch) + c.calls(Op::FetchRange),
+            300,
+            "a file was fetched twice"
+        );
+    }
+}
+
 /// Bytes the target has served so far, once background fetches have settled.
 async fn served_after_settling(h: &Harness) -> u64 {
     let mut last = h.target.counts().bytes_served;

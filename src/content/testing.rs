@@ -51,6 +51,10 @@ struct Faults {
     corrupt: HashSet<Digest>,
     /// Wait this long before answering a fetch.
     delay: Option<Duration>,
+    /// What `transfers_at_once` answers, if not what was asked.
+    at_once: Option<usize>,
+    /// Fetches waiting out `delay` now, and the most at once so far.
+    waiting: (usize, usize),
 }
 
 /// The store under test doubles: see the module doc.
@@ -100,6 +104,17 @@ impl TestTarget {
         self.faults.lock().unwrap().delay = delay;
     }
 
+    /// Answers `transfers_at_once` with `n` (as a registry over HTTP/2 answers more).
+    pub fn set_transfers_at_once(&self, n: usize) {
+        self.faults.lock().unwrap().at_once = Some(n);
+    }
+
+    /// The most fetches that waited out their delay (`delay_fetches`) at once: how many were
+    /// in flight together.
+    pub fn most_fetches_at_once(&self) -> usize {
+        self.faults.lock().unwrap().waiting.1
+    }
+
     /// Counts a call and applies the faults set for it.
     fn call(&self, op: Op) -> Result<()> {
         *self.counts.lock().unwrap().calls.entry(op).or_default() += 1;
@@ -120,6 +135,19 @@ impl TestTarget {
             (f.delay, f.corrupt.contains(&desc.digest) && offset == 0)
         };
         if let Some(d) = delay {
+            // Counted down when the wait ends, or when a caller gives up on it.
+            struct Waiting<'a>(&'a Mutex<Faults>);
+            impl Drop for Waiting<'_> {
+                fn drop(&mut self) {
+                    self.0.lock().unwrap().waiting.0 -= 1;
+                }
+            }
+            let _waiting = {
+                let mut f = self.faults.lock().unwrap();
+                f.waiting.0 += 1;
+                f.waiting.1 = f.waiting.1.max(f.waiting.0);
+                Waiting(&self.faults)
+            };
             tokio::time::sleep(d).await;
         }
         let bytes = self.bytes.clone();
@@ -147,6 +175,10 @@ impl Target for TestTarget {
     async fn resolve(&self, reference: &str) -> Result<Descriptor> {
         self.call(Op::Resolve)?;
         self.store.resolve(reference).await
+    }
+
+    async fn transfers_at_once(&self, _way: super::Way, requested: usize) -> usize {
+        self.faults.lock().unwrap().at_once.unwrap_or(requested)
     }
 
     async fn fetch(&self, desc: &Descriptor) -> Result<ByteStream> {

@@ -2,8 +2,8 @@
 //! after another in readdir order (`cp -r`, `tar c`, `grep -r`, `cat DIR/*`) would otherwise
 //! wait for one fetch per file, while `pull` runs several at once. When the file opened is
 //! the one after the last opened in its directory, the next small files are fetched in the
-//! background, concurrently (bounded by the cache's prefetch permits), a window of files at a
-//! time as the layer walk and the kernel's readahead do.
+//! background, concurrently (as many at once as `pull` runs: more over HTTP/2), a window of
+//! files at a time as the layer walk and the kernel's readahead do.
 
 use std::collections::HashMap;
 use std::ffi::OsString;
@@ -15,8 +15,9 @@ use super::filesystem::OrasFs;
 use super::tree::{Ino, Kind, Source, Tree};
 use crate::manifest::Descriptor;
 
-/// Files fetched ahead: the first window, doubled on every step, up to the last.
-const FILES_AHEAD: (usize, usize) = (4, 64);
+/// Files fetched ahead: the first window, doubled on every step up to this many times the
+/// files fetched at once (`BlobCache::walk_width`), so that they stay busy between batches.
+const FILES_AHEAD: (usize, usize) = (4, 4);
 /// Bytes of small files fetched ahead at most (they land on disk, in the cache; with a small
 /// `--cache-size`, an eighth of it, so they are not evicted before they are read).
 const BYTES_AHEAD: u64 = 32 << 20;
@@ -86,7 +87,8 @@ impl OrasFs {
             w.ahead_to = None;
             return Vec::new();
         }
-        w.window = (w.window * 2).clamp(FILES_AHEAD.0, FILES_AHEAD.1);
+        let widest = FILES_AHEAD.1 * self.cache.walk_width();
+        w.window = (w.window * 2).clamp(FILES_AHEAD.0, widest.max(FILES_AHEAD.0));
         let ahead_to = w.ahead_to.clone().filter(|a| a > name);
         let remaining = ahead_to.as_ref().map_or(0, |a| {
             children

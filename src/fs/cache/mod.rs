@@ -44,7 +44,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use lru::LruCache;
 
-use crate::content::{ByteStream, Target};
+use crate::content::{ByteStream, Target, Way};
 use crate::digest::Digest;
 use crate::fs::paths::{private_dir, private_options};
 use crate::manifest::Descriptor;
@@ -99,14 +99,16 @@ pub struct BlobCache {
     /// Bytes on disk as last counted, plus blocks written since: when a write would cross
     /// the bound, the cache evicts, and stops storing that blob if that is not enough.
     usage: AtomicU64,
+    /// `usage` as the last count of the directory found it (see `recount_if_due`).
+    counted: AtomicU64,
     last_error: Mutex<Option<String>>,
     /// See [`read_deadline`]; in milliseconds, settable for tests.
     deadline_ms: AtomicU64,
     /// Bytes fetched from the source, for statistics and tests.
     pub fetched: AtomicU64,
     /// Background fetches of whole files a tree walk reads next: at most this many at once,
-    /// as many as `pull` runs.
-    walk_permits: Arc<tokio::sync::Semaphore>,
+    /// as many as `pull` runs from the source (more over HTTP/2); set by the first of them.
+    walk_permits: tokio::sync::OnceCell<(Arc<tokio::sync::Semaphore>, usize)>,
 }
 
 impl BlobCache {
@@ -131,12 +133,11 @@ impl BlobCache {
             poisoned: Mutex::new(HashSet::new()),
             next_id: AtomicU64::new(1),
             usage: AtomicU64::new(0),
+            counted: AtomicU64::new(0),
             last_error: Mutex::new(None),
             deadline_ms: AtomicU64::new(read_deadline().as_millis() as u64),
             fetched: AtomicU64::new(0),
-            walk_permits: Arc::new(tokio::sync::Semaphore::new(
-                crate::oras::DEFAULT_CONCURRENCY,
-            )),
+            walk_permits: tokio::sync::OnceCell::new(),
         });
         cache.enforce_disk_limit();
         Ok(cache)
@@ -259,7 +260,17 @@ impl BlobCache {
         }
         let (cache, desc) = (self.clone(), desc.clone());
         tokio::spawn(async move {
-            let Ok(_permit) = cache.walk_permits.clone().acquire_owned().await else {
+            let (permits, _) = cache
+                .walk_permits
+                .get_or_init(|| async {
+                    let n = (cache.source)
+                        .transfers_at_once(Way::Read, crate::oras::DEFAULT_CONCURRENCY)
+                        .await
+                        .max(1);
+                    (Arc::new(tokio::sync::Semaphore::new(n)), n)
+                })
+                .await;
+            let Ok(_permit) = permits.clone().acquire_owned().await else {
                 return;
             };
             let Ok(blob) = cache.blob(&desc) else {
@@ -276,6 +287,13 @@ impl BlobCache {
                 }
             }
         });
+    }
+
+    /// How many whole files a tree walk fetches at once (see `prefetch_whole`).
+    pub fn walk_width(&self) -> usize {
+        self.walk_permits
+            .get()
+            .map_or(crate::oras::DEFAULT_CONCURRENCY, |p| p.1)
     }
 
     /// The blocks of `prefetch` to ask for, for a reader whose blocks end at `need_end`.

@@ -384,3 +384,28 @@ async fn a_partial_file_deleted_under_the_filler_costs_the_disk_copy_not_the_blo
         .join(desc.digest.hex())
         .exists());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_directory_is_counted_again_after_a_sixteenth_of_the_bound_not_per_blob() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = Source::new();
+    let a = open(dir.path(), &source, 16 * MIB);
+    // Another process stores 3 MiB after `a` counted the directory.
+    let other = open(dir.path(), &source, 1 << 40);
+    let big = source.add(&bytes_of(1, 3 * MIB));
+    read_all(&other, &big).await.unwrap();
+    let usage = || a.usage.load(Ordering::Relaxed);
+    // Small blobs published one after another: `a` counts what it stores itself...
+    let small: Vec<_> = (0..17)
+        .map(|i| source.add(&bytes_of(10 + i, BLOCK)))
+        .collect();
+    for d in &small[..8] {
+        read_all(&a, d).await.unwrap();
+    }
+    assert!(usage() < MIB, "counted the directory per blob: {}", usage());
+    // ... and, past a sixteenth of its bound (1 MiB), the directory again.
+    for d in &small[8..] {
+        read_all(&a, d).await.unwrap();
+    }
+    assert!(usage() >= 4 * MIB, "never counted again: {}", usage());
+}

@@ -145,7 +145,7 @@ impl BlobCache {
         }
         drop(st);
         match published {
-            Ok(()) => self.enforce_disk_limit(),
+            Ok(()) => self.recount_if_due(),
             Err(e) => tracing::warn!(
                 "keeping verified {} in the cache: {e}; it stays readable in this mount",
                 blob.desc.digest
