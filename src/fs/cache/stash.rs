@@ -9,7 +9,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use futures_util::{FutureExt, StreamExt};
@@ -34,6 +34,16 @@ pub struct DiskBlobs {
     limit: u64,
     /// Bytes of this pull's downloads being written (their files are sparse until then).
     reserved: Arc<AtomicU64>,
+    /// The directory's size when last counted, and what this pull published since. It is
+    /// counted again once a sixteenth of the bound was published, not for every blob: that
+    /// made a pull of 5,000 small files quadratic, as it did a mount's walk.
+    usage: Arc<Mutex<Usage>>,
+}
+
+#[derive(Default)]
+struct Usage {
+    counted: Option<u64>,
+    since: u64,
 }
 
 impl DiskBlobs {
@@ -45,6 +55,7 @@ impl DiskBlobs {
             dir: dir.to_path_buf(),
             limit,
             reserved: Arc::default(),
+            usage: Arc::default(),
         })
     }
 
@@ -88,7 +99,21 @@ impl BlobStash for DiskBlobs {
         let room = self.limit.saturating_sub(BOUND_SLACK);
         // Reserved first, then checked: concurrent downloads of one pull cannot both fit.
         let reserved = self.reserved.fetch_add(desc.size, Ordering::SeqCst) + desc.size;
-        let used = disk::usage_of(&blobs) + disk::usage_of(&partials);
+        let used = {
+            let mut u = self.usage.lock().unwrap();
+            let counted = match u.counted {
+                Some(c) if u.since < self.limit / 16 => c,
+                _ => {
+                    let c = disk::usage_of(&blobs) + disk::usage_of(&partials);
+                    *u = Usage {
+                        counted: Some(c),
+                        since: 0,
+                    };
+                    c
+                }
+            };
+            counted + u.since
+        };
         if used.saturating_add(reserved) > room {
             self.reserved.fetch_sub(desc.size, Ordering::SeqCst);
             tracing::debug!(
@@ -109,7 +134,7 @@ impl BlobStash for DiskBlobs {
         };
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(QUEUE);
         let (desc, complete) = (desc.clone(), self.complete(&desc.digest));
-        let reservation = self.reserved.clone();
+        let (reservation, usage) = (self.reserved.clone(), self.usage.clone());
         let writer = tokio::task::spawn_blocking(move || {
             let mut out = std::io::BufWriter::with_capacity(1 << 20, &file);
             let mut verifier = Verifier::new(&desc.digest, desc.size);
@@ -135,7 +160,7 @@ impl BlobStash for DiskBlobs {
                 .and_then(|()| disk::publish(&file, &partial, &complete).map_err(|e| e.to_string()))
             {
                 // Published: its blocks now count in `blobs/`.
-                Ok(()) => {}
+                Ok(()) => usage.lock().unwrap().since += desc.size,
                 Err(e) => {
                     // An interrupted or failed download: nothing to keep.
                     tracing::debug!("not caching {}: {e}", desc.digest);
