@@ -847,6 +847,13 @@ impl Target for Repository {
             (Way::Read, Some(reads)) => reads.first_blob_endpoint(),
             _ => self,
         };
+        if way == Way::Write {
+            let (at_once, ()) = tokio::join!(
+                at.client.transfers_at_once(requested),
+                at.client.open_upload_connections()
+            );
+            return at_once;
+        }
         at.client.transfers_at_once(requested).await
     }
 
