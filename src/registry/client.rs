@@ -1211,6 +1211,9 @@ mod tests {
         assert!(std::ptr::eq(c.http_for(None), &c.http));
         assert!(std::ptr::eq(c.http_for(Some(BULK_MIN - 1)), &c.http));
         assert!(std::ptr::eq(c.http_for(Some(BULK_MIN)), bulk));
+        // Upload bodies too, until upload connections are open.
+        assert!(std::ptr::eq(c.upload_http(Some(1)), &c.http));
+        assert!(std::ptr::eq(c.upload_http(Some(BULK_MIN)), bulk));
         // Forced HTTP/1.1, or plain HTTP: one client, nothing to choose.
         assert!(Client::new("registry.example", options(false, true))
             .unwrap()
