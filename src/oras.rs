@@ -313,28 +313,34 @@ pub async fn push(
     let at_once = dst.transfers_at_once(Way::Write, opts.concurrency).await;
     let big = BigTransfers::new(opts.concurrency);
     let big = &big;
-    let layers: Vec<Descriptor> = futures_util::stream::iter(files.iter().map(|f| async move {
-        // A directory's size is known only once it is packed: it counts as big.
-        let size = std::fs::metadata(&f.path)
-            .ok()
-            .filter(|m| m.is_file())
-            .map(|m| m.len());
-        let send = send_file(store, dst, &f.title, f.media_type.as_deref(), &f.path, opts);
-        let mut desc = big.run(size, send).await?;
-        for (k, v) in &f.annotations {
-            desc.set_annotation(k, v.clone());
-        }
-        Ok::<_, Error>(desc)
-    }))
-    .buffered(at_once.max(1))
-    .try_collect()
-    .await?;
-    let (desc, bytes) = pack_manifest(layers, pack);
     let config = match &pack.config {
         Some(c) => c.clone(),
         None => store.add_bytes(media_type::EMPTY, crate::manifest::EMPTY_JSON),
     };
-    copy_blob(store, dst, &config, opts).await?;
+    // The config goes alongside the layers, not after them: a round trip or two less.
+    let sending_config = copy_blob(store, dst, &config, opts);
+    // Unordered: an ordered stream starts no new transfer while the oldest one is still
+    // running, so one slow upload would hold up the others.
+    let sending_layers =
+        futures_util::stream::iter(files.iter().enumerate().map(|(i, f)| async move {
+            // A directory's size is known only once it is packed: it counts as big.
+            let size = std::fs::metadata(&f.path)
+                .ok()
+                .filter(|m| m.is_file())
+                .map(|m| m.len());
+            let send = send_file(store, dst, &f.title, f.media_type.as_deref(), &f.path, opts);
+            let mut desc = big.run(size, send).await?;
+            for (k, v) in &f.annotations {
+                desc.set_annotation(k, v.clone());
+            }
+            Ok::<_, Error>((i, desc))
+        }))
+        .buffer_unordered(at_once.max(1))
+        .try_collect::<Vec<_>>();
+    let (mut layers, _) = futures_util::future::try_join(sending_layers, sending_config).await?;
+    layers.sort_unstable_by_key(|(i, _)| *i);
+    let layers = layers.into_iter().map(|(_, d)| d).collect();
+    let (desc, bytes) = pack_manifest(layers, pack);
     push_root(dst, &desc, bytes.clone(), tags).await?;
     Ok((desc, bytes))
 }

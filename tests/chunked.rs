@@ -29,6 +29,17 @@ fn patches(proxy: &FaultProxy) -> Vec<Seen> {
     proxy.matching("PATCH", "/blobs/uploads/")
 }
 
+/// Pushes a tiny artifact to `repo` directly (not through a proxy), so the empty config is
+/// there already: a push through the proxy then asks for it with a mount that answers 201 and
+/// sends no PATCH for it, and every PATCH it sends is the file's. (The config goes alongside
+/// the layers, in no set order.)
+fn seed_config(repo: &str) {
+    let dir = temp_dir();
+    write_file(&dir.path().join("seed"), b"seed");
+    let reference = format!("{}/{repo}:seed", registry());
+    assert_ok(&push(dir.path(), &reference, &["seed"]));
+}
+
 #[test]
 fn a_chunked_push_reads_back_equal_with_oras_fs_and_the_python_sdk() {
     require_registry!();
@@ -100,6 +111,7 @@ fn a_chunk_refused_with_401_is_sent_again_not_the_whole_blob() {
     let src = temp_dir();
     let data = random_bytes(&repo, 3 * MIB);
     write_file(&src.path().join("data.bin"), &data);
+    seed_config(&repo);
     let proxy = FaultProxy::start(&registry());
     // The second chunk is refused, as when a token expires mid-upload.
     proxy.add(
@@ -160,8 +172,9 @@ fn a_chunk_dropped_on_distribution_is_sent_again() {
     let src = temp_dir();
     let data = random_bytes(&repo, 3 * MIB);
     write_file(&src.path().join("data.bin"), &data);
+    seed_config(&repo);
     let proxy = FaultProxy::start(&registry());
-    // The second chunk of the file (layers go before the config) breaks off after 300 KiB.
+    // The second chunk of the file breaks off after 300 KiB.
     proxy.add(
         Rule::new(
             "PATCH",

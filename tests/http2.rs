@@ -1,5 +1,6 @@
 //! HTTP/2 over TLS: a Distribution with a certificate (it speaks HTTP/2 to clients that offer
-//! it) is used over one connection for many small blobs; big blobs go on HTTP/1.1; a TLS
+//! it) is used over one connection for many small blobs (their upload bodies take turns on
+//! four, each with its own flow-control window); big blobs go on HTTP/1.1; a TLS
 //! server that offers only HTTP/1.1 still works; `--http1.1` and `ORAS_FS_HTTP1=1` force
 //! HTTP/1.1. Connections are counted at `scripts/latency_proxy.py`, put between the client and
 //! the registry. Run with `scripts/test.sh`.
@@ -91,6 +92,24 @@ fn protocols(log: &Path, repo: &str, needle: &str) -> Vec<String> {
         .collect()
 }
 
+/// The client addresses (as the registry saw them: one per proxied connection) of the blob
+/// upload PUTs to `repo` (the big blob's body goes in a PATCH, its PUT only commits).
+fn upload_senders(log: &Path, repo: &str) -> std::collections::BTreeSet<String> {
+    let text = std::fs::read_to_string(log).expect("registry log");
+    let uploads = format!("/v2/{repo}/blobs/uploads/");
+    text.lines()
+        .filter(|l| l.starts_with('{'))
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| {
+            v["http.request.method"] == "PUT"
+                && v["http.request.uri"]
+                    .as_str()
+                    .is_some_and(|u| u.contains(&uploads))
+        })
+        .filter_map(|v| Some(v["http.request.remoteaddr"].as_str()?.to_string()))
+        .collect()
+}
+
 /// `count` files of a few KiB each in a new directory.
 fn small_files(seed: &str, count: usize) -> (tempfile::TempDir, Vec<String>) {
     let dir = temp_dir();
@@ -120,8 +139,12 @@ fn many_small_blobs_share_one_http2_connection_and_big_ones_take_http1() {
     args.extend(["--ca-file", ca]);
     push_files(src.path(), &r, &args);
     let pushed = proxy.connections() - before;
-    // One HTTP/2 connection for the small blobs and the manifest, one HTTP/1.1 for the big one.
-    assert_eq!(pushed, 2, "push opened {pushed} connections");
+    // Four HTTP/2 connections (the shared one, three more for upload bodies: the registry's
+    // flow-control window bounds each), one HTTP/1.1 for the big one.
+    assert_eq!(pushed, 5, "push opened {pushed} connections");
+    // The small blobs' bodies took turns on the four HTTP/2 connections.
+    let senders = upload_senders(&reg.log, &repo);
+    assert_eq!(senders.len(), 4, "blob PUTs came from {senders:?}");
 
     let before = proxy.connections();
     let out = temp_dir();

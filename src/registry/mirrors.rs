@@ -428,6 +428,9 @@ impl Repository {
         end: u64,
     ) -> Result<ByteStream> {
         let Some(reads) = &self.reads else {
+            if start == 0 && end == desc.size && desc.size >= super::PARTS_MIN {
+                return Ok(self.download_in_parts(desc));
+            }
             return self.download(desc, start, end).await;
         };
         // The empty JSON blob (`{}`, oras's config) is known by its digest. A pull never

@@ -37,6 +37,32 @@ const ASK_BY_MOUNT_MAX: u64 = 256 << 10;
 /// cost the mount daemon ~18 MiB of peak memory and bought no speed.
 const FETCH_QUEUE: usize = 4;
 
+/// A part of a blob downloaded by `download_in_parts`: held whole, or (the rest of a blob
+/// whose registry ignores Range) streamed.
+enum Part {
+    Bytes(Vec<Bytes>),
+    Stream(ByteStream),
+}
+
+/// Parts downloading, oldest first; dropped, they stop.
+#[derive(Default)]
+struct Parts(std::collections::VecDeque<tokio::task::JoinHandle<Result<Part>>>);
+
+impl Drop for Parts {
+    fn drop(&mut self) {
+        for p in &self.0 {
+            p.abort();
+        }
+    }
+}
+
+/// Whole blobs from this size on download in parts of `PART` bytes, `PARTS_AT_ONCE` at a
+/// time, each a Range GET (see `download_in_parts`).
+const PARTS_MIN: u64 = 64 << 20;
+/// As big as `BULK_MIN`, so each part goes on an HTTP/1.1 connection of its own.
+const PART: u64 = BULK_MIN;
+const PARTS_AT_ONCE: usize = 2;
+
 /// A download that got this far since its last failure has its count of failures reset: long
 /// transfers over flaky links go on while they progress, and one that does not still ends.
 const RESUME_PROGRESS: u64 = 8 << 20;
@@ -51,6 +77,8 @@ pub struct Repository {
     chunk_size: Arc<std::sync::atomic::AtomicU64>,
     /// The registry's `OCI-Chunk-Min-Length`, as its last upload session announced it.
     chunk_min: Arc<std::sync::atomic::AtomicU64>,
+    /// The registry answered a Range request with the whole blob: no more downloads in parts.
+    ignores_ranges: Arc<std::sync::atomic::AtomicBool>,
     /// Where reads go when `registries.conf` names mirrors or another location; `None`: here.
     reads: Option<Arc<mirrors::Reads>>,
 }
@@ -63,6 +91,7 @@ impl Repository {
             name: name.into(),
             chunk_size: Arc::new(chunk.into()),
             chunk_min: Arc::new(0.into()),
+            ignores_ranges: Arc::new(false.into()),
             reads: None,
         }
     }
@@ -135,6 +164,8 @@ impl Repository {
             }
             StatusCode::OK => {
                 if offset > 0 || end < desc.size {
+                    self.ignores_ranges
+                        .store(true, std::sync::atomic::Ordering::Relaxed);
                     tracing::warn!(
                         "{} ignored a Range request: skipping {offset} bytes of {}",
                         self.client.host(),
@@ -145,6 +176,87 @@ impl Repository {
             }
             _ => Err(self.client.error_for(resp, &desc.digest.to_string()).await),
         }
+    }
+
+    /// Streams a whole blob of `PARTS_MIN` bytes or more as consecutive parts, each a Range GET
+    /// on a connection of its own, `PARTS_AT_ONCE` of them downloading while the consumer hashes
+    /// and writes the one before, in order. One connection is bound by one core on each side
+    /// (TLS, the registry's handler); two spread a big pull over both cores of a small machine.
+    /// Memory: the parts downloading and the one being handed on, ≤ 3 × `PART`.
+    fn download_in_parts(&self, desc: &Descriptor) -> ByteStream {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes>>(FETCH_QUEUE);
+        let repo = self.clone();
+        let desc = desc.clone();
+        tokio::spawn(async move {
+            let mut next = 0u64;
+            let mut running = Parts::default();
+            loop {
+                while running.0.len() < PARTS_AT_ONCE && next < desc.size {
+                    // A registry that sends whole blobs to Range requests gets one request
+                    // for the rest.
+                    let whole = repo
+                        .ignores_ranges
+                        .load(std::sync::atomic::Ordering::Relaxed);
+                    let end = if whole {
+                        desc.size
+                    } else {
+                        (next + PART).min(desc.size)
+                    };
+                    let (repo, desc) = (repo.clone(), desc.clone());
+                    let start = next;
+                    running.0.push_back(tokio::spawn(async move {
+                        let mut part = repo.download(&desc, start, end).await?;
+                        if whole {
+                            return Ok(Part::Stream(part));
+                        }
+                        let mut chunks = Vec::new();
+                        while let Some(chunk) = part.next().await {
+                            chunks.push(chunk?);
+                        }
+                        Ok(Part::Bytes(chunks))
+                    }));
+                    next = end;
+                }
+                let Some(first) = running.0.pop_front() else {
+                    return;
+                };
+                let part: Result<Part> = first.await.unwrap_or_else(|e| {
+                    Err(Error::Other(format!("downloading {}: {e}", desc.digest)))
+                });
+                let sent = match part {
+                    Ok(Part::Bytes(chunks)) => {
+                        let mut sent = true;
+                        for c in chunks {
+                            if tx.send(Ok(c)).await.is_err() {
+                                sent = false;
+                                break;
+                            }
+                        }
+                        sent
+                    }
+                    Ok(Part::Stream(mut stream)) => {
+                        let mut sent = true;
+                        while let Some(item) = stream.next().await {
+                            if tx.send(item).await.is_err() {
+                                sent = false;
+                                break;
+                            }
+                        }
+                        sent
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e)).await;
+                        false
+                    }
+                };
+                if !sent {
+                    return; // Dropping `running` stops the other parts.
+                }
+            }
+        });
+        Box::pin(futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|item| (item, rx))
+        }))
     }
 
     /// Streams bytes `start..end` of a blob. The download runs as its own task, a little ahead
@@ -847,6 +959,13 @@ impl Target for Repository {
             (Way::Read, Some(reads)) => reads.first_blob_endpoint(),
             _ => self,
         };
+        if way == Way::Write {
+            let (at_once, ()) = tokio::join!(
+                at.client.transfers_at_once(requested),
+                at.client.open_upload_connections()
+            );
+            return at_once;
+        }
         at.client.transfers_at_once(requested).await
     }
 
