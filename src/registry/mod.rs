@@ -44,17 +44,28 @@ enum Part {
     Stream(ByteStream),
 }
 
-/// Parts downloading, oldest first; dropped, they stop.
+/// Parts downloading, oldest first, each with its share of `PART_MEMORY`; dropped, they stop.
 #[derive(Default)]
-struct Parts(std::collections::VecDeque<tokio::task::JoinHandle<Result<Part>>>);
+struct Parts(
+    std::collections::VecDeque<(
+        tokio::task::JoinHandle<Result<Part>>,
+        tokio::sync::SemaphorePermit<'static>,
+    )>,
+);
 
 impl Drop for Parts {
     fn drop(&mut self) {
-        for p in &self.0 {
+        for (p, _) in &self.0 {
             p.abort();
         }
     }
 }
+
+/// What the parts held by all downloads in the process may take at once, in parts: a pull of
+/// many big blobs at `--concurrency` cannot hold `--concurrency` × 3 parts. A download waits
+/// for room only for its oldest part and takes more only if there is room at once, so it never
+/// waits while holding a part it has not handed on (no deadlock between downloads).
+static PART_MEMORY: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(8);
 
 /// Whole blobs from this size on download in parts of `PART` bytes, `PARTS_AT_ONCE` at a
 /// time, each a Range GET (see `download_in_parts`).
@@ -182,7 +193,8 @@ impl Repository {
     /// on a connection of its own, `PARTS_AT_ONCE` of them downloading while the consumer hashes
     /// and writes the one before, in order. One connection is bound by one core on each side
     /// (TLS, the registry's handler); two spread a big pull over both cores of a small machine.
-    /// Memory: the parts downloading and the one being handed on, ≤ 3 × `PART`.
+    /// Memory: the parts downloading and the one being handed on, ≤ 3 × `PART`, and all such
+    /// downloads together ≤ `PART_MEMORY`.
     fn download_in_parts(&self, desc: &Descriptor) -> ByteStream {
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes>>(FETCH_QUEUE);
         let repo = self.clone();
@@ -192,6 +204,14 @@ impl Repository {
             let mut running = Parts::default();
             loop {
                 while running.0.len() < PARTS_AT_ONCE && next < desc.size {
+                    let room = if running.0.is_empty() {
+                        PART_MEMORY.acquire().await.expect("never closed")
+                    } else {
+                        match PART_MEMORY.try_acquire() {
+                            Ok(room) => room,
+                            Err(_) => break,
+                        }
+                    };
                     // A registry that sends whole blobs to Range requests gets one request
                     // for the rest.
                     let whole = repo
@@ -204,7 +224,7 @@ impl Repository {
                     };
                     let (repo, desc) = (repo.clone(), desc.clone());
                     let start = next;
-                    running.0.push_back(tokio::spawn(async move {
+                    let part = tokio::spawn(async move {
                         let mut part = repo.download(&desc, start, end).await?;
                         if whole {
                             return Ok(Part::Stream(part));
@@ -214,10 +234,12 @@ impl Repository {
                             chunks.push(chunk?);
                         }
                         Ok(Part::Bytes(chunks))
-                    }));
+                    });
+                    running.0.push_back((part, room));
                     next = end;
                 }
-                let Some(first) = running.0.pop_front() else {
+                // Its room goes once it is handed on.
+                let Some((first, _room)) = running.0.pop_front() else {
                     return;
                 };
                 let part: Result<Part> = first.await.unwrap_or_else(|e| {
