@@ -409,3 +409,25 @@ async fn the_directory_is_counted_again_after_a_sixteenth_of_the_bound_not_per_b
     }
     assert!(usage() >= 4 * MIB, "never counted again: {}", usage());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_block_map_left_by_256_kib_blocks_is_ignored_not_misread() {
+    // An older version cut blobs into 256 KiB blocks: its map of a 16 MiB blob has 64 bits,
+    // here all set, over a partial file whose bytes are not the blob's. Read with that map,
+    // the blob would come out as those bytes; ignored, every block is fetched again.
+    let dir = tempfile::tempdir().unwrap();
+    let source = Source::new();
+    let data = bytes_of(7, 16 * MIB);
+    let desc = source.add(&data);
+    let partial = dir.path().join("partial/sha256").join(desc.digest.hex());
+    std::fs::create_dir_all(partial.parent().unwrap()).unwrap();
+    std::fs::write(&partial, vec![0u8; data.len()]).unwrap();
+    std::fs::write(
+        disk::map_of(&partial),
+        [0xffu8; (16 * MIB / (256 * 1024) / 8) as usize],
+    )
+    .unwrap();
+    let cache = open(dir.path(), &source, 1 << 30);
+    assert_eq!(read_all(&cache, &desc).await.unwrap(), data);
+    assert_eq!(cache.fetched.load(Ordering::Relaxed), data.len() as u64);
+}
