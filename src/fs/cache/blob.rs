@@ -268,17 +268,19 @@ impl BlobCache {
         blob.state.lock().unwrap().has(b) || self.memory.lock().unwrap().contains(&(blob.id, b))
     }
 
-    /// The bytes of block `b` if at hand: `fresh` (just fetched), the memory LRU, or the file.
+    /// The bytes of block `b` if at hand: in `fresh` (blocks just fetched, from block
+    /// `fresh.0`), the memory LRU, or the file.
     pub(super) fn block_data(
         &self,
         blob: &Blob,
         b: u64,
-        fresh: Option<(u64, &Bytes)>,
+        fresh: (u64, &[Bytes]),
     ) -> std::io::Result<Option<Bytes>> {
         let len = blob.block_len(b);
-        let cached = match fresh {
-            Some((f, data)) if f == b => Some(data.clone()),
-            _ => self.memory.lock().unwrap().peek(&(blob.id, b)).cloned(),
+        let just_fetched = b.checked_sub(fresh.0).and_then(|i| fresh.1.get(i as usize));
+        let cached = match just_fetched {
+            Some(data) => Some(data.clone()),
+            None => self.memory.lock().unwrap().peek(&(blob.id, b)).cloned(),
         };
         if let Some(data) = cached.filter(|d| d.len() == len) {
             return Ok(Some(data));
@@ -330,7 +332,7 @@ impl BlobCache {
             };
         }
         for b in first..=last {
-            let data = match self.block_data(blob, b, None) {
+            let data = match self.block_data(blob, b, (0, &[])) {
                 Ok(Some(data)) => data,
                 Ok(None) => return Ok(None),
                 Err(_) if blob.uncached() => return Ok(None),

@@ -382,20 +382,20 @@ impl BlobCache {
         batch: Vec<Bytes>,
         fill: &watch::Sender<Fill>,
     ) -> Result<(), FetchError> {
-        for (b, data) in (first..).zip(batch) {
-            if let Err(why) = check_sum(blob, b, &data) {
+        for (b, data) in (first..).zip(&batch) {
+            if let Err(why) = check_sum(blob, b, data) {
                 self.poison(blob, &why);
                 return Err(FetchError::Poisoned);
             }
-            let stored = self.store_block(blob, b, &data);
+            let stored = self.store_block(blob, b, data);
             let stored = stored.map_err(|why| self.not_stored(blob, why)).is_ok();
-            self.publish_block(blob, b, data, stored, fill);
+            self.publish_block(blob, b, data.clone(), stored, fill);
         }
         // Hashing, the slowest stage, runs as a task of its own so it never delays the next
-        // batch; it takes the blocks just published from memory. Its errors poison the blob,
-        // which every later read sees.
+        // batch; it is handed the batch, which the memory LRU may already have dropped. Its
+        // errors poison the blob, which every later read sees.
         let (cache, blob) = (self.clone(), blob.clone());
-        tokio::task::spawn_blocking(move || cache.advance_hash(&blob, None));
+        tokio::task::spawn_blocking(move || cache.advance_hash(&blob, (first, &batch)));
         Ok(())
     }
 

@@ -35,7 +35,7 @@ impl BlobCache {
         let until = Instant::now() + self.deadline();
         while Instant::now() < until {
             let (cache, b) = (self.clone(), blob.clone());
-            tokio::task::spawn_blocking(move || cache.advance_hash(&b, None))
+            tokio::task::spawn_blocking(move || cache.advance_hash(&b, (0, &[])))
                 .await
                 .map_err(|_| Errno::from(libc::EIO))??;
             {
@@ -57,13 +57,13 @@ impl BlobCache {
         Err(libc::EIO.into())
     }
 
-    /// Feeds the hasher every block that is at hand next in order: `fresh` (a block just
-    /// stored), else from the memory LRU, else from the file. When the last block is in, the
+    /// Feeds the hasher every block that is at hand next in order: in `fresh` (blocks just
+    /// stored, from block `fresh.0`), else from the memory LRU, else from the file. When the last block is in, the
     /// blob is verified.
     pub(super) fn advance_hash(
         self: &Arc<Self>,
         blob: &Arc<Blob>,
-        fresh: Option<(u64, &Bytes)>,
+        fresh: (u64, &[Bytes]),
     ) -> Result<(), Errno> {
         loop {
             let (mut hasher, mut next) = {
