@@ -347,13 +347,17 @@ impl OrasFs {
                 )),
                 _ => None,
             };
-            let fh = self.add_handle(ino, source.clone(), file, write);
-            if !write && matches!(source, Source::Blob(_)) && tensors::is_candidate(&node.name) {
-                if let Some(h) = self.handles.lock().unwrap().get_mut(&fh) {
-                    h.tensors = TensorHint::Unread;
-                }
-            }
-            (fh, source)
+            let tensors =
+                if !write && matches!(source, Source::Blob(_)) && tensors::is_candidate(&node.name)
+                {
+                    TensorHint::Unread
+                } else {
+                    TensorHint::None
+                };
+            (
+                self.add_handle(ino, source.clone(), file, write, tensors),
+                source,
+            )
         };
         if !write && matches!(source, Source::Blob(_)) {
             self.walk_siblings(ino);
@@ -387,6 +391,7 @@ impl OrasFs {
         source: Source,
         file: Option<Arc<std::fs::File>>,
         writable: bool,
+        tensors: TensorHint,
     ) -> u64 {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         self.handles.lock().unwrap().insert(
@@ -397,7 +402,7 @@ impl OrasFs {
                 file,
                 writable,
                 pattern: Pattern::default(),
-                tensors: TensorHint::None,
+                tensors,
             },
         );
         fh

@@ -10,6 +10,7 @@ use std::time::SystemTime;
 
 use super::cache::Errno;
 use super::filesystem::{Attr, OrasFs, RenameHow, SetAttr, Writer};
+use super::handle::TensorHint;
 use super::paths::{private_file, private_options};
 use super::staging::Record;
 use super::tree::{empty_dir, Ino, Kind, Node, Source, Tree};
@@ -136,7 +137,7 @@ impl OrasFs {
             )
             .map_err(|_| Errno::from(libc::EEXIST))?;
         let attr = self.attr_of(tree.get(ino).expect("just added"));
-        let fh = self.add_handle(ino, source, Some(Arc::new(file)), true);
+        let fh = self.add_handle(ino, source, Some(Arc::new(file)), true, TensorHint::None);
         self.writing.lock().unwrap().insert(ino);
         let record = self.put(&tree, ino);
         if let Err(e) = self.record(&tree, record) {
