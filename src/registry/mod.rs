@@ -193,7 +193,7 @@ impl Repository {
     /// on a connection of its own, `PARTS_AT_ONCE` of them downloading while the consumer hashes
     /// and writes the one before, in order. One connection is bound by one core on each side
     /// (TLS, the registry's handler); two spread a big pull over both cores of a small machine.
-    /// Memory: the parts downloading and the one being handed on, ≤ 3 × `PART`, and all such
+    /// Memory: the parts downloading and the one being handed on, ≤ 2 × `PART`, and all such
     /// downloads together ≤ `PART_MEMORY`.
     fn download_in_parts(&self, desc: &Descriptor) -> ByteStream {
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes>>(FETCH_QUEUE);
@@ -245,34 +245,20 @@ impl Repository {
                 let part: Result<Part> = first.await.unwrap_or_else(|e| {
                     Err(Error::Other(format!("downloading {}: {e}", desc.digest)))
                 });
-                let sent = match part {
+                let mut items: ByteStream = match part {
                     Ok(Part::Bytes(chunks)) => {
-                        let mut sent = true;
-                        for c in chunks {
-                            if tx.send(Ok(c)).await.is_err() {
-                                sent = false;
-                                break;
-                            }
-                        }
-                        sent
+                        Box::pin(futures_util::stream::iter(chunks.into_iter().map(Ok)))
                     }
-                    Ok(Part::Stream(mut stream)) => {
-                        let mut sent = true;
-                        while let Some(item) = stream.next().await {
-                            if tx.send(item).await.is_err() {
-                                sent = false;
-                                break;
-                            }
-                        }
-                        sent
-                    }
+                    Ok(Part::Stream(stream)) => stream,
                     Err(e) => {
                         let _ = tx.send(Err(e)).await;
-                        false
+                        return;
                     }
                 };
-                if !sent {
-                    return; // Dropping `running` stops the other parts.
+                while let Some(item) = items.next().await {
+                    if tx.send(item).await.is_err() {
+                        return; // Dropping `running` stops the other parts.
+                    }
                 }
             }
         });
