@@ -235,17 +235,24 @@ fn pull_copes_with_a_registry_that_ignores_range() {
 fn a_big_pull_goes_in_range_parts_resumes_a_dropped_one_and_copes_with_ignored_ranges() {
     require_registry!();
     let repo = unique_repo("fault-pull-parts");
-    // From 64 MiB on, a blob downloads in 16 MiB parts: here four and a 1 MiB tail.
+    // From 64 MiB on, a blob downloads its first 16 MiB alone; one connection that brings
+    // them slower than 256 MiB/s gets the rest in 16 MiB parts too: here three and a 1 MiB
+    // tail.
     let data = random_bytes(&repo, 65 * MIB);
     push_contents(&reference(&repo, "v1"), &[("data.bin", &data)]);
     let digest = sha256_bytes(&data);
     let proxy = FaultProxy::start(&registry());
-    // One part breaks off after 1 MiB and resumes.
+    // One part breaks off after 1 MiB and resumes; the others come at 64 MiB/s.
     proxy.add(
         Rule::new("GET", &blob_path_of(&digest), Fault::DropAfter(MIB as u64))
             .skip(2)
             .once(),
     );
+    proxy.add(Rule::new(
+        "GET",
+        &blob_path_of(&digest),
+        Fault::Pace(64 * MIB as u64),
+    ));
     let out_dir = temp_dir();
     assert_ok(&pull(&proxy.reference(&repo, "v1"), out_dir.path(), &[]));
     assert!(

@@ -44,14 +44,12 @@ enum Part {
     Stream(ByteStream),
 }
 
+/// A part downloading: the part, and how long its body took (zero for a stream).
+type PartTask = tokio::task::JoinHandle<Result<(Part, Duration)>>;
+
 /// Parts downloading, oldest first, each with its share of `PART_MEMORY`; dropped, they stop.
 #[derive(Default)]
-struct Parts(
-    std::collections::VecDeque<(
-        tokio::task::JoinHandle<Result<Part>>,
-        tokio::sync::SemaphorePermit<'static>,
-    )>,
-);
+struct Parts(std::collections::VecDeque<(PartTask, tokio::sync::SemaphorePermit<'static>)>);
 
 impl Drop for Parts {
     fn drop(&mut self) {
@@ -61,18 +59,104 @@ impl Drop for Parts {
     }
 }
 
+/// How one `download_in_parts` goes on: the parts it runs and what it learned.
+struct PartPlan {
+    repo: Repository,
+    desc: Descriptor,
+    /// Where the next part starts.
+    next: u64,
+    /// Parts downloading at once: 1 until the first part told how fast one connection is.
+    at_once: usize,
+    /// The first part came fast enough: the rest comes in one request.
+    one_stream: bool,
+    running: Parts,
+}
+
+impl PartPlan {
+    /// Starts parts until `at_once` run or the blob is asked for.
+    async fn start_more(&mut self) {
+        while self.running.0.len() < self.at_once && self.next < self.desc.size {
+            let room = if self.running.0.is_empty() {
+                PART_MEMORY.acquire().await.expect("never closed")
+            } else {
+                match PART_MEMORY.try_acquire() {
+                    Ok(room) => room,
+                    Err(_) => break,
+                }
+            };
+            // A registry that sends whole blobs to Range requests gets one request for the
+            // rest, as does one whose first part came fast.
+            let whole = self.one_stream
+                || self
+                    .repo
+                    .ignores_ranges
+                    .load(std::sync::atomic::Ordering::Relaxed);
+            let (start, size) = (self.next, self.desc.size);
+            let end = if whole {
+                size
+            } else {
+                (start + PART).min(size)
+            };
+            let (repo, desc) = (self.repo.clone(), self.desc.clone());
+            let part = tokio::spawn(async move {
+                let mut part = repo.download(&desc, start, end).await?;
+                if whole {
+                    return Ok((Part::Stream(part), Duration::ZERO));
+                }
+                // Timed from the answer's head: the request's round trip says nothing of
+                // how fast the connection streams.
+                let began = Instant::now();
+                let mut chunks = Vec::new();
+                while let Some(chunk) = part.next().await {
+                    chunks.push(chunk?);
+                }
+                Ok((Part::Bytes(chunks), began.elapsed()))
+            });
+            self.running.0.push_back((part, room));
+            self.next = end;
+        }
+    }
+
+    /// After the first part (`PART` bytes in `took`): one stream for the rest, or parts.
+    fn decide(&mut self, took: Duration) {
+        let rate = (self.next as f64 / took.as_secs_f64().max(1e-6)) as u64;
+        self.one_stream = rate >= ONE_IS_ENOUGH;
+        if !self.one_stream {
+            self.at_once = PARTS_AT_ONCE;
+        }
+        tracing::debug!(
+            "{}: first {} bytes at {} MiB/s: the rest {}",
+            self.desc.digest,
+            self.next,
+            rate >> 20,
+            if self.one_stream {
+                "in one request"
+            } else {
+                "in parts"
+            }
+        );
+    }
+}
+
 /// What the parts held by all downloads in the process may take at once, in parts: a pull of
 /// many big blobs at `--concurrency` cannot hold `--concurrency` × 3 parts. A download waits
 /// for room only for its oldest part and takes more only if there is room at once, so it never
 /// waits while holding a part it has not handed on (no deadlock between downloads).
 static PART_MEMORY: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(8);
 
-/// Whole blobs from this size on download in parts of `PART` bytes, `PARTS_AT_ONCE` at a
-/// time, each a Range GET (see `download_in_parts`).
+/// Whole blobs from this size on start with a Range GET of their first `PART` bytes, and go
+/// on in parts, `PARTS_AT_ONCE` at a time, if that part came slower than `ONE_IS_ENOUGH`
+/// (see `download_in_parts`).
 const PARTS_MIN: u64 = 64 << 20;
 /// As big as `BULK_MIN`, so each part goes on an HTTP/1.1 connection of its own.
 const PART: u64 = BULK_MIN;
 const PARTS_AT_ONCE: usize = 2;
+/// Bytes a second at which one connection is not what limits a download: the first part
+/// came at least this fast, so the rest comes in one request. A nearby registry sends one
+/// stream as fast as the two sides' CPUs decrypt, hash and write it; a second connection then
+/// only takes CPU from the first (512 MiB over TLS on a 2-core loopback: slower in parts). A
+/// registry far away, or one whose blob store caps each connection, sends one stream slower.
+const ONE_IS_ENOUGH: u64 = 256 << 20;
 
 /// A download that got this far since its last failure has its count of failures reset: long
 /// transfers over flaky links go on while they progress, and one that does not still ends.
@@ -189,67 +273,47 @@ impl Repository {
         }
     }
 
-    /// Streams a whole blob of `PARTS_MIN` bytes or more as consecutive parts, each a Range GET
-    /// on a connection of its own, `PARTS_AT_ONCE` of them downloading while the consumer hashes
-    /// and writes the one before, in order. One connection is bound by one core on each side
-    /// (TLS, the registry's handler); two spread a big pull over both cores of a small machine.
+    /// Streams a whole blob of `PARTS_MIN` bytes or more. Its first `PART` bytes come in one
+    /// Range GET, timed. If they came at `ONE_IS_ENOUGH` or faster, the rest comes in one more;
+    /// if slower, in consecutive parts, each a Range GET on a connection of its own,
+    /// `PARTS_AT_ONCE` of them downloading while the consumer hashes and writes the one before,
+    /// in order. One connection can be bound by the round trip (TCP's window) or by a blob
+    /// store's per-connection rate; two then bring nearly twice as much.
     /// Memory: the parts downloading and the one being handed on, ≤ 2 × `PART`, and all such
     /// downloads together ≤ `PART_MEMORY`.
     fn download_in_parts(&self, desc: &Descriptor) -> ByteStream {
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes>>(FETCH_QUEUE);
-        let repo = self.clone();
-        let desc = desc.clone();
+        let mut parts = PartPlan {
+            repo: self.clone(),
+            desc: desc.clone(),
+            next: 0,
+            at_once: 1,
+            one_stream: false,
+            running: Parts::default(),
+        };
         tokio::spawn(async move {
-            let mut next = 0u64;
-            let mut running = Parts::default();
             loop {
-                while running.0.len() < PARTS_AT_ONCE && next < desc.size {
-                    let room = if running.0.is_empty() {
-                        PART_MEMORY.acquire().await.expect("never closed")
-                    } else {
-                        match PART_MEMORY.try_acquire() {
-                            Ok(room) => room,
-                            Err(_) => break,
-                        }
-                    };
-                    // A registry that sends whole blobs to Range requests gets one request
-                    // for the rest.
-                    let whole = repo
-                        .ignores_ranges
-                        .load(std::sync::atomic::Ordering::Relaxed);
-                    let end = if whole {
-                        desc.size
-                    } else {
-                        (next + PART).min(desc.size)
-                    };
-                    let (repo, desc) = (repo.clone(), desc.clone());
-                    let start = next;
-                    let part = tokio::spawn(async move {
-                        let mut part = repo.download(&desc, start, end).await?;
-                        if whole {
-                            return Ok(Part::Stream(part));
-                        }
-                        let mut chunks = Vec::new();
-                        while let Some(chunk) = part.next().await {
-                            chunks.push(chunk?);
-                        }
-                        Ok(Part::Bytes(chunks))
-                    });
-                    running.0.push_back((part, room));
-                    next = end;
-                }
+                parts.start_more().await;
                 // Its room goes once it is handed on.
-                let Some((first, _room)) = running.0.pop_front() else {
+                let Some((first, _room)) = parts.running.0.pop_front() else {
                     return;
                 };
-                let part: Result<Part> = first.await.unwrap_or_else(|e| {
-                    Err(Error::Other(format!("downloading {}: {e}", desc.digest)))
+                let part = first.await.unwrap_or_else(|e| {
+                    Err(Error::Other(format!(
+                        "downloading {}: {e}",
+                        parts.desc.digest
+                    )))
                 });
                 let mut items: ByteStream = match part {
-                    Ok(Part::Bytes(chunks)) => {
+                    Ok((Part::Bytes(chunks), took)) => {
+                        if parts.at_once == 1 && !parts.one_stream {
+                            parts.decide(took);
+                            // The next parts download while this one is handed on.
+                            parts.start_more().await;
+                        }
                         Box::pin(futures_util::stream::iter(chunks.into_iter().map(Ok)))
                     }
-                    Ok(Part::Stream(stream)) => stream,
+                    Ok((Part::Stream(stream), _)) => stream,
                     Err(e) => {
                         let _ = tx.send(Err(e)).await;
                         return;
@@ -257,7 +321,7 @@ impl Repository {
                 };
                 while let Some(item) = items.next().await {
                     if tx.send(item).await.is_err() {
-                        return; // Dropping `running` stops the other parts.
+                        return; // Dropping `parts` stops the other parts.
                     }
                 }
             }

@@ -46,6 +46,9 @@ pub enum Fault {
     Status(u16, Option<u64>),
     /// Forward without the `Range` header: the registry answers 200 with the whole body.
     IgnoreRange,
+    /// Forward, sending the body at this many bytes a second: a registry far away, or one
+    /// whose blob store caps each connection.
+    Pace(u64),
     /// Answer `307` to the same path and query on `origin` (`http://127.0.0.1:PORT`).
     Redirect(String),
     /// Forward, but answer with this `Docker-Content-Digest`.
@@ -476,6 +479,8 @@ struct BodyFault {
     corrupt_at: Option<u64>,
     /// From this offset on, one byte per interval.
     trickle: Option<(u64, Duration)>,
+    /// Bytes a second, and when the body began.
+    pace: Option<(u64, Instant)>,
 }
 
 impl BodyFault {
@@ -485,6 +490,7 @@ impl BodyFault {
             stall_after: None,
             corrupt_at: None,
             trickle: None,
+            pace: None,
         }
     }
 }
@@ -573,6 +579,13 @@ impl<W: Write> BodyWriter<'_, W> {
         }
         self.emit(data)?;
         self.offset += data.len() as u64;
+        if let Some((rate, began)) = self.fault.pace {
+            let due = began + Duration::from_secs_f64(self.offset as f64 / rate as f64);
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                self.w.flush()?;
+                std::thread::sleep(wait);
+            }
+        }
         Ok(true)
     }
 
@@ -1158,6 +1171,10 @@ fn serve_connection(client: TcpStream, shared: &Arc<Shared>) -> std::io::Result<
         },
         Some(Fault::Trickle(n, every)) => BodyFault {
             trickle: Some((*n, *every)),
+            ..BodyFault::none()
+        },
+        Some(Fault::Pace(rate)) => BodyFault {
+            pace: Some((*rate, Instant::now())),
             ..BodyFault::none()
         },
         _ => BodyFault::none(),
