@@ -27,6 +27,11 @@ const MAX_TENSOR_FETCH: u64 = 64 * 1024 * 1024;
 /// How far past a tensor's end the kernel's readahead (128 KiB on a FUSE mount) may read
 /// for a reader that stops there.
 const PAST_TENSOR: u64 = 256 * 1024;
+/// Fetched past a tensor's end with it: the kernel's read-around of the tensor's last pages
+/// asks for a 128 KiB window that can run past the end, and the reader waits for all of it.
+/// Left out, that wait was one round trip per tensor, a quarter of a random model load at
+/// 20 ms.
+const READ_AROUND: u64 = 128 * 1024;
 
 /// Per-open-file state: where reads go, and the access-pattern detector.
 pub(super) struct Handle {
@@ -113,7 +118,10 @@ impl Pattern {
             self.tensor_end = tensors.and_then(|t| t.end_of_last_overlapping(offset..end));
             if let Some(tensor_end) = self.tensor_end {
                 let start = offset / BLOCK * BLOCK;
-                let stop = tensor_end.min(offset + MAX_TENSOR_FETCH).max(end).min(size);
+                let stop = (tensor_end + READ_AROUND)
+                    .min(offset + MAX_TENSOR_FETCH)
+                    .max(end)
+                    .min(size);
                 self.frontier = stop;
                 return start..stop;
             }
@@ -126,7 +134,7 @@ impl Pattern {
         if self.tensor_end.is_some_and(|t| offset > t + PAST_TENSOR) {
             self.tensor_end = None;
         }
-        let limit = self.tensor_end.unwrap_or(size).min(size);
+        let limit = self.tensor_end.map_or(size, |t| t + READ_AROUND).min(size);
         let ahead = (end.saturating_sub(self.run_start) / 2).clamp(INITIAL_WINDOW, MAX_WINDOW);
         if self.frontier.saturating_sub(end) > ahead / 2 || self.frontier >= limit {
             return 0..0;
@@ -170,6 +178,42 @@ mod tests {
         // A far miss starts again from one block.
         let r = p.prefetch(10 * MIB, 4096, GIB, None);
         assert_eq!(r.end - r.start, BLOCK);
+    }
+
+    #[test]
+    fn a_jump_into_a_tensor_fetches_it_and_the_read_around_past_its_end() {
+        let mut header =
+            br#"{"a":{"dtype":"F16","shape":[1],"data_offsets":[0,20971520]},"#.to_vec();
+        header.extend_from_slice(
+            br#""b":{"dtype":"F16","shape":[1],"data_offsets":[20971520,104857600]}}"#,
+        );
+        let base = 8 + header.len() as u64;
+        let tensors = Extents::from_safetensors(&header, GIB).unwrap();
+        let mut p = Pattern::default();
+        p.prefetch(0, 4096, GIB, Some(&tensors));
+        let r = p.prefetch(base + 5 * MIB, 4096, GIB, Some(&tensors));
+        assert_eq!(r.end, base + 20 * MIB + READ_AROUND);
+        // Read on to the end: nothing more is asked for, even by reads just past it.
+        let mut at = base + 5 * MIB + 4096;
+        while at < base + 20 * MIB + READ_AROUND {
+            assert_eq!(
+                p.prefetch(at, 128 * 1024, GIB, Some(&tensors)),
+                0..0,
+                "at {at}"
+            );
+            at += 128 * 1024;
+        }
+        // A big tensor: its fetch stops at the bound, and the window goes on to its end and the
+        // read-around past it.
+        let r = p.prefetch(base + 30 * MIB, 4096, GIB, Some(&tensors));
+        assert_eq!(r.end, base + 30 * MIB + MAX_TENSOR_FETCH);
+        let mut stop = r.end;
+        let mut at = base + 30 * MIB;
+        while at < base + 100 * MIB {
+            stop = stop.max(p.prefetch(at, 128 * 1024, GIB, Some(&tensors)).end);
+            at += 128 * 1024;
+        }
+        assert_eq!(stop, base + 100 * MIB + READ_AROUND);
     }
 
     #[test]
