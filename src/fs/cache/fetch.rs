@@ -384,13 +384,15 @@ impl BlobCache {
     ) -> Result<(), FetchError> {
         for (b, data) in (first..).zip(&batch) {
             if let Err(why) = check_sum(blob, b, data) {
+                announce(fill, b);
                 self.poison(blob, &why);
                 return Err(FetchError::Poisoned);
             }
             let stored = self.store_block(blob, b, data);
             let stored = stored.map_err(|why| self.not_stored(blob, why)).is_ok();
-            self.publish_block(blob, b, data.clone(), stored, fill);
+            self.publish_block(blob, b, data.clone(), stored);
         }
+        announce(fill, first + batch.len() as u64);
         // Hashing, the slowest stage, runs as a task of its own so it never delays the next
         // batch; it is handed the batch, which the memory LRU may already have dropped. Its
         // errors poison the blob, which every later read sees.
@@ -431,31 +433,32 @@ impl BlobCache {
             .map_err(|why| self.not_stored(blob, why))
             .is_ok();
         for (b, data) in (run.start..).zip(held) {
-            self.publish_block(blob, b, data, stored, fill);
+            self.publish_block(blob, b, data, stored);
         }
+        announce(fill, run.end);
         self.complete(blob);
         Ok(())
     }
 
     /// Makes a fetched block readable: into the memory LRU (its own buffer, so the LRU holds
-    /// exactly what it counts), marked present if it was stored, and its readers told.
-    fn publish_block(
-        &self,
-        blob: &Blob,
-        b: u64,
-        data: Bytes,
-        stored: bool,
-        fill: &watch::Sender<Fill>,
-    ) {
+    /// exactly what it counts), marked present if it was stored. Its readers are told by
+    /// `announce`, once per batch.
+    fn publish_block(&self, blob: &Blob, b: u64, data: Bytes, stored: bool) {
         self.memory.lock().unwrap().put((blob.id, b), data);
         if stored {
             blob.state.lock().unwrap().set(b);
         }
-        fill.send_modify(|f| {
-            f.upto = b + 1;
-            f.since = Instant::now();
-        });
     }
+}
+
+/// Tells the readers of a request that its blocks before `upto` are readable. Once per batch,
+/// not per block: every reader waiting on the request wakes at each call, and a sequential
+/// reader's readahead keeps a dozen waiting.
+fn announce(fill: &watch::Sender<Fill>, upto: u64) {
+    fill.send_modify(|f| {
+        f.upto = upto;
+        f.since = Instant::now();
+    });
 }
 
 #[cfg(test)]
