@@ -290,6 +290,51 @@ fn a_big_pull_goes_in_range_parts_resumes_a_dropped_one_and_copes_with_ignored_r
 }
 
 #[test]
+fn a_big_pull_over_a_fast_connection_asks_for_the_rest_in_one_request() {
+    require_registry!();
+    let repo = unique_repo("fault-pull-one-stream");
+    let data = random_bytes(&repo, 65 * MIB);
+    push_contents(&reference(&repo, "v1"), &[("data.bin", &data)]);
+    let digest = sha256_bytes(&data);
+    let proxy = FaultProxy::start(&registry());
+    let out_dir = temp_dir();
+    let out = pull(&proxy.reference(&repo, "v1"), out_dir.path(), &["-d"]);
+    assert_ok(&out);
+    assert!(
+        read_file(&out_dir.path().join("data.bin")) == data,
+        "wrong bytes"
+    );
+    proxy.settle(Duration::from_secs(5));
+    // The pull says how fast its first 16 MiB came and what it did about it; on a loopback
+    // proxy that is fast, unless this machine is very busy.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let decision = stderr
+        .lines()
+        .find(|l| l.contains("first 16777216 bytes at"))
+        .unwrap_or_else(|| panic!("no decision logged:\n{stderr}"));
+    let gets = proxy.matching("GET", &blob_path_of(&digest));
+    let mut ranges: Vec<String> = gets
+        .iter()
+        .filter_map(|g| g.header("range").map(str::to_string))
+        .collect();
+    ranges.sort_unstable();
+    if decision.contains("the rest in one request") {
+        let last = data.len() - 1;
+        assert_eq!(
+            ranges,
+            vec![
+                "bytes=0-16777215".to_string(),
+                format!("bytes=16777216-{last}")
+            ],
+            "{decision}: {gets:#?}"
+        );
+    } else {
+        eprintln!("this machine was too busy for the fast path: {decision}");
+        assert_eq!(ranges.len(), 5, "{decision}: {gets:#?}");
+    }
+}
+
+#[test]
 fn pull_of_corrupted_bytes_fails_and_poisons_nothing() {
     require_registry!();
     let repo = unique_repo("fault-pull-corrupt");
