@@ -173,6 +173,18 @@ pub fn list_dir(dir: &Path) -> Vec<String> {
     names
 }
 
+/// Names in `dir` that oras-fs gives its temporary files (`.oras-fs-partial-*`, ...), sorted:
+/// what a finished or failed command must not leave behind. None if `dir` does not exist.
+pub fn leftovers(dir: &Path) -> Vec<String> {
+    if !dir.exists() {
+        return Vec::new();
+    }
+    list_dir(dir)
+        .into_iter()
+        .filter(|n| n.starts_with(".oras-fs"))
+        .collect()
+}
+
 /// `%XX` escapes decoded (invalid ones kept as they are).
 pub fn percent_decode(s: &str) -> String {
     let b = s.as_bytes();

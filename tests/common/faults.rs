@@ -105,6 +105,11 @@ impl Rule {
         }
     }
 
+    /// A fault on the GETs of the blob `digest` (any repository).
+    pub fn blob_get(digest: &str, fault: Fault) -> Rule {
+        Rule::new("GET", &blob_path_of(digest), fault)
+    }
+
     /// Let the first `n` matching requests through.
     pub fn skip(mut self, n: usize) -> Rule {
         self.skip = n;
@@ -297,6 +302,11 @@ impl FaultProxy {
             .into_iter()
             .filter(|s| (method == "*" || s.method == method) && s.path.contains(needle))
             .collect()
+    }
+
+    /// The GETs of the blob `digest` seen so far.
+    pub fn blob_gets(&self, digest: &str) -> Vec<Seen> {
+        self.matching("GET", &blob_path_of(digest))
     }
 
     /// How many requests a fault was applied to.
@@ -1189,6 +1199,11 @@ fn serve_connection(client: TcpStream, shared: &Arc<Shared>) -> std::io::Result<
         }
     }
     Ok(())
+}
+
+/// What a blob request's path contains, whatever the repository: `/blobs/<digest>`.
+pub fn blob_path_of(digest: &str) -> String {
+    format!("/blobs/{digest}")
 }
 
 /// `Basic base64(user:pass)`.

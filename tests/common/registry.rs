@@ -135,6 +135,32 @@ pub fn get_manifest(repo: &str, reference: &str) -> (String, Vec<u8>) {
     (digest, resp.body)
 }
 
+/// The status of a HEAD of `repo`'s manifest `reference` (a tag or digest) on the main test
+/// registry: 200 if it is there, 404 if not.
+pub fn manifest_status(repo: &str, reference: &str) -> u16 {
+    http(
+        &registry(),
+        "HEAD",
+        &format!("/v2/{repo}/manifests/{reference}"),
+        &[("Accept", "application/vnd.oci.image.manifest.v1+json")],
+        b"",
+    )
+    .status
+}
+
+/// The status of a HEAD of `repo`'s blob `digest` on the main test registry: 200 if it is
+/// there, 404 if not.
+pub fn blob_status(repo: &str, digest: &str) -> u16 {
+    http(
+        &registry(),
+        "HEAD",
+        &format!("/v2/{repo}/blobs/{digest}"),
+        &[],
+        b"",
+    )
+    .status
+}
+
 /// Uploads `data` as a blob of `repo`, straight to the registry; returns its digest.
 pub fn upload_blob(repo: &str, data: &[u8]) -> String {
     let digest = sha256_bytes(data);
