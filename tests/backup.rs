@@ -6,7 +6,6 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::path::Path;
 
 use common::*;
 
@@ -61,15 +60,6 @@ fn seed(repo: &str) -> String {
     );
     assert_ok(&out);
     digest_of_stdout(&out)
-}
-
-/// Every file left in `dir` whose name says it is a partial write.
-fn leftovers(dir: &Path) -> Vec<String> {
-    std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with(".oras-fs"))
-        .collect()
 }
 
 #[test]

@@ -366,9 +366,7 @@ fn pull_manifest_served_as(media_type: &str) {
     let out = pull(&proxy.reference(&repo, "v1"), out_dir.path(), &[]);
     eprintln!("{media_type}: {}", describe(&out));
     assert!(
-        proxy
-            .matching("GET", &format!("/blobs/{digest}"))
-            .is_empty(),
+        proxy.blob_gets(&digest).is_empty(),
         "the manifest was fetched from /blobs/\n{}",
         describe(&out)
     );
@@ -443,7 +441,7 @@ fn unsafe_titles_are_refused_by_pull() {
         }
         if out_dir.exists() {
             assert!(
-                !list_dir(&out_dir).iter().any(|n| n.starts_with(".oras-fs")),
+                leftovers(&out_dir).is_empty(),
                 "temporary files left in {}",
                 out_dir.display()
             );
@@ -780,7 +778,6 @@ fn an_expired_token_is_renewed_once_then_fails_clearly() {
     let src = temp_dir();
     write_file(&src.path().join("data.bin"), &data);
     let digest = sha256_bytes(&data);
-    let blob = format!("/blobs/{digest}");
     let proxy = FaultProxy::start_bearer(&registry(), None);
     let r = proxy.reference(&repo, "v1");
 
@@ -809,7 +806,7 @@ fn an_expired_token_is_renewed_once_then_fails_clearly() {
     proxy.clear();
     proxy.expire_tokens();
     let before = proxy.token_requests().len();
-    proxy.add(Rule::new("GET", &blob, Fault::ExpireToken).once());
+    proxy.add(Rule::blob_get(&digest, Fault::ExpireToken).once());
     let out_dir = temp_dir();
     assert_ok(&pull(&r, out_dir.path(), &[]));
     assert_eq!(read_file(&out_dir.path().join("data.bin")), data);
@@ -822,12 +819,12 @@ fn an_expired_token_is_renewed_once_then_fails_clearly() {
     // The token expires while a dropped download resumes: renewed, and the download resumes.
     proxy.clear();
     proxy.clear_log();
-    proxy.add(Rule::new("GET", &blob, Fault::DropAfter(500_000)).once());
-    proxy.add(Rule::new("GET", &blob, Fault::ExpireToken).once());
+    proxy.add(Rule::blob_get(&digest, Fault::DropAfter(500_000)).once());
+    proxy.add(Rule::blob_get(&digest, Fault::ExpireToken).once());
     let out_dir = temp_dir();
     assert_ok(&pull(&r, out_dir.path(), &[]));
     assert_eq!(read_file(&out_dir.path().join("data.bin")), data);
-    let gets = proxy.matching("GET", &blob);
+    let gets = proxy.blob_gets(&digest);
     assert_eq!(gets.len(), 3, "{gets:#?}");
     assert!(
         gets[2].header("range").is_some(),
@@ -838,17 +835,13 @@ fn an_expired_token_is_renewed_once_then_fails_clearly() {
     proxy.clear();
     proxy.clear_log();
     let before = proxy.token_requests().len();
-    proxy.add(Rule::new("GET", &blob, Fault::ExpireToken));
+    proxy.add(Rule::blob_get(&digest, Fault::ExpireToken));
     let out_dir = temp_dir();
     let out = pull(&r, out_dir.path(), &[]);
     let stderr = assert_fails(&out, "authentication");
     eprintln!("{}", stderr.trim());
     assert!(stderr.contains(&proxy.addr), "{stderr}");
-    assert_eq!(
-        proxy.matching("GET", &blob).len(),
-        2,
-        "not exactly one renewal"
-    );
+    assert_eq!(proxy.blob_gets(&digest).len(), 2, "not exactly one renewal");
     assert!(proxy.token_requests().len() - before <= 2);
     assert!(!out_dir.path().join("data.bin").exists());
 }

@@ -150,11 +150,7 @@ fn a_mirror_that_serves_corrupt_bytes_is_passed_over_for_the_origin() {
     let digest = sha256_bytes(&data);
     // The "mirror" passes requests to the registry, and corrupts every blob and manifest body.
     let bad = FaultProxy::start(&registry());
-    bad.add(Rule::new(
-        "GET",
-        &format!("/blobs/{digest}"),
-        Fault::Corrupt(123_456),
-    ));
+    bad.add(Rule::blob_get(&digest, Fault::Corrupt(123_456)));
     bad.add(Rule::new("GET", "/manifests/sha256:", Fault::Corrupt(10)));
     let work = temp_dir();
     let mirror = bad.origin();
