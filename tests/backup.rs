@@ -9,24 +9,10 @@ use std::collections::BTreeSet;
 
 use common::*;
 
-/// `repo tags ARGS...` as a set.
-#[track_caller]
-fn tags(args: &[&str]) -> BTreeSet<String> {
-    let mut all = vec!["repo", "tags"];
-    all.extend_from_slice(args);
-    ok(&all).lines().map(str::to_string).collect()
-}
-
 /// The digests of the direct referrers `discover` lists for `reference`.
 #[track_caller]
 fn referrers(reference: &str) -> BTreeSet<String> {
-    let v = json(ok(&["discover", "--format", "json", reference]).as_bytes());
-    v["referrers"]
-        .as_array()
-        .unwrap_or_else(|| panic!("no referrers: {v}"))
-        .iter()
-        .map(|r| r["digest"].as_str().expect("digest").to_string())
-        .collect()
+    digests_of(&discovered(&[reference]))
 }
 
 /// A repository with two tagged artifacts, `v1` (with one referrer) and `v2`; returns the
@@ -48,18 +34,12 @@ fn seed(repo: &str) -> String {
         &tmp.path().join("sbom.json"),
         format!("{{\"sbom\":\"{repo}\"}}"),
     );
-    let out = oras_fs_in(
+    attach(
         tmp.path(),
-        [
-            "attach",
-            "--artifact-type",
-            "application/vnd.test.sbom",
-            &reference(repo, "v1"),
-            "sbom.json",
-        ],
-    );
-    assert_ok(&out);
-    digest_of_stdout(&out)
+        "application/vnd.test.sbom",
+        &reference(repo, "v1"),
+        &["sbom.json"],
+    )
 }
 
 #[test]

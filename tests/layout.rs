@@ -309,19 +309,12 @@ fn index_json_stays_valid_through_pushes_tags_and_deletes() {
     ]);
 
     // A referrer is listed, untagged.
-    let out = oras_fs_in(
+    let note = attach(
         tmp.path(),
-        [
-            "attach",
-            "--oci-layout",
-            "--artifact-type",
-            "application/vnd.test.note",
-            &at(&layout, "v2"),
-            "f4.txt",
-        ],
+        "application/vnd.test.note",
+        &at(&layout, "v2"),
+        &["f4.txt", "--oci-layout"],
     );
-    assert_ok(&out);
-    let note = digest_of_stdout(&out);
     let (_, listed) = checked_index(&layout);
     assert!(listed.contains(&note), "{listed:?}");
     check_tags(&[
