@@ -123,17 +123,30 @@ fn tgz(entries: &[TarEntry]) -> (Vec<u8>, String) {
 /// Puts a manifest with one directory layer titled `d` made of `entries` as `repo:tag`.
 fn put_directory_layer(repo: &str, tag: &str, entries: &[TarEntry]) {
     let (gz, tar_digest) = tgz(entries);
-    upload_blob(repo, &gz);
-    let layer = descriptor(
-        DIRECTORY_LAYER,
-        &gz,
-        json!({
-            TITLE: "d",
-            "io.deis.oras.content.unpack": "true",
-            "io.deis.oras.content.digest": tar_digest,
-        }),
-    );
-    put_manifest(repo, tag, &manifest(repo, vec![layer]));
+    put_tgz_layer(repo, tag, &gz, &tar_digest);
+}
+
+/// Puts `repo:tag`, a manifest with one layer per title in `titles`, each of them `content`
+/// (already uploaded).
+fn put_titled_layers(repo: &str, tag: &str, content: &[u8], titles: &[&str]) {
+    let layers = titles
+        .iter()
+        .map(|t| descriptor(DEFAULT_LAYER, content, json!({TITLE: t})))
+        .collect();
+    put_manifest(repo, tag, &manifest(repo, layers));
+}
+
+/// Answers every manifest request (GET or HEAD, any reference) with `body` as `content_type`.
+fn serve_manifests(content_type: &str, body: Vec<u8>) -> Rule {
+    Rule::new(
+        "*",
+        "/manifests/",
+        Fault::Serve {
+            status: 200,
+            content_type: content_type.into(),
+            body: Arc::new(body),
+        },
+    )
 }
 
 // --- Manifests ------------------------------------------------------------------------------
@@ -149,15 +162,7 @@ fn oversized_manifests_are_refused_without_reading_them() {
     let mut body = br#"{"schemaVersion":2,"x":""#.to_vec();
     body.resize(5 * MIB - 2, b'x');
     body.extend_from_slice(b"\"}");
-    proxy.add(Rule::new(
-        "*",
-        "/manifests/",
-        Fault::Serve {
-            status: 200,
-            content_type: OCI_MANIFEST.into(),
-            body: Arc::new(body),
-        },
-    ));
+    proxy.add(serve_manifests(OCI_MANIFEST, body));
     let out = pull(&proxy.reference(&repo, "v1"), out_dir.path(), &[]);
     let stderr = assert_fails(&out, "limit");
     eprintln!("{}", stderr.trim());
@@ -262,15 +267,7 @@ fn malformed_manifests_name_the_problem() {
     ];
     for (what, body, needle) in cases {
         proxy.clear();
-        proxy.add(Rule::new(
-            "*",
-            "/manifests/",
-            Fault::Serve {
-                status: 200,
-                content_type: OCI_MANIFEST.into(),
-                body: Arc::new(body),
-            },
-        ));
+        proxy.add(serve_manifests(OCI_MANIFEST, body));
         let out = pull(&proxy.reference(&repo, "v1"), out_dir.path(), &[]);
         let stderr = assert_fails(&out, "invalid manifest");
         eprintln!("{}", stderr.trim());
@@ -353,15 +350,7 @@ fn pull_manifest_served_as(media_type: &str) {
     let body = serde_json::to_vec(&m).unwrap();
     let digest = sha256_bytes(&body);
     let proxy = FaultProxy::start(&registry());
-    proxy.add(Rule::new(
-        "*",
-        "/manifests/",
-        Fault::Serve {
-            status: 200,
-            content_type: media_type.into(),
-            body: Arc::new(body),
-        },
-    ));
+    proxy.add(serve_manifests(media_type, body));
     let out_dir = temp_dir();
     let out = pull(&proxy.reference(&repo, "v1"), out_dir.path(), &[]);
     eprintln!("{media_type}: {}", describe(&out));
@@ -415,11 +404,7 @@ fn unsafe_titles_are_refused_by_pull() {
     ];
     for (i, (title, needle)) in cases.iter().enumerate() {
         let tag = format!("t{i}");
-        let layers = vec![
-            descriptor(DEFAULT_LAYER, &ok, json!({TITLE: "ok.txt"})),
-            descriptor(DEFAULT_LAYER, &ok, json!({TITLE: title})),
-        ];
-        put_manifest(&repo, &tag, &manifest(&repo, layers));
+        put_titled_layers(&repo, &tag, &ok, &["ok.txt", title]);
         let area = temp_dir();
         let out_dir = area.path().join("out");
         let out = pull(&reference(&repo, &tag), &out_dir, &[]);
@@ -457,11 +442,7 @@ fn unsafe_titles_are_skipped_by_mount_with_a_warning() {
     let ok = format!("ok {repo}").into_bytes();
     upload_blob(&repo, &ok);
     let titles = ["ok.txt", "../up.txt", "/abs/file.txt", "nul\0byte.txt"];
-    let layers = titles
-        .iter()
-        .map(|t| descriptor(DEFAULT_LAYER, &ok, json!({TITLE: t})))
-        .collect();
-    put_manifest(&repo, "v1", &manifest(&repo, layers));
+    put_titled_layers(&repo, "v1", &ok, &titles);
     let m = Mount::new(&reference(&repo, "v1"), &["--read-only"]);
     assert_eq!(
         list_dir(m.path()),
@@ -489,11 +470,7 @@ fn overlong_titles_are_skipped_by_mount_with_a_warning() {
     let ok = format!("ok {repo}").into_bytes();
     upload_blob(&repo, &ok);
     let long = "n".repeat(300);
-    let layers = ["ok.txt", long.as_str()]
-        .iter()
-        .map(|t| descriptor(DEFAULT_LAYER, &ok, json!({TITLE: t})))
-        .collect();
-    put_manifest(&repo, "v1", &manifest(&repo, layers));
+    put_titled_layers(&repo, "v1", &ok, &["ok.txt", &long]);
     let m = Mount::new(&reference(&repo, "v1"), &["--read-only"]);
     assert_eq!(
         list_dir(m.path()),
@@ -865,27 +842,9 @@ fn an_identity_token_from_the_docker_config_gets_tokens_by_refresh_grant() {
         ),
     );
     let cfg = config.to_str().unwrap();
-    assert_ok(&oras_fs_in(
-        src.path(),
-        [
-            "push",
-            r.as_str(),
-            "i.txt",
-            "--registry-config",
-            cfg,
-            "--no-tty",
-        ],
-    ));
+    assert_ok(&push(src.path(), &r, &["i.txt", "--registry-config", cfg]));
     let out = src.path().join("out");
-    assert_ok(&oras_fs([
-        "pull",
-        r.as_str(),
-        "-o",
-        out.to_str().unwrap(),
-        "--registry-config",
-        cfg,
-        "--no-tty",
-    ]));
+    assert_ok(&pull(&r, &out, &["--registry-config", cfg]));
     assert_eq!(read_file(&out.join("i.txt")), b"identity");
     let tokens = proxy.token_requests();
     assert!(!tokens.is_empty());
@@ -904,15 +863,7 @@ fn an_identity_token_from_the_docker_config_gets_tokens_by_refresh_grant() {
         ),
     );
     assert_fails(
-        &oras_fs([
-            "pull",
-            r.as_str(),
-            "-o",
-            out.to_str().unwrap(),
-            "--registry-config",
-            cfg,
-            "--no-tty",
-        ]),
+        &pull(&r, &out, &["--registry-config", cfg]),
         "authentication",
     );
 }
