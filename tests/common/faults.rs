@@ -509,7 +509,17 @@ struct BodyWriter<'a, W: Write> {
     stop: &'a AtomicBool,
 }
 
-impl<W: Write> BodyWriter<'_, W> {
+impl<'a, W: Write> BodyWriter<'a, W> {
+    fn new(w: &'a mut W, chunked: bool, fault: BodyFault, stop: &'a AtomicBool) -> Self {
+        BodyWriter {
+            w,
+            chunked,
+            offset: 0,
+            fault,
+            stop,
+        }
+    }
+
     fn emit(&mut self, data: &[u8]) -> std::io::Result<()> {
         if data.is_empty() {
             return Ok(());
@@ -603,20 +613,9 @@ fn relay_body<R: BufRead, W: Write>(
     let mut buf = vec![0u8; 64 * 1024];
     match framing {
         Framing::None => {}
-        Framing::Length(mut left) => {
-            while left > 0 {
-                let want = (left as usize).min(buf.len());
-                let n = r.read(&mut buf[..want])?;
-                if n == 0 {
-                    return Err(std::io::Error::new(
-                        std::io::ErrorKind::UnexpectedEof,
-                        "body ended early",
-                    ));
-                }
-                left -= n as u64;
-                if !out.data(&mut buf[..n])? {
-                    return Ok(false);
-                }
+        Framing::Length(len) => {
+            if !relay_exact(r, len, "body", &mut buf, out)? {
+                return Ok(false);
             }
         }
         Framing::UntilClose => loop {
@@ -648,20 +647,8 @@ fn relay_body<R: BufRead, W: Write>(
                 }
                 break;
             }
-            let mut left = size;
-            while left > 0 {
-                let want = (left as usize).min(buf.len());
-                let n = r.read(&mut buf[..want])?;
-                if n == 0 {
-                    return Err(std::io::Error::new(
-                        std::io::ErrorKind::UnexpectedEof,
-                        "chunk ended early",
-                    ));
-                }
-                left -= n as u64;
-                if !out.data(&mut buf[..n])? {
-                    return Ok(false);
-                }
+            if !relay_exact(r, size, "chunk", &mut buf, out)? {
+                return Ok(false);
             }
             let mut crlf = [0u8; 2];
             r.read_exact(&mut crlf)?;
@@ -671,17 +658,38 @@ fn relay_body<R: BufRead, W: Write>(
     Ok(true)
 }
 
+/// Copies the next `len` bytes from `r` to `out` through `buf`; an error naming `what` if `r`
+/// ends first. Returns false if the fault dropped them.
+fn relay_exact<R: Read, W: Write>(
+    r: &mut R,
+    len: u64,
+    what: &str,
+    buf: &mut [u8],
+    out: &mut BodyWriter<'_, W>,
+) -> std::io::Result<bool> {
+    let mut left = len;
+    while left > 0 {
+        let want = (left as usize).min(buf.len());
+        let n = r.read(&mut buf[..want])?;
+        if n == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!("{what} ended early"),
+            ));
+        }
+        left -= n as u64;
+        if !out.data(&mut buf[..n])? {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
 /// Reads and discards a request body (bounded), so an answer sent early is not lost to a reset.
 fn drain_body<R: BufRead>(r: &mut R, framing: Framing) -> u64 {
     let mut sink = std::io::sink();
     let stop = AtomicBool::new(false);
-    let mut out = BodyWriter {
-        w: &mut sink,
-        chunked: false,
-        offset: 0,
-        fault: BodyFault::none(),
-        stop: &stop,
-    };
+    let mut out = BodyWriter::new(&mut sink, false, BodyFault::none(), &stop);
     let framing = match framing {
         Framing::UntilClose => Framing::None, // A request without framing has no body.
         f => f,
@@ -1094,13 +1102,8 @@ fn serve_connection(client: TcpStream, shared: &Arc<Shared>) -> std::io::Result<
         },
         _ => BodyFault::none(),
     };
-    let mut body_out = BodyWriter {
-        w: &mut up_w,
-        chunked: matches!(request_framing, Framing::Chunked),
-        offset: 0,
-        fault: req_fault,
-        stop: &shared.stop,
-    };
+    let chunked = matches!(request_framing, Framing::Chunked);
+    let mut body_out = BodyWriter::new(&mut up_w, chunked, req_fault, &shared.stop);
     let completed = relay_body(&mut reader, request_framing, &mut body_out)?;
     let received = body_out.offset;
     if !completed {
@@ -1172,13 +1175,8 @@ fn serve_connection(client: TcpStream, shared: &Arc<Shared>) -> std::io::Result<
         },
         _ => BodyFault::none(),
     };
-    let mut body_out = BodyWriter {
-        w: &mut out,
-        chunked: matches!(framing, Framing::Chunked),
-        offset: 0,
-        fault: resp_fault,
-        stop: &shared.stop,
-    };
+    let chunked = matches!(framing, Framing::Chunked);
+    let mut body_out = BodyWriter::new(&mut out, chunked, resp_fault, &shared.stop);
     let result = relay_body(&mut up_r, framing, &mut body_out);
     let sent = body_out.offset;
     let _ = upstream.shutdown(Shutdown::Both);
