@@ -52,11 +52,6 @@ fn assert_discover_tree(text: &str, subject: &str, child: (&str, &str), grandchi
     );
 }
 
-/// The tag-schema referrers tag of a subject digest: `sha256-<hex>`.
-fn referrers_tag(digest: &str) -> String {
-    digest.replacen(':', "-", 1)
-}
-
 /// The registry's JSON-log entries after `offset` once `done` holds for them: the registry logs
 /// a response as it completes, a moment after the client has it. Panics after 10 s.
 #[track_caller]

@@ -421,7 +421,7 @@ fn listing_flags_last_exclude_digest_tags_full_reference_and_depth() {
         &format!("{base}@{sig}"),
         &["sbom.txt"],
     );
-    let subject_tag = subject.replacen(':', "-", 1);
+    let subject_tag = referrers_tag(&subject);
 
     // Sorted: Distribution 2.8 lists tags in no particular order.
     let lines = |args: &[&str]| -> Vec<String> {
@@ -643,7 +643,7 @@ fn distribution_spec_forces_the_referrers_api_or_the_tag_schema() {
     write_file(&tmp.path().join("q.txt"), format!("q {repo}\n"));
     let subject = push_files(tmp.path(), &reference(&repo, "v1"), &["s.txt"]);
     let base = format!("{}/{repo}", registry());
-    let subject_tag = subject.replacen(':', "-", 1);
+    let subject_tag = referrers_tag(&subject);
     let tags = || ok(&["repo", "tags", &base]);
 
     // Forcing the API on a registry without it: attach writes no tag-schema index ...

@@ -256,7 +256,7 @@ fn writes_resolve_tags_at_the_origin_not_at_a_stale_mirror() {
     write_file(&work.path().join("a.txt"), "a referrer\n");
     let subject = push_contents(&origin, &[("f.txt", b"new")]);
     let first = attach(work.path(), "application/vnd.test", &origin, &["a.txt"]);
-    let index_tag = subject.replacen(':', "-", 1);
+    let index_tag = referrers_tag(&subject);
     ok(&[
         "copy",
         &reference(&repo, &index_tag),

@@ -151,3 +151,9 @@ pub fn digests_of(descs: &[serde_json::Value]) -> std::collections::BTreeSet<Str
         .map(|d| d["digest"].as_str().expect("digest").to_string())
         .collect()
 }
+
+/// The tag under which a registry without the referrers API keeps a subject's referrers (the
+/// tag schema): `sha256-<hex>` for `sha256:<hex>`.
+pub fn referrers_tag(digest: &str) -> String {
+    digest.replacen(':', "-", 1)
+}
