@@ -158,6 +158,14 @@ pub fn tree(root: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
     out
 }
 
+/// What [`tree`] returns for a directory holding just `files` (path, contents).
+pub fn expect_tree(files: &[(&str, &[u8])]) -> std::collections::BTreeMap<String, Vec<u8>> {
+    files
+        .iter()
+        .map(|(n, d)| (n.to_string(), d.to_vec()))
+        .collect()
+}
+
 /// Names of the entries directly in `dir`, sorted.
 pub fn list_dir(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir)
