@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::percent_decode;
+use super::*;
 
 /// Socket read/write timeout: no proxy thread outlives a stuck peer by more than this.
 const IO_TIMEOUT: Duration = Duration::from_secs(60);
@@ -1197,6 +1197,35 @@ fn serve_connection(client: TcpStream, shared: &Arc<Shared>) -> std::io::Result<
         }
     }
     Ok(())
+}
+
+/// A file for a push through a fault proxy: `size` random bytes (seeded by the name of a new
+/// repository of its own, from `prefix`) as `name` in a directory of its own, and a proxy in
+/// front of the registry. Returns (repository, bytes, digest, directory, proxy).
+pub fn to_push_through_proxy(
+    prefix: &str,
+    name: &str,
+    size: usize,
+) -> (String, Vec<u8>, String, tempfile::TempDir, FaultProxy) {
+    let repo = unique_repo(prefix);
+    let data = random_bytes(&repo, size);
+    let src = temp_dir();
+    write_file(&src.path().join(name), &data);
+    let digest = sha256_bytes(&data);
+    let proxy = FaultProxy::start(&registry());
+    (repo, data, digest, src, proxy)
+}
+
+/// The same file pushed as `REPO:v1` straight to the registry, for a pull or a mount through
+/// the proxy. Returns (repository, bytes, digest, proxy).
+pub fn pushed_behind_proxy(
+    prefix: &str,
+    name: &str,
+    size: usize,
+) -> (String, Vec<u8>, String, FaultProxy) {
+    let (repo, data, digest, src, proxy) = to_push_through_proxy(prefix, name, size);
+    push_files(src.path(), &reference(&repo, "v1"), &[name]);
+    (repo, data, digest, proxy)
 }
 
 /// What a blob request's path contains, whatever the repository: `/blobs/<digest>`.
