@@ -26,6 +26,11 @@ fn at(dir: &Path, tag: &str) -> String {
     format!("{}:{tag}", path_str(dir))
 }
 
+/// The manifest skopeo reads for `tag` of a layout (`skopeo inspect --raw oci:DIR:TAG`).
+fn skopeo_manifest(layout: &Path, tag: &str) -> Vec<u8> {
+    skopeo_ok(&["inspect", "--raw", &format!("oci:{}", at(layout, tag))])
+}
+
 /// The file of a blob in a layout.
 fn layout_blob(layout: &Path, digest: &str) -> PathBuf {
     let (alg, hex) = digest.split_once(':').expect("a digest");
@@ -186,16 +191,9 @@ fn skopeo_accepts_what_oras_fs_writes_to_a_layout() {
         ],
     );
     let ours = read_file(&layout_blob(&layout, &v2));
+    assert_eq!(skopeo_manifest(&layout, "v2"), ours);
     assert_eq!(
-        skopeo_ok(&["inspect", "--raw", &format!("oci:{}", at(&layout, "v2"))]),
-        ours
-    );
-    assert_eq!(
-        sha256_bytes(&skopeo_ok(&[
-            "inspect",
-            "--raw",
-            &format!("oci:{}", at(&layout, "v1"))
-        ])),
+        sha256_bytes(&skopeo_manifest(&layout, "v1")),
         v1,
         "skopeo's own tag survives"
     );
@@ -262,11 +260,7 @@ fn index_json_stays_valid_through_pushes_tags_and_deletes() {
         assert_eq!(tags, expected);
         for (tag, digest) in &tags {
             assert_eq!(
-                sha256_bytes(&skopeo_ok(&[
-                    "inspect",
-                    "--raw",
-                    &format!("oci:{}", at(&layout, tag))
-                ])),
+                sha256_bytes(&skopeo_manifest(&layout, tag)),
                 *digest,
                 "skopeo reads {tag}"
             );
@@ -300,13 +294,15 @@ fn index_json_stays_valid_through_pushes_tags_and_deletes() {
     assert_eq!(out.stdout, b"file 1\n");
     ok(&["tag", "--oci-layout", &at(&layout, "v2"), "x", "y"]);
     ok(&["tag", "--oci-layout", &at(&layout, "v1"), "x"]);
-    check_tags(&[
+    // Tags the next steps leave as they are.
+    let tagged: [(&str, &str); 5] = [
         ("v1", &d3),
         ("v2", &d2),
         ("two", &d2),
         ("x", &d3),
         ("y", &d2),
-    ]);
+    ];
+    check_tags(&tagged);
 
     // A referrer is listed, untagged.
     let note = attach(
@@ -317,13 +313,7 @@ fn index_json_stays_valid_through_pushes_tags_and_deletes() {
     );
     let (_, listed) = checked_index(&layout);
     assert!(listed.contains(&note), "{listed:?}");
-    check_tags(&[
-        ("v1", &d3),
-        ("v2", &d2),
-        ("two", &d2),
-        ("x", &d3),
-        ("y", &d2),
-    ]);
+    check_tags(&tagged);
 
     // manifest push and delete.
     let file = tmp.path().join("m.json");
@@ -598,14 +588,7 @@ fn a_layout_mounts_without_a_registry_and_unmount_writes_back() {
             ("new.txt".to_string(), b"written in the mount\n".to_vec()),
         ])
     );
-    assert_eq!(
-        sha256_bytes(&skopeo_ok(&[
-            "inspect",
-            "--raw",
-            &format!("oci:{}", at(&layout, "v1"))
-        ])),
-        after
-    );
+    assert_eq!(sha256_bytes(&skopeo_manifest(&layout, "v1")), after);
     drop(mount);
 }
 
