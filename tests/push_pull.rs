@@ -1029,7 +1029,7 @@ fn malformed_manifests_are_refused_on_pull() {
         &[("Content-Type", "application/vnd.oci.image.index.v1+json")],
         &serde_json::to_vec(&index).unwrap(),
     );
-    assert_eq!(resp.status, 201, "{}", String::from_utf8_lossy(&resp.body));
+    resp.assert_status(201, "PUT index");
     assert_fails(
         &pull(&reference(&repo, "index"), &tmp.path().join("idx"), &[]),
         "index",
