@@ -434,15 +434,15 @@ fn unsafe_titles_are_refused_by_pull() {
     }
 }
 
-/// A mount shows the layers with safe titles and skips the others with a warning.
-#[test]
-fn unsafe_titles_are_skipped_by_mount_with_a_warning() {
-    require_registry!();
-    let repo = unique_repo("bad-titles-mount");
+/// Mounts (read-only) a new repository's `v1`, one layer per title in `titles` (with
+/// `ok.txt` among them), each holding the same bytes; the mount must show `ok.txt` only.
+/// Returns the bytes and the mount.
+#[track_caller]
+fn mount_showing_only_ok_txt(name: &str, titles: &[&str]) -> (Vec<u8>, Mount) {
+    let repo = unique_repo(name);
     let ok = format!("ok {repo}").into_bytes();
     upload_blob(&repo, &ok);
-    let titles = ["ok.txt", "../up.txt", "/abs/file.txt", "nul\0byte.txt"];
-    put_titled_layers(&repo, "v1", &ok, &titles);
+    put_titled_layers(&repo, "v1", &ok, titles);
     let m = Mount::new(&reference(&repo, "v1"), &["--read-only"]);
     assert_eq!(
         list_dir(m.path()),
@@ -450,6 +450,15 @@ fn unsafe_titles_are_skipped_by_mount_with_a_warning() {
         "{}",
         m.mount_stderr()
     );
+    (ok, m)
+}
+
+/// A mount shows the layers with safe titles and skips the others with a warning.
+#[test]
+fn unsafe_titles_are_skipped_by_mount_with_a_warning() {
+    require_registry!();
+    let titles = ["ok.txt", "../up.txt", "/abs/file.txt", "nul\0byte.txt"];
+    let (ok, m) = mount_showing_only_ok_txt("bad-titles-mount", &titles);
     assert_eq!(read_file(&m.join("ok.txt")), ok);
     let stderr = m.mount_stderr();
     for t in &titles[1..] {
@@ -466,18 +475,8 @@ fn unsafe_titles_are_skipped_by_mount_with_a_warning() {
 #[test]
 fn overlong_titles_are_skipped_by_mount_with_a_warning() {
     require_registry!();
-    let repo = unique_repo("bad-long-title");
-    let ok = format!("ok {repo}").into_bytes();
-    upload_blob(&repo, &ok);
     let long = "n".repeat(300);
-    put_titled_layers(&repo, "v1", &ok, &["ok.txt", &long]);
-    let m = Mount::new(&reference(&repo, "v1"), &["--read-only"]);
-    assert_eq!(
-        list_dir(m.path()),
-        [".oras", "ok.txt"],
-        "{}",
-        m.mount_stderr()
-    );
+    let (_, m) = mount_showing_only_ok_txt("bad-long-title", &["ok.txt", &long]);
     assert!(
         m.mount_stderr().contains("nnnnnnnn"),
         "no warning\n{}",
