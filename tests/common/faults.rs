@@ -752,6 +752,20 @@ fn respond(
     Ok(if head_only { 0 } else { body.len() as u64 })
 }
 
+/// Answers 401 with the `Bearer` challenge `challenge` and a registry error `body` (JSON).
+fn respond_unauthorized(
+    w: &mut TcpStream,
+    challenge: String,
+    body: &[u8],
+    head_only: bool,
+) -> std::io::Result<u64> {
+    let headers = [
+        ("WWW-Authenticate", challenge),
+        ("Content-Type", "application/json".into()),
+    ];
+    respond(w, 401, &headers, body, head_only)
+}
+
 /// Closes our side gracefully: FIN after the data, then a short wait for the client's FIN so
 /// that unread input does not turn the close into a reset that destroys data in flight.
 fn close_gracefully(stream: &TcpStream) {
@@ -922,13 +936,9 @@ fn serve_connection(client: TcpStream, shared: &Arc<Shared>) -> std::io::Result<
                 r#"Bearer realm="http://{}/token",service="fault-proxy",scope="repository:{repo}:pull,push",error="insufficient_scope""#,
                 shared.addr
             );
-            let sent = respond(
+            let sent = respond_unauthorized(
                 &mut out,
-                401,
-                &[
-                    ("WWW-Authenticate", challenge),
-                    ("Content-Type", "application/json".into()),
-                ],
+                challenge,
                 br#"{"errors":[{"code":"DENIED","message":"requested access to the resource is denied"}]}"#,
                 head_only,
             )?;
@@ -947,13 +957,9 @@ fn serve_connection(client: TcpStream, shared: &Arc<Shared>) -> std::io::Result<
                 r#"Bearer realm="http://{}/token",service="fault-proxy""#,
                 shared.addr
             );
-            let sent = respond(
+            let sent = respond_unauthorized(
                 &mut out,
-                401,
-                &[
-                    ("WWW-Authenticate", challenge),
-                    ("Content-Type", "application/json".into()),
-                ],
+                challenge,
                 br#"{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}"#,
                 head_only,
             )?;
