@@ -53,27 +53,13 @@ fn backup_and_restore_round_trip_through_a_directory_and_a_tar() {
     let src = format!("{}/{repo}", registry());
 
     // All tags, with referrers, to a directory and to a tar.
-    let printed = ok(&[
-        "backup",
-        "-o",
-        path_str(&dir),
-        "--include-referrers",
-        &src,
-        "--no-tty",
-    ]);
+    let printed = backup_to(&dir, &["--include-referrers", &src]);
     assert!(
         printed.contains("Pulled tag v1 and 1 referrer(s)"),
         "{printed}"
     );
     assert!(printed.contains("Successfully backed up"), "{printed}");
-    let printed = ok(&[
-        "backup",
-        "-o",
-        path_str(&tar),
-        "--include-referrers",
-        &src,
-        "--no-tty",
-    ]);
+    let printed = backup_to(&tar, &["--include-referrers", &src]);
     assert!(
         printed.contains(&format!("Exported to {}", tar.display())),
         "{printed}"
@@ -156,13 +142,7 @@ fn backup_of_chosen_tags_leaves_out_referrers_unless_asked() {
     let sbom = seed(&repo);
     let out = temp_dir();
     let dir = out.path().join("layout");
-    ok(&[
-        "backup",
-        "-o",
-        path_str(&dir),
-        &reference(&repo, "v1"),
-        "--no-tty",
-    ]);
+    backup_to(&dir, &[&reference(&repo, "v1")]);
     assert_eq!(
         tags(&["--oci-layout", path_str(&dir)]),
         BTreeSet::from(["v1".to_string()])
@@ -173,14 +153,7 @@ fn backup_of_chosen_tags_leaves_out_referrers_unless_asked() {
 
     // A dry run says what it would push, and pushes nothing.
     let with = out.path().join("with");
-    ok(&[
-        "backup",
-        "-o",
-        path_str(&with),
-        "--include-referrers",
-        &reference(&repo, "v1"),
-        "--no-tty",
-    ]);
+    backup_to(&with, &["--include-referrers", &reference(&repo, "v1")]);
     let none = unique_repo("backup-dry");
     let printed = ok(&[
         "restore",
@@ -259,13 +232,7 @@ fn restore_refuses_a_backup_whose_blob_lies() {
     );
     let out = temp_dir();
     let dir = out.path().join("layout");
-    ok(&[
-        "backup",
-        "-o",
-        path_str(&dir),
-        &reference(&repo, "v1"),
-        "--no-tty",
-    ]);
+    backup_to(&dir, &[&reference(&repo, "v1")]);
     // Change one byte of the layer, keeping its size, then pack it with GNU tar ("./" names).
     let manifest = json(ok(&["manifest", "fetch", &reference(&repo, "v1")]).as_bytes());
     let layer = manifest["layers"][0]["digest"]

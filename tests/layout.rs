@@ -594,17 +594,6 @@ fn a_layout_mounts_without_a_registry_and_unmount_writes_back() {
 
 // --- Layouts in .tar archives and --oci-layout-path -------------------------------------------
 
-/// Backs up `repo:tag` into the archive `tar`.
-fn backup_to_tar(repo: &str, tag: &str, tar: &Path) {
-    ok(&[
-        "backup",
-        "-o",
-        path_str(tar),
-        &reference(repo, tag),
-        "--no-tty",
-    ]);
-}
-
 #[test]
 fn a_tar_layout_reads_in_place() {
     require_registry!();
@@ -618,7 +607,7 @@ fn a_tar_layout_reads_in_place() {
     );
     let dirs = temp_dir();
     let tar = dirs.path().join("l.tar");
-    backup_to_tar(&repo, "v1", &tar);
+    backup_to(&tar, &[&reference(&repo, "v1")]);
     let tar_ref = at(&tar, "v1");
     let want = pulled_tree(&reference(&repo, "v1"));
 
@@ -698,7 +687,7 @@ fn writing_into_a_tar_layout_is_refused() {
     );
     let dirs = temp_dir();
     let tar = dirs.path().join("ro.tar");
-    backup_to_tar(&repo, "v1", &tar);
+    backup_to(&tar, &[&reference(&repo, "v1")]);
     let before = read_file(&tar);
     write_file(&dirs.path().join("new.txt"), "new\n");
 
@@ -828,7 +817,7 @@ fn skopeo_and_oras_fs_share_oci_archives() {
 
     // oras-fs writes one (backup); skopeo reads it.
     let ours = tmp.path().join("ours.tar");
-    backup_to_tar(&repo, "v1", &ours);
+    backup_to(&ours, &[&reference(&repo, "v1")]);
     let raw = skopeo_ok(&[
         "inspect",
         "--raw",
@@ -844,7 +833,7 @@ fn a_tar_layout_mounts_read_only() {
     push_contents(&reference(&repo, "v1"), &[("a.txt", b"in the archive\n")]);
     let dirs = temp_dir();
     let tar = dirs.path().join("m.tar");
-    backup_to_tar(&repo, "v1", &tar);
+    backup_to(&tar, &[&reference(&repo, "v1")]);
     let before = read_file(&tar);
 
     let mount = LayoutMount::new(&at(&tar, "v1"));

@@ -157,3 +157,13 @@ pub fn digests_of(descs: &[serde_json::Value]) -> std::collections::BTreeSet<Str
 pub fn referrers_tag(digest: &str) -> String {
     digest.replacen(':', "-", 1)
 }
+
+/// `oras-fs backup -o OUT ARGS... --no-tty` (OUT a layout directory or a `.tar`), which must
+/// succeed; its stdout.
+#[track_caller]
+pub fn backup_to(out: &Path, args: &[&str]) -> String {
+    let mut all = vec!["backup", "-o", path_str(out)];
+    all.extend_from_slice(args);
+    all.push("--no-tty");
+    ok(&all)
+}
