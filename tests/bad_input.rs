@@ -170,10 +170,12 @@ fn oversized_manifests_are_refused_without_reading_them() {
     assert_eq!(proxy.matching("GET", "/manifests/").len(), 0);
 
     // A mount refuses it the same way, and mounts nothing.
-    let err = Mount::try_new(&proxy.reference(&repo, "v1"), None, &["--read-only"])
-        .err()
-        .expect("a mount of a 5 MiB manifest succeeded");
-    let stderr = assert_fails(&err, "limit");
+    let stderr = Mount::refused(
+        &proxy.reference(&repo, "v1"),
+        &["--read-only"],
+        "limit",
+        "a mount of a 5 MiB manifest succeeded",
+    );
     eprintln!("{}", stderr.trim());
     assert!(stderr.contains("invalid manifest"), "{stderr}");
 }
@@ -279,10 +281,12 @@ fn malformed_manifests_name_the_problem() {
         assert_only(out_dir.path(), &[]);
     }
     // The mount says the same.
-    let err = Mount::try_new(&proxy.reference(&repo, "v1"), None, &["--read-only"])
-        .err()
-        .expect("a mount of a manifest list succeeded");
-    assert_fails(&err, "index");
+    Mount::refused(
+        &proxy.reference(&repo, "v1"),
+        &["--read-only"],
+        "index",
+        "a mount of a manifest list succeeded",
+    );
 }
 
 #[test]
@@ -727,10 +731,12 @@ fn wrong_or_missing_credentials_name_the_problem() {
     );
     assert_fails(&out, "authentication");
     assert!(!config.exists(), "a failed login stored credentials");
-    let err = Mount::try_new(&r, None, &["--read-only", "-u", user, "-p", wrong])
-        .err()
-        .expect("a mount with a wrong password succeeded");
-    let stderr = assert_fails(&err, "authentication");
+    let stderr = Mount::refused(
+        &r,
+        &["--read-only", "-u", user, "-p", wrong],
+        "authentication",
+        "a mount with a wrong password succeeded",
+    );
     eprintln!("{}", stderr.trim());
     assert!(!stderr.contains(wrong), "{stderr}");
 

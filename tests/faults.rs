@@ -278,10 +278,12 @@ fn pull_checks_docker_content_digest() {
     assert!(!out_dir.path().join("data.bin").exists());
 
     // A mount pinned by digest too, before anything is mounted.
-    let err = Mount::try_new(&pinned, None, &["--read-only"])
-        .err()
-        .expect("mounted a manifest the registry named by another digest");
-    assert_fails(&err, "digest mismatch");
+    Mount::refused(
+        &pinned,
+        &["--read-only"],
+        "digest mismatch",
+        "mounted a manifest the registry named by another digest",
+    );
 
     // By tag: the digest it names is what gets fetched, and it does not exist.
     let out = pull(&proxy.reference(&repo, "v1"), out_dir.path(), &[]);

@@ -482,10 +482,12 @@ fn tls_is_verified_unless_insecure() {
         b"p",
     );
     assert_fails(&out, "certificate");
-    let err = Mount::try_new(&r, None, &["--read-only", "--ca-file", other])
-        .err()
-        .expect("a mount trusted an unknown certificate");
-    assert_fails(&err, "certificate");
+    Mount::refused(
+        &r,
+        &["--read-only", "--ca-file", other],
+        "certificate",
+        "a mount trusted an unknown certificate",
+    );
     // Plain HTTP is not a fallback.
     let out = pull(&r, &out_dir, &["--plain-http"]);
     assert_fails(&out, "Error:");
