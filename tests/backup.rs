@@ -6,28 +6,13 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::path::Path;
 
 use common::*;
-
-/// `repo tags ARGS...` as a set.
-#[track_caller]
-fn tags(args: &[&str]) -> BTreeSet<String> {
-    let mut all = vec!["repo", "tags"];
-    all.extend_from_slice(args);
-    ok(&all).lines().map(str::to_string).collect()
-}
 
 /// The digests of the direct referrers `discover` lists for `reference`.
 #[track_caller]
 fn referrers(reference: &str) -> BTreeSet<String> {
-    let v = json(ok(&["discover", "--format", "json", reference]).as_bytes());
-    v["referrers"]
-        .as_array()
-        .unwrap_or_else(|| panic!("no referrers: {v}"))
-        .iter()
-        .map(|r| r["digest"].as_str().expect("digest").to_string())
-        .collect()
+    digests_of(&discovered(&[reference]))
 }
 
 /// A repository with two tagged artifacts, `v1` (with one referrer) and `v2`; returns the
@@ -49,27 +34,12 @@ fn seed(repo: &str) -> String {
         &tmp.path().join("sbom.json"),
         format!("{{\"sbom\":\"{repo}\"}}"),
     );
-    let out = oras_fs_in(
+    attach(
         tmp.path(),
-        [
-            "attach",
-            "--artifact-type",
-            "application/vnd.test.sbom",
-            &reference(repo, "v1"),
-            "sbom.json",
-        ],
-    );
-    assert_ok(&out);
-    digest_of_stdout(&out)
-}
-
-/// Every file left in `dir` whose name says it is a partial write.
-fn leftovers(dir: &Path) -> Vec<String> {
-    std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with(".oras-fs"))
-        .collect()
+        "application/vnd.test.sbom",
+        &reference(repo, "v1"),
+        &["sbom.json"],
+    )
 }
 
 #[test]
@@ -83,27 +53,13 @@ fn backup_and_restore_round_trip_through_a_directory_and_a_tar() {
     let src = format!("{}/{repo}", registry());
 
     // All tags, with referrers, to a directory and to a tar.
-    let printed = ok(&[
-        "backup",
-        "-o",
-        path_str(&dir),
-        "--include-referrers",
-        &src,
-        "--no-tty",
-    ]);
+    let printed = backup_to(&dir, &["--include-referrers", &src]);
     assert!(
         printed.contains("Pulled tag v1 and 1 referrer(s)"),
         "{printed}"
     );
     assert!(printed.contains("Successfully backed up"), "{printed}");
-    let printed = ok(&[
-        "backup",
-        "-o",
-        path_str(&tar),
-        "--include-referrers",
-        &src,
-        "--no-tty",
-    ]);
+    let printed = backup_to(&tar, &["--include-referrers", &src]);
     assert!(
         printed.contains(&format!("Exported to {}", tar.display())),
         "{printed}"
@@ -186,13 +142,7 @@ fn backup_of_chosen_tags_leaves_out_referrers_unless_asked() {
     let sbom = seed(&repo);
     let out = temp_dir();
     let dir = out.path().join("layout");
-    ok(&[
-        "backup",
-        "-o",
-        path_str(&dir),
-        &reference(&repo, "v1"),
-        "--no-tty",
-    ]);
+    backup_to(&dir, &[&reference(&repo, "v1")]);
     assert_eq!(
         tags(&["--oci-layout", path_str(&dir)]),
         BTreeSet::from(["v1".to_string()])
@@ -203,14 +153,7 @@ fn backup_of_chosen_tags_leaves_out_referrers_unless_asked() {
 
     // A dry run says what it would push, and pushes nothing.
     let with = out.path().join("with");
-    ok(&[
-        "backup",
-        "-o",
-        path_str(&with),
-        "--include-referrers",
-        &reference(&repo, "v1"),
-        "--no-tty",
-    ]);
+    backup_to(&with, &["--include-referrers", &reference(&repo, "v1")]);
     let none = unique_repo("backup-dry");
     let printed = ok(&[
         "restore",
@@ -289,13 +232,7 @@ fn restore_refuses_a_backup_whose_blob_lies() {
     );
     let out = temp_dir();
     let dir = out.path().join("layout");
-    ok(&[
-        "backup",
-        "-o",
-        path_str(&dir),
-        &reference(&repo, "v1"),
-        "--no-tty",
-    ]);
+    backup_to(&dir, &[&reference(&repo, "v1")]);
     // Change one byte of the layer, keeping its size, then pack it with GNU tar ("./" names).
     let manifest = json(ok(&["manifest", "fetch", &reference(&repo, "v1")]).as_bytes());
     let layer = manifest["layers"][0]["digest"]

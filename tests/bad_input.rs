@@ -123,17 +123,30 @@ fn tgz(entries: &[TarEntry]) -> (Vec<u8>, String) {
 /// Puts a manifest with one directory layer titled `d` made of `entries` as `repo:tag`.
 fn put_directory_layer(repo: &str, tag: &str, entries: &[TarEntry]) {
     let (gz, tar_digest) = tgz(entries);
-    upload_blob(repo, &gz);
-    let layer = descriptor(
-        DIRECTORY_LAYER,
-        &gz,
-        json!({
-            TITLE: "d",
-            "io.deis.oras.content.unpack": "true",
-            "io.deis.oras.content.digest": tar_digest,
-        }),
-    );
-    put_manifest(repo, tag, &manifest(repo, vec![layer]));
+    put_tgz_layer(repo, tag, &gz, &tar_digest);
+}
+
+/// Puts `repo:tag`, a manifest with one layer per title in `titles`, each of them `content`
+/// (already uploaded).
+fn put_titled_layers(repo: &str, tag: &str, content: &[u8], titles: &[&str]) {
+    let layers = titles
+        .iter()
+        .map(|t| descriptor(DEFAULT_LAYER, content, json!({TITLE: t})))
+        .collect();
+    put_manifest(repo, tag, &manifest(repo, layers));
+}
+
+/// Answers every manifest request (GET or HEAD, any reference) with `body` as `content_type`.
+fn serve_manifests(content_type: &str, body: Vec<u8>) -> Rule {
+    Rule::new(
+        "*",
+        "/manifests/",
+        Fault::Serve {
+            status: 200,
+            content_type: content_type.into(),
+            body: Arc::new(body),
+        },
+    )
 }
 
 // --- Manifests ------------------------------------------------------------------------------
@@ -149,15 +162,7 @@ fn oversized_manifests_are_refused_without_reading_them() {
     let mut body = br#"{"schemaVersion":2,"x":""#.to_vec();
     body.resize(5 * MIB - 2, b'x');
     body.extend_from_slice(b"\"}");
-    proxy.add(Rule::new(
-        "*",
-        "/manifests/",
-        Fault::Serve {
-            status: 200,
-            content_type: OCI_MANIFEST.into(),
-            body: Arc::new(body),
-        },
-    ));
+    proxy.add(serve_manifests(OCI_MANIFEST, body));
     let out = pull(&proxy.reference(&repo, "v1"), out_dir.path(), &[]);
     let stderr = assert_fails(&out, "limit");
     eprintln!("{}", stderr.trim());
@@ -165,10 +170,12 @@ fn oversized_manifests_are_refused_without_reading_them() {
     assert_eq!(proxy.matching("GET", "/manifests/").len(), 0);
 
     // A mount refuses it the same way, and mounts nothing.
-    let err = Mount::try_new(&proxy.reference(&repo, "v1"), None, &["--read-only"])
-        .err()
-        .expect("a mount of a 5 MiB manifest succeeded");
-    let stderr = assert_fails(&err, "limit");
+    let stderr = Mount::refused(
+        &proxy.reference(&repo, "v1"),
+        &["--read-only"],
+        "limit",
+        "a mount of a 5 MiB manifest succeeded",
+    );
     eprintln!("{}", stderr.trim());
     assert!(stderr.contains("invalid manifest"), "{stderr}");
 }
@@ -262,15 +269,7 @@ fn malformed_manifests_name_the_problem() {
     ];
     for (what, body, needle) in cases {
         proxy.clear();
-        proxy.add(Rule::new(
-            "*",
-            "/manifests/",
-            Fault::Serve {
-                status: 200,
-                content_type: OCI_MANIFEST.into(),
-                body: Arc::new(body),
-            },
-        ));
+        proxy.add(serve_manifests(OCI_MANIFEST, body));
         let out = pull(&proxy.reference(&repo, "v1"), out_dir.path(), &[]);
         let stderr = assert_fails(&out, "invalid manifest");
         eprintln!("{}", stderr.trim());
@@ -282,10 +281,12 @@ fn malformed_manifests_name_the_problem() {
         assert_only(out_dir.path(), &[]);
     }
     // The mount says the same.
-    let err = Mount::try_new(&proxy.reference(&repo, "v1"), None, &["--read-only"])
-        .err()
-        .expect("a mount of a manifest list succeeded");
-    assert_fails(&err, "index");
+    Mount::refused(
+        &proxy.reference(&repo, "v1"),
+        &["--read-only"],
+        "index",
+        "a mount of a manifest list succeeded",
+    );
 }
 
 #[test]
@@ -353,22 +354,12 @@ fn pull_manifest_served_as(media_type: &str) {
     let body = serde_json::to_vec(&m).unwrap();
     let digest = sha256_bytes(&body);
     let proxy = FaultProxy::start(&registry());
-    proxy.add(Rule::new(
-        "*",
-        "/manifests/",
-        Fault::Serve {
-            status: 200,
-            content_type: media_type.into(),
-            body: Arc::new(body),
-        },
-    ));
+    proxy.add(serve_manifests(media_type, body));
     let out_dir = temp_dir();
     let out = pull(&proxy.reference(&repo, "v1"), out_dir.path(), &[]);
     eprintln!("{media_type}: {}", describe(&out));
     assert!(
-        proxy
-            .matching("GET", &format!("/blobs/{digest}"))
-            .is_empty(),
+        proxy.blob_gets(&digest).is_empty(),
         "the manifest was fetched from /blobs/\n{}",
         describe(&out)
     );
@@ -417,11 +408,7 @@ fn unsafe_titles_are_refused_by_pull() {
     ];
     for (i, (title, needle)) in cases.iter().enumerate() {
         let tag = format!("t{i}");
-        let layers = vec![
-            descriptor(DEFAULT_LAYER, &ok, json!({TITLE: "ok.txt"})),
-            descriptor(DEFAULT_LAYER, &ok, json!({TITLE: title})),
-        ];
-        put_manifest(&repo, &tag, &manifest(&repo, layers));
+        put_titled_layers(&repo, &tag, &ok, &["ok.txt", title]);
         let area = temp_dir();
         let out_dir = area.path().join("out");
         let out = pull(&reference(&repo, &tag), &out_dir, &[]);
@@ -443,7 +430,7 @@ fn unsafe_titles_are_refused_by_pull() {
         }
         if out_dir.exists() {
             assert!(
-                !list_dir(&out_dir).iter().any(|n| n.starts_with(".oras-fs")),
+                leftovers(&out_dir).is_empty(),
                 "temporary files left in {}",
                 out_dir.display()
             );
@@ -451,19 +438,15 @@ fn unsafe_titles_are_refused_by_pull() {
     }
 }
 
-/// A mount shows the layers with safe titles and skips the others with a warning.
-#[test]
-fn unsafe_titles_are_skipped_by_mount_with_a_warning() {
-    require_registry!();
-    let repo = unique_repo("bad-titles-mount");
+/// Mounts (read-only) a new repository's `v1`, one layer per title in `titles` (with
+/// `ok.txt` among them), each holding the same bytes; the mount must show `ok.txt` only.
+/// Returns the bytes and the mount.
+#[track_caller]
+fn mount_showing_only_ok_txt(name: &str, titles: &[&str]) -> (Vec<u8>, Mount) {
+    let repo = unique_repo(name);
     let ok = format!("ok {repo}").into_bytes();
     upload_blob(&repo, &ok);
-    let titles = ["ok.txt", "../up.txt", "/abs/file.txt", "nul\0byte.txt"];
-    let layers = titles
-        .iter()
-        .map(|t| descriptor(DEFAULT_LAYER, &ok, json!({TITLE: t})))
-        .collect();
-    put_manifest(&repo, "v1", &manifest(&repo, layers));
+    put_titled_layers(&repo, "v1", &ok, titles);
     let m = Mount::new(&reference(&repo, "v1"), &["--read-only"]);
     assert_eq!(
         list_dir(m.path()),
@@ -471,6 +454,15 @@ fn unsafe_titles_are_skipped_by_mount_with_a_warning() {
         "{}",
         m.mount_stderr()
     );
+    (ok, m)
+}
+
+/// A mount shows the layers with safe titles and skips the others with a warning.
+#[test]
+fn unsafe_titles_are_skipped_by_mount_with_a_warning() {
+    require_registry!();
+    let titles = ["ok.txt", "../up.txt", "/abs/file.txt", "nul\0byte.txt"];
+    let (ok, m) = mount_showing_only_ok_txt("bad-titles-mount", &titles);
     assert_eq!(read_file(&m.join("ok.txt")), ok);
     let stderr = m.mount_stderr();
     for t in &titles[1..] {
@@ -487,22 +479,8 @@ fn unsafe_titles_are_skipped_by_mount_with_a_warning() {
 #[test]
 fn overlong_titles_are_skipped_by_mount_with_a_warning() {
     require_registry!();
-    let repo = unique_repo("bad-long-title");
-    let ok = format!("ok {repo}").into_bytes();
-    upload_blob(&repo, &ok);
     let long = "n".repeat(300);
-    let layers = ["ok.txt", long.as_str()]
-        .iter()
-        .map(|t| descriptor(DEFAULT_LAYER, &ok, json!({TITLE: t})))
-        .collect();
-    put_manifest(&repo, "v1", &manifest(&repo, layers));
-    let m = Mount::new(&reference(&repo, "v1"), &["--read-only"]);
-    assert_eq!(
-        list_dir(m.path()),
-        [".oras", "ok.txt"],
-        "{}",
-        m.mount_stderr()
-    );
+    let (_, m) = mount_showing_only_ok_txt("bad-long-title", &["ok.txt", &long]);
     assert!(
         m.mount_stderr().contains("nnnnnnnn"),
         "no warning\n{}",
@@ -753,10 +731,12 @@ fn wrong_or_missing_credentials_name_the_problem() {
     );
     assert_fails(&out, "authentication");
     assert!(!config.exists(), "a failed login stored credentials");
-    let err = Mount::try_new(&r, None, &["--read-only", "-u", user, "-p", wrong])
-        .err()
-        .expect("a mount with a wrong password succeeded");
-    let stderr = assert_fails(&err, "authentication");
+    let stderr = Mount::refused(
+        &r,
+        &["--read-only", "-u", user, "-p", wrong],
+        "authentication",
+        "a mount with a wrong password succeeded",
+    );
     eprintln!("{}", stderr.trim());
     assert!(!stderr.contains(wrong), "{stderr}");
 
@@ -780,7 +760,6 @@ fn an_expired_token_is_renewed_once_then_fails_clearly() {
     let src = temp_dir();
     write_file(&src.path().join("data.bin"), &data);
     let digest = sha256_bytes(&data);
-    let blob = format!("/blobs/{digest}");
     let proxy = FaultProxy::start_bearer(&registry(), None);
     let r = proxy.reference(&repo, "v1");
 
@@ -809,7 +788,7 @@ fn an_expired_token_is_renewed_once_then_fails_clearly() {
     proxy.clear();
     proxy.expire_tokens();
     let before = proxy.token_requests().len();
-    proxy.add(Rule::new("GET", &blob, Fault::ExpireToken).once());
+    proxy.add(Rule::blob_get(&digest, Fault::ExpireToken).once());
     let out_dir = temp_dir();
     assert_ok(&pull(&r, out_dir.path(), &[]));
     assert_eq!(read_file(&out_dir.path().join("data.bin")), data);
@@ -822,12 +801,12 @@ fn an_expired_token_is_renewed_once_then_fails_clearly() {
     // The token expires while a dropped download resumes: renewed, and the download resumes.
     proxy.clear();
     proxy.clear_log();
-    proxy.add(Rule::new("GET", &blob, Fault::DropAfter(500_000)).once());
-    proxy.add(Rule::new("GET", &blob, Fault::ExpireToken).once());
+    proxy.add(Rule::blob_get(&digest, Fault::DropAfter(500_000)).once());
+    proxy.add(Rule::blob_get(&digest, Fault::ExpireToken).once());
     let out_dir = temp_dir();
     assert_ok(&pull(&r, out_dir.path(), &[]));
     assert_eq!(read_file(&out_dir.path().join("data.bin")), data);
-    let gets = proxy.matching("GET", &blob);
+    let gets = proxy.blob_gets(&digest);
     assert_eq!(gets.len(), 3, "{gets:#?}");
     assert!(
         gets[2].header("range").is_some(),
@@ -838,17 +817,13 @@ fn an_expired_token_is_renewed_once_then_fails_clearly() {
     proxy.clear();
     proxy.clear_log();
     let before = proxy.token_requests().len();
-    proxy.add(Rule::new("GET", &blob, Fault::ExpireToken));
+    proxy.add(Rule::blob_get(&digest, Fault::ExpireToken));
     let out_dir = temp_dir();
     let out = pull(&r, out_dir.path(), &[]);
     let stderr = assert_fails(&out, "authentication");
     eprintln!("{}", stderr.trim());
     assert!(stderr.contains(&proxy.addr), "{stderr}");
-    assert_eq!(
-        proxy.matching("GET", &blob).len(),
-        2,
-        "not exactly one renewal"
-    );
+    assert_eq!(proxy.blob_gets(&digest).len(), 2, "not exactly one renewal");
     assert!(proxy.token_requests().len() - before <= 2);
     assert!(!out_dir.path().join("data.bin").exists());
 }
@@ -872,27 +847,9 @@ fn an_identity_token_from_the_docker_config_gets_tokens_by_refresh_grant() {
         ),
     );
     let cfg = config.to_str().unwrap();
-    assert_ok(&oras_fs_in(
-        src.path(),
-        [
-            "push",
-            r.as_str(),
-            "i.txt",
-            "--registry-config",
-            cfg,
-            "--no-tty",
-        ],
-    ));
+    assert_ok(&push(src.path(), &r, &["i.txt", "--registry-config", cfg]));
     let out = src.path().join("out");
-    assert_ok(&oras_fs([
-        "pull",
-        r.as_str(),
-        "-o",
-        out.to_str().unwrap(),
-        "--registry-config",
-        cfg,
-        "--no-tty",
-    ]));
+    assert_ok(&pull(&r, &out, &["--registry-config", cfg]));
     assert_eq!(read_file(&out.join("i.txt")), b"identity");
     let tokens = proxy.token_requests();
     assert!(!tokens.is_empty());
@@ -911,15 +868,7 @@ fn an_identity_token_from_the_docker_config_gets_tokens_by_refresh_grant() {
         ),
     );
     assert_fails(
-        &oras_fs([
-            "pull",
-            r.as_str(),
-            "-o",
-            out.to_str().unwrap(),
-            "--registry-config",
-            cfg,
-            "--no-tty",
-        ]),
+        &pull(&r, &out, &["--registry-config", cfg]),
         "authentication",
     );
 }

@@ -80,23 +80,17 @@ fn a_chunked_push_reads_back_equal_with_oras_fs_and_the_python_sdk() {
 /// matching (`method`, `needle`); returns the statuses of the PATCHes of the file (not of the
 /// 2-byte config) and checks the pushed file pulls back equal.
 fn push_refused_once(name: &str, size: usize, method: &str, needle: Option<&str>) -> Vec<u16> {
-    let repo = unique_repo(name);
-    let src = temp_dir();
-    let data = random_bytes(&repo, size);
-    write_file(&src.path().join("data.bin"), &data);
-    let proxy = FaultProxy::start(&registry());
+    let (repo, data, digest, src, proxy) = to_push_through_proxy(name, "data.bin", size);
     let needle = match needle {
         Some(n) => n.to_string(),
-        None => format!("digest={}", sha256_bytes(&data)),
+        None => format!("digest={digest}"),
     };
     proxy.add(Rule::new(method, &needle, Fault::Status(413, None)).once());
     let reference = proxy.reference(&repo, "v1");
     let out = push(src.path(), &reference, &["data.bin"]);
     assert_ok(&out);
     assert!(stderr_of(&out).contains("in chunks"), "{}", stderr_of(&out));
-    let out = temp_dir();
-    pull_to(&reference, out.path(), &[]);
-    assert_eq!(read_file(&out.path().join("data.bin")), data);
+    assert_eq!(pulled_tree(&reference)["data.bin"], data);
     patches(&proxy)
         .iter()
         .filter(|p| p.body_received > 2 && (p.status == 413 || range_start(p).is_some()))
@@ -107,12 +101,8 @@ fn push_refused_once(name: &str, size: usize, method: &str, needle: Option<&str>
 #[test]
 fn a_chunk_refused_with_401_is_sent_again_not_the_whole_blob() {
     require_registry!();
-    let repo = unique_repo("chunked-401");
-    let src = temp_dir();
-    let data = random_bytes(&repo, 3 * MIB);
-    write_file(&src.path().join("data.bin"), &data);
+    let (repo, data, _, src, proxy) = to_push_through_proxy("chunked-401", "data.bin", 3 * MIB);
     seed_config(&repo);
-    let proxy = FaultProxy::start(&registry());
     // The second chunk is refused, as when a token expires mid-upload.
     proxy.add(
         Rule::new("PATCH", "/blobs/uploads/", Fault::Status(401, None))
@@ -137,9 +127,7 @@ fn a_chunk_refused_with_401_is_sent_again_not_the_whole_blob() {
             (202, Some(2 * m))
         ]
     );
-    let out = temp_dir();
-    pull_to(&reference, out.path(), &[]);
-    assert_eq!(read_file(&out.path().join("data.bin")), data);
+    assert_eq!(pulled_tree(&reference)["data.bin"], data);
 }
 
 #[test]
@@ -168,12 +156,8 @@ fn a_streaming_upload_refused_as_too_large_is_sent_again_in_chunks() {
 #[test]
 fn a_chunk_dropped_on_distribution_is_sent_again() {
     require_registry!();
-    let repo = unique_repo("chunked-drop");
-    let src = temp_dir();
-    let data = random_bytes(&repo, 3 * MIB);
-    write_file(&src.path().join("data.bin"), &data);
+    let (repo, data, _, src, proxy) = to_push_through_proxy("chunked-drop", "data.bin", 3 * MIB);
     seed_config(&repo);
-    let proxy = FaultProxy::start(&registry());
     // The second chunk of the file breaks off after 300 KiB.
     proxy.add(
         Rule::new(
@@ -198,9 +182,7 @@ fn a_chunk_dropped_on_distribution_is_sent_again() {
     let session = |p: &Seen| p.path.split('?').next().unwrap_or_default().to_string();
     assert_eq!(range_start(&patches[2]), Some(0), "{patches:#?}");
     assert_ne!(session(&patches[2]), session(&patches[1]));
-    let out = temp_dir();
-    pull_to(&reference, out.path(), &[]);
-    assert_eq!(read_file(&out.path().join("data.bin")), data);
+    assert_eq!(pulled_tree(&reference)["data.bin"], data);
 }
 
 // --- A fake registry that keeps what a dropped PATCH brought ------------------------------------

@@ -30,36 +30,26 @@ fn blob_digests(manifest: &Value) -> Vec<String> {
         .collect()
 }
 
-/// `repo tags ARGS...`: the tags, one a line.
+/// `discover`'s tree `text` starts with `subject` and lists a referrer (artifact type, digest)
+/// under it, and under that one a referrer of its own, indented.
 #[track_caller]
-fn tags(args: &[&str]) -> BTreeSet<String> {
-    let mut all = vec!["repo", "tags"];
-    all.extend_from_slice(args);
-    ok(&all).lines().map(str::to_string).collect()
-}
-
-/// The tag-schema referrers tag of a subject digest: `sha256-<hex>`.
-fn referrers_tag(digest: &str) -> String {
-    digest.replacen(':', "-", 1)
-}
-
-/// The direct referrers listed by `discover --format json ARGS...`.
-#[track_caller]
-fn discovered(args: &[&str]) -> Vec<Value> {
-    let mut all = vec!["discover", "--format", "json"];
-    all.extend_from_slice(args);
-    let v = json(ok(&all).as_bytes());
-    v["referrers"]
-        .as_array()
-        .unwrap_or_else(|| panic!("no referrers array: {v}"))
-        .clone()
-}
-
-fn digests_of(descs: &[Value]) -> BTreeSet<String> {
-    descs
-        .iter()
-        .map(|d| d["digest"].as_str().expect("digest").to_string())
-        .collect()
+fn assert_discover_tree(text: &str, subject: &str, child: (&str, &str), grandchild: (&str, &str)) {
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[0], subject, "{text}");
+    let (ty, digest) = child;
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("└── ") && l.contains(ty) && l.contains(digest)),
+        "{text}"
+    );
+    let (ty, digest) = grandchild;
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("    └── ") && l.contains(ty) && l.contains(digest)),
+        "the nested referrer is indented under its subject:\n{text}"
+    );
 }
 
 /// The registry's JSON-log entries after `offset` once `done` holds for them: the registry logs
@@ -288,31 +278,19 @@ fn copy_recursive_copies_referrers_to_a_repository_and_a_layout() {
         format!("{{\"sbom\":\"{src}\"}}"),
     );
     let subject = push_files(tmp.path(), &reference(&src, "v1"), &["app.txt"]);
-    let out = oras_fs_in(
+    let sig = attach(
         tmp.path(),
-        [
-            "attach",
-            "--artifact-type",
-            "application/vnd.test.signature",
-            &reference(&src, "v1"),
-            "sig.txt",
-        ],
+        "application/vnd.test.signature",
+        &reference(&src, "v1"),
+        &["sig.txt"],
     );
-    assert_ok(&out);
-    let sig = digest_of_stdout(&out);
     // A referrer of the referrer: -r copies recursively.
-    let out = oras_fs_in(
+    let sbom = attach(
         tmp.path(),
-        [
-            "attach",
-            "--artifact-type",
-            "application/vnd.test.sbom",
-            &format!("{}/{src}@{sig}", registry()),
-            "sbom.json",
-        ],
+        "application/vnd.test.sbom",
+        &format!("{}/{src}@{sig}", registry()),
+        &["sbom.json"],
     );
-    assert_ok(&out);
-    let sbom = digest_of_stdout(&out);
 
     // Registry -> registry.
     for _ in 0..2 {
@@ -333,24 +311,11 @@ fn copy_recursive_copies_referrers_to_a_repository_and_a_layout() {
         digests_of(&discovered(&[&format!("{}/{dst}@{sig}", registry())])),
         BTreeSet::from([sbom.clone()])
     );
-    let text = ok(&["discover", &reference(&dst, "v1")]);
-    let lines: Vec<&str> = text.lines().collect();
-    assert_eq!(
-        lines[0],
-        format!("{}/{dst}@{subject}", registry()),
-        "{text}"
-    );
-    assert!(
-        lines.iter().any(|l| l.starts_with("└── ")
-            && l.contains("application/vnd.test.signature")
-            && l.contains(&sig)),
-        "{text}"
-    );
-    assert!(
-        lines.iter().any(|l| l.starts_with("    └── ")
-            && l.contains("application/vnd.test.sbom")
-            && l.contains(&sbom)),
-        "the nested referrer is indented under its subject:\n{text}"
+    assert_discover_tree(
+        &ok(&["discover", &reference(&dst, "v1")]),
+        &format!("{}/{dst}@{subject}", registry()),
+        ("application/vnd.test.signature", &sig),
+        ("application/vnd.test.sbom", &sbom),
     );
     assert!(tags(&[&format!("{}/{dst}", registry())]).contains(&referrers_tag(&subject)));
     assert_eq!(
@@ -529,17 +494,11 @@ fn tag_checks_every_tag_before_setting_any() {
     );
 
     let layout = tmp.path().join("store");
-    let out = oras_fs_in(
+    assert_ok(&push(
         tmp.path(),
-        [
-            "push",
-            "--oci-layout",
-            &format!("{}:v1", path_str(&layout)),
-            "t.txt",
-            "--no-tty",
-        ],
-    );
-    assert_ok(&out);
+        &format!("{}:v1", path_str(&layout)),
+        &["t.txt", "--oci-layout"],
+    ));
     for bad in ["bad tag", "../up", "a,b", ""] {
         assert_fails(
             &oras_fs([
@@ -562,18 +521,11 @@ fn tag_resolve_and_tags_in_an_oci_layout() {
     let tmp = temp_dir();
     let layout = tmp.path().join("store");
     write_file(&tmp.path().join("f.txt"), "layout tag test\n");
-    let out = oras_fs_in(
+    let digest = push_files(
         tmp.path(),
-        [
-            "push",
-            "--oci-layout",
-            &format!("{}:v1", path_str(&layout)),
-            "f.txt",
-            "--no-tty",
-        ],
+        &format!("{}:v1", path_str(&layout)),
+        &["f.txt", "--oci-layout"],
     );
-    assert_ok(&out);
-    let digest = digest_of_stdout(&out);
     ok(&[
         "tag",
         "--oci-layout",
@@ -696,14 +648,11 @@ fn manifest_push_round_trips_and_checks_the_digest() {
         ]),
         "mismatch",
     );
-    let head = http(
-        &registry(),
-        "HEAD",
-        &format!("/v2/{repo}/manifests/{}", sha256_bytes(&changed)),
-        &[("Accept", OCI_MANIFEST)],
-        b"",
+    assert_eq!(
+        manifest_status(&repo, &sha256_bytes(&changed)),
+        404,
+        "the mismatching manifest was stored"
     );
-    assert_eq!(head.status, 404, "the mismatching manifest was stored");
 
     // Not a manifest at all.
     let junk = tmp.path().join("junk.json");
@@ -954,14 +903,7 @@ fn blob_push_from_stdin() {
     );
     assert!(!out.status.success(), "{}", describe(&out));
     for d in [&wrong, &sha256_bytes(&other)] {
-        let head = http(
-            &registry(),
-            "HEAD",
-            &format!("/v2/{repo}/blobs/{d}"),
-            &[],
-            b"",
-        );
-        assert_eq!(head.status, 404, "{d} was stored");
+        assert_eq!(blob_status(&repo, d), 404, "{d} was stored");
     }
 }
 
@@ -1189,18 +1131,12 @@ fn discover_and_copy_use_the_referrers_api_when_the_registry_has_it() {
     write_file(&tmp.path().join("s.txt"), format!("subject {repo}\n"));
     write_file(&tmp.path().join("r.txt"), format!("referrer {repo}\n"));
     let subject = push_files(tmp.path(), &reference(&repo, "v1"), &["s.txt"]);
-    let out = oras_fs_in(
+    let real = attach(
         tmp.path(),
-        [
-            "attach",
-            "--artifact-type",
-            "application/vnd.test.real",
-            &reference(&repo, "v1"),
-            "r.txt",
-        ],
+        "application/vnd.test.real",
+        &reference(&repo, "v1"),
+        &["r.txt"],
     );
-    assert_ok(&out);
-    let real = digest_of_stdout(&out);
     let (_, real_bytes) = get_manifest(&repo, &real);
     let api_only = sha256_bytes(format!("api only {repo}").as_bytes());
     let served = |entries: Vec<Value>| Fault::Serve {
@@ -1292,12 +1228,7 @@ fn attach_and_discover_in_an_oci_layout() {
         &tmp.path().join("att.txt"),
         "attestation of the signature\n",
     );
-    let out = oras_fs_in(
-        tmp.path(),
-        ["push", "--oci-layout", &lref, "subject.txt", "--no-tty"],
-    );
-    assert_ok(&out);
-    let subject = digest_of_stdout(&out);
+    let subject = push_files(tmp.path(), &lref, &["subject.txt", "--oci-layout"]);
     let out = oras_fs_in(
         tmp.path(),
         [
@@ -1312,42 +1243,22 @@ fn attach_and_discover_in_an_oci_layout() {
     let stdout = assert_ok(&out);
     assert!(stdout.contains("Attached to [oci-layout]"), "{stdout}");
     let sig = digest_of_stdout(&out);
-    let out = oras_fs_in(
+    let att = attach(
         tmp.path(),
-        [
-            "attach",
-            "--oci-layout",
-            "--artifact-type",
-            "application/vnd.test.attestation",
-            &format!("{}@{sig}", path_str(&layout)),
-            "att.txt",
-        ],
+        "application/vnd.test.attestation",
+        &format!("{}@{sig}", path_str(&layout)),
+        &["att.txt", "--oci-layout"],
     );
-    assert_ok(&out);
-    let att = digest_of_stdout(&out);
 
     let listed = discovered(&["--oci-layout", &lref]);
     assert_eq!(listed.len(), 1, "{listed:#?}");
     assert_eq!(listed[0]["digest"], sig.as_str());
     assert_eq!(listed[0]["artifactType"], "application/vnd.test.signature");
-    let text = ok(&["discover", "--oci-layout", &lref]);
-    let lines: Vec<&str> = text.lines().collect();
-    assert_eq!(
-        lines[0],
-        format!("{}@{subject}", path_str(&layout)),
-        "{text}"
-    );
-    assert!(
-        lines.iter().any(|l| l.starts_with("└── ")
-            && l.contains("application/vnd.test.signature")
-            && l.contains(&sig)),
-        "{text}"
-    );
-    assert!(
-        lines.iter().any(|l| l.starts_with("    └── ")
-            && l.contains("application/vnd.test.attestation")
-            && l.contains(&att)),
-        "{text}"
+    assert_discover_tree(
+        &ok(&["discover", "--oci-layout", &lref]),
+        &format!("{}@{subject}", path_str(&layout)),
+        ("application/vnd.test.signature", &sig),
+        ("application/vnd.test.attestation", &att),
     );
     assert_eq!(
         digests_of(&discovered(&[

@@ -21,17 +21,6 @@ use common::*;
 
 const MIB: usize = 1024 * 1024;
 
-/// Names in `dir` that oras-fs uses for temporary files (`.oras-fs-partial-*`, ...).
-fn leftovers(dir: &Path) -> Vec<String> {
-    if !dir.exists() {
-        return Vec::new();
-    }
-    list_dir(dir)
-        .into_iter()
-        .filter(|n| n.starts_with(".oras-fs"))
-        .collect()
-}
-
 /// The `N` of a `Range: bytes=N-` header.
 fn range_start(seen: &Seen) -> Option<u64> {
     seen.header("range")?
@@ -42,46 +31,13 @@ fn range_start(seen: &Seen) -> Option<u64> {
         .ok()
 }
 
-fn blob_path_of(digest: &str) -> String {
-    format!("/blobs/{digest}")
-}
-
-/// Whether the registry has `digest` in `repo` (HEAD, straight to the registry).
-fn registry_has_blob(repo: &str, digest: &str) -> bool {
-    http(
-        &registry(),
-        "HEAD",
-        &format!("/v2/{repo}/blobs/{digest}"),
-        &[],
-        b"",
-    )
-    .status
-        == 200
-}
-
-/// The status of the tag's manifest on the registry.
-fn tag_status(repo: &str, tag: &str) -> u16 {
-    http(
-        &registry(),
-        "HEAD",
-        &format!("/v2/{repo}/manifests/{tag}"),
-        &[("Accept", "application/vnd.oci.image.manifest.v1+json")],
-        b"",
-    )
-    .status
-}
-
 // --- Pull -----------------------------------------------------------------------------------
 
 #[test]
 fn pull_resumes_where_a_dropped_connection_stopped() {
     require_registry!();
-    let repo = unique_repo("fault-pull-drop");
-    let data = random_bytes(&repo, 3 * MIB);
-    push_contents(&reference(&repo, "v1"), &[("data.bin", &data)]);
-    let digest = sha256_bytes(&data);
-    let proxy = FaultProxy::start(&registry());
-    proxy.add(Rule::new("GET", &blob_path_of(&digest), Fault::DropAfter(MIB as u64)).once());
+    let (repo, data, digest, proxy) = pushed_behind_proxy("fault-pull-drop", "data.bin", 3 * MIB);
+    proxy.add(Rule::blob_get(&digest, Fault::DropAfter(MIB as u64)).once());
 
     let out_dir = temp_dir();
     let out = pull(&proxy.reference(&repo, "v1"), out_dir.path(), &[]);
@@ -90,7 +46,7 @@ fn pull_resumes_where_a_dropped_connection_stopped() {
     assert_eq!(leftovers(out_dir.path()), Vec::<String>::new());
 
     proxy.settle(Duration::from_secs(5));
-    let gets = proxy.matching("GET", &blob_path_of(&digest));
+    let gets = proxy.blob_gets(&digest);
     assert_eq!(gets.len(), 2, "one dropped GET and one resume: {gets:#?}");
     assert_eq!(gets[0].header("range"), None);
     let from = range_start(&gets[1]).unwrap_or_else(|| panic!("no resume Range: {gets:#?}"));
@@ -110,16 +66,8 @@ fn pull_resumes_where_a_dropped_connection_stopped() {
 #[test]
 fn pull_gives_up_after_bounded_retries_and_keeps_the_old_file() {
     require_registry!();
-    let repo = unique_repo("fault-pull-drops");
-    let data = random_bytes(&repo, MIB);
-    push_contents(&reference(&repo, "v1"), &[("data.bin", &data)]);
-    let digest = sha256_bytes(&data);
-    let proxy = FaultProxy::start(&registry());
-    proxy.add(Rule::new(
-        "GET",
-        &blob_path_of(&digest),
-        Fault::DropAfter(64 * 1024),
-    ));
+    let (repo, _, digest, proxy) = pushed_behind_proxy("fault-pull-drops", "data.bin", MIB);
+    proxy.add(Rule::blob_get(&digest, Fault::DropAfter(64 * 1024)));
 
     let out_dir = temp_dir();
     write_file(&out_dir.path().join("data.bin"), "the old file");
@@ -134,7 +82,7 @@ fn pull_gives_up_after_bounded_retries_and_keeps_the_old_file() {
     );
     assert_eq!(read_file(&out_dir.path().join("data.bin")), b"the old file");
     assert_eq!(leftovers(out_dir.path()), Vec::<String>::new());
-    let gets = proxy.matching("GET", &blob_path_of(&digest));
+    let gets = proxy.blob_gets(&digest);
     assert!(
         (2..=6).contains(&gets.len()),
         "{} GETs of a blob that always drops: {stderr}",
@@ -153,14 +101,10 @@ fn pull_gives_up_after_bounded_retries_and_keeps_the_old_file() {
 #[test]
 fn pull_retries_429_and_5xx_honouring_retry_after() {
     require_registry!();
-    let repo = unique_repo("fault-pull-429");
-    let data = random_bytes(&repo, 200_000);
-    push_contents(&reference(&repo, "v1"), &[("data.bin", &data)]);
-    let digest = sha256_bytes(&data);
-    let proxy = FaultProxy::start(&registry());
+    let (repo, data, digest, proxy) = pushed_behind_proxy("fault-pull-429", "data.bin", 200_000);
     proxy.add(Rule::new("HEAD", "/manifests/v1", Fault::Status(429, Some(1))).once());
-    proxy.add(Rule::new("GET", &blob_path_of(&digest), Fault::Status(503, None)).times(2));
-    proxy.add(Rule::new("GET", &blob_path_of(&digest), Fault::Status(502, None)).once());
+    proxy.add(Rule::blob_get(&digest, Fault::Status(503, None)).times(2));
+    proxy.add(Rule::blob_get(&digest, Fault::Status(502, None)).once());
 
     let out_dir = temp_dir();
     let started = Instant::now();
@@ -172,22 +116,14 @@ fn pull_retries_429_and_5xx_honouring_retry_after() {
         "Retry-After: 1 was not honoured ({elapsed:?})"
     );
     assert_eq!(proxy.matching("HEAD", "/manifests/v1").len(), 2);
-    assert_eq!(proxy.matching("GET", &blob_path_of(&digest)).len(), 4);
+    assert_eq!(proxy.blob_gets(&digest).len(), 4);
 }
 
 #[test]
 fn pull_reports_a_persistent_server_error_after_five_tries() {
     require_registry!();
-    let repo = unique_repo("fault-pull-500");
-    let data = random_bytes(&repo, 1000);
-    push_contents(&reference(&repo, "v1"), &[("data.bin", &data)]);
-    let digest = sha256_bytes(&data);
-    let proxy = FaultProxy::start(&registry());
-    proxy.add(Rule::new(
-        "GET",
-        &blob_path_of(&digest),
-        Fault::Status(500, None),
-    ));
+    let (repo, _, digest, proxy) = pushed_behind_proxy("fault-pull-500", "data.bin", 1000);
+    proxy.add(Rule::blob_get(&digest, Fault::Status(500, None)));
 
     let out_dir = temp_dir();
     let out = pull(&proxy.reference(&repo, "v1"), out_dir.path(), &[]);
@@ -201,7 +137,7 @@ fn pull_reports_a_persistent_server_error_after_five_tries() {
         stderr.contains("injected HTTP 500"),
         "the registry's message is lost\n{stderr}"
     );
-    assert_eq!(proxy.matching("GET", &blob_path_of(&digest)).len(), 5);
+    assert_eq!(proxy.blob_gets(&digest).len(), 5);
     assert!(!out_dir.path().join("data.bin").exists());
     assert_eq!(leftovers(out_dir.path()), Vec::<String>::new());
 }
@@ -209,20 +145,17 @@ fn pull_reports_a_persistent_server_error_after_five_tries() {
 #[test]
 fn pull_copes_with_a_registry_that_ignores_range() {
     require_registry!();
-    let repo = unique_repo("fault-pull-norange");
-    let data = random_bytes(&repo, 2 * MIB);
-    push_contents(&reference(&repo, "v1"), &[("data.bin", &data)]);
-    let digest = sha256_bytes(&data);
-    let proxy = FaultProxy::start(&registry());
+    let (repo, data, digest, proxy) =
+        pushed_behind_proxy("fault-pull-norange", "data.bin", 2 * MIB);
     // The first GET drops; the resume's Range is dropped on its way: a 200 with everything.
-    proxy.add(Rule::new("GET", &blob_path_of(&digest), Fault::DropAfter(700_000)).once());
-    proxy.add(Rule::new("GET", &blob_path_of(&digest), Fault::IgnoreRange));
+    proxy.add(Rule::blob_get(&digest, Fault::DropAfter(700_000)).once());
+    proxy.add(Rule::blob_get(&digest, Fault::IgnoreRange));
 
     let out_dir = temp_dir();
     assert_ok(&pull(&proxy.reference(&repo, "v1"), out_dir.path(), &[]));
     assert_eq!(read_file(&out_dir.path().join("data.bin")), data);
     proxy.settle(Duration::from_secs(5));
-    let gets = proxy.matching("GET", &blob_path_of(&digest));
+    let gets = proxy.blob_gets(&digest);
     assert_eq!(gets.len(), 2, "{gets:#?}");
     assert!(range_start(&gets[1]).is_some_and(|n| n > 0));
     assert_eq!(
@@ -234,33 +167,29 @@ fn pull_copes_with_a_registry_that_ignores_range() {
 #[test]
 fn a_big_pull_goes_in_range_parts_resumes_a_dropped_one_and_copes_with_ignored_ranges() {
     require_registry!();
-    let repo = unique_repo("fault-pull-parts");
     // From 64 MiB on, a blob downloads its first 16 MiB alone; one connection that brings
     // them slower than 256 MiB/s gets the rest in 16 MiB parts too: here three and a 1 MiB
     // tail.
-    let data = random_bytes(&repo, 65 * MIB);
-    push_contents(&reference(&repo, "v1"), &[("data.bin", &data)]);
-    let digest = sha256_bytes(&data);
-    let proxy = FaultProxy::start(&registry());
+    let (repo, data, digest, proxy) = pushed_behind_proxy("fault-pull-parts", "data.bin", 65 * MIB);
+    // Not `assert_eq!`: it would print 65 MiB twice.
+    let pull_right_bytes = |proxy: &FaultProxy| {
+        let out_dir = temp_dir();
+        assert_ok(&pull(&proxy.reference(&repo, "v1"), out_dir.path(), &[]));
+        assert!(
+            read_file(&out_dir.path().join("data.bin")) == data,
+            "wrong bytes"
+        );
+    };
     // One part breaks off after 1 MiB and resumes; the others come at 64 MiB/s.
     proxy.add(
-        Rule::new("GET", &blob_path_of(&digest), Fault::DropAfter(MIB as u64))
+        Rule::blob_get(&digest, Fault::DropAfter(MIB as u64))
             .skip(2)
             .once(),
     );
-    proxy.add(Rule::new(
-        "GET",
-        &blob_path_of(&digest),
-        Fault::Pace(64 * MIB as u64),
-    ));
-    let out_dir = temp_dir();
-    assert_ok(&pull(&proxy.reference(&repo, "v1"), out_dir.path(), &[]));
-    assert!(
-        read_file(&out_dir.path().join("data.bin")) == data,
-        "wrong bytes"
-    );
+    proxy.add(Rule::blob_get(&digest, Fault::Pace(64 * MIB as u64)));
+    pull_right_bytes(&proxy);
     proxy.settle(Duration::from_secs(5));
-    let gets = proxy.matching("GET", &blob_path_of(&digest));
+    let gets = proxy.blob_gets(&digest);
     let mut starts: Vec<u64> = gets.iter().filter_map(range_start).collect();
     starts.sort_unstable();
     let part = 16 * MIB as u64;
@@ -277,26 +206,18 @@ fn a_big_pull_goes_in_range_parts_resumes_a_dropped_one_and_copes_with_ignored_r
     // A registry that answers Range requests with the whole blob: the first parts skip to
     // their offsets, then the rest comes in one request.
     let proxy = FaultProxy::start(&registry());
-    proxy.add(Rule::new("GET", &blob_path_of(&digest), Fault::IgnoreRange));
-    let out_dir = temp_dir();
-    assert_ok(&pull(&proxy.reference(&repo, "v1"), out_dir.path(), &[]));
-    assert!(
-        read_file(&out_dir.path().join("data.bin")) == data,
-        "wrong bytes"
-    );
+    proxy.add(Rule::blob_get(&digest, Fault::IgnoreRange));
+    pull_right_bytes(&proxy);
     proxy.settle(Duration::from_secs(5));
-    let gets = proxy.matching("GET", &blob_path_of(&digest));
+    let gets = proxy.blob_gets(&digest);
     assert!(gets.len() <= 3, "{} GETs: {gets:#?}", gets.len());
 }
 
 #[test]
 fn a_big_pull_over_a_fast_connection_asks_for_the_rest_in_one_request() {
     require_registry!();
-    let repo = unique_repo("fault-pull-one-stream");
-    let data = random_bytes(&repo, 65 * MIB);
-    push_contents(&reference(&repo, "v1"), &[("data.bin", &data)]);
-    let digest = sha256_bytes(&data);
-    let proxy = FaultProxy::start(&registry());
+    let (repo, data, digest, proxy) =
+        pushed_behind_proxy("fault-pull-one-stream", "data.bin", 65 * MIB);
     let out_dir = temp_dir();
     let out = pull(&proxy.reference(&repo, "v1"), out_dir.path(), &["-d"]);
     assert_ok(&out);
@@ -312,7 +233,7 @@ fn a_big_pull_over_a_fast_connection_asks_for_the_rest_in_one_request() {
         .lines()
         .find(|l| l.contains("first 16777216 bytes at"))
         .unwrap_or_else(|| panic!("no decision logged:\n{stderr}"));
-    let gets = proxy.matching("GET", &blob_path_of(&digest));
+    let gets = proxy.blob_gets(&digest);
     let mut ranges: Vec<String> = gets
         .iter()
         .filter_map(|g| g.header("range").map(str::to_string))
@@ -337,12 +258,9 @@ fn a_big_pull_over_a_fast_connection_asks_for_the_rest_in_one_request() {
 #[test]
 fn pull_of_corrupted_bytes_fails_and_poisons_nothing() {
     require_registry!();
-    let repo = unique_repo("fault-pull-corrupt");
-    let data = random_bytes(&repo, 300_000);
-    push_contents(&reference(&repo, "v1"), &[("data.bin", &data)]);
-    let digest = sha256_bytes(&data);
-    let proxy = FaultProxy::start(&registry());
-    proxy.add(Rule::new("GET", &blob_path_of(&digest), Fault::Corrupt(123_456)).once());
+    let (repo, data, digest, proxy) =
+        pushed_behind_proxy("fault-pull-corrupt", "data.bin", 300_000);
+    proxy.add(Rule::blob_get(&digest, Fault::Corrupt(123_456)).once());
 
     let out_dir = temp_dir();
     write_file(&out_dir.path().join("data.bin"), "the old file");
@@ -361,11 +279,7 @@ fn pull_of_corrupted_bytes_fails_and_poisons_nothing() {
 #[test]
 fn pull_rides_out_stalls() {
     require_registry!();
-    let repo = unique_repo("fault-pull-stall");
-    let data = random_bytes(&repo, MIB);
-    push_contents(&reference(&repo, "v1"), &[("data.bin", &data)]);
-    let digest = sha256_bytes(&data);
-    let proxy = FaultProxy::start(&registry());
+    let (repo, data, digest, proxy) = pushed_behind_proxy("fault-pull-stall", "data.bin", MIB);
     proxy.add(
         Rule::new(
             "HEAD",
@@ -374,14 +288,7 @@ fn pull_rides_out_stalls() {
         )
         .once(),
     );
-    proxy.add(
-        Rule::new(
-            "GET",
-            &blob_path_of(&digest),
-            Fault::StallAfter(300_000, Duration::from_secs(2)),
-        )
-        .once(),
-    );
+    proxy.add(Rule::blob_get(&digest, Fault::StallAfter(300_000, Duration::from_secs(2))).once());
 
     let out_dir = temp_dir();
     let started = Instant::now();
@@ -389,7 +296,7 @@ fn pull_rides_out_stalls() {
     assert!(started.elapsed() >= Duration::from_secs(3));
     assert_eq!(read_file(&out_dir.path().join("data.bin")), data);
     // A stall shorter than the read timeout is waited out, not retried.
-    assert_eq!(proxy.matching("GET", &blob_path_of(&digest)).len(), 1);
+    assert_eq!(proxy.blob_gets(&digest).len(), 1);
 }
 
 #[test]
@@ -416,10 +323,12 @@ fn pull_checks_docker_content_digest() {
     assert!(!out_dir.path().join("data.bin").exists());
 
     // A mount pinned by digest too, before anything is mounted.
-    let err = Mount::try_new(&pinned, None, &["--read-only"])
-        .err()
-        .expect("mounted a manifest the registry named by another digest");
-    assert_fails(&err, "digest mismatch");
+    Mount::refused(
+        &pinned,
+        &["--read-only"],
+        "digest mismatch",
+        "mounted a manifest the registry named by another digest",
+    );
 
     // By tag: the digest it names is what gets fetched, and it does not exist.
     let out = pull(&proxy.reference(&repo, "v1"), out_dir.path(), &[]);
@@ -430,11 +339,7 @@ fn pull_checks_docker_content_digest() {
 
     // A wrong header on a blob does not matter: blobs are checked against the manifest.
     proxy.clear();
-    proxy.add(Rule::new(
-        "GET",
-        &blob_path_of(&blob),
-        Fault::WrongDigest(wrong),
-    ));
+    proxy.add(Rule::blob_get(&blob, Fault::WrongDigest(wrong)));
     assert_ok(&pull(&proxy.reference(&repo, "v1"), out_dir.path(), &[]));
     assert_eq!(read_file(&out_dir.path().join("data.bin")), data);
 }
@@ -541,12 +446,8 @@ fn redirected_blob_gets_carry_no_credentials_to_the_other_origin() {
 #[test]
 fn push_sends_an_upload_again_after_a_drop_mid_body() {
     require_registry!();
-    let repo = unique_repo("fault-push-drop");
-    let data = random_bytes(&repo, 2 * MIB);
-    let src = temp_dir();
-    write_file(&src.path().join("data.bin"), &data);
-    let digest = sha256_bytes(&data);
-    let proxy = FaultProxy::start(&registry());
+    let (repo, data, digest, src, proxy) =
+        to_push_through_proxy("fault-push-drop", "data.bin", 2 * MIB);
     // The upload of this blob (not the config's), by its `?digest=` query.
     let upload = format!("digest={digest}");
     proxy.add(Rule::new("PUT", &upload, Fault::DropRequestAfter(512 * 1024)).once());
@@ -571,20 +472,14 @@ fn push_sends_an_upload_again_after_a_drop_mid_body() {
         "the dropped upload was not sent again: {puts:#?}"
     );
     assert!(puts[0].body_received <= 512 * 1024 && !puts[0].done);
-    assert!(registry_has_blob(&repo, &digest));
-    let out_dir = temp_dir();
-    assert_ok(&pull(&reference(&repo, "v1"), out_dir.path(), &[]));
-    assert_eq!(read_file(&out_dir.path().join("data.bin")), data);
+    assert_eq!(blob_status(&repo, &digest), 200);
+    assert_eq!(pulled_tree(&reference(&repo, "v1"))["data.bin"], data);
 }
 
 #[test]
 fn push_retries_429_and_5xx_honouring_retry_after() {
     require_registry!();
-    let repo = unique_repo("fault-push-5xx");
-    let data = random_bytes(&repo, 100_000);
-    let src = temp_dir();
-    write_file(&src.path().join("data.bin"), &data);
-    let proxy = FaultProxy::start(&registry());
+    let (repo, data, _, src, proxy) = to_push_through_proxy("fault-push-5xx", "data.bin", 100_000);
     proxy.add(Rule::new("POST", "/blobs/uploads/", Fault::Status(500, None)).times(2));
     proxy.add(Rule::new("PUT", "/manifests/v1", Fault::Status(429, Some(1))).once());
     proxy.add(Rule::new("PUT", "/manifests/v1", Fault::Status(503, None)).once());
@@ -594,19 +489,13 @@ fn push_retries_429_and_5xx_honouring_retry_after() {
     assert_ok(&out);
     assert!(started.elapsed() >= Duration::from_secs(1));
     assert_eq!(proxy.matching("PUT", "/manifests/v1").len(), 3);
-    let out_dir = temp_dir();
-    assert_ok(&pull(&reference(&repo, "v1"), out_dir.path(), &[]));
-    assert_eq!(read_file(&out_dir.path().join("data.bin")), data);
+    assert_eq!(pulled_tree(&reference(&repo, "v1"))["data.bin"], data);
 }
 
 #[test]
 fn push_rides_out_stalls_and_never_uploads_to_another_origin() {
     require_registry!();
-    let repo = unique_repo("fault-push-stall");
-    let data = random_bytes(&repo, 500_000);
-    let src = temp_dir();
-    write_file(&src.path().join("data.bin"), &data);
-    let proxy = FaultProxy::start(&registry());
+    let (repo, _, _, src, proxy) = to_push_through_proxy("fault-push-stall", "data.bin", 500_000);
     proxy.add(
         Rule::new(
             "POST",
@@ -644,16 +533,13 @@ fn push_rides_out_stalls_and_never_uploads_to_another_origin() {
         0,
         "data went to the other origin"
     );
-    assert_eq!(tag_status(&repo, "v2"), 404);
+    assert_eq!(manifest_status(&repo, "v2"), 404);
 }
 
 #[test]
 fn push_fails_clearly_and_moves_no_tag_when_the_registry_keeps_failing() {
     require_registry!();
-    let repo = unique_repo("fault-push-500");
-    let src = temp_dir();
-    write_file(&src.path().join("data.bin"), format!("push 500 {repo}"));
-    let proxy = FaultProxy::start(&registry());
+    let (repo, _, _, src, proxy) = to_push_through_proxy("fault-push-500", "data.bin", 100);
     proxy.add(Rule::new("PUT", "/manifests/v1", Fault::Status(500, None)));
 
     let out = push(src.path(), &proxy.reference(&repo, "v1"), &["data.bin"]);
@@ -661,18 +547,25 @@ fn push_fails_clearly_and_moves_no_tag_when_the_registry_keeps_failing() {
     eprintln!("{}", stderr.trim());
     assert!(stderr.contains("manifest"), "{stderr}");
     assert_eq!(proxy.matching("PUT", "/manifests/v1").len(), 5);
-    assert_eq!(tag_status(&repo, "v1"), 404);
+    assert_eq!(manifest_status(&repo, "v1"), 404);
+}
+
+/// `out`, a push of the blob `digest` to `REPO:v1` whose bytes were corrupted on the way,
+/// failed naming the digest, and neither the blob nor the tag is stored.
+#[track_caller]
+fn assert_corrupted_push_refused(out: &Output, repo: &str, digest: &str) {
+    let stderr = assert_fails(out, digest);
+    eprintln!("{}", stderr.trim());
+    assert!(stderr.to_lowercase().contains("digest"), "{stderr}");
+    assert_ne!(blob_status(repo, digest), 200);
+    assert_eq!(manifest_status(repo, "v1"), 404);
 }
 
 #[test]
 fn push_of_bytes_corrupted_on_the_way_is_refused_and_not_stored() {
     require_registry!();
-    let repo = unique_repo("fault-push-corrupt");
-    let data = random_bytes(&repo, 300_000);
-    let src = temp_dir();
-    write_file(&src.path().join("data.bin"), &data);
-    let digest = sha256_bytes(&data);
-    let proxy = FaultProxy::start(&registry());
+    let (repo, _, digest, src, proxy) =
+        to_push_through_proxy("fault-push-corrupt", "data.bin", 300_000);
     proxy.add(Rule::new(
         "PUT",
         "/blobs/uploads/",
@@ -680,21 +573,14 @@ fn push_of_bytes_corrupted_on_the_way_is_refused_and_not_stored() {
     ));
 
     let out = push(src.path(), &proxy.reference(&repo, "v1"), &["data.bin"]);
-    let stderr = assert_fails(&out, &digest);
-    eprintln!("{}", stderr.trim());
-    assert!(stderr.to_lowercase().contains("digest"), "{stderr}");
-    assert!(!registry_has_blob(&repo, &digest));
-    assert_eq!(tag_status(&repo, "v1"), 404);
+    assert_corrupted_push_refused(&out, &repo, &digest);
 }
 
 #[test]
 fn push_refuses_a_registry_that_stores_another_manifest_digest() {
     require_registry!();
-    let repo = unique_repo("fault-push-digest");
-    let src = temp_dir();
-    write_file(&src.path().join("data.bin"), format!("wrong digest {repo}"));
+    let (repo, _, _, src, proxy) = to_push_through_proxy("fault-push-digest", "data.bin", 100);
     let wrong = sha256_bytes(b"not what was pushed");
-    let proxy = FaultProxy::start(&registry());
     proxy.add(Rule::new(
         "PUT",
         "/manifests/",
@@ -723,12 +609,8 @@ fn commits_of(proxy: &FaultProxy, digest: &str) -> Vec<Seen> {
 #[test]
 fn a_large_file_uploads_while_it_hashes_and_stops_once_the_registry_has_it() {
     require_registry!();
-    let repo = unique_repo("fault-push-large");
-    let data = random_bytes(&repo, LARGE);
-    let src = temp_dir();
-    write_file(&src.path().join("large.bin"), &data);
-    let digest = sha256_bytes(&data);
-    let proxy = FaultProxy::start(&registry());
+    let (repo, data, digest, src, proxy) =
+        to_push_through_proxy("fault-push-large", "large.bin", LARGE);
 
     assert_ok(&push(
         src.path(),
@@ -742,9 +624,7 @@ fn a_large_file_uploads_while_it_hashes_and_stops_once_the_registry_has_it() {
     let commits = commits_of(&proxy, &digest);
     assert_eq!(commits.len(), 1, "{commits:#?}");
     assert_eq!((commits[0].status, commits[0].body_received), (201, 0));
-    let out_dir = temp_dir();
-    assert_ok(&pull(&reference(&repo, "v1"), out_dir.path(), &[]));
-    assert_eq!(read_file(&out_dir.path().join("large.bin")), data);
+    assert_eq!(pulled_tree(&reference(&repo, "v1"))["large.bin"], data);
 
     // Again, with the upload held up so that the hash is done first: the registry has the
     // blob, so the upload is cancelled and nothing is committed.
@@ -781,21 +661,13 @@ fn a_large_file_uploads_while_it_hashes_and_stops_once_the_registry_has_it() {
 #[test]
 fn a_large_upload_dropped_mid_body_is_sent_again_and_a_corrupted_one_refused() {
     require_registry!();
-    let repo = unique_repo("fault-push-large-drop");
-    let data = random_bytes(&repo, LARGE);
-    let src = temp_dir();
-    write_file(&src.path().join("large.bin"), &data);
-    let digest = sha256_bytes(&data);
-    let proxy = FaultProxy::start(&registry());
+    let (repo, data, digest, src, proxy) =
+        to_push_through_proxy("fault-push-large-drop", "large.bin", LARGE);
 
     // Corrupted on the way: the registry's check of the digest at the commit refuses it.
     proxy.add(Rule::new("PATCH", "/blobs/uploads/", Fault::CorruptRequest(12_345)).once());
     let out = push(src.path(), &proxy.reference(&repo, "v1"), &["large.bin"]);
-    let stderr = assert_fails(&out, &digest);
-    eprintln!("{}", stderr.trim());
-    assert!(stderr.to_lowercase().contains("digest"), "{stderr}");
-    assert!(!registry_has_blob(&repo, &digest));
-    assert_eq!(tag_status(&repo, "v1"), 404);
+    assert_corrupted_push_refused(&out, &repo, &digest);
 
     // Dropped mid-body: sent again (from the now known digest) and pushed.
     proxy.clear();
@@ -812,10 +684,8 @@ fn a_large_upload_dropped_mid_body_is_sent_again_and_a_corrupted_one_refused() {
         &proxy.reference(&repo, "v1"),
         &["large.bin"],
     ));
-    assert!(registry_has_blob(&repo, &digest));
-    let out_dir = temp_dir();
-    assert_ok(&pull(&reference(&repo, "v1"), out_dir.path(), &[]));
-    assert_eq!(read_file(&out_dir.path().join("large.bin")), data);
+    assert_eq!(blob_status(&repo, &digest), 200);
+    assert_eq!(pulled_tree(&reference(&repo, "v1"))["large.bin"], data);
 }
 
 #[test]
@@ -867,12 +737,9 @@ fn a_commit_whose_answer_is_lost_is_confirmed_by_asking_the_registry() {
     assert_eq!(puts.len(), 1, "{puts:#?}");
     assert!(puts[0].fault.is_some());
 
-    let out_dir = temp_dir();
-    assert_ok(&pull(&reference(&repo, "v1"), out_dir.path(), &[]));
-    assert_eq!(read_file(&out_dir.path().join("large.bin")), large);
-    assert_ok(&pull(&reference(&repo, "v2"), out_dir.path(), &[]));
+    assert_eq!(pulled_tree(&reference(&repo, "v1"))["large.bin"], large);
     assert_eq!(
-        read_file(&out_dir.path().join("small.txt")),
+        pulled_tree(&reference(&repo, "v2"))["small.txt"],
         format!("small {repo}").as_bytes()
     );
 }
@@ -880,13 +747,9 @@ fn a_commit_whose_answer_is_lost_is_confirmed_by_asking_the_registry() {
 #[test]
 fn a_failed_upload_cancels_its_session() {
     require_registry!();
-    let repo = unique_repo("fault-cancel-session");
-    let src = temp_dir();
-    write_file(&src.path().join("a.txt"), format!("a {repo}"));
-    let proxy = FaultProxy::start(&registry());
+    let (repo, _, digest, src, proxy) = to_push_through_proxy("fault-cancel-session", "a.txt", 100);
     // The file's upload only (the config goes at the same time); the query has the digest
     // percent-encoded: match its hex.
-    let digest = sha256_bytes(format!("a {repo}").as_bytes());
     let hex = digest.trim_start_matches("sha256:");
     proxy.add(Rule::new("PUT", hex, Fault::Status(400, None)));
     let out = push(src.path(), &proxy.reference(&repo, "v1"), &["a.txt"]);
@@ -894,7 +757,7 @@ fn a_failed_upload_cancels_its_session() {
     let deletes = proxy.matching("DELETE", "/blobs/uploads/");
     assert_eq!(deletes.len(), 1, "{deletes:#?}");
     assert_eq!(deletes[0].status, 204);
-    assert_eq!(tag_status(&repo, "v1"), 404);
+    assert_eq!(manifest_status(&repo, "v1"), 404);
 }
 
 #[test]
@@ -947,23 +810,11 @@ fn mount_reads_survive_drops_stalls_and_ignored_ranges() {
     let (small_digest, large_digest) = (sha256_bytes(&small), sha256_bytes(&large));
     let slow_digest = sha256_bytes(&slow);
     let proxy = FaultProxy::start(&registry());
+    proxy.add(Rule::blob_get(&small_digest, Fault::DropAfter(100_000)).once());
+    proxy.add(Rule::blob_get(&large_digest, Fault::IgnoreRange));
     proxy.add(
-        Rule::new(
-            "GET",
-            &blob_path_of(&small_digest),
-            Fault::DropAfter(100_000),
-        )
-        .once(),
-    );
-    proxy.add(Rule::new(
-        "GET",
-        &blob_path_of(&large_digest),
-        Fault::IgnoreRange,
-    ));
-    proxy.add(
-        Rule::new(
-            "GET",
-            &blob_path_of(&slow_digest),
+        Rule::blob_get(
+            &slow_digest,
             Fault::StallAfter(50_000, Duration::from_secs(2)),
         )
         .once(),
@@ -981,9 +832,9 @@ fn mount_reads_survive_drops_stalls_and_ignored_ranges() {
     assert!(started.elapsed() >= Duration::from_secs(2));
 
     proxy.settle(Duration::from_secs(5));
-    let small_gets = proxy.matching("GET", &blob_path_of(&small_digest));
+    let small_gets = proxy.blob_gets(&small_digest);
     assert_eq!(small_gets.len(), 2, "{small_gets:#?}");
-    let large_gets = proxy.matching("GET", &blob_path_of(&large_digest));
+    let large_gets = proxy.blob_gets(&large_digest);
     assert!(!large_gets.is_empty());
     assert!(large_gets
         .iter()
@@ -1013,21 +864,11 @@ fn read_page_direct(f: &std::fs::File, at: u64) -> Vec<u8> {
 #[test]
 fn a_mount_read_waits_for_its_block_not_for_its_whole_request() {
     require_registry!();
-    let repo = unique_repo("fault-mount-block");
-    let large = random_bytes(&format!("{repo}-large"), 6 * MIB);
-    push_contents(&reference(&repo, "v1"), &[("large.bin", &large)]);
-    let digest = sha256_bytes(&large);
-    let proxy = FaultProxy::start(&registry());
+    let (repo, large, digest, proxy) =
+        pushed_behind_proxy("fault-mount-block", "large.bin", 6 * MIB);
     // The first request (the read's block and the prefetch after it) stops after its first
     // block and a little more, for longer than this test lasts.
-    proxy.add(
-        Rule::new(
-            "GET",
-            &blob_path_of(&digest),
-            Fault::StallAfter(300_000, Duration::from_secs(20)),
-        )
-        .once(),
-    );
+    proxy.add(Rule::blob_get(&digest, Fault::StallAfter(300_000, Duration::from_secs(20))).once());
     let m = Mount::new(&proxy.reference(&repo, "v1"), &["--read-only"]);
     let f = open_direct(&m.join("large.bin"));
     let started = Instant::now();
@@ -1037,7 +878,7 @@ fn a_mount_read_waits_for_its_block_not_for_its_whole_request() {
         "the read waited for the stalled rest of its request: {}",
         m.daemon_log()
     );
-    let gets = proxy.matching("GET", &blob_path_of(&digest));
+    let gets = proxy.blob_gets(&digest);
     let first = gets[0].header("range").unwrap_or_default();
     let end: u64 = first.rsplit('-').next().unwrap().parse().unwrap();
     assert!(
@@ -1049,18 +890,15 @@ fn a_mount_read_waits_for_its_block_not_for_its_whole_request() {
 #[test]
 fn a_mount_range_read_resumes_where_a_drop_stopped() {
     require_registry!();
-    let repo = unique_repo("fault-mount-resume");
-    let large = random_bytes(&format!("{repo}-large"), 6 * MIB);
-    push_contents(&reference(&repo, "v1"), &[("large.bin", &large)]);
-    let digest = sha256_bytes(&large);
-    let proxy = FaultProxy::start(&registry());
-    proxy.add(Rule::new("GET", &blob_path_of(&digest), Fault::DropAfter(300_000)).once());
+    let (repo, large, digest, proxy) =
+        pushed_behind_proxy("fault-mount-resume", "large.bin", 6 * MIB);
+    proxy.add(Rule::blob_get(&digest, Fault::DropAfter(300_000)).once());
     let m = Mount::new(&proxy.reference(&repo, "v1"), &["--read-only"]);
     let f = open_direct(&m.join("large.bin"));
     assert_eq!(read_page_direct(&f, 0), large[..4096], "{}", m.daemon_log());
     assert_eq!(read_file(&m.join("large.bin")), large, "{}", m.daemon_log());
 
-    let gets = proxy.matching("GET", &blob_path_of(&digest));
+    let gets = proxy.blob_gets(&digest);
     let end = |s: &Seen| {
         s.header("range")
             .and_then(|r| r.rsplit('-').next().map(String::from))
@@ -1081,13 +919,10 @@ fn a_mount_range_read_resumes_where_a_drop_stopped() {
 #[test]
 fn mount_reads_of_corrupted_bytes_fail_and_leave_no_trace_in_the_cache() {
     require_registry!();
-    let repo = unique_repo("fault-mount-corrupt");
-    let small = random_bytes(&repo, 300_000);
-    push_contents(&reference(&repo, "v1"), &[("small.bin", &small)]);
-    let digest = sha256_bytes(&small);
+    let (repo, small, digest, proxy) =
+        pushed_behind_proxy("fault-mount-corrupt", "small.bin", 300_000);
     let hex = digest["sha256:".len()..].to_string();
-    let proxy = FaultProxy::start(&registry());
-    proxy.add(Rule::new("GET", &blob_path_of(&digest), Fault::Corrupt(200_000)).once());
+    proxy.add(Rule::blob_get(&digest, Fault::Corrupt(200_000)).once());
     let cache = temp_dir();
 
     {
@@ -1125,11 +960,7 @@ fn mount_read_errors_are_bounded_and_do_not_stick() {
     );
     let digest = sha256_bytes(&small);
     let proxy = FaultProxy::start(&registry());
-    proxy.add(Rule::new(
-        "GET",
-        &blob_path_of(&digest),
-        Fault::Status(503, Some(0)),
-    ));
+    proxy.add(Rule::blob_get(&digest, Fault::Status(503, Some(0))));
 
     let m = Mount::new(&proxy.reference(&repo, "v1"), &["--read-only"]);
     let started = Instant::now();
@@ -1142,7 +973,7 @@ fn mount_read_errors_are_bounded_and_do_not_stick() {
     .expect("a read of a failing blob hung for a minute");
     let elapsed = started.elapsed();
     assert_eq!(errno, Err(Some(libc::EIO)));
-    let tries = proxy.matching("GET", &blob_path_of(&digest)).len();
+    let tries = proxy.blob_gets(&digest).len();
     eprintln!("EIO after {elapsed:?} and {tries} requests");
     // 5 tries per block fetch; the kernel may read twice. Nested retries would make it 25+.
     assert!(tries <= 10, "one read made {tries} requests in {elapsed:?}");
@@ -1169,7 +1000,7 @@ fn mount_writes_survive_faults_and_a_failed_sync_drops_nothing() {
     let m = Mount::new(&proxy.reference(&repo, "v1"), &[]);
 
     // Copy-on-write of a blob that arrives corrupted: refused, nothing staged.
-    proxy.add(Rule::new("GET", &blob_path_of(&keep_digest), Fault::Corrupt(1000)).once());
+    proxy.add(Rule::blob_get(&keep_digest, Fault::Corrupt(1000)).once());
     // Opening fetches nothing; the first write makes the copy, and fails.
     let mut opened = std::fs::OpenOptions::new()
         .append(true)
@@ -1188,14 +1019,7 @@ fn mount_writes_survive_faults_and_a_failed_sync_drops_nothing() {
     );
 
     // Copy-on-write of a blob whose GET drops once: retried.
-    proxy.add(
-        Rule::new(
-            "GET",
-            &blob_path_of(&base_digest),
-            Fault::DropAfter(300_000),
-        )
-        .once(),
-    );
+    proxy.add(Rule::blob_get(&base_digest, Fault::DropAfter(300_000)).once());
     {
         let mut f = std::fs::OpenOptions::new()
             .append(true)
@@ -1218,7 +1042,7 @@ fn mount_writes_survive_faults_and_a_failed_sync_drops_nothing() {
     let stderr = assert_fails(&out, "500");
     eprintln!("{}", stderr.trim());
     assert!(stderr.contains("staged"), "{stderr}");
-    assert_eq!(tag_status(&repo, "v1"), 200);
+    assert_eq!(manifest_status(&repo, "v1"), 200);
     assert_eq!(read_file(&m.join("new.bin")), new);
     assert_eq!(read_file(&m.join("base.bin")), appended);
 
@@ -1244,19 +1068,8 @@ fn mount_writes_survive_faults_and_a_failed_sync_drops_nothing() {
 #[test]
 fn pull_resumes_after_a_stall_longer_than_the_read_timeout() {
     require_registry!();
-    let repo = unique_repo("fault-pull-longstall");
-    let data = random_bytes(&repo, MIB);
-    push_contents(&reference(&repo, "v1"), &[("data.bin", &data)]);
-    let digest = sha256_bytes(&data);
-    let proxy = FaultProxy::start(&registry());
-    proxy.add(
-        Rule::new(
-            "GET",
-            &blob_path_of(&digest),
-            Fault::StallAfter(200_000, Duration::from_secs(45)),
-        )
-        .once(),
-    );
+    let (repo, data, digest, proxy) = pushed_behind_proxy("fault-pull-longstall", "data.bin", MIB);
+    proxy.add(Rule::blob_get(&digest, Fault::StallAfter(200_000, Duration::from_secs(45))).once());
     let out_dir = temp_dir();
     let started = Instant::now();
     assert_ok(&pull(&proxy.reference(&repo, "v1"), out_dir.path(), &[]));
@@ -1266,7 +1079,7 @@ fn pull_resumes_after_a_stall_longer_than_the_read_timeout() {
         elapsed < Duration::from_secs(44),
         "waited out the whole stall: {elapsed:?}"
     );
-    let gets = proxy.matching("GET", &blob_path_of(&digest));
+    let gets = proxy.blob_gets(&digest);
     assert_eq!(gets.len(), 2, "{gets:#?}");
     assert!(range_start(&gets[1]).is_some_and(|n| n > 0));
 }
@@ -1291,19 +1104,8 @@ fn pull_with_speed_limit(reference: &str, out: &Path) -> Output {
 #[test]
 fn pull_resumes_after_a_trickle_below_the_speed_limit() {
     require_registry!();
-    let repo = unique_repo("fault-pull-trickle");
-    let data = random_bytes(&repo, MIB);
-    push_contents(&reference(&repo, "v1"), &[("data.bin", &data)]);
-    let digest = sha256_bytes(&data);
-    let proxy = FaultProxy::start(&registry());
-    proxy.add(
-        Rule::new(
-            "GET",
-            &blob_path_of(&digest),
-            Fault::Trickle(200_000, Duration::from_millis(300)),
-        )
-        .once(),
-    );
+    let (repo, data, digest, proxy) = pushed_behind_proxy("fault-pull-trickle", "data.bin", MIB);
+    proxy.add(Rule::blob_get(&digest, Fault::Trickle(200_000, Duration::from_millis(300))).once());
     let out_dir = temp_dir();
     let started = Instant::now();
     let out = pull_with_speed_limit(&proxy.reference(&repo, "v1"), out_dir.path());
@@ -1316,7 +1118,7 @@ fn pull_resumes_after_a_trickle_below_the_speed_limit() {
         "{}",
         describe(&out)
     );
-    let gets = proxy.matching("GET", &blob_path_of(&digest));
+    let gets = proxy.blob_gets(&digest);
     assert_eq!(gets.len(), 2, "{gets:#?}");
     assert!(
         range_start(&gets[1]).is_some_and(|n| n >= 200_000),
@@ -1329,14 +1131,9 @@ fn pull_resumes_after_a_trickle_below_the_speed_limit() {
 #[test]
 fn pull_from_a_registry_that_always_trickles_fails_in_bounded_time() {
     require_registry!();
-    let repo = unique_repo("fault-pull-trickles");
-    let data = random_bytes(&repo, 300_000);
-    push_contents(&reference(&repo, "v1"), &[("data.bin", &data)]);
-    let digest = sha256_bytes(&data);
-    let proxy = FaultProxy::start(&registry());
-    proxy.add(Rule::new(
-        "GET",
-        &blob_path_of(&digest),
+    let (repo, _, digest, proxy) = pushed_behind_proxy("fault-pull-trickles", "data.bin", 300_000);
+    proxy.add(Rule::blob_get(
+        &digest,
         Fault::Trickle(0, Duration::from_millis(300)),
     ));
     let out_dir = temp_dir();
@@ -1387,6 +1184,6 @@ fn push_without_push_access_says_so_and_is_not_retried() {
             "{} upload requests: {posts:#?}",
             posts.len()
         );
-        assert_eq!(tag_status(&repo, "v1"), 404);
+        assert_eq!(manifest_status(&repo, "v1"), 404);
     }
 }

@@ -399,17 +399,6 @@ fn client_certificates_for_registries_that_require_them() {
     );
 }
 
-/// `attach --artifact-type TYPE SUBJECT FILE` run in `dir`; the referrer's digest.
-#[track_caller]
-fn attach(dir: &std::path::Path, artifact_type: &str, subject: &str, file: &str) -> String {
-    let out = oras_fs_in(
-        dir,
-        ["attach", "--artifact-type", artifact_type, subject, file],
-    );
-    assert_ok(&out);
-    digest_of_stdout(&out)
-}
-
 #[test]
 fn listing_flags_last_exclude_digest_tags_full_reference_and_depth() {
     require_registry!();
@@ -424,15 +413,15 @@ fn listing_flags_last_exclude_digest_tags_full_reference_and_depth() {
         tmp.path(),
         "application/vnd.test.sig",
         &reference(&repo, "t1"),
-        "sig.txt",
+        &["sig.txt"],
     );
     let sbom = attach(
         tmp.path(),
         "application/vnd.test.sbom",
         &format!("{base}@{sig}"),
-        "sbom.txt",
+        &["sbom.txt"],
     );
-    let subject_tag = subject.replacen(':', "-", 1);
+    let subject_tag = referrers_tag(&subject);
 
     // Sorted: Distribution 2.8 lists tags in no particular order.
     let lines = |args: &[&str]| -> Vec<String> {
@@ -635,7 +624,7 @@ fn push_image_spec_v1_0_and_pull_include_subject() {
         tmp.path(),
         "application/vnd.test.sig",
         &reference(&repo, "v1"),
-        "sig.txt",
+        &["sig.txt"],
     );
     let at_sig = format!("{base}@{sig}");
     let only = pulled_tree(&at_sig);
@@ -654,7 +643,7 @@ fn distribution_spec_forces_the_referrers_api_or_the_tag_schema() {
     write_file(&tmp.path().join("q.txt"), format!("q {repo}\n"));
     let subject = push_files(tmp.path(), &reference(&repo, "v1"), &["s.txt"]);
     let base = format!("{}/{repo}", registry());
-    let subject_tag = subject.replacen(':', "-", 1);
+    let subject_tag = referrers_tag(&subject);
     let tags = || ok(&["repo", "tags", &base]);
 
     // Forcing the API on a registry without it: attach writes no tag-schema index ...
@@ -688,7 +677,7 @@ fn distribution_spec_forces_the_referrers_api_or_the_tag_schema() {
         tmp.path(),
         "application/vnd.test.tag",
         &reference(&repo, "v1"),
-        "q.txt",
+        &["q.txt"],
     );
     assert!(tags().contains(&subject_tag));
     let proxy = common::faults::FaultProxy::start(&registry());

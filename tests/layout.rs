@@ -26,6 +26,11 @@ fn at(dir: &Path, tag: &str) -> String {
     format!("{}:{tag}", path_str(dir))
 }
 
+/// The manifest skopeo reads for `tag` of a layout (`skopeo inspect --raw oci:DIR:TAG`).
+fn skopeo_manifest(layout: &Path, tag: &str) -> Vec<u8> {
+    skopeo_ok(&["inspect", "--raw", &format!("oci:{}", at(layout, tag))])
+}
+
 /// The file of a blob in a layout.
 fn layout_blob(layout: &Path, digest: &str) -> PathBuf {
     let (alg, hex) = digest.split_once(':').expect("a digest");
@@ -186,16 +191,9 @@ fn skopeo_accepts_what_oras_fs_writes_to_a_layout() {
         ],
     );
     let ours = read_file(&layout_blob(&layout, &v2));
+    assert_eq!(skopeo_manifest(&layout, "v2"), ours);
     assert_eq!(
-        skopeo_ok(&["inspect", "--raw", &format!("oci:{}", at(&layout, "v2"))]),
-        ours
-    );
-    assert_eq!(
-        sha256_bytes(&skopeo_ok(&[
-            "inspect",
-            "--raw",
-            &format!("oci:{}", at(&layout, "v1"))
-        ])),
+        sha256_bytes(&skopeo_manifest(&layout, "v1")),
         v1,
         "skopeo's own tag survives"
     );
@@ -262,11 +260,7 @@ fn index_json_stays_valid_through_pushes_tags_and_deletes() {
         assert_eq!(tags, expected);
         for (tag, digest) in &tags {
             assert_eq!(
-                sha256_bytes(&skopeo_ok(&[
-                    "inspect",
-                    "--raw",
-                    &format!("oci:{}", at(&layout, tag))
-                ])),
+                sha256_bytes(&skopeo_manifest(&layout, tag)),
                 *digest,
                 "skopeo reads {tag}"
             );
@@ -300,37 +294,26 @@ fn index_json_stays_valid_through_pushes_tags_and_deletes() {
     assert_eq!(out.stdout, b"file 1\n");
     ok(&["tag", "--oci-layout", &at(&layout, "v2"), "x", "y"]);
     ok(&["tag", "--oci-layout", &at(&layout, "v1"), "x"]);
-    check_tags(&[
+    // Tags the next steps leave as they are.
+    let tagged: [(&str, &str); 5] = [
         ("v1", &d3),
         ("v2", &d2),
         ("two", &d2),
         ("x", &d3),
         ("y", &d2),
-    ]);
+    ];
+    check_tags(&tagged);
 
     // A referrer is listed, untagged.
-    let out = oras_fs_in(
+    let note = attach(
         tmp.path(),
-        [
-            "attach",
-            "--oci-layout",
-            "--artifact-type",
-            "application/vnd.test.note",
-            &at(&layout, "v2"),
-            "f4.txt",
-        ],
+        "application/vnd.test.note",
+        &at(&layout, "v2"),
+        &["f4.txt", "--oci-layout"],
     );
-    assert_ok(&out);
-    let note = digest_of_stdout(&out);
     let (_, listed) = checked_index(&layout);
     assert!(listed.contains(&note), "{listed:?}");
-    check_tags(&[
-        ("v1", &d3),
-        ("v2", &d2),
-        ("two", &d2),
-        ("x", &d3),
-        ("y", &d2),
-    ]);
+    check_tags(&tagged);
 
     // manifest push and delete.
     let file = tmp.path().join("m.json");
@@ -605,29 +588,11 @@ fn a_layout_mounts_without_a_registry_and_unmount_writes_back() {
             ("new.txt".to_string(), b"written in the mount\n".to_vec()),
         ])
     );
-    assert_eq!(
-        sha256_bytes(&skopeo_ok(&[
-            "inspect",
-            "--raw",
-            &format!("oci:{}", at(&layout, "v1"))
-        ])),
-        after
-    );
+    assert_eq!(sha256_bytes(&skopeo_manifest(&layout, "v1")), after);
     drop(mount);
 }
 
 // --- Layouts in .tar archives and --oci-layout-path -------------------------------------------
-
-/// Backs up `repo:tag` into the archive `tar`.
-fn backup_to_tar(repo: &str, tag: &str, tar: &Path) {
-    ok(&[
-        "backup",
-        "-o",
-        path_str(tar),
-        &reference(repo, tag),
-        "--no-tty",
-    ]);
-}
 
 #[test]
 fn a_tar_layout_reads_in_place() {
@@ -642,7 +607,7 @@ fn a_tar_layout_reads_in_place() {
     );
     let dirs = temp_dir();
     let tar = dirs.path().join("l.tar");
-    backup_to_tar(&repo, "v1", &tar);
+    backup_to(&tar, &[&reference(&repo, "v1")]);
     let tar_ref = at(&tar, "v1");
     let want = pulled_tree(&reference(&repo, "v1"));
 
@@ -722,7 +687,7 @@ fn writing_into_a_tar_layout_is_refused() {
     );
     let dirs = temp_dir();
     let tar = dirs.path().join("ro.tar");
-    backup_to_tar(&repo, "v1", &tar);
+    backup_to(&tar, &[&reference(&repo, "v1")]);
     let before = read_file(&tar);
     write_file(&dirs.path().join("new.txt"), "new\n");
 
@@ -852,7 +817,7 @@ fn skopeo_and_oras_fs_share_oci_archives() {
 
     // oras-fs writes one (backup); skopeo reads it.
     let ours = tmp.path().join("ours.tar");
-    backup_to_tar(&repo, "v1", &ours);
+    backup_to(&ours, &[&reference(&repo, "v1")]);
     let raw = skopeo_ok(&[
         "inspect",
         "--raw",
@@ -868,7 +833,7 @@ fn a_tar_layout_mounts_read_only() {
     push_contents(&reference(&repo, "v1"), &[("a.txt", b"in the archive\n")]);
     let dirs = temp_dir();
     let tar = dirs.path().join("m.tar");
-    backup_to_tar(&repo, "v1", &tar);
+    backup_to(&tar, &[&reference(&repo, "v1")]);
     let before = read_file(&tar);
 
     let mount = LayoutMount::new(&at(&tar, "v1"));

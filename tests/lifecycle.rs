@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -13,13 +12,6 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use common::*;
-
-fn expect_tree(files: &[(&str, &[u8])]) -> BTreeMap<String, Vec<u8>> {
-    files
-        .iter()
-        .map(|(n, d)| (n.to_string(), d.to_vec()))
-        .collect()
-}
 
 /// `oras-fs unmount ARGS... MOUNTPOINT`, bounded.
 fn unmount(mountpoint: &Path, args: &[&str]) -> Output {
@@ -36,29 +28,34 @@ fn open_writer(path: &Path, first: &[u8]) -> std::fs::File {
     f
 }
 
-/// An artifact `base.txt` at a new repository's `v1` (its reference is returned), and a 4 MB
-/// file for a writer: its two halves and the whole.
-fn base_and_halves(name: &str) -> (String, Vec<u8>, Vec<u8>, Vec<u8>) {
+/// An artifact `base.txt` at a new repository's `v1` (its reference is returned), and a file
+/// for a writer: its two halves of `half` bytes each, and the whole.
+fn base_and_halves(name: &str, half: usize) -> (String, Vec<u8>, Vec<u8>, Vec<u8>) {
     let repo = unique_repo(name);
     let r = reference(&repo, "v1");
     push_contents(&r, &[("base.txt", b"base\n")]);
-    let first = random_bytes(&format!("{repo}-1"), 2_000_000);
-    let second = random_bytes(&format!("{repo}-2"), 2_000_000);
+    let first = random_bytes(&format!("{repo}-1"), half);
+    let second = random_bytes(&format!("{repo}-2"), half);
     let mut whole = first.clone();
     whole.extend_from_slice(&second);
     (r, first, second, whole)
 }
 
+/// The mount `m` of `r` pushed the whole file of [`base_and_halves`] as `big.bin`.
+#[track_caller]
+fn assert_pushed_whole(r: &str, whole: &[u8], m: &Mount) {
+    assert_eq!(
+        pulled_tree(r),
+        expect_tree(&[("base.txt", b"base\n"), ("big.bin", whole)]),
+        "{}",
+        m.daemon_log()
+    );
+}
+
 #[test]
 fn unmount_waits_for_a_writer_refuses_naming_it_then_pushes_the_whole_file() {
     require_registry!();
-    let repo = unique_repo("life-busy");
-    let r = reference(&repo, "v1");
-    push_contents(&r, &[("base.txt", b"base\n")]);
-    let first = random_bytes(&format!("{repo}-1"), 3_000_000);
-    let second = random_bytes(&format!("{repo}-2"), 3_000_000);
-    let mut whole = first.clone();
-    whole.extend_from_slice(&second);
+    let (r, first, second, whole) = base_and_halves("life-busy", 3_000_000);
 
     let m = Mount::new(&r, &[]);
     let mut f = open_writer(&m.join("big.bin"), &first);
@@ -90,18 +87,13 @@ fn unmount_waits_for_a_writer_refuses_naming_it_then_pushes_the_whole_file() {
     assert_ok(&out);
     assert!(stderr_of(&out).contains(&path), "{}", describe(&out));
     assert!(!m.is_mounted());
-    assert_eq!(
-        pulled_tree(&r),
-        expect_tree(&[("base.txt", b"base\n"), ("big.bin", &whole)]),
-        "{}",
-        m.daemon_log()
-    );
+    assert_pushed_whole(&r, &whole, &m);
 }
 
 #[test]
 fn lazy_unmount_detaches_at_once_and_pushes_after_the_last_close() {
     require_registry!();
-    let (r, first, second, whole) = base_and_halves("life-lazy");
+    let (r, first, second, whole) = base_and_halves("life-lazy", 2_000_000);
 
     let m = Mount::new(&r, &[]);
     let pid = m.daemon_pid();
@@ -128,18 +120,13 @@ fn lazy_unmount_detaches_at_once_and_pushes_after_the_last_close() {
         "the mount process did not end after the last close\n{}",
         m.daemon_log()
     );
-    assert_eq!(
-        pulled_tree(&r),
-        expect_tree(&[("base.txt", b"base\n"), ("big.bin", &whole)]),
-        "{}",
-        m.daemon_log()
-    );
+    assert_pushed_whole(&r, &whole, &m);
 }
 
 #[test]
 fn sigterm_waits_for_a_writer_before_the_final_push() {
     require_registry!();
-    let (r, first, second, whole) = base_and_halves("life-term");
+    let (r, first, second, whole) = base_and_halves("life-term", 2_000_000);
 
     let m = Mount::new(&r, &[]);
     let mut f = open_writer(&m.join("big.bin"), &first);
@@ -153,12 +140,7 @@ fn sigterm_waits_for_a_writer_before_the_final_push() {
         "the mount process did not end after SIGTERM"
     );
     assert!(!m.is_mounted());
-    assert_eq!(
-        pulled_tree(&r),
-        expect_tree(&[("base.txt", b"base\n"), ("big.bin", &whole)]),
-        "{}",
-        m.daemon_log()
-    );
+    assert_pushed_whole(&r, &whole, &m);
 }
 
 #[test]

@@ -150,11 +150,7 @@ fn a_mirror_that_serves_corrupt_bytes_is_passed_over_for_the_origin() {
     let digest = sha256_bytes(&data);
     // The "mirror" passes requests to the registry, and corrupts every blob and manifest body.
     let bad = FaultProxy::start(&registry());
-    bad.add(Rule::new(
-        "GET",
-        &format!("/blobs/{digest}"),
-        Fault::Corrupt(123_456),
-    ));
+    bad.add(Rule::blob_get(&digest, Fault::Corrupt(123_456)));
     bad.add(Rule::new("GET", "/manifests/sha256:", Fault::Corrupt(10)));
     let work = temp_dir();
     let mirror = bad.origin();
@@ -249,22 +245,6 @@ fn a_malformed_or_blocking_registries_conf_is_refused_clearly() {
     assert_fails(&missing, "/nonexistent/registries.conf");
 }
 
-/// `attach --artifact-type T SUBJECT FILE` in `dir` (with `args`); the referrer's digest.
-#[track_caller]
-fn attach(dir: &Path, subject: &str, file: &str, args: &[&str]) -> String {
-    let mut all = vec![
-        "attach",
-        "--artifact-type",
-        "application/vnd.test",
-        subject,
-        file,
-    ];
-    all.extend_from_slice(args);
-    let out = oras_fs_in(dir, all);
-    assert_ok(&out);
-    digest_of_stdout(&out)
-}
-
 #[test]
 fn writes_resolve_tags_at_the_origin_not_at_a_stale_mirror() {
     require_registry!();
@@ -275,14 +255,19 @@ fn writes_resolve_tags_at_the_origin_not_at_a_stale_mirror() {
     let work = temp_dir();
     write_file(&work.path().join("a.txt"), "a referrer\n");
     let subject = push_contents(&origin, &[("f.txt", b"new")]);
-    let first = attach(work.path(), &origin, "a.txt", &[]);
-    let index_tag = subject.replacen(':', "-", 1);
+    let first = attach(work.path(), "application/vnd.test", &origin, &["a.txt"]);
+    let index_tag = referrers_tag(&subject);
     ok(&[
         "copy",
         &reference(&repo, &index_tag),
         &stale.reference(&repo, &index_tag),
     ]);
-    let second = attach(work.path(), &origin, "a.txt", &["--annotation", "n=2"]);
+    let second = attach(
+        work.path(),
+        "application/vnd.test",
+        &origin,
+        &["a.txt", "--annotation", "n=2"],
+    );
     let old = push_contents(&stale.reference(&repo, "v1"), &[("f.txt", b"old")]);
     assert_ne!(old, subject);
     let conf = registries_conf(work.path(), &registry(), &[&stale.host]);
@@ -300,9 +285,15 @@ fn writes_resolve_tags_at_the_origin_not_at_a_stale_mirror() {
     let subject_ref = format!("{}/{repo}@{subject}", registry());
     let third = attach(
         work.path(),
+        "application/vnd.test",
         &subject_ref,
-        "a.txt",
-        &["--annotation", "n=3", "--registries-conf", path_str(&conf)],
+        &[
+            "a.txt",
+            "--annotation",
+            "n=3",
+            "--registries-conf",
+            path_str(&conf),
+        ],
     );
     let listed = ok(&["discover", "--format", "json", &subject_ref]);
     for d in [&first, &second, &third] {

@@ -296,26 +296,18 @@ fn go_templates_see_the_json_fields() {
         ],
     );
     assert!(is_sha256_digest(&out), "{out:?}");
+    // `manifest fetch REF --format FORMAT...`.
+    let fetch_as = |format: &[&str]| {
+        let mut args = vec!["manifest", "fetch", r.as_str(), "--format"];
+        args.extend_from_slice(format);
+        ok(&args)
+    };
     assert_eq!(
-        ok(&[
-            "manifest",
-            "fetch",
-            &r,
-            "--format",
-            "go-template",
-            "--template",
-            "{{ .digest }}"
-        ]),
+        fetch_as(&["go-template", "--template", "{{ .digest }}"]),
         digest
     );
     assert_eq!(
-        ok(&[
-            "manifest",
-            "fetch",
-            &r,
-            "--format",
-            "go-template={{.content.config.mediaType}}"
-        ]),
+        fetch_as(&["go-template={{.content.config.mediaType}}"]),
         "application/vnd.oci.empty.v1+json"
     );
 
@@ -335,17 +327,8 @@ fn go_templates_see_the_json_fields() {
     assert_eq!(titles, ["a.txt", "tree"]);
 
     // toJson gives back the value --format json prints (keys sorted, as Go does).
-    let as_json = json(
-        ok(&[
-            "manifest",
-            "fetch",
-            &r,
-            "--format",
-            "go-template={{toJson .}}",
-        ])
-        .as_bytes(),
-    );
-    let plain = json(ok(&["manifest", "fetch", &r, "--format", "json"]).as_bytes());
+    let as_json = json(fetch_as(&["go-template={{toJson .}}"]).as_bytes());
+    let plain = json(fetch_as(&["json"]).as_bytes());
     assert_eq!(as_json, plain);
 
     let sbom = tmp.path().join("s.json");

@@ -603,44 +603,36 @@ fn pushing_the_same_content_again_skips_the_blobs() {
             .count()
     };
 
-    let out = push(
-        tmp.path(),
-        &reference(&repo, "v1"),
-        &["same1.txt", "same2.txt"],
-    );
-    assert_ok(&out);
-    let stderr = stderr_of(&out);
-    for name in ["same1.txt", "same2.txt"] {
-        assert!(
-            stderr
-                .lines()
-                .any(|l| l.contains("Done") && l.contains(name)),
-            "first push should upload {name}\n{}",
-            describe(&out)
+    // Pushes both files as `tag`; each must have a progress line saying `status`.
+    let push_both = |tag: &str, status: &str, why: &str| {
+        let out = push(
+            tmp.path(),
+            &reference(&repo, tag),
+            &["same1.txt", "same2.txt"],
         );
-    }
+        assert_ok(&out);
+        let stderr = stderr_of(&out);
+        for name in ["same1.txt", "same2.txt"] {
+            assert!(
+                stderr
+                    .lines()
+                    .any(|l| l.contains(status) && l.contains(name)),
+                "{why} {name}\n{}",
+                describe(&out)
+            );
+        }
+        out
+    };
+
+    push_both("v1", "Done", "first push should upload");
     let after_first = uploads();
     assert!(
         after_first >= 2,
         "uploads seen in the registry log: {after_first}"
     );
 
-    let out = push(
-        tmp.path(),
-        &reference(&repo, "v2"),
-        &["same1.txt", "same2.txt"],
-    );
-    assert_ok(&out);
+    let out = push_both("v2", "Exists", "second push should skip");
     let stderr = stderr_of(&out);
-    for name in ["same1.txt", "same2.txt"] {
-        assert!(
-            stderr
-                .lines()
-                .any(|l| l.contains("Exists") && l.contains(name)),
-            "second push should skip {name}\n{}",
-            describe(&out)
-        );
-    }
     assert!(
         !stderr.contains("Done"),
         "second push uploaded something\n{}",
@@ -731,36 +723,27 @@ fn basic_auth_credentials_login_and_logout() {
     // login stores credentials in --registry-config; later commands use them.
     let config = tmp.path().join("cfg/config.json");
     let config_arg = config.to_str().unwrap();
-    let out = oras_fs_stdin(
-        [
-            "login",
-            &reg.host,
-            "-u",
-            &user,
-            "--password-stdin",
-            "--registry-config",
-            config_arg,
-        ],
-        b"wrong\n",
-    );
-    assert_fails(&out, "authentication");
+    let login = |password: &[u8]| {
+        oras_fs_stdin(
+            [
+                "login",
+                &reg.host,
+                "-u",
+                &user,
+                "--password-stdin",
+                "--registry-config",
+                config_arg,
+            ],
+            password,
+        )
+    };
+    assert_fails(&login(b"wrong\n"), "authentication");
     assert!(
         !config.exists(),
         "a failed login wrote {}",
         config.display()
     );
-    let out = oras_fs_stdin(
-        [
-            "login",
-            &reg.host,
-            "-u",
-            &user,
-            "--password-stdin",
-            "--registry-config",
-            config_arg,
-        ],
-        format!("{pass}\n").as_bytes(),
-    );
+    let out = login(format!("{pass}\n").as_bytes());
     assert!(assert_ok(&out).contains("Login Succeeded"));
     let stored = std::fs::read_to_string(&config).unwrap();
     assert!(stored.contains(&reg.host), "{stored}");
@@ -1046,7 +1029,7 @@ fn malformed_manifests_are_refused_on_pull() {
         &[("Content-Type", "application/vnd.oci.image.index.v1+json")],
         &serde_json::to_vec(&index).unwrap(),
     );
-    assert_eq!(resp.status, 201, "{}", String::from_utf8_lossy(&resp.body));
+    resp.assert_status(201, "PUT index");
     assert_fails(
         &pull(&reference(&repo, "index"), &tmp.path().join("idx"), &[]),
         "index",

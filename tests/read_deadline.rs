@@ -19,10 +19,6 @@ fn short_deadline() {
     std::env::set_var("ORAS_FS_READ_DEADLINE_SECS", DEADLINE.as_secs().to_string());
 }
 
-fn blob_path_of(digest: &str) -> String {
-    format!("/blobs/{digest}")
-}
-
 /// Runs `cmd` with a limit well past the deadline (the old behaviour, twice the deadline of
 /// 60 s, would pass it); returns its output and how long it took.
 fn timed(mut cmd: Command) -> (std::process::Output, Duration) {
@@ -45,9 +41,8 @@ fn a_stalled_read_fails_at_the_deadline_as_cat_and_dd_see_it() {
     );
     let proxy = FaultProxy::start(&registry());
     for data in [&large, &small] {
-        proxy.add(Rule::new(
-            "GET",
-            &blob_path_of(&sha256_bytes(data)),
+        proxy.add(Rule::blob_get(
+            &sha256_bytes(data),
             Fault::Stall(Duration::from_secs(50)),
         ));
     }

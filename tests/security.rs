@@ -439,43 +439,34 @@ fn mounts_are_not_allow_other_unless_asked() {
     assert!(line.contains("allow_other"), "{line}");
 }
 
-#[test]
-fn tls_is_verified_unless_insecure() {
-    require_registry!();
-    let reg = ExtraRegistry::start("sec-tls", &["--tls"]);
+/// A TLS registry of its own (from `name`) with `REPO:v1` holding `f.txt` ("tls REPO"), pushed
+/// trusting the registry's CA. Returns (registry, repository, reference, the directory of
+/// `f.txt`).
+fn tls_registry_with_a_file(name: &str) -> (ExtraRegistry, String, String, tempfile::TempDir) {
+    let reg = ExtraRegistry::start(name, &["--tls"]);
     let ca = reg.ca.clone().expect("a CA for the TLS registry");
-    let repo = unique_repo("sec-tls");
+    let repo = unique_repo(name);
     let r = reg.reference(&repo, "v1");
     let tmp = temp_dir();
     write_file(&tmp.path().join("f.txt"), format!("tls {repo}"));
-    assert_ok(&oras_fs_in(
+    assert_ok(&push(
         tmp.path(),
-        [
-            "push",
-            r.as_str(),
-            "f.txt",
-            "--no-tty",
-            "--ca-file",
-            ca.to_str().unwrap(),
-        ],
+        &r,
+        &["f.txt", "--ca-file", ca.to_str().unwrap()],
     ));
+    (reg, repo, r, tmp)
+}
+
+#[test]
+fn tls_is_verified_unless_insecure() {
+    require_registry!();
+    let (reg, repo, r, tmp) = tls_registry_with_a_file("sec-tls");
 
     // A CA that did not sign the registry's certificate.
     let other = unrelated_ca(tmp.path());
     let other = other.to_str().unwrap();
     let out_dir = tmp.path().join("out");
-    let pull = |extra: &[&str]| {
-        let mut args = vec![
-            "pull",
-            r.as_str(),
-            "-o",
-            out_dir.to_str().unwrap(),
-            "--no-tty",
-        ];
-        args.extend_from_slice(extra);
-        oras_fs(args)
-    };
-    let stderr = assert_fails(&pull(&["--ca-file", other]), "certificate");
+    let stderr = assert_fails(&pull(&r, &out_dir, &["--ca-file", other]), "certificate");
     assert!(stderr.contains("--insecure"), "{stderr}");
     assert!(!out_dir.join("f.txt").exists());
     let out = oras_fs_stdin(
@@ -491,12 +482,14 @@ fn tls_is_verified_unless_insecure() {
         b"p",
     );
     assert_fails(&out, "certificate");
-    let err = Mount::try_new(&r, None, &["--read-only", "--ca-file", other])
-        .err()
-        .expect("a mount trusted an unknown certificate");
-    assert_fails(&err, "certificate");
+    Mount::refused(
+        &r,
+        &["--read-only", "--ca-file", other],
+        "certificate",
+        "a mount trusted an unknown certificate",
+    );
     // Plain HTTP is not a fallback.
-    let out = pull(&["--plain-http"]);
+    let out = pull(&r, &out_dir, &["--plain-http"]);
     assert_fails(&out, "Error:");
     eprintln!(
         "--plain-http to an HTTPS registry: {}",
@@ -504,7 +497,7 @@ fn tls_is_verified_unless_insecure() {
     );
     assert!(!out_dir.join("f.txt").exists());
 
-    assert_ok(&pull(&["--insecure"]));
+    assert_ok(&pull(&r, &out_dir, &["--insecure"]));
     assert_eq!(
         read_file(&out_dir.join("f.txt")),
         format!("tls {repo}").as_bytes()
@@ -521,49 +514,22 @@ fn tls_is_verified_unless_insecure() {
 #[test]
 fn tls_errors_read_well_and_hint_only_at_flags_given() {
     require_registry!();
-    let reg = ExtraRegistry::start("sec-tls-hints", &["--tls"]);
-    let ca = reg.ca.clone().expect("a CA for the TLS registry");
-    let repo = unique_repo("sec-tls-hints");
-    let r = reg.reference(&repo, "v1");
-    let tmp = temp_dir();
-    write_file(&tmp.path().join("f.txt"), format!("tls {repo}"));
-    assert_ok(&oras_fs_in(
-        tmp.path(),
-        [
-            "push",
-            r.as_str(),
-            "f.txt",
-            "--no-tty",
-            "--ca-file",
-            ca.to_str().unwrap(),
-        ],
-    ));
+    let (_reg, _, r, tmp) = tls_registry_with_a_file("sec-tls-hints");
     let out_dir = tmp.path().join("out");
-    let pull = |extra: &[&str]| {
-        let mut args = vec![
-            "pull",
-            r.as_str(),
-            "-o",
-            out_dir.to_str().unwrap(),
-            "--no-tty",
-        ];
-        args.extend_from_slice(extra);
-        oras_fs(args)
-    };
     let other = unrelated_ca(tmp.path());
     let stderr = assert_fails(
-        &pull(&["--ca-file", other.to_str().unwrap()]),
+        &pull(&r, &out_dir, &["--ca-file", other.to_str().unwrap()]),
         "certificate",
     );
     assert!(!stderr.contains("  "), "a run of spaces: {stderr:?}");
 
     // 127.0.0.1 without TLS flags: plain HTTP by default, which the user did not ask for.
-    let stderr = assert_fails(&pull(&[]), "HTTPS");
+    let stderr = assert_fails(&pull(&r, &out_dir, &[]), "HTTPS");
     eprintln!("plain HTTP by default: {}", stderr.trim());
     assert!(!stderr.contains("--plain-http"), "{stderr}");
     assert!(stderr.contains("--ca-file"), "{stderr}");
 
-    let stderr = assert_fails(&pull(&["--plain-http"]), "HTTPS");
+    let stderr = assert_fails(&pull(&r, &out_dir, &["--plain-http"]), "HTTPS");
     eprintln!("--plain-http: {}", stderr.trim());
     assert!(stderr.contains("drop --plain-http"), "{stderr}");
     assert!(!out_dir.join("f.txt").exists());

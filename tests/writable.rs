@@ -7,7 +7,6 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::io::{Seek, SeekFrom, Write};
 use std::process::Command;
 use std::time::Duration;
@@ -15,13 +14,6 @@ use std::time::Duration;
 use common::*;
 
 const EPERM: i32 = libc::EPERM;
-
-fn expect_tree(files: &[(&str, &[u8])]) -> BTreeMap<String, Vec<u8>> {
-    files
-        .iter()
-        .map(|(n, d)| (n.to_string(), d.to_vec()))
-        .collect()
-}
 
 /// The `Pushed sha256:...` digest printed by `unmount`/`sync`, if any.
 fn pushed_digest(stdout: &str) -> Option<String> {

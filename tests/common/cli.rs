@@ -112,3 +112,58 @@ pub fn resolve(args: &[&str]) -> String {
     assert!(is_sha256_digest(&digest), "resolve printed {digest:?}");
     digest
 }
+
+/// `oras-fs repo tags ARGS...` (e.g. `HOST/REPO` or `--oci-layout DIR`): the tags, as a set.
+#[track_caller]
+pub fn tags(args: &[&str]) -> std::collections::BTreeSet<String> {
+    let mut all = vec!["repo", "tags"];
+    all.extend_from_slice(args);
+    ok(&all).lines().map(str::to_string).collect()
+}
+
+/// `oras-fs attach --artifact-type TYPE SUBJECT ARGS...` run in `dir`, ARGS being the files
+/// and any flags; must succeed. Returns the referrer's digest.
+#[track_caller]
+pub fn attach(dir: &Path, artifact_type: &str, subject: &str, args: &[&str]) -> String {
+    let mut all = vec!["attach", "--artifact-type", artifact_type, subject];
+    all.extend_from_slice(args);
+    let out = oras_fs_in(dir, all);
+    assert_ok(&out);
+    digest_of_stdout(&out)
+}
+
+/// The direct referrers listed by `oras-fs discover --format json ARGS...`.
+#[track_caller]
+pub fn discovered(args: &[&str]) -> Vec<serde_json::Value> {
+    let mut all = vec!["discover", "--format", "json"];
+    all.extend_from_slice(args);
+    let v = json(ok(&all).as_bytes());
+    v["referrers"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no referrers array: {v}"))
+        .clone()
+}
+
+/// The `digest`s of descriptors (e.g. what [`discovered`] returns).
+pub fn digests_of(descs: &[serde_json::Value]) -> std::collections::BTreeSet<String> {
+    descs
+        .iter()
+        .map(|d| d["digest"].as_str().expect("digest").to_string())
+        .collect()
+}
+
+/// The tag under which a registry without the referrers API keeps a subject's referrers (the
+/// tag schema): `sha256-<hex>` for `sha256:<hex>`.
+pub fn referrers_tag(digest: &str) -> String {
+    digest.replacen(':', "-", 1)
+}
+
+/// `oras-fs backup -o OUT ARGS... --no-tty` (OUT a layout directory or a `.tar`), which must
+/// succeed; its stdout.
+#[track_caller]
+pub fn backup_to(out: &Path, args: &[&str]) -> String {
+    let mut all = vec!["backup", "-o", path_str(out)];
+    all.extend_from_slice(args);
+    all.push("--no-tty");
+    ok(&all)
+}

@@ -158,6 +158,14 @@ pub fn tree(root: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
     out
 }
 
+/// What [`tree`] returns for a directory holding just `files` (path, contents).
+pub fn expect_tree(files: &[(&str, &[u8])]) -> std::collections::BTreeMap<String, Vec<u8>> {
+    files
+        .iter()
+        .map(|(n, d)| (n.to_string(), d.to_vec()))
+        .collect()
+}
+
 /// Names of the entries directly in `dir`, sorted.
 pub fn list_dir(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir)
@@ -171,6 +179,18 @@ pub fn list_dir(dir: &Path) -> Vec<String> {
         .collect();
     names.sort();
     names
+}
+
+/// Names in `dir` that oras-fs gives its temporary files (`.oras-fs-partial-*`, ...), sorted:
+/// what a finished or failed command must not leave behind. None if `dir` does not exist.
+pub fn leftovers(dir: &Path) -> Vec<String> {
+    if !dir.exists() {
+        return Vec::new();
+    }
+    list_dir(dir)
+        .into_iter()
+        .filter(|n| n.starts_with(".oras-fs"))
+        .collect()
 }
 
 /// `%XX` escapes decoded (invalid ones kept as they are).

@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::percent_decode;
+use super::*;
 
 /// Socket read/write timeout: no proxy thread outlives a stuck peer by more than this.
 const IO_TIMEOUT: Duration = Duration::from_secs(60);
@@ -106,6 +106,11 @@ impl Rule {
             fault,
             matched: 0,
         }
+    }
+
+    /// A fault on the GETs of the blob `digest` (any repository).
+    pub fn blob_get(digest: &str, fault: Fault) -> Rule {
+        Rule::new("GET", &blob_path_of(digest), fault)
     }
 
     /// Let the first `n` matching requests through.
@@ -300,6 +305,11 @@ impl FaultProxy {
             .into_iter()
             .filter(|s| (method == "*" || s.method == method) && s.path.contains(needle))
             .collect()
+    }
+
+    /// The GETs of the blob `digest` seen so far.
+    pub fn blob_gets(&self, digest: &str) -> Vec<Seen> {
+        self.matching("GET", &blob_path_of(digest))
     }
 
     /// How many requests a fault was applied to.
@@ -505,7 +515,17 @@ struct BodyWriter<'a, W: Write> {
     stop: &'a AtomicBool,
 }
 
-impl<W: Write> BodyWriter<'_, W> {
+impl<'a, W: Write> BodyWriter<'a, W> {
+    fn new(w: &'a mut W, chunked: bool, fault: BodyFault, stop: &'a AtomicBool) -> Self {
+        BodyWriter {
+            w,
+            chunked,
+            offset: 0,
+            fault,
+            stop,
+        }
+    }
+
     fn emit(&mut self, data: &[u8]) -> std::io::Result<()> {
         if data.is_empty() {
             return Ok(());
@@ -606,20 +626,9 @@ fn relay_body<R: BufRead, W: Write>(
     let mut buf = vec![0u8; 64 * 1024];
     match framing {
         Framing::None => {}
-        Framing::Length(mut left) => {
-            while left > 0 {
-                let want = (left as usize).min(buf.len());
-                let n = r.read(&mut buf[..want])?;
-                if n == 0 {
-                    return Err(std::io::Error::new(
-                        std::io::ErrorKind::UnexpectedEof,
-                        "body ended early",
-                    ));
-                }
-                left -= n as u64;
-                if !out.data(&mut buf[..n])? {
-                    return Ok(false);
-                }
+        Framing::Length(len) => {
+            if !relay_exact(r, len, "body", &mut buf, out)? {
+                return Ok(false);
             }
         }
         Framing::UntilClose => loop {
@@ -651,20 +660,8 @@ fn relay_body<R: BufRead, W: Write>(
                 }
                 break;
             }
-            let mut left = size;
-            while left > 0 {
-                let want = (left as usize).min(buf.len());
-                let n = r.read(&mut buf[..want])?;
-                if n == 0 {
-                    return Err(std::io::Error::new(
-                        std::io::ErrorKind::UnexpectedEof,
-                        "chunk ended early",
-                    ));
-                }
-                left -= n as u64;
-                if !out.data(&mut buf[..n])? {
-                    return Ok(false);
-                }
+            if !relay_exact(r, size, "chunk", &mut buf, out)? {
+                return Ok(false);
             }
             let mut crlf = [0u8; 2];
             r.read_exact(&mut crlf)?;
@@ -674,17 +671,38 @@ fn relay_body<R: BufRead, W: Write>(
     Ok(true)
 }
 
+/// Copies the next `len` bytes from `r` to `out` through `buf`; an error naming `what` if `r`
+/// ends first. Returns false if the fault dropped them.
+fn relay_exact<R: Read, W: Write>(
+    r: &mut R,
+    len: u64,
+    what: &str,
+    buf: &mut [u8],
+    out: &mut BodyWriter<'_, W>,
+) -> std::io::Result<bool> {
+    let mut left = len;
+    while left > 0 {
+        let want = (left as usize).min(buf.len());
+        let n = r.read(&mut buf[..want])?;
+        if n == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!("{what} ended early"),
+            ));
+        }
+        left -= n as u64;
+        if !out.data(&mut buf[..n])? {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
 /// Reads and discards a request body (bounded), so an answer sent early is not lost to a reset.
 fn drain_body<R: BufRead>(r: &mut R, framing: Framing) -> u64 {
     let mut sink = std::io::sink();
     let stop = AtomicBool::new(false);
-    let mut out = BodyWriter {
-        w: &mut sink,
-        chunked: false,
-        offset: 0,
-        fault: BodyFault::none(),
-        stop: &stop,
-    };
+    let mut out = BodyWriter::new(&mut sink, false, BodyFault::none(), &stop);
     let framing = match framing {
         Framing::UntilClose => Framing::None, // A request without framing has no body.
         f => f,
@@ -745,6 +763,20 @@ fn respond(
     }
     w.flush()?;
     Ok(if head_only { 0 } else { body.len() as u64 })
+}
+
+/// Answers 401 with the `Bearer` challenge `challenge` and a registry error `body` (JSON).
+fn respond_unauthorized(
+    w: &mut TcpStream,
+    challenge: String,
+    body: &[u8],
+    head_only: bool,
+) -> std::io::Result<u64> {
+    let headers = [
+        ("WWW-Authenticate", challenge),
+        ("Content-Type", "application/json".into()),
+    ];
+    respond(w, 401, &headers, body, head_only)
 }
 
 /// Closes our side gracefully: FIN after the data, then a short wait for the client's FIN so
@@ -917,13 +949,9 @@ fn serve_connection(client: TcpStream, shared: &Arc<Shared>) -> std::io::Result<
                 r#"Bearer realm="http://{}/token",service="fault-proxy",scope="repository:{repo}:pull,push",error="insufficient_scope""#,
                 shared.addr
             );
-            let sent = respond(
+            let sent = respond_unauthorized(
                 &mut out,
-                401,
-                &[
-                    ("WWW-Authenticate", challenge),
-                    ("Content-Type", "application/json".into()),
-                ],
+                challenge,
                 br#"{"errors":[{"code":"DENIED","message":"requested access to the resource is denied"}]}"#,
                 head_only,
             )?;
@@ -942,13 +970,9 @@ fn serve_connection(client: TcpStream, shared: &Arc<Shared>) -> std::io::Result<
                 r#"Bearer realm="http://{}/token",service="fault-proxy""#,
                 shared.addr
             );
-            let sent = respond(
+            let sent = respond_unauthorized(
                 &mut out,
-                401,
-                &[
-                    ("WWW-Authenticate", challenge),
-                    ("Content-Type", "application/json".into()),
-                ],
+                challenge,
                 br#"{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}"#,
                 head_only,
             )?;
@@ -1097,13 +1121,8 @@ fn serve_connection(client: TcpStream, shared: &Arc<Shared>) -> std::io::Result<
         },
         _ => BodyFault::none(),
     };
-    let mut body_out = BodyWriter {
-        w: &mut up_w,
-        chunked: matches!(request_framing, Framing::Chunked),
-        offset: 0,
-        fault: req_fault,
-        stop: &shared.stop,
-    };
+    let chunked = matches!(request_framing, Framing::Chunked);
+    let mut body_out = BodyWriter::new(&mut up_w, chunked, req_fault, &shared.stop);
     let completed = relay_body(&mut reader, request_framing, &mut body_out)?;
     let received = body_out.offset;
     if !completed {
@@ -1179,13 +1198,8 @@ fn serve_connection(client: TcpStream, shared: &Arc<Shared>) -> std::io::Result<
         },
         _ => BodyFault::none(),
     };
-    let mut body_out = BodyWriter {
-        w: &mut out,
-        chunked: matches!(framing, Framing::Chunked),
-        offset: 0,
-        fault: resp_fault,
-        stop: &shared.stop,
-    };
+    let chunked = matches!(framing, Framing::Chunked);
+    let mut body_out = BodyWriter::new(&mut out, chunked, resp_fault, &shared.stop);
     let result = relay_body(&mut up_r, framing, &mut body_out);
     let sent = body_out.offset;
     let _ = upstream.shutdown(Shutdown::Both);
@@ -1206,6 +1220,40 @@ fn serve_connection(client: TcpStream, shared: &Arc<Shared>) -> std::io::Result<
         }
     }
     Ok(())
+}
+
+/// A file for a push through a fault proxy: `size` random bytes (seeded by the name of a new
+/// repository of its own, from `prefix`) as `name` in a directory of its own, and a proxy in
+/// front of the registry. Returns (repository, bytes, digest, directory, proxy).
+pub fn to_push_through_proxy(
+    prefix: &str,
+    name: &str,
+    size: usize,
+) -> (String, Vec<u8>, String, tempfile::TempDir, FaultProxy) {
+    let repo = unique_repo(prefix);
+    let data = random_bytes(&repo, size);
+    let src = temp_dir();
+    write_file(&src.path().join(name), &data);
+    let digest = sha256_bytes(&data);
+    let proxy = FaultProxy::start(&registry());
+    (repo, data, digest, src, proxy)
+}
+
+/// The same file pushed as `REPO:v1` straight to the registry, for a pull or a mount through
+/// the proxy. Returns (repository, bytes, digest, proxy).
+pub fn pushed_behind_proxy(
+    prefix: &str,
+    name: &str,
+    size: usize,
+) -> (String, Vec<u8>, String, FaultProxy) {
+    let (repo, data, digest, src, proxy) = to_push_through_proxy(prefix, name, size);
+    push_files(src.path(), &reference(&repo, "v1"), &[name]);
+    (repo, data, digest, proxy)
+}
+
+/// What a blob request's path contains, whatever the repository: `/blobs/<digest>`.
+pub fn blob_path_of(digest: &str) -> String {
+    format!("/blobs/{digest}")
 }
 
 /// `Basic base64(user:pass)`.

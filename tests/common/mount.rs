@@ -93,6 +93,17 @@ impl Mount {
             .unwrap_or_else(|out| panic!("mounting {reference} failed\n{}", describe(&out)))
     }
 
+    /// Mounts `reference` (with `extra` arguments) expecting `oras-fs mount` to fail with an
+    /// error that contains `needle` (see [`assert_fails`]); panics with `unexpected` if it
+    /// mounts. Returns the stderr.
+    #[track_caller]
+    pub fn refused(reference: &str, extra: &[&str], needle: &str, unexpected: &str) -> String {
+        match Self::try_new(reference, None, extra) {
+            Ok(_) => panic!("{unexpected}"),
+            Err(out) => assert_fails(&out, needle),
+        }
+    }
+
     /// Mounts, returning the command's output if it failed (after checking that nothing stays
     /// mounted then).
     pub fn try_new(

@@ -35,6 +35,17 @@ pub struct HttpResponse {
 }
 
 impl HttpResponse {
+    /// Panics unless the status is `status`, showing `what` was asked and the body.
+    #[track_caller]
+    pub fn assert_status(&self, status: u16, what: &str) {
+        assert_eq!(
+            self.status,
+            status,
+            "{what}: {}",
+            String::from_utf8_lossy(&self.body)
+        );
+    }
+
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .get(&name.to_ascii_lowercase())
@@ -122,17 +133,38 @@ pub fn get_manifest(repo: &str, reference: &str) -> (String, Vec<u8>) {
         &[("Accept", "application/vnd.oci.image.manifest.v1+json")],
         b"",
     );
-    assert_eq!(
-        resp.status,
-        200,
-        "GET manifest {repo}:{reference}: {}",
-        String::from_utf8_lossy(&resp.body)
-    );
+    resp.assert_status(200, &format!("GET manifest {repo}:{reference}"));
     let digest = resp
         .header("docker-content-digest")
         .unwrap_or_default()
         .to_string();
     (digest, resp.body)
+}
+
+/// The status of a HEAD of `repo`'s manifest `reference` (a tag or digest) on the main test
+/// registry: 200 if it is there, 404 if not.
+pub fn manifest_status(repo: &str, reference: &str) -> u16 {
+    http(
+        &registry(),
+        "HEAD",
+        &format!("/v2/{repo}/manifests/{reference}"),
+        &[("Accept", "application/vnd.oci.image.manifest.v1+json")],
+        b"",
+    )
+    .status
+}
+
+/// The status of a HEAD of `repo`'s blob `digest` on the main test registry: 200 if it is
+/// there, 404 if not.
+pub fn blob_status(repo: &str, digest: &str) -> u16 {
+    http(
+        &registry(),
+        "HEAD",
+        &format!("/v2/{repo}/blobs/{digest}"),
+        &[],
+        b"",
+    )
+    .status
 }
 
 /// Uploads `data` as a blob of `repo`, straight to the registry; returns its digest.
@@ -146,12 +178,7 @@ pub fn upload_blob(repo: &str, data: &[u8]) -> String {
         &[],
         b"",
     );
-    assert_eq!(
-        resp.status,
-        202,
-        "POST upload: {}",
-        String::from_utf8_lossy(&resp.body)
-    );
+    resp.assert_status(202, "POST upload");
     let location = resp
         .header("location")
         .expect("upload Location")
@@ -167,12 +194,7 @@ pub fn upload_blob(repo: &str, data: &[u8]) -> String {
         &[("Content-Type", "application/octet-stream")],
         data,
     );
-    assert_eq!(
-        resp.status,
-        201,
-        "PUT upload: {}",
-        String::from_utf8_lossy(&resp.body)
-    );
+    resp.assert_status(201, "PUT upload");
     digest
 }
 
@@ -186,12 +208,7 @@ pub fn put_manifest(repo: &str, reference: &str, manifest: &[u8]) {
         &[("Content-Type", "application/vnd.oci.image.manifest.v1+json")],
         manifest,
     );
-    assert_eq!(
-        resp.status,
-        201,
-        "PUT manifest {repo}:{reference}: {}",
-        String::from_utf8_lossy(&resp.body)
-    );
+    resp.assert_status(201, &format!("PUT manifest {repo}:{reference}"));
 }
 
 /// A registry of its own (e.g. with `--htpasswd USER:PASS` or `--tls`), started with
