@@ -134,6 +134,10 @@ pub enum Error {
     #[error("{0}")]
     Usage(String),
 
+    /// The command was stopped by this signal; what it had partly written is removed.
+    #[error("interrupted by {0}: files it had partly written were removed, finished ones kept")]
+    Interrupted(&'static str),
+
     #[error("{0}")]
     Other(String),
 }

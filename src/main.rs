@@ -40,11 +40,22 @@ fn main() -> std::process::ExitCode {
         .enable_all()
         .build()
         .expect("cannot start the async runtime");
-    match runtime.block_on(cli::run(cli)) {
+    let result = runtime.block_on(cli::run(cli));
+    if matches!(result, Err(oras_fs::Error::Interrupted(_))) {
+        // Its tasks are dropped (their temporary files with them) and blocking writes end; a
+        // stuck one does not keep an interrupted command alive.
+        runtime.shutdown_timeout(std::time::Duration::from_secs(10));
+    }
+    match result {
         Ok(()) if cli::output::print_failed() => std::process::ExitCode::FAILURE,
         Ok(()) => std::process::ExitCode::SUCCESS,
         // The reader of stdout stopped (`| head`): quiet, as ripgrep does.
         Err(e) if cli::output::closed_stdout(&e) => std::process::ExitCode::SUCCESS,
+        // 128 + the signal's number, as a shell reports a command the signal killed.
+        Err(e @ oras_fs::Error::Interrupted(sig)) => {
+            eprintln!("Error: {e}");
+            std::process::ExitCode::from(if sig == "SIGINT" { 130 } else { 143 })
+        }
         Err(e) => {
             eprintln!("Error: {e}");
             std::process::ExitCode::FAILURE

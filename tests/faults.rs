@@ -1187,3 +1187,72 @@ fn push_without_push_access_says_so_and_is_not_retried() {
         assert_eq!(manifest_status(&repo, "v1"), 404);
     }
 }
+
+/// Runs `oras-fs ARGS` until `started` says it is writing, sends it SIGINT (Ctrl-C), and
+/// returns its exit code and stderr.
+fn interrupt(args: &[&str], started: impl Fn() -> bool) -> (Option<i32>, String) {
+    let mut cmd = oras_fs_cmd(args);
+    let mut child = KillOnDrop::spawn(
+        cmd.stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped()),
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !started() {
+        assert!(Instant::now() < deadline, "{args:?} never started writing");
+        assert!(child.try_wait().is_none(), "{args:?} ended early");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    kill_pid(child.0.id(), libc::SIGINT);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "{args:?} did not end on SIGINT");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let stderr = drain(child.0.stderr.take().unwrap()).join().unwrap();
+    (status.code(), String::from_utf8_lossy(&stderr).into_owned())
+}
+
+#[test]
+fn an_interrupted_pull_or_backup_removes_what_it_was_writing_and_says_so() {
+    require_registry!();
+    let (repo, _data, digest, proxy) = pushed_behind_proxy("fault-interrupt", "data.bin", 3 * MIB);
+    // The blob stops after 1 MiB for longer than the test waits.
+    proxy.add(Rule::blob_get(
+        &digest,
+        Fault::StallAfter(MIB as u64, Duration::from_secs(60)),
+    ));
+    let reference = proxy.reference(&repo, "v1");
+
+    // A pull: its partial file goes, and no file takes the name.
+    let out_dir = temp_dir();
+    let (code, stderr) = interrupt(
+        &[
+            "pull",
+            &reference,
+            "-o",
+            path_str(out_dir.path()),
+            "--no-tty",
+        ],
+        || !leftovers(out_dir.path()).is_empty(),
+    );
+    assert_eq!(code, Some(130), "{stderr}");
+    assert!(stderr.contains("interrupted by SIGINT"), "{stderr}");
+    assert_eq!(leftovers(out_dir.path()), Vec::<String>::new());
+    assert!(!out_dir.path().join("data.bin").exists());
+
+    // A backup into a tar: the layout it was making beside the tar goes too.
+    let out_dir = temp_dir();
+    let tar = out_dir.path().join("backup.tar");
+    let (code, stderr) = interrupt(
+        &["backup", "-o", path_str(&tar), &reference, "--no-tty"],
+        || proxy.blob_gets(&digest).len() > 1 && !leftovers(out_dir.path()).is_empty(),
+    );
+    assert_eq!(code, Some(130), "{stderr}");
+    assert_eq!(leftovers(out_dir.path()), Vec::<String>::new());
+    assert!(!tar.exists());
+    proxy.clear();
+}

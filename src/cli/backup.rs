@@ -114,8 +114,8 @@ pub async fn backup(a: BackupArgs) -> Result<()> {
             a.output.display()
         )));
     }
-    // A tar is made from a layout directory beside it (same filesystem, removed on any error;
-    // a killed backup leaves it, `.oras-fs-backup-*`, and `.oras-fs-partial-*` behind).
+    // A tar is made from a layout directory beside it (same filesystem, removed on any error
+    // and on Ctrl-C; only a process killed outright leaves `.oras-fs-backup-*` behind).
     let work = match to_tar {
         true => Some(
             tempfile::Builder::new()

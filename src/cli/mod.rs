@@ -93,13 +93,14 @@ pub enum Command {
 /// Runs a parsed command line; the error is printed by `main`.
 pub async fn run(cli: Cli) -> oras_fs::Result<()> {
     match cli.command {
-        Command::Push(a) => transfer::push(a).await,
-        Command::Pull(a) => transfer::pull(a).await,
+        // Commands that write temporary files and ask nothing on the terminal.
+        Command::Push(a) => until_interrupted(transfer::push(a)).await,
+        Command::Pull(a) => until_interrupted(transfer::pull(a)).await,
         Command::Mount(a) => mount::mount(a).await,
         Command::Unmount(a) => mount::unmount(a).await,
         Command::Sync(a) => mount::sync(a).await,
         Command::Status(a) => mount::status(a).await,
-        Command::Copy(a) => manage::copy(a).await,
+        Command::Copy(a) => until_interrupted(manage::copy(a)).await,
         Command::Tag(a) => manage::tag(a).await,
         Command::Resolve(a) => manage::resolve(a).await,
         Command::Manifest(c) => manage::manifest(c).await,
@@ -107,7 +108,7 @@ pub async fn run(cli: Cli) -> oras_fs::Result<()> {
         Command::Repo(c) => manage::repo(c).await,
         Command::Attach(a) => manage::attach(a).await,
         Command::Discover(a) => manage::discover(a).await,
-        Command::Backup(a) => backup::backup(a).await,
+        Command::Backup(a) => until_interrupted(backup::backup(a)).await,
         Command::Restore(a) => backup::restore(a).await,
         Command::Index(a) => manage::index(a).await,
         Command::Login(a) => remote::login(a).await,
@@ -116,5 +117,29 @@ pub async fn run(cli: Cli) -> oras_fs::Result<()> {
             version::print();
             Ok(())
         }
+    }
+}
+
+/// Runs a command until it ends or SIGINT (Ctrl-C) or SIGTERM arrives. Then the command is
+/// dropped, and with it the temporary files and directories it was writing
+/// (`.oras-fs-partial-*`, a backup's `.oras-fs-backup-*`, a directory's staging), which a
+/// process killed by the signal would leave behind; files already renamed into place are
+/// complete and stay. Only for commands that ask nothing on the terminal: once a handler is
+/// installed, Ctrl-C no longer ends a process blocked reading a prompt's answer. A mount
+/// handles its signals itself (it pushes what was written before it ends).
+async fn until_interrupted(
+    command: impl std::future::Future<Output = oras_fs::Result<()>>,
+) -> oras_fs::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        return command.await; // No signal handling to be had: the default (die) stays.
+    };
+    tokio::select! {
+        r = command => r,
+        _ = int.recv() => Err(oras_fs::Error::Interrupted("SIGINT")),
+        _ = term.recv() => Err(oras_fs::Error::Interrupted("SIGTERM")),
     }
 }
