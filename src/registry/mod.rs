@@ -65,17 +65,29 @@ struct PartPlan {
     desc: Descriptor,
     /// Where the next part starts.
     next: u64,
-    /// Parts downloading at once: 1 until the first part told how fast one connection is.
-    at_once: usize,
-    /// The first part came fast enough: the rest comes in one request.
-    one_stream: bool,
+    pace: Pace,
     running: Parts,
 }
 
+/// What the first part told of one connection.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Pace {
+    /// The first part is on its way, alone.
+    Probing,
+    /// It came fast enough: the rest comes in one request.
+    OneRequest,
+    /// It came slower: the rest comes in parts, `PARTS_AT_ONCE` at a time.
+    InParts,
+}
+
 impl PartPlan {
-    /// Starts parts until `at_once` run or the blob is asked for.
+    /// Starts parts until as many run as the pace allows or the blob is asked for.
     async fn start_more(&mut self) {
-        while self.running.0.len() < self.at_once && self.next < self.desc.size {
+        let at_once = match self.pace {
+            Pace::InParts => PARTS_AT_ONCE,
+            Pace::Probing | Pace::OneRequest => 1,
+        };
+        while self.running.0.len() < at_once && self.next < self.desc.size {
             let room = if self.running.0.is_empty() {
                 PART_MEMORY.acquire().await.expect("never closed")
             } else {
@@ -86,7 +98,7 @@ impl PartPlan {
             };
             // A registry that sends whole blobs to Range requests gets one request for the
             // rest, as does one whose first part came fast.
-            let whole = self.one_stream
+            let whole = self.pace == Pace::OneRequest
                 || self
                     .repo
                     .ignores_ranges
@@ -120,19 +132,19 @@ impl PartPlan {
     /// After the first part (`PART` bytes in `took`): one stream for the rest, or parts.
     fn decide(&mut self, took: Duration) {
         let rate = (self.next as f64 / took.as_secs_f64().max(1e-6)) as u64;
-        self.one_stream = rate >= ONE_IS_ENOUGH;
-        if !self.one_stream {
-            self.at_once = PARTS_AT_ONCE;
-        }
+        self.pace = if rate >= ONE_IS_ENOUGH {
+            Pace::OneRequest
+        } else {
+            Pace::InParts
+        };
         tracing::debug!(
             "{}: first {} bytes at {} MiB/s: the rest {}",
             self.desc.digest,
             self.next,
             rate >> 20,
-            if self.one_stream {
-                "in one request"
-            } else {
-                "in parts"
+            match self.pace {
+                Pace::OneRequest => "in one request",
+                _ => "in parts",
             }
         );
     }
@@ -287,8 +299,7 @@ impl Repository {
             repo: self.clone(),
             desc: desc.clone(),
             next: 0,
-            at_once: 1,
-            one_stream: false,
+            pace: Pace::Probing,
             running: Parts::default(),
         };
         tokio::spawn(async move {
@@ -306,7 +317,7 @@ impl Repository {
                 });
                 let mut items: ByteStream = match part {
                     Ok((Part::Bytes(chunks), took)) => {
-                        if parts.at_once == 1 && !parts.one_stream {
+                        if parts.pace == Pace::Probing {
                             parts.decide(took);
                             // The next parts download while this one is handed on.
                             parts.start_more().await;
