@@ -134,9 +134,9 @@ pub enum Error {
     #[error("{0}")]
     Usage(String),
 
-    /// The command was stopped by this signal; what it had partly written is removed.
-    #[error("interrupted by {0}: files it had partly written were removed, finished ones kept")]
-    Interrupted(&'static str),
+    /// The command was stopped by a signal; what it had partly written is removed.
+    #[error("interrupted by {name}: files it had partly written were removed, finished ones kept")]
+    Interrupted { name: &'static str, number: i32 },
 
     #[error("{0}")]
     Other(String),

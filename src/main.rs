@@ -41,7 +41,7 @@ fn main() -> std::process::ExitCode {
         .build()
         .expect("cannot start the async runtime");
     let result = runtime.block_on(cli::run(cli));
-    if matches!(result, Err(oras_fs::Error::Interrupted(_))) {
+    if matches!(result, Err(oras_fs::Error::Interrupted { .. })) {
         // Its tasks are dropped (their temporary files with them) and blocking writes end; a
         // stuck one does not keep an interrupted command alive.
         runtime.shutdown_timeout(std::time::Duration::from_secs(10));
@@ -52,9 +52,9 @@ fn main() -> std::process::ExitCode {
         // The reader of stdout stopped (`| head`): quiet, as ripgrep does.
         Err(e) if cli::output::closed_stdout(&e) => std::process::ExitCode::SUCCESS,
         // 128 + the signal's number, as a shell reports a command the signal killed.
-        Err(e @ oras_fs::Error::Interrupted(sig)) => {
+        Err(e @ oras_fs::Error::Interrupted { number, .. }) => {
             eprintln!("Error: {e}");
-            std::process::ExitCode::from(if sig == "SIGINT" { 130 } else { 143 })
+            std::process::ExitCode::from(128 + number as u8)
         }
         Err(e) => {
             eprintln!("Error: {e}");

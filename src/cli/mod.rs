@@ -137,9 +137,10 @@ async fn until_interrupted(
     ) else {
         return command.await; // No signal handling to be had: the default (die) stays.
     };
+    let interrupted = |name, number| Err(oras_fs::Error::Interrupted { name, number });
     tokio::select! {
         r = command => r,
-        _ = int.recv() => Err(oras_fs::Error::Interrupted("SIGINT")),
-        _ = term.recv() => Err(oras_fs::Error::Interrupted("SIGTERM")),
+        _ = int.recv() => interrupted("SIGINT", libc::SIGINT),
+        _ = term.recv() => interrupted("SIGTERM", libc::SIGTERM),
     }
 }
