@@ -620,10 +620,88 @@ async fn an_image_of_gzip_and_plain_tar_layers_merges_with_whiteouts() {
     assert_eq!(read_all(&fs, "etc/a").await, b"lower a\n");
     assert_eq!(read_all(&fs, "etc/c").await, b"upper c\n");
     // `.oras/` answers even before the root is listed, and an unknown layer type fails alone.
-    let h = Harness::image_of(&[("application/vnd.oci.image.layer.v1.tar+zstd", b"?".to_vec())]);
+    let h = Harness::image_of(&[(
+        "application/vnd.oci.image.layer.v1.tar+bzip2",
+        b"?".to_vec(),
+    )]);
     let fs = h.mount(true).await;
     assert!(path_ino_err(&fs, "etc").await == libc::EIO);
     assert_eq!(read_all(&fs, ".oras/digest").await.len(), 72);
+}
+
+const ZSTD_LAYER: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
+
+#[tokio::test]
+async fn an_image_of_zstd_layers_is_decompressed_once_into_the_cache() {
+    let big = noise(7, 3 << 20);
+    let lower = tar_of(&[
+        ("etc/", b""),
+        ("etc/a", b"lower a\n"),
+        ("etc/b", b"lower b\n"),
+        ("big.bin", &big),
+    ]);
+    // The upper layer as zstd:chunked writes one: several frames, then a skippable frame
+    // (where its TOC is).
+    let upper = tar_of(&[("etc/.wh.b", b""), ("etc/c", b"upper c\n")]);
+    let (head, tail) = upper.split_at(1536);
+    let mut chunked = zstd::encode_all(head, 3).unwrap();
+    chunked.extend(zstd::encode_all(tail, 3).unwrap());
+    chunked.extend(0x184D_2A50u32.to_le_bytes());
+    chunked.extend(5u32.to_le_bytes());
+    chunked.extend(b"{toc}");
+    let lower_zst = zstd::encode_all(&lower[..], 3).unwrap();
+    let h = Harness::image_of(&[(ZSTD_LAYER, lower_zst.clone()), (ZSTD_LAYER, chunked)]);
+    let fs = h.mount(true).await;
+    let etc = path_ino(&fs, "etc").await;
+    let names: Vec<_> = fs
+        .readdir(etc)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.2)
+        .collect();
+    assert_eq!(names, ["a", "c"]);
+    assert_eq!(read_all(&fs, "etc/a").await, b"lower a\n");
+    assert_eq!(read_all(&fs, "etc/c").await, b"upper c\n");
+    assert_eq!(read_all(&fs, "big.bin").await, big);
+    let tars = names_in(&h.cache_dir().join("unpacked/sha256"));
+    assert_eq!(tars.len(), 2, "one decompressed tar a layer: {tars:?}");
+    drop(fs);
+
+    // Another mount with the same cache lists and reads from those files: no fetch at all.
+    h.target.reset_counts();
+    let fs = h.mount(true).await;
+    assert_eq!(read_all(&fs, "big.bin").await, big);
+    assert_eq!(h.target.counts().calls(Op::FetchRange), 0);
+    drop(fs);
+
+    // A zstd layer that does not decompress fails alone, and says which and why.
+    let h = Harness::image_of(&[(ZSTD_LAYER, lower_zst[..lower_zst.len() / 2].to_vec())]);
+    let fs = h.mount(true).await;
+    assert_eq!(path_ino_err(&fs, "etc").await, libc::EIO);
+    let why = fs.status().last_error.unwrap();
+    assert!(why.contains("decompressing layer sha256:"), "{why}");
+    assert_eq!(read_all(&fs, ".oras/digest").await.len(), 72);
+    // One that decompresses past the room left under --cache-size is refused, not stored.
+    let zeros = tar_of(&[("zeros", &vec![0; 3 << 20])]);
+    let mut h = Harness::image_of(&[(ZSTD_LAYER, zstd::encode_all(&zeros[..], 3).unwrap())]);
+    h.cache_size = 2 << 20;
+    let fs = h.mount(true).await;
+    assert_eq!(path_ino_err(&fs, "etc").await, libc::ENOSPC);
+    let why = fs.status().last_error.unwrap();
+    assert!(why.contains("--cache-size"), "{why}");
+    assert_eq!(names_in(&h.cache_dir().join("unpacked/sha256")), [""; 0]);
+}
+
+/// The names in `dir` (none if it does not exist), sorted.
+fn names_in(dir: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
 }
 
 #[tokio::test]

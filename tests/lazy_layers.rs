@@ -328,8 +328,35 @@ fn an_image_mounts_as_its_merged_root_filesystem() {
             &format!("docker://{}", reference(&repo, tag)),
         ]);
     }
-    for tag in ["oci", "docker"] {
-        let m = Mount::new(&reference(&repo, tag), &[]);
+    // The same image with its layers recompressed as zstd (as podman and buildx push them).
+    // Pushed to `localhost`: skopeo remembers where it pushed each blob (by registry name),
+    // and would mount the gzip blobs from the repository above instead of recompressing.
+    let zstd_ref = reference(&unique_repo("lazy-image-zstd"), "v1");
+    let to_localhost = zstd_ref.replacen("127.0.0.1:", "localhost:", 1);
+    skopeo_ok(&[
+        "copy",
+        "--dest-tls-verify=false",
+        "--format",
+        "oci",
+        "--dest-compress-format",
+        "zstd",
+        &layout,
+        &format!("docker://{to_localhost}"),
+    ]);
+    let zstd = json(ok(&["manifest", "fetch", &zstd_ref]).as_bytes());
+    for layer in zstd["layers"].as_array().unwrap() {
+        assert_eq!(
+            layer["mediaType"], "application/vnd.oci.image.layer.v1.tar+zstd",
+            "{zstd}"
+        );
+    }
+    let (oci_ref, docker_ref) = (reference(&repo, "oci"), reference(&repo, "docker"));
+    for (tag, r) in [
+        ("oci", &oci_ref),
+        ("docker", &docker_ref),
+        ("zstd", &zstd_ref),
+    ] {
+        let m = Mount::new(r, &[]);
         let top = list_dir(m.path());
         assert_eq!(
             top,

@@ -62,12 +62,8 @@ enum Filled {
     Entries(Vec<LayerEntry>),
 }
 
-/// An entry of a layer, the layer, and its seek index if it has one.
-pub(super) type LayerEntry = (
-    archive::Entry,
-    Arc<Descriptor>,
-    Option<Arc<archive::gzindex::Index>>,
-);
+/// An entry of a layer, the layer, and where its uncompressed stream is read from.
+pub(super) type LayerEntry = (archive::Entry, Arc<Descriptor>, Option<super::tree::Stream>);
 
 /// An open file.
 #[derive(Clone, Copy, Debug)]
@@ -567,10 +563,7 @@ impl OrasFs {
                     layers.iter().map(|l| Arc::new(l.clone())).collect();
                 let files = merged
                     .into_iter()
-                    .map(|m| {
-                        let index = listings[m.layer].index().cloned();
-                        (m.entry, descs[m.layer].clone(), index)
-                    })
+                    .map(|m| (m.entry, descs[m.layer].clone(), listings[m.layer].stream()))
                     .collect();
                 Filled::Entries(files)
             }
@@ -642,7 +635,7 @@ impl OrasFs {
                 if under_title {
                     e.path = e.path.strip_prefix(prefix.as_deref()?)?.to_string();
                 }
-                Some((e, layer.clone(), listing.index().cloned()))
+                Some((e, layer.clone(), listing.stream()))
             })
             .collect())
     }

@@ -1,8 +1,9 @@
-//! Files inside tar+gzip layers, read lazily: what a layer holds (from its seekable TOC, or
+//! Files inside compressed layers, read lazily: what a layer holds (from its seekable TOC, or
 //! from a gzip seek index: cached, else built in one pass over the layer) and a file's bytes,
 //! fetched chunk by chunk through the block cache and verified chunk by chunk before any of
-//! them is served. The formats themselves are in `crate::archive`; this is only the glue
-//! to the cache.
+//! them is served. A tar+zstd layer is the exception: it is decompressed whole into the cache
+//! when it is listed (see `zstd_listing`). The formats themselves are in `crate::archive`;
+//! this is only the glue to the cache.
 
 use std::collections::HashMap;
 use std::io::{BufReader, Read};
@@ -14,7 +15,7 @@ use bytes::Bytes;
 
 use super::cache::{BlobCache, Errno};
 use super::filesystem::OrasFs;
-use super::tree::LayerFile;
+use super::tree::{LayerFile, Stream};
 use crate::archive::{gzindex, seekable, Chunk, ChunkAt, Entry, EntryKind};
 use crate::digest::Digest;
 use crate::layer_index;
@@ -36,25 +37,32 @@ const STREAM_READ_AHEAD: u64 = 8 << 20;
 const MAX_STREAM_FETCH: u64 = 64 << 20;
 
 /// What a layer holds, as the mount shows it: its entries, or for an indexed layer its
-/// index (which lists the entries and says how to reach their chunks).
+/// index (which lists the entries and says how to reach their chunks), or for a layer
+/// decompressed into the cache its entries and that file.
 #[derive(Debug)]
 pub enum Listing {
     Entries(Vec<Entry>),
     Indexed(Arc<gzindex::Index>),
+    Decoded {
+        entries: Vec<Entry>,
+        tar: Arc<std::fs::File>,
+    },
 }
 
 impl Listing {
     pub fn entries(&self) -> &[Entry] {
         match self {
-            Listing::Entries(e) => e,
+            Listing::Entries(e) | Listing::Decoded { entries: e, .. } => e,
             Listing::Indexed(i) => i.entries(),
         }
     }
 
-    pub fn index(&self) -> Option<&Arc<gzindex::Index>> {
+    /// Where its files' chunks at stream offsets are read from (`None`: the blob itself).
+    pub fn stream(&self) -> Option<Stream> {
         match self {
-            Listing::Indexed(i) => Some(i),
             Listing::Entries(_) => None,
+            Listing::Indexed(i) => Some(Stream::Indexed(i.clone())),
+            Listing::Decoded { tar, .. } => Some(Stream::Decoded(tar.clone())),
         }
     }
 }
@@ -313,6 +321,9 @@ pub fn lazy_format(desc: &Descriptor) -> Option<LazyFormat> {
     if layer_index::wants_index(desc) {
         return Some(LazyFormat::Gzip);
     }
+    if desc.media_type.ends_with("+zstd") {
+        return Some(LazyFormat::Zstd);
+    }
     // Uncompressed image layers are seekable as they are.
     desc.media_type.ends_with(".tar").then_some(LazyFormat::Tar)
 }
@@ -322,6 +333,8 @@ pub enum LazyFormat {
     Seekable(Digest),
     /// Any tar+gzip: a seek index says where to start decompressing.
     Gzip,
+    /// A tar+zstd: decompressed into the cache once, its files then ranges of that.
+    Zstd,
     /// An uncompressed tar: files are byte ranges of the blob.
     Tar,
 }
@@ -359,10 +372,12 @@ impl OrasFs {
                 Listing::Entries(self.toc_entries(desc, &toc).await?)
             }
             Some(LazyFormat::Gzip) => Listing::Indexed(self.gzip_index(desc).await?),
+            Some(LazyFormat::Zstd) => self.zstd_listing(desc).await?,
             Some(LazyFormat::Tar) => Listing::Entries(self.tar_entries(desc).await?),
             None => {
                 return Err(self.eio(format!(
-                    "layer {} ({}) is neither tar, gzip nor seekable: its files cannot be listed",
+                    "layer {} ({}) is neither tar, gzip, zstd nor seekable: its files cannot be \
+                     listed",
                     desc.digest, desc.media_type
                 )));
             }
@@ -379,6 +394,54 @@ impl OrasFs {
         })
         .await
         .map_err(|e| self.eio(format!("listing layer {}: {e}", desc.digest)))
+    }
+
+    /// The listing of a tar+zstd layer, decompressed whole into the cache
+    /// (`unpacked/sha256/<hex>.tar`) from the (cached, verified) blob, once for every mount
+    /// sharing the cache. Not a seek index as for gzip: a zstd layer is usually one frame, and
+    /// restarting inside a frame needs the decoder's window (megabytes), not gzip's 32 KiB, at
+    /// every checkpoint.
+    async fn zstd_listing(&self, desc: &Descriptor) -> Result<Listing, Errno> {
+        let tar = self
+            .cache
+            .dir()
+            .join("unpacked")
+            .join(desc.digest.algorithm())
+            .join(format!("{}.tar", desc.digest.hex()));
+        if !tar.exists() {
+            let blob = self.cache.materialize(desc).await?;
+            // As for directory layers: what layers decompress to is never evicted, and all of
+            // it together stays within --cache-size (a zstd bomb stops here).
+            let room = self
+                .cache
+                .disk_limit()
+                .saturating_sub(self.cache.unpacked_usage())
+                .min(gzindex::BuildOptions::default().max_uncompressed);
+            let dest = tar.clone();
+            let decoded = tokio::task::spawn_blocking(move || unzstd(&blob, &dest, room))
+                .await
+                .unwrap_or_else(|e| Err(Unzstd::Io(format!("the task failed: {e}"))));
+            decoded.map_err(|e| {
+                let what = format!("decompressing layer {}: {e}", desc.digest);
+                self.record_error(&what);
+                match e {
+                    Unzstd::TooLarge(_) => Errno::new(libc::ENOSPC, what),
+                    Unzstd::Io(_) => Errno::new(libc::EIO, what),
+                }
+            })?;
+        }
+        let file = std::fs::File::open(&tar)
+            .map_err(|e| self.eio(format!("opening {}: {e}", tar.display())))?;
+        let max = gzindex::BuildOptions::default().max_entries;
+        let entries = scan_file(tar, move |file| {
+            gzindex::list_tar(BufReader::with_capacity(1 << 20, file), max)
+        })
+        .await
+        .map_err(|e| self.eio(format!("listing layer {}: {e}", desc.digest)))?;
+        Ok(Listing::Decoded {
+            entries,
+            tar: Arc::new(file),
+        })
     }
 
     async fn toc_entries(&self, desc: &Descriptor, want: &Digest) -> Result<Vec<Entry>, Errno> {
@@ -559,7 +622,7 @@ impl OrasFs {
         }
         let fail = |what: String| self.eio(format!("layer {}: {what}", layer.digest));
         within_bound(c).map_err(fail)?;
-        match (&c.at, &file.index) {
+        match (&c.at, &file.stream) {
             (ChunkAt::Member { offset, .. }, _) => {
                 // The next chunk's members arrive in the background for a sequential reader
                 // of this file.
@@ -581,7 +644,7 @@ impl OrasFs {
                         DecodeError::Bad(what) => fail(format!("chunk at {offset}: {what}")),
                     })
             }
-            (ChunkAt::Stream { offset }, Some(index)) => {
+            (ChunkAt::Stream { offset }, Some(Stream::Indexed(index))) => {
                 // Decompress this chunk and the ones after it in the file, in one pass.
                 let mut last = i;
                 while let Some(n) = file.chunks.get(last + 1) {
@@ -639,6 +702,22 @@ impl OrasFs {
                     self.layers.decoded.put(key(cj), piece);
                 }
                 mine.ok_or_else(|| fail("no chunk decompressed".into()))
+            }
+            // A layer decompressed into the cache: the chunk is a range of that file.
+            (ChunkAt::Stream { offset }, Some(Stream::Decoded(tar))) => {
+                let (tar, at, len) = (tar.clone(), *offset, c.len as usize);
+                let data = tokio::task::spawn_blocking(move || {
+                    use std::os::unix::fs::FileExt;
+                    let mut buf = vec![0; len];
+                    tar.read_exact_at(&mut buf, at).map(|()| buf)
+                })
+                .await
+                .map_err(|e| fail(format!("reading chunk at {offset}: {e}")))?
+                .map_err(|e| fail(format!("reading chunk at {offset}: {e}")))?;
+                check(&data, c).map_err(|e| fail(format!("chunk at {offset}: {e}")))?;
+                let data = Bytes::from(data);
+                self.layers.decoded.put(key(c), data.clone());
+                Ok(data)
             }
             // An uncompressed tar: the chunk is a range of the blob.
             (ChunkAt::Stream { offset }, None) => {
@@ -762,6 +841,31 @@ fn gunzip_prefix(compressed: &[u8], len: u64) -> std::io::Result<Vec<u8>> {
         .take(len)
         .read_to_end(&mut out)?;
     Ok(out)
+}
+
+#[derive(Debug, thiserror::Error)]
+enum Unzstd {
+    #[error("it decompresses to more than {0} bytes, the room left under --cache-size for unpacked layers")]
+    TooLarge(u64),
+    #[error("{0}")]
+    Io(String),
+}
+
+/// Decompresses the zstd file `src` (every frame; skippable ones, such as a zstd:chunked
+/// layer's TOC, are skipped) into `dest`, through a temporary file beside it so that readers
+/// never see half, and refuses output past `max` bytes.
+fn unzstd(src: &std::path::Path, dest: &std::path::Path, max: u64) -> Result<(), Unzstd> {
+    let io = |e: std::io::Error| Unzstd::Io(e.to_string());
+    let dir = dest.parent().expect("cache paths have parents");
+    super::paths::private_dir(dir).map_err(io)?;
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io)?;
+    let decoder = zstd::stream::read::Decoder::new(std::fs::File::open(src).map_err(io)?);
+    let written = std::io::copy(&mut decoder.map_err(io)?.take(max + 1), tmp.as_file_mut());
+    if written.map_err(io)? > max {
+        return Err(Unzstd::TooLarge(max));
+    }
+    tmp.persist(dest).map_err(|e| io(e.error))?;
+    Ok(())
 }
 
 /// Writes `data` to `path` through a temporary file beside it, so readers never see half.

@@ -1,8 +1,9 @@
 //! The FUSE filesystem, in layers as in mountpoint-s3 (no fuser types below `fuse`):
 //! - [`tree`]: the inode table (names, sizes, where bytes come from);
 //! - [`view`]: what a mount shows of a manifest or journal, hidden layers, notices, `.oras/`;
-//! - `layer`: files inside tar+gzip layers, listed from a TOC or seek index and read by
-//!   verified chunks (the formats are in `crate::archive`);
+//! - `layer`: files inside tar, tar+gzip and tar+zstd layers, listed from a TOC, a seek
+//!   index or a decompressed copy and read by verified chunks (the formats are in
+//!   `crate::archive`);
 //! - [`cache`]: the block cache of remote blobs (memory LRU over a disk cache by digest);
 //! - [`filesystem`]: `OrasFs`, the POSIX semantics (docs/SEMANTICS.md), async, with the
 //!   reading calls; `write` the writing calls, `handle` open files and prefetch, `siblings`

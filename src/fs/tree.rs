@@ -33,8 +33,18 @@ pub enum Source {
 pub struct LayerFile {
     pub layer: std::sync::Arc<Descriptor>,
     pub chunks: Vec<crate::archive::Chunk>,
-    /// For chunks in the layer's uncompressed stream: where decompression can start.
-    pub index: Option<std::sync::Arc<crate::archive::gzindex::Index>>,
+    /// Where chunks at offsets of the layer's uncompressed stream are read from; `None`: the
+    /// layer is an uncompressed tar, and they are ranges of its blob.
+    pub stream: Option<Stream>,
+}
+
+/// A compressed layer's uncompressed stream, as a file inside it reads it.
+#[derive(Clone, Debug)]
+pub enum Stream {
+    /// A gzip layer's, decompressed from the checkpoint of its seek index before the chunk.
+    Indexed(std::sync::Arc<crate::archive::gzindex::Index>),
+    /// A zstd layer's, decompressed whole into the cache when the layer was listed.
+    Decoded(std::sync::Arc<std::fs::File>),
 }
 
 /// What a directory shows once it is first looked into. Compared when filled: a refresh may

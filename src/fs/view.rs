@@ -593,7 +593,7 @@ pub fn add_entries(
     use crate::archive::EntryKind;
     let mut dirs: HashMap<String, Ino> = HashMap::from([(String::new(), parent)]);
     let mut skipped = 0;
-    for (e, layer, index) in entries {
+    for (e, layer, stream) in entries {
         let (dir, name) = match e.path.rfind('/') {
             Some(i) => (&e.path[..i], &e.path[i + 1..]),
             None => ("", e.path.as_str()),
@@ -612,7 +612,7 @@ pub fn add_entries(
                 Kind::File(Source::Layer(Arc::new(LayerFile {
                     layer,
                     chunks,
-                    index,
+                    stream,
                 }))),
                 size,
             ),
