@@ -295,8 +295,21 @@ fn writes_resolve_tags_at_the_origin_not_at_a_stale_mirror() {
             path_str(&conf),
         ],
     );
+    // Given the tag, `attach` refers to what the origin's v1 names, not the mirror's.
+    let fourth = attach(
+        work.path(),
+        "application/vnd.test",
+        &origin,
+        &[
+            "a.txt",
+            "--annotation",
+            "n=4",
+            "--registries-conf",
+            path_str(&conf),
+        ],
+    );
     let listed = ok(&["discover", "--format", "json", &subject_ref]);
-    for d in [&first, &second, &third] {
+    for d in [&first, &second, &third, &fourth] {
         assert!(listed.contains(d.as_str()), "{d} missing from {listed}");
     }
 

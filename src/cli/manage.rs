@@ -630,7 +630,9 @@ pub struct AttachArgs {
 
 pub async fn attach(a: AttachArgs) -> Result<()> {
     let output = a.format.output()?;
-    let o = a.target.open(&a.subject, false)?;
+    // The referrer is pushed to the repository itself: its subject is what the tag names
+    // there, not at a mirror.
+    let o = a.target.open(&a.subject, false)?.origin();
     let subject = subject_of(&o, a.platform.as_ref()).await?;
     let store = FileStore::new(".", Default::default());
     let mut files = Vec::new();

@@ -37,6 +37,18 @@ impl Opened {
         }
     }
 
+    /// The same reference without mirrors: for a command whose reads decide a write (the
+    /// subject `attach` refers to), which must see the repository as written, not a mirror's
+    /// possibly stale copy.
+    pub fn origin(mut self) -> Opened {
+        if let Some(repo) = &self.repository {
+            let origin = repo.origin();
+            self.target = Arc::new(origin.clone());
+            self.repository = Some(origin);
+        }
+        self
+    }
+
     /// A stable name of what is referenced, for keys and messages.
     pub fn canonical(&self) -> String {
         format!("{}:{}", self.base, self.reference())
