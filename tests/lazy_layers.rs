@@ -411,6 +411,21 @@ fn an_image_mounts_as_its_merged_root_filesystem() {
         "{served} bytes of the lower layer for two small files"
     );
     drop(m);
+    // So does a mount of the whole repository, which finds the index of the tag's manifest.
+    let m = Mount::new(&format!("{}/{repo}", registry()), &[]);
+    let before = log_offset(&log);
+    assert_eq!(
+        read_file(&m.join("oci/etc/os-release")),
+        b"NAME=\"Upper\"\n"
+    );
+    settle_log();
+    let served = bytes_served(&log, before, lower["digest"].as_str().unwrap());
+    assert!(
+        served * 2 < lower["size"].as_u64().unwrap(),
+        "a repository mount read {served} bytes of the lower layer for one small file\n{}",
+        m.daemon_log()
+    );
+    drop(m);
     // Side by side: each layer on its own, whiteout files as they are.
     let m = Mount::new(&reference(&repo, "oci"), &["--layers"]);
     assert_eq!(list_dir(m.path()), [".oras", "0", "1"]);
@@ -427,9 +442,11 @@ fn an_image_index_mounts_the_manifest_of_a_platform_or_every_manifest() {
     let layout = work.path().join("layout");
     // Two single-layer images, then an index of both in place of the layout's index.json.
     let mut children = Vec::new();
+    let mut layer_hex = Vec::new();
     for arch in ["amd64", "arm64"] {
         let text = format!("built for {arch}\n");
         let (_, gz) = layer_tar(&[dir_entry("etc"), entry("etc/arch", text.as_bytes())]);
+        layer_hex.push(sha256_bytes(&gz)["sha256:".len()..].to_string());
         let layer = layout_blob(&layout, "application/vnd.oci.image.layer.v1.tar+gzip", &gz);
         write_layout(
             &layout,
@@ -485,6 +502,12 @@ fn an_image_index_mounts_the_manifest_of_a_platform_or_every_manifest() {
     }
     let err = std::fs::write(m.join("linux_amd64/NOTE.txt"), b"x").unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::EROFS), "{err}");
+    // The arm64 child's index came from its referrer (kept by the index blob's digest), the
+    // amd64 one's was built here (kept by the layer's).
+    let indexes = list_dir(&m.cache_dir().join("indexes/sha256"));
+    assert!(indexes.contains(&layer_hex[0]), "{indexes:?}");
+    assert!(!indexes.contains(&layer_hex[1]), "{indexes:?}");
+    assert_eq!(indexes.len(), 2, "{indexes:?}");
     drop(m);
     // A platform the index does not have: refused, naming those it has.
     let err = Mount::try_new(&r, None, &["--platform", "linux/s390x"])

@@ -206,6 +206,13 @@ pub trait Target: Send + Sync {
         Ok(Vec::new())
     }
 
+    /// The target that holds `manifest` and what refers to it (its referrers and their
+    /// blobs), where that is not this one: a target standing for several repositories (a
+    /// repository mount's router) names the one the manifest came from. `None`: this one.
+    fn holding(&self, _manifest: &crate::digest::Digest) -> Option<std::sync::Arc<dyn Target>> {
+        None
+    }
+
     /// `(registry host, repository)` for targets that are registry repositories: two of them
     /// on one host can share blobs by cross-repository mounting.
     fn location(&self) -> Option<(String, String)> {

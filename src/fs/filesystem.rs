@@ -188,6 +188,8 @@ impl OrasFs {
         };
         let notices: Vec<String> = reason.into_iter().chain(v.notices).collect();
         view::add_meta_dir(&mut v.tree, &snapshot, &notices)?;
+        let layers = LayerState::default();
+        layers.note_subjects(&snapshot);
         // SAFETY: getuid/getgid cannot fail.
         let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
         Ok(OrasFs {
@@ -207,7 +209,7 @@ impl OrasFs {
             gid,
             notices,
             last_error: Mutex::new(None),
-            layers: LayerState::default(),
+            layers,
             siblings: SiblingWalks::default(),
             browsing: None,
         })

@@ -16,6 +16,7 @@ use bytes::Bytes;
 use super::cache::{BlobCache, Errno};
 use super::filesystem::OrasFs;
 use super::tree::{LayerFile, Stream};
+use super::view::Snapshot;
 use crate::archive::{gzindex, seekable, Chunk, ChunkAt, Entry, EntryKind};
 use crate::digest::Digest;
 use crate::layer_index;
@@ -67,6 +68,9 @@ impl Listing {
     }
 }
 
+/// A manifest's seek-index referrer: the index blob of each layer it indexes.
+type Published = HashMap<Digest, Descriptor>;
+
 /// The mount's memory of layers: listings by layer digest, recently decompressed chunks.
 pub struct LayerState {
     listings: Mutex<HashMap<Digest, Arc<Listing>>>,
@@ -74,8 +78,12 @@ pub struct LayerState {
     /// A seekable layer's gzip members in the order they are in the blob, for decoding
     /// ahead of a reader going through them in that order.
     members: Mutex<HashMap<Digest, Arc<Vec<Chunk>>>>,
-    /// The mounted manifest's seek-index referrer (`oras-fs index`): index blobs by layer.
-    published: tokio::sync::OnceCell<HashMap<Digest, Descriptor>>,
+    /// The manifest each layer was shown from (the mounted one, an index's child, a
+    /// repository mount's tag), whose seek-index referrer may index it.
+    subjects: Mutex<HashMap<Digest, Descriptor>>,
+    /// Each such manifest's seek-index referrer (`oras-fs index`): index blobs by layer,
+    /// looked up once per manifest.
+    published: Mutex<HashMap<Digest, Arc<tokio::sync::OnceCell<Published>>>>,
     /// Layers that could not be listed, and why.
     failed: Mutex<HashMap<Digest, String>>,
     /// Readers going through a seekable layer's files in order, by layer.
@@ -88,7 +96,8 @@ impl Default for LayerState {
             listings: Mutex::new(HashMap::new()),
             decoded: Arc::default(),
             members: Mutex::new(HashMap::new()),
-            published: tokio::sync::OnceCell::new(),
+            subjects: Mutex::new(HashMap::new()),
+            published: Mutex::new(HashMap::new()),
             failed: Mutex::new(HashMap::new()),
             walks: Mutex::new(HashMap::new()),
         }
@@ -121,6 +130,21 @@ struct Ahead {
 }
 
 impl LayerState {
+    /// Records which manifest shows each layer of `snapshot` (and of its children), for
+    /// finding their published seek indexes. A layer shared by several keeps the first.
+    pub(super) fn note_subjects(&self, snapshot: &Snapshot) {
+        let mut subjects = self.subjects.lock().unwrap();
+        for layer in &snapshot.manifest.layers {
+            subjects
+                .entry(layer.digest.clone())
+                .or_insert_with(|| snapshot.descriptor.clone());
+        }
+        drop(subjects);
+        for (_, child) in &snapshot.children {
+            self.note_subjects(child);
+        }
+    }
+
     /// Records a fetch of the member at `offset..end` of `layer`; says what to fetch and
     /// decompress in the background (nothing when the reader is not going through in order,
     /// or what it reads next is already on its way).
@@ -513,15 +537,25 @@ impl OrasFs {
         Ok(Arc::new(index))
     }
 
-    /// The layer's index from the mounted manifest's seek-index referrer, if there is one.
-    /// Its chunk digests are then as trustworthy as whoever may push to the repository
-    /// (docs/DESIGN.md); a failure here only means the index is built locally.
+    /// The layer's index from the seek-index referrer of the manifest that shows it, if
+    /// there is one. Its chunk digests are then as trustworthy as whoever may push to the
+    /// repository (docs/DESIGN.md); a failure here only means the index is built locally.
     async fn published_index(&self, desc: &Descriptor) -> Option<gzindex::Index> {
-        let source = self.cache.source().clone();
-        let subject = self.snapshot().descriptor;
-        let published = self
+        let known = self
             .layers
-            .published
+            .subjects
+            .lock()
+            .unwrap()
+            .get(&desc.digest)
+            .cloned();
+        let subject = known.unwrap_or_else(|| self.snapshot().descriptor);
+        let source = self.cache.source();
+        let source = source.holding(&subject.digest).unwrap_or(source.clone());
+        let cell = (self.layers.published.lock().unwrap())
+            .entry(subject.digest.clone())
+            .or_default()
+            .clone();
+        let published = cell
             .get_or_init(|| async {
                 layer_index::find(source.as_ref(), &subject)
                     .await
@@ -543,7 +577,7 @@ impl OrasFs {
                 }
             }
         }
-        match layer_index::fetch(self.cache.source().as_ref(), blob, desc).await {
+        match layer_index::fetch(source.as_ref(), blob, desc).await {
             Ok(index) => {
                 tracing::debug!(
                     "{}: seek index {} from the registry",

@@ -131,6 +131,13 @@ impl Router {
         for (_, c) in &snapshot.children {
             add(&c.manifest);
         }
+        // The manifests themselves, for what refers to them (seek-index referrers).
+        for s in std::iter::once(snapshot).chain(snapshot.children.iter().map(|(_, c)| c)) {
+            let routes = map.entry(s.descriptor.digest.clone()).or_default();
+            routes.retain(|(r, _)| r != repository);
+            routes.insert(0, (repository.to_string(), target.clone()));
+            routes.truncate(ROUTES_PER_BLOB);
+        }
     }
 
     fn routes(&self, desc: &Descriptor) -> Result<Vec<Arc<dyn Target>>> {
@@ -151,6 +158,11 @@ fn never_pushes() -> Error {
 impl Target for Router {
     fn name(&self) -> String {
         "the mounted repositories".into()
+    }
+
+    fn holding(&self, manifest: &Digest) -> Option<Arc<dyn Target>> {
+        let map = self.by_digest.lock().unwrap();
+        map.get(manifest)?.first().map(|(_, t)| t.clone())
     }
 
     async fn resolve(&self, reference: &str) -> Result<Descriptor> {
@@ -774,6 +786,7 @@ impl OrasFs {
                 if let Some(r) = &b.router {
                     r.learn(&snap, &shown.repository, &shown.target);
                 }
+                self.layers.note_subjects(&snap);
                 if shown.digest.is_some() && replacing {
                     shown.moves += 1;
                     tracing::info!("{} moved to {}", shown.display, snap.descriptor.digest);
