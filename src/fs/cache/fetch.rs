@@ -220,7 +220,7 @@ impl BlobCache {
         let end = (run.end * BLOCK).min(size);
         tracing::trace!("fetching {} {start}..{end}", blob.desc.digest);
         let stream = self
-            .source
+            .source_for(&blob.desc.digest)
             .fetch_range(&blob.desc, start, end - start)
             .await
             .map_err(|e| {
