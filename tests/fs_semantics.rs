@@ -650,7 +650,18 @@ async fn an_image_of_zstd_layers_is_decompressed_once_into_the_cache() {
     chunked.extend(5u32.to_le_bytes());
     chunked.extend(b"{toc}");
     let lower_zst = zstd::encode_all(&lower[..], 3).unwrap();
-    let h = Harness::image_of(&[(ZSTD_LAYER, lower_zst.clone()), (ZSTD_LAYER, chunked)]);
+    // The config names each layer's uncompressed digest, which the decompressed copy is
+    // checked against.
+    let config = serde_json::json!({"rootfs": {"type": "layers", "diff_ids": [
+        sha256_hex(&lower), sha256_hex(&upper)]}});
+    let config = serde_json::to_vec(&config).unwrap();
+    let h = Harness::image_with_config(
+        &[
+            (ZSTD_LAYER, lower_zst.clone()),
+            (ZSTD_LAYER, chunked.clone()),
+        ],
+        &config,
+    );
     let fs = h.mount(true).await;
     let etc = path_ino(&fs, "etc").await;
     let names: Vec<_> = fs
@@ -668,11 +679,30 @@ async fn an_image_of_zstd_layers_is_decompressed_once_into_the_cache() {
     assert_eq!(tars.len(), 2, "one decompressed tar a layer: {tars:?}");
     drop(fs);
 
-    // Another mount with the same cache lists and reads from those files: no fetch at all.
+    // Another mount with the same cache lists and reads from those files: no fetch at all,
+    // though the compressed layers are gone from the cache.
+    for sub in ["blobs/sha256", "partial/sha256"] {
+        std::fs::remove_dir_all(h.cache_dir().join(sub)).unwrap();
+        std::fs::create_dir(h.cache_dir().join(sub)).unwrap();
+    }
     h.target.reset_counts();
     let fs = h.mount(true).await;
     assert_eq!(read_all(&fs, "big.bin").await, big);
     assert_eq!(h.target.counts().calls(Op::FetchRange), 0);
+    drop(fs);
+
+    // A layer whose bytes decompress to other than its diff_id: refused, nothing kept.
+    let swapped = serde_json::json!({"rootfs": {"type": "layers", "diff_ids": [
+        sha256_hex(&upper), sha256_hex(&lower)]}});
+    let h = Harness::image_with_config(
+        &[(ZSTD_LAYER, lower_zst.clone()), (ZSTD_LAYER, chunked)],
+        &serde_json::to_vec(&swapped).unwrap(),
+    );
+    let fs = h.mount(true).await;
+    assert_eq!(path_ino_err(&fs, "etc").await, libc::EIO);
+    let why = fs.status().last_error.unwrap();
+    assert!(why.contains("diff_id"), "{why}");
+    assert_eq!(names_in(&h.cache_dir().join("unpacked/sha256")), [""; 0]);
     drop(fs);
 
     // A zstd layer that does not decompress fails alone, and says which and why.
@@ -1460,4 +1490,9 @@ mod browsing {
             moved.digest.to_string()
         );
     }
+}
+
+/// `sha256:<hex>` of `data`.
+fn sha256_hex(data: &[u8]) -> String {
+    oras_fs::digest::Digest::of(data).to_string()
 }

@@ -536,8 +536,14 @@ impl OrasFs {
                 match self.listing(desc).await {
                     Ok(l) => Filled::Entries(self.layer_entries(desc, &l, desc.title())?),
                     // A gzip layer that cannot be indexed may still unpack (a TOC that
-                    // fails its checks is never used).
-                    Err(e) if desc.annotation(seekable::TOC_DIGEST_ANNOTATION).is_none() => {
+                    // fails its checks is never used; unpacking knows only gzip).
+                    Err(e)
+                        if desc.annotation(seekable::TOC_DIGEST_ANNOTATION).is_none()
+                            && matches!(
+                                layer::lazy_format(desc),
+                                Some(layer::LazyFormat::Gzip)
+                            ) =>
+                    {
                         tracing::warn!("{}: {e}; unpacking it whole instead", desc.digest);
                         Filled::Dir(self.unpacked_dir(desc).await?)
                     }

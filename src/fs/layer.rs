@@ -46,7 +46,7 @@ pub enum Listing {
     Indexed(Arc<gzindex::Index>),
     Decoded {
         entries: Vec<Entry>,
-        tar: Arc<std::fs::File>,
+        tar: Arc<PathBuf>,
     },
 }
 
@@ -81,6 +81,11 @@ pub struct LayerState {
     /// The manifest each layer was shown from (the mounted one, an index's child, a
     /// repository mount's tag), whose seek-index referrer may index it.
     subjects: Mutex<HashMap<Digest, Descriptor>>,
+    /// Image layers' uncompressed digests (the config's `diff_ids`), where the config lists
+    /// one per layer: a zstd layer's decompressed copy is checked against it.
+    diff_ids: Mutex<HashMap<Digest, Digest>>,
+    /// One zstd decompression at a time (see `unzstd_once`).
+    unzstd: tokio::sync::Mutex<()>,
     /// Each such manifest's seek-index referrer (`oras-fs index`): index blobs by layer,
     /// looked up once per manifest.
     published: Mutex<HashMap<Digest, Arc<tokio::sync::OnceCell<Published>>>>,
@@ -97,6 +102,8 @@ impl Default for LayerState {
             decoded: Arc::default(),
             members: Mutex::new(HashMap::new()),
             subjects: Mutex::new(HashMap::new()),
+            diff_ids: Mutex::new(HashMap::new()),
+            unzstd: tokio::sync::Mutex::new(()),
             published: Mutex::new(HashMap::new()),
             failed: Mutex::new(HashMap::new()),
             walks: Mutex::new(HashMap::new()),
@@ -140,6 +147,14 @@ impl LayerState {
                 .or_insert_with(|| snapshot.descriptor.clone());
         }
         drop(subjects);
+        let layers = &snapshot.manifest.layers;
+        let ids = diff_ids(&snapshot.config_bytes);
+        if ids.len() == layers.len() {
+            let mut known = self.diff_ids.lock().unwrap();
+            for (layer, id) in layers.iter().zip(ids) {
+                known.insert(layer.digest.clone(), id);
+            }
+        }
         for (_, child) in &snapshot.children {
             self.note_subjects(child);
         }
@@ -345,7 +360,8 @@ pub fn lazy_format(desc: &Descriptor) -> Option<LazyFormat> {
     if layer_index::wants_index(desc) {
         return Some(LazyFormat::Gzip);
     }
-    if desc.media_type.ends_with("+zstd") {
+    // OCI's `tar+zstd`, and containerd's Docker-style `rootfs.diff.tar.zstd`.
+    if desc.media_type.ends_with("+zstd") || desc.media_type.ends_with(".tar.zstd") {
         return Some(LazyFormat::Zstd);
     }
     // Uncompressed image layers are seekable as they are.
@@ -422,50 +438,88 @@ impl OrasFs {
 
     /// The listing of a tar+zstd layer, decompressed whole into the cache
     /// (`unpacked/sha256/<hex>.tar`) from the (cached, verified) blob, once for every mount
-    /// sharing the cache. Not a seek index as for gzip: a zstd layer is usually one frame, and
+    /// sharing the cache, and checked against the image config's `diff_ids` where it names
+    /// the layer. Not a seek index as for gzip: a zstd layer is usually one frame, and
     /// restarting inside a frame needs the decoder's window (megabytes), not gzip's 32 KiB, at
     /// every checkpoint.
     async fn zstd_listing(&self, desc: &Descriptor) -> Result<Listing, Errno> {
-        let tar = self
+        let tar = self.unpacked_tar_path(&desc.digest);
+        for attempt in 0..2 {
+            if !tar.exists() {
+                // Downloads run in parallel; decompressions one at a time (below).
+                let blob = self.cache.materialize(desc).await?;
+                self.unzstd_once(desc, &blob, &tar).await?;
+            }
+            let max = gzindex::BuildOptions::default().max_entries;
+            let listed = scan_file(tar.clone(), move |file| {
+                gzindex::list_tar(BufReader::with_capacity(1 << 20, file), max)
+            })
+            .await;
+            match listed {
+                Ok(entries) => {
+                    return Ok(Listing::Decoded {
+                        entries,
+                        tar: Arc::new(tar),
+                    })
+                }
+                // One left by an older version or damaged on disk: made again, once.
+                Err(e) if attempt == 0 => {
+                    tracing::warn!("{}: {e}; decompressing it again", tar.display());
+                    let _ = std::fs::remove_file(&tar);
+                }
+                Err(e) => return Err(self.eio(format!("listing layer {}: {e}", desc.digest))),
+            }
+        }
+        unreachable!("the second attempt returns")
+    }
+
+    /// Decompresses the zstd `blob` of `desc` to `tar` unless it is there (made meanwhile by
+    /// another lookup or mount). One at a time in a mount: the room left under
+    /// `--cache-size` is then what the others left.
+    async fn unzstd_once(
+        &self,
+        desc: &Descriptor,
+        blob: &std::path::Path,
+        tar: &std::path::Path,
+    ) -> Result<(), Errno> {
+        let _one = self.layers.unzstd.lock().await;
+        if tar.exists() {
+            return Ok(());
+        }
+        // As for directory layers: what layers decompress to is never evicted, and all of it
+        // together stays within --cache-size (a zstd bomb stops here).
+        let room = self
             .cache
+            .disk_limit()
+            .saturating_sub(self.cache.unpacked_usage())
+            .min(gzindex::BuildOptions::default().max_uncompressed);
+        let diff_id = self
+            .layers
+            .diff_ids
+            .lock()
+            .unwrap()
+            .get(&desc.digest)
+            .cloned();
+        let (blob, dest) = (blob.to_path_buf(), tar.to_path_buf());
+        let decoded = tokio::task::spawn_blocking(move || unzstd(&blob, &dest, room, diff_id))
+            .await
+            .unwrap_or_else(|e| Err(Unzstd::Io(format!("the task failed: {e}"))));
+        decoded.map_err(|e| {
+            let what = format!("decompressing layer {}: {e}", desc.digest);
+            self.record_error(&what);
+            match e {
+                Unzstd::TooLarge(_) => Errno::new(libc::ENOSPC, what),
+                Unzstd::Io(_) | Unzstd::Mismatch(_) => Errno::new(libc::EIO, what),
+            }
+        })
+    }
+
+    fn unpacked_tar_path(&self, digest: &Digest) -> PathBuf {
+        self.cache
             .dir()
             .join("unpacked")
-            .join(desc.digest.algorithm())
-            .join(format!("{}.tar", desc.digest.hex()));
-        if !tar.exists() {
-            let blob = self.cache.materialize(desc).await?;
-            // As for directory layers: what layers decompress to is never evicted, and all of
-            // it together stays within --cache-size (a zstd bomb stops here).
-            let room = self
-                .cache
-                .disk_limit()
-                .saturating_sub(self.cache.unpacked_usage())
-                .min(gzindex::BuildOptions::default().max_uncompressed);
-            let dest = tar.clone();
-            let decoded = tokio::task::spawn_blocking(move || unzstd(&blob, &dest, room))
-                .await
-                .unwrap_or_else(|e| Err(Unzstd::Io(format!("the task failed: {e}"))));
-            decoded.map_err(|e| {
-                let what = format!("decompressing layer {}: {e}", desc.digest);
-                self.record_error(&what);
-                match e {
-                    Unzstd::TooLarge(_) => Errno::new(libc::ENOSPC, what),
-                    Unzstd::Io(_) => Errno::new(libc::EIO, what),
-                }
-            })?;
-        }
-        let file = std::fs::File::open(&tar)
-            .map_err(|e| self.eio(format!("opening {}: {e}", tar.display())))?;
-        let max = gzindex::BuildOptions::default().max_entries;
-        let entries = scan_file(tar, move |file| {
-            gzindex::list_tar(BufReader::with_capacity(1 << 20, file), max)
-        })
-        .await
-        .map_err(|e| self.eio(format!("listing layer {}: {e}", desc.digest)))?;
-        Ok(Listing::Decoded {
-            entries,
-            tar: Arc::new(file),
-        })
+            .join(digest.algorithm())
+            .join(format!("{}.tar", digest.hex()))
     }
 
     async fn toc_entries(&self, desc: &Descriptor, want: &Digest) -> Result<Vec<Entry>, Errno> {
@@ -740,10 +794,12 @@ impl OrasFs {
             // A layer decompressed into the cache: the chunk is a range of that file.
             (ChunkAt::Stream { offset }, Some(Stream::Decoded(tar))) => {
                 let (tar, at, len) = (tar.clone(), *offset, c.len as usize);
+                // Opened per chunk, not held per layer: a repository mount may list many.
                 let data = tokio::task::spawn_blocking(move || {
                     use std::os::unix::fs::FileExt;
                     let mut buf = vec![0; len];
-                    tar.read_exact_at(&mut buf, at).map(|()| buf)
+                    let file = std::fs::File::open(tar.as_path())?;
+                    file.read_exact_at(&mut buf, at).map(|()| buf)
                 })
                 .await
                 .map_err(|e| fail(format!("reading chunk at {offset}: {e}")))?
@@ -883,23 +939,72 @@ enum Unzstd {
     TooLarge(u64),
     #[error("{0}")]
     Io(String),
+    #[error("what it decompresses to does not match the image config's diff_id: {0}")]
+    Mismatch(String),
 }
 
+/// Where a decompression in progress writes (`UNZSTD_PREFIX` + random), beside its result.
+pub const UNZSTD_PREFIX: &str = ".oras-fs-unzstd-";
+
 /// Decompresses the zstd file `src` (every frame; skippable ones, such as a zstd:chunked
-/// layer's TOC, are skipped) into `dest`, through a temporary file beside it so that readers
-/// never see half, and refuses output past `max` bytes.
-fn unzstd(src: &std::path::Path, dest: &std::path::Path, max: u64) -> Result<(), Unzstd> {
+/// layer's TOC, are skipped) into `dest`, through a temporary file beside it, synced before
+/// it is renamed into place so that no reader (nor a crash) ever leaves half of it there.
+/// Refuses output past `max` bytes, or whose sha256 is not `diff_id` when one is known.
+fn unzstd(
+    src: &std::path::Path,
+    dest: &std::path::Path,
+    max: u64,
+    diff_id: Option<Digest>,
+) -> Result<(), Unzstd> {
+    use std::io::Write;
     let io = |e: std::io::Error| Unzstd::Io(e.to_string());
     let dir = dest.parent().expect("cache paths have parents");
     super::paths::private_dir(dir).map_err(io)?;
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io)?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(UNZSTD_PREFIX)
+        .tempfile_in(dir)
+        .map_err(io)?;
     let decoder = zstd::stream::read::Decoder::new(std::fs::File::open(src).map_err(io)?);
-    let written = std::io::copy(&mut decoder.map_err(io)?.take(max + 1), tmp.as_file_mut());
-    if written.map_err(io)? > max {
-        return Err(Unzstd::TooLarge(max));
+    let mut decoder = decoder.map_err(io)?.take(max + 1);
+    let mut hasher = diff_id.as_ref().map(Digest::digester);
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, tmp.as_file_mut());
+    let mut buf = vec![0u8; 1 << 20];
+    let mut written = 0u64;
+    loop {
+        let n = decoder.read(&mut buf).map_err(io)?;
+        if n == 0 {
+            break;
+        }
+        written += n as u64;
+        if written > max {
+            return Err(Unzstd::TooLarge(max));
+        }
+        if let Some(h) = hasher.as_mut() {
+            h.update(&buf[..n]);
+        }
+        out.write_all(&buf[..n]).map_err(io)?;
     }
+    out.flush().map_err(io)?;
+    drop(out);
+    if let (Some(h), Some(want)) = (hasher, &diff_id) {
+        h.check(want).map_err(|e| Unzstd::Mismatch(e.to_string()))?;
+    }
+    tmp.as_file().sync_all().map_err(io)?;
     tmp.persist(dest).map_err(|e| io(e.error))?;
     Ok(())
+}
+
+/// The `rootfs.diff_ids` of an image config (none if it is not one, or one is not a digest).
+fn diff_ids(config: &[u8]) -> Vec<Digest> {
+    let v: serde_json::Value = serde_json::from_slice(config).unwrap_or_default();
+    let ids = v["rootfs"]["diff_ids"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    ids.iter()
+        .map(|d| d.as_str().and_then(|s| s.parse().ok()))
+        .collect::<Option<Vec<Digest>>>()
+        .unwrap_or_default()
 }
 
 /// Writes `data` to `path` through a temporary file beside it, so readers never see half.

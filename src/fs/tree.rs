@@ -43,8 +43,8 @@ pub struct LayerFile {
 pub enum Stream {
     /// A gzip layer's, decompressed from the checkpoint of its seek index before the chunk.
     Indexed(std::sync::Arc<crate::archive::gzindex::Index>),
-    /// A zstd layer's, decompressed whole into the cache when the layer was listed.
-    Decoded(std::sync::Arc<std::fs::File>),
+    /// A zstd layer's, decompressed whole into the cache (this file) when it was listed.
+    Decoded(std::sync::Arc<std::path::PathBuf>),
 }
 
 /// What a directory shows once it is first looked into. Compared when filled: a refresh may

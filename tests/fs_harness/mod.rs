@@ -150,6 +150,11 @@ impl Harness {
 
     /// A container image of `layers` (media type, bytes), bottom first.
     pub fn image_of(layers: &[(&str, Vec<u8>)]) -> Harness {
+        Self::image_with_config(layers, br#"{"rootfs":{"type":"layers","diff_ids":[]}}"#)
+    }
+
+    /// A container image of `layers` with this image config.
+    pub fn image_with_config(layers: &[(&str, Vec<u8>)], config: &[u8]) -> Harness {
         let target = TestTarget::new();
         let descs = layers
             .iter()
@@ -157,7 +162,7 @@ impl Harness {
             .collect();
         let config = target.store().add(
             "application/vnd.oci.image.config.v1+json",
-            &br#"{"rootfs":{"type":"layers","diff_ids":[]}}"#[..],
+            Bytes::copy_from_slice(config),
         );
         Self::with_manifest(target, Manifest::new(config, descs))
     }

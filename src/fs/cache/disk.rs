@@ -243,3 +243,23 @@ pub(super) fn evict(blobs: &Path, partial: &Path, limit: u64) -> (u64, Vec<Strin
     }
     (total, evicted)
 }
+
+/// Removes what decompressions killed midway left in `dir` (`.oras-fs-*` temporaries not
+/// written to for 10 minutes: a live one is written to all the time), so that it stops
+/// counting against the bound. Best effort.
+pub(super) fn remove_stale_temporaries(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let stale = SystemTime::now() - std::time::Duration::from_secs(600);
+    for e in entries.flatten() {
+        let temporary = e.file_name().to_string_lossy().starts_with(".oras-fs-");
+        let old = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t < stale);
+        if temporary && old {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}

@@ -144,6 +144,7 @@ impl BlobCache {
             walk_permits: tokio::sync::OnceCell::new(),
         });
         cache.enforce_disk_limit();
+        disk::remove_stale_temporaries(&cache.options.dir.join("unpacked/sha256"));
         Ok(cache)
     }
 
