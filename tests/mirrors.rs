@@ -96,7 +96,12 @@ fn pulls_and_mounts_go_through_a_pull_through_mirror_and_go_on_when_the_origin_s
     // finished storing what it streamed (it writes its cache as it answers).
     let cached = [sha256_bytes(&big), sha256_bytes(b"through the mirror\n")];
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while !cached.iter().all(|d| blob_path(&mirror.dir, d).exists()) {
+    // Its bytes first, then the repository's link to them: only with both does it serve the
+    // blob itself.
+    let stored = |d: &String| {
+        blob_path(&mirror.dir, d).exists() && layer_link_path(&mirror.dir, &repo, d).exists()
+    };
+    while !cached.iter().all(stored) {
         assert!(
             std::time::Instant::now() < deadline,
             "the mirror did not cache the blobs"

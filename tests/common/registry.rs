@@ -25,6 +25,22 @@ pub fn blob_path(registry_dir: &Path, digest: &str) -> PathBuf {
         .join("data")
 }
 
+/// Where Distribution links a blob into a repository once it has it whole (a pull-through
+/// cache serves the blob locally only from then on):
+/// `$DIR/docker/registry/v2/repositories/<repo>/_layers/sha256/<hex>/link`.
+pub fn layer_link_path(registry_dir: &Path, repo: &str, digest: &str) -> PathBuf {
+    let (alg, hex) = digest
+        .split_once(':')
+        .unwrap_or_else(|| panic!("not a digest: {digest:?}"));
+    registry_dir
+        .join("docker/registry/v2/repositories")
+        .join(repo)
+        .join("_layers")
+        .join(alg)
+        .join(hex)
+        .join("link")
+}
+
 /// A response of [`http`].
 #[derive(Debug)]
 pub struct HttpResponse {
