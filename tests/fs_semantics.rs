@@ -11,7 +11,7 @@ use fs_harness::*;
 use oras_fs::content::testing::Op;
 use oras_fs::content::Target;
 use oras_fs::fs::cache::BLOCK;
-use oras_fs::fs::filesystem::{FileKind, RenameHow, SetAttr, SyncOptions};
+use oras_fs::fs::filesystem::{FileKind, OrasFs, RenameHow, SetAttr, SyncOptions};
 use oras_fs::fs::tree::ROOT;
 
 const MIB: usize = 1024 * 1024;
@@ -608,17 +608,7 @@ async fn an_image_of_gzip_and_plain_tar_layers_merges_with_whiteouts() {
     ]);
     let fs = h.mount(true).await;
     assert!(fs.read_only());
-    let etc = path_ino(&fs, "etc").await;
-    let names: Vec<_> = fs
-        .readdir(etc)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|e| e.2)
-        .collect();
-    assert_eq!(names, ["a", "c"]);
-    assert_eq!(read_all(&fs, "etc/a").await, b"lower a\n");
-    assert_eq!(read_all(&fs, "etc/c").await, b"upper c\n");
+    expect_merged_etc(&fs).await;
     // `.oras/` answers even before the root is listed, and an unknown layer type fails alone.
     let h = Harness::image_of(&[(
         "application/vnd.oci.image.layer.v1.tar+bzip2",
@@ -627,6 +617,22 @@ async fn an_image_of_gzip_and_plain_tar_layers_merges_with_whiteouts() {
     let fs = h.mount(true).await;
     assert!(path_ino_err(&fs, "etc").await == libc::EIO);
     assert_eq!(read_all(&fs, ".oras/digest").await.len(), 72);
+}
+
+/// What the two-layer test images show in `etc/`: the lower layer's `b` whited out by the
+/// upper one, its `a` and the upper `c` as they were written.
+async fn expect_merged_etc(fs: &OrasFs) {
+    let etc = path_ino(fs, "etc").await;
+    let names: Vec<_> = fs
+        .readdir(etc)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.2)
+        .collect();
+    assert_eq!(names, ["a", "c"]);
+    assert_eq!(read_all(fs, "etc/a").await, b"lower a\n");
+    assert_eq!(read_all(fs, "etc/c").await, b"upper c\n");
 }
 
 const ZSTD_LAYER: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
@@ -663,17 +669,7 @@ async fn an_image_of_zstd_layers_is_decompressed_once_into_the_cache() {
         &config,
     );
     let fs = h.mount(true).await;
-    let etc = path_ino(&fs, "etc").await;
-    let names: Vec<_> = fs
-        .readdir(etc)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|e| e.2)
-        .collect();
-    assert_eq!(names, ["a", "c"]);
-    assert_eq!(read_all(&fs, "etc/a").await, b"lower a\n");
-    assert_eq!(read_all(&fs, "etc/c").await, b"upper c\n");
+    expect_merged_etc(&fs).await;
     assert_eq!(read_all(&fs, "big.bin").await, big);
     let tars = names_in(&h.cache_dir().join("unpacked/sha256"));
     assert_eq!(tars.len(), 2, "one decompressed tar a layer: {tars:?}");
