@@ -110,13 +110,7 @@ impl BlobCache {
         // Written under the lock: `complete` (which deletes the map) must not run meanwhile,
         // or a map would outlive its blob.
         let st = blob.state.lock().unwrap();
-        // A failed copy's map must not land over the one of the copy fetched again.
-        if st.verified
-            || st.uncached
-            || st.failed
-            || st.present_count == blob.blocks
-            || st.present_count == 0
-        {
+        if st.verified || st.uncached || st.present_count == blob.blocks || st.present_count == 0 {
             return Ok(());
         }
         let path = disk::map_of(&partial.path);

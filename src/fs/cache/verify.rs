@@ -163,11 +163,7 @@ impl BlobCache {
     pub(super) fn poison(&self, blob: &Arc<Blob>, why: &str) {
         // Everything is done before the log line, which a full disk may refuse.
         let digest = &blob.desc.digest;
-        // Once per copy: a hashing task of a copy that already failed must not count as a
-        // second failure (at the origin) of the digest.
-        if std::mem::replace(&mut blob.state.lock().unwrap().failed, true) {
-            return;
-        }
+        blob.state.lock().unwrap().failed = true;
         let origin = self.source.without_mirrors();
         let again = origin.is_some() && self.at_origin.lock().unwrap().insert(digest.clone());
         if !again {
