@@ -213,13 +213,6 @@ pub trait Target: Send + Sync {
         None
     }
 
-    /// This target without its mirrors (registries.conf): where reads go once a mirror's
-    /// bytes failed their digest where the mirror could not be passed over at once (a range
-    /// of a large blob is checked only when the whole blob is in). `None`: no mirrors.
-    fn without_mirrors(&self) -> Option<std::sync::Arc<dyn Target>> {
-        None
-    }
-
     /// `(registry host, repository)` for targets that are registry repositories: two of them
     /// on one host can share blobs by cross-repository mounting.
     fn location(&self) -> Option<(String, String)> {

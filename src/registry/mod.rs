@@ -1165,11 +1165,6 @@ impl Target for Repository {
     fn location(&self) -> Option<(String, String)> {
         Some((self.client.host().to_string(), self.name.clone()))
     }
-
-    fn without_mirrors(&self) -> Option<Arc<dyn Target>> {
-        self.reads.as_ref()?;
-        Some(Arc::new(self.origin()))
-    }
 }
 
 /// An upload session whose digest comes at the end: the bytes go in one streaming `PATCH`,

@@ -76,9 +76,6 @@ pub(super) struct BlobState {
     /// sha256 of each block hashed while uncached (zeros: not recorded): once the blob is
     /// verified, a block fetched again (it fell out of memory) is checked against it.
     pub sums: Vec<[u8; 32]>,
-    /// This copy failed its digest (`poison`): its readers fail. A later reader of the digest
-    /// gets a new copy if the bytes may be fetched again from elsewhere.
-    pub failed: bool,
 }
 
 impl BlobState {
@@ -92,7 +89,6 @@ impl BlobState {
             hasher: Some(desc.digest.digester()),
             hashed: 0,
             sums: Vec::new(),
-            failed: false,
         }
     }
 

@@ -220,7 +220,7 @@ impl BlobCache {
         let end = (run.end * BLOCK).min(size);
         tracing::trace!("fetching {} {start}..{end}", blob.desc.digest);
         let stream = self
-            .source_for(&blob.desc.digest)
+            .source
             .fetch_range(&blob.desc, start, end - start)
             .await
             .map_err(|e| {

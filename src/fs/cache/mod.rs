@@ -95,9 +95,6 @@ pub struct BlobCache {
     memory: Mutex<LruCache<(u64, u64), Bytes>>,
     memory_slots: u64,
     poisoned: Mutex<HashSet<Digest>>,
-    /// Blobs whose bytes failed their digest once and are fetched again past the source's
-    /// mirrors (see `poison`).
-    at_origin: Mutex<HashSet<Digest>>,
     next_id: AtomicU64,
     /// Bytes on disk as last counted, plus blocks written since: when a write would cross
     /// the bound, the cache evicts, and stops storing that blob if that is not enough.
@@ -134,7 +131,6 @@ impl BlobCache {
             options,
             blobs: Mutex::new(HashMap::new()),
             poisoned: Mutex::new(HashSet::new()),
-            at_origin: Mutex::new(HashSet::new()),
             next_id: AtomicU64::new(1),
             usage: AtomicU64::new(0),
             counted: AtomicU64::new(0),
@@ -150,22 +146,6 @@ impl BlobCache {
 
     pub fn source(&self) -> &Arc<dyn Target> {
         &self.source
-    }
-
-    /// Where a blob's bytes are fetched from: the source, or past its mirrors for a blob whose
-    /// bytes failed their digest once.
-    fn source_for(&self, digest: &Digest) -> Arc<dyn Target> {
-        if self.at_origin.lock().unwrap().contains(digest) {
-            if let Some(origin) = self.source.without_mirrors() {
-                return origin;
-            }
-        }
-        self.source.clone()
-    }
-
-    /// Whether reads of this copy of a blob fail: it, or its digest, failed verification.
-    fn failed(&self, blob: &Blob) -> bool {
-        blob.state.lock().unwrap().failed || self.is_poisoned(&blob.desc.digest)
     }
 
     pub fn dir(&self) -> &Path {
@@ -244,7 +224,7 @@ impl BlobCache {
                     self.finish_hash(&blob).await?;
                 }
             }
-            if self.failed(&blob) {
+            if self.poisoned.lock().unwrap().contains(&desc.digest) {
                 return Err(libc::EIO.into());
             }
             if let Some(bytes) = self.assemble(&blob, offset, end)? {
@@ -385,14 +365,10 @@ impl BlobCache {
         if blob.stored() {
             return copy_stored(&blob, out).await;
         }
-        let stream = self
-            .source_for(&desc.digest)
-            .fetch(desc)
-            .await
-            .map_err(|e| {
-                tracing::error!("fetching {}: {e}", desc.digest);
-                Errno::from(libc::EIO)
-            })?;
+        let stream = self.source.fetch(desc).await.map_err(|e| {
+            tracing::error!("fetching {}: {e}", desc.digest);
+            Errno::from(libc::EIO)
+        })?;
         let streamed = self.stream_to(&blob, stream, &mut out).await;
         if streamed.is_err() {
             let _ = std::fs::remove_file(dest);

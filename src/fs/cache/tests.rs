@@ -25,16 +25,11 @@ fn bytes_of(seed: u64, len: u64) -> Vec<u8> {
 /// A [`TestTarget`] that serves blobs as a network does: in 64 KiB chunks with a pause
 /// between them, so that fetches overlap and blocks arrive in pieces.
 #[derive(Default)]
-struct Source(TestTarget, Option<Arc<Source>>);
+struct Source(TestTarget);
 
 impl Source {
     fn new() -> Arc<Source> {
         Arc::new(Source::default())
-    }
-
-    /// A source whose reads go to a mirror, and past it to `origin`.
-    fn mirror_of(origin: Arc<Source>) -> Arc<Source> {
-        Arc::new(Source(TestTarget::new(), Some(origin)))
     }
 
     /// A source whose every request stalls.
@@ -102,9 +97,6 @@ impl Target for Source {
     }
     async fn tag(&self, desc: &Descriptor, tag: &str) -> Result<()> {
         self.0.tag(desc, tag).await
-    }
-    fn without_mirrors(&self) -> Option<Arc<dyn Target>> {
-        self.1.clone().map(|o| o as Arc<dyn Target>)
     }
 }
 
@@ -438,33 +430,4 @@ async fn a_block_map_left_by_256_kib_blocks_is_ignored_not_misread() {
     let cache = open(dir.path(), &source, 1 << 30);
     assert_eq!(read_all(&cache, &desc).await.unwrap(), data);
     assert_eq!(cache.fetched.load(Ordering::Relaxed), data.len() as u64);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_blob_a_mirror_corrupted_fails_its_readers_then_comes_from_the_origin() {
-    let dir = tempfile::tempdir().unwrap();
-    let origin = Source::new();
-    let mirror = Source::mirror_of(origin.clone());
-    let data = bytes_of(11, 12 * MIB);
-    origin.add(&data);
-    let desc = mirror.add_corrupt(&data);
-    let cache = open(dir.path(), &mirror, 1 << 30);
-    // What was read came from the mirror and is suspect: the reader fails before EOF.
-    assert_eq!(read_all(&cache, &desc).await, Err(libc::EIO.into()));
-    assert!(!cache.is_poisoned(&desc.digest));
-    assert_eq!(origin.0.counts().calls(Op::FetchRange), 0);
-    assert!(cache.last_error().unwrap().contains("past the mirrors"));
-    // The next reader gets the origin's bytes, verified and kept.
-    assert_eq!(read_all(&cache, &desc).await.unwrap(), data);
-    assert!(origin.0.counts().calls(Op::FetchRange) > 0);
-    assert!(cache.is_verified(&desc));
-
-    // Corrupt at the origin too: poisoned for good.
-    let other = bytes_of(12, 12 * MIB);
-    let desc = mirror.add_corrupt(&other);
-    origin.add_corrupt(&other);
-    assert_eq!(read_all(&cache, &desc).await, Err(libc::EIO.into()));
-    assert_eq!(read_all(&cache, &desc).await, Err(libc::EIO.into()));
-    assert!(cache.is_poisoned(&desc.digest));
-    assert_eq!(read_all(&cache, &desc).await, Err(libc::EIO.into()));
 }

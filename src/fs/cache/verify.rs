@@ -48,7 +48,7 @@ impl BlobCache {
                     return Ok(false);
                 }
             }
-            if self.failed(blob) {
+            if self.is_poisoned(&blob.desc.digest) {
                 return Err(libc::EIO.into());
             }
             // Another thread holds the hasher: it finishes the job.
@@ -155,34 +155,18 @@ impl BlobCache {
 
     /// Forgets every cached byte of a blob that failed verification; reads of it fail from now
     /// on. Only the partial file this process filled is deleted, never a published blob.
-    ///
-    /// The exception: a source with mirrors, whose mirror may have served the bad bytes (a
-    /// range cannot be checked alone, so it could not be passed over then). Its readers fail
-    /// now, since what they read is suspect; later readers fetch it again from the origin,
-    /// once. If those bytes fail too, the blob is poisoned for good.
     pub(super) fn poison(&self, blob: &Arc<Blob>, why: &str) {
         // Everything is done before the log line, which a full disk may refuse.
-        let digest = &blob.desc.digest;
-        blob.state.lock().unwrap().failed = true;
-        let origin = self.source.without_mirrors();
-        let again = origin.is_some() && self.at_origin.lock().unwrap().insert(digest.clone());
-        if !again {
-            self.poisoned.lock().unwrap().insert(digest.clone());
-        }
+        self.poisoned
+            .lock()
+            .unwrap()
+            .insert(blob.desc.digest.clone());
         self.forget(blob);
         if let (Some(p), Some(f)) = (&blob.partial, &blob.file) {
             disk::discard(f, p);
         }
-        let what = match origin.filter(|_| again) {
-            Some(origin) => format!(
-                "{why}; reads under way fail with EIO, and later ones fetch it again from {}, \
-                 past the mirrors",
-                origin.name()
-            ),
-            None => format!("{why}; reads of it fail with EIO"),
-        };
-        *self.last_error.lock().unwrap() = Some(what.clone());
-        tracing::error!("{what} (evicted from the cache)");
+        *self.last_error.lock().unwrap() = Some(format!("{why}; reads of it fail with EIO"));
+        tracing::error!("{why}: evicted from the cache; reads of it fail with EIO");
     }
 }
 
