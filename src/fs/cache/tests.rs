@@ -6,7 +6,7 @@ use crate::content::testing::{Op, TestTarget};
 use crate::content::ByteStream;
 use crate::error::Result;
 use async_trait::async_trait;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 const MIB: u64 = 1024 * 1024;
 
@@ -430,4 +430,19 @@ async fn a_block_map_left_by_256_kib_blocks_is_ignored_not_misread() {
     let cache = open(dir.path(), &source, 1 << 30);
     assert_eq!(read_all(&cache, &desc).await.unwrap(), data);
     assert_eq!(cache.fetched.load(Ordering::Relaxed), data.len() as u64);
+}
+
+#[test]
+fn only_temporaries_nobody_wrote_to_for_ten_minutes_are_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = SystemTime::now() - Duration::from_secs(3600);
+    let make = |name: &str, modified: SystemTime| {
+        let f = std::fs::File::create(dir.path().join(name)).unwrap();
+        f.set_modified(modified).unwrap();
+    };
+    make(".oras-fs-unzstd-killed", old);
+    make(".oras-fs-unzstd-running", SystemTime::now());
+    make("0123.tar", old);
+    disk::remove_stale_temporaries(dir.path());
+    assert_eq!(names(dir.path()), [".oras-fs-unzstd-running", "0123.tar"]);
 }
