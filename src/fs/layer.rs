@@ -428,12 +428,9 @@ impl OrasFs {
     /// blob.
     async fn tar_entries(&self, desc: &Descriptor) -> Result<Vec<Entry>, Errno> {
         let blob = self.cache.materialize(desc).await?;
-        let max = gzindex::BuildOptions::default().max_entries;
-        scan_file(blob, move |file| {
-            gzindex::list_tar(BufReader::with_capacity(1 << 20, file), max)
-        })
-        .await
-        .map_err(|e| self.eio(format!("listing layer {}: {e}", desc.digest)))
+        list_tar_file(blob)
+            .await
+            .map_err(|e| self.eio(format!("listing layer {}: {e}", desc.digest)))
     }
 
     /// The listing of a tar+zstd layer, decompressed whole into the cache
@@ -450,12 +447,7 @@ impl OrasFs {
                 let blob = self.cache.materialize(desc).await?;
                 self.unzstd_once(desc, &blob, &tar).await?;
             }
-            let max = gzindex::BuildOptions::default().max_entries;
-            let listed = scan_file(tar.clone(), move |file| {
-                gzindex::list_tar(BufReader::with_capacity(1 << 20, file), max)
-            })
-            .await;
-            match listed {
+            match list_tar_file(tar.clone()).await {
                 Ok(entries) => {
                     return Ok(Listing::Decoded {
                         entries,
@@ -881,6 +873,16 @@ async fn scan_file<T: Send + 'static>(
     })
     .await
     .map_err(|e| format!("the task failed: {e}"))?
+}
+
+/// The entries of the uncompressed tar at `path` (a tar layer's blob, or a zstd layer's
+/// decompressed copy), in one pass.
+async fn list_tar_file(path: PathBuf) -> Result<Vec<Entry>, String> {
+    let max = gzindex::BuildOptions::default().max_entries;
+    scan_file(path, move |file| {
+        gzindex::list_tar(BufReader::with_capacity(1 << 20, file), max)
+    })
+    .await
 }
 
 /// The most compressed bytes a gzip member holding `len` bytes of data needs to yield them:
